@@ -1,0 +1,122 @@
+//! Shared quiz state: the [`QuizStore`] trait and its implementations.
+//!
+//! - [`memory::MemoryStore`]: in-process, the embedded mode's default.
+//! - [`redis_cluster::RedisClusterStore`]: Redis Cluster, for several core
+//!   nodes sharing quizzes. Every key of quiz X carries the hash tag `{X}`, so
+//!   a quiz lives in one slot and multi-key operations on it are atomic Lua.
+//!
+//! Both must pass the conformance suite in `core/tests/store_conformance.rs`.
+
+pub mod memory;
+pub mod redis_cluster;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::model::{
+    AnswerRecord, ApplyOutcome, Leaderboard, Millis, Player, QuizDef, QuizState, Standing,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was hit (quiz id exists, nickname taken).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The quiz (or player) does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The backend is unreachable or failed; the operation may or may not
+    /// have been applied only where the method's doc says so. Maps to 503.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where quizzes, players, answers and scores live.
+///
+/// Contract for every implementation:
+/// - Methods are safe to call concurrently from any number of tasks and, for
+///   distributed implementations, from any number of core nodes.
+/// - [`QuizStore::apply_answer`] is atomic: the duplicate check, the answer
+///   record, the score increment, the per-question distribution and the
+///   leaderboard version bump happen together or not at all. Once it returns
+///   `Ok`, the result survives the loss of any single backend server
+///   (for Redis: acknowledged by a replica, or recoverable from the event log).
+/// - `Err(Unavailable)` from `apply_answer` means the answer must not be
+///   acknowledged to the player; retrying the same answer is safe (it will
+///   come back `Applied` or `Duplicate`, never counted twice).
+/// - Quiz definitions are immutable; callers may cache them.
+#[async_trait]
+pub trait QuizStore: Send + Sync + 'static {
+    /// Stores a new quiz with its initial lobby state. `Conflict` if the id
+    /// is taken.
+    async fn create_quiz(&self, quiz: &QuizDef, state: &QuizState) -> Result<(), StoreError>;
+
+    async fn get_quiz(&self, quiz_id: &str) -> Result<Option<Arc<QuizDef>>, StoreError>;
+
+    async fn get_state(&self, quiz_id: &str) -> Result<Option<QuizState>, StoreError>;
+
+    /// Replaces the state if its current version is `expected_version`
+    /// (`next.version` must be `expected_version + 1`). Returns false if
+    /// another writer got there first.
+    async fn set_state(
+        &self,
+        quiz_id: &str,
+        expected_version: u64,
+        next: &QuizState,
+    ) -> Result<bool, StoreError>;
+
+    /// Adds a player with score 0 (so they count in `total_players` and have
+    /// a rank). `Conflict` if the nickname (compared case-insensitively after
+    /// trimming) is taken in this quiz.
+    async fn add_player(&self, quiz_id: &str, player: &Player) -> Result<(), StoreError>;
+
+    async fn get_player(&self, quiz_id: &str, player_id: &str)
+        -> Result<Option<Player>, StoreError>;
+
+    /// Atomically records the first answer of a player to a question and
+    /// adds its points. See the trait doc.
+    async fn apply_answer(
+        &self,
+        quiz_id: &str,
+        answer: &AnswerRecord,
+    ) -> Result<ApplyOutcome, StoreError>;
+
+    /// The answer a player gave to a question, if any (for reconnects).
+    async fn get_answer(
+        &self,
+        quiz_id: &str,
+        player_id: &str,
+        question_id: u32,
+    ) -> Result<Option<AnswerRecord>, StoreError>;
+
+    /// Top `limit` players by descending score, with nicknames, the total
+    /// player count and the leaderboard version.
+    async fn leaderboard(&self, quiz_id: &str, limit: usize) -> Result<Leaderboard, StoreError>;
+
+    /// A player's score and rank; `None` if not a player of the quiz.
+    async fn standing(&self, quiz_id: &str, player_id: &str)
+        -> Result<Option<Standing>, StoreError>;
+
+    /// Answer counts per option of a question (length = option count).
+    async fn distribution(
+        &self,
+        quiz_id: &str,
+        question_id: u32,
+        option_count: usize,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// Self-paced mode: the time the server first sent `question_id` to the
+    /// player. Sets it to `now` if unset and returns the stored value, so a
+    /// reconnect never restarts a player's clock.
+    async fn question_sent_at(
+        &self,
+        quiz_id: &str,
+        player_id: &str,
+        question_id: u32,
+        now: Millis,
+    ) -> Result<Millis, StoreError>;
+
+    /// Liveness of the backend, for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,342 @@
+//! [`MemoryStore`]: the in-process [`QuizStore`], the embedded mode's default.
+//!
+//! One `DashMap` entry per quiz holding an `Arc<QuizCell>`; every mutable part
+//! of a quiz sits behind that quiz's own `parking_lot::Mutex`. Why this shape:
+//! - quizzes never contend with each other (one lock per quiz, and the
+//!   `DashMap` shard guard is dropped as soon as the `Arc` is cloned out);
+//! - every method does its work synchronously under the quiz lock and never
+//!   holds a guard across an `.await`, so a slow task can't stall the runtime
+//!   and all the steps of `apply_answer` are trivially atomic.
+//!
+//! Semantics shared with [`super::redis_cluster::RedisClusterStore`] (and
+//! checked by `core/tests/store_conformance.rs`):
+//! - ranks are competition ranks ("1224"): 1 + the number of players with a
+//!   strictly higher score;
+//! - the leaderboard orders ties by descending `player_id`, which is what
+//!   Redis' `ZREVRANGE` does, so both stores list the same top;
+//! - the distribution counts the choices of recorded answers that were not
+//!   late, so it no longer changes once a question has closed;
+//! - mutating calls and `leaderboard`/`distribution` on an unknown quiz are
+//!   `NotFound`; getters return `None`.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use super::{QuizStore, StoreError};
+use crate::model::{
+    AnswerRecord, ApplyOutcome, Leaderboard, LeaderboardEntry, Millis, Player, QuizDef, QuizState,
+    Standing,
+};
+
+/// In-process store. Cheap to clone the handle via `Arc<MemoryStore>`.
+#[derive(Default)]
+pub struct MemoryStore {
+    quizzes: DashMap<String, Arc<QuizCell>>,
+}
+
+struct QuizCell {
+    def: Arc<QuizDef>,
+    inner: Mutex<QuizInner>,
+}
+
+#[derive(Default)]
+struct QuizInner {
+    state: Option<QuizState>,
+    players: HashMap<String, Player>,
+    /// Normalised nickname (trimmed, lowercased) → player id.
+    nicks: HashMap<String, String>,
+    scores: HashMap<String, u64>,
+    /// Ordered like `ZREVRANGE`: score descending, then player id descending.
+    ranking: BTreeSet<(Reverse<u64>, Reverse<String>)>,
+    /// score → number of players with it, for O(distinct scores) ranks.
+    score_counts: BTreeMap<u64, u64>,
+    answers: HashMap<(String, u32), AnswerRecord>,
+    /// question id → option index → count.
+    dist: HashMap<u32, HashMap<u32, u64>>,
+    lb_version: u64,
+    sent: HashMap<(String, u32), Millis>,
+}
+
+/// The nickname key used for uniqueness: trimmed and lowercased.
+pub fn normalize_nickname(nickname: &str) -> String {
+    nickname.trim().to_lowercase()
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The quiz's cell, with the map's shard guard already released.
+    fn cell(&self, quiz_id: &str) -> Option<Arc<QuizCell>> {
+        self.quizzes.get(quiz_id).map(|e| Arc::clone(e.value()))
+    }
+
+    fn cell_or_not_found(&self, quiz_id: &str) -> Result<Arc<QuizCell>, StoreError> {
+        self.cell(quiz_id)
+            .ok_or_else(|| StoreError::NotFound(format!("quiz {quiz_id}")))
+    }
+}
+
+impl QuizInner {
+    fn rank_of(&self, score: u64) -> u64 {
+        use std::ops::Bound::{Excluded, Unbounded};
+        1 + self
+            .score_counts
+            .range((Excluded(score), Unbounded))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    }
+
+    fn set_score(&mut self, player_id: &str, new: u64) {
+        if let Some(old) = self.scores.insert(player_id.to_string(), new) {
+            self.ranking
+                .remove(&(Reverse(old), Reverse(player_id.to_string())));
+            if let Some(n) = self.score_counts.get_mut(&old) {
+                *n -= 1;
+                if *n == 0 {
+                    self.score_counts.remove(&old);
+                }
+            }
+        }
+        self.ranking
+            .insert((Reverse(new), Reverse(player_id.to_string())));
+        *self.score_counts.entry(new).or_insert(0) += 1;
+    }
+
+    fn standing(&self, player_id: &str) -> Option<Standing> {
+        let score = *self.scores.get(player_id)?;
+        Some(Standing {
+            score,
+            rank: self.rank_of(score),
+        })
+    }
+}
+
+#[async_trait]
+impl QuizStore for MemoryStore {
+    async fn create_quiz(&self, quiz: &QuizDef, state: &QuizState) -> Result<(), StoreError> {
+        use dashmap::mapref::entry::Entry;
+        match self.quizzes.entry(quiz.quiz_id.clone()) {
+            Entry::Occupied(_) => Err(StoreError::Conflict(format!(
+                "quiz_id {} exists",
+                quiz.quiz_id
+            ))),
+            Entry::Vacant(v) => {
+                v.insert(Arc::new(QuizCell {
+                    def: Arc::new(quiz.clone()),
+                    inner: Mutex::new(QuizInner {
+                        state: Some(state.clone()),
+                        ..QuizInner::default()
+                    }),
+                }));
+                Ok(())
+            }
+        }
+    }
+
+    async fn get_quiz(&self, quiz_id: &str) -> Result<Option<Arc<QuizDef>>, StoreError> {
+        Ok(self.cell(quiz_id).map(|c| Arc::clone(&c.def)))
+    }
+
+    async fn get_state(&self, quiz_id: &str) -> Result<Option<QuizState>, StoreError> {
+        Ok(self
+            .cell(quiz_id)
+            .and_then(|c| c.inner.lock().state.clone()))
+    }
+
+    async fn set_state(
+        &self,
+        quiz_id: &str,
+        expected_version: u64,
+        next: &QuizState,
+    ) -> Result<bool, StoreError> {
+        if next.version != expected_version.wrapping_add(1) {
+            return Err(StoreError::Conflict(format!(
+                "next.version {} must be expected_version + 1 ({})",
+                next.version,
+                expected_version.wrapping_add(1)
+            )));
+        }
+        let cell = self.cell_or_not_found(quiz_id)?;
+        let mut inner = cell.inner.lock();
+        match &inner.state {
+            Some(cur) if cur.version == expected_version => {
+                inner.state = Some(next.clone());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn add_player(&self, quiz_id: &str, player: &Player) -> Result<(), StoreError> {
+        let cell = self.cell_or_not_found(quiz_id)?;
+        let nick = normalize_nickname(&player.nickname);
+        let mut inner = cell.inner.lock();
+        if inner.nicks.contains_key(&nick) {
+            return Err(StoreError::Conflict(format!(
+                "nickname {:?} is taken",
+                player.nickname.trim()
+            )));
+        }
+        if inner.players.contains_key(&player.player_id) {
+            return Err(StoreError::Conflict(format!(
+                "player_id {} exists",
+                player.player_id
+            )));
+        }
+        inner.nicks.insert(nick, player.player_id.clone());
+        inner
+            .players
+            .insert(player.player_id.clone(), player.clone());
+        inner.set_score(&player.player_id, 0);
+        inner.lb_version += 1;
+        Ok(())
+    }
+
+    async fn get_player(
+        &self,
+        quiz_id: &str,
+        player_id: &str,
+    ) -> Result<Option<Player>, StoreError> {
+        Ok(self
+            .cell(quiz_id)
+            .and_then(|c| c.inner.lock().players.get(player_id).cloned()))
+    }
+
+    async fn apply_answer(
+        &self,
+        quiz_id: &str,
+        answer: &AnswerRecord,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let cell = self.cell_or_not_found(quiz_id)?;
+        let mut inner = cell.inner.lock();
+        let Some(&current) = inner.scores.get(&answer.player_id) else {
+            return Err(StoreError::NotFound(format!(
+                "player {} in quiz {quiz_id}",
+                answer.player_id
+            )));
+        };
+        let key = (answer.player_id.clone(), answer.question_id);
+        if let Some(original) = inner.answers.get(&key) {
+            return Ok(ApplyOutcome::Duplicate {
+                original: original.clone(),
+                score: current,
+                rank: inner.rank_of(current),
+            });
+        }
+        inner.answers.insert(key, answer.clone());
+        let score = current.saturating_add(u64::from(answer.points));
+        inner.set_score(&answer.player_id, score);
+        if !answer.late {
+            let dist = inner.dist.entry(answer.question_id).or_default();
+            for &c in &answer.choices {
+                *dist.entry(c).or_insert(0) += 1;
+            }
+        }
+        inner.lb_version += 1;
+        Ok(ApplyOutcome::Applied {
+            score,
+            rank: inner.rank_of(score),
+        })
+    }
+
+    async fn get_answer(
+        &self,
+        quiz_id: &str,
+        player_id: &str,
+        question_id: u32,
+    ) -> Result<Option<AnswerRecord>, StoreError> {
+        Ok(self.cell(quiz_id).and_then(|c| {
+            c.inner
+                .lock()
+                .answers
+                .get(&(player_id.to_string(), question_id))
+                .cloned()
+        }))
+    }
+
+    async fn leaderboard(&self, quiz_id: &str, limit: usize) -> Result<Leaderboard, StoreError> {
+        let cell = self.cell_or_not_found(quiz_id)?;
+        let inner = cell.inner.lock();
+        let mut top = Vec::with_capacity(limit.min(inner.ranking.len()));
+        // Competition rank from the sorted walk: an entry shares the rank of
+        // the first entry with its score.
+        let mut rank = 0u64;
+        let mut prev: Option<u64> = None;
+        for (i, (Reverse(score), Reverse(pid))) in inner.ranking.iter().take(limit).enumerate() {
+            if prev != Some(*score) {
+                rank = i as u64 + 1;
+                prev = Some(*score);
+            }
+            let nickname = inner
+                .players
+                .get(pid)
+                .map(|p| p.nickname.clone())
+                .unwrap_or_default();
+            top.push(LeaderboardEntry {
+                rank,
+                player_id: pid.clone(),
+                nickname,
+                score: *score,
+            });
+        }
+        Ok(Leaderboard {
+            quiz_id: quiz_id.to_string(),
+            version: inner.lb_version,
+            total_players: inner.scores.len() as u64,
+            top,
+        })
+    }
+
+    async fn standing(
+        &self,
+        quiz_id: &str,
+        player_id: &str,
+    ) -> Result<Option<Standing>, StoreError> {
+        Ok(self
+            .cell(quiz_id)
+            .and_then(|c| c.inner.lock().standing(player_id)))
+    }
+
+    async fn distribution(
+        &self,
+        quiz_id: &str,
+        question_id: u32,
+        option_count: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let cell = self.cell_or_not_found(quiz_id)?;
+        let inner = cell.inner.lock();
+        let mut out = vec![0u64; option_count];
+        if let Some(d) = inner.dist.get(&question_id) {
+            for (i, slot) in out.iter_mut().enumerate() {
+                *slot = d.get(&(i as u32)).copied().unwrap_or(0);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn question_sent_at(
+        &self,
+        quiz_id: &str,
+        player_id: &str,
+        question_id: u32,
+        now: Millis,
+    ) -> Result<Millis, StoreError> {
+        let cell = self.cell_or_not_found(quiz_id)?;
+        let mut inner = cell.inner.lock();
+        Ok(*inner
+            .sent
+            .entry((player_id.to_string(), question_id))
+            .or_insert(now))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
