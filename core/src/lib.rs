@@ -1,1 +1,101 @@
-//! placeholder
+//! quiz-core: the quiz service.
+//!
+//! Map of the crate (requests flow top to bottom):
+//!
+//! - [`http`]: the TCP accept loop and the small hand router over hyper 1.
+//!   Every HTTP route of the contract lives here; it parses a request, calls
+//!   [`quiz::QuizService`] and renders JSON (or the contract's error shape).
+//!   `GET /v1/quizzes/{id}/ws` is handed to [`connection`].
+//! - [`connection`]: one WebSocket. A reader task (the read loop: frame
+//!   limits, rate limit, message dispatch) and a writer task draining the
+//!   connection's bounded [`room::Outbox`].
+//! - [`room`]: one room per quiz with members on this node, in a `DashMap`.
+//!   A room task encodes each leaderboard once and fans the same bytes out,
+//!   and turns quiz state changes (seen on the [`bus`] or by periodic
+//!   reconcile) into `question` / `question_closed` / `quiz_ended` messages.
+//! - [`quiz`]: the rules: validation, the live / self-paced state machine,
+//!   scoring, and the answer flow (store, then event, then acknowledgement).
+//! - [`protocol`]: every message in and out, parsed in one place.
+//! - [`token`]: HMAC-signed player and host tokens (any node verifies them).
+//! - Backends, chosen by [`config::Config`]: [`store`] (`QuizStore`: memory
+//!   or Redis Cluster), [`events`] (`EventSink`: file or Kafka), [`bus`]
+//!   (`ControlBus`: memory or Redis pub/sub). [`model`] holds the shared nouns.
+//! - [`metrics`] (Prometheus), [`shutdown`] (signal, task tracking, flush).
+//!
+//! The binary is `main.rs`; everything it does is [`run`].
+
+pub mod model;
+pub mod store;
+pub mod events;
+pub mod bus;
+
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod quiz;
+pub mod room;
+pub mod shutdown;
+pub mod token;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use shutdown::Shutdown;
+
+/// Builds the backends the config selects (embedded or distributed), creates
+/// the demo quiz in embedded mode, and serves `listener` until `shutdown`
+/// fires; then closes WebSockets with 1001 and flushes the event sink.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let service = quiz::QuizService::build(Arc::clone(&config)).await?;
+    if config.is_embedded() && config.demo_quiz {
+        service.create_demo_quiz().await?;
+    }
+    http::serve(service, listener, shutdown).await
+}
+
+/// Structured logs to stderr (`log_format` = text | json; `RUST_LOG` filters,
+/// default `info`).
+pub fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+type Backends = (
+    Arc<dyn store::QuizStore>,
+    Arc<dyn events::EventSink>,
+    Arc<dyn bus::ControlBus>,
+);
+
+/// Embedded mode: memory store, memory bus, file sink. Distributed mode
+/// (Redis and Kafka configured): Redis Cluster store, Redis pub/sub bus,
+/// Kafka sink.
+pub async fn backends(config: &Config) -> anyhow::Result<Backends> {
+    if config.is_embedded() {
+        let sink = events::file::FileSink::open(&config.event_log)
+            .await
+            .map_err(|e| anyhow::anyhow!("event_log {}: {e}", config.event_log.display()))?;
+        tracing::info!(event_log = %config.event_log.display(), "embedded mode");
+        return Ok((
+            Arc::new(store::memory::MemoryStore::new()),
+            Arc::new(sink),
+            Arc::new(bus::memory::MemoryBus::new()),
+        ));
+    }
+    distributed_backends(config).await
+}
+
+async fn distributed_backends(_config: &Config) -> anyhow::Result<Backends> {
+    anyhow::bail!("distributed mode: backends not wired yet")
+}

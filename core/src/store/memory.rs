@@ -123,6 +123,9 @@ impl QuizStore for MemoryStore {
     async fn create_quiz(&self, quiz: &QuizDef, state: &QuizState) -> Result<(), StoreError> {
         use dashmap::mapref::entry::Entry;
         match self.quizzes.entry(quiz.quiz_id.clone()) {
+            // The very same definition again is a retried create: succeed,
+            // like the Redis store does.
+            Entry::Occupied(o) if *o.get().def == *quiz => Ok(()),
             Entry::Occupied(_) => Err(StoreError::Conflict(format!(
                 "quiz_id {} exists",
                 quiz.quiz_id
@@ -178,16 +181,20 @@ impl QuizStore for MemoryStore {
         let cell = self.cell_or_not_found(quiz_id)?;
         let nick = normalize_nickname(&player.nickname);
         let mut inner = cell.inner.lock();
+        // The very same player again is a retried join: succeed.
+        if let Some(existing) = inner.players.get(&player.player_id) {
+            if existing == player {
+                return Ok(());
+            }
+            return Err(StoreError::Conflict(format!(
+                "player_id {} exists",
+                player.player_id
+            )));
+        }
         if inner.nicks.contains_key(&nick) {
             return Err(StoreError::Conflict(format!(
                 "nickname {:?} is taken",
                 player.nickname.trim()
-            )));
-        }
-        if inner.players.contains_key(&player.player_id) {
-            return Err(StoreError::Conflict(format!(
-                "player_id {} exists",
-                player.player_id
             )));
         }
         inner.nicks.insert(nick, player.player_id.clone());

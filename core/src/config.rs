@@ -1,0 +1,333 @@
+//! Configuration: one typed struct, loaded in layers.
+//!
+//! Precedence, lowest first: built-in defaults < TOML file (`--config`) <
+//! environment (`QUIZ_*`) < command line. [`Config::validate`] names the
+//! offending key. Every key is documented in `docs/core.md`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// Which routes a node serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// HTTP API only: the WebSocket route answers 404 `not_found`.
+    Api,
+    /// WebSocket route (plus health, readiness, metrics) only.
+    Ws,
+    /// Everything.
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// This node's name, in logs and metrics.
+    pub node_name: String,
+    pub tier: Tier,
+    /// HMAC key for tokens, shared by all nodes. Empty in embedded mode: a
+    /// random one is generated at start (tokens then die with the process).
+    pub token_secret: String,
+    /// Redis Cluster seed nodes (`host:port`). Empty = embedded mode.
+    pub redis_nodes: Vec<String>,
+    /// Kafka bootstrap servers, comma separated. Empty = embedded mode.
+    pub kafka_brokers: String,
+    pub kafka_topic: String,
+    /// Embedded mode's append-only JSON-lines event log.
+    pub event_log: PathBuf,
+    /// Embedded mode: create the quiz `demo` at start.
+    pub demo_quiz: bool,
+    /// Operators may require `X-Admin-Key` on `POST /v1/quizzes`.
+    pub admin_key: Option<String>,
+    /// Leaderboard entries in the `leaderboard` message.
+    pub leaderboard_top: usize,
+    /// Minimum time between two `leaderboard` messages of one quiz.
+    pub leaderboard_interval_ms: u64,
+    /// Rooms re-read their quiz state at least this often (bus messages
+    /// trigger it sooner).
+    pub reconcile_interval_ms: u64,
+    /// Inbound WebSocket frames larger than this close the socket with 1009.
+    pub ws_max_frame_bytes: usize,
+    /// Per-connection inbound message rate (token bucket) before close 1008.
+    pub ws_rate_per_sec: u32,
+    pub ws_rate_burst: u32,
+    /// Must-deliver messages queued per connection before it is closed as a
+    /// slow consumer (4008).
+    pub ws_queue_capacity: usize,
+    /// A single frame write taking longer than this closes the connection as
+    /// a slow consumer.
+    pub ws_write_timeout_ms: u64,
+    /// Cap on concurrently open TCP connections; past it, new ones are
+    /// closed at once.
+    pub max_connections: usize,
+    pub http_max_body_bytes: usize,
+    /// Per-client-IP rate of HTTP POSTs before 429.
+    pub http_post_rate_per_sec: u32,
+    pub http_post_burst: u32,
+    /// Grace period for closing sockets and flushing events on shutdown.
+    pub shutdown_grace_ms: u64,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            node_name: "core-1".into(),
+            tier: Tier::Both,
+            token_secret: String::new(),
+            redis_nodes: Vec::new(),
+            kafka_brokers: String::new(),
+            kafka_topic: "quiz-events".into(),
+            event_log: PathBuf::from("quiz-events.jsonl"),
+            demo_quiz: true,
+            admin_key: None,
+            leaderboard_top: 10,
+            leaderboard_interval_ms: 500,
+            reconcile_interval_ms: 1000,
+            ws_max_frame_bytes: 4096,
+            ws_rate_per_sec: 20,
+            ws_rate_burst: 40,
+            ws_queue_capacity: 64,
+            ws_write_timeout_ms: 10_000,
+            max_connections: 19_000,
+            http_max_body_bytes: 1 << 20,
+            http_post_rate_per_sec: 200,
+            http_post_burst: 400,
+            shutdown_grace_ms: 10_000,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Command line of the `quiz-core` binary. Each override also reads its
+/// `QUIZ_*` environment variable (the command line wins).
+#[derive(Debug, Default, Parser)]
+#[command(name = "quiz-core", about = "The quiz service")]
+pub struct Cli {
+    /// TOML config file.
+    #[arg(long, env = "QUIZ_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "QUIZ_LISTEN")]
+    pub listen: Option<String>,
+    #[arg(long, env = "QUIZ_NODE_NAME")]
+    pub node_name: Option<String>,
+    #[arg(long, env = "QUIZ_TIER", value_enum)]
+    pub tier: Option<Tier>,
+    #[arg(long, env = "QUIZ_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Comma separated `host:port` list.
+    #[arg(long, env = "QUIZ_REDIS_NODES")]
+    pub redis_nodes: Option<String>,
+    #[arg(long, env = "QUIZ_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    #[arg(long, env = "QUIZ_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    #[arg(long, env = "QUIZ_EVENT_LOG")]
+    pub event_log: Option<PathBuf>,
+    #[arg(long, env = "QUIZ_DEMO_QUIZ")]
+    pub demo_quiz: Option<bool>,
+    #[arg(long, env = "QUIZ_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    #[arg(long, env = "QUIZ_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    #[arg(long, env = "QUIZ_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Defaults, then the file named by `cli.config`, then `cli`'s overrides
+    /// (which clap already filled from `QUIZ_*` where not on the command line).
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let mut cfg = match &cli.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        cfg.apply(cli);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    fn apply(&mut self, cli: &Cli) {
+        fn set<T: Clone>(slot: &mut T, v: &Option<T>) {
+            if let Some(v) = v {
+                *slot = v.clone();
+            }
+        }
+        set(&mut self.listen, &cli.listen);
+        set(&mut self.node_name, &cli.node_name);
+        set(&mut self.tier, &cli.tier);
+        set(&mut self.token_secret, &cli.token_secret);
+        set(&mut self.kafka_brokers, &cli.kafka_brokers);
+        set(&mut self.kafka_topic, &cli.kafka_topic);
+        set(&mut self.event_log, &cli.event_log);
+        set(&mut self.demo_quiz, &cli.demo_quiz);
+        set(&mut self.max_connections, &cli.max_connections);
+        set(&mut self.log_format, &cli.log_format);
+        if cli.admin_key.is_some() {
+            self.admin_key = cli.admin_key.clone();
+        }
+        if let Some(nodes) = &cli.redis_nodes {
+            self.redis_nodes = nodes
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+    }
+
+    /// Embedded mode: neither Redis nor Kafka configured.
+    pub fn is_embedded(&self) -> bool {
+        self.redis_nodes.is_empty() && self.kafka_brokers.trim().is_empty()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("listen", format!("{:?} is not an ip:port", self.listen));
+        }
+        if self.node_name.trim().is_empty() {
+            return bad("node_name", "must not be empty");
+        }
+        let redis = !self.redis_nodes.is_empty();
+        let kafka = !self.kafka_brokers.trim().is_empty();
+        if redis != kafka {
+            return bad(
+                if redis { "kafka_brokers" } else { "redis_nodes" },
+                "distributed mode needs both redis_nodes and kafka_brokers (embedded mode: neither)",
+            );
+        }
+        if redis && self.token_secret.len() < 16 {
+            return bad(
+                "token_secret",
+                "distributed mode needs a secret of at least 16 bytes shared by all nodes",
+            );
+        }
+        if kafka && self.kafka_topic.trim().is_empty() {
+            return bad("kafka_topic", "must not be empty");
+        }
+        if !(1..=100).contains(&self.leaderboard_top) {
+            return bad("leaderboard_top", "must be 1..=100");
+        }
+        if self.leaderboard_interval_ms == 0 {
+            return bad("leaderboard_interval_ms", "must be > 0");
+        }
+        if self.reconcile_interval_ms == 0 {
+            return bad("reconcile_interval_ms", "must be > 0");
+        }
+        if !(64..=1 << 20).contains(&self.ws_max_frame_bytes) {
+            return bad("ws_max_frame_bytes", "must be 64..=1048576");
+        }
+        if self.ws_rate_per_sec == 0 || self.ws_rate_burst == 0 {
+            return bad("ws_rate_per_sec", "rate and burst must be > 0");
+        }
+        if self.ws_queue_capacity == 0 {
+            return bad("ws_queue_capacity", "must be > 0");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be > 0");
+        }
+        if self.http_max_body_bytes == 0 {
+            return bad("http_max_body_bytes", "must be > 0");
+        }
+        if self.http_post_rate_per_sec == 0 || self.http_post_burst == 0 {
+            return bad("http_post_rate_per_sec", "rate and burst must be > 0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_embedded() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert!(c.is_embedded());
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let c = Config {
+            redis_nodes: vec!["127.0.0.1:7000".into()],
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("kafka_brokers"), "{e}");
+        let c = Config {
+            leaderboard_top: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("leaderboard_top"));
+    }
+
+    #[test]
+    fn file_then_cli_overrides() {
+        let dir = std::env::temp_dir().join(format!("quizcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nnode_name = \"a\"\n").unwrap();
+        let cli = Cli {
+            config: Some(path),
+            node_name: Some("b".into()),
+            redis_nodes: Some("x:1, y:2".into()),
+            kafka_brokers: Some("k:9092".into()),
+            token_secret: Some("0123456789abcdef".into()),
+            ..Cli::default()
+        };
+        let c = Config::load(&cli).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000");
+        assert_eq!(c.node_name, "b");
+        assert_eq!(c.redis_nodes, vec!["x:1", "y:2"]);
+        assert!(!c.is_embedded());
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let e = toml::from_str::<Config>("lisen = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("lisen"));
+    }
+}

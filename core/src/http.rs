@@ -1,0 +1,418 @@
+//! HTTP: the accept loop and a small hand router over hyper 1.
+//!
+//! Every route of the contract is matched in [`route`]; handlers parse,
+//! call [`QuizService`] and render JSON. Errors always have the contract's
+//! shape `{"error":{"code","message"}}`. Bodies are capped at
+//! `http_max_body_bytes` (1 MiB → 413) before they are read into memory.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::config::Tier;
+use crate::model::Mode;
+use crate::protocol::{self, CreateQuizReq, JoinReq, JoinResp, JoinedQuiz, PlayerView, QuizView};
+use crate::quiz::{HostAction, QuizError, QuizService};
+use crate::room::Rooms;
+use crate::shutdown::Shutdown;
+
+type Resp = Response<Full<Bytes>>;
+
+/// Serves `listener` until shutdown; then drains connections and flushes
+/// the event sink within `shutdown_grace_ms`.
+pub async fn serve(
+    svc: Arc<QuizService>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    Rooms::spawn_bus_listener(&svc, shutdown.token().clone());
+    let limit = Arc::new(tokio::sync::Semaphore::new(svc.config.max_connections));
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        node = %svc.config.node_name,
+        tier = ?svc.config.tier,
+        embedded = svc.config.is_embedded(),
+        "listening"
+    );
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.triggered() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            svc.metrics.connections_refused.inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = Arc::clone(&svc);
+        let sd = shutdown.clone();
+        shutdown.spawn(async move {
+            let _permit = permit;
+            let sd2 = sd.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let svc = Arc::clone(&svc);
+                let sd = sd2.clone();
+                async move { Ok::<_, Infallible>(handle(svc, req, peer, sd).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = sd.triggered() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    tracing::info!("shutting down: stopped accepting, closing connections");
+    let grace = Duration::from_millis(svc.config.shutdown_grace_ms);
+    if !shutdown.wait_tasks(grace).await {
+        tracing::warn!("some connections did not finish within the grace period");
+    }
+    match svc.sink.flush(grace).await {
+        Ok(()) => tracing::info!("event sink flushed"),
+        Err(e) => tracing::error!(error = %e, "event sink flush failed"),
+    }
+    Ok(())
+}
+
+async fn handle(svc: Arc<QuizService>, req: Request<Incoming>, peer: SocketAddr, sd: Shutdown) -> Resp {
+    let resp = match route(&svc, req, peer, &sd).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
+    svc.metrics
+        .http_responses
+        .with_label_values(&[resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn route(
+    svc: &Arc<QuizService>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    sd: &Shutdown,
+) -> Result<Resp, QuizError> {
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let tier = svc.config.tier;
+    let api = tier != Tier::Ws;
+    let not_served = |what: &str| {
+        Err(QuizError::NotFound(format!(
+            "{what} is not served by this node (tier {tier:?})"
+        )))
+    };
+    match (segs.as_slice(), &method) {
+        (["healthz"], &Method::GET) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok", "node": svc.config.node_name}),
+        )),
+        (["readyz"], &Method::GET) => match svc.ready().await {
+            Ok(()) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ready"}))),
+            Err(why) => Err(QuizError::Unavailable(format!("not ready: {why}"))),
+        },
+        (["metrics"], &Method::GET) => Ok(Response::builder()
+            .header(CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(svc.metrics.render())))
+            .unwrap_or_default()),
+        (["v1", "quizzes", id, "ws"], &Method::GET) => {
+            if tier == Tier::Api {
+                return not_served("the WebSocket route");
+            }
+            ws_upgrade(svc, req, id, sd)
+        }
+        (["v1", "quizzes"], &Method::POST) if api => {
+            rate_limit(svc, peer)?;
+            if let Some(key) = &svc.config.admin_key {
+                let given = req.headers().get("x-admin-key").and_then(|v| v.to_str().ok());
+                if given != Some(key.as_str()) {
+                    return Err(QuizError::Unauthorized(
+                        "x-admin-key: this node requires the admin key to create quizzes".into(),
+                    ));
+                }
+            }
+            let body: CreateQuizReq = read_json(svc, req).await?;
+            let (def, host_token) = svc.create_quiz(body).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &protocol::CreateQuizResp {
+                    quiz_id: def.quiz_id.clone(),
+                    host_token,
+                },
+            ))
+        }
+        (["v1", "quizzes", id], &Method::GET) if api => {
+            let def = svc.def(id).await?;
+            let state = svc.state(id).await?;
+            Ok(json(StatusCode::OK, &QuizView::new(&def, &state)))
+        }
+        (["v1", "quizzes", id, "players"], &Method::POST) if api => {
+            rate_limit(svc, peer)?;
+            let id = id.to_string();
+            svc.def(&id).await?;
+            let body: JoinReq = read_json(svc, req).await?;
+            let (def, state, player, token, lb) = svc.join(&id, &body.nickname).await?;
+            let released = match (def.mode, state.current_question) {
+                (Mode::Live, Some(c)) => def.questions.iter().take(c as usize + 1).map(Into::into).collect(),
+                _ => Vec::new(),
+            };
+            Ok(json(
+                StatusCode::CREATED,
+                &JoinResp {
+                    player_id: &player.player_id,
+                    player_token: &token,
+                    quiz: JoinedQuiz {
+                        view: QuizView::new(&def, &state),
+                        questions: released,
+                    },
+                    leaderboard: &lb,
+                },
+            ))
+        }
+        (["v1", "quizzes", id, "players", pid], &Method::GET) if api => {
+            svc.def(id).await?;
+            let player = svc
+                .store
+                .get_player(id, pid)
+                .await?
+                .ok_or_else(|| QuizError::NotFound(format!("player_id: no player {pid:?}")))?;
+            let standing = svc.store.standing(id, pid).await?.unwrap_or(crate::model::Standing {
+                score: 0,
+                rank: 0,
+            });
+            Ok(json(
+                StatusCode::OK,
+                &PlayerView {
+                    player_id: &player.player_id,
+                    nickname: &player.nickname,
+                    score: standing.score,
+                    rank: standing.rank,
+                },
+            ))
+        }
+        (["v1", "quizzes", id, "leaderboard"], &Method::GET) if api => {
+            let limit = match query_param(req.uri().query(), "limit") {
+                None => svc.config.leaderboard_top,
+                Some(v) => match v.parse::<usize>() {
+                    Ok(n) if (1..=100).contains(&n) => n,
+                    _ => return Err(QuizError::Invalid("limit: must be an integer 1–100".into())),
+                },
+            };
+            svc.def(id).await?;
+            let lb = svc.store.leaderboard(id, limit).await?;
+            Ok(json(StatusCode::OK, &lb))
+        }
+        (["v1", "quizzes", id, action @ ("start" | "next" | "end")], &Method::POST) if api => {
+            let action = match *action {
+                "start" => HostAction::Start,
+                "next" => HostAction::Next,
+                _ => HostAction::End,
+            };
+            let bearer = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(str::trim);
+            svc.def(id).await?;
+            svc.authorize_host(id, bearer)?;
+            let (def, state) = svc.host_action(id, action).await?;
+            Ok(json(StatusCode::OK, &QuizView::new(&def, &state)))
+        }
+        (["v1", "quizzes", ..], _) if !api => not_served("the HTTP API"),
+        (["v1", "quizzes"], _)
+        | (["v1", "quizzes", _], _)
+        | (["v1", "quizzes", _, "players" | "leaderboard" | "start" | "next" | "end" | "ws"], _)
+        | (["v1", "quizzes", _, "players", _], _)
+        | (["healthz" | "readyz" | "metrics"], _) => Ok(error_with(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(QuizError::NotFound(format!("no route {path}"))),
+    }
+}
+
+fn ws_upgrade(
+    svc: &Arc<QuizService>,
+    mut req: Request<Incoming>,
+    quiz_id: &str,
+    sd: &Shutdown,
+) -> Result<Resp, QuizError> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return Err(QuizError::Invalid(
+            "upgrade: this route needs a WebSocket upgrade request".into(),
+        ));
+    }
+    let token = query_param(req.uri().query(), "token").map(str::to_string);
+    let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)
+        .map_err(|e| QuizError::Invalid(format!("upgrade: {e}")))?;
+    // The handshake always succeeds; a bad token or unknown quiz is then
+    // reported with a close code (4001 / 4004), as the contract says.
+    sd.spawn(crate::connection::serve(
+        Arc::clone(svc),
+        fut,
+        quiz_id.to_string(),
+        token,
+        sd.token().clone(),
+    ));
+    let (parts, _) = resp.into_parts();
+    Ok(Response::from_parts(parts, Full::new(Bytes::new())))
+}
+
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    svc: &QuizService,
+    req: Request<Incoming>,
+) -> Result<T, QuizError> {
+    let max = svc.config.http_max_body_bytes;
+    let too_large = || QuizError::TooLarge(format!("body: larger than {max} bytes"));
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max as u64 {
+            return Err(too_large());
+        }
+    }
+    let body = Limited::new(req.into_body(), max)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                too_large()
+            } else {
+                QuizError::Invalid(format!("body: {e}"))
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| QuizError::Invalid(format!("body: {e}")))
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_with(status: StatusCode, code: &str, message: &str) -> Resp {
+    json(
+        status,
+        &serde_json::json!({"error": {"code": code, "message": message}}),
+    )
+}
+
+pub fn status_of(e: &QuizError) -> StatusCode {
+    match e {
+        QuizError::Invalid(_) => StatusCode::BAD_REQUEST,
+        QuizError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        QuizError::Forbidden(_) => StatusCode::FORBIDDEN,
+        QuizError::NotFound(_) => StatusCode::NOT_FOUND,
+        QuizError::Conflict(_) => StatusCode::CONFLICT,
+        QuizError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        QuizError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        QuizError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn error_response(e: &QuizError) -> Resp {
+    let mut r = error_with(status_of(e), e.code(), &e.to_string());
+    match e {
+        QuizError::Unavailable(_) => {
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        QuizError::RateLimited(_) => {
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    r
+}
+
+fn rate_limit(svc: &QuizService, peer: SocketAddr) -> Result<(), QuizError> {
+    if svc.post_limiter.allow(peer.ip()) {
+        Ok(())
+    } else {
+        Err(QuizError::RateLimited(
+            "too many requests from this address; retry after a second".into(),
+        ))
+    }
+}
+
+/// Per-client-IP token bucket for HTTP POSTs. Bounded: past 100 000
+/// addresses the map is cleared (everyone gets a fresh bucket).
+pub struct IpLimiter {
+    map: DashMap<IpAddr, (f64, Instant)>,
+    rate: f64,
+    burst: f64,
+}
+
+const LIMITER_MAX: usize = 100_000;
+
+impl IpLimiter {
+    pub fn new(rate: u32, burst: u32) -> IpLimiter {
+        IpLimiter {
+            map: DashMap::new(),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+        }
+    }
+
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        if self.map.len() > LIMITER_MAX {
+            self.map.clear();
+        }
+        let now = Instant::now();
+        let mut e = self.map.entry(ip).or_insert((self.burst, now));
+        let (tokens, last) = *e;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            *e = (tokens - 1.0, now);
+            true
+        } else {
+            *e = (tokens, now);
+            false
+        }
+    }
+}

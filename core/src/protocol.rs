@@ -1,0 +1,385 @@
+//! Every message in and out, in one place.
+//!
+//! Inbound WebSocket messages are parsed only by [`parse_client`]; outbound
+//! ones are built by the `encode_*` helpers, which return `Bytes` so a frame
+//! encoded once can be shared by every connection it goes to. HTTP request
+//! and response bodies are here too.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{LeaderboardEntry, Millis, Mode, Phase, Question, QuizDef, QuizState};
+
+// ---------------------------------------------------------------- inbound WS
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMsg {
+    Answer { question_id: u32, choices: Vec<u32> },
+    Ping,
+}
+
+/// Why an inbound message was refused; sent back as an `error` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtoError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct AnswerIn {
+    question_id: u32,
+    choices: Vec<u32>,
+}
+
+/// Parses one inbound text frame. Never panics, whatever the bytes.
+pub fn parse_client(bytes: &[u8]) -> Result<ClientMsg, ProtoError> {
+    let env: Envelope = serde_json::from_slice(bytes).map_err(|e| ProtoError {
+        code: "malformed",
+        message: format!("not a JSON object: {e}"),
+    })?;
+    match env.ty.as_deref() {
+        Some("answer") => {
+            let a: AnswerIn = serde_json::from_slice(bytes).map_err(|e| ProtoError {
+                code: "malformed",
+                message: format!("answer: {e}"),
+            })?;
+            Ok(ClientMsg::Answer {
+                question_id: a.question_id,
+                choices: a.choices,
+            })
+        }
+        Some("ping") => Ok(ClientMsg::Ping),
+        Some(other) => Err(ProtoError {
+            code: "unknown_type",
+            message: format!("unknown message type {:?}", truncate(other, 32)),
+        }),
+        None => Err(ProtoError {
+            code: "malformed",
+            message: "missing field `type`".into(),
+        }),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+// --------------------------------------------------------------- outbound WS
+
+/// A question as players see it: without the correct answers.
+#[derive(Debug, Serialize)]
+pub struct PublicQuestion<'a> {
+    pub id: u32,
+    pub index: u32,
+    pub text: &'a str,
+    pub options: &'a [String],
+    pub time_limit_ms: u64,
+    pub points: u32,
+}
+
+impl<'a> From<&'a Question> for PublicQuestion<'a> {
+    fn from(q: &'a Question) -> Self {
+        PublicQuestion {
+            id: q.id,
+            index: q.index,
+            text: &q.text,
+            options: &q.options,
+            time_limit_ms: q.time_limit_ms,
+            points: q.points,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct QuestionMsg<'a> {
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    pub question: PublicQuestion<'a>,
+    pub opens_at_ms: Millis,
+    pub closes_at_ms: Millis,
+}
+
+impl<'a> QuestionMsg<'a> {
+    pub fn new(q: &'a Question, opens_at_ms: Millis, closes_at_ms: Millis) -> Self {
+        QuestionMsg {
+            ty: "question",
+            question: q.into(),
+            opens_at_ms,
+            closes_at_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Welcome<'a> {
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// `player` or `host` (an extension).
+    pub role: &'static str,
+    pub player_id: Option<&'a str>,
+    pub score: u64,
+    pub rank: u64,
+    pub state: Phase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub question: Option<QuestionMsg<'a>>,
+    /// Extension: the player already answered the open question.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub answered: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerResult {
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub question_id: u32,
+    pub accepted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub correct: bool,
+    pub points: u32,
+    pub score: u64,
+    pub rank: u64,
+}
+
+impl AnswerResult {
+    pub fn new(question_id: u32) -> AnswerResult {
+        AnswerResult {
+            ty: "answer_result".into(),
+            question_id,
+            accepted: false,
+            reason: None,
+            correct: false,
+            points: 0,
+            score: 0,
+            rank: 0,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct QuestionClosed<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    question_id: u32,
+    correct: &'a [u32],
+    distribution: &'a [u64],
+}
+
+#[derive(Debug, Serialize)]
+struct LeaderboardMsg<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    quiz_id: &'a str,
+    version: u64,
+    total_players: u64,
+    top: &'a [LeaderboardEntry],
+}
+
+#[derive(Debug, Serialize)]
+struct QuizEnded<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    top: &'a [LeaderboardEntry],
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorMsg<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    code: &'a str,
+    message: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct AnswerCount {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    question_id: u32,
+    distribution: Vec<u64>,
+}
+
+fn to_bytes<T: Serialize>(v: &T) -> Bytes {
+    // Serialising these plain structs cannot fail (string keys, no maps).
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Bytes {
+    to_bytes(v)
+}
+
+pub fn encode_pong() -> Bytes {
+    Bytes::from_static(br#"{"type":"pong"}"#)
+}
+
+pub fn encode_error(code: &str, message: &str) -> Bytes {
+    to_bytes(&ErrorMsg {
+        ty: "error",
+        code,
+        message,
+    })
+}
+
+pub fn encode_leaderboard(lb: &crate::model::Leaderboard) -> Bytes {
+    to_bytes(&LeaderboardMsg {
+        ty: "leaderboard",
+        quiz_id: &lb.quiz_id,
+        version: lb.version,
+        total_players: lb.total_players,
+        top: &lb.top,
+    })
+}
+
+pub fn encode_question_closed(question_id: u32, correct: &[u32], distribution: &[u64]) -> Bytes {
+    to_bytes(&QuestionClosed {
+        ty: "question_closed",
+        question_id,
+        correct,
+        distribution,
+    })
+}
+
+pub fn encode_quiz_ended(top: &[LeaderboardEntry]) -> Bytes {
+    to_bytes(&QuizEnded {
+        ty: "quiz_ended",
+        top,
+    })
+}
+
+/// Hosts only (extension): live answer counts per option of the open question.
+pub fn encode_answer_count(question_id: u32, distribution: Vec<u64>) -> Bytes {
+    to_bytes(&AnswerCount {
+        ty: "answer_count",
+        question_id,
+        distribution,
+    })
+}
+
+// ---------------------------------------------------------------------- HTTP
+
+#[derive(Debug, Deserialize)]
+pub struct CreateQuizReq {
+    pub title: String,
+    pub mode: Mode,
+    #[serde(default)]
+    pub quiz_id: Option<String>,
+    pub questions: Vec<QuestionReq>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct QuestionReq {
+    pub text: String,
+    pub options: Vec<String>,
+    pub correct: Vec<u32>,
+    pub time_limit_ms: u64,
+    pub points: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateQuizResp {
+    pub quiz_id: String,
+    pub host_token: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JoinReq {
+    pub nickname: String,
+}
+
+/// `GET /v1/quizzes/{id}` and the host routes' response.
+#[derive(Debug, Serialize)]
+pub struct QuizView<'a> {
+    pub quiz_id: &'a str,
+    pub title: &'a str,
+    pub mode: Mode,
+    pub state: Phase,
+    pub question_count: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_question: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opens_at_ms: Option<Millis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closes_at_ms: Option<Millis>,
+}
+
+impl<'a> QuizView<'a> {
+    pub fn new(def: &'a QuizDef, state: &QuizState) -> Self {
+        QuizView {
+            quiz_id: &def.quiz_id,
+            title: &def.title,
+            mode: def.mode,
+            state: state.phase,
+            question_count: def.questions.len(),
+            current_question: state.current_question,
+            opens_at_ms: state.opens_at_ms,
+            closes_at_ms: state.closes_at_ms,
+        }
+    }
+}
+
+/// The quiz as a newly joined player sees it.
+#[derive(Debug, Serialize)]
+pub struct JoinedQuiz<'a> {
+    #[serde(flatten)]
+    pub view: QuizView<'a>,
+    pub questions: Vec<PublicQuestion<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JoinResp<'a> {
+    pub player_id: &'a str,
+    pub player_token: &'a str,
+    pub quiz: JoinedQuiz<'a>,
+    pub leaderboard: &'a crate::model::Leaderboard,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlayerView<'a> {
+    pub player_id: &'a str,
+    pub nickname: &'a str,
+    pub score: u64,
+    pub rank: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_messages() {
+        assert_eq!(parse_client(br#"{"type":"ping"}"#), Ok(ClientMsg::Ping));
+        assert_eq!(
+            parse_client(br#"{"type":"answer","question_id":2,"choices":[1,0],"x":1}"#),
+            Ok(ClientMsg::Answer {
+                question_id: 2,
+                choices: vec![1, 0]
+            })
+        );
+        assert_eq!(
+            parse_client(br#"{"type":"nope"}"#).unwrap_err().code,
+            "unknown_type"
+        );
+        for bad in [
+            &b"{"[..],
+            b"[]",
+            b"null",
+            b"{}",
+            b"{\"type\":\"answer\"}",
+            b"{\"type\":\"answer\",\"question_id\":-1,\"choices\":[]}",
+            b"\xff\xfe",
+            b"{\"type\":\"answer\",\"question_id\":1,\"choices\":[99999999999]}",
+        ] {
+            assert_eq!(parse_client(bad).unwrap_err().code, "malformed");
+        }
+        // Escaped type strings still parse.
+        assert_eq!(parse_client(br#"{"type":"p\u0069ng"}"#), Ok(ClientMsg::Ping));
+    }
+}

@@ -1,0 +1,461 @@
+//! The `QuizStore` conformance suite: one set of checks, run against every
+//! implementation (the in-process `MemoryStore` and `RedisClusterStore` on the
+//! local Redis Cluster from `deploy/local/stack up`).
+//!
+//! The Redis half needs the cluster: it fails loudly when it is missing
+//! (`QUIZ_REDIS_NODES`, default `127.0.0.1:7000..7005`), it never skips.
+//! Every test works on its own fresh quiz id, so runs never interfere.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use quiz_core::model::{
+    AnswerRecord, ApplyOutcome, Mode, Phase, Player, Question, QuizDef, QuizState,
+};
+use quiz_core::store::memory::MemoryStore;
+use quiz_core::store::redis_cluster::{RedisClusterStore, RedisOptions};
+use quiz_core::store::{QuizStore, StoreError};
+
+type Store = Arc<dyn QuizStore>;
+
+async fn memory() -> Store {
+    Arc::new(MemoryStore::new())
+}
+
+fn redis_nodes() -> Vec<String> {
+    match std::env::var("QUIZ_REDIS_NODES") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
+        _ => (7000..=7005).map(|p| format!("127.0.0.1:{p}")).collect(),
+    }
+}
+
+async fn redis() -> Store {
+    let nodes = redis_nodes();
+    match RedisClusterStore::connect(&nodes, RedisOptions::default()).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => panic!(
+            "Redis Cluster at {nodes:?} is required for this test (run `deploy/local/stack up`): {e}"
+        ),
+    }
+}
+
+fn unique(name: &str) -> String {
+    format!("t-{name}-{:08x}", rand::random::<u32>())
+}
+
+fn def(quiz_id: &str, questions: u32) -> QuizDef {
+    QuizDef {
+        quiz_id: quiz_id.to_string(),
+        title: "Conformance".into(),
+        mode: Mode::Live,
+        questions: (0..questions)
+            .map(|i| Question {
+                id: i,
+                index: i,
+                text: format!("question {i}"),
+                options: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+                correct: vec![0],
+                time_limit_ms: 20_000,
+                points: 1000,
+            })
+            .collect(),
+        created_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn player(id: &str, nickname: &str) -> Player {
+    Player {
+        player_id: id.to_string(),
+        nickname: nickname.to_string(),
+        joined_at_ms: 1_700_000_000_001,
+    }
+}
+
+fn answer(pid: &str, q: u32, choices: &[u32], points: u32) -> AnswerRecord {
+    AnswerRecord {
+        player_id: pid.to_string(),
+        nickname: format!("nick-{pid}"),
+        question_id: q,
+        choices: choices.to_vec(),
+        correct: points > 0,
+        late: false,
+        points,
+        response_ms: 1234,
+        answered_at_ms: 1_700_000_000_500,
+    }
+}
+
+async fn new_quiz(store: &Store, name: &str, questions: u32) -> String {
+    let id = unique(name);
+    store
+        .create_quiz(&def(&id, questions), &QuizState::new_lobby())
+        .await
+        .expect("create_quiz");
+    id
+}
+
+async fn join(store: &Store, quiz: &str, pid: &str) {
+    store
+        .add_player(quiz, &player(pid, &format!("nick-{pid}")))
+        .await
+        .expect("add_player");
+}
+
+fn applied(o: ApplyOutcome) -> (u64, u64) {
+    match o {
+        ApplyOutcome::Applied { score, rank } => (score, rank),
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+/// The checks, each a generic async fn over a store.
+mod suite {
+    use super::*;
+
+    pub async fn create_get_conflict(store: Store) {
+        let id = unique("create");
+        let d = def(&id, 3);
+        assert!(store.get_quiz(&id).await.expect("get").is_none());
+        assert!(store.get_state(&id).await.expect("get").is_none());
+        store
+            .create_quiz(&d, &QuizState::new_lobby())
+            .await
+            .expect("create");
+        let got = store.get_quiz(&id).await.expect("get").expect("exists");
+        assert_eq!(*got, d);
+        assert_eq!(
+            store.get_state(&id).await.expect("state"),
+            Some(QuizState::new_lobby())
+        );
+        // The very same definition again is a retried create: accepted.
+        store
+            .create_quiz(&d, &QuizState::new_lobby())
+            .await
+            .expect("retried create");
+        let mut other = d.clone();
+        other.title = "someone else".into();
+        match store.create_quiz(&other, &QuizState::new_lobby()).await {
+            Err(StoreError::Conflict(_)) => {}
+            r => panic!("expected Conflict, got {r:?}"),
+        }
+        assert_eq!(*store.get_quiz(&id).await.expect("get").expect("exists"), d);
+    }
+
+    pub async fn state_compare_and_set(store: Store) {
+        let id = new_quiz(&store, "cas", 2).await;
+        let running = QuizState {
+            version: 2,
+            phase: Phase::Running,
+            current_question: Some(0),
+            opens_at_ms: Some(10),
+            closes_at_ms: Some(20_010),
+        };
+        assert!(store.set_state(&id, 1, &running).await.expect("cas"));
+        // A second writer that read version 1 loses.
+        let ended = QuizState {
+            version: 2,
+            phase: Phase::Ended,
+            ..running.clone()
+        };
+        assert!(!store.set_state(&id, 1, &ended).await.expect("cas"));
+        assert_eq!(store.get_state(&id).await.expect("get"), Some(running.clone()));
+        let next = QuizState {
+            version: 3,
+            current_question: Some(1),
+            ..running.clone()
+        };
+        assert!(store.set_state(&id, 2, &next).await.expect("cas"));
+        assert_eq!(store.get_state(&id).await.expect("get"), Some(next));
+        // next.version must be expected + 1.
+        assert!(matches!(
+            store.set_state(&id, 3, &running).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.set_state(&unique("nope"), 1, &running).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    pub async fn add_player_nicknames(store: Store) {
+        let id = new_quiz(&store, "join", 1).await;
+        store
+            .add_player(&id, &player("p1", "Alice"))
+            .await
+            .expect("join");
+        for taken in ["alice", "  ALICE ", "Alice"] {
+            match store.add_player(&id, &player("p2", taken)).await {
+                Err(StoreError::Conflict(_)) => {}
+                r => panic!("nickname {taken:?}: expected Conflict, got {r:?}"),
+            }
+        }
+        store
+            .add_player(&id, &player("p2", "Bob"))
+            .await
+            .expect("join");
+        // The very same player again is a retried join: accepted.
+        store
+            .add_player(&id, &player("p2", "Bob"))
+            .await
+            .expect("retried join");
+        assert_eq!(
+            store.get_player(&id, "p1").await.expect("get"),
+            Some(player("p1", "Alice"))
+        );
+        assert!(store.get_player(&id, "p9").await.expect("get").is_none());
+        let lb = store.leaderboard(&id, 10).await.expect("lb");
+        assert_eq!(lb.total_players, 2);
+        assert!(lb.top.iter().all(|e| e.score == 0 && e.rank == 1));
+        let s = store.standing(&id, "p1").await.expect("standing");
+        assert_eq!(s.map(|s| (s.score, s.rank)), Some((0, 1)));
+        assert!(store.standing(&id, "p9").await.expect("standing").is_none());
+        assert!(matches!(
+            store.add_player(&unique("nope"), &player("p1", "x")).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    pub async fn apply_answer_applied_and_duplicate(store: Store) {
+        let id = new_quiz(&store, "apply", 2).await;
+        join(&store, &id, "p1").await;
+        join(&store, &id, "p2").await;
+        let first = answer("p1", 0, &[0], 900);
+        let (score, rank) = applied(store.apply_answer(&id, &first).await.expect("apply"));
+        assert_eq!((score, rank), (900, 1));
+        let mut later = answer("p1", 0, &[1], 0);
+        later.answered_at_ms += 10;
+        match store.apply_answer(&id, &later).await.expect("apply") {
+            ApplyOutcome::Duplicate {
+                original,
+                score,
+                rank,
+            } => {
+                assert_eq!(original, first);
+                assert_eq!((score, rank), (900, 1));
+            }
+            other => panic!("expected Duplicate, got {other:?}"),
+        }
+        assert_eq!(
+            store.get_answer(&id, "p1", 0).await.expect("get"),
+            Some(first)
+        );
+        assert!(store.get_answer(&id, "p1", 1).await.expect("get").is_none());
+        let (score, _) = applied(
+            store
+                .apply_answer(&id, &answer("p1", 1, &[0], 500))
+                .await
+                .expect("apply"),
+        );
+        assert_eq!(score, 1400);
+        let (score, rank) = applied(
+            store
+                .apply_answer(&id, &answer("p2", 0, &[2], 0))
+                .await
+                .expect("apply"),
+        );
+        assert_eq!((score, rank), (0, 2));
+        assert!(matches!(
+            store.apply_answer(&id, &answer("ghost", 0, &[0], 10)).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    pub async fn ranks_with_ties_and_leaderboard(store: Store) {
+        let id = new_quiz(&store, "ranks", 2).await;
+        for p in ["pa", "pb", "pc", "pd", "pe"] {
+            join(&store, &id, p).await;
+        }
+        let v0 = store.leaderboard(&id, 10).await.expect("lb").version;
+        for (p, pts) in [("pa", 1000), ("pb", 1000), ("pc", 500), ("pd", 0)] {
+            store
+                .apply_answer(&id, &answer(p, 0, &[0], pts))
+                .await
+                .expect("apply");
+        }
+        let lb = store.leaderboard(&id, 10).await.expect("lb");
+        assert_eq!(lb.quiz_id, id);
+        assert_eq!(lb.total_players, 5);
+        assert_eq!(lb.version, v0 + 4, "one version per applied answer");
+        let got: Vec<(u64, &str, u64, &str)> = lb
+            .top
+            .iter()
+            .map(|e| (e.rank, e.player_id.as_str(), e.score, e.nickname.as_str()))
+            .collect();
+        // "1224" ranks; ties ordered by descending player id (Redis order).
+        assert_eq!(
+            got,
+            vec![
+                (1, "pb", 1000, "nick-pb"),
+                (1, "pa", 1000, "nick-pa"),
+                (3, "pc", 500, "nick-pc"),
+                (4, "pe", 0, "nick-pe"),
+                (4, "pd", 0, "nick-pd"),
+            ]
+        );
+        let top2 = store.leaderboard(&id, 2).await.expect("lb");
+        assert_eq!(top2.top.len(), 2);
+        assert_eq!(top2.total_players, 5);
+        for (p, rank) in [("pa", 1), ("pb", 1), ("pc", 3), ("pd", 4), ("pe", 4)] {
+            let s = store.standing(&id, p).await.expect("standing").expect("player");
+            assert_eq!(s.rank, rank, "rank of {p}");
+        }
+        // A duplicate changes nothing, the version included.
+        store
+            .apply_answer(&id, &answer("pa", 0, &[0], 1000))
+            .await
+            .expect("dup");
+        assert_eq!(store.leaderboard(&id, 10).await.expect("lb").version, lb.version);
+        // A join bumps the version.
+        join(&store, &id, "pf").await;
+        assert_eq!(
+            store.leaderboard(&id, 10).await.expect("lb").version,
+            lb.version + 1
+        );
+        assert!(matches!(
+            store.leaderboard(&unique("nope"), 10).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    pub async fn distribution(store: Store) {
+        let id = new_quiz(&store, "dist", 2).await;
+        for p in ["p1", "p2", "p3", "p4", "p5"] {
+            join(&store, &id, p).await;
+        }
+        store.apply_answer(&id, &answer("p1", 0, &[0], 1)).await.expect("a");
+        store.apply_answer(&id, &answer("p2", 0, &[0, 2], 0)).await.expect("a");
+        store.apply_answer(&id, &answer("p3", 0, &[1], 0)).await.expect("a");
+        // Duplicates and late answers do not count.
+        store.apply_answer(&id, &answer("p3", 0, &[3], 0)).await.expect("a");
+        let mut late = answer("p4", 0, &[3], 0);
+        late.late = true;
+        store.apply_answer(&id, &late).await.expect("a");
+        store.apply_answer(&id, &answer("p5", 1, &[3], 0)).await.expect("a");
+        assert_eq!(
+            store.distribution(&id, 0, 4).await.expect("dist"),
+            vec![2, 1, 1, 0]
+        );
+        assert_eq!(
+            store.distribution(&id, 1, 4).await.expect("dist"),
+            vec![0, 0, 0, 1]
+        );
+        assert_eq!(store.distribution(&id, 1, 2).await.expect("dist"), vec![0, 0]);
+    }
+
+    pub async fn question_sent_at_sticks(store: Store) {
+        let id = new_quiz(&store, "sent", 2).await;
+        join(&store, &id, "p1").await;
+        assert_eq!(store.question_sent_at(&id, "p1", 0, 100).await.expect("s"), 100);
+        assert_eq!(store.question_sent_at(&id, "p1", 0, 200).await.expect("s"), 100);
+        assert_eq!(store.question_sent_at(&id, "p1", 1, 300).await.expect("s"), 300);
+        assert_eq!(store.question_sent_at(&id, "p2", 0, 400).await.expect("s"), 400);
+        assert!(matches!(
+            store.question_sent_at(&unique("nope"), "p1", 0, 1).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    pub async fn concurrent_same_answer_counts_once(store: Store) {
+        let id = new_quiz(&store, "same", 1).await;
+        join(&store, &id, "p1").await;
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                let id = id.clone();
+                tokio::spawn(async move { store.apply_answer(&id, &answer("p1", 0, &[0], 700)).await })
+            })
+            .collect();
+        let mut applied = 0;
+        let mut dups = 0;
+        for t in tasks {
+            match t.await.expect("join").expect("apply") {
+                ApplyOutcome::Applied { score, .. } => {
+                    assert_eq!(score, 700);
+                    applied += 1;
+                }
+                ApplyOutcome::Duplicate { score, .. } => {
+                    assert_eq!(score, 700);
+                    dups += 1;
+                }
+            }
+        }
+        assert_eq!((applied, dups), (1, 63));
+        let s = store.standing(&id, "p1").await.expect("s").expect("player");
+        assert_eq!(s.score, 700);
+        assert_eq!(store.distribution(&id, 0, 4).await.expect("d"), vec![1, 0, 0, 0]);
+    }
+
+    pub async fn many_players_concurrent_totals(store: Store) {
+        const PLAYERS: u32 = 40;
+        const QUESTIONS: u32 = 10;
+        let id = new_quiz(&store, "many", QUESTIONS).await;
+        for p in 0..PLAYERS {
+            join(&store, &id, &format!("p{p:03}")).await;
+        }
+        let v0 = store.leaderboard(&id, 1).await.expect("lb").version;
+        // Every player answers every question, all at once, each answer
+        // also sent twice (a retrying client): totals must be exact.
+        let mut tasks = Vec::new();
+        let mut expected: HashMap<String, u64> = HashMap::new();
+        for p in 0..PLAYERS {
+            let pid = format!("p{p:03}");
+            for q in 0..QUESTIONS {
+                let pts = (p * 7 + q * 13) % 1000;
+                *expected.entry(pid.clone()).or_default() += u64::from(pts);
+                for _ in 0..2 {
+                    let store = Arc::clone(&store);
+                    let id = id.clone();
+                    let a = answer(&pid, q, &[q % 4], pts);
+                    tasks.push(tokio::spawn(async move { store.apply_answer(&id, &a).await }));
+                }
+            }
+        }
+        let mut applied = 0;
+        for t in tasks {
+            if let ApplyOutcome::Applied { .. } = t.await.expect("join").expect("apply") {
+                applied += 1;
+            }
+        }
+        assert_eq!(applied, PLAYERS * QUESTIONS);
+        let lb = store.leaderboard(&id, 1000).await.expect("lb");
+        assert_eq!(lb.total_players, u64::from(PLAYERS));
+        assert_eq!(lb.version, v0 + u64::from(PLAYERS * QUESTIONS));
+        for e in &lb.top {
+            assert_eq!(Some(&e.score), expected.get(&e.player_id), "{}", e.player_id);
+            let higher = expected.values().filter(|s| **s > e.score).count() as u64;
+            assert_eq!(e.rank, higher + 1);
+        }
+        assert!(lb.top.windows(2).all(|w| w[0].score >= w[1].score));
+    }
+}
+
+/// Instantiates every check of the suite for one store factory.
+macro_rules! conformance {
+    ($name:ident, $factory:path) => {
+        mod $name {
+            use super::*;
+
+            macro_rules! check {
+                ($t:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $t() {
+                        suite::$t($factory().await).await;
+                    }
+                };
+            }
+
+            check!(create_get_conflict);
+            check!(state_compare_and_set);
+            check!(add_player_nicknames);
+            check!(apply_answer_applied_and_duplicate);
+            check!(ranks_with_ties_and_leaderboard);
+            check!(distribution);
+            check!(question_sent_at_sticks);
+            check!(concurrent_same_answer_counts_once);
+            check!(many_players_concurrent_totals);
+        }
+    };
+}
+
+conformance!(memory_store, memory);
+conformance!(redis_cluster_store, redis);

@@ -1,0 +1,106 @@
+//! Admin API and Prometheus metrics, served by pingora's `ServeHttp` on `edge_lb.admin_listen`
+//! (bind it to loopback or a private network: it can drain nodes and reload configuration).
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/admin/route/{quiz_id}` | where the quiz goes, per route, and why (ring walk, caps, load) |
+//! | GET | `/admin/backends` | backends with health, eligibility, drain state, quizzes, tunnels |
+//! | POST | `/admin/backends/{name}/drain` | stop new quizzes, close tunnels at `drain.close_rate_per_sec` |
+//! | POST | `/admin/backends/{name}/undrain` | make it eligible again; its quizzes return |
+//! | POST | `/admin/reload` | re-read the configuration file (backends, weights, balance factor) |
+//! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/healthz` | 200 |
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hyper::Response;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+
+use crate::cluster::Cluster;
+use crate::config::EdgeConfig;
+use crate::head::valid_quiz_id;
+
+pub struct AdminApp {
+    pub cluster: Arc<Cluster>,
+    /// Where `/admin/reload` (and SIGHUP) re-read the configuration from.
+    pub config_path: Option<PathBuf>,
+}
+
+fn json(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec_pretty(&v).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(body)
+        .expect("static response parts")
+}
+
+fn err(status: u16, code: &str, msg: &str) -> Response<Vec<u8>> {
+    json(
+        status,
+        serde_json::json!({"error": {"code": code, "message": msg}}),
+    )
+}
+
+/// Reload configuration from `path` into `cluster`.
+pub fn reload(cluster: &Arc<Cluster>, path: &std::path::Path) -> Result<Vec<String>, String> {
+    let cfg = EdgeConfig::load(path).map_err(|e| e.to_string())?;
+    let removed = cluster.apply_config(cfg);
+    Ok(removed.iter().map(|s| s.to_string()).collect())
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.as_str().to_string();
+        let path = session.req_header().uri.path().to_string();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method.as_str(), parts.as_slice()) {
+            ("GET", ["healthz"]) => json(200, serde_json::json!({"ok": true})),
+            ("GET", ["metrics"]) => {
+                let body = self.cluster.metrics.render().into_bytes();
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("content-length", body.len())
+                    .body(body)
+                    .expect("static response parts")
+            }
+            ("GET", ["admin", "route", quiz]) => {
+                if !valid_quiz_id(quiz) {
+                    return err(400, "invalid", "quiz_id must be 1-64 chars of [A-Za-z0-9_-]");
+                }
+                json(200, self.cluster.explain(quiz))
+            }
+            ("GET", ["admin", "backends"]) => {
+                let cfg = self.cluster.config();
+                json(
+                    200,
+                    serde_json::json!({
+                        "balance_factor": cfg.balance_factor,
+                        "backends": self.cluster.backends(),
+                    }),
+                )
+            }
+            ("POST", ["admin", "backends", name, action @ ("drain" | "undrain")]) => {
+                if self.cluster.set_drain(name, *action == "drain") {
+                    json(200, serde_json::json!({"backend": name, "draining": *action == "drain"}))
+                } else {
+                    err(404, "not_found", "no backend with that name")
+                }
+            }
+            ("POST", ["admin", "reload"]) => match &self.config_path {
+                None => err(409, "conflict", "started without a configuration file"),
+                Some(p) => match reload(&self.cluster, p) {
+                    Ok(removed) => json(200, serde_json::json!({"reloaded": true, "removed": removed})),
+                    Err(e) => err(400, "invalid", &e),
+                },
+            },
+            _ => err(404, "not_found", "unknown admin route"),
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Typed configuration: pingora's `ServerConf` keys at the top level of the YAML file, and
+//! this crate's own section under `edge_lb:`. Every key is documented in `docs/edge-lb.md`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ring::{RingConfig, RingNode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse configuration: {0}")]
+    Parse(#[from] serde_yaml::Error),
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole file as this crate sees it (pingora reads the same file for its own keys).
+#[derive(Debug, Deserialize)]
+struct FileConf {
+    edge_lb: EdgeConfig,
+}
+
+/// The `edge_lb:` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Plain HTTP/WebSocket listeners.
+    #[serde(default = "d_listen")]
+    pub listen: Vec<String>,
+    /// Set SO_REUSEPORT on listeners so several edge-lb processes share a port.
+    #[serde(default = "d_true")]
+    pub reuse_port: bool,
+    /// Optional TLS (https/wss) listeners.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Admin API and Prometheus `/metrics`.
+    #[serde(default = "d_admin")]
+    pub admin_listen: String,
+    /// Bounded-load factor `c`; a node owns at most `ceil(c × average)` active quizzes.
+    #[serde(default = "d_balance")]
+    pub balance_factor: f64,
+    /// Ring points per unit of backend weight.
+    #[serde(default = "d_vnodes")]
+    pub vnodes: u32,
+    /// A quiz without tunnels stops counting as active this long after its last request.
+    #[serde(default = "d_quiz_idle", with = "humantime_serde")]
+    pub quiz_idle_ttl: Duration,
+    pub pools: Vec<PoolConfig>,
+    #[serde(default)]
+    pub routes: RoutesConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub tunnel: TunnelConfig,
+    #[serde(default)]
+    pub drain: DrainConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often the certificate files are checked for changes (reloaded without restart).
+    #[serde(default = "d_cert_check", with = "humantime_serde")]
+    pub reload_check_interval: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Stable node name: the ring key. Keep it across restarts and address changes.
+    pub name: String,
+    pub addr: SocketAddr,
+    #[serde(default = "d_weight")]
+    pub weight: u32,
+    /// Start drained (or drain on reload).
+    #[serde(default)]
+    pub drain: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesConfig {
+    /// Pool for WebSocket upgrades under `/v1/quizzes/{id}/…`.
+    pub websocket: String,
+    /// Pool for plain HTTP requests.
+    pub http: String,
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        RoutesConfig {
+            websocket: "core".into(),
+            http: "core".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub path: String,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes to mark a node healthy.
+    pub success_threshold: u32,
+    /// Consecutive failures to mark a node unhealthy.
+    pub failure_threshold: u32,
+    /// A node that was lost must stay healthy this long before it gets quizzes again.
+    #[serde(with = "humantime_serde")]
+    pub hold_down: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: "/readyz".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            success_threshold: 2,
+            failure_threshold: 2,
+            hold_down: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelConfig {
+    /// Close a WebSocket tunnel after this long without a byte in either direction.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the backend's upgrade response.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// After one side closes, wait at most this long for the other to finish.
+    #[serde(with = "humantime_serde")]
+    pub close_linger: Duration,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig {
+            idle_timeout: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(10),
+            close_linger: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Tunnels closed per second when draining a node or moving quizzes back.
+    pub close_rate_per_sec: u32,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            close_rate_per_sec: 200,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Request head larger than this is answered 431.
+    pub max_header_bytes: usize,
+    /// Downstream connections held at once (each proxied one costs two sockets).
+    pub max_connections: usize,
+    /// Time allowed for a client to send a request head.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Idle time allowed between keep-alive HTTP requests.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_header_bytes: 16 * 1024,
+            max_connections: 9_900,
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    #[serde(with = "humantime_serde")]
+    pub upstream_read_timeout: Duration,
+    /// Extra attempts on connect failure (to the next node of the walk for quiz-less requests,
+    /// to the same owner otherwise).
+    pub retries: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            upstream_read_timeout: Duration::from_secs(30),
+            retries: 1,
+        }
+    }
+}
+
+fn d_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".into()]
+}
+fn d_true() -> bool {
+    true
+}
+fn d_admin() -> String {
+    "127.0.0.1:9090".into()
+}
+fn d_balance() -> f64 {
+    1.25
+}
+fn d_vnodes() -> u32 {
+    160
+}
+fn d_quiz_idle() -> Duration {
+    Duration::from_secs(120)
+}
+fn d_cert_check() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_weight() -> u32 {
+    1
+}
+
+impl EdgeConfig {
+    /// Parse the `edge_lb:` section out of a whole configuration file's text.
+    pub fn from_yaml(text: &str) -> Result<EdgeConfig, ConfigError> {
+        let f: FileConf = serde_yaml::from_str(text)?;
+        f.edge_lb.validate()
+    }
+
+    pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    pub fn validate(self) -> Result<EdgeConfig, ConfigError> {
+        if !(self.balance_factor > 1.0 && self.balance_factor <= 10.0) {
+            return Err(invalid(
+                "edge_lb.balance_factor",
+                "must be > 1.0 and <= 10.0",
+            ));
+        }
+        if !(1..=10_000).contains(&self.vnodes) {
+            return Err(invalid("edge_lb.vnodes", "must be 1..=10000"));
+        }
+        if self.listen.is_empty() && self.tls.is_none() {
+            return Err(invalid("edge_lb.listen", "no listener configured"));
+        }
+        for (i, l) in self.listen.iter().enumerate() {
+            l.parse::<SocketAddr>()
+                .map_err(|e| invalid(format!("edge_lb.listen[{i}]"), e.to_string()))?;
+        }
+        self.admin_listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("edge_lb.admin_listen", e.to_string()))?;
+        if let Some(t) = &self.tls {
+            for (i, l) in t.listen.iter().enumerate() {
+                l.parse::<SocketAddr>()
+                    .map_err(|e| invalid(format!("edge_lb.tls.listen[{i}]"), e.to_string()))?;
+            }
+        }
+        if self.pools.is_empty() {
+            return Err(invalid("edge_lb.pools", "at least one pool is required"));
+        }
+        let mut pool_names = HashSet::new();
+        let mut names = HashSet::new();
+        for (p, pool) in self.pools.iter().enumerate() {
+            if !pool_names.insert(pool.name.as_str()) {
+                return Err(invalid(
+                    format!("edge_lb.pools[{p}].name"),
+                    format!("duplicate pool `{}`", pool.name),
+                ));
+            }
+            if pool.backends.is_empty() {
+                return Err(invalid(
+                    format!("edge_lb.pools[{p}].backends"),
+                    "at least one backend is required",
+                ));
+            }
+            for (b, be) in pool.backends.iter().enumerate() {
+                let key = format!("edge_lb.pools[{p}].backends[{b}]");
+                if be.name.is_empty()
+                    || be.name.len() > 64
+                    || !be
+                        .name
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+                {
+                    return Err(invalid(
+                        format!("{key}.name"),
+                        "1-64 chars of [A-Za-z0-9._-]",
+                    ));
+                }
+                if !names.insert(be.name.as_str()) {
+                    return Err(invalid(
+                        format!("{key}.name"),
+                        format!("duplicate backend name `{}`", be.name),
+                    ));
+                }
+                if !(1..=1000).contains(&be.weight) {
+                    return Err(invalid(format!("{key}.weight"), "must be 1..=1000"));
+                }
+            }
+        }
+        for (key, pool) in [
+            ("edge_lb.routes.websocket", &self.routes.websocket),
+            ("edge_lb.routes.http", &self.routes.http),
+        ] {
+            if !pool_names.contains(pool.as_str()) {
+                return Err(invalid(key, format!("no pool named `{pool}`")));
+            }
+        }
+        if self.health.success_threshold == 0 {
+            return Err(invalid("edge_lb.health.success_threshold", "must be >= 1"));
+        }
+        if self.health.failure_threshold == 0 {
+            return Err(invalid("edge_lb.health.failure_threshold", "must be >= 1"));
+        }
+        if self.health.interval.is_zero() {
+            return Err(invalid("edge_lb.health.interval", "must be > 0"));
+        }
+        if !self.health.path.starts_with('/') {
+            return Err(invalid("edge_lb.health.path", "must start with /"));
+        }
+        if self.drain.close_rate_per_sec == 0 {
+            return Err(invalid("edge_lb.drain.close_rate_per_sec", "must be >= 1"));
+        }
+        if self.limits.max_header_bytes < 1024 {
+            return Err(invalid("edge_lb.limits.max_header_bytes", "must be >= 1024"));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(invalid("edge_lb.limits.max_connections", "must be >= 1"));
+        }
+        if self.tunnel.idle_timeout.is_zero() {
+            return Err(invalid("edge_lb.tunnel.idle_timeout", "must be > 0"));
+        }
+        Ok(self)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn ring_config(&self, pool: &PoolConfig) -> RingConfig {
+        RingConfig {
+            nodes: pool
+                .backends
+                .iter()
+                .map(|b| RingNode {
+                    name: b.name.as_str().into(),
+                    weight: b.weight,
+                })
+                .collect(),
+            vnodes: self.vnodes,
+            balance_factor: self.balance_factor,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "
+version: 1
+threads: 2
+edge_lb:
+  listen: ['127.0.0.1:0']
+  pools:
+    - name: core
+      backends:
+        - {name: core-1, addr: '127.0.0.1:7001'}
+";
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let c = EdgeConfig::from_yaml(MIN).unwrap();
+        assert_eq!(c.balance_factor, 1.25);
+        assert_eq!(c.health.path, "/readyz");
+        assert_eq!(c.routes.websocket, "core");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = MIN.replace("listen: ['127.0.0.1:0']", "balance_factor: 0.5");
+        let e = EdgeConfig::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("edge_lb.balance_factor"), "{e}");
+        let bad = MIN.replace("core-1", "bad name!");
+        let e = EdgeConfig::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("edge_lb.pools[0].backends[0].name"), "{e}");
+        let bad = MIN.replace("  pools:", "  routes: {websocket: ws, http: core}\n  pools:");
+        let e = EdgeConfig::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("edge_lb.routes.websocket"), "{e}");
+        let bad = MIN.replace("  pools:", "  bogus: 1\n  pools:");
+        assert!(EdgeConfig::from_yaml(&bad).is_err());
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let text = include_str!("../edge-lb.example.yaml");
+        EdgeConfig::from_yaml(text).unwrap();
+        pingora_core::server::configuration::ServerConf::from_yaml(text).unwrap();
+    }
+}

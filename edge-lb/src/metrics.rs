@@ -1,0 +1,145 @@
+//! Prometheus metrics, one registry per edge-lb instance (so tests can run several in one
+//! process). Names are listed in `docs/edge-lb.md`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Open WebSocket tunnels per backend.
+    pub tunnels_active: IntGaugeVec,
+    /// HTTP requests proxied, by backend and status class.
+    pub requests: IntCounterVec,
+    /// In-flight HTTP requests per backend.
+    pub requests_active: IntGaugeVec,
+    /// Upgrade attempts by outcome (ok, rejected, backend_error).
+    pub upgrades: IntCounterVec,
+    /// Routing decisions by pool and reason (sticky, primary, overflow, any, none).
+    pub routing: IntCounterVec,
+    pub retries: IntCounterVec,
+    /// Health transitions by backend and new state (up, down, eligible).
+    pub health_transitions: IntCounterVec,
+    /// Errors by kind (bad_quiz_id, header_too_large, not_websocket, no_backend, connect, ...).
+    pub errors: IntCounterVec,
+    /// Tunnels closed by edge-lb, by reason (node_lost, drain, rebalance, idle, shutdown).
+    pub tunnels_closed: IntCounterVec,
+    /// Active quizzes per backend (the bounded-load unit).
+    pub quizzes_active: IntGaugeVec,
+    pub downstream_connections: IntGauge,
+    pub upgrade_seconds: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let gv = |n: &str, h: &str, l: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(n, h), l).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique");
+            g
+        };
+        let cv = |n: &str, h: &str, l: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(n, h), l).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique");
+            c
+        };
+        let tunnels_active = gv(
+            "edge_lb_tunnels_active",
+            "Open WebSocket tunnels per backend",
+            &["backend"],
+        );
+        let requests = cv(
+            "edge_lb_requests_total",
+            "HTTP requests proxied per backend and status class",
+            &["backend", "class"],
+        );
+        let requests_active = gv(
+            "edge_lb_requests_active",
+            "In-flight HTTP requests per backend",
+            &["backend"],
+        );
+        let upgrades = cv(
+            "edge_lb_upgrades_total",
+            "WebSocket upgrade attempts by outcome",
+            &["outcome"],
+        );
+        let routing = cv(
+            "edge_lb_routing_decisions_total",
+            "Routing decisions by pool and reason",
+            &["pool", "reason"],
+        );
+        let retries = cv(
+            "edge_lb_retries_total",
+            "Upstream retries by pool",
+            &["pool"],
+        );
+        let health_transitions = cv(
+            "edge_lb_health_transitions_total",
+            "Backend health transitions",
+            &["backend", "to"],
+        );
+        let errors = cv("edge_lb_errors_total", "Errors by kind", &["kind"]);
+        let tunnels_closed = cv(
+            "edge_lb_tunnels_closed_total",
+            "Tunnels closed by edge-lb by reason",
+            &["reason"],
+        );
+        let quizzes_active = gv(
+            "edge_lb_quizzes_active",
+            "Active quizzes owned per backend",
+            &["backend"],
+        );
+        let downstream_connections =
+            IntGauge::new("edge_lb_downstream_connections", "Open client connections")
+                .expect("valid metric");
+        registry
+            .register(Box::new(downstream_connections.clone()))
+            .expect("unique");
+        let upgrade_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "edge_lb_upgrade_seconds",
+                "Time from request head to 101 forwarded",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+            ]),
+            &["backend"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upgrade_seconds.clone()))
+            .expect("unique");
+        Metrics {
+            registry,
+            tunnels_active,
+            requests,
+            requests_active,
+            upgrades,
+            routing,
+            retries,
+            health_transitions,
+            errors,
+            tunnels_closed,
+            quizzes_active,
+            downstream_connections,
+            upgrade_seconds,
+        }
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,290 @@
+//! The front door and the HTTP proxy.
+//!
+//! [`EdgeApp`] is the pingora `ServerApp` behind every listener. Per request it reads the head
+//! (bounded: `limits.max_header_bytes`, `limits.header_read_timeout`), rejects bad input with
+//! a contract-shaped 4xx at once, sends WebSocket upgrades to [`crate::tunnel`], and hands
+//! plain HTTP — with the bytes it read put back ([`Rewound`]) — to pingora's `HttpProxy`
+//! running [`Router`], the `ProxyHttp` that picks the upstream by quiz id.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
+use tokio::io::AsyncWriteExt;
+
+use crate::cluster::Cluster;
+use crate::head::{error_response, quiz_path, read_head, HeadError, QuizPath, Rewound};
+
+/// Per-request context of the HTTP proxy.
+#[derive(Default)]
+pub struct Ctx {
+    backend: Option<Arc<str>>,
+    tries: u32,
+    no_backend: bool,
+}
+
+/// `ProxyHttp` for plain HTTP: sticky by quiz id through the bounded-load ring, any eligible
+/// node for quiz-less requests.
+pub struct Router {
+    pub cluster: Arc<Cluster>,
+}
+
+#[async_trait]
+impl ProxyHttp for Router {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let cfg = self.cluster.config();
+        let pool = &cfg.routes.http;
+        let target = match quiz_path(session.req_header().uri.path()) {
+            QuizPath::Quiz { id, .. } => self.cluster.route_quiz(pool, &id),
+            _ => self
+                .cluster
+                .route_any(pool, ctx.backend.as_deref())
+                .or_else(|| self.cluster.route_any(pool, None)),
+        };
+        let Some(t) = target else {
+            ctx.no_backend = true;
+            self.cluster.metrics.error("no_backend");
+            return Err(Error::explain(ErrorType::HTTPStatus(503), "no healthy backend"));
+        };
+        if let Some(prev) = ctx.backend.replace(t.backend.clone()) {
+            self.cluster
+                .metrics
+                .requests_active
+                .with_label_values(&[&prev])
+                .dec();
+        }
+        self.cluster
+            .metrics
+            .requests_active
+            .with_label_values(&[&t.backend])
+            .inc();
+        let mut peer = HttpPeer::new(t.addr, false, String::new());
+        peer.options.connection_timeout = Some(cfg.tunnel.connect_timeout);
+        peer.options.read_timeout = Some(cfg.http.upstream_read_timeout);
+        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        self.cluster.metrics.error("connect");
+        let cfg = self.cluster.config();
+        if ctx.tries < cfg.http.retries {
+            ctx.tries += 1;
+            self.cluster
+                .metrics
+                .retries
+                .with_label_values(&[&cfg.routes.http])
+                .inc();
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (code, kind, msg) = if ctx.no_backend {
+            (503, "unavailable", "no healthy backend, retry shortly")
+        } else {
+            match e.etype() {
+                ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ConnectError => {
+                    (503, "unavailable", "backend unreachable, retry shortly")
+                }
+                ErrorType::ReadTimedout => (504, "unavailable", "backend timed out"),
+                _ => match e.esource() {
+                    pingora_core::ErrorSource::Downstream => (400, "invalid", "malformed request"),
+                    _ => (502, "unavailable", "backend error"),
+                },
+            }
+        };
+        if !matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ConnectionClosed
+        ) || e.esource() != &pingora_core::ErrorSource::Downstream
+        {
+            let body = serde_json::json!({"error": {"code": kind, "message": msg}}).to_string();
+            let mut resp = pingora_http::ResponseHeader::build(code, Some(4)).expect("static status");
+            let _ = resp.insert_header("content-type", "application/json");
+            let _ = resp.insert_header("content-length", body.len().to_string());
+            if code == 503 {
+                let _ = resp.insert_header("retry-after", "1");
+            }
+            let _ = session.write_response_header(Box::new(resp), false).await;
+            let _ = session
+                .write_response_body(Some(bytes::Bytes::from(body)), true)
+                .await;
+        }
+        self.cluster.metrics.error(match code {
+            503 => "unavailable",
+            504 => "upstream_timeout",
+            400 => "bad_request",
+            _ => "upstream",
+        });
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "none",
+        };
+        if let Some(b) = ctx.backend.take() {
+            self.cluster
+                .metrics
+                .requests_active
+                .with_label_values(&[&b])
+                .dec();
+            self.cluster
+                .metrics
+                .requests
+                .with_label_values(&[&b, class])
+                .inc();
+        }
+    }
+}
+
+/// The `ServerApp` behind every edge-lb listener.
+pub struct EdgeApp {
+    pub cluster: Arc<Cluster>,
+    pub http: Arc<HttpProxy<Router>>,
+}
+
+struct ConnCount<'a>(&'a Cluster);
+
+impl Drop for ConnCount<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.downstream_connections.dec();
+    }
+}
+
+async fn reject(stream: &mut Rewound, cluster: &Cluster, status: u16, code: &str, kind: &str, msg: &str) {
+    cluster.metrics.error(kind);
+    let retry = (status == 503).then_some(1);
+    let _ = stream.write_all(&error_response(status, code, msg, retry)).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+#[async_trait]
+impl ServerApp for EdgeApp {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let cluster = &self.cluster;
+        let cfg = cluster.config();
+        let n = cluster.connections.fetch_add(1, Ordering::Relaxed);
+        cluster.metrics.downstream_connections.inc();
+        let _count = ConnCount(cluster);
+        let peer_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|i| i.ip())));
+        let mut stream = Rewound::from_stream(stream);
+        if n >= cfg.limits.max_connections {
+            reject(&mut stream, cluster, 503, "unavailable", "connection_limit", "edge-lb at its connection limit").await;
+            return None;
+        }
+        let mut first = true;
+        loop {
+            let idle = if first {
+                cfg.limits.header_read_timeout
+            } else {
+                cfg.limits.keepalive_timeout
+            };
+            first = false;
+            let head = match read_head(
+                &mut stream,
+                cfg.limits.max_header_bytes,
+                idle,
+                cfg.limits.header_read_timeout,
+            )
+            .await
+            {
+                Ok(h) => h,
+                Err(HeadError::TooLarge(max)) => {
+                    let msg = format!("request head exceeds {max} bytes");
+                    reject(&mut stream, cluster, 431, "too_large", "header_too_large", &msg).await;
+                    return None;
+                }
+                Err(HeadError::Malformed(m)) => {
+                    let msg = format!("malformed request: {m}");
+                    reject(&mut stream, cluster, 400, "invalid", "malformed", &msg).await;
+                    return None;
+                }
+                Err(HeadError::Timeout) => {
+                    reject(&mut stream, cluster, 408, "invalid", "header_timeout", "request head not received in time").await;
+                    return None;
+                }
+                Err(HeadError::Closed) | Err(HeadError::Io(_)) => return None,
+            };
+            let qp = quiz_path(&head.path);
+            match (&qp, head.upgrade_websocket) {
+                (QuizPath::Invalid(why), _) => {
+                    reject(&mut stream, cluster, 400, "invalid", "bad_quiz_id", why).await;
+                    return None;
+                }
+                (QuizPath::Quiz { ws: true, .. }, false) => {
+                    reject(
+                        &mut stream,
+                        cluster,
+                        400,
+                        "invalid",
+                        "not_websocket",
+                        "this route needs a WebSocket upgrade (Upgrade: websocket, Connection: Upgrade)",
+                    )
+                    .await;
+                    return None;
+                }
+                (QuizPath::Quiz { id, .. }, true) => {
+                    if head.method != "GET" {
+                        reject(&mut stream, cluster, 400, "invalid", "not_websocket", "WebSocket upgrade must be a GET").await;
+                        return None;
+                    }
+                    let id = id.clone();
+                    crate::tunnel::serve_upgrade(cluster, &mut stream, head, &id, peer_ip).await;
+                    return None;
+                }
+                (QuizPath::None, true) => {
+                    reject(&mut stream, cluster, 400, "invalid", "not_websocket", "WebSocket upgrades are only routed under /v1/quizzes/{quiz_id}/").await;
+                    return None;
+                }
+                _ => {}
+            }
+            // Plain HTTP: give pingora the bytes we read and let it proxy the request.
+            stream.set_pre(head.buf);
+            let mut session = ServerSession::new_http1(Box::new(stream));
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                session.set_keepalive(Some(cfg.limits.keepalive_timeout.as_secs()));
+            }
+            let reused = self.http.process_new_http(session, shutdown).await?;
+            let (s, _settings) = reused.consume();
+            stream = Rewound::from_stream(s);
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.http.http_cleanup().await;
+    }
+}

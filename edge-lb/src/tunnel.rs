@@ -1,0 +1,359 @@
+//! WebSocket tunnels: the hot path for long-lived connections.
+//!
+//! edge-lb forwards the upgrade itself instead of through pingora's `ProxyHttp` duplex loop:
+//! - pingora issue #946: when the backend's `101` is read before the upgrade request's empty
+//!   body task, pingora ends the tunnel right after the handshake. Here the handshake is a
+//!   plain request/response exchange, and every byte the backend sent after its `101` head
+//!   (a first frame in the same segment) is forwarded with it.
+//! - pingora issue #571: a proxied upgrade cannot be closed from outside. Here each tunnel is
+//!   registered per backend with a cancellation token ([`Cluster::register_tunnel`]), so a lost
+//!   node's tunnels close at once and a drained node's close at a configured rate.
+//! - Idle cut-off is `tunnel.idle_timeout` (no hidden 60 s downstream read timeout).
+//!
+//! [`Splice`] copies both directions in one task with no per-connection buffer while idle:
+//! reads go into a thread-local scratch buffer and are written straight on; only bytes the
+//! destination could not take yet are copied into a per-direction `Vec` (backpressure: the
+//! source is not read again until it drains). An idle tunnel costs its task and two sockets.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::cluster::Cluster;
+use crate::head::{error_response, Head};
+
+const SCRATCH: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+}
+
+#[derive(Default)]
+struct Dir {
+    pending: Vec<u8>,
+    off: usize,
+    need_flush: bool,
+    eof: bool,
+    shut: bool,
+}
+
+enum ReadStep {
+    Pending,
+    Eof,
+    Data,
+    Err(io::Error),
+}
+
+/// Move bytes `src → dst` until blocked. `Ready(Ok)` once `src` hit EOF and `dst` was shut.
+fn pump<R, W>(cx: &mut Context<'_>, src: &mut R, dst: &mut W, d: &mut Dir, moved: &mut bool) -> Poll<io::Result<()>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if d.shut {
+        return Poll::Ready(Ok(()));
+    }
+    // Bounded work per poll so one busy tunnel does not starve its neighbours.
+    for _ in 0..32 {
+        while d.off < d.pending.len() {
+            match Pin::new(&mut *dst).poll_write(cx, &d.pending[d.off..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    d.off += n;
+                    d.need_flush = true;
+                    *moved = true;
+                }
+            }
+        }
+        if !d.pending.is_empty() {
+            d.pending = Vec::new();
+            d.off = 0;
+        }
+        if d.need_flush {
+            match Pin::new(&mut *dst).poll_flush(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => d.need_flush = false,
+            }
+        }
+        if d.eof {
+            return match Pin::new(&mut *dst).poll_shutdown(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(_) => {
+                    d.shut = true;
+                    Poll::Ready(Ok(()))
+                }
+            };
+        }
+        let step = SCRATCH_BUF.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            let mut rb = ReadBuf::new(&mut scratch[..]);
+            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                Poll::Pending => ReadStep::Pending,
+                Poll::Ready(Err(e)) => ReadStep::Err(e),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        return ReadStep::Eof;
+                    }
+                    // Write straight through; keep only what the destination refused.
+                    match Pin::new(&mut *dst).poll_write(cx, &scratch[..n]) {
+                        Poll::Ready(Ok(w)) if w == n => d.need_flush = true,
+                        Poll::Ready(Ok(w)) => {
+                            d.pending = scratch[w..n].to_vec();
+                            d.need_flush = true;
+                        }
+                        Poll::Pending => d.pending = scratch[..n].to_vec(),
+                        Poll::Ready(Err(e)) => return ReadStep::Err(e),
+                    }
+                    ReadStep::Data
+                }
+            }
+        });
+        match step {
+            ReadStep::Pending => {
+                if d.need_flush {
+                    continue;
+                }
+                return Poll::Pending;
+            }
+            ReadStep::Err(e) => return Poll::Ready(Err(e)),
+            ReadStep::Eof => d.eof = true,
+            ReadStep::Data => *moved = true,
+        }
+    }
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+/// How a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both sides closed (normal close propagation).
+    Closed,
+    /// No byte either way for the idle timeout.
+    Idle,
+    /// Closed by edge-lb (node lost, drain, rebalance).
+    Cancelled,
+    /// A socket error on either side.
+    Error,
+}
+
+/// Bidirectional copy between a client and a backend with idle timeout and cancellation.
+pub struct Splice<'a, A, B> {
+    client: &'a mut A,
+    backend: &'a mut B,
+    up: Dir,
+    down: Dir,
+    idle: Duration,
+    linger: Duration,
+    last: Instant,
+    half_closed_at: Option<Instant>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl<'a, A, B> Splice<'a, A, B> {
+    pub fn new(client: &'a mut A, backend: &'a mut B, idle: Duration, linger: Duration, cancel: Option<CancellationToken>) -> Self {
+        Splice {
+            client,
+            backend,
+            up: Dir::default(),
+            down: Dir::default(),
+            idle,
+            linger,
+            last: Instant::now(),
+            half_closed_at: None,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            cancel: cancel.map(|t| Box::pin(t.cancelled_owned())),
+        }
+    }
+}
+
+impl<A, B> Future for Splice<'_, A, B>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = End;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+        let this = &mut *self;
+        if let Some(c) = this.cancel.as_mut() {
+            if c.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::Cancelled);
+            }
+        }
+        let mut moved = false;
+        let up = pump(cx, this.client, this.backend, &mut this.up, &mut moved);
+        let down = pump(cx, this.backend, this.client, &mut this.down, &mut moved);
+        match (&up, &down) {
+            (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => return Poll::Ready(End::Error),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
+            (Poll::Ready(Ok(())), _) | (_, Poll::Ready(Ok(()))) => {
+                // One side closed and its close was passed on; give the other side `linger`.
+                let now = Instant::now();
+                let at = *this.half_closed_at.get_or_insert(now);
+                if now.duration_since(at) >= this.linger {
+                    return Poll::Ready(End::Closed);
+                }
+                let deadline = at + this.linger;
+                if deadline < this.last + this.idle {
+                    this.timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(deadline));
+                }
+            }
+            _ => {}
+        }
+        if moved {
+            this.last = Instant::now();
+        }
+        // The timer is re-armed lazily: activity only moves `last`, the timer fires at the old
+        // deadline and is pushed out then (one timer operation per idle period, not per frame).
+        loop {
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let Some(at) = this.half_closed_at {
+                if at.elapsed() >= this.linger {
+                    return Poll::Ready(End::Closed);
+                }
+            }
+            if this.last.elapsed() >= this.idle {
+                return Poll::Ready(End::Idle);
+            }
+            let next = this.last + this.idle;
+            this.timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(next));
+        }
+    }
+}
+
+fn status_of(head: &[u8]) -> Option<u16> {
+    let line = head.split(|b| *b == b'\n').next()?;
+    let mut parts = line.split(|b| *b == b' ');
+    parts.next()?;
+    std::str::from_utf8(parts.next()?).ok()?.trim().parse().ok()
+}
+
+/// Request head with `X-Forwarded-For` appended.
+fn forward_head(head: &Head, peer: Option<std::net::IpAddr>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.buf.len() + 48);
+    out.extend_from_slice(&head.buf[..head.len - 2]);
+    if let Some(ip) = peer {
+        out.extend_from_slice(format!("X-Forwarded-For: {ip}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&head.buf[head.len..]);
+    out
+}
+
+async fn read_response_head(b: &mut TcpStream, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = b.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(buf);
+        }
+        if buf.len() > max {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));
+        }
+    }
+}
+
+/// Proxy one WebSocket upgrade for `quiz` and run the tunnel to its end.
+pub async fn serve_upgrade<C>(cluster: &Arc<Cluster>, client: &mut C, head: Head, quiz: &str, peer: Option<std::net::IpAddr>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let cfg = cluster.config();
+    let pool = cfg.routes.websocket.clone();
+    let m = &cluster.metrics;
+    let Some(target) = cluster.route_quiz(&pool, quiz) else {
+        m.error("no_backend");
+        m.upgrades.with_label_values(&["no_backend"]).inc();
+        let _ = client
+            .write_all(&error_response(503, "unavailable", "no healthy backend for this quiz", Some(1)))
+            .await;
+        let _ = client.flush().await;
+        return;
+    };
+    let mut backend = match tokio::time::timeout(cfg.tunnel.connect_timeout, TcpStream::connect(target.addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) | Err(_) => {
+            m.error("connect");
+            m.upgrades.with_label_values(&["backend_error"]).inc();
+            let _ = client
+                .write_all(&error_response(503, "unavailable", "backend unreachable, retry shortly", Some(1)))
+                .await;
+            let _ = client.flush().await;
+            return;
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    let handshake = async {
+        backend.write_all(&forward_head(&head, peer)).await?;
+        read_response_head(&mut backend, 16 * 1024).await
+    };
+    let resp = match tokio::time::timeout(cfg.tunnel.handshake_timeout, handshake).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) | Err(_) => {
+            m.error("handshake");
+            m.upgrades.with_label_values(&["backend_error"]).inc();
+            let _ = client
+                .write_all(&error_response(502, "unavailable", "backend failed the upgrade", Some(1)))
+                .await;
+            let _ = client.flush().await;
+            return;
+        }
+    };
+    drop(head);
+    // Forward the whole read: the 101 head and any frame the backend sent right behind it.
+    if client.write_all(&resp).await.is_err() || client.flush().await.is_err() {
+        return;
+    }
+    if status_of(&resp) != Some(101) {
+        m.upgrades.with_label_values(&["rejected"]).inc();
+        // Let the backend finish its refusal, then close.
+        let _ = Splice::new(client, &mut backend, cfg.tunnel.handshake_timeout, cfg.tunnel.close_linger, None).await;
+        return;
+    }
+    drop(resp);
+    m.upgrades.with_label_values(&["ok"]).inc();
+    m.upgrade_seconds
+        .with_label_values(&[&target.backend])
+        .observe(started.elapsed().as_secs_f64());
+    let guard = cluster.register_tunnel(&pool, target.backend.clone(), quiz);
+    let end = Splice::new(
+        client,
+        &mut backend,
+        cfg.tunnel.idle_timeout,
+        cfg.tunnel.close_linger,
+        Some(guard.token.clone()),
+    )
+    .await;
+    match end {
+        End::Idle => m.tunnels_closed.with_label_values(&["idle"]).inc(),
+        End::Error => m.error("tunnel_io"),
+        End::Closed | End::Cancelled => {}
+    }
+    drop(guard);
+}

@@ -1,0 +1,35 @@
+//! `loadtest`: the tool that proves what the quiz platform holds, and the way
+//! every performance figure in this project is measured.
+//!
+//! Map of the crate (data flows top to bottom):
+//!
+//! - [`scenario`]: typed scenario files (`scenarios/*.toml`), validation
+//!   errors naming the key; caps on players, duration and connections.
+//! - [`target`]: the loopback-only guard every address passes through.
+//! - [`coordinator`]: creates the quizzes (it is their host), spawns the
+//!   workers, drives start/next/end, injects faults, aggregates, checks the
+//!   leaderboards, writes the [`coordinator::RunResult`].
+//! - [`worker`]: one process with up to 19 000 players from its own source
+//!   address; progress and results as JSON lines on stdout.
+//! - [`player`]: one simulated player (join, WebSocket, answers, record); the
+//!   hot path.
+//! - [`net`]: TCP from a chosen source address (IP_BIND_ADDRESS_NO_PORT), a
+//!   minimal HTTP/1.1 client and a minimal WebSocket client.
+//! - [`protocol`]: the platform's messages.
+//! - [`metrics`]: HdrHistograms measured from the scheduled time (no
+//!   coordinated omission), counters, per-second aggregation across workers.
+//! - [`verify`]: the correctness checker (platform vs the tool's record).
+//! - [`procmon`]: CPU and RSS of processes from /proc.
+//! - [`report`]: summary table, self-contained HTML with SVG plots, compare.
+
+pub mod coordinator;
+pub mod metrics;
+pub mod net;
+pub mod player;
+pub mod procmon;
+pub mod protocol;
+pub mod report;
+pub mod scenario;
+pub mod target;
+pub mod verify;
+pub mod worker;

@@ -1,0 +1,112 @@
+//! `loadtest run|worker|compare|check`: parses the command line and calls the
+//! library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Load generator and correctness checker for the quiz platform (loopback targets only)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a scenario: create quizzes, spawn workers, drive, verify, report.
+    Run {
+        /// Scenario file (TOML or YAML), e.g. loadtest/scenarios/smoke.toml.
+        scenario: PathBuf,
+        /// Override target.url, e.g. http://127.0.0.1:8080 (loopback only).
+        #[arg(long, env = "LOADTEST_TARGET")]
+        target: Option<String>,
+        #[arg(long)]
+        players: Option<u64>,
+        #[arg(long)]
+        quizzes: Option<u64>,
+        /// Override load.duration_s (the hard cap of the load phase).
+        #[arg(long)]
+        duration: Option<u64>,
+        #[arg(long)]
+        workers: Option<u64>,
+        #[arg(long)]
+        ramp: Option<f64>,
+        /// Directory for the JSON result and the HTML report.
+        #[arg(long, default_value = "loadtest/results")]
+        out: PathBuf,
+        /// Pid of the core node to kill in a node_failure scenario.
+        #[arg(long)]
+        kill_pid: Option<u32>,
+        /// Pids of processes under test to sample (CPU, RSS).
+        #[arg(long = "watch-pid")]
+        watch_pids: Vec<u32>,
+        /// Process names (/proc/PID/comm) under test to sample.
+        #[arg(long = "watch-name")]
+        watch_names: Vec<String>,
+        /// No live progress lines.
+        #[arg(long)]
+        quiet: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Internal: a worker process (plan on stdin, JSON lines on stdout).
+    #[command(hide = true)]
+    Worker,
+    /// Put two or more result files side by side, with ratios to the first.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        results: Vec<PathBuf>,
+    },
+    /// Validate scenario files without running them.
+    Check {
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Worker => loadtest::worker::worker_main(),
+        Cmd::Check { scenarios } => {
+            for p in scenarios {
+                let s = loadtest::scenario::Scenario::load(&p)?;
+                println!("{}: ok ({}, {} players, {} quizzes)", p.display(), s.name, s.load.players, s.load.quizzes);
+            }
+            Ok(())
+        }
+        Cmd::Compare { results } => {
+            let mut loaded = Vec::new();
+            for p in results {
+                loaded.push((p.display().to_string(), loadtest::coordinator::load_result(&p)?));
+            }
+            print!("{}", loadtest::report::compare(&loaded));
+            Ok(())
+        }
+        Cmd::Run { scenario, target, players, quizzes, duration, workers, ramp, out, kill_pid, watch_pids, watch_names, quiet, seed } => {
+            let opts = loadtest::coordinator::RunOptions {
+                scenario,
+                target,
+                players,
+                quizzes,
+                duration_s: duration,
+                workers,
+                ramp_per_sec: ramp,
+                out_dir: out,
+                kill_pid,
+                watch_pids,
+                watch_names,
+                quiet,
+                seed,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let (result, path) = rt.block_on(loadtest::coordinator::run(opts))?;
+            print!("{}", loadtest::report::summary(&result));
+            println!("result: {} (report: {})", path.display(), path.with_extension("html").display());
+            if !result.passed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,696 @@
+//! One simulated player: join over HTTP, hold a WebSocket, answer, keep a
+//! record of everything it was told.
+//!
+//! The hot path is [`session`]: one task per player, one `select!` between
+//! "the socket is readable" and "the next timer" (answer due, storm drop,
+//! hard deadline). Frames are parsed in place from the read buffer and
+//! applied synchronously to the player's state; nothing is queued between
+//! tasks, and an idle player owns only its socket, its record and a sleeping
+//! task. Times are wall-clock microseconds so that they compare with the
+//! server's `opens_at_ms` on the same machine; every latency starts at the
+//! scheduled instant (see `metrics.rs`).
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::time::{sleep_until, Instant};
+
+use crate::metrics::{Metrics, H};
+use crate::net::{http_request, ws_connect, NetError, ReadState, WsConn};
+use crate::protocol::{encode_answer, Joined, OpenQuestion, ServerMsg};
+use crate::scenario::Scenario;
+use crate::target::Target;
+use crate::verify::{AnswerRec, PlayerRecord, ResultRec};
+
+/// Wall clock in microseconds since the Unix epoch.
+pub fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The correct option of question `q` of quiz `quiz`: deterministic, so the
+/// coordinator (which creates the quizzes) and every worker agree.
+pub fn correct_option(quiz: usize, q: u32, options: u32) -> u32 {
+    ((quiz as u32).wrapping_mul(7).wrapping_add(q.wrapping_mul(3)).wrapping_add(1)) % options
+}
+
+/// SplitMix64: tiny, seedable, good enough for think times.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A stable per-player uniform in [0, 1) for "is this player in the share".
+pub fn player_share(seed: u64, index: u64, salt: u64) -> f64 {
+    Rng::new(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt).f64()
+}
+
+/// Gauges and the current interval's metrics of one worker.
+#[derive(Default)]
+pub struct Shared {
+    pub m: Metrics,
+    pub connected: u64,
+    pub max_connected: u64,
+    pub joined: u64,
+    pub done: u64,
+    pub frames_total: u64,
+}
+
+/// Everything a player task needs, shared by all players of a worker.
+pub struct Ctx {
+    pub target: Target,
+    pub source: Option<IpAddr>,
+    pub sc: Scenario,
+    pub quiz_ids: Vec<String>,
+    pub t0_wall_us: u64,
+    pub deadline_wall_us: u64,
+    pub seed: u64,
+    pub shared: RefCell<Shared>,
+    base_instant: Instant,
+    base_wall_us: u64,
+}
+
+impl Ctx {
+    pub fn new(
+        target: Target,
+        source: Option<IpAddr>,
+        sc: Scenario,
+        quiz_ids: Vec<String>,
+        t0_wall_us: u64,
+        deadline_wall_us: u64,
+        seed: u64,
+    ) -> Ctx {
+        Ctx {
+            target,
+            source,
+            sc,
+            quiz_ids,
+            t0_wall_us,
+            deadline_wall_us,
+            seed,
+            shared: RefCell::new(Shared::default()),
+            base_instant: Instant::now(),
+            base_wall_us: wall_us(),
+        }
+    }
+
+    /// The monotonic instant of a wall-clock time.
+    pub fn at_wall(&self, us: u64) -> Instant {
+        if us >= self.base_wall_us {
+            self.base_instant + Duration::from_micros(us - self.base_wall_us)
+        } else {
+            self.base_instant
+                .checked_sub(Duration::from_micros(self.base_wall_us - us))
+                .unwrap_or(self.base_instant)
+        }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.at_wall(self.deadline_wall_us)
+    }
+
+    fn count(&self, name: &str) {
+        self.shared.borrow_mut().m.count(name, 1);
+    }
+
+    fn record(&self, h: H, us: u64) {
+        self.shared.borrow_mut().m.record(h, us);
+    }
+}
+
+/// Percent-encode a token for the query string.
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+struct Pending {
+    qid: u32,
+    choice: u32,
+    intended_correct: bool,
+    due_us: u64,
+    opens_at_ms: u64,
+    time_limit_ms: u64,
+    points: u64,
+}
+
+/// Per-connection-independent state of a running player.
+#[derive(Default)]
+struct Live {
+    pending: Option<Pending>,
+    drop_at_us: Option<u64>,
+    storm_done: bool,
+    decided: Vec<u32>,
+    /// Scheduled (due) time of each sent answer, parallel to `rec.answers`.
+    due: Vec<u64>,
+    ended: bool,
+    results: u32,
+}
+
+enum SessionEnd {
+    Ended,
+    Deadline,
+    /// Dropped on purpose (reconnect storm) at this wall time.
+    Dropped(u64),
+    /// Closed by the server (close code) or the network.
+    Lost(Option<u16>, &'static str),
+}
+
+/// Run one player to the end of its quiz (or the deadline).
+pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
+    let quizzes = ctx.quiz_ids.len() as u64;
+    let quiz_idx = (index % quizzes) as usize;
+    let quiz_id = ctx.quiz_ids[quiz_idx].clone();
+    let mut rec = PlayerRecord {
+        index,
+        quiz: quiz_idx as u32,
+        nickname: format!("p{index}"),
+        ..Default::default()
+    };
+    let mut rng = Rng::new(ctx.seed ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
+    let sched_us = ctx.t0_wall_us + (index as f64 * 1e6 / ctx.sc.load.ramp_per_sec) as u64;
+    sleep_until(ctx.at_wall(sched_us)).await;
+    if Instant::now() >= ctx.deadline() {
+        rec.failure = Some("deadline before join".into());
+        return rec;
+    }
+
+    // ---- join over HTTP
+    let body = format!(r#"{{"nickname":"{}"}}"#, rec.nickname);
+    let path = format!("/v1/quizzes/{quiz_id}/players");
+    let mut attempt = 0u32;
+    let joined: Joined = loop {
+        attempt += 1;
+        let res = http_request(
+            &ctx.target,
+            ctx.source,
+            "POST",
+            &path,
+            None,
+            Some(body.as_bytes()),
+            Duration::from_secs(30),
+        )
+        .await;
+        let retry = match res {
+            Ok(r) if r.status == 201 => match serde_json::from_slice::<Joined>(&r.body) {
+                Ok(j) => break j,
+                Err(e) => {
+                    ctx.count("error.join.body");
+                    rec.failure = Some(format!("join: bad body: {e}"));
+                    return rec;
+                }
+            },
+            Ok(r) => {
+                ctx.count(&format!("error.join.http_{}", r.status));
+                rec.failure = Some(format!(
+                    "join: HTTP {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body[..r.body.len().min(200)])
+                ));
+                matches!(r.status, 429 | 503)
+            }
+            Err(e) => {
+                ctx.count(&format!("error.join.{}", e.kind()));
+                rec.failure = Some(format!("join: {e}"));
+                !matches!(e, NetError::Refused(_))
+            }
+        };
+        if !retry || attempt >= 4 || Instant::now() >= ctx.deadline() {
+            return rec;
+        }
+        tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+    };
+    rec.failure = None;
+    let join_done = wall_us();
+    ctx.record(H::Join, join_done.saturating_sub(sched_us));
+    rec.player_id = joined.player_id;
+    ctx.shared.borrow_mut().joined += 1;
+    let ws_path = format!(
+        "/v1/quizzes/{quiz_id}/ws?token={}",
+        urlencode(&joined.player_token)
+    );
+    drop(joined);
+
+    // ---- hold the WebSocket, reconnecting when it is lost
+    let mut live = Live::default();
+    let mut lost_at_us = join_done;
+    let mut first = true;
+    let mut failures = 0u32;
+    let rc = ctx.sc.reconnect.clone();
+    loop {
+        if Instant::now() >= ctx.deadline() {
+            ctx.count("error.deadline");
+            break;
+        }
+        let conn = ws_connect(
+            &ctx.target,
+            ctx.source,
+            &ws_path,
+            (index as u32).wrapping_mul(2_654_435_761),
+            Duration::from_secs(30),
+        )
+        .await;
+        let end = match conn {
+            Err(e) => {
+                ctx.count(&format!("error.ws_connect.{}", e.kind()));
+                SessionEnd::Lost(None, "ws_connect")
+            }
+            Ok(mut conn) => {
+                {
+                    let mut s = ctx.shared.borrow_mut();
+                    s.connected += 1;
+                    s.max_connected = s.max_connected.max(s.connected);
+                }
+                let end = session(
+                    &ctx,
+                    &mut conn,
+                    &mut rec,
+                    &mut live,
+                    &mut rng,
+                    quiz_idx,
+                    lost_at_us,
+                    first,
+                )
+                .await;
+                ctx.shared.borrow_mut().connected -= 1;
+                match end {
+                    SessionEnd::Ended | SessionEnd::Deadline => conn.close(1000).await,
+                    SessionEnd::Dropped(_) => conn.abort(),
+                    SessionEnd::Lost(..) => drop(conn),
+                }
+                end
+            }
+        };
+        match end {
+            SessionEnd::Ended => {
+                rec.ended = true;
+                break;
+            }
+            SessionEnd::Deadline => {
+                ctx.count("error.deadline");
+                break;
+            }
+            SessionEnd::Dropped(at) => {
+                ctx.count("storm_drops");
+                lost_at_us = at;
+                first = false;
+                failures = 0;
+            }
+            SessionEnd::Lost(code, why) => {
+                match code {
+                    Some(c) => ctx.count(&format!("close.{c}")),
+                    None => ctx.count(&format!("close.none_{why}")),
+                }
+                if matches!(code, Some(4001) | Some(4004)) {
+                    rec.failure = Some(format!("closed with {code:?}"));
+                    break;
+                }
+                failures += 1;
+                if !rc.enabled || failures > rc.max_attempts {
+                    rec.failure = Some(format!("connection lost ({why}, close {code:?})"));
+                    break;
+                }
+                if why != "ws_connect" {
+                    lost_at_us = wall_us();
+                    first = false;
+                }
+                ctx.count("reconnects");
+                let backoff = rc.backoff_ms.saturating_mul(1 << (failures - 1).min(6));
+                let jitter = (rng.f64() * backoff as f64 * 0.5) as u64;
+                tokio::time::sleep(Duration::from_millis(backoff / 2 + jitter)).await;
+            }
+        }
+    }
+    ctx.shared.borrow_mut().done += 1;
+    rec
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    ctx: &Ctx,
+    conn: &mut WsConn,
+    rec: &mut PlayerRecord,
+    live: &mut Live,
+    rng: &mut Rng,
+    quiz_idx: usize,
+    lost_at_us: u64,
+    first: bool,
+) -> SessionEnd {
+    let deadline = ctx.deadline();
+    let mut welcomed = false;
+    loop {
+        let mut timer = deadline;
+        if let Some(p) = &live.pending {
+            timer = timer.min(ctx.at_wall(p.due_us));
+        }
+        if let Some(d) = live.drop_at_us {
+            timer = timer.min(ctx.at_wall(d));
+        }
+        tokio::select! {
+            r = conn.readable() => {
+                if let Err(e) = r {
+                    ctx.count(&format!("error.read.{}", e.kind()));
+                    return SessionEnd::Lost(None, "read");
+                }
+                let st = conn.read_available(|bytes| {
+                    on_frame(ctx, bytes, rec, live, rng, quiz_idx, lost_at_us, first, &mut welcomed)
+                });
+                if conn.flush_pending().await.is_err() {
+                    return SessionEnd::Lost(None, "write");
+                }
+                if live.ended {
+                    return SessionEnd::Ended;
+                }
+                match st {
+                    Ok(ReadState::Open) => {}
+                    Ok(ReadState::Closed(code)) => return SessionEnd::Lost(code, "close"),
+                    Ok(ReadState::Eof) => return SessionEnd::Lost(None, "eof"),
+                    Err(e) => {
+                        ctx.count(&format!("error.read.{}", e.kind()));
+                        return SessionEnd::Lost(None, "read");
+                    }
+                }
+            }
+            _ = sleep_until(timer) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return SessionEnd::Deadline;
+                }
+                if let Some(d) = live.drop_at_us {
+                    if now >= ctx.at_wall(d) {
+                        live.drop_at_us = None;
+                        live.storm_done = true;
+                        return SessionEnd::Dropped(d);
+                    }
+                }
+                let due = live.pending.as_ref().map(|p| now >= ctx.at_wall(p.due_us)).unwrap_or(false);
+                if due {
+                    if let Some(p) = live.pending.take() {
+                        let payload = encode_answer(p.qid, p.choice);
+                        rec.answers.push(AnswerRec {
+                            question_id: p.qid,
+                            intended_correct: p.intended_correct,
+                            sent_us: wall_us(),
+                            opens_at_ms: p.opens_at_ms,
+                            time_limit_ms: p.time_limit_ms,
+                            max_points: p.points,
+                            result: None,
+                            inferred: false,
+                        });
+                        live.due.push(p.due_us);
+                        if conn.send_text(&payload).await.is_err() {
+                            return SessionEnd::Lost(None, "write");
+                        }
+                        ctx.count("answers_sent");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_frame(
+    ctx: &Ctx,
+    bytes: &[u8],
+    rec: &mut PlayerRecord,
+    live: &mut Live,
+    rng: &mut Rng,
+    quiz_idx: usize,
+    lost_at_us: u64,
+    first: bool,
+    welcomed: &mut bool,
+) {
+    let now = wall_us();
+    let mut sh = ctx.shared.borrow_mut();
+    sh.frames_total += 1;
+    sh.m.count("frames_in", 1);
+    let msg = match ServerMsg::parse(bytes) {
+        Ok(m) => m,
+        Err(_) => {
+            sh.m.count("error.parse", 1);
+            return;
+        }
+    };
+    match msg.ty.as_ref() {
+        "welcome" => {
+            if !*welcomed {
+                *welcomed = true;
+                let h = if first { H::Connect } else { H::Reconnect };
+                sh.m.record(h, now.saturating_sub(lost_at_us));
+            }
+            drop(sh);
+            if let Some(s) = msg.score {
+                reconcile_welcome(rec, s, first);
+            }
+            if let Some(q) = msg.open_question() {
+                if msg.answered == Some(true) && !live.decided.contains(&q.id) {
+                    live.decided.push(q.id);
+                }
+                consider_question(ctx, rec, live, rng, quiz_idx, q, now);
+            }
+        }
+        "question" => {
+            if let Some(q) = msg.open_question() {
+                if q.opens_at_ms > 0 {
+                    sh.m
+                        .record(H::Question, now.saturating_sub(q.opens_at_ms * 1000));
+                }
+                drop(sh);
+                consider_question(ctx, rec, live, rng, quiz_idx, q, now);
+            }
+        }
+        "answer_result" => {
+            sh.m.count("answer_results", 1);
+            let qid = msg.question_id.unwrap_or(u32::MAX);
+            let accepted = msg.accepted.unwrap_or(false);
+            if accepted {
+                sh.m.count("answers_accepted", 1);
+            } else {
+                let reason = msg.reason.as_deref().unwrap_or("none");
+                sh.m.count(&format!("answers_rejected.{reason}"), 1);
+            }
+            let pos = rec
+                .answers
+                .iter()
+                .position(|a| a.question_id == qid && a.result.is_none() && !a.inferred);
+            let Some(pos) = pos else {
+                rec.live_issues.push(format!(
+                    "answer_result for question {qid} that has no outstanding answer"
+                ));
+                return;
+            };
+            sh.m.record(H::Answer, now.saturating_sub(live.due[pos]));
+            drop(sh);
+            let r = ResultRec {
+                accepted,
+                reason: msg.reason.as_deref().map(str::to_string),
+                correct: msg.correct_flag(),
+                points: msg.points.unwrap_or(0),
+                score: msg.score.unwrap_or(0),
+                at_us: now,
+            };
+            let reported = r.score;
+            let has_score = msg.score.is_some();
+            rec.answers[pos].result = Some(r);
+            live.results += 1;
+            let expected = rec.acknowledged_points();
+            if accepted && has_score && reported != expected {
+                rec.live_issues.push(format!(
+                    "answer_result for question {qid} says score {reported}, acknowledged points sum to {expected}"
+                ));
+            }
+            if !ctx.sc.mode_is_live() && live.results >= ctx.sc.quiz.questions {
+                live.ended = true;
+            }
+        }
+        "question_closed" => sh.m.count("question_closed", 1),
+        "leaderboard" => {
+            sh.m.count("leaderboards", 1);
+            if let Some(ts) = msg.ts_ms {
+                sh.m.record(H::Leaderboard, now.saturating_sub(ts * 1000));
+            }
+        }
+        "quiz_ended" => {
+            sh.m.count("quiz_ended", 1);
+            live.ended = true;
+        }
+        "error" => {
+            let code = msg.code.as_deref().unwrap_or("unknown");
+            sh.m.count(&format!("error.server.{code}"), 1);
+        }
+        "pong" => {}
+        _ => sh.m.count("unknown_message", 1),
+    }
+}
+
+/// After a reconnect the welcome carries the platform's score. Answers whose
+/// ack was lost with the old connection are resolved from it.
+fn reconcile_welcome(rec: &mut PlayerRecord, score: u64, first: bool) {
+    let acked = rec.acknowledged_points();
+    if score == acked {
+        return;
+    }
+    let unacked: Vec<usize> = rec
+        .answers
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.result.is_none() && !a.inferred)
+        .map(|(i, _)| i)
+        .collect();
+    if score > acked && !unacked.is_empty() {
+        rec.inferred_points += score - acked;
+        for i in unacked {
+            rec.answers[i].inferred = true;
+        }
+    } else if !(first && score == 0) {
+        rec.live_issues.push(format!(
+            "welcome says score {score}, acknowledged points sum to {acked}"
+        ));
+    }
+}
+
+fn consider_question(
+    ctx: &Ctx,
+    rec: &PlayerRecord,
+    live: &mut Live,
+    rng: &mut Rng,
+    quiz_idx: usize,
+    q: OpenQuestion,
+    now_us: u64,
+) {
+    if live.decided.contains(&q.id) || rec.answers.iter().any(|a| a.question_id == q.id) {
+        return;
+    }
+    live.decided.push(q.id);
+    let sc = &ctx.sc;
+    let base_ms = if q.opens_at_ms > 0 {
+        q.opens_at_ms
+    } else {
+        now_us / 1000
+    };
+    if let Some(s) = &sc.reconnect_storm {
+        if q.index == s.at_question
+            && !live.storm_done
+            && player_share(ctx.seed, rec.index, 0x5707) < s.share
+        {
+            live.drop_at_us = Some((base_ms + s.after_ms) * 1000);
+        }
+    }
+    if rng.f64() >= sc.answers.share_answering {
+        return;
+    }
+    let intended_correct = rng.f64() < sc.answers.share_correct;
+    let think_ms = match &sc.answers.burst {
+        Some(b) if rng.f64() < b.share => (rng.f64() * b.within_ms as f64) as u64,
+        _ => sc.answers.think_time.sample(rng.f64(), rng.f64()),
+    };
+    let options = sc.quiz.options;
+    let right = correct_option(quiz_idx, q.index, options);
+    let choice = if intended_correct {
+        right
+    } else {
+        (right + 1 + (rng.next_u64() % (options as u64 - 1)) as u32) % options
+    };
+    if live.pending.is_some() {
+        ctx.count("answers_superseded");
+    }
+    live.pending = Some(Pending {
+        qid: q.id,
+        choice,
+        intended_correct,
+        due_us: (base_ms + think_ms) * 1000,
+        opens_at_ms: q.opens_at_ms,
+        time_limit_ms: if q.time_limit_ms > 0 {
+            q.time_limit_ms
+        } else {
+            sc.quiz.time_limit_ms
+        },
+        points: if q.time_limit_ms > 0 {
+            q.points
+        } else {
+            sc.quiz.points as u64
+        },
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_choice_never_equals_right() {
+        for quiz in 0..5 {
+            for q in 0..10 {
+                for options in 2..=6u32 {
+                    let right = correct_option(quiz, q, options);
+                    assert!(right < options);
+                    let mut rng = Rng::new(q as u64);
+                    for _ in 0..20 {
+                        let c = (right + 1 + (rng.next_u64() % (options as u64 - 1)) as u32)
+                            % options;
+                        assert_ne!(c, right);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn urlencode_escapes() {
+        assert_eq!(urlencode("a.b-c_d~"), "a.b-c_d~");
+        assert_eq!(urlencode("a+b/c="), "a%2Bb%2Fc%3D");
+    }
+
+    #[test]
+    fn welcome_reconciles_lost_ack() {
+        let mut rec = PlayerRecord {
+            player_id: "p".into(),
+            answers: vec![AnswerRec {
+                question_id: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        reconcile_welcome(&mut rec, 900, false);
+        assert_eq!(rec.acknowledged_points(), 900);
+        assert!(rec.answers[0].inferred);
+        assert!(rec.live_issues.is_empty());
+        reconcile_welcome(&mut rec, 100, false);
+        assert_eq!(rec.live_issues.len(), 1);
+    }
+
+    #[test]
+    fn shares_are_stable_and_spread() {
+        let n = (0..10_000)
+            .filter(|i| player_share(42, *i, 1) < 0.3)
+            .count();
+        assert!((2700..3300).contains(&n), "{n}");
+        assert_eq!(player_share(1, 2, 3), player_share(1, 2, 3));
+    }
+}

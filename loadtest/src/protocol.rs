@@ -1,0 +1,201 @@
+//! The platform's messages as the tool reads and writes them (CONTRACT.md).
+//!
+//! Server frames are parsed into one flat [`ServerMsg`] with optional fields:
+//! no buffering of an internally tagged enum, borrowed strings, and fields the
+//! tool does not use (leaderboard `top`, option texts) are skipped by the
+//! parser, which keeps the per-frame CPU cost to one pass over the bytes.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize)]
+pub struct ServerMsg<'a> {
+    #[serde(rename = "type", borrow)]
+    pub ty: Cow<'a, str>,
+    // welcome
+    #[serde(default)]
+    pub score: Option<u64>,
+    /// welcome: the open question, as a nested `question` message;
+    /// question: the question itself.
+    #[serde(default)]
+    pub question: Option<QuestionField>,
+    /// welcome extension: the player already answered the open question.
+    #[serde(default)]
+    pub answered: Option<bool>,
+    // question
+    #[serde(default)]
+    pub opens_at_ms: Option<u64>,
+    #[serde(default)]
+    pub closes_at_ms: Option<u64>,
+    // answer_result, question_closed
+    #[serde(default)]
+    pub question_id: Option<u32>,
+    #[serde(default)]
+    pub accepted: Option<bool>,
+    #[serde(default, borrow)]
+    pub reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub correct: Option<Correct>,
+    #[serde(default)]
+    pub points: Option<u64>,
+    // leaderboard
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// Server time the leaderboard was produced, when the server stamps it.
+    #[serde(default, alias = "at_ms", alias = "generated_at_ms", alias = "tick_ms")]
+    pub ts_ms: Option<u64>,
+    // error
+    #[serde(default, borrow)]
+    pub code: Option<Cow<'a, str>>,
+}
+
+/// `correct` is a bool in `answer_result` and a list in `question_closed`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Correct {
+    Flag(bool),
+    List(Vec<u32>),
+}
+
+/// Either a bare question object or a nested `question` message (welcome).
+#[derive(Debug, Deserialize)]
+pub struct QuestionField {
+    #[serde(default)]
+    pub id: Option<u32>,
+    #[serde(default)]
+    pub index: Option<u32>,
+    #[serde(default)]
+    pub time_limit_ms: Option<u64>,
+    #[serde(default)]
+    pub points: Option<u64>,
+    #[serde(default)]
+    pub question: Option<Box<QuestionField>>,
+    #[serde(default)]
+    pub opens_at_ms: Option<u64>,
+    #[serde(default)]
+    pub closes_at_ms: Option<u64>,
+}
+
+/// An open question, however it was announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenQuestion {
+    pub id: u32,
+    pub index: u32,
+    pub time_limit_ms: u64,
+    pub points: u64,
+    pub opens_at_ms: u64,
+    pub closes_at_ms: u64,
+}
+
+impl ServerMsg<'_> {
+    pub fn parse(bytes: &[u8]) -> Result<ServerMsg<'_>, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The question carried by a `question` or `welcome` message.
+    pub fn open_question(&self) -> Option<OpenQuestion> {
+        let q = self.question.as_ref()?;
+        // welcome nests a whole question message
+        let (inner, opens, closes) = match &q.question {
+            Some(inner) => (inner.as_ref(), q.opens_at_ms, q.closes_at_ms),
+            None => (q, self.opens_at_ms, self.closes_at_ms),
+        };
+        let id = inner.id?;
+        Some(OpenQuestion {
+            id,
+            index: inner.index.unwrap_or(id),
+            time_limit_ms: inner.time_limit_ms.unwrap_or(0),
+            points: inner.points.unwrap_or(0),
+            opens_at_ms: opens.unwrap_or(0),
+            closes_at_ms: closes.unwrap_or(0),
+        })
+    }
+
+    pub fn correct_flag(&self) -> bool {
+        matches!(self.correct, Some(Correct::Flag(true)))
+    }
+}
+
+/// `POST /v1/quizzes` body.
+#[derive(Debug, Serialize)]
+pub struct CreateQuiz<'a> {
+    pub title: &'a str,
+    pub mode: &'a str,
+    pub questions: Vec<NewQuestion>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NewQuestion {
+    pub text: String,
+    pub options: Vec<String>,
+    pub correct: Vec<u32>,
+    pub time_limit_ms: u64,
+    pub points: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Created {
+    pub quiz_id: String,
+    pub host_token: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Joined {
+    pub player_id: String,
+    pub player_token: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PlayerView {
+    pub score: u64,
+    #[serde(default)]
+    pub rank: Option<u64>,
+}
+
+/// The answer message, encoded without a serializer on the hot path.
+pub fn encode_answer(question_id: u32, choice: u32) -> Vec<u8> {
+    format!(r#"{{"type":"answer","question_id":{question_id},"choices":[{choice}]}}"#).into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_question_and_welcome_with_nested_question() {
+        let q = br#"{"type":"question","question":{"id":3,"index":3,"text":"t","options":["a","b"],"time_limit_ms":5000,"points":1000},"opens_at_ms":10,"closes_at_ms":5010}"#;
+        let m = ServerMsg::parse(q).unwrap();
+        assert_eq!(m.ty, "question");
+        let o = m.open_question().unwrap();
+        assert_eq!((o.id, o.opens_at_ms, o.closes_at_ms, o.points), (3, 10, 5010, 1000));
+        let w = br#"{"type":"welcome","role":"player","player_id":"p","score":5,"rank":1,"state":"running","question":{"type":"question","question":{"id":1,"index":1,"text":"t","options":["a"],"time_limit_ms":5000,"points":2000},"opens_at_ms":7,"closes_at_ms":5007},"answered":true}"#;
+        let m = ServerMsg::parse(w).unwrap();
+        assert_eq!(m.score, Some(5));
+        assert_eq!(m.answered, Some(true));
+        let o = m.open_question().unwrap();
+        assert_eq!((o.id, o.opens_at_ms, o.points), (1, 7, 2000));
+    }
+
+    #[test]
+    fn parses_results_and_closed() {
+        let r = br#"{"type":"answer_result","question_id":2,"accepted":false,"reason":"late","correct":false,"points":0,"score":10,"rank":3}"#;
+        let m = ServerMsg::parse(r).unwrap();
+        assert_eq!(m.reason.as_deref(), Some("late"));
+        assert!(!m.correct_flag());
+        let c = br#"{"type":"question_closed","question_id":2,"correct":[1],"distribution":[0,4]}"#;
+        let m = ServerMsg::parse(c).unwrap();
+        assert!(matches!(m.correct, Some(Correct::List(_))));
+        let l = br#"{"type":"leaderboard","quiz_id":"q","version":9,"total_players":2,"top":[{"rank":1,"player_id":"a","nickname":"n","score":1}]}"#;
+        let m = ServerMsg::parse(l).unwrap();
+        assert_eq!((m.version, m.ts_ms), (Some(9), None));
+    }
+
+    #[test]
+    fn answer_encoding() {
+        assert_eq!(
+            encode_answer(4, 2),
+            br#"{"type":"answer","question_id":4,"choices":[2]}"#.to_vec()
+        );
+    }
+}

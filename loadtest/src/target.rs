@@ -1,0 +1,173 @@
+//! The loopback-only guard.
+//!
+//! Every address the tool connects to goes through [`Target::parse`] (the
+//! scenario's `target.url`, the `--target` override) or [`ensure_loopback`]
+//! (source addresses of workers). Anything outside 127.0.0.0/8 and `::1` is
+//! refused with an error that says why: this tool generates load, and load
+//! only ever goes to this machine.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TargetError {
+    #[error("`{0}` is not a URL of the form http://127.x.y.z:PORT")]
+    Malformed(String),
+    #[error("only http:// targets are supported, got `{0}`")]
+    Scheme(String),
+    #[error(
+        "refusing non-loopback target `{0}`: this load tool only sends traffic to 127.0.0.0/8 or [::1]"
+    )]
+    NotLoopback(String),
+    #[error("refusing host name `{0}`: give a loopback IP address (127.0.0.1) or `localhost`")]
+    HostName(String),
+}
+
+/// A validated loopback HTTP endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, TargetError> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| {
+                if url.contains("://") {
+                    TargetError::Scheme(url.to_string())
+                } else {
+                    TargetError::Malformed(url.to_string())
+                }
+            })?
+            .trim_end_matches('/');
+        if rest.contains('/') || rest.contains('@') || rest.is_empty() {
+            return Err(TargetError::Malformed(url.to_string()));
+        }
+        let (host, port) = if let Some(stripped) = rest.strip_prefix('[') {
+            let (h, p) = stripped
+                .split_once("]:")
+                .ok_or_else(|| TargetError::Malformed(url.to_string()))?;
+            (h, p)
+        } else {
+            rest.rsplit_once(':')
+                .ok_or_else(|| TargetError::Malformed(url.to_string()))?
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| TargetError::Malformed(url.to_string()))?;
+        if port == 0 {
+            return Err(TargetError::Malformed(url.to_string()));
+        }
+        let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            match host.parse::<IpAddr>() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    // Not an IP literal: a name we refuse to resolve.
+                    if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                        return Err(TargetError::Malformed(url.to_string()));
+                    }
+                    return Err(TargetError::HostName(host.to_string()));
+                }
+            }
+        };
+        ensure_loopback(ip).map_err(|_| TargetError::NotLoopback(url.to_string()))?;
+        Ok(Target {
+            addr: SocketAddr::new(ip, port),
+        })
+    }
+
+    /// `Host:` header value.
+    pub fn host_header(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Refuse any address outside the loopback range.
+pub fn ensure_loopback(ip: IpAddr) -> Result<(), TargetError> {
+    let ok = match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().map(|v| v.is_loopback()) == Some(true)
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(TargetError::NotLoopback(ip.to_string()))
+    }
+}
+
+/// The source address of worker `index` (0-based): 127.0.0.2, 127.0.0.3, ...
+/// Each worker binds its connections there with IP_BIND_ADDRESS_NO_PORT, so
+/// every worker has its own ephemeral-port space.
+pub fn worker_source(index: u64) -> Ipv4Addr {
+    let n = 2 + index as u32; // 127.0.0.2 upwards; index < 200 by validation
+    Ipv4Addr::new(127, 0, (n >> 8) as u8, (n & 0xff) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_loopback() {
+        for u in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/",
+            "http://127.1.2.3:1",
+            "http://localhost:80",
+            "http://[::1]:9000",
+        ] {
+            assert!(Target::parse(u).is_ok(), "{u}");
+        }
+        assert_eq!(
+            Target::parse("http://127.0.0.1:8080").unwrap().addr,
+            "127.0.0.1:8080".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        for u in [
+            "http://10.0.0.1:8080",
+            "http://192.168.1.1:80",
+            "http://172.16.0.1:80",
+            "http://8.8.8.8:53",
+            "http://0.0.0.0:8080",
+            "http://[2001:db8::1]:80",
+        ] {
+            let e = Target::parse(u).unwrap_err();
+            assert!(matches!(e, TargetError::NotLoopback(_)), "{u}: {e}");
+            assert!(e.to_string().contains("loopback"));
+        }
+        assert!(matches!(
+            Target::parse("http://example.com:80"),
+            Err(TargetError::HostName(_))
+        ));
+        assert!(matches!(
+            Target::parse("https://127.0.0.1:443"),
+            Err(TargetError::Scheme(_))
+        ));
+        for u in ["127.0.0.1:80", "http://127.0.0.1", "http://127.0.0.1:x", "http://127.0.0.1:80/v1"] {
+            assert!(Target::parse(u).is_err(), "{u}");
+        }
+    }
+
+    #[test]
+    fn worker_sources_are_loopback_and_distinct() {
+        assert_eq!(worker_source(0), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(worker_source(1), Ipv4Addr::new(127, 0, 0, 3));
+        assert_eq!(worker_source(254), Ipv4Addr::new(127, 0, 1, 0));
+        for i in 0..200 {
+            assert!(ensure_loopback(IpAddr::V4(worker_source(i))).is_ok());
+        }
+    }
+}

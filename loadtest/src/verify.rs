@@ -1,0 +1,582 @@
+//! The correctness checker: the platform's answers against the tool's record.
+//!
+//! Each simulated player keeps a [`PlayerRecord`] of what it sent and what it
+//! was told. After the run:
+//! - [`check_player`] (in the worker): every acknowledged answer is consistent
+//!   (accepted answers scored as the tool intended: correct when it chose the
+//!   correct option, zero points when wrong or rejected), the running score in
+//!   each `answer_result` equals the sum of points acknowledged so far, and the
+//!   final score the platform reports (`GET /v1/quizzes/{id}/players/{pid}`)
+//!   equals the sum of the points acknowledged to that player. Optionally the
+//!   points are cross-checked against the scoring rule with the tool's own
+//!   send/receive times as bounds for the server-measured response time.
+//! - [`check_leaderboard`] (in the coordinator): a quiz's leaderboard has the
+//!   tool's number of players, its entries carry exactly the scores the tool
+//!   expects for those players, in non-increasing order, and its top scores are
+//!   the tool's top scores.
+//!
+//! Any [`Mismatch`] fails the run.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::CrossCheck;
+
+/// What the tool was told about one answer it sent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResultRec {
+    pub accepted: bool,
+    pub reason: Option<String>,
+    pub correct: bool,
+    pub points: u64,
+    pub score: u64,
+    /// Wall clock, µs, when the `answer_result` arrived.
+    pub at_us: u64,
+}
+
+/// One answer the tool sent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AnswerRec {
+    pub question_id: u32,
+    pub intended_correct: bool,
+    /// Wall clock, µs, when it was written to the socket.
+    pub sent_us: u64,
+    /// Server `opens_at_ms` of the question.
+    pub opens_at_ms: u64,
+    pub time_limit_ms: u64,
+    pub max_points: u64,
+    pub result: Option<ResultRec>,
+    /// The ack was lost with a connection; its points were inferred from the
+    /// score in the next `welcome`.
+    pub inferred: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PlayerRecord {
+    pub index: u64,
+    pub quiz: u32,
+    pub player_id: String,
+    pub nickname: String,
+    pub answers: Vec<AnswerRec>,
+    /// Points attributed to answers whose ack was lost (from `welcome.score`).
+    pub inferred_points: u64,
+    /// Problems seen while running (e.g. an `answer_result.score` that is not
+    /// the running sum of acknowledged points).
+    pub live_issues: Vec<String>,
+    pub ended: bool,
+    /// Why the player never got going (join failed, ...).
+    pub failure: Option<String>,
+    /// From `GET /v1/quizzes/{id}/players/{pid}` after the quiz.
+    pub server_score: Option<u64>,
+    pub http_error: Option<String>,
+}
+
+impl PlayerRecord {
+    /// The sum of points acknowledged to this player (plus inferred ones).
+    pub fn acknowledged_points(&self) -> u64 {
+        self.answers
+            .iter()
+            .filter_map(|a| a.result.as_ref())
+            .filter(|r| r.accepted)
+            .map(|r| r.points)
+            .sum::<u64>()
+            + self.inferred_points
+    }
+
+    pub fn joined(&self) -> bool {
+        !self.player_id.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Mismatch {
+    pub kind: String,
+    pub quiz_id: String,
+    #[serde(default)]
+    pub player_id: Option<String>,
+    pub detail: String,
+}
+
+fn mm(kind: &str, quiz_id: &str, player: Option<&str>, detail: String) -> Mismatch {
+    Mismatch {
+        kind: kind.to_string(),
+        quiz_id: quiz_id.to_string(),
+        player_id: player.map(str::to_string),
+        detail,
+    }
+}
+
+/// The contract's scoring rule: `round(P × (1 − (t / T) / 2))`, t = 0 when
+/// t ≤ 500 ms, zero when late.
+pub fn expected_points(p: u64, t_limit_ms: u64, t_ms: u64) -> u64 {
+    if t_ms >= t_limit_ms {
+        return 0;
+    }
+    let t = if t_ms <= 500 { 0.0 } else { t_ms as f64 };
+    (p as f64 * (1.0 - (t / t_limit_ms as f64) / 2.0)).round() as u64
+}
+
+#[derive(Debug, Default)]
+pub struct PlayerCheck {
+    pub mismatches: Vec<Mismatch>,
+    pub warnings: Vec<Mismatch>,
+    pub unacknowledged: u64,
+}
+
+/// Check one player's record. `live` enables the points cross-check (in
+/// self-paced mode the server's clock for t starts at a time the tool cannot
+/// see).
+pub fn check_player(
+    quiz_id: &str,
+    rec: &PlayerRecord,
+    cross: CrossCheck,
+    live: bool,
+) -> PlayerCheck {
+    let mut out = PlayerCheck::default();
+    if !rec.joined() {
+        return out;
+    }
+    let pid = Some(rec.player_id.as_str());
+    for issue in &rec.live_issues {
+        out.mismatches
+            .push(mm("score_chain", quiz_id, pid, issue.clone()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for a in &rec.answers {
+        if !seen.insert(a.question_id) {
+            out.mismatches.push(mm(
+                "double_send",
+                quiz_id,
+                pid,
+                format!("the tool sent question {} twice", a.question_id),
+            ));
+        }
+        let Some(r) = &a.result else {
+            if !a.inferred {
+                out.unacknowledged += 1;
+            }
+            continue;
+        };
+        let q = a.question_id;
+        if r.accepted {
+            if r.correct != a.intended_correct {
+                out.mismatches.push(mm(
+                    "correctness",
+                    quiz_id,
+                    pid,
+                    format!(
+                        "question {q}: sent a {} answer, platform said correct={}",
+                        if a.intended_correct { "correct" } else { "wrong" },
+                        r.correct
+                    ),
+                ));
+            }
+            if !r.correct && r.points > 0 {
+                out.mismatches.push(mm(
+                    "points",
+                    quiz_id,
+                    pid,
+                    format!("question {q}: wrong answer scored {} points", r.points),
+                ));
+            }
+            if r.points > a.max_points {
+                out.mismatches.push(mm(
+                    "points",
+                    quiz_id,
+                    pid,
+                    format!(
+                        "question {q}: {} points above the question's {}",
+                        r.points, a.max_points
+                    ),
+                ));
+            }
+            if live && r.correct && cross != CrossCheck::Off && a.opens_at_ms > 0 {
+                // The server received the answer after we sent it and before
+                // we got the result: t lies in [t_lo, t_hi], and the rule is
+                // monotone, so the points lie in [f(t_hi), f(t_lo)].
+                let t_lo = (a.sent_us / 1000).saturating_sub(a.opens_at_ms + 5);
+                let t_hi = (r.at_us / 1000 + 5).saturating_sub(a.opens_at_ms);
+                let hi = expected_points(a.max_points, a.time_limit_ms, t_lo) + 1;
+                let lo = expected_points(a.max_points, a.time_limit_ms, t_hi).saturating_sub(1);
+                if r.points < lo || r.points > hi {
+                    let m = mm(
+                        "points_rule",
+                        quiz_id,
+                        pid,
+                        format!(
+                            "question {q}: {} points, rule gives {lo}..={hi} for t in {t_lo}..={t_hi} ms",
+                            r.points
+                        ),
+                    );
+                    if cross == CrossCheck::Fail {
+                        out.mismatches.push(m);
+                    } else {
+                        out.warnings.push(m);
+                    }
+                }
+            }
+        } else {
+            if r.points > 0 {
+                out.mismatches.push(mm(
+                    "points",
+                    quiz_id,
+                    pid,
+                    format!(
+                        "question {q}: rejected ({}) answer carried {} points",
+                        r.reason.as_deref().unwrap_or("?"),
+                        r.points
+                    ),
+                ));
+            }
+            if r.reason.as_deref() == Some("duplicate") && !a.inferred {
+                out.mismatches.push(mm(
+                    "duplicate",
+                    quiz_id,
+                    pid,
+                    format!("question {q}: first answer the tool sent was called a duplicate"),
+                ));
+            }
+        }
+    }
+    let expected = rec.acknowledged_points();
+    match (rec.server_score, &rec.http_error) {
+        (Some(s), _) if s != expected => out.mismatches.push(mm(
+            "final_score",
+            quiz_id,
+            pid,
+            format!("platform reports score {s}, acknowledged points sum to {expected}"),
+        )),
+        (None, Some(e)) => out.warnings.push(mm(
+            "final_score_unavailable",
+            quiz_id,
+            pid,
+            e.clone(),
+        )),
+        _ => {}
+    }
+    out
+}
+
+/// A leaderboard as the platform returns it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LeaderboardView {
+    #[serde(default)]
+    pub version: u64,
+    pub total_players: u64,
+    pub top: Vec<LeaderEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaderEntry {
+    pub rank: u64,
+    pub player_id: String,
+    #[serde(default)]
+    pub nickname: String,
+    pub score: u64,
+}
+
+/// Compare a quiz's leaderboard (fetched with `limit`) with the tool's record
+/// `expected` (player_id -> acknowledged points, every joined player).
+pub fn check_leaderboard(
+    quiz_id: &str,
+    expected: &HashMap<String, u64>,
+    limit: usize,
+    lb: &LeaderboardView,
+) -> Vec<Mismatch> {
+    let mut out = Vec::new();
+    let n = expected.len() as u64;
+    if lb.total_players != n {
+        out.push(mm(
+            "leaderboard_total",
+            quiz_id,
+            None,
+            format!(
+                "total_players {} but the tool joined {n} players",
+                lb.total_players
+            ),
+        ));
+    }
+    let want_len = limit.min(expected.len());
+    if lb.top.len() != want_len {
+        out.push(mm(
+            "leaderboard_len",
+            quiz_id,
+            None,
+            format!("top has {} entries, expected {want_len}", lb.top.len()),
+        ));
+    }
+    let mut prev: Option<&LeaderEntry> = None;
+    for (i, e) in lb.top.iter().enumerate() {
+        match expected.get(&e.player_id) {
+            None => out.push(mm(
+                "leaderboard_unknown_player",
+                quiz_id,
+                Some(&e.player_id),
+                format!("rank {} is a player the tool never joined", e.rank),
+            )),
+            Some(&s) if s != e.score => out.push(mm(
+                "leaderboard_score",
+                quiz_id,
+                Some(&e.player_id),
+                format!(
+                    "rank {}: leaderboard says {}, acknowledged points sum to {s}",
+                    e.rank, e.score
+                ),
+            )),
+            _ => {}
+        }
+        if let Some(p) = prev {
+            if p.score < e.score {
+                out.push(mm(
+                    "leaderboard_order",
+                    quiz_id,
+                    Some(&e.player_id),
+                    format!(
+                        "position {i}: score {} above {} at the previous position",
+                        e.score, p.score
+                    ),
+                ));
+            }
+            if e.rank < p.rank || (e.score < p.score && e.rank == p.rank) {
+                out.push(mm(
+                    "leaderboard_rank",
+                    quiz_id,
+                    Some(&e.player_id),
+                    format!("rank {} after rank {}", e.rank, p.rank),
+                ));
+            }
+        }
+        // 1-based rank by descending score: one more than the number of
+        // players with a strictly higher score (ties share a rank or are
+        // numbered in order; both are accepted).
+        let higher = expected.values().filter(|&&s| s > e.score).count() as u64;
+        if e.rank < higher + 1 || e.rank > i as u64 + 1 {
+            out.push(mm(
+                "leaderboard_rank",
+                quiz_id,
+                Some(&e.player_id),
+                format!(
+                    "rank {} at position {}, {higher} players score higher",
+                    e.rank,
+                    i + 1
+                ),
+            ));
+        }
+        prev = Some(e);
+    }
+    let mut want: Vec<u64> = expected.values().copied().collect();
+    want.sort_unstable_by(|a, b| b.cmp(a));
+    want.truncate(lb.top.len());
+    let got: Vec<u64> = lb.top.iter().map(|e| e.score).collect();
+    if got != want {
+        out.push(mm(
+            "leaderboard_top",
+            quiz_id,
+            None,
+            format!("top scores {got:?}, the tool's top scores {want:?}"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ans(q: u32, correct: bool, points: u64, score: u64) -> AnswerRec {
+        AnswerRec {
+            question_id: q,
+            intended_correct: correct,
+            sent_us: 1_000_000_000 + 600_000,
+            opens_at_ms: 1_000_000,
+            time_limit_ms: 10_000,
+            max_points: 1000,
+            result: Some(ResultRec {
+                accepted: true,
+                reason: None,
+                correct,
+                points,
+                score,
+                at_us: 1_000_000_000 + 700_000,
+            }),
+            inferred: false,
+        }
+    }
+
+    fn player() -> PlayerRecord {
+        PlayerRecord {
+            player_id: "p1".into(),
+            nickname: "n1".into(),
+            answers: vec![ans(0, true, 1000, 1000), ans(1, false, 0, 1000)],
+            server_score: Some(1000),
+            ended: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn expected_points_rule() {
+        assert_eq!(expected_points(1000, 10_000, 0), 1000);
+        assert_eq!(expected_points(1000, 10_000, 500), 1000);
+        assert_eq!(expected_points(1000, 10_000, 5000), 750);
+        assert_eq!(expected_points(2000, 10_000, 9999), 1000);
+        assert_eq!(expected_points(1000, 10_000, 10_000), 0);
+        assert_eq!(expected_points(0, 10_000, 100), 0);
+    }
+
+    #[test]
+    fn consistent_player_passes() {
+        let c = check_player("q", &player(), CrossCheck::Fail, true);
+        assert!(c.mismatches.is_empty(), "{:?}", c.mismatches);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn wrong_final_score_fails() {
+        let mut p = player();
+        p.server_score = Some(1500);
+        let c = check_player("q", &p, CrossCheck::Off, true);
+        assert_eq!(c.mismatches.len(), 1);
+        assert_eq!(c.mismatches[0].kind, "final_score");
+        assert!(c.mismatches[0].detail.contains("1500"));
+    }
+
+    #[test]
+    fn correctness_and_points_mismatches_fail() {
+        let mut p = player();
+        p.answers[1].result.as_mut().unwrap().correct = true;
+        p.answers[1].result.as_mut().unwrap().points = 500;
+        p.server_score = Some(1500);
+        let c = check_player("q", &p, CrossCheck::Off, true);
+        let kinds: Vec<_> = c.mismatches.iter().map(|m| m.kind.as_str()).collect();
+        assert!(kinds.contains(&"correctness"), "{kinds:?}");
+        // 1500 == acknowledged sum, so no final_score mismatch
+        assert!(!kinds.contains(&"final_score"), "{kinds:?}");
+    }
+
+    #[test]
+    fn rejected_with_points_and_false_duplicate_fail() {
+        let mut p = player();
+        let r = p.answers[1].result.as_mut().unwrap();
+        r.accepted = false;
+        r.reason = Some("duplicate".into());
+        r.points = 10;
+        let c = check_player("q", &p, CrossCheck::Off, true);
+        let kinds: Vec<_> = c.mismatches.iter().map(|m| m.kind.as_str()).collect();
+        assert!(kinds.contains(&"points") && kinds.contains(&"duplicate"), "{kinds:?}");
+    }
+
+    #[test]
+    fn points_rule_cross_check() {
+        let mut p = player();
+        // sent 600 ms after open, result at 700 ms: rule gives 970..=971.
+        p.answers[0].result.as_mut().unwrap().points = 400;
+        p.answers[0].result.as_mut().unwrap().score = 400;
+        p.server_score = Some(400);
+        let warn = check_player("q", &p, CrossCheck::Warn, true);
+        assert!(warn.mismatches.is_empty());
+        assert_eq!(warn.warnings[0].kind, "points_rule");
+        let fail = check_player("q", &p, CrossCheck::Fail, true);
+        assert_eq!(fail.mismatches[0].kind, "points_rule");
+        // 1000 within 600 ms (t <= 500 counts as full, plus slack) is fine.
+        assert!(check_player("q", &player(), CrossCheck::Fail, true)
+            .mismatches
+            .is_empty());
+    }
+
+    #[test]
+    fn live_issue_and_unacked_are_reported() {
+        let mut p = player();
+        p.live_issues.push("answer_result score 7 after 1000 acknowledged".into());
+        p.answers.push(AnswerRec {
+            question_id: 2,
+            result: None,
+            ..Default::default()
+        });
+        let c = check_player("q", &p, CrossCheck::Off, true);
+        assert_eq!(c.mismatches[0].kind, "score_chain");
+        assert_eq!(c.unacknowledged, 1);
+    }
+
+    #[test]
+    fn inferred_points_count_toward_expected() {
+        let mut p = player();
+        p.answers.push(AnswerRec {
+            question_id: 2,
+            result: None,
+            inferred: true,
+            ..Default::default()
+        });
+        p.inferred_points = 800;
+        p.server_score = Some(1800);
+        let c = check_player("q", &p, CrossCheck::Off, true);
+        assert!(c.mismatches.is_empty(), "{:?}", c.mismatches);
+        assert_eq!(c.unacknowledged, 0);
+    }
+
+    fn expected() -> HashMap<String, u64> {
+        [("a", 3000), ("b", 2000), ("c", 2000), ("d", 0)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    fn entry(rank: u64, id: &str, score: u64) -> LeaderEntry {
+        LeaderEntry {
+            rank,
+            player_id: id.into(),
+            nickname: String::new(),
+            score,
+        }
+    }
+
+    #[test]
+    fn leaderboard_matching_passes_with_ties_either_way() {
+        for top in [
+            vec![entry(1, "a", 3000), entry(2, "b", 2000), entry(2, "c", 2000)],
+            vec![entry(1, "a", 3000), entry(2, "c", 2000), entry(3, "b", 2000)],
+        ] {
+            let lb = LeaderboardView {
+                version: 1,
+                total_players: 4,
+                top,
+            };
+            let m = check_leaderboard("q", &expected(), 3, &lb);
+            assert!(m.is_empty(), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn leaderboard_mismatches_fail() {
+        let lb = LeaderboardView {
+            version: 1,
+            total_players: 5,
+            top: vec![entry(1, "b", 2000), entry(2, "a", 3000), entry(3, "x", 10)],
+        };
+        let m = check_leaderboard("q", &expected(), 3, &lb);
+        let kinds: Vec<_> = m.iter().map(|m| m.kind.as_str()).collect();
+        for k in [
+            "leaderboard_total",
+            "leaderboard_order",
+            "leaderboard_unknown_player",
+            "leaderboard_top",
+        ] {
+            assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+        }
+        let lb = LeaderboardView {
+            version: 1,
+            total_players: 4,
+            top: vec![entry(1, "a", 2999)],
+        };
+        let m = check_leaderboard("q", &expected(), 1, &lb);
+        assert!(m.iter().any(|m| m.kind == "leaderboard_score"), "{m:?}");
+        let lb = LeaderboardView {
+            version: 1,
+            total_players: 4,
+            top: vec![entry(1, "a", 3000)],
+        };
+        let m = check_leaderboard("q", &expected(), 3, &lb);
+        assert!(m.iter().any(|m| m.kind == "leaderboard_len"), "{m:?}");
+    }
+}

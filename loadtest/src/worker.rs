@@ -1,0 +1,311 @@
+//! A worker process: holds up to 19 000 players from its own loopback source
+//! address and reports to the coordinator.
+//!
+//! In: one [`WorkerPlan`] as JSON on stdin. Out: JSON lines on stdout, a
+//! [`WorkerMsg::Progress`] every second (gauges plus the interval's
+//! histograms and counters) and one [`WorkerMsg::Result`] at the end (compact
+//! per-player summaries for the leaderboard check, the player-level
+//! mismatches, the worker's own CPU and memory). Logs go to stderr.
+//!
+//! The worker runs on a single-threaded runtime with a `LocalSet`: players
+//! share state through `Rc<RefCell<_>>` with no locks, and the coordinator
+//! scales out with processes rather than threads.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{Metrics, WireMetrics};
+use crate::net::{http_request, raise_nofile_limit};
+use crate::player::{player_share, run_player, wall_us, Ctx};
+use crate::procmon::{sample_self, ProcSample};
+use crate::protocol::PlayerView;
+use crate::scenario::Scenario;
+use crate::target::Target;
+use crate::verify::{check_player, Mismatch, PlayerRecord};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerPlan {
+    pub worker: u64,
+    pub workers: u64,
+    pub source: Option<IpAddr>,
+    pub target: String,
+    pub scenario: Scenario,
+    pub quiz_ids: Vec<String>,
+    /// Wall clock (µs) of the ramp start.
+    pub t0_wall_us: u64,
+    /// Hard end of the load phase.
+    pub deadline_wall_us: u64,
+    /// Hard end of verification; the worker exits by then.
+    pub verify_deadline_wall_us: u64,
+    pub seed: u64,
+}
+
+impl WorkerPlan {
+    /// Global indices of this worker's players.
+    pub fn players(&self) -> impl Iterator<Item = u64> + '_ {
+        (self.worker..self.scenario.load.players).step_by(self.workers as usize)
+    }
+}
+
+/// One joined player, as the coordinator needs it for the leaderboard check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlayerSummary {
+    pub quiz: u32,
+    pub player_id: String,
+    pub score: u64,
+    pub ended: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerMsg {
+    Progress {
+        worker: u64,
+        second: u64,
+        connected: u64,
+        joined: u64,
+        done: u64,
+        metrics: WireMetrics,
+    },
+    Result(Box<WorkerResult>),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerResult {
+    pub worker: u64,
+    pub players: Vec<PlayerSummary>,
+    pub planned: u64,
+    pub joined: u64,
+    pub ended: u64,
+    pub failed: u64,
+    /// First few failure reasons, for the report.
+    pub failures: Vec<String>,
+    pub verified: u64,
+    pub mismatch_count: u64,
+    pub mismatches: Vec<Mismatch>,
+    pub warning_count: u64,
+    pub warnings: Vec<Mismatch>,
+    pub unacknowledged: u64,
+    pub answers_sent: u64,
+    pub answers_acked: u64,
+    pub frames_in: u64,
+    pub max_connected: u64,
+    pub nofile_limit: u64,
+    pub self_usage: ProcSample,
+}
+
+const KEEP: usize = 200;
+
+fn emit(msg: &WorkerMsg) {
+    let line = serde_json::to_string(msg).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Entry point of `loadtest worker`: plan on stdin, JSON lines on stdout.
+pub fn worker_main() -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+    let plan: WorkerPlan = serde_json::from_str(&input)?;
+    plan.scenario.validate()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&rt, run(plan))?;
+    emit(&WorkerMsg::Result(Box::new(result)));
+    Ok(())
+}
+
+pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
+    let target = Target::parse(&plan.target)?;
+    let nofile = raise_nofile_limit();
+    let planned = plan.players().count() as u64;
+    if planned + 64 > nofile {
+        anyhow::bail!(
+            "worker {} would hold {planned} connections but may open only {nofile} files",
+            plan.worker
+        );
+    }
+    let ctx = Rc::new(Ctx::new(
+        target,
+        plan.source,
+        plan.scenario.clone(),
+        plan.quiz_ids.clone(),
+        plan.t0_wall_us,
+        plan.deadline_wall_us,
+        plan.seed,
+    ));
+    let worker = plan.worker;
+
+    // Progress reporter: once a second, ship the interval and start a new one.
+    let ticker_ctx = ctx.clone();
+    let ticker = tokio::task::spawn_local(async move {
+        let mut iv = tokio::time::interval(Duration::from_secs(1));
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            iv.tick().await;
+            flush_progress(&ticker_ctx, worker);
+        }
+    });
+
+    let handles: Vec<_> = plan
+        .players()
+        .map(|i| tokio::task::spawn_local(run_player(ctx.clone(), i)))
+        .collect();
+    let mut records = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.await {
+            Ok(r) => records.push(r),
+            Err(e) => eprintln!("worker {worker}: player task failed: {e}"),
+        }
+    }
+
+    // Verification: the platform's view of each (sampled) player's score.
+    let verify_deadline = ctx.at_wall(plan.verify_deadline_wall_us);
+    let share = plan.scenario.checks.verify_players;
+    let to_verify: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.joined() && player_share(plan.seed, r.index, 0x7e21) < share)
+        .map(|(i, _)| i)
+        .collect();
+    let verified = to_verify.len() as u64;
+    let fetched = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let queue = Rc::new(std::cell::RefCell::new(to_verify));
+    let recs: Rc<Vec<(u32, String)>> = Rc::new(
+        records
+            .iter()
+            .map(|r| (r.quiz, r.player_id.clone()))
+            .collect(),
+    );
+    let quiz_ids = Rc::new(plan.quiz_ids.clone());
+    let mut fetchers = Vec::new();
+    for _ in 0..16 {
+        let queue = queue.clone();
+        let fetched = fetched.clone();
+        let ctx = ctx.clone();
+        let quiz_ids = quiz_ids.clone();
+        let recs = recs.clone();
+        fetchers.push(tokio::task::spawn_local(async move {
+            loop {
+                let next = queue.borrow_mut().pop();
+                let Some(i) = next else { break };
+                let (quiz, pid) = &recs[i];
+                let path = format!("/v1/quizzes/{}/players/{}", quiz_ids[*quiz as usize], pid);
+                let left = verify_deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    fetched
+                        .borrow_mut()
+                        .push((i, Err("verification deadline passed".to_string())));
+                    continue;
+                }
+                let res = http_request(
+                    &ctx.target,
+                    ctx.source,
+                    "GET",
+                    &path,
+                    None,
+                    None,
+                    left.min(Duration::from_secs(10)),
+                )
+                .await;
+                let v = match res {
+                    Ok(r) if r.status == 200 => serde_json::from_slice::<PlayerView>(&r.body)
+                        .map(|v| v.score)
+                        .map_err(|e| format!("GET {path}: bad body: {e}")),
+                    Ok(r) => Err(format!("GET {path}: HTTP {}", r.status)),
+                    Err(e) => Err(format!("GET {path}: {e}")),
+                };
+                fetched.borrow_mut().push((i, v));
+            }
+        }));
+    }
+    for f in fetchers {
+        let _ = f.await;
+    }
+    for (i, v) in fetched.borrow_mut().drain(..) {
+        match v {
+            Ok(s) => records[i].server_score = Some(s),
+            Err(e) => records[i].http_error = Some(e),
+        }
+    }
+    ticker.abort();
+    flush_progress(&ctx, worker);
+
+    let mut res = WorkerResult {
+        worker,
+        planned,
+        nofile_limit: nofile,
+        verified,
+        ..Default::default()
+    };
+    let live = plan.scenario.mode_is_live();
+    let cross = plan.scenario.checks.cross_check_points;
+    for r in &records {
+        if let Some(f) = &r.failure {
+            res.failed += 1;
+            if res.failures.len() < 20 {
+                res.failures.push(format!("player {}: {f}", r.index));
+            }
+        }
+        if !r.joined() {
+            continue;
+        }
+        res.joined += 1;
+        if r.ended {
+            res.ended += 1;
+        }
+        res.answers_sent += r.answers.len() as u64;
+        res.answers_acked += r.answers.iter().filter(|a| a.result.is_some()).count() as u64;
+        let quiz_id = &plan.quiz_ids[r.quiz as usize];
+        let c = check_player(quiz_id, r, cross, live);
+        res.unacknowledged += c.unacknowledged;
+        res.mismatch_count += c.mismatches.len() as u64;
+        res.warning_count += c.warnings.len() as u64;
+        for m in c.mismatches {
+            if res.mismatches.len() < KEEP {
+                res.mismatches.push(m);
+            }
+        }
+        for w in c.warnings {
+            if res.warnings.len() < KEEP {
+                res.warnings.push(w);
+            }
+        }
+        res.players.push(PlayerSummary {
+            quiz: r.quiz,
+            player_id: r.player_id.clone(),
+            score: r.acknowledged_points(),
+            ended: r.ended,
+        });
+    }
+    let sh = ctx.shared.borrow();
+    res.frames_in = sh.frames_total;
+    res.max_connected = sh.max_connected;
+    res.self_usage = sample_self();
+    Ok(res)
+}
+
+fn flush_progress(ctx: &Ctx, worker: u64) {
+    let (metrics, connected, joined, done) = {
+        let mut sh = ctx.shared.borrow_mut();
+        let m = std::mem::take(&mut sh.m);
+        (m, sh.connected, sh.joined, sh.done)
+    };
+    let second = wall_us().saturating_sub(ctx.t0_wall_us) / 1_000_000;
+    emit(&WorkerMsg::Progress {
+        worker,
+        second,
+        connected,
+        joined,
+        done,
+        metrics: metrics.to_wire(),
+    });
+    drop::<Metrics>(metrics);
+}

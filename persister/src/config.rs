@@ -1,0 +1,503 @@
+//! The persister's configuration: one typed struct, defaults for every key,
+//! loaded from an optional TOML file (`--config`) and then overridden by
+//! environment variables (`QUIZ_*` for settings shared with the rest of the
+//! platform, `PERSISTER_*` for the persister's own). Every key is documented in
+//! `docs/persister.md`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be loaded. The message always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot parse config file {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid value for {key} (from {origin}): {message}")]
+    Invalid {
+        key: &'static str,
+        origin: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub mongodb: MongoConfig,
+    pub batch: BatchConfig,
+    pub retry: RetryConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    /// How long SIGTERM waits for the pending batch to be written before
+    /// giving up on it (it is then not committed, so nothing is lost).
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    /// Dead-letter topic; empty means `<topic>-dlq`.
+    pub dlq_topic: String,
+    pub session_timeout_ms: u64,
+    pub max_poll_interval_ms: u64,
+    pub assignment_strategy: String,
+    pub statistics_interval_ms: u64,
+    /// Create the dead-letter topic at start-up when missing.
+    pub create_dlq_topic: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MongoConfig {
+    pub uri: String,
+    pub database: String,
+    /// Upper bound on the estimated size of one `update` command; larger
+    /// batches are split into several commands.
+    pub max_command_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    pub max_events: usize,
+    pub max_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// How long a partition revocation may wait for the pending batch to be
+    /// written before abandoning it (uncommitted, so the new owner redoes it).
+    pub revoke_flush_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz`; empty disables it.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` or `text`.
+    pub format: String,
+    /// `tracing_subscriber::EnvFilter` directive; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kafka: KafkaConfig::default(),
+            mongodb: MongoConfig::default(),
+            batch: BatchConfig::default(),
+            retry: RetryConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "quiz-events".into(),
+            group_id: "quiz-persister".into(),
+            dlq_topic: String::new(),
+            session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
+            assignment_strategy: "cooperative-sticky".into(),
+            statistics_interval_ms: 5_000,
+            create_dlq_topic: true,
+        }
+    }
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        MongoConfig {
+            uri: "mongodb://127.0.0.1:27017/".into(),
+            database: "quiz".into(),
+            max_command_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: 1000,
+            max_wait_ms: 100,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 5_000,
+            revoke_flush_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then the environment, then validation.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The dead-letter topic actually used.
+    pub fn dlq_topic(&self) -> String {
+        if self.kafka.dlq_topic.is_empty() {
+            format!("{}-dlq", self.kafka.topic)
+        } else {
+            self.kafka.dlq_topic.clone()
+        }
+    }
+
+    /// Applies environment overrides; `lookup` is `std::env::var` in
+    /// production and a map in tests.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        fn string(lookup: &impl Fn(&str) -> Option<String>, name: &str, slot: &mut String) {
+            if let Some(value) = lookup(name) {
+                *slot = value;
+            }
+        }
+        fn number<T: std::str::FromStr>(
+            lookup: &impl Fn(&str) -> Option<String>,
+            name: &'static str,
+            slot: &mut T,
+        ) -> Result<(), ConfigError> {
+            if let Some(value) = lookup(name) {
+                *slot = value.trim().parse().map_err(|_| ConfigError::Invalid {
+                    key: name,
+                    origin: "environment",
+                    message: format!("{value:?} is not a valid number"),
+                })?;
+            }
+            Ok(())
+        }
+        fn boolean(
+            lookup: &impl Fn(&str) -> Option<String>,
+            name: &'static str,
+            slot: &mut bool,
+        ) -> Result<(), ConfigError> {
+            if let Some(value) = lookup(name) {
+                *slot = match value.trim() {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    other => {
+                        return Err(ConfigError::Invalid {
+                            key: name,
+                            origin: "environment",
+                            message: format!("{other:?} is not a boolean"),
+                        })
+                    }
+                };
+            }
+            Ok(())
+        }
+
+        string(&lookup, "QUIZ_KAFKA_BROKERS", &mut self.kafka.brokers);
+        string(&lookup, "QUIZ_KAFKA_TOPIC", &mut self.kafka.topic);
+        string(&lookup, "PERSISTER_GROUP_ID", &mut self.kafka.group_id);
+        string(&lookup, "PERSISTER_DLQ_TOPIC", &mut self.kafka.dlq_topic);
+        number(
+            &lookup,
+            "PERSISTER_SESSION_TIMEOUT_MS",
+            &mut self.kafka.session_timeout_ms,
+        )?;
+        number(
+            &lookup,
+            "PERSISTER_MAX_POLL_INTERVAL_MS",
+            &mut self.kafka.max_poll_interval_ms,
+        )?;
+        string(
+            &lookup,
+            "PERSISTER_ASSIGNMENT_STRATEGY",
+            &mut self.kafka.assignment_strategy,
+        );
+        number(
+            &lookup,
+            "PERSISTER_STATISTICS_INTERVAL_MS",
+            &mut self.kafka.statistics_interval_ms,
+        )?;
+        boolean(
+            &lookup,
+            "PERSISTER_CREATE_DLQ_TOPIC",
+            &mut self.kafka.create_dlq_topic,
+        )?;
+        string(&lookup, "QUIZ_MONGODB_URI", &mut self.mongodb.uri);
+        string(&lookup, "QUIZ_MONGODB_DB", &mut self.mongodb.database);
+        number(
+            &lookup,
+            "PERSISTER_MAX_COMMAND_BYTES",
+            &mut self.mongodb.max_command_bytes,
+        )?;
+        number(
+            &lookup,
+            "PERSISTER_BATCH_MAX_EVENTS",
+            &mut self.batch.max_events,
+        )?;
+        number(
+            &lookup,
+            "PERSISTER_BATCH_MAX_WAIT_MS",
+            &mut self.batch.max_wait_ms,
+        )?;
+        number(
+            &lookup,
+            "PERSISTER_RETRY_INITIAL_BACKOFF_MS",
+            &mut self.retry.initial_backoff_ms,
+        )?;
+        number(
+            &lookup,
+            "PERSISTER_RETRY_MAX_BACKOFF_MS",
+            &mut self.retry.max_backoff_ms,
+        )?;
+        number(
+            &lookup,
+            "PERSISTER_REVOKE_FLUSH_TIMEOUT_MS",
+            &mut self.retry.revoke_flush_timeout_ms,
+        )?;
+        string(&lookup, "PERSISTER_HTTP_LISTEN", &mut self.http.listen);
+        string(&lookup, "PERSISTER_LOG_FORMAT", &mut self.log.format);
+        string(&lookup, "PERSISTER_LOG_LEVEL", &mut self.log.level);
+        number(
+            &lookup,
+            "PERSISTER_SHUTDOWN_GRACE_MS",
+            &mut self.shutdown_grace_ms,
+        )?;
+        Ok(())
+    }
+
+    /// Checks every key; the error names the first offending one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                origin: "configuration",
+                message: message.into(),
+            }
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must not be empty"));
+        }
+        if !valid_topic(&self.kafka.topic) {
+            return Err(invalid(
+                "kafka.topic",
+                "must be 1-249 chars of [A-Za-z0-9._-]",
+            ));
+        }
+        if !self.kafka.dlq_topic.is_empty() && !valid_topic(&self.kafka.dlq_topic) {
+            return Err(invalid(
+                "kafka.dlq_topic",
+                "must be 1-249 chars of [A-Za-z0-9._-]",
+            ));
+        }
+        if self.dlq_topic() == self.kafka.topic {
+            return Err(invalid(
+                "kafka.dlq_topic",
+                "must differ from kafka.topic",
+            ));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        if !matches!(
+            self.kafka.assignment_strategy.as_str(),
+            "cooperative-sticky" | "range" | "roundrobin" | "range,roundrobin"
+        ) {
+            return Err(invalid(
+                "kafka.assignment_strategy",
+                "must be cooperative-sticky, range, roundrobin or range,roundrobin",
+            ));
+        }
+        if !(1_000..=3_600_000).contains(&self.kafka.session_timeout_ms) {
+            return Err(invalid(
+                "kafka.session_timeout_ms",
+                "must be between 1000 and 3600000",
+            ));
+        }
+        if self.kafka.max_poll_interval_ms < self.kafka.session_timeout_ms {
+            return Err(invalid(
+                "kafka.max_poll_interval_ms",
+                "must be at least kafka.session_timeout_ms",
+            ));
+        }
+        if !self.mongodb.uri.starts_with("mongodb://")
+            && !self.mongodb.uri.starts_with("mongodb+srv://")
+        {
+            return Err(invalid(
+                "mongodb.uri",
+                "must start with mongodb:// or mongodb+srv://",
+            ));
+        }
+        if self.mongodb.database.is_empty()
+            || self.mongodb.database.len() > 63
+            || self
+                .mongodb
+                .database
+                .chars()
+                .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'))
+        {
+            return Err(invalid(
+                "mongodb.database",
+                "must be 1-63 chars without / \\ . space \" $",
+            ));
+        }
+        if self.mongodb.max_command_bytes < 64 * 1024 {
+            return Err(invalid(
+                "mongodb.max_command_bytes",
+                "must be at least 65536",
+            ));
+        }
+        if !(1..=100_000).contains(&self.batch.max_events) {
+            return Err(invalid("batch.max_events", "must be between 1 and 100000"));
+        }
+        if !(1..=60_000).contains(&self.batch.max_wait_ms) {
+            return Err(invalid("batch.max_wait_ms", "must be between 1 and 60000"));
+        }
+        if self.retry.initial_backoff_ms == 0 {
+            return Err(invalid("retry.initial_backoff_ms", "must be positive"));
+        }
+        if self.retry.max_backoff_ms < self.retry.initial_backoff_ms {
+            return Err(invalid(
+                "retry.max_backoff_ms",
+                "must be at least retry.initial_backoff_ms",
+            ));
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                format!("{:?} is not an address like 127.0.0.1:9464", self.http.listen),
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "json" | "text") {
+            return Err(invalid("log.format", "must be json or text"));
+        }
+        Ok(())
+    }
+}
+
+fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+        assert_eq!(Config::default().dlq_topic(), "quiz-events-dlq");
+    }
+
+    #[test]
+    fn file_then_env() {
+        let mut config = Config::from_toml(
+            "[kafka]\ntopic = \"t1\"\n[batch]\nmax_events = 10\n[mongodb]\ndatabase = \"d\"\n",
+        )
+        .expect("parses");
+        assert_eq!(config.kafka.topic, "t1");
+        assert_eq!(config.batch.max_events, 10);
+        assert_eq!(config.batch.max_wait_ms, 100);
+        let env: HashMap<&str, &str> = [
+            ("QUIZ_KAFKA_TOPIC", "t2"),
+            ("PERSISTER_BATCH_MAX_WAIT_MS", "7"),
+        ]
+        .into();
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .expect("env applies");
+        assert_eq!(config.kafka.topic, "t2");
+        assert_eq!(config.batch.max_wait_ms, 7);
+        assert_eq!(config.dlq_topic(), "t2-dlq");
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut config = Config::default();
+        config.batch.max_events = 0;
+        let err = config.validate().expect_err("invalid").to_string();
+        assert!(err.contains("batch.max_events"), "{err}");
+
+        let mut config = Config::default();
+        let err = config
+            .apply_env(|k| (k == "PERSISTER_BATCH_MAX_EVENTS").then(|| "lots".to_string()))
+            .expect_err("invalid")
+            .to_string();
+        assert!(err.contains("PERSISTER_BATCH_MAX_EVENTS"), "{err}");
+
+        assert!(Config::from_toml("[kafka]\nbrokerz = \"x\"\n").is_err());
+    }
+}

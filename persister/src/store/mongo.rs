@@ -1,0 +1,250 @@
+//! The MongoDB store (tested against FerretDB 1.24, which speaks the wire
+//! protocol but has no transactions and no `bulkWrite` command).
+//!
+//! Hot path: one raw `update` command per collection per batch, with every
+//! statement an upsert and `ordered: false`, the four commands sent
+//! concurrently. That is the fewest round trips the server allows (one per
+//! collection, overlapped), and unordered lets the server report each bad
+//! statement in `writeErrors` instead of stopping at the first.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::{doc, Bson, Document};
+use futures::future::try_join_all;
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database, IndexModel};
+
+use super::{Rejection, Store, StoreError};
+use crate::writes::{Upsert, WritePlan, ANSWERS, COLLECTIONS, PLAYERS, QUIZZES, SCORES};
+
+/// Statements per command, well under MongoDB's `maxWriteBatchSize` (100 000).
+const MAX_STATEMENTS: usize = 10_000;
+
+pub struct MongoStore {
+    db: Database,
+    max_command_bytes: usize,
+}
+
+/// Write-error codes that say "try again", not "this statement is bad":
+/// a duplicate key on an upsert by `_id` is two writers racing to insert the
+/// same document (the retry finds it and updates it), the rest are the
+/// server going away mid-command.
+const TRANSIENT_CODES: &[i32] = &[
+    6, 7, 50, 64, 89, 91, 112, 189, 262, 9001, 10107, 11000, 11600, 11602, 13435, 13436,
+];
+
+impl MongoStore {
+    /// Connects lazily: the driver connects on first use, so this succeeds
+    /// while the server is down; `ping`/`ensure_schema` tell when it is up.
+    pub async fn connect(
+        uri: &str,
+        database: &str,
+        max_command_bytes: usize,
+    ) -> Result<MongoStore, StoreError> {
+        let mut options = ClientOptions::parse(uri)
+            .await
+            .map_err(|e| StoreError(format!("mongodb.uri: {e}")))?;
+        options.app_name.get_or_insert_with(|| "quiz-persister".into());
+        options
+            .server_selection_timeout
+            .get_or_insert(Duration::from_secs(3));
+        options.connect_timeout.get_or_insert(Duration::from_secs(3));
+        // FerretDB has no sessions; every statement is idempotent and the
+        // pipeline retries whole batches itself.
+        options.retry_writes = Some(false);
+        let client = Client::with_options(options).map_err(|e| StoreError(e.to_string()))?;
+        Ok(MongoStore {
+            db: client.database(database),
+            max_command_bytes,
+        })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Splits one collection's upserts into commands bounded in bytes and
+    /// statements.
+    fn commands(&self, collection: &str, upserts: &[Upsert]) -> Vec<(Document, Vec<usize>)> {
+        let mut out = Vec::new();
+        let mut statements = Vec::new();
+        let mut members = Vec::new();
+        let mut bytes = 0usize;
+        for (i, u) in upserts.iter().enumerate() {
+            let size = u.bytes + u.id.len() + 64;
+            if !statements.is_empty()
+                && (bytes + size > self.max_command_bytes || statements.len() >= MAX_STATEMENTS)
+            {
+                out.push((
+                    update_command(collection, std::mem::take(&mut statements)),
+                    std::mem::take(&mut members),
+                ));
+                bytes = 0;
+            }
+            statements.push(Bson::Document(doc! {
+                "q": { "_id": u.id.as_str() },
+                "u": u.update_doc(),
+                "upsert": true,
+            }));
+            members.push(i);
+            bytes += size;
+        }
+        if !statements.is_empty() {
+            out.push((update_command(collection, statements), members));
+        }
+        out
+    }
+
+    async fn run(&self, command: Document) -> Result<Vec<(usize, i32, String)>, StoreError> {
+        let reply = self
+            .db
+            .run_command(command)
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(StoreError(format!("write concern error: {wce}")));
+        }
+        let mut errors = Vec::new();
+        if let Ok(list) = reply.get_array("writeErrors") {
+            for item in list {
+                let Bson::Document(e) = item else { continue };
+                let index = int_field(e, "index").unwrap_or(-1);
+                let code = int_field(e, "code").unwrap_or(-1) as i32;
+                let message = e.get_str("errmsg").unwrap_or("").to_string();
+                if TRANSIENT_CODES.contains(&code) {
+                    return Err(StoreError(format!("transient write error {code}: {message}")));
+                }
+                errors.push((usize::try_from(index).unwrap_or(usize::MAX), code, message));
+            }
+        }
+        Ok(errors)
+    }
+}
+
+fn update_command(collection: &str, statements: Vec<Bson>) -> Document {
+    doc! { "update": collection, "updates": statements, "ordered": false }
+}
+
+fn int_field(doc: &Document, key: &str) -> Option<i64> {
+    match doc.get(key)? {
+        Bson::Int32(v) => Some(i64::from(*v)),
+        Bson::Int64(v) => Some(*v),
+        Bson::Double(v) => Some(*v as i64),
+        _ => None,
+    }
+}
+
+fn is_code(err: &mongodb::error::Error, code: i32) -> bool {
+    matches!(&*err.kind, mongodb::error::ErrorKind::Command(c) if c.code == code)
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn ensure_schema(&self) -> Result<(), StoreError> {
+        let existing = self
+            .db
+            .list_collection_names()
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        for name in COLLECTIONS {
+            if !existing.iter().any(|n| n == name) {
+                if let Err(e) = self.db.create_collection(name).await {
+                    // 48 NamespaceExists: another persister won the race.
+                    if !is_code(&e, 48) {
+                        return Err(StoreError(e.to_string()));
+                    }
+                }
+            }
+        }
+        let indexes: [(&str, Document); 4] = [
+            (PLAYERS, doc! { "quiz_id": 1 }),
+            (SCORES, doc! { "quiz_id": 1, "score": -1 }),
+            (ANSWERS, doc! { "quiz_id": 1, "player_id": 1 }),
+            (QUIZZES, doc! { "state": 1 }),
+        ];
+        for (name, keys) in indexes {
+            self.db
+                .collection::<Document>(name)
+                .create_index(IndexModel::builder().keys(keys).build())
+                .await
+                .map_err(|e| StoreError(format!("create index on {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, plan: &WritePlan) -> Result<Vec<Rejection>, StoreError> {
+        let mut commands = Vec::new();
+        for (c, upserts) in plan.upserts.iter().enumerate() {
+            for (command, members) in self.commands(COLLECTIONS[c], upserts) {
+                commands.push((c, command, members));
+            }
+        }
+        let results = try_join_all(commands.into_iter().map(|(c, command, members)| async move {
+            let errors = self.run(command).await?;
+            Ok::<_, StoreError>((c, members, errors))
+        }))
+        .await?;
+        let mut rejections = Vec::new();
+        for (c, members, errors) in results {
+            for (index, code, message) in errors {
+                let Some(&i) = members.get(index) else {
+                    return Err(StoreError(format!(
+                        "write error {code} for statement {index} out of range: {message}"
+                    )));
+                };
+                rejections.push(Rejection {
+                    events: plan.upserts[c][i].events.clone(),
+                    code,
+                    message,
+                });
+            }
+        }
+        if !plan.transitions.is_empty() {
+            let statements: Vec<Bson> = plan
+                .transitions
+                .iter()
+                .map(|t| {
+                    Bson::Document(doc! {
+                        "q": { "_id": t.quiz_id.as_str(), "state_rank": { "$lt": t.rank } },
+                        "u": { "$set": { "state": t.state, "state_rank": t.rank } },
+                    })
+                })
+                .collect();
+            for (index, code, message) in self.run(update_command(QUIZZES, statements)).await? {
+                if let Some(t) = plan.transitions.get(index) {
+                    rejections.push(Rejection {
+                        events: t.events.clone(),
+                        code,
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(rejections)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError(e.to_string()))
+    }
+
+    async fn clear(&self, quiz_id: Option<&str>) -> Result<(), StoreError> {
+        for name in COLLECTIONS {
+            let filter = match (quiz_id, name) {
+                (None, _) => doc! {},
+                (Some(q), QUIZZES) => doc! { "_id": q },
+                (Some(q), _) => doc! { "quiz_id": q },
+            };
+            self.db
+                .collection::<Document>(name)
+                .delete_many(filter)
+                .await
+                .map_err(|e| StoreError(e.to_string()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,374 @@
+// Shared by the player and host pages: the HTTP API, the WebSocket with
+// reconnect, validation that mirrors the API's, and small DOM helpers.
+
+export const $ = (sel, root = document) => root.querySelector(sel);
+export const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+/** Creates an element: h('li', {class: 'x', onclick}, child, 'text', ...). */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else if (k === 'text') el.textContent = v;
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+/** Shows one of the page's screens (sections with data-screen) and hides the rest. */
+export function showScreen(name) {
+  for (const s of $$('main > [data-screen]')) s.hidden = s.dataset.screen !== name;
+  document.body.dataset.screen = name;
+}
+
+// ---- HTTP API -------------------------------------------------------------
+
+export class ApiError extends Error {
+  constructor(status, code, message, retryAfter) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** Estimated (local clock - server clock) in ms, from the HTTP Date header. */
+export const clock = { offset: 0, fromHeader: false };
+
+function noteServerDate(res) {
+  const d = Date.parse(res.headers.get('date') || '');
+  if (!Number.isNaN(d)) {
+    // The header has 1 s resolution: only correct clocks that are clearly off.
+    const off = Date.now() - (d + 500);
+    clock.offset = Math.abs(off) > 1500 ? off : 0;
+    clock.fromHeader = true;
+  }
+}
+
+export async function api(method, path, { body, token } = {}) {
+  const headers = { Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiError(0, 'network', 'Cannot reach the server. Check your connection and try again.');
+  }
+  noteServerDate(res);
+  const text = await res.text();
+  let json = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {
+    json = null;
+  }
+  if (!res.ok) {
+    const err = (json && json.error) || {};
+    throw new ApiError(res.status, err.code || `http_${res.status}`, err.message || `${res.status} ${res.statusText}`,
+      res.headers.get('retry-after'));
+  }
+  return json;
+}
+
+export const quizPath = (id) => `/v1/quizzes/${encodeURIComponent(id)}`;
+
+// ---- validation (mirrors the API's rules; the API's message wins) ----------
+
+export const QUIZ_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+export const LIMITS = {
+  nicknameMax: 24,
+  optionsMin: 2,
+  optionsMax: 6,
+  timeMinMs: 5000,
+  timeMaxMs: 240000,
+  points: [0, 1000, 2000],
+};
+
+export function checkQuizId(id, { optional = false } = {}) {
+  if (!id) return optional ? null : 'quiz_id is required';
+  if (id.length > 64) return 'quiz_id must be at most 64 characters';
+  if (!QUIZ_ID_RE.test(id)) return 'quiz_id may only contain letters, digits, "-" and "_"';
+  return null;
+}
+
+export function checkNickname(raw) {
+  const n = (raw || '').trim();
+  if (!n) return 'nickname must not be empty';
+  if ([...n].length > LIMITS.nicknameMax) return `nickname must be at most ${LIMITS.nicknameMax} characters`;
+  return null;
+}
+
+/** Validates a quiz body as the API does; returns [{field, message}] (field paths like questions[0].options). */
+export function checkQuiz(q) {
+  const errs = [];
+  const add = (field, message) => errs.push({ field, message: `${field}: ${message}` });
+  if (!q || typeof q !== 'object') return [{ field: '', message: 'the quiz must be a JSON object' }];
+  if (typeof q.title !== 'string' || !q.title.trim()) add('title', 'must not be empty');
+  else if (q.title.length > 200) add('title', 'must be at most 200 characters');
+  if (q.mode !== 'live' && q.mode !== 'self_paced') add('mode', 'must be "live" or "self_paced"');
+  if (q.quiz_id !== undefined && q.quiz_id !== null && q.quiz_id !== '') {
+    const e = checkQuizId(String(q.quiz_id));
+    if (e) add('quiz_id', e.replace(/^quiz_id /, ''));
+  }
+  if (!Array.isArray(q.questions) || q.questions.length === 0) {
+    add('questions', 'must have at least one question');
+    return errs;
+  }
+  q.questions.forEach((qq, i) => {
+    const p = `questions[${i}]`;
+    if (!qq || typeof qq !== 'object') {
+      add(p, 'must be an object');
+      return;
+    }
+    if (typeof qq.text !== 'string' || !qq.text.trim()) add(`${p}.text`, 'must not be empty');
+    const opts = qq.options;
+    if (!Array.isArray(opts) || opts.length < LIMITS.optionsMin || opts.length > LIMITS.optionsMax) {
+      add(`${p}.options`, `must have ${LIMITS.optionsMin} to ${LIMITS.optionsMax} options`);
+    } else if (opts.some((o) => typeof o !== 'string' || !o.trim())) {
+      add(`${p}.options`, 'options must not be empty');
+    }
+    const n = Array.isArray(opts) ? opts.length : 0;
+    if (!Array.isArray(qq.correct) || qq.correct.length === 0) add(`${p}.correct`, 'must mark at least one correct option');
+    else if (qq.correct.some((c) => !Number.isInteger(c) || c < 0 || c >= n)) add(`${p}.correct`, `indices must be between 0 and ${Math.max(n - 1, 0)}`);
+    const t = qq.time_limit_ms;
+    if (!Number.isInteger(t) || t < LIMITS.timeMinMs || t > LIMITS.timeMaxMs) {
+      add(`${p}.time_limit_ms`, `must be between ${LIMITS.timeMinMs} and ${LIMITS.timeMaxMs} ms`);
+    }
+    if (!LIMITS.points.includes(qq.points)) add(`${p}.points`, 'must be 0, 1000 or 2000');
+  });
+  return errs;
+}
+
+/**
+ * Which form field an API error message is about. `fields` are the paths the
+ * form knows (e.g. "nickname", "questions[2].options"); the longest one named
+ * in the message wins. Understands `questions[2].options`, `questions.2.options`
+ * and `/questions/2/options` spellings.
+ */
+export function fieldOfMessage(message, fields) {
+  const norm = String(message || '')
+    .replace(/\/?questions\/(\d+)\/(\w+)/g, 'questions[$1].$2')
+    .replace(/questions\.(\d+)(\.|\b)/g, 'questions[$1]$2');
+  let best = null;
+  for (const f of fields) {
+    const re = new RegExp(`(^|[^A-Za-z0-9_\\]])${f.replace(/[[\].]/g, '\\$&')}(?![A-Za-z0-9_\\[])`);
+    if (re.test(norm) && (!best || f.length > best.length)) best = f;
+  }
+  return best;
+}
+
+/** Field-error display: each field has a <p class="field-error" id="err-KEY">. */
+export class FieldErrors {
+  constructor(form) {
+    this.form = form;
+  }
+
+  clear() {
+    for (const p of $$('.field-error', this.form)) {
+      p.textContent = '';
+      p.hidden = true;
+    }
+    for (const el of $$('[aria-invalid]', this.form)) el.removeAttribute('aria-invalid');
+  }
+
+  /** Shows `message` next to the field with data-field=`field` (or the form-level slot). */
+  show(field, message) {
+    let input = field ? this.form.querySelector(`[data-field="${CSS.escape(field)}"]`) : null;
+    let slot = field ? this.form.querySelector(`[data-error-for="${CSS.escape(field)}"]`) : null;
+    if (!slot) {
+      // An unknown field (e.g. "questions[3]"): fall back to the nearest parent path, then the form.
+      const parent = field && field.replace(/(\.[^.[\]]+|\[\d+\])$/, '');
+      if (parent && parent !== field) return this.show(parent, message);
+      slot = this.form.querySelector('[data-error-for=""]');
+      input = null;
+    }
+    if (slot) {
+      slot.textContent = slot.textContent ? `${slot.textContent} ${message}` : message;
+      slot.hidden = false;
+    }
+    if (input) input.setAttribute('aria-invalid', 'true');
+    return input;
+  }
+
+  /** Shows all errors; focuses the first field with one. */
+  showAll(list) {
+    let first = null;
+    for (const { field, message } of list) {
+      const el = this.show(field, message);
+      if (!first) first = el;
+    }
+    if (first && first.focus) first.focus();
+  }
+}
+
+// ---- WebSocket with reconnect ---------------------------------------------
+
+const FATAL = { 4001: 'unauthorized', 4004: 'not_found', 4003: 'forbidden' };
+
+/**
+ * A quiz WebSocket that reconnects by itself with exponential backoff and
+ * jitter (0.5 s doubling to 10 s). Callbacks: onmessage(msg), onstatus(state,
+ * info) with state 'connecting' | 'open' | 'reconnecting' | 'closed',
+ * onfatal(code, reason) when the server refuses us (bad token, unknown quiz).
+ */
+export class QuizSocket {
+  constructor(quizId, token, { onmessage, onstatus, onfatal } = {}) {
+    this.url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${quizPath(quizId)}/ws?token=${encodeURIComponent(token)}`;
+    this.onmessage = onmessage || (() => {});
+    this.onstatus = onstatus || (() => {});
+    this.onfatal = onfatal || (() => {});
+    this.attempt = 0;
+    this.stopped = false;
+    this.ws = null;
+    this.timer = null;
+    this.lastSeen = 0;
+    this.keepalive = setInterval(() => this.tick(), 5000);
+    this.onOnline = () => { if (this.timer) this.retryNow(); };
+    window.addEventListener('online', this.onOnline);
+    this.connect();
+  }
+
+  connect() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (this.stopped) return;
+    this.onstatus(this.attempt === 0 ? 'connecting' : 'reconnecting', { attempt: this.attempt });
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch {
+      this.scheduleRetry();
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      this.lastSeen = Date.now();
+    };
+    ws.onmessage = (ev) => {
+      this.lastSeen = Date.now();
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      if (msg.type === 'welcome') {
+        this.attempt = 0;
+        this.onstatus('open', {});
+      }
+      if (msg.type === 'pong') return;
+      this.onmessage(msg);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      if (this.stopped) return;
+      if (FATAL[ev.code]) {
+        this.stopped = true;
+        this.onstatus('closed', { code: ev.code });
+        this.onfatal(ev.code, ev.reason || FATAL[ev.code]);
+        return;
+      }
+      this.scheduleRetry();
+    };
+    ws.onerror = () => {}; // onclose follows
+  }
+
+  scheduleRetry() {
+    this.attempt++;
+    const base = Math.min(10000, 500 * 2 ** (this.attempt - 1));
+    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
+    this.retryAt = Date.now() + delay;
+    this.onstatus('reconnecting', { attempt: this.attempt, delay, retryAt: this.retryAt });
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  retryNow() {
+    if (this.stopped || this.ws) return;
+    this.connect();
+  }
+
+  /** Pings every 20 s; a socket silent for 45 s is treated as dead. */
+  tick() {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    const idle = Date.now() - this.lastSeen;
+    if (idle > 45000) this.drop();
+    else if (idle > 20000) this.send({ type: 'ping' });
+  }
+
+  send(msg) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify(msg));
+      return true;
+    }
+    return false;
+  }
+
+  get connected() {
+    return !!this.ws && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  /** Drops the connection as a network failure would: the socket reconnects. */
+  drop() {
+    const ws = this.ws;
+    if (!ws) return;
+    this.ws = null;
+    ws.onclose = null;
+    ws.onmessage = null;
+    try {
+      ws.close(4000, 'dropped');
+    } catch { /* already closed */ }
+    this.scheduleRetry();
+  }
+
+  close() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearInterval(this.keepalive);
+    window.removeEventListener('online', this.onOnline);
+    if (this.ws) this.ws.close(1000, 'bye');
+    this.ws = null;
+  }
+}
+
+// ---- rendering helpers ------------------------------------------------------
+
+/** Remaining ms until a server-clock deadline, on our clock. */
+export const remainingMs = (closesAtMs) => closesAtMs - (Date.now() - clock.offset);
+
+/** A leaderboard as an ordered list; `me` is highlighted. */
+export function renderLeaderboard(ol, top, me) {
+  ol.replaceChildren(...(top || []).map((e) => h('li', {
+    class: e.player_id === me ? 'me' : null,
+    'data-player-id': e.player_id,
+  },
+  h('span', { class: 'rank', text: `${e.rank}` }),
+  h('span', { class: 'nick', text: e.nickname }),
+  h('span', { class: 'score', text: String(e.score) }))));
+}
+
+/** The top three on a podium (2nd, 1st, 3rd from left to right). */
+export function renderPodium(el, top) {
+  const places = [1, 0, 2].map((i) => (top || [])[i]).filter(Boolean);
+  el.replaceChildren(...places.map((e) => h('div', { class: `step place-${e.rank <= 3 ? e.rank : 3}`, 'data-rank': e.rank },
+    h('span', { class: 'nick', text: e.nickname }),
+    h('span', { class: 'score', text: `${e.score} pts` }),
+    h('span', { class: 'block', 'aria-hidden': 'true', text: String(e.rank) }),
+    h('span', { class: 'sr-only', text: `place ${e.rank}` }))));
+}
+
+export const ordinal = (n) => {
+  const s = ['th', 'st', 'nd', 'rd'];
+  const v = n % 100;
+  return `${n}${s[(v - 20) % 10] || s[v] || s[0]}`;
+};
+
+export const OPTION_LABELS = ['A', 'B', 'C', 'D', 'E', 'F'];
