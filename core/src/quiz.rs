@@ -786,7 +786,7 @@ impl QuizService {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::QuestionReq;
 

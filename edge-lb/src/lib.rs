@@ -27,6 +27,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod ring;
+pub mod testing;
 pub mod tls;
 pub mod tunnel;
 

@@ -233,11 +233,13 @@ impl Placement {
     }
 
     /// Quizzes counted on eligible nodes (the `m` of the cap formula).
+    /// O(nodes): the sum of the loads of eligible nodes.
     fn eligible_active(&self) -> usize {
-        self.owners
-            .values()
-            .filter(|o| self.is_eligible(o))
-            .count()
+        self.load
+            .iter()
+            .filter(|(n, _)| self.is_eligible(n))
+            .map(|(_, l)| *l)
+            .sum()
     }
 
     fn eligible_weight(&self) -> u64 {

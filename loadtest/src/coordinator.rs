@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub watch_names: Vec<String>,
     pub quiet: bool,
     pub seed: u64,
+    /// The binary to run as `worker` (default: this executable).
+    pub worker_exe: Option<PathBuf>,
 }
 
 /// Load a scenario and apply the CLI overrides, validating the result.
@@ -82,7 +84,9 @@ pub fn prepare(opts: &RunOptions) -> anyhow::Result<Scenario> {
         sc.load.ramp_per_sec = r;
     }
     sc.target.watch_pids.extend(&opts.watch_pids);
-    sc.target.watch_process_names.extend(opts.watch_names.iter().cloned());
+    sc.target
+        .watch_process_names
+        .extend(opts.watch_names.iter().cloned());
     sc.validate()?;
     if let Some(nf) = &sc.node_failure {
         if opts.kill_pid.is_none() && nf.pid_file.is_none() {
@@ -233,7 +237,9 @@ async fn create_quizzes(target: &Target, sc: &Scenario) -> anyhow::Result<Vec<(S
         let questions = (0..sc.quiz.questions)
             .map(|q| NewQuestion {
                 text: format!("Question {q} of quiz {i}?"),
-                options: (0..sc.quiz.options).map(|o| format!("option {o}")).collect(),
+                options: (0..sc.quiz.options)
+                    .map(|o| format!("option {o}"))
+                    .collect(),
                 correct: vec![correct_option(i, q, sc.quiz.options)],
                 time_limit_ms: sc.quiz.time_limit_ms,
                 points: sc.quiz.points,
@@ -384,10 +390,7 @@ fn kill_node(pid: u32) -> Result<(), String> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(format!(
-            "kill {pid}: {}",
-            std::io::Error::last_os_error()
-        ))
+        Err(format!("kill {pid}: {}", std::io::Error::last_os_error()))
     }
 }
 
@@ -411,7 +414,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         sc.worker_count(),
         sc.load.duration_s
     ));
-    match http_request(&target, None, "GET", "/healthz", None, None, Duration::from_secs(5)).await {
+    match http_request(
+        &target,
+        None,
+        "GET",
+        "/healthz",
+        None,
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    {
         Ok(r) if r.status == 200 => {}
         Ok(r) => log(&format!("warning: GET /healthz answered HTTP {}", r.status)),
         Err(e) => bail!("target {} is not reachable: {e}", target.url()),
@@ -425,7 +438,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     let deadline_us = started + sc.load.duration_s * 1_000_000;
     let verify_grace_us = (20 + sc.load.players / 500).min(120) * 1_000_000;
     let verify_deadline_us = deadline_us + verify_grace_us;
-    let exe = std::env::current_exe().context("locating the loadtest binary")?;
+    let exe = match &opts.worker_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locating the loadtest binary")?,
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Option<WorkerMsg>)>();
     let mut children = Vec::new();
     for w in 0..workers {
@@ -532,7 +548,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         .map(|p| (p, "loadtest-worker".to_string()))
         .collect();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let hard_stop = base + Duration::from_micros(verify_deadline_us.saturating_sub(wall_us())) + Duration::from_secs(10);
+    let hard_stop = base
+        + Duration::from_micros(verify_deadline_us.saturating_sub(wall_us()))
+        + Duration::from_secs(10);
     let mut killed = false;
     let mut host_open = true;
     loop {
@@ -616,15 +634,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     if sc.checks.leaderboard {
         for (i, qid) in quiz_ids.iter().enumerate() {
             let path = format!("/v1/quizzes/{qid}/leaderboard?limit=100");
-            match http_request(&target, None, "GET", &path, None, None, Duration::from_secs(10)).await {
-                Ok(r) if r.status == 200 => match serde_json::from_slice::<LeaderboardView>(&r.body) {
-                    Ok(lb) => {
-                        let m = check_leaderboard(qid, &expected[i], 100, &lb);
-                        mismatch_count += m.len() as u64;
-                        mismatches.extend(m);
+            match http_request(
+                &target,
+                None,
+                "GET",
+                &path,
+                None,
+                None,
+                Duration::from_secs(10),
+            )
+            .await
+            {
+                Ok(r) if r.status == 200 => {
+                    match serde_json::from_slice::<LeaderboardView>(&r.body) {
+                        Ok(lb) => {
+                            let m = check_leaderboard(qid, &expected[i], 100, &lb);
+                            mismatch_count += m.len() as u64;
+                            mismatches.extend(m);
+                        }
+                        Err(e) => host_errors.push(format!("GET {path}: bad body: {e}")),
                     }
-                    Err(e) => host_errors.push(format!("GET {path}: bad body: {e}")),
-                },
+                }
                 Ok(r) => host_errors.push(format!("GET {path}: HTTP {}", r.status)),
                 Err(e) => host_errors.push(format!("GET {path}: {e}")),
             }
@@ -632,7 +662,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     }
 
     let elapsed_s = (wall_us() - started) as f64 / 1e6;
-    let mut result = assemble(&sc, &opts, &target, started, elapsed_s, &agg, &results, &monitor);
+    let mut result = assemble(
+        &sc, &opts, &target, started, elapsed_s, &agg, &results, &monitor,
+    );
     result.mismatch_count += mismatch_count;
     mismatches.append(&mut result.mismatches);
     mismatches.truncate(1000);
@@ -765,7 +797,11 @@ fn assemble(
     }
     r.generator = gen;
     // Rates over the seconds that had any traffic.
-    let active: Vec<&SeriesPoint> = r.series.iter().filter(|p| p.frames > 0 || p.answers > 0).collect();
+    let active: Vec<&SeriesPoint> = r
+        .series
+        .iter()
+        .filter(|p| p.frames > 0 || p.answers > 0)
+        .collect();
     if !active.is_empty() {
         let n = active.len() as f64;
         r.rates.answers_per_s_mean = active.iter().map(|p| p.answers as f64).sum::<f64>() / n;
@@ -830,7 +866,10 @@ pub fn judge(sc: &Scenario, r: &mut RunResult, workers: u64) {
             ));
         }
         if r.counts.unacknowledged > 0 {
-            why.push(format!("{} answers never acknowledged", r.counts.unacknowledged));
+            why.push(format!(
+                "{} answers never acknowledged",
+                r.counts.unacknowledged
+            ));
         }
         if !r.host_errors.is_empty() {
             why.push(format!("{} host errors", r.host_errors.len()));
@@ -853,7 +892,7 @@ mod tests {
     #[test]
     fn utc_formatting() {
         assert_eq!(utc_string(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc_string(1_798_766_400), "2027-01-01T00:00:00Z");
+        assert_eq!(utc_string(1_798_761_600), "2027-01-01T00:00:00Z");
         assert_eq!(utc_string(951_825_600), "2000-02-29T12:00:00Z");
     }
 

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "loadtest", about = "Load generator and correctness checker for the quiz platform (loopback targets only)")]
+#[command(
+    name = "loadtest",
+    about = "Load generator and correctness checker for the quiz platform (loopback targets only)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -71,19 +74,42 @@ fn main() -> anyhow::Result<()> {
         Cmd::Check { scenarios } => {
             for p in scenarios {
                 let s = loadtest::scenario::Scenario::load(&p)?;
-                println!("{}: ok ({}, {} players, {} quizzes)", p.display(), s.name, s.load.players, s.load.quizzes);
+                println!(
+                    "{}: ok ({}, {} players, {} quizzes)",
+                    p.display(),
+                    s.name,
+                    s.load.players,
+                    s.load.quizzes
+                );
             }
             Ok(())
         }
         Cmd::Compare { results } => {
             let mut loaded = Vec::new();
             for p in results {
-                loaded.push((p.display().to_string(), loadtest::coordinator::load_result(&p)?));
+                loaded.push((
+                    p.display().to_string(),
+                    loadtest::coordinator::load_result(&p)?,
+                ));
             }
             print!("{}", loadtest::report::compare(&loaded));
             Ok(())
         }
-        Cmd::Run { scenario, target, players, quizzes, duration, workers, ramp, out, kill_pid, watch_pids, watch_names, quiet, seed } => {
+        Cmd::Run {
+            scenario,
+            target,
+            players,
+            quizzes,
+            duration,
+            workers,
+            ramp,
+            out,
+            kill_pid,
+            watch_pids,
+            watch_names,
+            quiet,
+            seed,
+        } => {
             let opts = loadtest::coordinator::RunOptions {
                 scenario,
                 target,
@@ -98,11 +124,19 @@ fn main() -> anyhow::Result<()> {
                 watch_names,
                 quiet,
                 seed,
+                worker_exe: None,
             };
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             let (result, path) = rt.block_on(loadtest::coordinator::run(opts))?;
             print!("{}", loadtest::report::summary(&result));
-            println!("result: {} (report: {})", path.display(), path.with_extension("html").display());
+            println!(
+                "result: {} (report: {})",
+                path.display(),
+                path.with_extension("html").display()
+            );
             if !result.passed {
                 std::process::exit(1);
             }

@@ -237,7 +237,7 @@ fn parse_status(head: &str) -> Result<u16, NetError> {
     let line = head.lines().next().unwrap_or("");
     let mut parts = line.split_whitespace();
     match (parts.next(), parts.next().and_then(|s| s.parse().ok())) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => Ok(code),
+        (Some(v), Some(code)) if v.to_ascii_uppercase().starts_with("HTTP/1.") => Ok(code),
         _ => Err(NetError::Http(format!("bad status line `{line}`"))),
     }
 }
@@ -491,7 +491,8 @@ impl WsConn {
                     }
                 }
                 0x8 => {
-                    let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                     if !self.closed {
                         let echo = code.unwrap_or(1000).to_be_bytes();
                         self.queue_frame(0x8, &echo);
@@ -579,7 +580,9 @@ impl WsConn {
 
     /// Drop the TCP connection abruptly, with no close frame (a network drop).
     pub fn abort(self) {
-        let _ = self.stream.set_linger(Some(Duration::ZERO));
+        // Zero linger: close sends RST at once, as a dropped network would
+        // look to the server; it never blocks.
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
         drop(self);
     }
 }
@@ -602,13 +605,17 @@ mod tests {
 
     #[test]
     fn dechunks() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), b"abcde");
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
     }
 
     #[test]
     fn status_and_headers() {
-        let h = "HTTP/1.1 201 Created\r\nContent-Length: 5\r\n".to_ascii_lowercase();
-        assert_eq!(parse_status(&h).unwrap(), 201);
+        let raw = "HTTP/1.1 201 Created\r\nContent-Length: 5\r\n";
+        assert_eq!(parse_status(raw).unwrap(), 201);
+        let h = raw.to_ascii_lowercase();
         assert_eq!(header_value(&h, "content-length"), Some("5"));
     }
 }

@@ -35,7 +35,11 @@ pub fn wall_us() -> u64 {
 /// The correct option of question `q` of quiz `quiz`: deterministic, so the
 /// coordinator (which creates the quizzes) and every worker agree.
 pub fn correct_option(quiz: usize, q: u32, options: u32) -> u32 {
-    ((quiz as u32).wrapping_mul(7).wrapping_add(q.wrapping_mul(3)).wrapping_add(1)) % options
+    ((quiz as u32)
+        .wrapping_mul(7)
+        .wrapping_add(q.wrapping_mul(3))
+        .wrapping_add(1))
+        % options
 }
 
 /// SplitMix64: tiny, seedable, good enough for think times.
@@ -254,7 +258,6 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
         "/v1/quizzes/{quiz_id}/ws?token={}",
         urlencode(&joined.player_token)
     );
-    drop(joined);
 
     // ---- hold the WebSocket, reconnecting when it is lost
     let mut live = Live::default();
@@ -287,14 +290,7 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
                     s.max_connected = s.max_connected.max(s.connected);
                 }
                 let end = session(
-                    &ctx,
-                    &mut conn,
-                    &mut rec,
-                    &mut live,
-                    &mut rng,
-                    quiz_idx,
-                    lost_at_us,
-                    first,
+                    &ctx, &mut conn, &mut rec, &mut live, &mut rng, quiz_idx, lost_at_us, first,
                 )
                 .await;
                 ctx.shared.borrow_mut().connected -= 1;
@@ -478,8 +474,7 @@ fn on_frame(
         "question" => {
             if let Some(q) = msg.open_question() {
                 if q.opens_at_ms > 0 {
-                    sh.m
-                        .record(H::Question, now.saturating_sub(q.opens_at_ms * 1000));
+                    sh.m.record(H::Question, now.saturating_sub(q.opens_at_ms * 1000));
                 }
                 drop(sh);
                 consider_question(ctx, rec, live, rng, quiz_idx, q, now);
@@ -652,8 +647,8 @@ mod tests {
                     assert!(right < options);
                     let mut rng = Rng::new(q as u64);
                     for _ in 0..20 {
-                        let c = (right + 1 + (rng.next_u64() % (options as u64 - 1)) as u32)
-                            % options;
+                        let c =
+                            (right + 1 + (rng.next_u64() % (options as u64 - 1)) as u32) % options;
                         assert_ne!(c, right);
                     }
                 }

@@ -168,7 +168,10 @@ mod tests {
         let m = ServerMsg::parse(q).unwrap();
         assert_eq!(m.ty, "question");
         let o = m.open_question().unwrap();
-        assert_eq!((o.id, o.opens_at_ms, o.closes_at_ms, o.points), (3, 10, 5010, 1000));
+        assert_eq!(
+            (o.id, o.opens_at_ms, o.closes_at_ms, o.points),
+            (3, 10, 5010, 1000)
+        );
         let w = br#"{"type":"welcome","role":"player","player_id":"p","score":5,"rank":1,"state":"running","question":{"type":"question","question":{"id":1,"index":1,"text":"t","options":["a"],"time_limit_ms":5000,"points":2000},"opens_at_ms":7,"closes_at_ms":5007},"answered":true}"#;
         let m = ServerMsg::parse(w).unwrap();
         assert_eq!(m.score, Some(5));

@@ -107,7 +107,12 @@ pub fn summary(r: &RunResult) -> String {
         let _ = writeln!(s, "failure: {f}");
     }
     if r.warning_count > 0 {
-        let _ = writeln!(s, "warnings: {} (first: {:?})", r.warning_count, r.warnings.first().map(|w| &w.detail));
+        let _ = writeln!(
+            s,
+            "warnings: {} (first: {:?})",
+            r.warning_count,
+            r.warnings.first().map(|w| &w.detail)
+        );
     }
     if r.mismatch_count > 0 {
         let _ = writeln!(s, "MISMATCHES: {}", r.mismatch_count);
@@ -304,7 +309,14 @@ pub fn html(r: &RunResult) -> String {
     s.push_str("</table>");
 
     s.push_str("<h2>Latency percentiles over time</h2>");
-    for name in ["answer", "question", "join", "connect", "reconnect", "leaderboard"] {
+    for name in [
+        "answer",
+        "question",
+        "join",
+        "connect",
+        "reconnect",
+        "leaderboard",
+    ] {
         let p50: Vec<(f64, f64)> = r
             .series
             .iter()
@@ -394,7 +406,9 @@ fn lat(r: &RunResult, name: &str, q: fn(&crate::metrics::Summary) -> f64) -> Opt
 const ROWS: &[(&str, Extract)] = &[
     ("players joined", |r| Some(r.counts.joined as f64)),
     ("max connected", |r| Some(r.counts.max_connected as f64)),
-    ("answers acknowledged", |r| Some(r.counts.answers_acked as f64)),
+    ("answers acknowledged", |r| {
+        Some(r.counts.answers_acked as f64)
+    }),
     ("answers/s mean", |r| Some(r.rates.answers_per_s_mean)),
     ("answers/s peak", |r| Some(r.rates.answers_per_s_peak)),
     ("frames/s mean", |r| Some(r.rates.frames_per_s_mean)),
@@ -408,7 +422,9 @@ const ROWS: &[(&str, Extract)] = &[
     ("answer p99.9 ms", |r| lat(r, "answer", |l| l.p999_ms)),
     ("question p50 ms", |r| lat(r, "question", |l| l.p50_ms)),
     ("question p99 ms", |r| lat(r, "question", |l| l.p99_ms)),
-    ("leaderboard p99 ms", |r| lat(r, "leaderboard", |l| l.p99_ms)),
+    ("leaderboard p99 ms", |r| {
+        lat(r, "leaderboard", |l| l.p99_ms)
+    }),
     ("errors", |r| {
         Some(
             r.counters
@@ -419,8 +435,12 @@ const ROWS: &[(&str, Extract)] = &[
         )
     }),
     ("mismatches", |r| Some(r.mismatch_count as f64)),
-    ("generator µs/frame", |r| Some(r.generator.cpu_us_per_frame)),
-    ("generator KB/conn", |r| Some(r.generator.peak_rss_kb_per_connection)),
+    ("generator µs/frame", |r| {
+        Some(r.generator.cpu_us_per_frame)
+    }),
+    ("generator KB/conn", |r| {
+        Some(r.generator.peak_rss_kb_per_connection)
+    }),
 ];
 
 /// Two or more results side by side; ratios against the first.
@@ -438,7 +458,15 @@ pub fn compare(results: &[(String, RunResult)]) -> String {
         .collect();
     let _ = writeln!(s, "baseline (ratio 1.00): {}", names[0]);
     for (i, n) in names.iter().enumerate() {
-        let _ = writeln!(s, "  [{i}] {n}: {}", if results[i].1.passed { "passed" } else { "FAILED" });
+        let _ = writeln!(
+            s,
+            "  [{i}] {n}: {}",
+            if results[i].1.passed {
+                "passed"
+            } else {
+                "FAILED"
+            }
+        );
     }
     let _ = write!(s, "{:<22}", "metric");
     for i in 0..results.len() {
@@ -458,8 +486,12 @@ pub fn compare(results: &[(String, RunResult)]) -> String {
             let _ = write!(
                 s,
                 " {:>12}",
-                v.map(|v| if v.abs() >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") })
-                    .unwrap_or_else(|| "-".into())
+                v.map(|v| if v.abs() >= 100.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.2}")
+                })
+                .unwrap_or_else(|| "-".into())
             );
             if i > 0 {
                 let ratio = match (vals[0], v) {
@@ -503,9 +535,15 @@ mod tests {
             ("a.json".into(), result(2.0, 100.0)),
             ("b.json".into(), result(3.0, 50.0)),
         ]);
-        let line = out.lines().find(|l| l.starts_with("answer p99 ms")).unwrap();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("answer p99 ms"))
+            .unwrap();
         assert!(line.contains("1.50"), "{line}");
-        let line = out.lines().find(|l| l.starts_with("answers/s mean")).unwrap();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("answers/s mean"))
+            .unwrap();
         assert!(line.contains("0.50"), "{line}");
     }
 

@@ -169,12 +169,25 @@ fn one() -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ThinkTime {
-    Fixed { ms: u64 },
-    Uniform { min_ms: u64, max_ms: u64 },
+    Fixed {
+        ms: u64,
+    },
+    Uniform {
+        min_ms: u64,
+        max_ms: u64,
+    },
     /// Exponential with the given mean, shifted by `min_ms`, cut at `max_ms`.
-    Exponential { mean_ms: u64, min_ms: u64, max_ms: u64 },
+    Exponential {
+        mean_ms: u64,
+        min_ms: u64,
+        max_ms: u64,
+    },
     /// Log-normal with the given median and sigma, cut at `max_ms`.
-    LogNormal { median_ms: u64, sigma: f64, max_ms: u64 },
+    LogNormal {
+        median_ms: u64,
+        sigma: f64,
+        max_ms: u64,
+    },
 }
 
 impl ThinkTime {
@@ -604,11 +617,27 @@ answers:
         let cases = [
             ("players = 10", "players = 0", "load.players"),
             ("quizzes = 2", "quizzes = 11", "load.quizzes"),
-            ("time_limit_ms = 5000", "time_limit_ms = 10", "quiz.time_limit_ms"),
-            ("share_correct = 0.5", "share_correct = 1.5", "answers.share_correct"),
-            ("max_connections = 100", "max_connections = 5", "load.max_connections"),
+            (
+                "time_limit_ms = 5000",
+                "time_limit_ms = 10",
+                "quiz.time_limit_ms",
+            ),
+            (
+                "share_correct = 0.5",
+                "share_correct = 1.5",
+                "answers.share_correct",
+            ),
+            (
+                "max_connections = 100",
+                "max_connections = 5",
+                "load.max_connections",
+            ),
             ("duration_s = 30", "duration_s = 0", "load.duration_s"),
-            ("min_ms = 100, max_ms = 1000", "min_ms = 2000, max_ms = 1000", "answers.think_time.min_ms"),
+            (
+                "min_ms = 100, max_ms = 1000",
+                "min_ms = 2000, max_ms = 1000",
+                "answers.think_time.min_ms",
+            ),
         ];
         for (from, to, key) in cases {
             let e = err_of(&SMOKE.replace(from, to));

@@ -156,7 +156,12 @@ mod tests {
             Target::parse("https://127.0.0.1:443"),
             Err(TargetError::Scheme(_))
         ));
-        for u in ["127.0.0.1:80", "http://127.0.0.1", "http://127.0.0.1:x", "http://127.0.0.1:80/v1"] {
+        for u in [
+            "127.0.0.1:80",
+            "http://127.0.0.1",
+            "http://127.0.0.1:x",
+            "http://127.0.0.1:80/v1",
+        ] {
             assert!(Target::parse(u).is_err(), "{u}");
         }
     }

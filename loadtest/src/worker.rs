@@ -25,7 +25,7 @@ use crate::procmon::{sample_self, ProcSample};
 use crate::protocol::PlayerView;
 use crate::scenario::Scenario;
 use crate::target::Target;
-use crate::verify::{check_player, Mismatch, PlayerRecord};
+use crate::verify::{check_player, Mismatch};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerPlan {

@@ -4,7 +4,7 @@
 //! persister relies on (unique indexes, E11000, `$setOnInsert` + `$max` upserts)
 //! as FerretDB serves them. They fail, never skip, when the stack is down.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bson::{doc, Document};
@@ -495,5 +495,4 @@ c3 127.0.0.1:7001@17001 master - 0 1 2 connected 5461-10922 [93->-b2]
     assert!(nodes[0].master && nodes[0].slots == vec![(0, 5460)]);
     assert_eq!(nodes[1].master_id.as_deref(), Some("a1"));
     assert_eq!(nodes[2].slots, vec![(5461, 10922)]);
-    let _ = BTreeMap::<u8, u8>::new();
 }

@@ -91,34 +91,39 @@ export const LIMITS = {
   points: [0, 1000, 2000],
 };
 
-export function checkQuizId(id, { optional = false } = {}) {
-  if (!id) return optional ? null : 'quiz_id is required';
-  if (id.length > 64) return 'quiz_id must be at most 64 characters';
-  if (!QUIZ_ID_RE.test(id)) return 'quiz_id may only contain letters, digits, "-" and "_"';
+export function checkQuizId(id) {
+  if (!id) return 'quiz_id: enter the quiz code';
+  if (!QUIZ_ID_RE.test(id)) return 'quiz_id: must be 1–64 characters of [A-Za-z0-9_-]';
   return null;
 }
+
+const chars = (s) => [...s].length;
 
 export function checkNickname(raw) {
   const n = (raw || '').trim();
-  if (!n) return 'nickname must not be empty';
-  if ([...n].length > LIMITS.nicknameMax) return `nickname must be at most ${LIMITS.nicknameMax} characters`;
+  if (!n || chars(n) > LIMITS.nicknameMax) return `nickname: must be 1–${LIMITS.nicknameMax} characters after trimming`;
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(n)) return 'nickname: must not contain control characters';
   return null;
 }
 
-/** Validates a quiz body as the API does; returns [{field, message}] (field paths like questions[0].options). */
+/**
+ * Validates a quiz body with the API's rules and words (core's
+ * quiz::validate_quiz); returns [{field, message}], fields spelled like
+ * questions[0].options.
+ */
 export function checkQuiz(q) {
   const errs = [];
   const add = (field, message) => errs.push({ field, message: `${field}: ${message}` });
   if (!q || typeof q !== 'object') return [{ field: '', message: 'the quiz must be a JSON object' }];
-  if (typeof q.title !== 'string' || !q.title.trim()) add('title', 'must not be empty');
-  else if (q.title.length > 200) add('title', 'must be at most 200 characters');
+  const title = typeof q.title === 'string' ? q.title.trim() : '';
+  if (!title || chars(title) > 200) add('title', 'must be 1–200 characters');
   if (q.mode !== 'live' && q.mode !== 'self_paced') add('mode', 'must be "live" or "self_paced"');
-  if (q.quiz_id !== undefined && q.quiz_id !== null && q.quiz_id !== '') {
-    const e = checkQuizId(String(q.quiz_id));
-    if (e) add('quiz_id', e.replace(/^quiz_id /, ''));
+  if (q.quiz_id !== undefined && q.quiz_id !== null && q.quiz_id !== '' && !QUIZ_ID_RE.test(String(q.quiz_id))) {
+    add('quiz_id', 'must be 1–64 characters of [A-Za-z0-9_-]');
   }
-  if (!Array.isArray(q.questions) || q.questions.length === 0) {
-    add('questions', 'must have at least one question');
+  if (!Array.isArray(q.questions) || q.questions.length === 0 || q.questions.length > 200) {
+    add('questions', 'must hold 1–200 questions');
     return errs;
   }
   q.questions.forEach((qq, i) => {
@@ -127,19 +132,22 @@ export function checkQuiz(q) {
       add(p, 'must be an object');
       return;
     }
-    if (typeof qq.text !== 'string' || !qq.text.trim()) add(`${p}.text`, 'must not be empty');
+    if (typeof qq.text !== 'string' || !qq.text.trim() || chars(qq.text) > 1000) add(`${p}.text`, 'must be 1–1000 characters');
     const opts = qq.options;
     if (!Array.isArray(opts) || opts.length < LIMITS.optionsMin || opts.length > LIMITS.optionsMax) {
-      add(`${p}.options`, `must have ${LIMITS.optionsMin} to ${LIMITS.optionsMax} options`);
-    } else if (opts.some((o) => typeof o !== 'string' || !o.trim())) {
-      add(`${p}.options`, 'options must not be empty');
+      add(`${p}.options`, `must hold ${LIMITS.optionsMin}–${LIMITS.optionsMax} options`);
+    } else {
+      const j = opts.findIndex((o) => typeof o !== 'string' || !o.trim() || chars(o) > 200);
+      if (j >= 0) errs.push({ field: `${p}.options`, message: `${p}.options[${j}]: must be 1–200 characters` });
     }
     const n = Array.isArray(opts) ? opts.length : 0;
-    if (!Array.isArray(qq.correct) || qq.correct.length === 0) add(`${p}.correct`, 'must mark at least one correct option');
-    else if (qq.correct.some((c) => !Number.isInteger(c) || c < 0 || c >= n)) add(`${p}.correct`, `indices must be between 0 and ${Math.max(n - 1, 0)}`);
+    if (!Array.isArray(qq.correct) || qq.correct.length === 0
+      || qq.correct.some((c) => !Number.isInteger(c) || c < 0 || c >= n)) {
+      add(`${p}.correct`, 'must hold 1 or more indices into options');
+    }
     const t = qq.time_limit_ms;
     if (!Number.isInteger(t) || t < LIMITS.timeMinMs || t > LIMITS.timeMaxMs) {
-      add(`${p}.time_limit_ms`, `must be between ${LIMITS.timeMinMs} and ${LIMITS.timeMaxMs} ms`);
+      add(`${p}.time_limit_ms`, `must be ${LIMITS.timeMinMs}–${LIMITS.timeMaxMs} (ms; ${LIMITS.timeMinMs / 1000}–${LIMITS.timeMaxMs / 1000} seconds)`);
     }
     if (!LIMITS.points.includes(qq.points)) add(`${p}.points`, 'must be 0, 1000 or 2000');
   });
@@ -158,7 +166,7 @@ export function fieldOfMessage(message, fields) {
     .replace(/questions\.(\d+)(\.|\b)/g, 'questions[$1]$2');
   let best = null;
   for (const f of fields) {
-    const re = new RegExp(`(^|[^A-Za-z0-9_\\]])${f.replace(/[[\].]/g, '\\$&')}(?![A-Za-z0-9_\\[])`);
+    const re = new RegExp(`(^|[^A-Za-z0-9_\\].])${f.replace(/[[\].]/g, '\\$&')}(?![A-Za-z0-9_])`);
     if (re.test(norm) && (!best || f.length > best.length)) best = f;
   }
   return best;
@@ -370,5 +378,18 @@ export const ordinal = (n) => {
   const v = n % 100;
   return `${n}${s[(v - 20) % 10] || s[v] || s[0]}`;
 };
+
+/** One CSV cell: quoted when needed, and defused against spreadsheet formulas. */
+export function csvCell(v) {
+  let s = String(v ?? '');
+  if (/^[=+\-@\t\r]/.test(s)) s = `'${s}`;
+  return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
+export function resultsCsv(top) {
+  const lines = [['rank', 'nickname', 'score', 'player_id'].join(',')];
+  for (const e of top) lines.push([e.rank, e.nickname, e.score, e.player_id].map(csvCell).join(','));
+  return `${lines.join('\r\n')}\r\n`;
+}
 
 export const OPTION_LABELS = ['A', 'B', 'C', 'D', 'E', 'F'];

@@ -4,7 +4,7 @@
 // questions, and the final results with a CSV export.
 import {
   $, $$, h, showScreen, api, ApiError, quizPath, checkQuiz, fieldOfMessage, FieldErrors, QuizSocket,
-  remainingMs, renderLeaderboard, renderPodium, LIMITS, OPTION_LABELS,
+  remainingMs, renderLeaderboard, renderPodium, resultsCsv, LIMITS, OPTION_LABELS,
 } from './common.js';
 import { encode, toSvg } from './qr.js';
 
@@ -60,7 +60,7 @@ function renderEditor() {
       h('div', { class: 'field' },
         h('label', { for: `q${qi}-text` }, 'Question'),
         h('input', {
-          id: `q${qi}-text`, value: q.text, maxlength: 500, required: true, 'data-field': `${p}.text`,
+          id: `q${qi}-text`, value: q.text, maxlength: 1000, required: true, 'data-field': `${p}.text`,
           'aria-describedby': errId(`${p}.text`), oninput: (e) => { q.text = e.target.value; },
         }),
         errSlot(`${p}.text`)),
@@ -255,6 +255,7 @@ async function refreshQuiz() {
   try {
     const q = await api('GET', quizPath(C.quizId));
     if (q.question_count) C.questionCount = q.question_count;
+    if (typeof q.current_question === 'number') C.currentIndex = q.current_question;
     if (q.title) $('#quiz-title').textContent = q.title;
     setState(q.state);
   } catch (e) {
@@ -276,7 +277,7 @@ function setState(state) {
   badge.hidden = false;
   badge.textContent = state;
   badge.dataset.state = state;
-  const idx = C.current ? C.current.question.index : -1;
+  const idx = C.current ? C.current.question.index : (C.currentIndex ?? -1);
   const isLast = C.questionCount && idx + 1 >= C.questionCount;
   $('#btn-start').hidden = state !== 'lobby';
   $('#btn-next').hidden = state !== 'running' || !!isLast;
@@ -457,19 +458,6 @@ function renderFinal() {
   renderPodium($('#h-podium'), C.top);
   $('#results-table tbody').replaceChildren(...C.top.map((e) => h('tr', {},
     h('td', { text: String(e.rank) }), h('td', { text: e.nickname }), h('td', { text: String(e.score) }))));
-}
-
-/** One CSV cell: quoted when needed, and defused against spreadsheet formulas. */
-export function csvCell(v) {
-  let s = String(v ?? '');
-  if (/^[=+\-@\t\r]/.test(s)) s = `'${s}`;
-  return /[",\n\r']/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
-}
-
-export function resultsCsv(top) {
-  const lines = [['rank', 'nickname', 'score', 'player_id'].join(',')];
-  for (const e of top) lines.push([e.rank, e.nickname, e.score, e.player_id].map(csvCell).join(','));
-  return `${lines.join('\r\n')}\r\n`;
 }
 
 $('#csv').addEventListener('click', () => {

@@ -14,6 +14,7 @@ const S = {
   score: 0,
   rank: null,
   title: '',
+  mode: 'live',
   questionCount: null,
   totalPlayers: 0,
   top: [],
@@ -98,6 +99,7 @@ function showJoinError(e) {
 function applyQuizInfo(q) {
   if (!q) return;
   if (q.title) S.title = q.title;
+  if (q.mode) S.mode = q.mode;
   if (q.question_count !== undefined) S.questionCount = q.question_count;
   else if (Array.isArray(q.questions) && q.mode === 'self_paced') S.questionCount = q.questions.length;
   for (const el of document.querySelectorAll('.quiz-title')) el.textContent = S.title || `Quiz ${S.quizId}`;
@@ -199,6 +201,8 @@ function onWelcome(m) {
     const msg = q.question ? q : {
       question: q, opens_at_ms: m.opens_at_ms ?? q.opens_at_ms, closes_at_ms: m.closes_at_ms ?? q.closes_at_ms,
     };
+    // Core says `answered: true` when this player's answer to it is already in.
+    if (m.answered && !S.answered[msg.question.id]) S.answered[msg.question.id] = { choices: [], known: true };
     if (msg.closes_at_ms && !S.closed[msg.question.id] && remainingMs(msg.closes_at_ms) > 0) {
       onQuestion(msg, false);
       return;
@@ -211,6 +215,8 @@ function onWelcome(m) {
 // ---- questions ---------------------------------------------------------
 
 let timerHandle = null;
+let lastResult = null;
+let prevTimer = null;
 let pickedMulti = new Set();
 
 function onQuestion(m, fresh) {
@@ -243,10 +249,22 @@ function onQuestion(m, fresh) {
   const fb = $('#feedback');
   fb.hidden = true;
   fb.className = 'feedback';
+  // Self-paced: the next question follows the answer at once; keep the
+  // previous verdict on screen for a moment.
+  const prev = $('#prev-result');
+  const last = lastResult && Date.now() - lastResult.at < 2500 ? lastResult.m : null;
+  prev.hidden = !last;
+  if (last) {
+    prev.className = `prev ${feedbackClass(last).replace('feedback ', '')}`;
+    prev.textContent = last.accepted ? `${last.correct ? 'Correct' : 'Wrong'} (+${last.points || 0}) · score ${last.score}` : '';
+    clearTimeout(prevTimer);
+    prevTimer = setTimeout(() => { prev.hidden = true; }, 3000);
+  }
   if (prior) {
     markChosen(prior.choices);
     lockOptions();
     if (prior.result) showFeedback(prior.result);
+    else if (prior.known) showAnsweredBefore();
     else showPending();
   }
   showScreen('question');
@@ -321,6 +339,13 @@ function showPending() {
   fb.hidden = false;
 }
 
+function showAnsweredBefore() {
+  const fb = $('#feedback');
+  fb.className = 'feedback pending';
+  fb.textContent = 'Your answer to this question is in. Waiting for the others…';
+  fb.hidden = false;
+}
+
 function onAnswerResult(m) {
   const entry = S.answered[m.question_id] || { choices: [] };
   entry.result = m;
@@ -329,7 +354,13 @@ function onAnswerResult(m) {
   if (typeof m.score === 'number') S.score = m.score;
   if (m.rank !== undefined && m.rank !== null) S.rank = m.rank;
   updateMe();
+  lastResult = { m, at: Date.now() };
   if (S.question && S.question.question.id === m.question_id) showFeedback(m);
+  // Self-paced: after the last question there is nothing more to push.
+  const q = S.question && S.question.question;
+  if (S.mode === 'self_paced' && q && q.id === m.question_id && S.questionCount && q.index + 1 >= S.questionCount) {
+    setTimeout(() => { if (!S.ended && S.question && S.question.question.id === q.id) showResults(); }, 2500);
+  }
 }
 
 function feedbackNodes(m) {

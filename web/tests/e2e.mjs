@@ -12,6 +12,7 @@
 // comes back with its score, the host ends the quiz, and the podium, every
 // player's own place and the CSV export match the server's leaderboard.
 import { chromium } from 'playwright-core';
+import { encode, toSvg } from '../assets/qr.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
@@ -151,6 +152,10 @@ async function scenario(browser, vpName) {
     assert(await host.isVisible('#qr svg'), 'QR code rendered');
     joinLink = await host.getAttribute('#join-link', 'href');
     assertEq(joinLink, `${BASE}/?quiz=${quizId}`, 'join link');
+    // The QR code on the page is the join link's (the encoder itself is
+    // checked against python-qrcode in qr.test.mjs).
+    const want = toSvg(encode(joinLink, { ecl: 'M' }), { title: `QR code: ${joinLink}` }).match(/ d="([^"]+)"/)[1];
+    assertEq(await host.getAttribute('#qr svg path', 'd'), want, 'QR code modules');
     await shot(host, 'host-lobby-empty');
   });
 
@@ -210,13 +215,16 @@ async function scenario(browser, vpName) {
       score[p.nick] = s;
       if (i === 0) await shot(p.page, `player-q${qi + 1}-feedback`);
     }
+    // Live answer count on the host page (core's host-only answer_count).
+    const answered = picks.filter((x) => x !== null).length;
+    await waitText(host, '#answer-count', new RegExp(`^${answered} of 3 answered`), QUESTION_MS);
     await shot(host, `host-q${qi + 1}-answers`);
     // The question closes by itself at closes_at_ms.
     await waitText(host, '#answer-count', /closed/, QUESTION_MS + T);
     const expected = QUIZ.questions[qi].options.map((_, o) => picks.filter((x) => x === o).length);
     const dist = await host.$$eval('#dist .dist-n', (els) => els.map((e) => Number(e.textContent)));
     assertEq(dist, expected, `distribution of question ${qi + 1}`);
-    await waitText(host, '#answer-count', new RegExp(`^${picks.filter((x) => x !== null).length} of 3 answered`));
+    await waitText(host, '#answer-count', new RegExp(`^${answered} of 3 answered`));
     for (const p of players) await waitText(p.page, '[data-screen="results"] #leaderboard', new RegExp(p.nick), T);
     // The live leaderboard shows everyone's current score.
     const order = Object.entries(score).sort((a, b) => b[1] - a[1]);

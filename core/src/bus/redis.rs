@@ -69,8 +69,10 @@ impl RedisBus {
             CONNECT_TIMEOUT.saturating_mul(2),
             subscribed.wait_for(|s| s.is_some()),
         )
-        .await;
-        if !matches!(first, Ok(Ok(_))) {
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false);
+        if !first {
             task.abort();
             return Err(BusError(format!(
                 "could not subscribe to {CHANNEL} on any of {nodes:?}"

@@ -1,0 +1,771 @@
+//! The contract suite (`/work/shared/CONTRACT.md`), run against both modes:
+//! every scenario is an async fn taking a [`Factory`], instantiated by the
+//! `contract!` macro as `embedded::<name>` and `distributed::<name>`.
+//! Distributed tests need `deploy/local/stack up` (Redis Cluster + Kafka);
+//! they fail loudly (testkit's `require_*`) when it is not running.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
+use http_body_util::Empty;
+use hyper::header::{CONNECTION, UPGRADE};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use quiz_core::{Config, Shutdown};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+// ------------------------------------------------------------------ nodes
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Embedded,
+    Distributed,
+}
+
+/// Starts core instances of one kind. Instances of one factory share their
+/// backends (distributed: one Redis Cluster, one fresh Kafka topic).
+struct Factory {
+    kind: Kind,
+    secret: String,
+    topic: String,
+    dir: std::path::PathBuf,
+}
+
+struct Node {
+    addr: SocketAddr,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Factory {
+    async fn new(kind: Kind) -> Factory {
+        let topic = testkit::unique_topic("core");
+        if kind == Kind::Distributed {
+            testkit::require_redis_cluster().await;
+            let kafka = testkit::require_kafka().await;
+            kafka.create_topic(&topic, 3).await;
+        }
+        let dir = std::env::temp_dir().join(testkit::unique_name("core-contract"));
+        Factory {
+            kind,
+            secret: format!("contract-secret-{}", testkit::unique_name("s")),
+            topic,
+            dir,
+        }
+    }
+
+    fn config(&self) -> Config {
+        let mut c = Config {
+            listen: "127.0.0.1:0".into(),
+            node_name: testkit::unique_name("node"),
+            token_secret: self.secret.clone(),
+            event_log: self.dir.join("events.jsonl"),
+            demo_quiz: false,
+            // Generous: the flood test is the one that trips it.
+            ws_rate_per_sec: 20,
+            ws_rate_burst: 40,
+            shutdown_grace_ms: 3000,
+            ..Config::default()
+        };
+        if self.kind == Kind::Distributed {
+            let s = testkit::Settings::from_env();
+            c.redis_nodes = s.redis_nodes;
+            c.kafka_brokers = s.kafka_brokers;
+            c.kafka_topic = self.topic.clone();
+        }
+        c
+    }
+
+    async fn start(&self) -> Node {
+        self.start_with(self.config()).await
+    }
+
+    async fn start_with(&self, config: Config) -> Node {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(quiz_core::run(config, listener, shutdown.clone()));
+        // Ready when /healthz answers.
+        for _ in 0..100 {
+            if TcpStream::connect(addr).await.is_ok() {
+                let (s, _) = http(addr, "GET", "/healthz", &[], None).await;
+                if s == 200 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Node {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+}
+
+impl Node {
+    async fn stop(self) {
+        self.shutdown.trigger();
+        let r = tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("node stops within the grace period");
+        r.unwrap().unwrap();
+    }
+}
+
+// ------------------------------------------------------------------- HTTP
+
+/// A minimal HTTP/1.1 client (one request per connection): status + JSON.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, Value) {
+    let (s, _, v) = http_full(addr, method, path, headers, body).await;
+    (s, v)
+}
+
+async fn http_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, String, Value) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.map(<[u8]>::to_vec).unwrap_or_default();
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    // Write concurrently with reading: the server may answer (413) before
+    // it has read the whole body.
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(req.as_bytes()).await;
+        let _ = wr.write_all(&body).await;
+        wr
+    });
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut buf)).await;
+    drop(writer);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let v = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, head.to_string(), v)
+}
+
+async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    http(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().as_bytes()),
+    )
+    .await
+}
+
+async fn host(addr: SocketAddr, quiz: &str, action: &str, token: &str) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    http(
+        addr,
+        "POST",
+        &format!("/v1/quizzes/{quiz}/{action}"),
+        &[("Authorization", &auth)],
+        None,
+    )
+    .await
+}
+
+fn quiz_body(id: &str, mode: &str, n: usize) -> Value {
+    let questions: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"text": format!("q{i}"), "options": ["a", "b", "c"], "correct": [1],
+                   "time_limit_ms": 5000, "points": 1000})
+        })
+        .collect();
+    json!({"title": "Contract", "mode": mode, "quiz_id": id, "questions": questions})
+}
+
+async fn create(addr: SocketAddr, mode: &str, n: usize) -> (String, String) {
+    let id = testkit::unique_quiz_id();
+    let (s, v) = post(addr, "/v1/quizzes", &quiz_body(&id, mode, n)).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["quiz_id"], id.as_str());
+    (id, v["host_token"].as_str().unwrap().to_string())
+}
+
+async fn join(addr: SocketAddr, quiz: &str, nick: &str) -> (String, String) {
+    let (s, v) = post(
+        addr,
+        &format!("/v1/quizzes/{quiz}/players"),
+        &json!({"nickname": nick}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    (
+        v["player_id"].as_str().unwrap().to_string(),
+        v["player_token"].as_str().unwrap().to_string(),
+    )
+}
+
+// --------------------------------------------------------------------- WS
+
+struct SpawnExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpawnExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut);
+    }
+}
+
+type Ws = WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
+
+async fn ws(addr: SocketAddr, quiz: &str, token: &str) -> Ws {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let req = Request::builder()
+        .method("GET")
+        .uri(format!("http://{addr}/v1/quizzes/{quiz}/ws?token={token}"))
+        .header("Host", addr.to_string())
+        .header(UPGRADE, "websocket")
+        .header(CONNECTION, "upgrade")
+        .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
+        .header("Sec-WebSocket-Version", "13")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (mut ws, resp) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.set_auto_close(true);
+    ws
+}
+
+enum Got {
+    Msg(Value),
+    Closed(u16),
+}
+
+async fn recv(ws: &mut Ws) -> Got {
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(15), ws.read_frame())
+            .await
+            .expect("a frame within 15 s");
+        let Ok(f) = f else {
+            return Got::Closed(0);
+        };
+        match f.opcode {
+            OpCode::Text => return Got::Msg(serde_json::from_slice(&f.payload).unwrap()),
+            OpCode::Close => {
+                let code = if f.payload.len() >= 2 {
+                    u16::from_be_bytes([f.payload[0], f.payload[1]])
+                } else {
+                    1005
+                };
+                return Got::Closed(code);
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// The next message of type `ty`, skipping others (leaderboards, counts…).
+async fn expect(ws: &mut Ws, ty: &str) -> Value {
+    loop {
+        match recv(ws).await {
+            Got::Msg(v) if v["type"] == ty => return v,
+            Got::Msg(_) => continue,
+            Got::Closed(code) => panic!("closed with {code} while waiting for {ty}"),
+        }
+    }
+}
+
+async fn expect_close(ws: &mut Ws) -> u16 {
+    loop {
+        match recv(ws).await {
+            Got::Msg(_) => continue,
+            Got::Closed(code) => return code,
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    send_raw(ws, v.to_string().into_bytes()).await
+}
+
+async fn send_raw(ws: &mut Ws, bytes: Vec<u8>) {
+    ws.write_frame(Frame::text(Payload::Owned(bytes)))
+        .await
+        .unwrap();
+}
+
+async fn answer(ws: &mut Ws, q: u64, choices: &[u64]) -> Value {
+    send(ws, json!({"type": "answer", "question_id": q, "choices": choices})).await;
+    expect(ws, "answer_result").await
+}
+
+// -------------------------------------------------------------- scenarios
+
+async fn http_api(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    // Create: generated id, 8 lowercase alphanumerics.
+    let mut body = quiz_body("x", "live", 2);
+    body.as_object_mut().unwrap().remove("quiz_id");
+    let (s, v) = post(a, "/v1/quizzes", &body).await;
+    assert_eq!(s, 201, "{v}");
+    let gen = v["quiz_id"].as_str().unwrap();
+    assert_eq!(gen.len(), 8);
+    assert!(gen.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    // Invalid bodies name the field.
+    let mut bad = quiz_body(&testkit::unique_quiz_id(), "live", 1);
+    bad["questions"][0]["time_limit_ms"] = json!(100);
+    let (s, v) = post(a, "/v1/quizzes", &bad).await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["code"], "invalid");
+    assert!(v["error"]["message"].as_str().unwrap().contains("time_limit_ms"), "{v}");
+    let (s, v) = post(a, "/v1/quizzes", &json!({"mode": "live", "questions": []})).await;
+    assert_eq!(s, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("title"), "{v}");
+    let (s, v) = post(a, "/v1/quizzes", &quiz_body("bad.id", "live", 1)).await;
+    assert_eq!(s, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("quiz_id"), "{v}");
+    let (s, v) = http(a, "POST", "/v1/quizzes", &[], Some(b"{not json")).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid")));
+    // Too large.
+    let big = vec![b' '; (1 << 20) + 10];
+    let (s, v) = http(a, "POST", "/v1/quizzes", &[], Some(&big)).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (413, Some("too_large")));
+    // Supplied id; taken → 409.
+    let (id, host_token) = create(a, "live", 2).await;
+    let (s, v) = post(a, "/v1/quizzes", &quiz_body(&id, "live", 1)).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
+    // Get.
+    let (s, v) = http(a, "GET", &format!("/v1/quizzes/{id}"), &[], None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["state"], "lobby");
+    assert_eq!(v["question_count"], 2);
+    assert_eq!(v["mode"], "live");
+    let (s, v) = http(a, "GET", "/v1/quizzes/nope-nope-nope", &[], None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    // Join; nickname rules.
+    let (pid, _) = join(a, &id, "  Alice ").await;
+    let (s, v) = post(a, &format!("/v1/quizzes/{id}/players"), &json!({"nickname": "alice"})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
+    let (s, v) = post(a, &format!("/v1/quizzes/{id}/players"), &json!({"nickname": "   "})).await;
+    assert_eq!(s, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("nickname"));
+    let (s, _) = post(a, &format!("/v1/quizzes/{id}/players"), &json!({"nickname": "x".repeat(25)})).await;
+    assert_eq!(s, 400);
+    let (s, v) = post(a, "/v1/quizzes/nope-nope/players", &json!({"nickname": "a"})).await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = http(a, "GET", &format!("/v1/quizzes/{id}/players/{pid}"), &[], None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["nickname"], "Alice");
+    assert_eq!((v["score"].as_u64(), v["rank"].as_u64()), (Some(0), Some(1)));
+    let (s, _) = http(a, "GET", &format!("/v1/quizzes/{id}/players/nobody"), &[], None).await;
+    assert_eq!(s, 404);
+    // Leaderboard.
+    let (s, v) = http(a, "GET", &format!("/v1/quizzes/{id}/leaderboard?limit=5"), &[], None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["total_players"], 1);
+    assert_eq!(v["top"][0]["player_id"], pid.as_str());
+    for bad in ["0", "101", "x"] {
+        let (s, v) = http(a, "GET", &format!("/v1/quizzes/{id}/leaderboard?limit={bad}"), &[], None).await;
+        assert_eq!(s, 400);
+        assert!(v["error"]["message"].as_str().unwrap().contains("limit"));
+    }
+    // Host auth: none → 401, forged → 401, another quiz's host → 403, player → 403.
+    let (s, v) = http(a, "POST", &format!("/v1/quizzes/{id}/start"), &[], None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (401, Some("unauthorized")));
+    let (s, _) = host(a, &id, "start", "v1.h.x..AAAA").await;
+    assert_eq!(s, 401);
+    let (other, other_host) = create(a, "live", 1).await;
+    let (s, v) = host(a, &id, "start", &other_host).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")));
+    let (_, ptoken) = join(a, &other, "bob").await;
+    let (s, _) = host(a, &other, "start", &ptoken).await;
+    assert_eq!(s, 403);
+    // State machine.
+    let (s, v) = host(a, &id, "next", &host_token).await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = host(a, &id, "start", &host_token).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["state"].as_str(), v["current_question"].as_u64()), (Some("running"), Some(0)));
+    let (s, _) = host(a, &id, "start", &host_token).await;
+    assert_eq!(s, 409);
+    let (s, v) = host(a, &id, "next", &host_token).await;
+    assert_eq!((s, v["current_question"].as_u64()), (200, Some(1)));
+    let (s, v) = host(a, &id, "next", &host_token).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
+    // A late joiner sees the released questions, without correct answers.
+    let (s, v) = post(a, &format!("/v1/quizzes/{id}/players"), &json!({"nickname": "Carol"})).await;
+    assert_eq!(s, 201);
+    assert_eq!(v["quiz"]["questions"].as_array().unwrap().len(), 2);
+    assert!(v["quiz"]["questions"][0].get("correct").is_none());
+    assert_eq!(v["leaderboard"]["total_players"], 2);
+    let (s, v) = host(a, &id, "end", &host_token).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("ended")));
+    let (s, _) = host(a, &id, "end", &host_token).await;
+    assert_eq!(s, 409);
+    // Operations.
+    let (s, _) = http(a, "GET", "/healthz", &[], None).await;
+    assert_eq!(s, 200);
+    let (s, v) = http(a, "GET", "/readyz", &[], None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, head, _) = http_full(a, "GET", "/metrics", &[], None).await;
+    assert_eq!(s, 200);
+    assert!(head.contains("text/plain"));
+    let (s, v) = http(a, "GET", "/v1/nothing", &[], None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    n.stop().await;
+}
+
+async fn live_game(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    let (id, host_token) = create(a, "live", 2).await;
+    let (pa, ta) = join(a, &id, "ann").await;
+    let (_pb, tb) = join(a, &id, "ben").await;
+    let (_pc, tc) = join(a, &id, "cid").await;
+    let mut wa = ws(a, &id, &ta).await;
+    let w = expect(&mut wa, "welcome").await;
+    assert_eq!(w["player_id"], pa.as_str());
+    assert_eq!((w["state"].as_str(), w["score"].as_u64()), (Some("lobby"), Some(0)));
+    assert!(w.get("question").is_none());
+    let mut wb = ws(a, &id, &tb).await;
+    expect(&mut wb, "welcome").await;
+    let mut wh = ws(a, &id, &host_token).await;
+    let hw = expect(&mut wh, "welcome").await;
+    assert_eq!(hw["role"], "host");
+    // Not open yet.
+    let r = answer(&mut wa, 0, &[1]).await;
+    assert_eq!((r["accepted"].as_bool(), r["reason"].as_str()), (Some(false), Some("not_open")));
+    // Start: everyone gets the question.
+    let (s, _) = host(a, &id, "start", &host_token).await;
+    assert_eq!(s, 200);
+    for w in [&mut wa, &mut wb, &mut wh] {
+        let q = expect(w, "question").await;
+        assert_eq!(q["question"]["id"], 0);
+        assert!(q["question"].get("correct").is_none());
+        assert_eq!(
+            q["closes_at_ms"].as_u64().unwrap() - q["opens_at_ms"].as_u64().unwrap(),
+            5000
+        );
+    }
+    // Scoring, on the server clock.
+    let r = answer(&mut wa, 0, &[1]).await;
+    assert_eq!(r["accepted"], true, "{r}");
+    assert_eq!(r["correct"], true);
+    let pts = r["points"].as_u64().unwrap();
+    assert!((500..=1000).contains(&pts), "{r}");
+    assert_eq!((r["score"].as_u64(), r["rank"].as_u64()), (Some(pts), Some(1)));
+    // Invalid choices are refused and not recorded.
+    let r = answer(&mut wb, 0, &[7]).await;
+    assert_eq!(r["reason"], "invalid");
+    let r = answer(&mut wb, 0, &[0]).await;
+    assert_eq!((r["accepted"].as_bool(), r["correct"].as_bool(), r["points"].as_u64()), (Some(true), Some(false), Some(0)));
+    assert_eq!(r["rank"], 2);
+    // One answer per question: duplicates.
+    let r = answer(&mut wa, 0, &[0]).await;
+    assert_eq!((r["accepted"].as_bool(), r["reason"].as_str()), (Some(false), Some("duplicate")));
+    assert_eq!(r["score"].as_u64(), Some(pts));
+    // Not open: a future question.
+    let r = answer(&mut wa, 1, &[1]).await;
+    assert_eq!(r["reason"], "not_open");
+    // The leaderboard message, with ann on top.
+    let lb = loop {
+        let lb = expect(&mut wb, "leaderboard").await;
+        if lb["top"][0]["score"].as_u64() == Some(pts) {
+            break lb;
+        }
+    };
+    assert_eq!(lb["quiz_id"], id.as_str());
+    assert_eq!(lb["total_players"], 3);
+    assert_eq!(lb["top"][0]["player_id"], pa.as_str());
+    assert_eq!(lb["top"][0]["rank"], 1);
+    // Reconnect keeps score and answers.
+    drop(wa);
+    let mut wa = ws(a, &id, &ta).await;
+    let w = expect(&mut wa, "welcome").await;
+    assert_eq!((w["score"].as_u64(), w["rank"].as_u64()), (Some(pts), Some(1)));
+    assert_eq!(w["question"]["question"]["id"], 0);
+    assert_eq!(w["answered"], true);
+    let r = answer(&mut wa, 0, &[1]).await;
+    assert_eq!(r["reason"], "duplicate");
+    // Next: question 0 closes (distribution), question 1 opens.
+    let (s, _) = host(a, &id, "next", &host_token).await;
+    assert_eq!(s, 200);
+    let c = expect(&mut wb, "question_closed").await;
+    assert_eq!(c["question_id"], 0);
+    assert_eq!(c["correct"], json!([1]));
+    assert_eq!(c["distribution"], json!([1, 1, 0]));
+    let hc = expect(&mut wh, "question_closed").await;
+    assert_eq!(hc["distribution"], json!([1, 1, 0]));
+    let q = expect(&mut wb, "question").await;
+    assert_eq!(q["question"]["id"], 1);
+    // Late: cid answers the closed question 0; recorded with 0 points.
+    let mut wc = ws(a, &id, &tc).await;
+    expect(&mut wc, "welcome").await;
+    let r = answer(&mut wc, 0, &[1]).await;
+    assert_eq!((r["accepted"].as_bool(), r["reason"].as_str(), r["points"].as_u64()), (Some(false), Some("late"), Some(0)));
+    let r = answer(&mut wc, 0, &[1]).await;
+    assert_eq!(r["reason"], "duplicate");
+    // End: quiz_ended with the final top.
+    let (s, _) = host(a, &id, "end", &host_token).await;
+    assert_eq!(s, 200);
+    for w in [&mut wa, &mut wb, &mut wc, &mut wh] {
+        let e = expect(w, "quiz_ended").await;
+        assert_eq!(e["top"][0]["player_id"], pa.as_str());
+    }
+    let (_, v) = http(a, "GET", &format!("/v1/quizzes/{id}/players/{pa}"), &[], None).await;
+    assert_eq!(v["score"].as_u64(), Some(pts));
+    n.stop().await;
+}
+
+/// The closing window itself: a question closes by time (5 s), and
+/// `question_closed` arrives without a host action.
+async fn question_closes_by_time(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    let (id, host_token) = create(a, "live", 1).await;
+    let (_, t) = join(a, &id, "ann").await;
+    let mut w = ws(a, &id, &t).await;
+    expect(&mut w, "welcome").await;
+    host(a, &id, "start", &host_token).await;
+    expect(&mut w, "question").await;
+    let c = expect(&mut w, "question_closed").await;
+    assert_eq!(c["distribution"], json!([0, 0, 0]));
+    let r = answer(&mut w, 0, &[1]).await;
+    assert_eq!(r["reason"], "late");
+    n.stop().await;
+}
+
+async fn self_paced(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    let (id, host_token) = create(a, "self_paced", 2).await;
+    let (_, t) = join(a, &id, "ann").await;
+    let mut w = ws(a, &id, &t).await;
+    let wel = expect(&mut w, "welcome").await;
+    assert_eq!(wel["state"], "lobby");
+    let (s, v) = host(a, &id, "start", &host_token).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = host(a, &id, "next", &host_token).await;
+    assert_eq!(s, 409);
+    let q = expect(&mut w, "question").await;
+    assert_eq!(q["question"]["id"], 0);
+    let r = answer(&mut w, 1, &[1]).await;
+    assert_eq!(r["reason"], "not_open");
+    let r = answer(&mut w, 0, &[1]).await;
+    assert_eq!(r["accepted"], true, "{r}");
+    let q = expect(&mut w, "question").await;
+    assert_eq!(q["question"]["id"], 1);
+    // Reconnect: the same question, with the same clock.
+    drop(w);
+    let mut w = ws(a, &id, &t).await;
+    let wel = expect(&mut w, "welcome").await;
+    assert_eq!(wel["question"]["question"]["id"], 1);
+    assert_eq!(wel["question"]["opens_at_ms"], q["opens_at_ms"]);
+    let r = answer(&mut w, 1, &[0]).await;
+    assert_eq!((r["accepted"].as_bool(), r["correct"].as_bool()), (Some(true), Some(false)));
+    host(a, &id, "end", &host_token).await;
+    expect(&mut w, "quiz_ended").await;
+    n.stop().await;
+}
+
+async fn ws_errors(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    let (id, _) = create(a, "live", 1).await;
+    let (_, t) = join(a, &id, "ann").await;
+    // Malformed and unknown messages: an error, the socket stays open.
+    let mut w = ws(a, &id, &t).await;
+    expect(&mut w, "welcome").await;
+    send_raw(&mut w, b"{nope".to_vec()).await;
+    let e = expect(&mut w, "error").await;
+    assert_eq!(e["code"], "malformed");
+    send(&mut w, json!({"type": "dance"})).await;
+    let e = expect(&mut w, "error").await;
+    assert_eq!(e["code"], "unknown_type");
+    send(&mut w, json!({"type": "answer", "question_id": "x"})).await;
+    expect(&mut w, "error").await;
+    send(&mut w, json!({"type": "ping"})).await;
+    expect(&mut w, "pong").await;
+    // Oversize frame → 1009.
+    send_raw(&mut w, vec![b' '; 5000]).await;
+    assert_eq!(expect_close(&mut w).await, 1009);
+    // Flood → 1008.
+    let mut w = ws(a, &id, &t).await;
+    expect(&mut w, "welcome").await;
+    for _ in 0..200 {
+        if w
+            .write_frame(Frame::text(Payload::Owned(br#"{"type":"ping"}"#.to_vec())))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(expect_close(&mut w).await, 1008);
+    // Bad token → 4001; unknown quiz → 4004.
+    let mut w = ws(a, &id, "garbage").await;
+    assert_eq!(expect_close(&mut w).await, 4001);
+    let mut w = ws(a, &id, "v1.p.x.y.AAAA").await;
+    assert_eq!(expect_close(&mut w).await, 4001);
+    let mut w = ws(a, "no-such-quiz", &t).await;
+    assert_eq!(expect_close(&mut w).await, 4004);
+    // A token of another quiz → 4001.
+    let (other, _) = create(a, "live", 1).await;
+    let mut w = ws(a, &other, &t).await;
+    assert_eq!(expect_close(&mut w).await, 4001);
+    n.stop().await;
+}
+
+/// Shutdown closes sockets with 1001 and the node exits.
+async fn shutdown_closes_with_1001(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    let (id, _) = create(a, "live", 1).await;
+    let (_, t) = join(a, &id, "ann").await;
+    let mut w = ws(a, &id, &t).await;
+    expect(&mut w, "welcome").await;
+    n.shutdown.trigger();
+    assert_eq!(expect_close(&mut w).await, 1001);
+    tokio::time::timeout(Duration::from_secs(15), n.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Tiers: an api node refuses the ws route; a ws node refuses the API.
+async fn tiers(f: Factory) {
+    let api = f
+        .start_with(Config {
+            tier: quiz_core::config::Tier::Api,
+            ..f.config()
+        })
+        .await;
+    let (id, _) = create(api.addr, "live", 1).await;
+    let (s, v) = http(api.addr, "GET", &format!("/v1/quizzes/{id}/ws?token=x"), &[], None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    let wsn = f
+        .start_with(Config {
+            tier: quiz_core::config::Tier::Ws,
+            ..f.config()
+        })
+        .await;
+    let (s, _) = post(wsn.addr, "/v1/quizzes", &quiz_body("zz", "live", 1)).await;
+    assert_eq!(s, 404);
+    let (s, _) = http(wsn.addr, "GET", "/healthz", &[], None).await;
+    assert_eq!(s, 200);
+    api.stop().await;
+    wsn.stop().await;
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Factory::new(super::Kind::Embedded).await).await
+                }
+            )*
+        }
+        mod distributed {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Factory::new(super::Kind::Distributed).await).await
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    http_api,
+    live_game,
+    question_closes_by_time,
+    self_paced,
+    ws_errors,
+    shutdown_closes_with_1001,
+    tiers,
+);
+
+// ------------------------------------------------------------- two nodes
+
+/// Two core instances on the same Redis Cluster and Kafka share one quiz:
+/// players split across them both see the question, answers count once
+/// (also after reconnecting to the other node), leaderboards agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_two_nodes_share_a_quiz() {
+    let f = Factory::new(Kind::Distributed).await;
+    let n1 = f.start().await;
+    let n2 = f.start().await;
+    let (id, host_token) = create(n1.addr, "live", 2).await;
+    let (pa, ta) = join(n1.addr, &id, "ann").await;
+    let (pb, tb) = join(n2.addr, &id, "ben").await;
+    let mut wa = ws(n1.addr, &id, &ta).await;
+    let mut wb = ws(n2.addr, &id, &tb).await;
+    expect(&mut wa, "welcome").await;
+    expect(&mut wb, "welcome").await;
+    // The host starts on node 1; node 2's player sees it via the bus.
+    let (s, _) = host(n1.addr, &id, "start", &host_token).await;
+    assert_eq!(s, 200);
+    assert_eq!(expect(&mut wa, "question").await["question"]["id"], 0);
+    assert_eq!(expect(&mut wb, "question").await["question"]["id"], 0);
+    let ra = answer(&mut wa, 0, &[1]).await;
+    assert_eq!(ra["accepted"], true, "{ra}");
+    let rb = answer(&mut wb, 0, &[0]).await;
+    assert_eq!(rb["accepted"], true, "{rb}");
+    // ann reconnects to node 2: duplicate there too, score kept.
+    drop(wa);
+    let mut wa2 = ws(n2.addr, &id, &ta).await;
+    let w = expect(&mut wa2, "welcome").await;
+    assert_eq!(w["score"], ra["score"]);
+    let r = answer(&mut wa2, 0, &[1]).await;
+    assert_eq!(r["reason"], "duplicate");
+    // Both nodes agree on the leaderboard.
+    let (_, l1) = http(n1.addr, "GET", &format!("/v1/quizzes/{id}/leaderboard"), &[], None).await;
+    let (_, l2) = http(n2.addr, "GET", &format!("/v1/quizzes/{id}/leaderboard"), &[], None).await;
+    assert_eq!(l1, l2);
+    assert_eq!(l1["top"][0]["player_id"], pa.as_str());
+    assert_eq!(l1["top"][1]["player_id"], pb.as_str());
+    assert_eq!(l1["top"][0]["score"], ra["score"]);
+    // Node 2's members see the leaderboard broadcast with ann's score.
+    loop {
+        let lb = expect(&mut wb, "leaderboard").await;
+        if lb["top"][0]["score"] == ra["score"] {
+            break;
+        }
+    }
+    // Question close and end reach node 2 too; distribution counts both.
+    host(n1.addr, &id, "next", &host_token).await;
+    let c = expect(&mut wb, "question_closed").await;
+    assert_eq!(c["distribution"], json!([1, 1, 0]));
+    host(n1.addr, &id, "end", &host_token).await;
+    expect(&mut wb, "quiz_ended").await;
+    expect(&mut wa2, "quiz_ended").await;
+    n1.stop().await;
+    n2.stop().await;
+}

@@ -1,0 +1,241 @@
+//! `KafkaSink` against the local Kafka (`deploy/local/stack up`,
+//! `QUIZ_KAFKA_BROKERS`, default `127.0.0.1:9092`). Each test produces to its
+//! own fresh topic, so runs never see each other's records. Fails loudly when
+//! Kafka is missing, never skips.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use quiz_core::events::kafka::{Compression, KafkaOptions, KafkaSink};
+use quiz_core::events::{Event, EventError, EventKind, EventSink};
+use quiz_core::model::{AnswerRecord, Mode, Question};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+
+fn brokers() -> String {
+    std::env::var("QUIZ_KAFKA_BROKERS")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "127.0.0.1:9092".into())
+}
+
+/// Creates a fresh 3-partition topic; panics (loudly) if Kafka is not there.
+async fn fresh_topic(name: &str) -> String {
+    let topic = format!("test-{name}-{:08x}", rand::random::<u32>());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let res = tokio::time::timeout(
+        Duration::from_secs(20),
+        admin.create_topics(&[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))], &opts),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("Kafka at {} is required (deploy/local/stack up): timed out", brokers()))
+    .unwrap_or_else(|e| panic!("Kafka at {} is required (deploy/local/stack up): {e}", brokers()));
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+    topic
+}
+
+fn sink(topic: &str) -> KafkaSink {
+    KafkaSink::new(KafkaOptions {
+        brokers: brokers(),
+        topic: topic.to_string(),
+        compression: Compression::Zstd,
+        ..KafkaOptions::default()
+    })
+    .expect("sink")
+}
+
+fn answer_event(quiz: &str, n: u32) -> Event {
+    Event::new(
+        quiz,
+        1_700_000_000_000 + u64::from(n),
+        EventKind::AnswerScored {
+            answer: AnswerRecord {
+                player_id: format!("p{n}"),
+                nickname: format!("nick {n}"),
+                question_id: n,
+                choices: vec![0, 2],
+                correct: true,
+                late: false,
+                points: 900,
+                response_ms: 1500,
+                answered_at_ms: 1_700_000_000_000 + u64::from(n),
+            },
+            score_after: 900 * u64::from(n + 1),
+        },
+    )
+}
+
+struct Received {
+    key: String,
+    headers: HashMap<String, String>,
+    event: Event,
+}
+
+/// Reads `n` records of `topic` from the beginning.
+async fn consume(topic: &str, n: usize) -> Vec<Received> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("{topic}-check"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < n {
+        let msg = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} records arrived in 30 s", out.len()))
+            .expect("recv");
+        let key = String::from_utf8(msg.key().expect("key").to_vec()).expect("utf8 key");
+        let mut headers = HashMap::new();
+        if let Some(h) = msg.headers() {
+            for hdr in h.iter() {
+                let v = hdr.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                headers.insert(hdr.key.to_string(), v.unwrap_or_default());
+            }
+        }
+        let event: Event = serde_json::from_slice(msg.payload().expect("payload")).expect("json");
+        out.push(Received {
+            key,
+            headers,
+            event,
+        });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_round_trip_with_key_headers_and_json() {
+    let topic = fresh_topic("roundtrip").await;
+    let sink = sink(&topic);
+    let quiz = format!("kq-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let created = Event::new(
+        &quiz,
+        1_700_000_000_000,
+        EventKind::QuizCreated {
+            title: "Capitals".into(),
+            mode: Mode::Live,
+            questions: vec![Question {
+                id: 0,
+                index: 0,
+                text: "Capital of France?".into(),
+                options: vec!["Paris".into(), "Lyon".into()],
+                correct: vec![0],
+                time_limit_ms: 20_000,
+                points: 1000,
+            }],
+        },
+    );
+    let scored = answer_event(&quiz, 0);
+    sink.publish(&created).await.expect("publish created");
+    sink.publish(&scored).await.expect("publish scored");
+    assert!(sink.ready());
+    sink.flush(Duration::from_secs(5)).await.expect("flush");
+
+    let got = consume(&topic, 2).await;
+    for (r, want) in got.iter().zip([&created, &scored]) {
+        assert_eq!(r.key, quiz);
+        assert_eq!(&r.event, want);
+        assert_eq!(r.headers.get("event_id"), Some(&want.event_id));
+        assert_eq!(
+            r.headers.get("type").map(String::as_str),
+            Some(want.type_name())
+        );
+    }
+    // The raw JSON is the documented flat record.
+    let raw = serde_json::to_value(&scored).expect("json");
+    assert_eq!(raw["type"], "answer_scored");
+    assert_eq!(raw["event_id"], format!("{quiz}:answer:p0:0"));
+    assert_eq!(raw["score_after"], 900);
+    assert_eq!(raw["player_id"], "p0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_quiz_keep_their_order() {
+    const PER_QUIZ: u32 = 60;
+    let topic = fresh_topic("order").await;
+    let sink = std::sync::Arc::new(sink(&topic));
+    let quizzes: Vec<String> = (0..4)
+        .map(|i| format!("ko{i}-{:06x}", rand::random::<u32>() & 0xff_ffff))
+        .collect();
+    // One task per quiz, publishing in sequence (the contract's unit of order),
+    // all quizzes at once.
+    let tasks: Vec<_> = quizzes
+        .iter()
+        .cloned()
+        .map(|q| {
+            let sink = std::sync::Arc::clone(&sink);
+            tokio::spawn(async move {
+                for n in 0..PER_QUIZ {
+                    sink.publish(&answer_event(&q, n)).await.expect("publish");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let got = consume(&topic, quizzes.len() * PER_QUIZ as usize).await;
+    let mut per_quiz: HashMap<&str, Vec<u64>> = HashMap::new();
+    for r in &got {
+        assert_eq!(r.key, r.event.quiz_id);
+        per_quiz.entry(&r.event.quiz_id).or_default().push(r.event.at_ms);
+    }
+    for q in &quizzes {
+        let seen = per_quiz.get(q.as_str()).expect("quiz's events");
+        let want: Vec<u64> = (0..PER_QUIZ).map(|n| 1_700_000_000_000 + u64::from(n)).collect();
+        assert_eq!(seen, &want, "order of {q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_gives_backpressure_then_delivery_error() {
+    // Nothing listens on 127.0.0.1:1: deliveries time out.
+    let sink = std::sync::Arc::new(
+        KafkaSink::new(KafkaOptions {
+            brokers: "127.0.0.1:1".into(),
+            topic: "nowhere".into(),
+            max_buffered_messages: 1,
+            message_timeout_ms: 800,
+            delivery_attempts: 2,
+            retry_backoff: Duration::from_millis(50),
+            unhealthy_after_failures: 1,
+            ..KafkaOptions::default()
+        })
+        .expect("sink"),
+    );
+    assert!(sink.ready());
+    let first = {
+        let sink = std::sync::Arc::clone(&sink);
+        tokio::spawn(async move { sink.publish(&answer_event("kq-down", 0)).await })
+    };
+    // Let the first event take the only slot of the queue.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!sink.ready(), "queue at its bound: not ready");
+    let started = std::time::Instant::now();
+    match sink.publish(&answer_event("kq-down", 1)).await {
+        Err(EventError::Backpressure) => {}
+        other => panic!("expected Backpressure, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_millis(100), "backpressure is immediate");
+    match tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("bounded attempts")
+        .expect("task")
+    {
+        Err(EventError::Delivery(_)) => {}
+        other => panic!("expected Delivery error, got {other:?}"),
+    }
+    assert!(!sink.ready(), "failing deliveries: not ready");
+}

@@ -1,0 +1,165 @@
+//! Shared helpers: start real backends and a real edge-lb (pingora server on its own thread)
+//! on loopback, wait for health, talk to the admin API.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use edge_lb::testing::{http_get, Backend};
+use edge_lb::Running;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn backends(n: usize) -> Vec<Backend> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(Backend::start(&format!("core-{i}"), "127.0.0.1:0").await.unwrap());
+    }
+    v
+}
+
+pub struct Edge {
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+}
+
+impl Edge {
+    pub fn cluster(&self) -> &edge_lb::Cluster {
+        &self.running.as_ref().unwrap().cluster
+    }
+}
+
+pub struct Opts {
+    pub balance_factor: f64,
+    pub hold_down_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub close_rate: u32,
+    pub listen: Vec<String>,
+    pub extra: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            balance_factor: 1.25,
+            hold_down_ms: 1000,
+            idle_timeout_ms: 600_000,
+            close_rate: 1000,
+            listen: Vec::new(),
+            extra: String::new(),
+        }
+    }
+}
+
+pub fn yaml(backends: &[(String, SocketAddr)], listen: &[String], admin: SocketAddr, o: &Opts) -> String {
+    let mut b = String::new();
+    for (name, addr) in backends {
+        b.push_str(&format!("        - {{name: {name}, addr: \"{addr}\"}}\n"));
+    }
+    let listen = listen
+        .iter()
+        .map(|l| format!("\"{l}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "version: 1
+threads: 1
+grace_period_seconds: 0
+graceful_shutdown_timeout_seconds: 1
+edge_lb:
+  listen: [{listen}]
+  admin_listen: \"{admin}\"
+  balance_factor: {bf}
+  quiz_idle_ttl: 10m
+  pools:
+    - name: core
+      backends:
+{b}  health: {{interval: 100ms, timeout: 300ms, success_threshold: 2, failure_threshold: 2, hold_down: {hd}ms}}
+  tunnel: {{idle_timeout: {idle}ms, connect_timeout: 1s, handshake_timeout: 2s, close_linger: 1s}}
+  drain: {{close_rate_per_sec: {rate}}}
+{extra}",
+        bf = o.balance_factor,
+        hd = o.hold_down_ms,
+        idle = o.idle_timeout_ms,
+        rate = o.close_rate,
+        extra = o.extra,
+    )
+}
+
+pub fn named(bs: &[Backend]) -> Vec<(String, SocketAddr)> {
+    bs.iter().map(|b| (b.name.clone(), b.addr)).collect()
+}
+
+/// Start an edge-lb for `bs` and wait until every backend is eligible.
+pub async fn edge(bs: &[Backend], o: Opts) -> Edge {
+    let port = free_port();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut listen = o.listen.clone();
+    if listen.is_empty() {
+        listen.push(format!("127.0.0.1:{port}"));
+    }
+    let addr: SocketAddr = listen[0].parse().unwrap();
+    let text = yaml(&named(bs), &listen, admin, &o);
+    let dir = std::env::temp_dir().join(format!("edge-lb-test-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("edge.yaml");
+    std::fs::write(&config_path, &text).unwrap();
+    let (sc, ec) = edge_lb::parse_config(&text).unwrap();
+    let running = edge_lb::start(sc, ec, Some(config_path.clone())).unwrap();
+    let e = Edge {
+        running: Some(running),
+        addr,
+        admin,
+        config_path,
+    };
+    wait_until(Duration::from_secs(10), || e.cluster().all_eligible()).await;
+    // Listener up?
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(5), "edge-lb did not listen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e
+}
+
+pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The node that served an HTTP request for quiz `q` through the edge.
+pub async fn http_node(addr: SocketAddr, q: &str) -> String {
+    let (status, _h, body) = http_get(addr, &format!("/v1/quizzes/{q}")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["node"].as_str().unwrap().to_string()
+}
+
+pub async fn admin_json(admin: SocketAddr, method: &str, path: &str) -> serde_json::Value {
+    let (status, _h, body) = edge_lb::testing::http_request(
+        admin,
+        &format!("{method} {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .unwrap();
+    assert!(status == 200, "{method} {path}: {status} {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+pub async fn admin_route(admin: SocketAddr, q: &str) -> String {
+    let v = admin_json(admin, "GET", &format!("/admin/route/{q}")).await;
+    v["websocket"]["backend"].as_str().unwrap_or("").to_string()
+}

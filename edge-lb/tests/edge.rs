@@ -1,0 +1,413 @@
+//! Integration tests: real backends (WebSocket + HTTP, `edge_lb::testing::Backend`) and a real
+//! edge-lb (pingora server) on loopback.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use edge_lb::ring::{Placement, RingConfig, RingNode};
+use edge_lb::testing::{http_get, http_request, ws_connect};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_for_thousands_of_quizzes_http_and_ws_agree() {
+    let bs = backends(3).await;
+    let e = edge(&bs, Opts::default()).await;
+    let mut owner = HashMap::new();
+    for i in 0..2000 {
+        let q = format!("quiz{i}");
+        let n = http_node(e.addr, &q).await;
+        owner.insert(q, n);
+    }
+    // Again: every quiz on the same node.
+    for (q, n) in &owner {
+        assert_eq!(&http_node(e.addr, q).await, n, "{q} moved");
+    }
+    // WebSocket upgrades of the same quizzes land on the same node (the pools are the same),
+    // and the admin explanation agrees.
+    for (q, n) in owner.iter().take(300) {
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws?token=t")).await.unwrap();
+        assert_eq!(&c.node().await.unwrap(), n);
+        c.send_text("hi").await.unwrap();
+        assert_eq!(c.recv_text().await.unwrap(), "hi");
+        c.close().await.unwrap();
+        assert_eq!(&admin_route(e.admin, q).await, n);
+    }
+    let counts: HashMap<&String, usize> = owner.values().fold(HashMap::new(), |mut m, n| {
+        *m.entry(n).or_default() += 1;
+        m
+    });
+    let cap = (1.25f64 * 2000.0 / 3.0).ceil() as usize;
+    for (n, c) in counts {
+        assert!(c <= cap, "{n} owns {c} > cap {cap}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_load_holds_under_skewed_quiz_ids() {
+    let bs = backends(4).await;
+    let e = edge(&bs, Opts::default()).await;
+    // Quiz ids whose unbounded owner is core-0: plain consistent hashing would put all of them
+    // on one node.
+    let plain = Placement::new(&RingConfig {
+        nodes: (0..4)
+            .map(|i| RingNode {
+                name: format!("core-{i}").into(),
+                weight: 1,
+            })
+            .collect(),
+        vnodes: 160,
+        balance_factor: 1000.0,
+    });
+    let skewed: Vec<String> = (0..100_000)
+        .map(|i| format!("sk{i}"))
+        .filter(|q| plain.peek(q).unwrap().node.as_ref() == "core-0")
+        .take(400)
+        .collect();
+    let mut owner = HashMap::new();
+    for (k, q) in skewed.iter().enumerate() {
+        let n = http_node(e.addr, q).await;
+        owner.insert(q.clone(), n);
+        let m = k + 1;
+        let bound = (1.25 * m as f64 / 4.0).ceil() as usize;
+        let v = admin_json(e.admin, "GET", "/admin/backends").await;
+        for b in v["backends"].as_array().unwrap() {
+            let load = b["active_quizzes"].as_u64().unwrap() as usize;
+            assert!(load <= bound.max(1), "after {m} quizzes {} owns {load} > {bound}", b["name"]);
+        }
+    }
+    // Overflowed quizzes stay where they were put (never split).
+    for (q, n) in &owner {
+        assert_eq!(&http_node(e.addr, q).await, n);
+    }
+    let on0 = owner.values().filter(|n| n.as_str() == "core-0").count();
+    assert!(on0 <= 125, "core-0 owns {on0}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_down() {
+    let bs = backends(3).await;
+    let e = edge(&bs, Opts { hold_down_ms: 1500, ..Opts::default() }).await;
+    let mut clients = Vec::new();
+    for i in 0..60 {
+        let q = format!("loss{i}");
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        let n = c.node().await.unwrap();
+        clients.push((q, n, c));
+    }
+    let lost = "core-1";
+    let lost_count = clients.iter().filter(|(_, n, _)| n == lost).count();
+    assert!(lost_count > 5, "core-1 owns only {lost_count}");
+    // core-1 stops being ready but keeps its port and its sockets (pingora issue #571's case).
+    let t0 = Instant::now();
+    bs[1].set_ready(false);
+    let mut moved_to = HashMap::new();
+    for (q, n, c) in clients.iter_mut() {
+        if n == lost {
+            // The tunnel is closed by edge-lb promptly (2 failed checks at 100 ms + slack).
+            let r = tokio::time::timeout(Duration::from_secs(3), c.recv_text()).await;
+            assert!(matches!(r, Ok(Err(_))), "tunnel to lost node not closed: {r:?}");
+            // Reconnect: lands on a new owner.
+            let mut c2 = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+            let n2 = c2.node().await.unwrap();
+            assert_ne!(n2, lost);
+            moved_to.insert(q.clone(), n2);
+            *c = c2;
+        } else {
+            // Untouched: still open, still echoing, same owner.
+            c.send_text("still").await.unwrap();
+            assert_eq!(c.recv_text().await.unwrap(), "still");
+            assert_eq!(&admin_route(e.admin, q).await, n);
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(4));
+    assert_eq!(bs[1].ws_open.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Node returns: not given quizzes back before the hold-down.
+    bs[1].set_ready(true);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for (q, _) in moved_to.iter() {
+        assert_ne!(admin_route(e.admin, q).await, lost, "returned before hold-down");
+    }
+    // After the hold-down its quizzes go back, and their interim tunnels are closed.
+    wait_until(Duration::from_secs(5), || {
+        e.cluster()
+            .backends()
+            .iter()
+            .any(|b| b.name == lost && b.eligible)
+    })
+    .await;
+    let mut back = 0;
+    for (q, _) in moved_to.iter() {
+        if admin_route(e.admin, q).await == lost {
+            back += 1;
+        }
+    }
+    assert!(back * 10 >= moved_to.len() * 8, "{back} of {} returned", moved_to.len());
+    for (q, n, c) in clients.iter_mut() {
+        if n == lost && admin_route(e.admin, q).await == lost {
+            let r = tokio::time::timeout(Duration::from_secs(3), c.recv_text()).await;
+            assert!(matches!(r, Ok(Err(_))), "interim tunnel of {q} not closed");
+            let mut c3 = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+            assert_eq!(c3.node().await.unwrap(), lost);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_node_tunnels_close_and_clients_land_elsewhere() {
+    let bs = backends(2).await;
+    let e = edge(&bs, Opts::default()).await;
+    let mut on0 = Vec::new();
+    for i in 0..40 {
+        let q = format!("crash{i}");
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        if c.node().await.unwrap() == "core-0" {
+            on0.push((q, c));
+        }
+    }
+    assert!(!on0.is_empty());
+    bs[0].kill();
+    for (q, c) in on0.iter_mut() {
+        let r = tokio::time::timeout(Duration::from_secs(2), c.recv_text()).await;
+        assert!(matches!(r, Ok(Err(_))), "close not propagated for {q}");
+    }
+    // Until health notices, upgrades for core-0's quizzes answer 503 quickly (never hang).
+    let (q, _) = &on0[0];
+    let t = Instant::now();
+    loop {
+        match ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await {
+            Ok(mut c) => {
+                assert_eq!(c.node().await.unwrap(), "core-1");
+                break;
+            }
+            Err(err) => assert!(err.contains("status 503"), "{err}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_stops_new_quizzes_and_closes_tunnels_gradually() {
+    let bs = backends(2).await;
+    let e = edge(&bs, Opts { close_rate: 20, ..Opts::default() }).await;
+    let mut on0 = Vec::new();
+    let mut i = 0;
+    while on0.len() < 30 {
+        let q = format!("drain{i}");
+        i += 1;
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        if c.node().await.unwrap() == "core-0" {
+            on0.push((q, c));
+        }
+    }
+    let t0 = Instant::now();
+    admin_json(e.admin, "POST", "/admin/backends/core-0/drain").await;
+    // New quizzes and reconnects avoid core-0 at once.
+    for j in 0..50 {
+        assert_eq!(http_node(e.addr, &format!("new{j}")).await, "core-1");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open_mid = bs[0].ws_open.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(open_mid > 10 && open_mid < 30, "not gradual: {open_mid} open after 0.5 s at 20/s");
+    wait_until(Duration::from_secs(4), || {
+        bs[0].ws_open.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
+    assert!(t0.elapsed() >= Duration::from_millis(1300));
+    for (q, c) in on0.iter_mut() {
+        assert!(c.recv_text().await.is_err());
+        let mut c2 = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        assert_eq!(c2.node().await.unwrap(), "core-1");
+    }
+    let v = admin_json(e.admin, "GET", "/admin/backends").await;
+    let b0 = &v["backends"][0];
+    assert_eq!(b0["name"], "core-0");
+    assert_eq!(b0["draining"], true);
+    assert_eq!(b0["eligible"], false);
+    admin_json(e.admin, "POST", "/admin/backends/core-0/undrain").await;
+    wait_until(Duration::from_secs(2), || e.cluster().all_eligible()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_changes_backends_and_balance_without_dropping_tunnels() {
+    let bs = backends(3).await;
+    let e = edge(&bs, Opts::default()).await;
+    let mut cs = Vec::new();
+    for i in 0..30 {
+        let q = format!("rl{i}");
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        let n = c.node().await.unwrap();
+        cs.push((q, n, c));
+    }
+    // Reload with a 4th backend and another balance factor.
+    let extra = edge_lb::testing::Backend::start("core-3", "127.0.0.1:0").await.unwrap();
+    let mut all = named(&bs);
+    all.push((extra.name.clone(), extra.addr));
+    let text = std::fs::read_to_string(&e.config_path).unwrap();
+    let listen = format!("{}", e.addr);
+    let new = yaml(&all, &[listen], e.admin, &Opts { balance_factor: 1.5, ..Opts::default() });
+    assert_ne!(text, new);
+    std::fs::write(&e.config_path, new).unwrap();
+    let v = admin_json(e.admin, "POST", "/admin/reload").await;
+    assert_eq!(v["reloaded"], true);
+    wait_until(Duration::from_secs(5), || e.cluster().all_eligible()).await;
+    let v = admin_json(e.admin, "GET", "/admin/backends").await;
+    assert_eq!(v["backends"].as_array().unwrap().len(), 4);
+    assert_eq!(v["balance_factor"], 1.5);
+    // Every established tunnel survived and its quiz kept its owner.
+    for (q, n, c) in cs.iter_mut() {
+        c.send_text("after-reload").await.unwrap();
+        assert_eq!(c.recv_text().await.unwrap(), "after-reload");
+        assert_eq!(&admin_route(e.admin, q).await, n);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_a_port_and_agree_on_every_route() {
+    let bs = backends(3).await;
+    let shared = format!("127.0.0.1:{}", free_port());
+    let pa = format!("127.0.0.1:{}", free_port());
+    let pb = format!("127.0.0.1:{}", free_port());
+    let a = edge(&bs, Opts { listen: vec![pa.clone(), shared.clone()], ..Opts::default() }).await;
+    let b = edge(&bs, Opts { listen: vec![pb.clone(), shared.clone()], ..Opts::default() }).await;
+    // 1. Fresh routes: identical tables.
+    for i in 0..3000 {
+        let q = format!("agree{i}");
+        assert_eq!(a.cluster().explain(&q)["websocket"]["backend"], b.cluster().explain(&q)["websocket"]["backend"]);
+    }
+    // 2. The same activations through each instance's own port, in the same order:
+    //    identical placements, bounded loads included.
+    for i in 0..300 {
+        let q = format!("act{i}");
+        let na = http_node(pa.parse().unwrap(), &q).await;
+        let nb = http_node(pb.parse().unwrap(), &q).await;
+        assert_eq!(na, nb, "{q}");
+    }
+    // 3. Through the shared SO_REUSEPORT port (the kernel picks the process), every connection
+    //    of a quiz reaches the same node.
+    let shared_addr = shared.parse().unwrap();
+    let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
+    for i in 0..150 {
+        let q = format!("act{}", i % 50);
+        let mut c = ws_connect(shared_addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        seen.entry(q).or_default().insert(c.node().await.unwrap());
+    }
+    for (q, nodes) in seen {
+        assert_eq!(nodes.len(), 1, "{q} split over {nodes:?}");
+    }
+    let ca = a.cluster().connections.load(std::sync::atomic::Ordering::SeqCst);
+    let cb = b.cluster().connections.load(std::sync::atomic::Ordering::SeqCst);
+    let _ = (ca, cb);
+    let ta: u64 = a.cluster().metrics.upgrades.with_label_values(&["ok"]).get();
+    let tb: u64 = b.cluster().metrics.upgrades.with_label_values(&["ok"]).get();
+    assert!(ta > 0 && tb > 0, "SO_REUSEPORT did not spread: {ta} / {tb}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_fast_answers() {
+    let bs = backends(2).await;
+    let e = edge(&bs, Opts::default()).await;
+    let t = Instant::now();
+    let (s, _, body) = http_get(e.addr, "/v1/quizzes/bad%20id/leaderboard").await.unwrap();
+    assert_eq!(s, 400);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "invalid");
+    assert!(v["error"]["message"].as_str().unwrap().contains("quiz_id"));
+    let long = "a".repeat(65);
+    assert_eq!(http_get(e.addr, &format!("/v1/quizzes/{long}")).await.unwrap().0, 400);
+    let big = format!(
+        "GET /v1/quizzes/q1 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(20_000)
+    );
+    let (s, _, body) = http_request(e.addr, &big).await.unwrap();
+    assert_eq!(s, 431, "{body}");
+    let (s, _, body) = http_get(e.addr, "/v1/quizzes/q1/ws?token=x").await.unwrap();
+    assert_eq!(s, 400);
+    assert!(body.contains("WebSocket"), "{body}");
+    let err = ws_connect(e.addr, "/v1/quizzes/bad!/ws").await.err().unwrap();
+    assert!(err.contains("status 400"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // All backends down → 503 with Retry-After, for HTTP and WebSocket, quickly.
+    for b in &bs {
+        b.set_ready(false);
+    }
+    wait_until(Duration::from_secs(3), || e.cluster().backends().iter().all(|b| !b.eligible)).await;
+    let t = Instant::now();
+    let (s, head, body) = http_get(e.addr, "/v1/quizzes/q1").await.unwrap();
+    assert_eq!(s, 503, "{body}");
+    assert!(head.to_ascii_lowercase().contains("retry-after"));
+    assert!(body.contains("unavailable"));
+    let (s, _, _) = http_request(e.addr, "POST /v1/quizzes HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}").await.unwrap();
+    assert_eq!(s, 503);
+    let err = ws_connect(e.addr, "/v1/quizzes/q1/ws").await.err().unwrap();
+    assert!(err.contains("status 503") && err.to_ascii_lowercase().contains("retry-after"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // Admin: malformed quiz id.
+    let (s, _, _) = http_get(e.admin, "/admin/route/bad!").await.unwrap();
+    assert_eq!(s, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_idle_limit_close_propagation_and_fast_101() {
+    let bs = backends(1).await;
+    let e = edge(&bs, Opts { idle_timeout_ms: 1500, ..Opts::default() }).await;
+    // Fast 101: the backend's first frame arrives in the same segment as its 101 head.
+    for i in 0..200 {
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/f{i}/ws")).await.unwrap();
+        assert_eq!(c.node().await.unwrap(), "core-0");
+        c.send_text("x").await.unwrap();
+        assert_eq!(c.recv_text().await.unwrap(), "x");
+        c.close().await.unwrap();
+    }
+    // Client close propagates to the backend.
+    wait_until(Duration::from_secs(2), || bs[0].ws_open.load(std::sync::atomic::Ordering::SeqCst) == 0).await;
+    // Idle shorter than the configured limit survives; longer is cut.
+    let mut c = ws_connect(e.addr, "/v1/quizzes/idle/ws").await.unwrap();
+    c.node().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    c.send_text("alive").await.unwrap();
+    assert_eq!(c.recv_text().await.unwrap(), "alive");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    c.send_text("alive2").await.unwrap();
+    assert_eq!(c.recv_text().await.unwrap(), "alive2");
+    let t = Instant::now();
+    assert!(c.recv_text().await.is_err());
+    let idle = t.elapsed();
+    assert!(idle >= Duration::from_millis(1300) && idle < Duration::from_millis(3000), "{idle:?}");
+    wait_until(Duration::from_secs(2), || bs[0].ws_open.load(std::sync::atomic::Ordering::SeqCst) == 0).await;
+    let m = e.cluster().metrics.render();
+    assert!(m.contains("edge_lb_tunnels_closed_total{reason=\"idle\"} 1"), "{m}");
+    assert!(m.contains("edge_lb_upgrades_total{outcome=\"ok\"} 201"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_explains_routes_and_serves_metrics() {
+    let bs = backends(3).await;
+    let e = edge(&bs, Opts::default()).await;
+    let n = http_node(e.addr, "explained").await;
+    let v = admin_json(e.admin, "GET", "/admin/route/explained").await;
+    assert_eq!(v["websocket"]["backend"], n.as_str());
+    assert_eq!(v["websocket"]["active"], true);
+    assert_eq!(v["websocket"]["decision"]["reason"]["kind"], "sticky");
+    assert_eq!(v["websocket"]["ring_walk"].as_array().unwrap().len(), 3);
+    let (s, _, body) = http_get(e.admin, "/metrics").await.unwrap();
+    assert_eq!(s, 200);
+    for name in [
+        "edge_lb_requests_total",
+        "edge_lb_routing_decisions_total",
+        "edge_lb_health_transitions_total",
+    ] {
+        assert!(body.contains(name), "{name} missing");
+    }
+    // Quiz-less requests go to any healthy node, spread round robin.
+    let mut nodes = HashSet::new();
+    for _ in 0..9 {
+        let (s, _, body) = http_get(e.addr, "/healthz").await.unwrap();
+        assert_eq!(s, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        nodes.insert(v["node"].as_str().unwrap().to_string());
+    }
+    assert_eq!(nodes.len(), 3);
+}

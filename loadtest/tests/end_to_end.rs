@@ -1,0 +1,69 @@
+//! The whole tool against the in-process mock platform: a clean run passes,
+//! and a platform that lies fails the run with a report naming the lie.
+
+mod support;
+
+use std::path::PathBuf;
+
+use loadtest::coordinator::{run, RunOptions};
+use support::Bug;
+
+fn opts(port: u16, out: &str) -> RunOptions {
+    RunOptions {
+        scenario: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/smoke.toml")),
+        target: Some(format!("http://127.0.0.1:{port}")),
+        players: Some(12),
+        duration_s: Some(40),
+        out_dir: std::env::temp_dir().join(out),
+        worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_loadtest"))),
+        quiet: true,
+        seed: 7,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_passes_against_an_honest_platform() {
+    let addr = support::start(Bug::None).await;
+    let (r, path) = run(opts(addr.port(), "loadtest-e2e-ok")).await.unwrap();
+    assert!(r.passed, "{}", loadtest::report::summary(&r));
+    assert_eq!(r.counts.joined, 12);
+    assert_eq!(r.counts.ended, 12);
+    assert_eq!(r.counts.answers_acked, r.counts.answers_sent);
+    assert!(r.latency_ms["answer"].count > 0);
+    assert!(path.exists() && path.with_extension("html").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_final_score_fails_the_run() {
+    let addr = support::start(Bug::ScoreOffByOne).await;
+    let (r, _) = run(opts(addr.port(), "loadtest-e2e-score")).await.unwrap();
+    assert!(!r.passed);
+    assert!(
+        r.mismatches.iter().any(|m| m.kind == "final_score"),
+        "{:?}",
+        r.mismatches
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_leaderboard_fails_the_run() {
+    let addr = support::start(Bug::LeaderboardDropsPlayer).await;
+    let (r, _) = run(opts(addr.port(), "loadtest-e2e-lb")).await.unwrap();
+    assert!(!r.passed);
+    assert!(
+        r.mismatches
+            .iter()
+            .any(|m| m.kind.starts_with("leaderboard")),
+        "{:?}",
+        r.mismatches
+    );
+}
+
+#[tokio::test]
+async fn non_loopback_target_is_refused_before_any_traffic() {
+    let mut o = opts(80, "loadtest-e2e-refuse");
+    o.target = Some("http://192.168.1.10:8080".into());
+    let e = run(o).await.unwrap_err().to_string();
+    assert!(e.contains("loopback"), "{e}");
+}

@@ -1,0 +1,79 @@
+// Unit tests of the pages' pure helpers (validation, error-to-field mapping,
+// CSV): run with `node --test web/tests/`.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { checkQuiz, checkNickname, checkQuizId, fieldOfMessage, csvCell, resultsCsv, ordinal } from '../assets/common.js';
+
+const good = {
+  title: 'T',
+  mode: 'live',
+  questions: [{ text: 'Q', options: ['a', 'b'], correct: [1], time_limit_ms: 5000, points: 1000 }],
+};
+
+test('a valid quiz passes the client-side checks', () => {
+  assert.deepEqual(checkQuiz(good), []);
+  assert.deepEqual(checkQuiz({ ...good, quiz_id: 'my-quiz_1' }), []);
+});
+
+test('each rule names its field like the API does', () => {
+  const q = (over) => ({ ...good, questions: [{ ...good.questions[0], ...over }] });
+  const fields = (body) => checkQuiz(body).map((e) => e.field);
+  assert.deepEqual(fields({ ...good, title: '  ' }), ['title']);
+  assert.deepEqual(fields({ ...good, mode: 'x' }), ['mode']);
+  assert.deepEqual(fields({ ...good, quiz_id: 'no spaces' }), ['quiz_id']);
+  assert.deepEqual(fields({ ...good, questions: [] }), ['questions']);
+  assert.deepEqual(fields(q({ text: '' })), ['questions[0].text']);
+  assert.deepEqual(fields(q({ options: ['a'], correct: [0] })), ['questions[0].options']);
+  assert.deepEqual(fields(q({ options: ['a', 'b', 'c', 'd', 'e', 'f', 'g'] })), ['questions[0].options']);
+  assert.deepEqual(fields(q({ options: ['a', ' '] })), ['questions[0].options']);
+  assert.deepEqual(fields(q({ correct: [] })), ['questions[0].correct']);
+  assert.deepEqual(fields(q({ correct: [2] })), ['questions[0].correct']);
+  assert.deepEqual(fields(q({ time_limit_ms: 4999 })), ['questions[0].time_limit_ms']);
+  assert.deepEqual(fields(q({ time_limit_ms: 240001 })), ['questions[0].time_limit_ms']);
+  assert.deepEqual(fields(q({ points: 500 })), ['questions[0].points']);
+  for (const e of checkQuiz(q({ points: 500, text: '' }))) assert.ok(e.message.startsWith(e.field), e.message);
+});
+
+test('nickname and quiz code checks', () => {
+  assert.equal(checkNickname('  Ada '), null);
+  assert.match(checkNickname('   '), /^nickname/);
+  assert.match(checkNickname('x'.repeat(25)), /^nickname/);
+  assert.equal(checkNickname('😀'.repeat(24)), null, 'counts characters, not UTF-16 units');
+  assert.match(checkNickname('a\u0007b'), /control/);
+  assert.equal(checkQuizId('abc_DEF-1'), null);
+  assert.match(checkQuizId(''), /^quiz_id/);
+  assert.match(checkQuizId('a/b'), /^quiz_id/);
+  assert.match(checkQuizId('x'.repeat(65)), /^quiz_id/);
+});
+
+test('API messages are mapped to the field they name', () => {
+  const fields = ['title', 'mode', 'quiz_id', 'questions', 'questions[0]', 'questions[0].text', 'questions[0].options',
+    'questions[1].options', 'questions[1].time_limit_ms', 'nickname'];
+  // Messages as core words them (core/src/quiz.rs).
+  assert.equal(fieldOfMessage('title: must be 1–200 characters', fields), 'title');
+  assert.equal(fieldOfMessage('questions: must hold 1–200 questions', fields), 'questions');
+  assert.equal(fieldOfMessage('questions[1].time_limit_ms: must be 5000–240000', fields), 'questions[1].time_limit_ms');
+  assert.equal(fieldOfMessage('questions[0].options[2]: must be 1–200 characters', fields), 'questions[0].options');
+  assert.equal(fieldOfMessage('quiz_id: "abc" is taken', fields), 'quiz_id');
+  assert.equal(fieldOfMessage('nickname: "Ada" is taken in this quiz', fields), 'nickname');
+  assert.equal(fieldOfMessage('state: the quiz has ended', fields), null);
+  // Other spellings of a path.
+  assert.equal(fieldOfMessage('questions.1.options must have 2 to 6 entries', fields), 'questions[1].options');
+  assert.equal(fieldOfMessage('/questions/0/text is empty', fields), 'questions[0].text');
+  assert.equal(fieldOfMessage('invalid field `questions[0]`', fields), 'questions[0]');
+});
+
+test('CSV cells are quoted and defused', () => {
+  assert.equal(csvCell('Ada'), 'Ada');
+  assert.equal(csvCell('a,b'), '"a,b"');
+  assert.equal(csvCell('say "hi"'), '"say ""hi"""');
+  assert.equal(csvCell('=1+1'), "'=1+1");
+  assert.equal(csvCell('@x,y'), `"'@x,y"`);
+  assert.equal(csvCell(1200), '1200');
+  assert.equal(resultsCsv([{ rank: 1, nickname: 'A,b', score: 10, player_id: 'p1' }]), 'rank,nickname,score,player_id\r\n1,"A,b",10,p1\r\n');
+});
+
+test('ordinals', () => {
+  assert.deepEqual([1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111].map(ordinal),
+    ['1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '21st', '22nd', '101st', '111th']);
+});
