@@ -83,6 +83,7 @@ pub async fn serve(
                 writer.write_frame(Frame::close(code, reason.as_bytes())),
             )
             .await;
+            linger(&mut BufReader::with_capacity(READ_BUF, rd)).await;
             return;
         }
     };
@@ -93,10 +94,14 @@ pub async fn serve(
     ));
     let presented = Arc::new(Presented(AtomicU32::new(NONE_PRESENTED)));
     // Welcome first, then join the room, so room messages queue after it.
-    if let Err(e) = welcome(&svc, &def, &caller, &outbox, &presented).await {
-        outbox.push_text(protocol::encode_error(e.code(), &e.to_string()));
-        outbox.close(close::INTERNAL, "try again");
-    }
+    let seen = match welcome(&svc, &def, &caller, &outbox, &presented).await {
+        Ok(s) => s,
+        Err(e) => {
+            outbox.push_text(protocol::encode_error(e.code(), &e.to_string()));
+            outbox.close(close::INTERNAL, "try again");
+            crate::model::QuizState::new_lobby()
+        }
+    };
     let is_host = caller.claims.role == Role::Host;
     let membership = Rooms::join(
         &svc,
@@ -107,14 +112,44 @@ pub async fn serve(
             player_id: (!is_host).then(|| caller.claims.player_id.clone()),
             presented: Arc::clone(&presented),
         },
+        &seen,
     );
+    // A host action between the welcome's state read and the join was
+    // announced to the room before we were in it: catch up.
+    if let Ok(now_state) = svc.state(&def.quiz_id).await {
+        if now_state.version != seen.version {
+            catch_up(&svc, &def, &caller, &outbox, &presented, &seen, &now_state).await;
+        }
+    }
     let write_timeout = Duration::from_millis(svc.config.ws_write_timeout_ms);
+    let mut rd = BufReader::with_capacity(READ_BUF, rd);
     tokio::join!(
-        read_loop(&svc, &def, &caller, &outbox, &presented, rd),
+        read_loop(&svc, &def, &caller, &outbox, &presented, &mut rd),
         write_loop(&svc, &outbox, &mut writer, write_timeout),
     );
     svc.rooms.leave(&membership);
     drop::<Membership>(membership);
+    if outbox.close_reason().is_some_and(|c| c.code != close::NONE) {
+        linger(&mut rd).await;
+    }
+}
+
+/// After sending a close frame, reads and discards what the client still
+/// sends (the rest of an oversize frame, its close reply) for a moment.
+/// Closing a socket with unread input makes the kernel send a reset, which
+/// can destroy our close frame before the client reads it.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
+    let mut sink = [0u8; 512];
+    let mut total = 0usize;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while total < 1 << 20 {
+            match rd.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// Token → (quiz, caller), or the close code to send.
@@ -146,13 +181,58 @@ async fn authenticate(
     Ok((def, Caller { claims, nickname }))
 }
 
+/// Sends what changed between the welcome's state `then` and `now`.
+async fn catch_up(
+    svc: &QuizService,
+    def: &QuizDef,
+    caller: &Caller,
+    outbox: &Outbox,
+    presented: &Presented,
+    then: &crate::model::QuizState,
+    now: &crate::model::QuizState,
+) {
+    match def.mode {
+        Mode::Live => {
+            if let (Phase::Running, Some(q), Some(o), Some(c)) = (
+                now.phase,
+                now.current_question,
+                now.opens_at_ms,
+                now.closes_at_ms,
+            ) {
+                if then.current_question != Some(q) {
+                    if let Some(qd) = def.questions.get(q as usize) {
+                        outbox.push_text(protocol::encode(&QuestionMsg::new(qd, o, c)));
+                    }
+                }
+            }
+        }
+        Mode::SelfPaced => {
+            if then.phase == Phase::Lobby
+                && now.phase == Phase::Running
+                && caller.claims.role == Role::Player
+            {
+                let _ = present_next(svc, def, &caller.claims.player_id, outbox, presented).await;
+            }
+        }
+    }
+    if now.phase == Phase::Ended && then.phase != Phase::Ended {
+        if let Ok(lb) = svc
+            .store
+            .leaderboard(&def.quiz_id, svc.config.leaderboard_top)
+            .await
+        {
+            outbox.push_text(protocol::encode_quiz_ended(&lb.top));
+        }
+    }
+}
+
 async fn welcome(
     svc: &QuizService,
     def: &QuizDef,
     caller: &Caller,
     outbox: &Outbox,
     presented: &Presented,
-) -> Result<(), QuizError> {
+) -> Result<crate::model::QuizState, QuizError> {
     let quiz_id = &def.quiz_id;
     let state = svc.state(quiz_id).await?;
     let now = now_ms();
@@ -207,7 +287,7 @@ async fn welcome(
         question,
         answered,
     }));
-    Ok(())
+    Ok(state)
 }
 
 /// Self-paced: presents the player's next question, if any.
@@ -275,9 +355,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     caller: &Caller,
     outbox: &Outbox,
     presented: &Presented,
-    rd: R,
+    rd: &mut R,
 ) {
-    let mut rd = BufReader::with_capacity(READ_BUF, rd);
     let max = svc.config.ws_max_frame_bytes;
     let mut limit = RateLimit::new(svc.config.ws_rate_per_sec, svc.config.ws_rate_burst);
     loop {
@@ -289,7 +368,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 return;
             }
-            f = read_frame(&mut rd, max) => f,
+            f = read_frame(rd, max) => f,
         };
         let payload = match frame {
             Ok(InFrame::Text(p)) => p,
@@ -566,7 +645,6 @@ mod tests {
             read_frame(&mut rd, 4096).await,
             Ok(InFrame::Text(br#"{"type":"ping"}"#.to_vec()))
         );
-        assert_eq!(read_frame(&mut rd, 4096).await, Ok(InFrame::Ping(b"p".to_vec())));
         // A ping inside a fragmented message is skipped; fragments join.
         assert_eq!(read_frame(&mut rd, 4096).await, Ok(InFrame::Text(b"abcd".to_vec())));
         let mut rd = &client_frame(true, 1, &vec![b'x'; 5000])[..];

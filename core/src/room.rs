@@ -299,7 +299,17 @@ impl Rooms {
     /// Adds a member, creating the room (and its task) if needed. The member
     /// is added while the map entry is held, so the room task can't remove
     /// the room as empty between lookup and insert.
-    pub fn join(svc: &Arc<QuizService>, def: Arc<QuizDef>, member: Member) -> Membership {
+    ///
+    /// `seen_state` is the state the member's welcome was built from; a room
+    /// created by this join starts from it, so the room announces exactly
+    /// what changed after that welcome (reading the state again in the
+    /// room task would race with a host action in between).
+    pub fn join(
+        svc: &Arc<QuizService>,
+        def: Arc<QuizDef>,
+        member: Member,
+        seen_state: &QuizState,
+    ) -> Membership {
         let rooms = &svc.rooms;
         let outbox = Arc::clone(&member.outbox);
         let (room, id, created) = {
@@ -325,7 +335,8 @@ impl Rooms {
         };
         if created {
             rooms.metrics.rooms.set(rooms.map.len() as i64);
-            tokio::spawn(run_room(Arc::clone(svc), Arc::clone(&room)));
+            let seen = Seen::from_state(seen_state);
+            tokio::spawn(run_room(Arc::clone(svc), Arc::clone(&room), seen));
         } else if let Some(b) = room.last_board.lock().clone() {
             outbox.set_board(b);
         }
@@ -392,7 +403,7 @@ impl Rooms {
 
 /// What the room has already told its members about the quiz state.
 #[derive(Debug, Default)]
-struct Seen {
+pub struct Seen {
     version: u64,
     /// The live question last announced with `question` (or in welcomes).
     opened: Option<u32>,
@@ -433,12 +444,8 @@ impl Seen {
 }
 
 /// The room task. Exits when the room is empty.
-async fn run_room(svc: Arc<QuizService>, room: Arc<Room>) {
+async fn run_room(svc: Arc<QuizService>, room: Arc<Room>, mut seen: Seen) {
     let cfg = Arc::clone(&svc.config);
-    let mut seen = match svc.store.get_state(&room.quiz_id).await {
-        Ok(Some(s)) => Seen::from_state(&s),
-        _ => Seen::default(),
-    };
     let mut board_tick = tokio::time::interval(Duration::from_millis(cfg.leaderboard_interval_ms));
     board_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile_tick =
@@ -671,6 +678,7 @@ mod tests {
         let (def, _) = svc.create_quiz(req).await.unwrap();
         let (_, _, p, _, _) = svc.join("thr", "ann").await.unwrap();
         let outbox = Arc::new(Outbox::new(16, CancellationToken::new()));
+        let st = svc.state("thr").await.unwrap();
         let m = Rooms::join(
             &svc,
             Arc::clone(&def),
@@ -682,6 +690,7 @@ mod tests {
                     crate::connection::NONE_PRESENTED,
                 ))),
             },
+            &st,
         );
         let boards = |o: &Outbox| o.state.lock().board.take();
         // First tick fires at once: one board.

@@ -28,9 +28,7 @@ fn bench(c: &mut Criterion) {
             p.route(&ids[i])
         })
     });
-    g.bench_function("peek_fresh", |b| {
-        b.iter(|| p.peek("never-seen-quiz"))
-    });
+    g.bench_function("peek_fresh", |b| b.iter(|| p.peek("never-seen-quiz")));
     g.finish();
 }
 

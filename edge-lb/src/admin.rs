@@ -72,7 +72,11 @@ impl ServeHttp for AdminApp {
             }
             ("GET", ["admin", "route", quiz]) => {
                 if !valid_quiz_id(quiz) {
-                    return err(400, "invalid", "quiz_id must be 1-64 chars of [A-Za-z0-9_-]");
+                    return err(
+                        400,
+                        "invalid",
+                        "quiz_id must be 1-64 chars of [A-Za-z0-9_-]",
+                    );
                 }
                 json(200, self.cluster.explain(quiz))
             }
@@ -88,7 +92,10 @@ impl ServeHttp for AdminApp {
             }
             ("POST", ["admin", "backends", name, action @ ("drain" | "undrain")]) => {
                 if self.cluster.set_drain(name, *action == "drain") {
-                    json(200, serde_json::json!({"backend": name, "draining": *action == "drain"}))
+                    json(
+                        200,
+                        serde_json::json!({"backend": name, "draining": *action == "drain"}),
+                    )
                 } else {
                     err(404, "not_found", "no backend with that name")
                 }
@@ -96,7 +103,10 @@ impl ServeHttp for AdminApp {
             ("POST", ["admin", "reload"]) => match &self.config_path {
                 None => err(409, "conflict", "started without a configuration file"),
                 Some(p) => match reload(&self.cluster, p) {
-                    Ok(removed) => json(200, serde_json::json!({"reloaded": true, "removed": removed})),
+                    Ok(removed) => json(
+                        200,
+                        serde_json::json!({"reloaded": true, "removed": removed}),
+                    ),
                     Err(e) => err(400, "invalid", &e),
                 },
             },

@@ -253,7 +253,10 @@ impl Cluster {
         let d = p.placement.route(quiz);
         let Some(d) = d else {
             drop(inner);
-            self.metrics.routing.with_label_values(&[pool, "none"]).inc();
+            self.metrics
+                .routing
+                .with_label_values(&[pool, "none"])
+                .inc();
             return None;
         };
         p.activity.entry(quiz.to_string()).or_default().last_seen = Some(Instant::now());
@@ -264,7 +267,10 @@ impl Cluster {
         };
         let addr = inner.backends.get(&d.node)?.addr;
         drop(inner);
-        self.metrics.routing.with_label_values(&[pool, reason]).inc();
+        self.metrics
+            .routing
+            .with_label_values(&[pool, reason])
+            .inc();
         Some(Target {
             backend: d.node.clone(),
             addr,
@@ -281,7 +287,10 @@ impl Cluster {
             .filter(|(n, b)| b.pool.as_ref() == pool && b.eligible && Some(n.as_ref()) != avoid)
             .collect();
         if cands.is_empty() {
-            self.metrics.routing.with_label_values(&[pool, "none"]).inc();
+            self.metrics
+                .routing
+                .with_label_values(&[pool, "none"])
+                .inc();
             return None;
         }
         cands.sort_by(|a, b| a.0.cmp(b.0));
@@ -380,16 +389,25 @@ impl Cluster {
     }
 
     /// Register an open tunnel; the guard deregisters it.
-    pub fn register_tunnel(self: &Arc<Self>, pool: &str, backend: Arc<str>, quiz: &str) -> TunnelGuard {
+    pub fn register_tunnel(
+        self: &Arc<Self>,
+        pool: &str,
+        backend: Arc<str>,
+        quiz: &str,
+    ) -> TunnelGuard {
         let id = self.next_tunnel.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
-        self.tunnels.lock().entry(backend.clone()).or_default().insert(
-            id,
-            TunnelEntry {
-                quiz: quiz.to_string(),
-                token: token.clone(),
-            },
-        );
+        self.tunnels
+            .lock()
+            .entry(backend.clone())
+            .or_default()
+            .insert(
+                id,
+                TunnelEntry {
+                    quiz: quiz.to_string(),
+                    token: token.clone(),
+                },
+            );
         self.metrics
             .tunnels_active
             .with_label_values(&[&backend])
@@ -472,7 +490,12 @@ impl Cluster {
         });
     }
 
-    pub fn close_tunnels_of(self: &Arc<Self>, backend: Arc<str>, reason: CloseReason, immediate: bool) {
+    pub fn close_tunnels_of(
+        self: &Arc<Self>,
+        backend: Arc<str>,
+        reason: CloseReason,
+        immediate: bool,
+    ) {
         self.close_tunnels(backend, None, reason, immediate);
     }
 
@@ -504,8 +527,8 @@ impl Cluster {
                         .inc();
                 }
                 if b.up == Some(true) && !b.eligible {
-                    let held = !b.was_lost
-                        || b.up_since.is_some_and(|t| t.elapsed() >= h.hold_down);
+                    let held =
+                        !b.was_lost || b.up_since.is_some_and(|t| t.elapsed() >= h.hold_down);
                     if held {
                         b.eligible = true;
                         if !b.draining {
@@ -603,7 +626,8 @@ impl Cluster {
         for p in inner.pools.values_mut() {
             let mut expired = Vec::new();
             p.activity.retain(|q, a| {
-                let keep = a.tunnels > 0 || a.last_seen.is_some_and(|t| now.duration_since(t) < ttl);
+                let keep =
+                    a.tunnels > 0 || a.last_seen.is_some_and(|t| now.duration_since(t) < ttl);
                 if !keep {
                     expired.push(q.clone());
                 }

@@ -375,7 +375,10 @@ impl EdgeConfig {
             return Err(invalid("edge_lb.drain.close_rate_per_sec", "must be >= 1"));
         }
         if self.limits.max_header_bytes < 1024 {
-            return Err(invalid("edge_lb.limits.max_header_bytes", "must be >= 1024"));
+            return Err(invalid(
+                "edge_lb.limits.max_header_bytes",
+                "must be >= 1024",
+            ));
         }
         if self.limits.max_connections == 0 {
             return Err(invalid("edge_lb.limits.max_connections", "must be >= 1"));
@@ -437,7 +440,10 @@ edge_lb:
         let bad = MIN.replace("core-1", "bad name!");
         let e = EdgeConfig::from_yaml(&bad).unwrap_err().to_string();
         assert!(e.contains("edge_lb.pools[0].backends[0].name"), "{e}");
-        let bad = MIN.replace("  pools:", "  routes: {websocket: ws, http: core}\n  pools:");
+        let bad = MIN.replace(
+            "  pools:",
+            "  routes: {websocket: ws, http: core}\n  pools:",
+        );
         let e = EdgeConfig::from_yaml(&bad).unwrap_err().to_string();
         assert!(e.contains("edge_lb.routes.websocket"), "{e}");
         let bad = MIN.replace("  pools:", "  bogus: 1\n  pools:");

@@ -223,7 +223,11 @@ impl Rewound {
 }
 
 impl AsyncRead for Rewound {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         if self.pos < self.pre.len() {
             let n = (self.pre.len() - self.pos).min(buf.remaining());
             let start = self.pos;
@@ -240,7 +244,11 @@ impl AsyncRead for Rewound {
 }
 
 impl AsyncWrite for Rewound {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -319,7 +327,10 @@ mod tests {
                 ws: false
             }
         );
-        assert!(matches!(quiz_path("/v1/quizzes/a%20b/ws"), QuizPath::Invalid(_)));
+        assert!(matches!(
+            quiz_path("/v1/quizzes/a%20b/ws"),
+            QuizPath::Invalid(_)
+        ));
         assert!(matches!(quiz_path("/v1/quizzes//ws"), QuizPath::Invalid(_)));
         assert!(matches!(
             quiz_path(&format!("/v1/quizzes/{}", "a".repeat(65))),
@@ -332,13 +343,24 @@ mod tests {
     async fn head_limits() {
         let big = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(20_000));
         let mut r = big.as_bytes();
-        let e = read_head(&mut r, 16 * 1024, Duration::from_secs(1), Duration::from_secs(1)).await;
+        let e = read_head(
+            &mut r,
+            16 * 1024,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .await;
         assert!(matches!(e, Err(HeadError::TooLarge(_))));
         let ok = "GET /v1/quizzes/q/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\nxx";
         let mut r = ok.as_bytes();
-        let h = read_head(&mut r, 16 * 1024, Duration::from_secs(1), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let h = read_head(
+            &mut r,
+            16 * 1024,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert!(h.upgrade_websocket);
         assert_eq!(h.len, ok.len() - 2);
     }

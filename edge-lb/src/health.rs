@@ -31,7 +31,11 @@ fn build_check(path: &str, timeout: Duration) -> HttpHealthCheck {
 }
 
 /// Probe one backend once.
-pub async fn probe(check: &HttpHealthCheck, addr: std::net::SocketAddr, timeout: Duration) -> Result<(), String> {
+pub async fn probe(
+    check: &HttpHealthCheck,
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> Result<(), String> {
     let backend = Backend::new(&addr.to_string()).map_err(|e| e.to_string())?;
     match tokio::time::timeout(timeout, check.check(&backend)).await {
         Ok(Ok(())) => Ok(()),

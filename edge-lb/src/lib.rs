@@ -97,7 +97,9 @@ impl BackgroundService for Upkeep {
             let cluster = self.cluster.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                let Ok(mut hup) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                else {
                     return;
                 };
                 loop {
@@ -250,9 +252,13 @@ impl Drop for Running {
     }
 }
 
-/// Start an instance on a dedicated thread (tests, benchmarks). Listeners are bound when
-/// this returns only after the caller polls them; see the integration tests.
-pub fn start(server_conf: ServerConf, edge: EdgeConfig, config_path: Option<PathBuf>) -> Result<Running, BuildError> {
+/// Start an instance on a dedicated thread (tests, benchmarks). Listeners are bound
+/// asynchronously: callers wait until the port accepts (see `tests/common`).
+pub fn start(
+    server_conf: ServerConf,
+    edge: EdgeConfig,
+    config_path: Option<PathBuf>,
+) -> Result<Running, BuildError> {
     let (server, cluster) = build(BuildOptions {
         server_conf,
         edge,

@@ -57,7 +57,10 @@ impl ProxyHttp for Router {
         let Some(t) = target else {
             ctx.no_backend = true;
             self.cluster.metrics.error("no_backend");
-            return Err(Error::explain(ErrorType::HTTPStatus(503), "no healthy backend"));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no healthy backend",
+            ));
         };
         if let Some(prev) = ctx.backend.replace(t.backend.clone()) {
             self.cluster
@@ -78,7 +81,13 @@ impl ProxyHttp for Router {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         self.cluster.metrics.error("connect");
         let cfg = self.cluster.config();
         if ctx.tries < cfg.http.retries {
@@ -98,7 +107,9 @@ impl ProxyHttp for Router {
             (503, "unavailable", "no healthy backend, retry shortly")
         } else {
             match e.etype() {
-                ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ConnectError => {
+                ErrorType::ConnectTimedout
+                | ErrorType::ConnectRefused
+                | ErrorType::ConnectError => {
                     (503, "unavailable", "backend unreachable, retry shortly")
                 }
                 ErrorType::ReadTimedout => (504, "unavailable", "backend timed out"),
@@ -114,7 +125,8 @@ impl ProxyHttp for Router {
         ) || e.esource() != &pingora_core::ErrorSource::Downstream
         {
             let body = serde_json::json!({"error": {"code": kind, "message": msg}}).to_string();
-            let mut resp = pingora_http::ResponseHeader::build(code, Some(4)).expect("static status");
+            let mut resp =
+                pingora_http::ResponseHeader::build(code, Some(4)).expect("static status");
             let _ = resp.insert_header("content-type", "application/json");
             let _ = resp.insert_header("content-length", body.len().to_string());
             if code == 503 {
@@ -180,17 +192,30 @@ impl Drop for ConnCount<'_> {
     }
 }
 
-async fn reject(stream: &mut Rewound, cluster: &Cluster, status: u16, code: &str, kind: &str, msg: &str) {
+async fn reject(
+    stream: &mut Rewound,
+    cluster: &Cluster,
+    status: u16,
+    code: &str,
+    kind: &str,
+    msg: &str,
+) {
     cluster.metrics.error(kind);
     let retry = (status == 503).then_some(1);
-    let _ = stream.write_all(&error_response(status, code, msg, retry)).await;
+    let _ = stream
+        .write_all(&error_response(status, code, msg, retry))
+        .await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
 }
 
 #[async_trait]
 impl ServerApp for EdgeApp {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let cluster = &self.cluster;
         let cfg = cluster.config();
         let n = cluster.connections.fetch_add(1, Ordering::Relaxed);
@@ -201,7 +226,15 @@ impl ServerApp for EdgeApp {
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|i| i.ip())));
         let mut stream = Rewound::from_stream(stream);
         if n >= cfg.limits.max_connections {
-            reject(&mut stream, cluster, 503, "unavailable", "connection_limit", "edge-lb at its connection limit").await;
+            reject(
+                &mut stream,
+                cluster,
+                503,
+                "unavailable",
+                "connection_limit",
+                "edge-lb at its connection limit",
+            )
+            .await;
             return None;
         }
         let mut first = true;
@@ -223,7 +256,15 @@ impl ServerApp for EdgeApp {
                 Ok(h) => h,
                 Err(HeadError::TooLarge(max)) => {
                     let msg = format!("request head exceeds {max} bytes");
-                    reject(&mut stream, cluster, 431, "too_large", "header_too_large", &msg).await;
+                    reject(
+                        &mut stream,
+                        cluster,
+                        431,
+                        "too_large",
+                        "header_too_large",
+                        &msg,
+                    )
+                    .await;
                     return None;
                 }
                 Err(HeadError::Malformed(m)) => {
@@ -232,7 +273,15 @@ impl ServerApp for EdgeApp {
                     return None;
                 }
                 Err(HeadError::Timeout) => {
-                    reject(&mut stream, cluster, 408, "invalid", "header_timeout", "request head not received in time").await;
+                    reject(
+                        &mut stream,
+                        cluster,
+                        408,
+                        "invalid",
+                        "header_timeout",
+                        "request head not received in time",
+                    )
+                    .await;
                     return None;
                 }
                 Err(HeadError::Closed) | Err(HeadError::Io(_)) => return None,
@@ -257,7 +306,15 @@ impl ServerApp for EdgeApp {
                 }
                 (QuizPath::Quiz { id, .. }, true) => {
                     if head.method != "GET" {
-                        reject(&mut stream, cluster, 400, "invalid", "not_websocket", "WebSocket upgrade must be a GET").await;
+                        reject(
+                            &mut stream,
+                            cluster,
+                            400,
+                            "invalid",
+                            "not_websocket",
+                            "WebSocket upgrade must be a GET",
+                        )
+                        .await;
                         return None;
                     }
                     let id = id.clone();
@@ -265,7 +322,15 @@ impl ServerApp for EdgeApp {
                     return None;
                 }
                 (QuizPath::None, true) => {
-                    reject(&mut stream, cluster, 400, "invalid", "not_websocket", "WebSocket upgrades are only routed under /v1/quizzes/{quiz_id}/").await;
+                    reject(
+                        &mut stream,
+                        cluster,
+                        400,
+                        "invalid",
+                        "not_websocket",
+                        "WebSocket upgrades are only routed under /v1/quizzes/{quiz_id}/",
+                    )
+                    .await;
                     return None;
                 }
                 _ => {}

@@ -36,7 +36,11 @@ impl Prefixed {
 }
 
 impl AsyncRead for Prefixed {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         if self.pos < self.pre.len() {
             let n = (self.pre.len() - self.pos).min(buf.remaining());
             let p = self.pos;
@@ -49,7 +53,11 @@ impl AsyncRead for Prefixed {
 }
 
 impl AsyncWrite for Prefixed {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -114,8 +122,13 @@ impl Backend {
                     r = l.accept() => match r { Ok(x) => x, Err(_) => { tokio::time::sleep(Duration::from_millis(5)).await; continue } },
                 };
                 let _ = s.set_nodelay(true);
-                let (name, ready, open, total, stop) =
-                    (name.clone(), ready.clone(), open.clone(), total.clone(), stop.clone());
+                let (name, ready, open, total, stop) = (
+                    name.clone(),
+                    ready.clone(),
+                    open.clone(),
+                    total.clone(),
+                    stop.clone(),
+                );
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = stop.cancelled() => {}
@@ -143,9 +156,22 @@ impl Drop for Backend {
     }
 }
 
-async fn serve_conn(mut s: TcpStream, name: Arc<str>, ready: Arc<AtomicBool>, open: Arc<AtomicUsize>, total: Arc<AtomicUsize>) {
+async fn serve_conn(
+    mut s: TcpStream,
+    name: Arc<str>,
+    ready: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+) {
     loop {
-        let Ok(head) = read_head(&mut s, 64 * 1024, Duration::from_secs(120), Duration::from_secs(10)).await else {
+        let Ok(head) = read_head(
+            &mut s,
+            64 * 1024,
+            Duration::from_secs(120),
+            Duration::from_secs(10),
+        )
+        .await
+        else {
             return;
         };
         if head.upgrade_websocket {
@@ -169,11 +195,18 @@ async fn serve_conn(mut s: TcpStream, name: Arc<str>, ready: Arc<AtomicBool>, op
             ws.set_auto_close(true);
             ws.set_auto_pong(true);
             loop {
-                let Ok(frame) = ws.read_frame().await else { break };
+                let Ok(frame) = ws.read_frame().await else {
+                    break;
+                };
                 match frame.opcode {
                     OpCode::Close => break,
                     OpCode::Text | OpCode::Binary => {
-                        let f = Frame::new(true, frame.opcode, None, Payload::Owned(frame.payload.to_vec()));
+                        let f = Frame::new(
+                            true,
+                            frame.opcode,
+                            None,
+                            Payload::Owned(frame.payload.to_vec()),
+                        );
                         if ws.write_frame(f).await.is_err() {
                             break;
                         }
@@ -204,7 +237,10 @@ async fn serve_conn(mut s: TcpStream, name: Arc<str>, ready: Arc<AtomicBool>, op
                 ("503 Service Unavailable", "{\"ready\":false}".to_string())
             }
         } else {
-            ("200 OK", serde_json::json!({"node": &*name, "path": path}).to_string())
+            (
+                "200 OK",
+                serde_json::json!({"node": &*name, "path": path}).to_string(),
+            )
         };
         let resp = format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-node: {name}\r\n\r\n{body}",
@@ -229,13 +265,19 @@ pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Client, String> 
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     let end = loop {
         let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
         if n == 0 {
-            return Err(format!("closed during handshake after {} bytes: {}", buf.len(), String::from_utf8_lossy(&buf)));
+            return Err(format!(
+                "closed during handshake after {} bytes: {}",
+                buf.len(),
+                String::from_utf8_lossy(&buf)
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -251,7 +293,10 @@ pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Client, String> 
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     if status != 101 {
-        return Err(format!("status {status}: {}", String::from_utf8_lossy(&buf)));
+        return Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&buf)
+        ));
     }
     let extra = buf[end..].to_vec();
     let mut ws = WebSocket::after_handshake(Prefixed::new(s, extra), Role::Client);
@@ -266,8 +311,17 @@ impl Client {
         loop {
             let f = self.ws.read_frame().await.map_err(|e| e.to_string())?;
             match f.opcode {
-                OpCode::Text | OpCode::Binary => return Ok(String::from_utf8_lossy(&f.payload).into_owned()),
-                OpCode::Close => return Err("closed".into()),
+                OpCode::Text | OpCode::Binary => {
+                    return Ok(String::from_utf8_lossy(&f.payload).into_owned())
+                }
+                OpCode::Close => {
+                    let code = f
+                        .payload
+                        .get(..2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                        .unwrap_or(1005);
+                    return Err(format!("closed {code}"));
+                }
                 _ => {}
             }
         }
@@ -297,16 +351,26 @@ impl Client {
 /// A raw HTTP/1.1 request with `Connection: close`; returns (status, head, body).
 pub async fn http_request(addr: SocketAddr, raw: &str) -> Result<(u16, String, String), String> {
     let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    s.write_all(raw.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(raw.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     Ok((status, head.to_string(), body.to_string()))
 }
 
 /// `GET path` with `Connection: close`.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, String), String> {
-    http_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")).await
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }

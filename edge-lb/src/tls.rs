@@ -46,7 +46,17 @@ fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
     if chain.is_empty() {
         return Err(TlsError::Pem(cert.into(), "no certificate".into()));
     }
-    let key_parsed = PKey::private_key_from_pem(&k).map_err(|e| TlsError::Pem(key.into(), e.to_string()))?;
+    let key_parsed =
+        PKey::private_key_from_pem(&k).map_err(|e| TlsError::Pem(key.into(), e.to_string()))?;
+    // A key and certificate replaced one after the other can be caught half-way: keep serving
+    // the old pair until the new one matches.
+    let matches = chain[0]
+        .public_key()
+        .map(|pk| pk.public_eq(&key_parsed))
+        .unwrap_or(false);
+    if !matches {
+        return Err(TlsError::Pem(key.into(), "private key does not match the certificate".into()));
+    }
     Ok(Loaded {
         chain,
         key: key_parsed,

@@ -36,6 +36,65 @@ thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
 }
 
+/// Tracks WebSocket frame boundaries in the backend → client stream (server frames), so that
+/// edge-lb can append a close frame (1012, "service restart") when it ends a tunnel: clients then
+/// see a clean close with a reason instead of a bare TCP close.
+#[derive(Default)]
+struct FrameTracker {
+    hdr: [u8; 14],
+    hdr_len: usize,
+    remaining: u64,
+    /// A malformed stream (or not WebSocket at all): never inject.
+    lost: bool,
+}
+
+impl FrameTracker {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && !self.lost {
+            if self.remaining > 0 {
+                let n = (self.remaining.min(data.len() as u64)) as usize;
+                self.remaining -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            self.hdr[self.hdr_len] = data[0];
+            self.hdr_len += 1;
+            data = &data[1..];
+            if self.hdr_len < 2 {
+                continue;
+            }
+            let masked = self.hdr[1] & 0x80 != 0;
+            let len7 = self.hdr[1] & 0x7f;
+            let need = 2 + match len7 {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            } + if masked { 4 } else { 0 };
+            if self.hdr_len < need {
+                continue;
+            }
+            let len = match len7 {
+                126 => u64::from(u16::from_be_bytes([self.hdr[2], self.hdr[3]])),
+                127 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&self.hdr[2..10]);
+                    u64::from_be_bytes(b)
+                }
+                n => u64::from(n),
+            };
+            if len > (1 << 40) {
+                self.lost = true;
+            }
+            self.remaining = len;
+            self.hdr_len = 0;
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        !self.lost && self.hdr_len == 0 && self.remaining == 0
+    }
+}
+
 #[derive(Default)]
 struct Dir {
     pending: Vec<u8>,
@@ -43,6 +102,7 @@ struct Dir {
     need_flush: bool,
     eof: bool,
     shut: bool,
+    frames: Option<FrameTracker>,
 }
 
 enum ReadStep {
@@ -53,7 +113,13 @@ enum ReadStep {
 }
 
 /// Move bytes `src → dst` until blocked. `Ready(Ok)` once `src` hit EOF and `dst` was shut.
-fn pump<R, W>(cx: &mut Context<'_>, src: &mut R, dst: &mut W, d: &mut Dir, moved: &mut bool) -> Poll<io::Result<()>>
+fn pump<R, W>(
+    cx: &mut Context<'_>,
+    src: &mut R,
+    dst: &mut W,
+    d: &mut Dir,
+    moved: &mut bool,
+) -> Poll<io::Result<()>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -106,6 +172,9 @@ where
                     if n == 0 {
                         return ReadStep::Eof;
                     }
+                    if let Some(f) = d.frames.as_mut() {
+                        f.feed(&scratch[..n]);
+                    }
                     // Write straight through; keep only what the destination refused.
                     match Pin::new(&mut *dst).poll_write(cx, &scratch[..n]) {
                         Poll::Ready(Ok(w)) if w == n => d.need_flush = true,
@@ -143,8 +212,9 @@ pub enum End {
     Closed,
     /// No byte either way for the idle timeout.
     Idle,
-    /// Closed by edge-lb (node lost, drain, rebalance).
-    Cancelled,
+    /// Closed by edge-lb (node lost, drain, rebalance); `at_boundary` when everything the
+    /// backend sent has been delivered and ends on a frame boundary.
+    Cancelled { at_boundary: bool },
     /// A socket error on either side.
     Error,
 }
@@ -164,7 +234,13 @@ pub struct Splice<'a, A, B> {
 }
 
 impl<'a, A, B> Splice<'a, A, B> {
-    pub fn new(client: &'a mut A, backend: &'a mut B, idle: Duration, linger: Duration, cancel: Option<CancellationToken>) -> Self {
+    pub fn new(
+        client: &'a mut A,
+        backend: &'a mut B,
+        idle: Duration,
+        linger: Duration,
+        cancel: Option<CancellationToken>,
+    ) -> Self {
         Splice {
             client,
             backend,
@@ -177,6 +253,12 @@ impl<'a, A, B> Splice<'a, A, B> {
             timer: Box::pin(tokio::time::sleep(idle)),
             cancel: cancel.map(|t| Box::pin(t.cancelled_owned())),
         }
+    }
+
+    /// Track frame boundaries of the backend → client direction (WebSocket tunnels).
+    pub fn track_frames(mut self) -> Self {
+        self.down.frames = Some(FrameTracker::default());
+        self
     }
 }
 
@@ -191,7 +273,12 @@ where
         let this = &mut *self;
         if let Some(c) = this.cancel.as_mut() {
             if c.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(End::Cancelled);
+                let d = &this.down;
+                let at_boundary = d.off >= d.pending.len()
+                    && !d.need_flush
+                    && !d.eof
+                    && d.frames.as_ref().is_some_and(FrameTracker::at_boundary);
+                return Poll::Ready(End::Cancelled { at_boundary });
             }
         }
         let mut moved = false;
@@ -273,14 +360,22 @@ async fn read_response_head(b: &mut TcpStream, max: usize) -> io::Result<Vec<u8>
             return Ok(buf);
         }
         if buf.len() > max {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response head too large",
+            ));
         }
     }
 }
 
 /// Proxy one WebSocket upgrade for `quiz` and run the tunnel to its end.
-pub async fn serve_upgrade<C>(cluster: &Arc<Cluster>, client: &mut C, head: Head, quiz: &str, peer: Option<std::net::IpAddr>)
-where
+pub async fn serve_upgrade<C>(
+    cluster: &Arc<Cluster>,
+    client: &mut C,
+    head: Head,
+    quiz: &str,
+    peer: Option<std::net::IpAddr>,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
@@ -291,23 +386,36 @@ where
         m.error("no_backend");
         m.upgrades.with_label_values(&["no_backend"]).inc();
         let _ = client
-            .write_all(&error_response(503, "unavailable", "no healthy backend for this quiz", Some(1)))
+            .write_all(&error_response(
+                503,
+                "unavailable",
+                "no healthy backend for this quiz",
+                Some(1),
+            ))
             .await;
         let _ = client.flush().await;
         return;
     };
-    let mut backend = match tokio::time::timeout(cfg.tunnel.connect_timeout, TcpStream::connect(target.addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(_)) | Err(_) => {
-            m.error("connect");
-            m.upgrades.with_label_values(&["backend_error"]).inc();
-            let _ = client
-                .write_all(&error_response(503, "unavailable", "backend unreachable, retry shortly", Some(1)))
-                .await;
-            let _ = client.flush().await;
-            return;
-        }
-    };
+    let mut backend =
+        match tokio::time::timeout(cfg.tunnel.connect_timeout, TcpStream::connect(target.addr))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) | Err(_) => {
+                m.error("connect");
+                m.upgrades.with_label_values(&["backend_error"]).inc();
+                let _ = client
+                    .write_all(&error_response(
+                        503,
+                        "unavailable",
+                        "backend unreachable, retry shortly",
+                        Some(1),
+                    ))
+                    .await;
+                let _ = client.flush().await;
+                return;
+            }
+        };
     let _ = backend.set_nodelay(true);
     let handshake = async {
         backend.write_all(&forward_head(&head, peer)).await?;
@@ -319,7 +427,12 @@ where
             m.error("handshake");
             m.upgrades.with_label_values(&["backend_error"]).inc();
             let _ = client
-                .write_all(&error_response(502, "unavailable", "backend failed the upgrade", Some(1)))
+                .write_all(&error_response(
+                    502,
+                    "unavailable",
+                    "backend failed the upgrade",
+                    Some(1),
+                ))
                 .await;
             let _ = client.flush().await;
             return;
@@ -333,7 +446,14 @@ where
     if status_of(&resp) != Some(101) {
         m.upgrades.with_label_values(&["rejected"]).inc();
         // Let the backend finish its refusal, then close.
-        let _ = Splice::new(client, &mut backend, cfg.tunnel.handshake_timeout, cfg.tunnel.close_linger, None).await;
+        let _ = Splice::new(
+            client,
+            &mut backend,
+            cfg.tunnel.handshake_timeout,
+            cfg.tunnel.close_linger,
+            None,
+        )
+        .await;
         return;
     }
     drop(resp);
@@ -349,11 +469,53 @@ where
         cfg.tunnel.close_linger,
         Some(guard.token.clone()),
     )
+    .track_frames()
     .await;
+    drop(guard);
     match end {
         End::Idle => m.tunnels_closed.with_label_values(&["idle"]).inc(),
         End::Error => m.error("tunnel_io"),
-        End::Closed | End::Cancelled => {}
+        End::Cancelled { at_boundary: true } => {
+            // 1012 "service restart": reconnect (to the quiz's new owner).
+            let close = [0x88, 0x02, 0x03, 0xf4];
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                let _ = client.write_all(&close).await;
+                let _ = client.flush().await;
+            })
+            .await;
+        }
+        End::Closed | End::Cancelled { .. } => {}
     }
-    drop(guard);
+    let _ = tokio::time::timeout(Duration::from_millis(200), client.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_tracker_finds_boundaries_across_splits() {
+        let mut f = FrameTracker::default();
+        assert!(f.at_boundary());
+        // "node=a" text frame, then a 300-byte binary frame (16-bit length), split anywhere.
+        let mut stream = vec![0x81, 6];
+        stream.extend_from_slice(b"node=a");
+        stream.extend_from_slice(&[0x82, 126, 0x01, 0x2c]);
+        stream.extend(std::iter::repeat_n(7u8, 300));
+        for cut in [1, 3, 8, 9, 11, 100, stream.len() - 1] {
+            let mut g = FrameTracker::default();
+            g.feed(&stream[..cut]);
+            assert!(!g.at_boundary() || cut == 8, "cut {cut}");
+            g.feed(&stream[cut..]);
+            assert!(g.at_boundary(), "cut {cut}");
+        }
+        f.feed(&stream);
+        assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn status_line() {
+        assert_eq!(status_of(b"HTTP/1.1 101 Switching Protocols\r\n"), Some(101));
+        assert_eq!(status_of(b"garbage"), None);
+    }
 }

@@ -27,7 +27,9 @@ async fn sticky_for_thousands_of_quizzes_http_and_ws_agree() {
     // WebSocket upgrades of the same quizzes land on the same node (the pools are the same),
     // and the admin explanation agrees.
     for (q, n) in owner.iter().take(300) {
-        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws?token=t")).await.unwrap();
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws?token=t"))
+            .await
+            .unwrap();
         assert_eq!(&c.node().await.unwrap(), n);
         c.send_text("hi").await.unwrap();
         assert_eq!(c.recv_text().await.unwrap(), "hi");
@@ -74,7 +76,11 @@ async fn bounded_load_holds_under_skewed_quiz_ids() {
         let v = admin_json(e.admin, "GET", "/admin/backends").await;
         for b in v["backends"].as_array().unwrap() {
             let load = b["active_quizzes"].as_u64().unwrap() as usize;
-            assert!(load <= bound.max(1), "after {m} quizzes {} owns {load} > {bound}", b["name"]);
+            assert!(
+                load <= bound.max(1),
+                "after {m} quizzes {} owns {load} > {bound}",
+                b["name"]
+            );
         }
     }
     // Overflowed quizzes stay where they were put (never split).
@@ -88,11 +94,20 @@ async fn bounded_load_holds_under_skewed_quiz_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_down() {
     let bs = backends(3).await;
-    let e = edge(&bs, Opts { hold_down_ms: 1500, ..Opts::default() }).await;
+    let e = edge(
+        &bs,
+        Opts {
+            hold_down_ms: 1500,
+            ..Opts::default()
+        },
+    )
+    .await;
     let mut clients = Vec::new();
     for i in 0..60 {
         let q = format!("loss{i}");
-        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
+            .await
+            .unwrap();
         let n = c.node().await.unwrap();
         clients.push((q, n, c));
     }
@@ -107,9 +122,15 @@ async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_
         if n == lost {
             // The tunnel is closed by edge-lb promptly (2 failed checks at 100 ms + slack).
             let r = tokio::time::timeout(Duration::from_secs(3), c.recv_text()).await;
-            assert!(matches!(r, Ok(Err(_))), "tunnel to lost node not closed: {r:?}");
+            // Closed by edge-lb with 1012 (service restart) so the client reconnects.
+            assert!(
+                matches!(&r, Ok(Err(e)) if e == "closed 1012"),
+                "tunnel to lost node not closed with 1012: {r:?}"
+            );
             // Reconnect: lands on a new owner.
-            let mut c2 = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+            let mut c2 = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
+                .await
+                .unwrap();
             let n2 = c2.node().await.unwrap();
             assert_ne!(n2, lost);
             moved_to.insert(q.clone(), n2);
@@ -127,7 +148,11 @@ async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_
     bs[1].set_ready(true);
     tokio::time::sleep(Duration::from_millis(600)).await;
     for (q, _) in moved_to.iter() {
-        assert_ne!(admin_route(e.admin, q).await, lost, "returned before hold-down");
+        assert_ne!(
+            admin_route(e.admin, q).await,
+            lost,
+            "returned before hold-down"
+        );
     }
     // After the hold-down its quizzes go back, and their interim tunnels are closed.
     wait_until(Duration::from_secs(5), || {
@@ -143,12 +168,19 @@ async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_
             back += 1;
         }
     }
-    assert!(back * 10 >= moved_to.len() * 8, "{back} of {} returned", moved_to.len());
+    // Quizzes first placed on core-1 by overflow (their primary node was at cap) may stay put.
+    assert!(
+        back * 10 >= moved_to.len() * 6,
+        "{back} of {} returned",
+        moved_to.len()
+    );
     for (q, n, c) in clients.iter_mut() {
         if n == lost && admin_route(e.admin, q).await == lost {
             let r = tokio::time::timeout(Duration::from_secs(3), c.recv_text()).await;
             assert!(matches!(r, Ok(Err(_))), "interim tunnel of {q} not closed");
-            let mut c3 = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+            let mut c3 = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
+                .await
+                .unwrap();
             assert_eq!(c3.node().await.unwrap(), lost);
         }
     }
@@ -161,7 +193,9 @@ async fn crashed_node_tunnels_close_and_clients_land_elsewhere() {
     let mut on0 = Vec::new();
     for i in 0..40 {
         let q = format!("crash{i}");
-        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
+            .await
+            .unwrap();
         if c.node().await.unwrap() == "core-0" {
             on0.push((q, c));
         }
@@ -191,13 +225,22 @@ async fn crashed_node_tunnels_close_and_clients_land_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_stops_new_quizzes_and_closes_tunnels_gradually() {
     let bs = backends(2).await;
-    let e = edge(&bs, Opts { close_rate: 20, ..Opts::default() }).await;
+    let e = edge(
+        &bs,
+        Opts {
+            close_rate: 20,
+            ..Opts::default()
+        },
+    )
+    .await;
     let mut on0 = Vec::new();
     let mut i = 0;
     while on0.len() < 30 {
         let q = format!("drain{i}");
         i += 1;
-        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
+            .await
+            .unwrap();
         if c.node().await.unwrap() == "core-0" {
             on0.push((q, c));
         }
@@ -210,7 +253,10 @@ async fn drain_stops_new_quizzes_and_closes_tunnels_gradually() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let open_mid = bs[0].ws_open.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(open_mid > 10 && open_mid < 30, "not gradual: {open_mid} open after 0.5 s at 20/s");
+    assert!(
+        open_mid > 10 && open_mid < 30,
+        "not gradual: {open_mid} open after 0.5 s at 20/s"
+    );
     wait_until(Duration::from_secs(4), || {
         bs[0].ws_open.load(std::sync::atomic::Ordering::SeqCst) == 0
     })
@@ -218,7 +264,9 @@ async fn drain_stops_new_quizzes_and_closes_tunnels_gradually() {
     assert!(t0.elapsed() >= Duration::from_millis(1300));
     for (q, c) in on0.iter_mut() {
         assert!(c.recv_text().await.is_err());
-        let mut c2 = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        let mut c2 = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
+            .await
+            .unwrap();
         assert_eq!(c2.node().await.unwrap(), "core-1");
     }
     let v = admin_json(e.admin, "GET", "/admin/backends").await;
@@ -237,17 +285,29 @@ async fn reload_changes_backends_and_balance_without_dropping_tunnels() {
     let mut cs = Vec::new();
     for i in 0..30 {
         let q = format!("rl{i}");
-        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
+            .await
+            .unwrap();
         let n = c.node().await.unwrap();
         cs.push((q, n, c));
     }
     // Reload with a 4th backend and another balance factor.
-    let extra = edge_lb::testing::Backend::start("core-3", "127.0.0.1:0").await.unwrap();
+    let extra = edge_lb::testing::Backend::start("core-3", "127.0.0.1:0")
+        .await
+        .unwrap();
     let mut all = named(&bs);
     all.push((extra.name.clone(), extra.addr));
     let text = std::fs::read_to_string(&e.config_path).unwrap();
     let listen = format!("{}", e.addr);
-    let new = yaml(&all, &[listen], e.admin, &Opts { balance_factor: 1.5, ..Opts::default() });
+    let new = yaml(
+        &all,
+        &[listen],
+        e.admin,
+        &Opts {
+            balance_factor: 1.5,
+            ..Opts::default()
+        },
+    );
     assert_ne!(text, new);
     std::fs::write(&e.config_path, new).unwrap();
     let v = admin_json(e.admin, "POST", "/admin/reload").await;
@@ -270,12 +330,29 @@ async fn two_processes_share_a_port_and_agree_on_every_route() {
     let shared = format!("127.0.0.1:{}", free_port());
     let pa = format!("127.0.0.1:{}", free_port());
     let pb = format!("127.0.0.1:{}", free_port());
-    let a = edge(&bs, Opts { listen: vec![pa.clone(), shared.clone()], ..Opts::default() }).await;
-    let b = edge(&bs, Opts { listen: vec![pb.clone(), shared.clone()], ..Opts::default() }).await;
+    let a = edge(
+        &bs,
+        Opts {
+            listen: vec![pa.clone(), shared.clone()],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let b = edge(
+        &bs,
+        Opts {
+            listen: vec![pb.clone(), shared.clone()],
+            ..Opts::default()
+        },
+    )
+    .await;
     // 1. Fresh routes: identical tables.
     for i in 0..3000 {
         let q = format!("agree{i}");
-        assert_eq!(a.cluster().explain(&q)["websocket"]["backend"], b.cluster().explain(&q)["websocket"]["backend"]);
+        assert_eq!(
+            a.cluster().explain(&q)["websocket"]["backend"],
+            b.cluster().explain(&q)["websocket"]["backend"]
+        );
     }
     // 2. The same activations through each instance's own port, in the same order:
     //    identical placements, bounded loads included.
@@ -291,17 +368,35 @@ async fn two_processes_share_a_port_and_agree_on_every_route() {
     let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
     for i in 0..150 {
         let q = format!("act{}", i % 50);
-        let mut c = ws_connect(shared_addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        let mut c = ws_connect(shared_addr, &format!("/v1/quizzes/{q}/ws"))
+            .await
+            .unwrap();
         seen.entry(q).or_default().insert(c.node().await.unwrap());
     }
     for (q, nodes) in seen {
         assert_eq!(nodes.len(), 1, "{q} split over {nodes:?}");
     }
-    let ca = a.cluster().connections.load(std::sync::atomic::Ordering::SeqCst);
-    let cb = b.cluster().connections.load(std::sync::atomic::Ordering::SeqCst);
+    let ca = a
+        .cluster()
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let cb = b
+        .cluster()
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
     let _ = (ca, cb);
-    let ta: u64 = a.cluster().metrics.upgrades.with_label_values(&["ok"]).get();
-    let tb: u64 = b.cluster().metrics.upgrades.with_label_values(&["ok"]).get();
+    let ta: u64 = a
+        .cluster()
+        .metrics
+        .upgrades
+        .with_label_values(&["ok"])
+        .get();
+    let tb: u64 = b
+        .cluster()
+        .metrics
+        .upgrades
+        .with_label_values(&["ok"])
+        .get();
     assert!(ta > 0 && tb > 0, "SO_REUSEPORT did not spread: {ta} / {tb}");
 }
 
@@ -310,13 +405,21 @@ async fn bad_input_gets_clear_fast_answers() {
     let bs = backends(2).await;
     let e = edge(&bs, Opts::default()).await;
     let t = Instant::now();
-    let (s, _, body) = http_get(e.addr, "/v1/quizzes/bad%20id/leaderboard").await.unwrap();
+    let (s, _, body) = http_get(e.addr, "/v1/quizzes/bad%20id/leaderboard")
+        .await
+        .unwrap();
     assert_eq!(s, 400);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "invalid");
     assert!(v["error"]["message"].as_str().unwrap().contains("quiz_id"));
     let long = "a".repeat(65);
-    assert_eq!(http_get(e.addr, &format!("/v1/quizzes/{long}")).await.unwrap().0, 400);
+    assert_eq!(
+        http_get(e.addr, &format!("/v1/quizzes/{long}"))
+            .await
+            .unwrap()
+            .0,
+        400
+    );
     let big = format!(
         "GET /v1/quizzes/q1 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "b".repeat(20_000)
@@ -326,23 +429,37 @@ async fn bad_input_gets_clear_fast_answers() {
     let (s, _, body) = http_get(e.addr, "/v1/quizzes/q1/ws?token=x").await.unwrap();
     assert_eq!(s, 400);
     assert!(body.contains("WebSocket"), "{body}");
-    let err = ws_connect(e.addr, "/v1/quizzes/bad!/ws").await.err().unwrap();
+    let err = ws_connect(e.addr, "/v1/quizzes/bad!/ws")
+        .await
+        .err()
+        .unwrap();
     assert!(err.contains("status 400"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(2));
     // All backends down → 503 with Retry-After, for HTTP and WebSocket, quickly.
     for b in &bs {
         b.set_ready(false);
     }
-    wait_until(Duration::from_secs(3), || e.cluster().backends().iter().all(|b| !b.eligible)).await;
+    wait_until(Duration::from_secs(3), || {
+        e.cluster().backends().iter().all(|b| !b.eligible)
+    })
+    .await;
     let t = Instant::now();
     let (s, head, body) = http_get(e.addr, "/v1/quizzes/q1").await.unwrap();
     assert_eq!(s, 503, "{body}");
     assert!(head.to_ascii_lowercase().contains("retry-after"));
     assert!(body.contains("unavailable"));
-    let (s, _, _) = http_request(e.addr, "POST /v1/quizzes HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}").await.unwrap();
+    let (s, _, _) = http_request(
+        e.addr,
+        "POST /v1/quizzes HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
     assert_eq!(s, 503);
     let err = ws_connect(e.addr, "/v1/quizzes/q1/ws").await.err().unwrap();
-    assert!(err.contains("status 503") && err.to_ascii_lowercase().contains("retry-after"), "{err}");
+    assert!(
+        err.contains("status 503") && err.to_ascii_lowercase().contains("retry-after"),
+        "{err}"
+    );
     assert!(t.elapsed() < Duration::from_secs(1));
     // Admin: malformed quiz id.
     let (s, _, _) = http_get(e.admin, "/admin/route/bad!").await.unwrap();
@@ -352,17 +469,29 @@ async fn bad_input_gets_clear_fast_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_idle_limit_close_propagation_and_fast_101() {
     let bs = backends(1).await;
-    let e = edge(&bs, Opts { idle_timeout_ms: 1500, ..Opts::default() }).await;
+    let e = edge(
+        &bs,
+        Opts {
+            idle_timeout_ms: 1500,
+            ..Opts::default()
+        },
+    )
+    .await;
     // Fast 101: the backend's first frame arrives in the same segment as its 101 head.
     for i in 0..200 {
-        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/f{i}/ws")).await.unwrap();
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/f{i}/ws"))
+            .await
+            .unwrap();
         assert_eq!(c.node().await.unwrap(), "core-0");
         c.send_text("x").await.unwrap();
         assert_eq!(c.recv_text().await.unwrap(), "x");
         c.close().await.unwrap();
     }
     // Client close propagates to the backend.
-    wait_until(Duration::from_secs(2), || bs[0].ws_open.load(std::sync::atomic::Ordering::SeqCst) == 0).await;
+    wait_until(Duration::from_secs(2), || {
+        bs[0].ws_open.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
     // Idle shorter than the configured limit survives; longer is cut.
     let mut c = ws_connect(e.addr, "/v1/quizzes/idle/ws").await.unwrap();
     c.node().await.unwrap();
@@ -375,10 +504,19 @@ async fn websocket_idle_limit_close_propagation_and_fast_101() {
     let t = Instant::now();
     assert!(c.recv_text().await.is_err());
     let idle = t.elapsed();
-    assert!(idle >= Duration::from_millis(1300) && idle < Duration::from_millis(3000), "{idle:?}");
-    wait_until(Duration::from_secs(2), || bs[0].ws_open.load(std::sync::atomic::Ordering::SeqCst) == 0).await;
+    assert!(
+        idle >= Duration::from_millis(1300) && idle < Duration::from_millis(3000),
+        "{idle:?}"
+    );
+    wait_until(Duration::from_secs(2), || {
+        bs[0].ws_open.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
     let m = e.cluster().metrics.render();
-    assert!(m.contains("edge_lb_tunnels_closed_total{reason=\"idle\"} 1"), "{m}");
+    assert!(
+        m.contains("edge_lb_tunnels_closed_total{reason=\"idle\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("edge_lb_upgrades_total{outcome=\"ok\"} 201"));
 }
 
@@ -410,4 +548,62 @@ async fn admin_explains_routes_and_serves_metrics() {
         nodes.insert(v["node"].as_str().unwrap().to_string());
     }
     assert_eq!(nodes.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_pools_for_api_and_websocket_each_sticky() {
+    let api = vec![
+        edge_lb::testing::Backend::start("api-0", "127.0.0.1:0").await.unwrap(),
+        edge_lb::testing::Backend::start("api-1", "127.0.0.1:0").await.unwrap(),
+    ];
+    let ws = vec![
+        edge_lb::testing::Backend::start("ws-0", "127.0.0.1:0").await.unwrap(),
+        edge_lb::testing::Backend::start("ws-1", "127.0.0.1:0").await.unwrap(),
+    ];
+    let port = free_port();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        "version: 1
+threads: 1
+edge_lb:
+  listen: [\"127.0.0.1:{port}\"]
+  admin_listen: \"{admin}\"
+  pools:
+    - name: api
+      backends:
+        - {{name: api-0, addr: \"{}\"}}
+        - {{name: api-1, addr: \"{}\"}}
+    - name: ws
+      backends:
+        - {{name: ws-0, addr: \"{}\"}}
+        - {{name: ws-1, addr: \"{}\"}}
+  routes: {{websocket: ws, http: api}}
+  health: {{interval: 100ms, success_threshold: 1, failure_threshold: 1}}
+",
+        api[0].addr, api[1].addr, ws[0].addr, ws[1].addr
+    );
+    let (sc, ec) = edge_lb::parse_config(&text).unwrap();
+    let running = edge_lb::start(sc, ec, None).unwrap();
+    wait_until(Duration::from_secs(10), || running.cluster.all_eligible()).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut api_nodes = HashSet::new();
+    let mut ws_nodes = HashSet::new();
+    for i in 0..40 {
+        let q = format!("pool{i}");
+        let h1 = http_node(addr, &q).await;
+        assert!(h1.starts_with("api-"));
+        assert_eq!(http_node(addr, &q).await, h1);
+        let mut c = ws_connect(addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        let w1 = c.node().await.unwrap();
+        assert!(w1.starts_with("ws-"));
+        let mut c2 = ws_connect(addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        assert_eq!(c2.node().await.unwrap(), w1);
+        api_nodes.insert(h1);
+        ws_nodes.insert(w1);
+    }
+    assert_eq!(api_nodes.len(), 2);
+    assert_eq!(ws_nodes.len(), 2);
 }

@@ -5,7 +5,7 @@
 //!    target, caps);
 //! 2. creates the quizzes over HTTP (it knows the correct answers);
 //! 3. spawns `loadtest worker` processes (itself), each with a [`WorkerPlan`]
-//!    on stdin and its own source address 127.0.0.(2+i);
+//!    on stdin and its own loopback source addresses (127.0.0.2 upwards);
 //! 4. merges their per-second progress into an [`Aggregator`], samples the
 //!    processes under test from /proc, prints a live line;
 //! 5. once the players are connected, drives each live quiz with
@@ -34,7 +34,7 @@ use crate::player::{correct_option, wall_us};
 use crate::procmon::{Monitor, ProcSample, ProcSeries};
 use crate::protocol::{CreateQuiz, Created, NewQuestion};
 use crate::scenario::{Mode, Scenario};
-use crate::target::{worker_source, Target};
+use crate::target::{worker_sources, Target};
 use crate::verify::{check_leaderboard, LeaderboardView, Mismatch};
 use crate::worker::{WorkerMsg, WorkerPlan, WorkerResult};
 
@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub seed: u64,
     /// The binary to run as `worker` (default: this executable).
     pub worker_exe: Option<PathBuf>,
+    /// Sent as `X-Admin-Key` when creating quizzes.
+    pub admin_key: Option<String>,
 }
 
 /// Load a scenario and apply the CLI overrides, validating the result.
@@ -230,7 +232,11 @@ pub fn utc_string(unix_s: u64) -> String {
     )
 }
 
-async fn create_quizzes(target: &Target, sc: &Scenario) -> anyhow::Result<Vec<(String, String)>> {
+async fn create_quizzes(
+    target: &Target,
+    sc: &Scenario,
+    admin_key: Option<&str>,
+) -> anyhow::Result<Vec<(String, String)>> {
     let sem = Arc::new(tokio::sync::Semaphore::new(8));
     let mut handles = Vec::new();
     for i in 0..sc.load.quizzes as usize {
@@ -256,14 +262,19 @@ async fn create_quizzes(target: &Target, sc: &Scenario) -> anyhow::Result<Vec<(S
         })?;
         let target = *target;
         let sem = sem.clone();
+        let admin_key = admin_key.map(str::to_string);
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire().await;
+            let headers: Vec<(&str, &str)> = match &admin_key {
+                Some(k) => vec![("X-Admin-Key", k.as_str())],
+                None => Vec::new(),
+            };
             let r = http_request(
                 &target,
                 None,
                 "POST",
                 "/v1/quizzes",
-                None,
+                &headers,
                 Some(&body),
                 Duration::from_secs(30),
             )
@@ -311,7 +322,7 @@ async fn host_call(target: &Target, quiz_id: &str, token: &str, verb: &str) -> R
             None,
             "POST",
             &path,
-            Some(token),
+            &[("Authorization", &format!("Bearer {token}"))],
             Some(b"{}"),
             Duration::from_secs(10),
         )
@@ -419,7 +430,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         None,
         "GET",
         "/healthz",
-        None,
+        &[],
         None,
         Duration::from_secs(5),
     )
@@ -429,7 +440,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         Ok(r) => log(&format!("warning: GET /healthz answered HTTP {}", r.status)),
         Err(e) => bail!("target {} is not reachable: {e}", target.url()),
     }
-    let quizzes = create_quizzes(&target, &sc).await?;
+    let quizzes = create_quizzes(&target, &sc, opts.admin_key.as_deref()).await?;
     let quiz_ids: Vec<String> = quizzes.iter().map(|(q, _)| q.clone()).collect();
     log(&format!("created {} quizzes", quizzes.len()));
 
@@ -448,7 +459,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         let plan = WorkerPlan {
             worker: w,
             workers,
-            source: Some(std::net::IpAddr::V4(worker_source(w))),
+            sources: worker_sources(w, sc.sources_per_worker())
+                .into_iter()
+                .map(std::net::IpAddr::V4)
+                .collect(),
             target: target.url(),
             scenario: sc.clone(),
             quiz_ids: quiz_ids.clone(),
@@ -639,7 +653,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
                 None,
                 "GET",
                 &path,
-                None,
+                &[],
                 None,
                 Duration::from_secs(10),
             )

@@ -52,6 +52,9 @@ enum Cmd {
         quiet: bool,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Sent as X-Admin-Key when creating quizzes (core's admin_key).
+        #[arg(long, env = "LOADTEST_ADMIN_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
     },
     /// Internal: a worker process (plan on stdin, JSON lines on stdout).
     #[command(hide = true)]
@@ -109,6 +112,7 @@ fn main() -> anyhow::Result<()> {
             watch_names,
             quiet,
             seed,
+            admin_key,
         } => {
             let opts = loadtest::coordinator::RunOptions {
                 scenario,
@@ -125,6 +129,7 @@ fn main() -> anyhow::Result<()> {
                 quiet,
                 seed,
                 worker_exe: None,
+                admin_key,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

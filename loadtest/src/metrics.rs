@@ -7,8 +7,10 @@
 //! - `reconnect`: connection lost (or storm instant) -> `welcome` again;
 //! - `answer`: scheduled answer time (`opens_at_ms` + think time) -> `answer_result`;
 //! - `question`: server `opens_at_ms` -> `question` frame received;
-//! - `leaderboard`: server tick time in the frame -> received (when the server
-//!   stamps its leaderboard frames).
+//! - `leaderboard`: server tick time in the frame (`ts_ms`) -> received when
+//!   the server stamps its leaderboard frames; otherwise the fan-out delay:
+//!   first receipt of that (quiz, version) in the worker -> this receipt, a
+//!   lower bound of staleness (counter `leaderboard_unstamped`).
 //!
 //! Workers record into a [`Metrics`], and once a second ship the interval
 //! (histograms V2-serialized, base64) to the coordinator, which merges the

@@ -140,13 +140,13 @@ pub async fn http_request(
     source: Option<IpAddr>,
     method: &str,
     path: &str,
-    bearer: Option<&str>,
+    headers: &[(&str, &str)],
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<HttpResponse, NetError> {
     tokio::time::timeout(
         timeout,
-        http_request_inner(target, source, method, path, bearer, body),
+        http_request_inner(target, source, method, path, headers, body),
     )
     .await
     .map_err(|_| NetError::Timeout)?
@@ -157,7 +157,7 @@ async fn http_request_inner(
     source: Option<IpAddr>,
     method: &str,
     path: &str,
-    bearer: Option<&str>,
+    headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Result<HttpResponse, NetError> {
     let mut stream = connect(target.addr, source).await?;
@@ -165,9 +165,10 @@ async fn http_request_inner(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n",
         target.host_header()
     );
-    if let Some(t) = bearer {
-        req.push_str("Authorization: Bearer ");
-        req.push_str(t);
+    for (k, v) in headers {
+        req.push_str(k);
+        req.push_str(": ");
+        req.push_str(v);
         req.push_str("\r\n");
     }
     let body = body.unwrap_or(b"");
@@ -597,7 +598,7 @@ mod tests {
         let h = parse_head(&[0x81, 0x02, b'h', b'i']).unwrap().unwrap();
         assert!(h.fin && h.opcode == 1 && h.start == 2 && h.len == 2);
         let mut f = vec![0x81, 126, 0x01, 0x00];
-        f.extend(std::iter::repeat(b'a').take(256));
+        f.extend(std::iter::repeat_n(b'a', 256));
         let h = parse_head(&f).unwrap().unwrap();
         assert_eq!((h.start, h.len), (4, 256));
         assert!(parse_head(&f[..100]).unwrap().is_none());

@@ -76,12 +76,18 @@ pub struct Shared {
     pub joined: u64,
     pub done: u64,
     pub frames_total: u64,
+    /// (quiz, leaderboard version) -> first receipt in this worker, µs: the
+    /// reference for leaderboard delay when the server does not stamp its
+    /// leaderboard frames. Bounded by versions sent (at most 2/s per quiz).
+    pub lb_first: std::collections::HashMap<(u32, u64), u64>,
 }
 
 /// Everything a player task needs, shared by all players of a worker.
 pub struct Ctx {
     pub target: Target,
-    pub source: Option<IpAddr>,
+    pub sources: Vec<IpAddr>,
+    worker: u64,
+    workers: u64,
     pub sc: Scenario,
     pub quiz_ids: Vec<String>,
     pub t0_wall_us: u64,
@@ -95,7 +101,9 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(
         target: Target,
-        source: Option<IpAddr>,
+        sources: Vec<IpAddr>,
+        worker: u64,
+        workers: u64,
         sc: Scenario,
         quiz_ids: Vec<String>,
         t0_wall_us: u64,
@@ -104,7 +112,9 @@ impl Ctx {
     ) -> Ctx {
         Ctx {
             target,
-            source,
+            sources,
+            worker,
+            workers,
             sc,
             quiz_ids,
             t0_wall_us,
@@ -114,6 +124,16 @@ impl Ctx {
             base_instant: Instant::now(),
             base_wall_us: wall_us(),
         }
+    }
+
+    /// The source address of player `index` (one of this worker's).
+    pub fn source_for(&self, index: u64) -> Option<IpAddr> {
+        if self.sources.is_empty() {
+            return None;
+        }
+        let local = index.saturating_sub(self.worker) / self.workers.max(1);
+        let k = (local / self.sc.load.players_per_source_ip) as usize;
+        Some(self.sources[k.min(self.sources.len() - 1)])
     }
 
     /// The monotonic instant of a wall-clock time.
@@ -174,6 +194,9 @@ struct Live {
     due: Vec<u64>,
     ended: bool,
     results: u32,
+    /// A leaderboard arrived since the last welcome (the first one after a
+    /// welcome is the current board re-sent on connect, not a tick).
+    lb_since_welcome: bool,
 }
 
 enum SessionEnd {
@@ -204,6 +227,7 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
         return rec;
     }
 
+    let source = ctx.source_for(index);
     // ---- join over HTTP
     let body = format!(r#"{{"nickname":"{}"}}"#, rec.nickname);
     let path = format!("/v1/quizzes/{quiz_id}/players");
@@ -212,10 +236,10 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
         attempt += 1;
         let res = http_request(
             &ctx.target,
-            ctx.source,
+            source,
             "POST",
             &path,
-            None,
+            &[],
             Some(body.as_bytes()),
             Duration::from_secs(30),
         )
@@ -272,7 +296,7 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
         }
         let conn = ws_connect(
             &ctx.target,
-            ctx.source,
+            source,
             &ws_path,
             (index as u32).wrapping_mul(2_654_435_761),
             Duration::from_secs(30),
@@ -455,6 +479,7 @@ fn on_frame(
     };
     match msg.ty.as_ref() {
         "welcome" => {
+            live.lb_since_welcome = false;
             if !*welcomed {
                 *welcomed = true;
                 let h = if first { H::Connect } else { H::Reconnect };
@@ -529,7 +554,14 @@ fn on_frame(
             sh.m.count("leaderboards", 1);
             if let Some(ts) = msg.ts_ms {
                 sh.m.record(H::Leaderboard, now.saturating_sub(ts * 1000));
+            } else if let (Some(v), true) = (msg.version, live.lb_since_welcome) {
+                // No server stamp: measure the fan-out delay from the first
+                // receipt of the same version by any player of this worker.
+                let first = *sh.lb_first.entry((quiz_idx as u32, v)).or_insert(now);
+                sh.m.record(H::Leaderboard, now.saturating_sub(first));
+                sh.m.count("leaderboard_unstamped", 1);
             }
+            live.lb_since_welcome = true;
         }
         "quiz_ended" => {
             sh.m.count("quiz_ended", 1);

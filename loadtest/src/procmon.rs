@@ -60,7 +60,8 @@ pub fn sample_self() -> ProcSample {
     sample(std::process::id()).unwrap_or_default()
 }
 
-/// Pids whose `/proc/PID/comm` equals one of `names`.
+/// Pids whose `/proc/PID/comm` equals one of `names` (compared on the first
+/// 15 bytes, as the kernel stores it).
 pub fn pids_named(names: &[String]) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     if names.is_empty() {
@@ -75,7 +76,11 @@ pub fn pids_named(names: &[String]) -> Vec<(u32, String)> {
         };
         if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
             let comm = comm.trim();
-            if names.iter().any(|n| n == comm) {
+            // The kernel truncates comm to 15 bytes.
+            if names
+                .iter()
+                .any(|n| n == comm || (n.len() > 15 && n.as_bytes()[..15] == *comm.as_bytes()))
+            {
                 out.push((pid, comm.to_string()));
             }
         }

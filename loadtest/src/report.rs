@@ -222,6 +222,16 @@ pub fn svg_chart(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)
                 r#"<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{}"/>"#,
                 d.join(" ")
             );
+            if p.len() <= 60 {
+                for (x, y) in p {
+                    let _ = write!(
+                        s,
+                        r#"<circle cx="{:.1}" cy="{:.1}" r="2.2" fill="{color}"/>"#,
+                        sx(*x),
+                        sy(*y)
+                    );
+                }
+            }
         }
         let ly = t + 4.0 + i as f64 * 16.0;
         let _ = write!(

@@ -117,9 +117,17 @@ pub struct LoadConfig {
     /// Delay between the starts of consecutive quizzes (classroom realism).
     #[serde(default)]
     pub stagger_ms: u64,
+    /// Players sharing one loopback source address (each worker gets its own
+    /// addresses): the platform's per-client-IP limits then see many clients.
+    #[serde(default = "default_players_per_source_ip")]
+    pub players_per_source_ip: u64,
     /// Longest wait for all joins before the host starts anyway.
     #[serde(default = "default_lobby_wait_s")]
     pub lobby_wait_s: u64,
+}
+
+fn default_players_per_source_ip() -> u64 {
+    100
 }
 
 fn default_lobby_wait_s() -> u64 {
@@ -428,6 +436,15 @@ impl Scenario {
                 ),
             ));
         }
+        if l.players_per_source_ip == 0 {
+            return Err(invalid("load.players_per_source_ip", "must be at least 1"));
+        }
+        if workers * self.sources_per_worker() > 250 * 254 * 254 {
+            return Err(invalid(
+                "load.players_per_source_ip",
+                "needs more loopback source addresses than 127.0.0.0/8 has",
+            ));
+        }
         if workers > 200 {
             return Err(invalid("load.workers", "at most 200"));
         }
@@ -521,6 +538,12 @@ impl Scenario {
 
     pub fn mode_is_live(&self) -> bool {
         self.load.mode == Mode::Live
+    }
+
+    /// Source addresses each worker binds its players to.
+    pub fn sources_per_worker(&self) -> u64 {
+        let per_worker = self.load.players.div_ceil(self.worker_count());
+        per_worker.div_ceil(self.load.players_per_source_ip).max(1)
     }
 
     /// Worker processes this scenario runs with.

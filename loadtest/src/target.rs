@@ -105,12 +105,24 @@ pub fn ensure_loopback(ip: IpAddr) -> Result<(), TargetError> {
     }
 }
 
-/// The source address of worker `index` (0-based): 127.0.0.2, 127.0.0.3, ...
+/// The n-th tool source address (n >= 1): 127.0.0.2, 127.0.0.3, ...,
+/// 127.0.0.255, 127.0.1.1, ... -- never 127.0.0.1 (the usual server address)
+/// and never an octet of 0 or 255.
+pub fn source_address(n: u64) -> Ipv4Addr {
+    let c = 1 + n % 254;
+    let b = (n / 254) % 254;
+    let a = n / (254 * 254);
+    Ipv4Addr::new(127, a.min(254) as u8, b as u8, c as u8)
+}
+
+/// The source addresses of worker `worker`: `per_worker` consecutive ones.
 /// Each worker binds its connections there with IP_BIND_ADDRESS_NO_PORT, so
-/// every worker has its own ephemeral-port space.
-pub fn worker_source(index: u64) -> Ipv4Addr {
-    let n = 2 + index as u32; // 127.0.0.2 upwards; index < 200 by validation
-    Ipv4Addr::new(127, 0, (n >> 8) as u8, (n & 0xff) as u8)
+/// every worker has its own addresses and ephemeral-port space, and the
+/// platform's per-client-IP limits see many clients, as in production.
+pub fn worker_sources(worker: u64, per_worker: u64) -> Vec<Ipv4Addr> {
+    (0..per_worker)
+        .map(|k| source_address(1 + worker * per_worker + k))
+        .collect()
 }
 
 #[cfg(test)]
@@ -168,11 +180,17 @@ mod tests {
 
     #[test]
     fn worker_sources_are_loopback_and_distinct() {
-        assert_eq!(worker_source(0), Ipv4Addr::new(127, 0, 0, 2));
-        assert_eq!(worker_source(1), Ipv4Addr::new(127, 0, 0, 3));
-        assert_eq!(worker_source(254), Ipv4Addr::new(127, 0, 1, 0));
-        for i in 0..200 {
-            assert!(ensure_loopback(IpAddr::V4(worker_source(i))).is_ok());
+        assert_eq!(worker_sources(0, 1), vec![Ipv4Addr::new(127, 0, 0, 2)]);
+        assert_eq!(worker_sources(1, 1), vec![Ipv4Addr::new(127, 0, 0, 3)]);
+        assert_eq!(source_address(254), Ipv4Addr::new(127, 0, 1, 1));
+        let mut seen = std::collections::HashSet::new();
+        for w in 0..20 {
+            for a in worker_sources(w, 200) {
+                assert!(ensure_loopback(IpAddr::V4(a)).is_ok());
+                assert_ne!(a, Ipv4Addr::LOCALHOST);
+                assert!(!a.octets()[1..].iter().any(|o| *o == 255) && a.octets()[3] != 0);
+                assert!(seen.insert(a), "{a} twice");
+            }
         }
     }
 }

@@ -31,7 +31,9 @@ use crate::verify::{check_player, Mismatch};
 pub struct WorkerPlan {
     pub worker: u64,
     pub workers: u64,
-    pub source: Option<IpAddr>,
+    /// Loopback source addresses; players are spread over them in blocks of
+    /// `load.players_per_source_ip`.
+    pub sources: Vec<IpAddr>,
     pub target: String,
     pub scenario: Scenario,
     pub quiz_ids: Vec<String>,
@@ -134,7 +136,9 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
     }
     let ctx = Rc::new(Ctx::new(
         target,
-        plan.source,
+        plan.sources.clone(),
+        plan.worker,
+        plan.workers,
         plan.scenario.clone(),
         plan.quiz_ids.clone(),
         plan.t0_wall_us,
@@ -207,10 +211,10 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
                 }
                 let res = http_request(
                     &ctx.target,
-                    ctx.source,
+                    ctx.sources.first().copied(),
                     "GET",
                     &path,
-                    None,
+                    &[],
                     None,
                     left.min(Duration::from_secs(10)),
                 )

@@ -181,7 +181,10 @@ pub fn require_redis_cluster() -> impl Future<Output = ClusterConnection> {
             Err(_) => unreachable_service(
                 "Redis Cluster",
                 &at,
-                format!("no answer within {:?} (required at {caller})", CONNECT_TIMEOUT * 2),
+                format!(
+                    "no answer within {:?} (required at {caller})",
+                    CONNECT_TIMEOUT * 2
+                ),
             ),
         }
     }
@@ -266,7 +269,11 @@ pub fn require_kafka() -> impl Future<Output = Kafka> {
                 &kafka.brokers,
                 format!("the metadata lists no broker (required at {caller})"),
             ),
-            Err(e) => unreachable_service("Kafka", &kafka.brokers, format!("{e} (required at {caller})")),
+            Err(e) => unreachable_service(
+                "Kafka",
+                &kafka.brokers,
+                format!("{e} (required at {caller})"),
+            ),
         }
     }
 }
@@ -296,11 +303,16 @@ pub fn require_mongodb() -> impl Future<Output = mongodb::Client> {
         };
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, attempt).await {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => unreachable_service("MongoDB", &uri, format!("{e} (required at {caller})")),
+            Ok(Err(e)) => {
+                unreachable_service("MongoDB", &uri, format!("{e} (required at {caller})"))
+            }
             Err(_) => unreachable_service(
                 "MongoDB",
                 &uri,
-                format!("no answer within {:?} (required at {caller})", CONNECT_TIMEOUT * 2),
+                format!(
+                    "no answer within {:?} (required at {caller})",
+                    CONNECT_TIMEOUT * 2
+                ),
             ),
         }
     }

@@ -116,7 +116,11 @@ fn healthy_shape(nodes: &[Node]) -> Result<(), String> {
             .filter(|n| !n.master && n.master_id.as_deref() == Some(&m.id))
             .collect::<Vec<_>>();
         if replicas.len() != 1 {
-            return Err(format!("master {} has {} replicas, want 1", m.addr, replicas.len()));
+            return Err(format!(
+                "master {} has {} replicas, want 1",
+                m.addr,
+                replicas.len()
+            ));
         }
         if replicas[0].failed || !replicas[0].connected {
             return Err(format!("the replica of {} is not connected", m.addr));
@@ -167,8 +171,10 @@ async fn wait_cluster_healthy(settings: &Settings) {
 async fn promote(replica: &str, seed: &str) {
     for attempt in 1..=3 {
         let mut c = node_conn(replica).await;
-        let reply: redis::RedisResult<String> =
-            redis::cmd("CLUSTER").arg("FAILOVER").query_async(&mut c).await;
+        let reply: redis::RedisResult<String> = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query_async(&mut c)
+            .await;
         if let Err(e) = &reply {
             eprintln!("CLUSTER FAILOVER on {replica} (attempt {attempt}): {e}");
         }
@@ -230,7 +236,11 @@ async fn redis_cluster_shape_and_manual_failover_keep_data() {
         .query_async(&mut owner_conn)
         .await
         .unwrap();
-    assert_eq!(acked, 1, "the replica {} did not acknowledge the write", replica.addr);
+    assert_eq!(
+        acked, 1,
+        "the replica {} did not acknowledge the write",
+        replica.addr
+    );
 
     promote(&replica.addr, &seed).await;
     let after = cluster_nodes(&seed).await;
@@ -243,26 +253,38 @@ async fn redis_cluster_shape_and_manual_failover_keep_data() {
     );
 
     // The cluster client follows the MOVED redirection to the new master.
-    let got: Option<String> = eventually("the key readable after the failover", Duration::from_secs(30), || {
-        let mut c = cluster.clone();
-        let key = key.clone();
-        async move { c.get::<_, Option<String>>(&key).await.ok() }
-    })
+    let got: Option<String> = eventually(
+        "the key readable after the failover",
+        Duration::from_secs(30),
+        || {
+            let mut c = cluster.clone();
+            let key = key.clone();
+            async move { c.get::<_, Option<String>>(&key).await.ok() }
+        },
+    )
     .await;
     assert_eq!(got.as_deref(), Some(value.as_str()));
     let mut new_master = node_conn(&replica.addr).await;
     let direct: Option<String> = new_master.get(&key).await.unwrap();
-    assert_eq!(direct.as_deref(), Some(value.as_str()), "the promoted replica serves the key");
+    assert_eq!(
+        direct.as_deref(),
+        Some(value.as_str()),
+        "the promoted replica serves the key"
+    );
 
     // Fail back, so the stack keeps the layout it was created with.
     wait_cluster_healthy(&settings).await;
     promote(&owner.addr, &seed).await;
     wait_cluster_healthy(&settings).await;
-    let got: Option<String> = eventually("the key readable after failing back", Duration::from_secs(30), || {
-        let mut c = cluster.clone();
-        let key = key.clone();
-        async move { c.get::<_, Option<String>>(&key).await.ok() }
-    })
+    let got: Option<String> = eventually(
+        "the key readable after failing back",
+        Duration::from_secs(30),
+        || {
+            let mut c = cluster.clone();
+            let key = key.clone();
+            async move { c.get::<_, Option<String>>(&key).await.ok() }
+        },
+    )
     .await;
     assert_eq!(got.as_deref(), Some(value.as_str()));
     let _: () = cluster.del(&key).await.unwrap();
@@ -317,7 +339,9 @@ async fn kafka_idempotent_producer_and_committed_group_offsets() {
             .expect("consume error");
         let key = String::from_utf8(msg.key().unwrap().to_vec()).unwrap();
         let payload: serde_json::Value = serde_json::from_slice(msg.payload().unwrap()).unwrap();
-        seen.entry(key).or_default().push(payload["seq"].as_u64().unwrap() as usize);
+        seen.entry(key)
+            .or_default()
+            .push(payload["seq"].as_u64().unwrap() as usize);
         total += 1;
     }
     drop(stream);
@@ -326,9 +350,14 @@ async fn kafka_idempotent_producer_and_committed_group_offsets() {
     all.sort_unstable();
     assert_eq!(all, (0..N).collect::<Vec<_>>(), "each record exactly once");
     for (key, seqs) in &seen {
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "order within {key}: {seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "order within {key}: {seqs:?}"
+        );
     }
-    consumer.commit_consumer_state(CommitMode::Sync).expect("commit");
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("commit");
     let committed: i64 = committed_total(&consumer, &topic);
     assert_eq!(committed, N as i64, "committed offsets cover all records");
     drop(consumer); // leaves the group
@@ -419,13 +448,23 @@ async fn mongodb_unique_index_duplicate_and_upsert() {
                 .build(),
         )
         .build();
-    scores.create_index(index).await.expect("create a unique index");
+    scores
+        .create_index(index)
+        .await
+        .expect("create a unique index");
 
-    let player = doc! { "_id": "q1:p1", "quiz_id": "q1", "player_id": "p1", "nickname": "ann", "score": 0 };
-    scores.insert_one(player.clone()).await.expect("first insert");
+    let player =
+        doc! { "_id": "q1:p1", "quiz_id": "q1", "player_id": "p1", "nickname": "ann", "score": 0 };
+    scores
+        .insert_one(player.clone())
+        .await
+        .expect("first insert");
 
     // Same _id: E11000.
-    let dup = scores.insert_one(player.clone()).await.expect_err("duplicate _id");
+    let dup = scores
+        .insert_one(player.clone())
+        .await
+        .expect_err("duplicate _id");
     assert_eq!(error_code(&dup), Some(11000), "duplicate _id: {dup}");
     assert!(dup.to_string().contains("E11000"), "{dup}");
     // Same (quiz_id, nickname) under another _id: E11000 from the unique index.
@@ -456,7 +495,10 @@ async fn mongodb_unique_index_duplicate_and_upsert() {
     assert!(first.upserted_id.is_some(), "the first upsert inserts");
     let lower = upsert(300).await;
     assert!(lower.upserted_id.is_none());
-    assert_eq!(lower.modified_count, 0, "$max with a lower score changes nothing");
+    assert_eq!(
+        lower.modified_count, 0,
+        "$max with a lower score changes nothing"
+    );
     upsert(900).await;
     upsert(900).await; // a replay is a no-op
 
@@ -469,7 +511,10 @@ async fn mongodb_unique_index_duplicate_and_upsert() {
     assert_eq!(doc.get_str("quiz_id").unwrap(), "q1");
     assert_eq!(doc.get_i64("score").unwrap(), 900);
 
-    let count = scores.count_documents(doc! { "quiz_id": "q1" }).await.unwrap();
+    let count = scores
+        .count_documents(doc! { "quiz_id": "q1" })
+        .await
+        .unwrap();
     assert_eq!(count, 2);
     let names: HashSet<String> = scores
         .distinct("nickname", doc! {})

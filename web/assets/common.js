@@ -247,7 +247,8 @@ export class QuizSocket {
     clearTimeout(this.timer);
     this.timer = null;
     if (this.stopped) return;
-    this.onstatus(this.attempt === 0 ? 'connecting' : 'reconnecting', { attempt: this.attempt });
+    if (!this.quiet) this.onstatus(this.attempt === 0 ? 'connecting' : 'reconnecting', { attempt: this.attempt });
+    this.quiet = false;
     let ws;
     try {
       ws = new WebSocket(this.url);
@@ -296,6 +297,24 @@ export class QuizSocket {
     this.retryAt = Date.now() + delay;
     this.onstatus('reconnecting', { attempt: this.attempt, delay, retryAt: this.retryAt });
     this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Reconnects at once without telling the user: the server's welcome
+   * brings the current state (used to fetch the next self-paced question). */
+  resync() {
+    if (this.stopped) return;
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onclose = null;
+      ws.onmessage = null;
+      try {
+        ws.close(1000, 'resync');
+      } catch { /* already closed */ }
+    }
+    clearTimeout(this.timer);
+    this.quiet = true;
+    this.connect();
   }
 
   retryNow() {

@@ -132,7 +132,7 @@ $('#upload').addEventListener('change', async (e) => {
     quiz_id: typeof q.quiz_id === 'string' ? q.quiz_id : '',
     questions: q.questions.map((x) => ({
       text: typeof x?.text === 'string' ? x.text : '',
-      options: Array.isArray(x?.options) ? x.options.map(String).slice(0, LIMITS.optionsMax) : ['', ''],
+      options: Array.isArray(x?.options) ? x.options.map((o) => (typeof o === 'string' ? o : JSON.stringify(o))) : ['', ''],
       correct: Array.isArray(x?.correct) ? x.correct : [],
       time_limit_ms: x?.time_limit_ms,
       points: x?.points,
@@ -227,6 +227,7 @@ function openControl(quizId, sess) {
   C.sess = sess;
   C.token = sess.host_token;
   C.questionCount = (sess.questions || []).length;
+  C.mode = sess.mode || 'live';
   $('#quiz-title').textContent = sess.title || `Quiz ${quizId}`;
   $('.quiz-title-sub').textContent = sess.title || '';
   document.title = `${sess.title || quizId} · Host`;
@@ -256,6 +257,7 @@ async function refreshQuiz() {
     const q = await api('GET', quizPath(C.quizId));
     if (q.question_count) C.questionCount = q.question_count;
     if (typeof q.current_question === 'number') C.currentIndex = q.current_question;
+    if (q.mode) C.mode = q.mode;
     if (q.title) $('#quiz-title').textContent = q.title;
     setState(q.state);
   } catch (e) {
@@ -280,9 +282,12 @@ function setState(state) {
   const idx = C.current ? C.current.question.index : (C.currentIndex ?? -1);
   const isLast = C.questionCount && idx + 1 >= C.questionCount;
   $('#btn-start').hidden = state !== 'lobby';
-  $('#btn-next').hidden = state !== 'running' || !!isLast;
+  // Self-paced: players move on by themselves; the host only starts and ends.
+  const selfPaced = C.mode === 'self_paced';
+  $('#btn-next').hidden = state !== 'running' || !!isLast || selfPaced;
+  if (selfPaced && state === 'running') $('#board-panel').hidden = false;
   $('#btn-end').hidden = state === 'ended';
-  $('#btn-end').className = state === 'running' && isLast ? 'primary' : 'danger';
+  $('#btn-end').className = state === 'running' && (isLast || selfPaced) ? 'primary' : 'danger';
   $('#join-panel').classList.toggle('compact', state !== 'lobby');
   if (state !== 'lobby' && C.poll) {
     clearInterval(C.poll);

@@ -289,6 +289,14 @@ function startTimer(m) {
         fb.className = 'feedback late';
         fb.replaceChildren(h('strong', { text: "Time's up!" }), ' No answer this time.');
         fb.hidden = false;
+        // Self-paced: nothing is pushed when a question expires unanswered;
+        // a fresh welcome carries the next one (or none after the last).
+        if (S.mode === 'self_paced' && S.socket) {
+          const qid = m.question.id;
+          setTimeout(() => {
+            if (S.socket && !S.ended && S.question && S.question.question.id === qid) S.socket.resync();
+          }, 1500);
+        }
       }
     }
   };

@@ -196,9 +196,18 @@ async function scenario(browser, vpName) {
 
   // ---- questions -------------------------------------------------------------
   const score = {}; // nick -> score as the pages show it
-  const answerRound = async (qi, picks) => {
-    for (const p of players) {
-      await waitText(p.page, '#q-text', new RegExp(QUIZ.questions[qi].text.replace(/[?()]/g, '\\$&')));
+  const answerRound = async (qi, picks, { reload } = {}) => {
+    const qText = new RegExp(QUIZ.questions[qi].text.replace(/[?()]/g, '\\$&'));
+    for (const p of players) await waitText(p.page, '#q-text', qText);
+    if (reload !== undefined) {
+      // Reconnecting mid-question: the server's welcome brings the open
+      // question back, still answerable, with the countdown running on.
+      const p = players[reload];
+      await p.page.reload();
+      await waitText(p.page, '#q-text', qText);
+      assertEq(await p.page.isEnabled('#options .option[data-index="0"]'), true, 'options enabled after reload');
+      const left = Number(await p.page.textContent('#timer-s'));
+      assert(left > 0 && left <= QUESTION_MS / 1000, `countdown after reload: ${left}`);
     }
     await waitText(host, '#hq-text', /\S/);
     await shot(players[0].page, `player-q${qi + 1}`);
@@ -272,9 +281,9 @@ async function scenario(browser, vpName) {
     assertEq(await p.page.textContent('#me-nick'), p.nick, 'nickname after reload');
   });
 
-  await check(`${vpName}: question 2 (next), the leaderboard updates`, async () => {
+  await check(`${vpName}: question 2 (next; one player reloads mid-question), the leaderboard updates`, async () => {
     await host.click('#btn-next');
-    await answerRound(1, [1, 0, 0]);
+    await answerRound(1, [1, 0, 0], { reload: 2 });
   });
 
   await check(`${vpName}: question 3, last`, async () => {
@@ -321,6 +330,57 @@ async function scenario(browser, vpName) {
   writeFileSync(path.join(ART, `${vpName}-screenshots.txt`), `${shots.map((f) => path.basename(f)).join('\n')}\n`);
 }
 
+// Self-paced: each player gets the questions one by one on their own clock;
+// the host only starts and ends.
+async function selfPacedScenario(browser, vpName) {
+  const viewport = VIEWPORTS[vpName];
+  const shot = (page, label) => page.screenshot({ path: path.join(ART, `${vpName}-sp-${label}.png`), fullPage: true });
+  const ctx = async () => (await browser.newContext({ viewport })).newPage();
+  const quiz = {
+    title: 'E2E: self-paced',
+    mode: 'self_paced',
+    quiz_id: `e2e-sp-${vpName}-${Date.now().toString(36)}`,
+    questions: [QUIZ.questions[0], { ...QUIZ.questions[2], time_limit_ms: 5000 }],
+  };
+  const host = await ctx();
+  const player = await ctx();
+  for (const page of [host, player]) page.on('pageerror', (e) => log(`  [${vpName} sp page error] ${e.message}`));
+  await check(`${vpName}: self-paced: create, join, start`, async () => {
+    await host.goto(`${BASE}/host`);
+    await host.setInputFiles('#upload', { name: 'sp.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(quiz)) });
+    await waitText(host, '#err-upload', /Loaded/);
+    assertEq(await host.isChecked('input[name="mode"][value="self_paced"]'), true, 'mode from the file');
+    await host.click('#create-btn');
+    await waitText(host, '#big-id', new RegExp(`^${quiz.quiz_id}$`));
+    await player.goto(`${BASE}/?quiz=${quiz.quiz_id}`);
+    await player.fill('#nickname', 'Solo');
+    await player.press('#nickname', 'Enter'); // the keyboard path
+    await waitText(player, '[data-screen="lobby"] .lead', /Waiting for the host/);
+    await waitText(host, '#player-count', /^1$/);
+    await host.click('#btn-start');
+    await host.waitForSelector('#btn-next', { state: 'hidden', timeout: T });
+  });
+  await check(`${vpName}: self-paced: answer, next question at once, expiry, results`, async () => {
+    await waitText(player, '#q-text', /France/);
+    await player.click('#options .option[data-index="1"]');
+    // The next question follows the answer; the verdict stays on screen a moment.
+    await waitText(player, '#q-text', /Japan/);
+    await waitText(player, '#prev-result', /Correct/);
+    const score = Number(await player.textContent('#me-score'));
+    assert(score > 0, 'score after a correct answer');
+    await shot(player, 'player-q2');
+    // Let question 2 expire unanswered: the page fetches the state again and
+    // lands on the leaderboard after the last question.
+    await waitText(player, '#feedback', /Time's up/, 8000);
+    await waitText(player, '#wait-next', /last question/, T);
+    await shot(player, 'player-done');
+    await host.click('#btn-end');
+    await waitText(player, '#my-place', new RegExp(`finished 1st of 1 with ${score} points`));
+    await waitText(host, '#final-h', /Final results/);
+    await shot(host, 'host-final');
+  });
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
@@ -334,6 +394,7 @@ try {
     log(`# scenario at ${w} width (${VIEWPORTS[w].width}x${VIEWPORTS[w].height}) against ${BASE}`);
     try {
       await scenario(browser, w);
+      await selfPacedScenario(browser, w);
     } catch (e) {
       if (!(e instanceof StopScenario)) {
         failed++;

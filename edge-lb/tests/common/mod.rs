@@ -21,7 +21,11 @@ pub fn free_port() -> u16 {
 pub async fn backends(n: usize) -> Vec<Backend> {
     let mut v = Vec::new();
     for i in 0..n {
-        v.push(Backend::start(&format!("core-{i}"), "127.0.0.1:0").await.unwrap());
+        v.push(
+            Backend::start(&format!("core-{i}"), "127.0.0.1:0")
+                .await
+                .unwrap(),
+        );
     }
     v
 }
@@ -61,7 +65,12 @@ impl Default for Opts {
     }
 }
 
-pub fn yaml(backends: &[(String, SocketAddr)], listen: &[String], admin: SocketAddr, o: &Opts) -> String {
+pub fn yaml(
+    backends: &[(String, SocketAddr)],
+    listen: &[String],
+    admin: SocketAddr,
+    o: &Opts,
+) -> String {
     let mut b = String::new();
     for (name, addr) in backends {
         b.push_str(&format!("        - {{name: {name}, addr: \"{addr}\"}}\n"));
@@ -110,7 +119,11 @@ pub async fn edge(bs: &[Backend], o: Opts) -> Edge {
     }
     let addr: SocketAddr = listen[0].parse().unwrap();
     let text = yaml(&named(bs), &listen, admin, &o);
-    let dir = std::env::temp_dir().join(format!("edge-lb-test-{}-{}", std::process::id(), free_port()));
+    let dir = std::env::temp_dir().join(format!(
+        "edge-lb-test-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("edge.yaml");
     std::fs::write(&config_path, &text).unwrap();
@@ -126,7 +139,10 @@ pub async fn edge(bs: &[Backend], o: Opts) -> Edge {
     // Listener up?
     let start = Instant::now();
     while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(start.elapsed() < Duration::from_secs(5), "edge-lb did not listen");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "edge-lb did not listen"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     e
@@ -135,7 +151,10 @@ pub async fn edge(bs: &[Backend], o: Opts) -> Edge {
 pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -151,7 +170,9 @@ pub async fn http_node(addr: SocketAddr, q: &str) -> String {
 pub async fn admin_json(admin: SocketAddr, method: &str, path: &str) -> serde_json::Value {
     let (status, _h, body) = edge_lb::testing::http_request(
         admin,
-        &format!("{method} {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
     )
     .await
     .unwrap();

@@ -1,0 +1,374 @@
+//! A Redis master failover in the middle of a stream of concurrent answers,
+//! against the local Redis Cluster (`deploy/local/stack up`).
+//!
+//! `CLUSTER FAILOVER` is sent to the replica of the master that owns the
+//! quiz's slot while workers keep applying answers. Each worker retries an
+//! answer the store did not acknowledge (as a player's client would), with a
+//! fresh call each time. Afterwards every player's sorted-set score must equal
+//! the sum of the points of the answers acknowledged to them: nothing
+//! acknowledged lost, nothing counted twice (a retry of an answer that had in
+//! fact landed comes back `Duplicate` with that very answer, or `Applied`).
+//!
+//! The test then fails back, so the cluster has its original layout and three
+//! healthy masters again. Fails loudly without the cluster.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quiz_core::model::{AnswerRecord, ApplyOutcome, Mode, Player, Question, QuizDef, QuizState};
+use quiz_core::store::redis_cluster::{RedisClusterStore, RedisOptions};
+use quiz_core::store::{QuizStore, StoreError};
+
+const PLAYERS: u32 = 200;
+const QUESTIONS: u32 = 40;
+const WORKERS: usize = 40;
+
+fn redis_nodes() -> Vec<String> {
+    match std::env::var("QUIZ_REDIS_NODES") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
+        _ => (7000..=7005).map(|p| format!("127.0.0.1:{p}")).collect(),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    id: String,
+    addr: String,
+    master: bool,
+    master_id: String,
+    slots: Vec<(u16, u16)>,
+}
+
+async fn conn(addr: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://{addr}")).expect("client");
+    tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection())
+        .await
+        .unwrap_or_else(|_| panic!("Redis node {addr} is required: connect timed out"))
+        .unwrap_or_else(|e| panic!("Redis node {addr} is required (deploy/local/stack up): {e}"))
+}
+
+async fn query<T: redis::FromRedisValue>(addr: &str, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    let mut c = conn(addr).await;
+    cmd.query_async(&mut c).await
+}
+
+/// `CLUSTER NODES` as seen from `addr`.
+async fn cluster_nodes(addr: &str) -> Vec<Node> {
+    let text: String = query(addr, redis::cmd("CLUSTER").arg("NODES"))
+        .await
+        .expect("CLUSTER NODES");
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let addr = f[1].split('@').next()?.to_string();
+            let flags = f[2];
+            let slots = f[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|x| (x, x)),
+                })
+                .collect();
+            Some(Node {
+                id: f[0].to_string(),
+                addr,
+                master: flags.contains("master") && !flags.contains("fail"),
+                master_id: f[3].to_string(),
+                slots,
+            })
+        })
+        .collect()
+}
+
+async fn slot_of(addr: &str, key: &str) -> u16 {
+    query(addr, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+        .await
+        .expect("CLUSTER KEYSLOT")
+}
+
+/// (master, one of its replicas) for `slot`.
+async fn owner(seed: &str, slot: u16) -> (Node, Node) {
+    let nodes = cluster_nodes(seed).await;
+    let master = nodes
+        .iter()
+        .find(|n| n.master && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+        .unwrap_or_else(|| panic!("no master owns slot {slot}: {nodes:?}"))
+        .clone();
+    let replica = nodes
+        .iter()
+        .find(|n| !n.master && n.master_id == master.id)
+        .unwrap_or_else(|| panic!("master {} has no replica: {nodes:?}", master.addr))
+        .clone();
+    (master, replica)
+}
+
+/// Sends CLUSTER FAILOVER to `replica` and waits until it owns `slot`.
+async fn fail_over_to(replica: &Node, slot: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The replica may still be syncing right after an earlier failover:
+    // Redis refuses then, so retry for a while.
+    loop {
+        let r: redis::RedisResult<redis::Value> =
+            query(&replica.addr, redis::cmd("CLUSTER").arg("FAILOVER")).await;
+        match r {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("CLUSTER FAILOVER on {} refused ({e}), retrying", replica.addr);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("CLUSTER FAILOVER on {}: {e}", replica.addr),
+        }
+    }
+    loop {
+        let (m, _) = owner_or_none(&replica.addr, slot).await;
+        if m.as_deref() == Some(replica.id.as_str()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not take over slot {slot} within 30 s",
+            replica.addr
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn owner_or_none(seed: &str, slot: u16) -> (Option<String>, ()) {
+    let nodes = cluster_nodes(seed).await;
+    (
+        nodes
+            .iter()
+            .find(|n| n.master && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .map(|n| n.id.clone()),
+        (),
+    )
+}
+
+/// Waits until every node reports `cluster_state:ok` and there are 3
+/// masters with slots, each with a replica.
+async fn wait_healthy(nodes: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut ok = true;
+        for addr in nodes {
+            let info: String = query(addr, redis::cmd("CLUSTER").arg("INFO"))
+                .await
+                .unwrap_or_default();
+            ok &= info.contains("cluster_state:ok");
+        }
+        let view = cluster_nodes(&nodes[0]).await;
+        let masters: Vec<&Node> = view.iter().filter(|n| n.master && !n.slots.is_empty()).collect();
+        ok &= masters.len() == 3
+            && masters
+                .iter()
+                .all(|m| view.iter().any(|r| !r.master && r.master_id == m.id));
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "cluster not healthy within 30 s: {view:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn answer(pid: &str, q: u32) -> AnswerRecord {
+    let points = (pid.len() as u32 * 31 + q * 17) % 1000 + 1;
+    AnswerRecord {
+        player_id: pid.to_string(),
+        nickname: pid.to_string(),
+        question_id: q,
+        choices: vec![q % 4],
+        correct: true,
+        late: false,
+        points,
+        response_ms: 700,
+        answered_at_ms: 1_700_000_000_000 + u64::from(q),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_loses_and_doubles_nothing() {
+    let nodes = redis_nodes();
+    let seed = nodes[0].clone();
+    wait_healthy(&nodes).await;
+    let store = Arc::new(
+        RedisClusterStore::connect(&nodes, RedisOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("Redis Cluster at {nodes:?} is required: {e}")),
+    );
+    let quiz = format!("fo-{:08x}", rand::random::<u32>());
+    let def = QuizDef {
+        quiz_id: quiz.clone(),
+        title: "failover".into(),
+        mode: Mode::SelfPaced,
+        questions: (0..QUESTIONS)
+            .map(|i| Question {
+                id: i,
+                index: i,
+                text: format!("q{i}"),
+                options: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+                correct: vec![i % 4],
+                time_limit_ms: 20_000,
+                points: 1000,
+            })
+            .collect(),
+        created_at_ms: 1,
+    };
+    store
+        .create_quiz(&def, &QuizState::new_lobby())
+        .await
+        .expect("create");
+    let pids: Vec<String> = (0..PLAYERS).map(|p| format!("player{p:04}")).collect();
+    for pid in &pids {
+        store
+            .add_player(
+                &quiz,
+                &Player {
+                    player_id: pid.clone(),
+                    nickname: pid.clone(),
+                    joined_at_ms: 1,
+                },
+            )
+            .await
+            .expect("join");
+    }
+    let slot = slot_of(&seed, &format!("quiz:{{{quiz}}}:leaderboard")).await;
+    let (master, replica) = owner(&seed, slot).await;
+    eprintln!("quiz {quiz}: slot {slot} on {} (replica {})", master.addr, replica.addr);
+
+    // The stream: all (player, question) pairs, question-major, split over
+    // the workers; each worker paces itself so the stream lasts a few
+    // seconds and the failover lands in its middle.
+    let mut work: Vec<Vec<(String, u32)>> = vec![Vec::new(); WORKERS];
+    let mut i = 0;
+    for q in 0..QUESTIONS {
+        for pid in &pids {
+            work[i % WORKERS].push((pid.clone(), q));
+            i += 1;
+        }
+    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed_calls = Arc::new(AtomicUsize::new(0));
+    let duplicates_of_own = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = work
+        .into_iter()
+        .map(|items| {
+            let store = Arc::clone(&store);
+            let quiz = quiz.clone();
+            let done = Arc::clone(&done);
+            let failed_calls = Arc::clone(&failed_calls);
+            let dups = Arc::clone(&duplicates_of_own);
+            tokio::spawn(async move {
+                // player → acknowledged points
+                let mut acked: HashMap<String, u64> = HashMap::new();
+                let mut latencies = Vec::new();
+                for (pid, q) in items {
+                    let a = answer(&pid, q);
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    let t0 = Instant::now();
+                    let points = loop {
+                        match store.apply_answer(&quiz, &a).await {
+                            Ok(ApplyOutcome::Applied { .. }) => break a.points,
+                            Ok(ApplyOutcome::Duplicate { original, .. }) => {
+                                // Only an earlier, unacknowledged call of
+                                // ours can have recorded this answer.
+                                assert_eq!(original, a, "duplicate of a foreign answer");
+                                dups.fetch_add(1, Ordering::Relaxed);
+                                break original.points;
+                            }
+                            Err(StoreError::Unavailable(e)) => {
+                                failed_calls.fetch_add(1, Ordering::Relaxed);
+                                assert!(
+                                    Instant::now() < deadline,
+                                    "answer {pid}/{q} not acknowledged within 60 s: {e}"
+                                );
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            Err(e) => panic!("apply_answer {pid}/{q}: {e}"),
+                        }
+                    };
+                    latencies.push(t0.elapsed());
+                    *acked.entry(pid).or_default() += u64::from(points);
+                    done.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                (acked, latencies)
+            })
+        })
+        .collect();
+
+    let total = (PLAYERS * QUESTIONS) as usize;
+    let until = Instant::now() + Duration::from_secs(30);
+    while done.load(Ordering::Relaxed) < total / 4 {
+        assert!(Instant::now() < until, "answer stream stalled before the failover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at = done.load(Ordering::Relaxed);
+    let t_failover = Instant::now();
+    fail_over_to(&replica, slot).await;
+    let failover_took = t_failover.elapsed();
+    let at_end = done.load(Ordering::Relaxed);
+
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    let mut latencies = Vec::new();
+    for w in workers {
+        let (acked, lat) = w.await.expect("worker");
+        for (pid, pts) in acked {
+            *expected.entry(pid).or_default() += pts;
+        }
+        latencies.extend(lat);
+    }
+    latencies.sort();
+    eprintln!(
+        "{total} answers in {:?}; failover started after {at}, done after {at_end} answers, took {failover_took:?}; \
+         {} failed calls retried, {} retries came back Duplicate; max answer latency {:?}",
+        started.elapsed(),
+        failed_calls.load(Ordering::Relaxed),
+        duplicates_of_own.load(Ordering::Relaxed),
+        latencies.last().copied().unwrap_or_default()
+    );
+    assert!(
+        at_end < total,
+        "the failover must happen in the middle of the stream ({at_end} of {total} done)"
+    );
+
+    // Every acknowledged answer counted exactly once, read straight from
+    // the new master's sorted set.
+    let (new_master, _) = owner(&seed, slot).await;
+    assert_eq!(new_master.id, replica.id, "the replica took over");
+    let scores: Vec<(String, f64)> = query(
+        &new_master.addr,
+        redis::cmd("ZRANGE")
+            .arg(format!("quiz:{{{quiz}}}:leaderboard"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES"),
+    )
+    .await
+    .expect("ZRANGE");
+    assert_eq!(scores.len(), PLAYERS as usize);
+    for (pid, score) in &scores {
+        assert_eq!(
+            *score as u64,
+            expected.get(pid).copied().unwrap_or(0),
+            "score of {pid}"
+        );
+    }
+    let recorded: usize = query(
+        &new_master.addr,
+        redis::cmd("HLEN").arg(format!("quiz:{{{quiz}}}:answers")),
+    )
+    .await
+    .expect("HLEN");
+    assert_eq!(recorded, total);
+
+    // Fail back to the original layout, and leave a healthy cluster.
+    fail_over_to(&master, slot).await;
+    wait_healthy(&nodes).await;
+}

@@ -1,0 +1,226 @@
+//! edge-lb-bench: a bounded load tool for the side-by-side benchmark against HAProxy.
+//!
+//! `edge-lb-bench backends --base-port 7101 --count 3 --seconds 600` runs echo backends
+//! (`edge_lb::testing::Backend`, named core-1..N). `edge-lb-bench ws --target ADDR[,ADDR…]
+//! --conns N --quizzes Q --msgs M --pid PID` opens N WebSocket connections (Q quizzes, bounded
+//! concurrency), measures setups per second, the proxy's RSS growth per connection (`--pid`),
+//! then has every connection do M request/echo round trips, measuring messages per second and
+//! the round-trip latency (p50/p99). One JSON line of results on stdout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use edge_lb::testing::{ws_connect, Backend, Client};
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run echo backends on 127.0.0.1:base-port.. until --seconds elapse.
+    Backends {
+        #[arg(long, default_value_t = 7101)]
+        base_port: u16,
+        #[arg(long, default_value_t = 3)]
+        count: u16,
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
+    /// WebSocket load through a proxy (or straight at backends for the anchor).
+    Ws {
+        /// One address, or several (quiz i goes to address i mod n: the no-proxy anchor).
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 2000)]
+        conns: usize,
+        #[arg(long, default_value_t = 200)]
+        quizzes: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 20)]
+        msgs: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Proxy pid whose RSS growth is divided by the connection count.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Label printed with the results.
+        #[arg(long, default_value = "run")]
+        label: String,
+        /// Hard bound for the whole run.
+        #[arg(long, default_value_t = 300)]
+        max_seconds: u64,
+    },
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Backends {
+            base_port,
+            count,
+            seconds,
+        } => {
+            let mut v = Vec::new();
+            for i in 0..count {
+                let b = Backend::start(
+                    &format!("core-{}", i + 1),
+                    &format!("127.0.0.1:{}", base_port + i),
+                )
+                .await?;
+                eprintln!("backend {} on {}", b.name, b.addr);
+                v.push(b);
+            }
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            Ok(())
+        }
+        Cmd::Ws {
+            target,
+            conns,
+            quizzes,
+            concurrency,
+            msgs,
+            size,
+            pid,
+            label,
+            max_seconds,
+        } => {
+            let targets: Vec<SocketAddr> = target
+                .split(',')
+                .map(|t| t.parse())
+                .collect::<Result<_, _>>()?;
+            let r = tokio::time::timeout(
+                Duration::from_secs(max_seconds),
+                run_ws(
+                    targets,
+                    conns,
+                    quizzes.max(1),
+                    concurrency,
+                    msgs,
+                    size,
+                    pid,
+                ),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("run exceeded {max_seconds} s"))??;
+            let mut v = r;
+            v["label"] = label.into();
+            println!("{v}");
+            Ok(())
+        }
+    }
+}
+
+async fn run_ws(
+    targets: Vec<SocketAddr>,
+    conns: usize,
+    quizzes: usize,
+    concurrency: usize,
+    msgs: usize,
+    size: usize,
+    pid: Option<u32>,
+) -> anyhow::Result<serde_json::Value> {
+    let rss0 = pid.and_then(rss_kib);
+    // Phase 1: set up connections with bounded concurrency.
+    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let permit = sem.clone().acquire_owned().await?;
+        let q = i % quizzes;
+        let addr = targets[q % targets.len()];
+        tasks.push(tokio::spawn(async move {
+            let r = async {
+                let mut c = ws_connect(addr, &format!("/v1/quizzes/q{q}/ws?token=bench")).await?;
+                c.node().await?;
+                Ok::<Client, String>(c)
+            }
+            .await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut clients = Vec::with_capacity(conns);
+    let mut failed = 0usize;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(c)) => clients.push(c),
+            _ => failed += 1,
+        }
+    }
+    let setup = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss1 = pid.and_then(rss_kib);
+    // Phase 2: every connection does `msgs` round trips, all connections at once.
+    let payload = "x".repeat(size);
+    let t1 = Instant::now();
+    let mut tasks = Vec::with_capacity(clients.len());
+    for mut c in clients {
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            for _ in 0..msgs {
+                let s = Instant::now();
+                if c.send_text(&payload).await.is_err() {
+                    break;
+                }
+                match c.recv_text().await {
+                    Ok(_) => {
+                        let _ = h.record(s.elapsed().as_micros().max(1) as u64);
+                    }
+                    Err(_) => break,
+                }
+            }
+            (c, h)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut clients = Vec::new();
+    for t in tasks {
+        if let Ok((c, h)) = t.await {
+            hist.add(h)?;
+            clients.push(c);
+        }
+    }
+    let msg_time = t1.elapsed();
+    for c in clients.iter_mut() {
+        let _ = c.close().await;
+    }
+    drop(clients);
+    let per_conn = match (rss0, rss1) {
+        (Some(a), Some(b)) if conns > failed => {
+            Some(((b.saturating_sub(a)) as f64 * 1024.0) / (conns - failed) as f64)
+        }
+        _ => None,
+    };
+    Ok(serde_json::json!({
+        "conns": conns,
+        "failed": failed,
+        "setup_s": setup.as_secs_f64(),
+        "setups_per_s": (conns - failed) as f64 / setup.as_secs_f64(),
+        "round_trips": hist.len(),
+        "msgs_per_s": (2 * hist.len()) as f64 / msg_time.as_secs_f64(),
+        "rtt_p50_us": hist.value_at_quantile(0.5),
+        "rtt_p99_us": hist.value_at_quantile(0.99),
+        "rss_before_kib": rss0,
+        "rss_after_kib": rss1,
+        "bytes_per_conn": per_conn,
+    }))
+}
