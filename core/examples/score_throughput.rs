@@ -136,7 +136,13 @@ fn anchor(master: &str, answers: usize) -> anyhow::Result<f64> {
     // The last line reads "<command>: 123456.78 requests per second, p50=…".
     let rps = text
         .rsplit(": ")
-        .find_map(|s| s.split(" requests per second").next()?.trim().parse::<f64>().ok())
+        .find_map(|s| {
+            s.split(" requests per second")
+                .next()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .ok_or_else(|| anyhow::anyhow!("cannot parse redis-benchmark output: {text}"))?;
     Ok(rps)
 }
@@ -258,7 +264,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "machine: {} cores; master under test {master}; {} answers x {} callers, {} players",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         args.answers,
         args.concurrency,
         args.players
@@ -268,17 +276,45 @@ async fn main() -> anyhow::Result<()> {
         let anchor_rps = anchor(&master, args.answers)?;
         let q1 = quiz_id_in_slot_of_bench(run);
         new_quiz(&with_wait, &q1, args.players).await?;
-        let w = drive(Arc::clone(&with_wait), &q1, args.answers, args.concurrency, args.players).await?;
+        let w = drive(
+            Arc::clone(&with_wait),
+            &q1,
+            args.answers,
+            args.concurrency,
+            args.players,
+        )
+        .await?;
         let q2 = quiz_id_in_slot_of_bench(run);
         new_quiz(&without_wait, &q2, args.players).await?;
-        let nw = drive(Arc::clone(&without_wait), &q2, args.answers, args.concurrency, args.players).await?;
+        let nw = drive(
+            Arc::clone(&without_wait),
+            &q2,
+            args.answers,
+            args.concurrency,
+            args.players,
+        )
+        .await?;
         // Latency at a moderate load (few callers, no queueing in front).
         let q3 = quiz_id_in_slot_of_bench(run);
         new_quiz(&with_wait, &q3, args.players).await?;
-        let lw = drive(Arc::clone(&with_wait), &q3, args.latency_answers, args.latency_concurrency, args.players).await?;
+        let lw = drive(
+            Arc::clone(&with_wait),
+            &q3,
+            args.latency_answers,
+            args.latency_concurrency,
+            args.players,
+        )
+        .await?;
         let q4 = quiz_id_in_slot_of_bench(run);
         new_quiz(&without_wait, &q4, args.players).await?;
-        let lnw = drive(Arc::clone(&without_wait), &q4, args.latency_answers, args.latency_concurrency, args.players).await?;
+        let lnw = drive(
+            Arc::clone(&without_wait),
+            &q4,
+            args.latency_answers,
+            args.latency_concurrency,
+            args.players,
+        )
+        .await?;
         println!(
             "run {run}: anchor ZINCRBY {anchor_rps:.0}/s | store+WAIT {:.0}/s (ratio {:.2}, p50 {:.2} ms, p99 {:.2} ms) | \
              store no WAIT {:.0}/s (ratio {:.2}, p50 {:.2} ms, p99 {:.2} ms) | at {} callers: WAIT p50 {:.3} ms p99 {:.3} ms, no WAIT p50 {:.3} ms p99 {:.3} ms",

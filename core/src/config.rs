@@ -301,7 +301,11 @@ mod tests {
             leaderboard_top: 0,
             ..Config::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("leaderboard_top"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("leaderboard_top"));
     }
 
     #[test]

@@ -61,11 +61,8 @@ pub async fn serve(
     let (rd, wr) = tokio::io::split(ws.into_inner());
     // The read half fastwebsockets builds here (with its 8 KiB buffer) is
     // dropped at once; only the write half is kept.
-    let (_, mut writer) = fastwebsockets::after_handshake_split(
-        tokio::io::empty(),
-        wr,
-        fastwebsockets::Role::Server,
-    );
+    let (_, mut writer) =
+        fastwebsockets::after_handshake_split(tokio::io::empty(), wr, fastwebsockets::Role::Server);
     writer.set_writev_threshold(0);
     let metrics = Arc::clone(&svc.metrics);
     metrics.connections.inc();
@@ -421,14 +418,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             || matches!(res.reason.as_deref(), Some("late" | "duplicate"));
                         outbox.push_text(protocol::encode(&res));
                         if def.mode == Mode::SelfPaced && recorded && p == Some(question_id) {
-                            if let Err(e) = present_next(
-                                svc,
-                                def,
-                                &caller.claims.player_id,
-                                outbox,
-                                presented,
-                            )
-                            .await
+                            if let Err(e) =
+                                present_next(svc, def, &caller.claims.player_id, outbox, presented)
+                                    .await
                             {
                                 outbox.push_text(protocol::encode_error(e.code(), &e.to_string()));
                             }
@@ -519,11 +511,16 @@ pub enum ReadError {
 
 /// Reads one client message (RFC 6455 §5; client frames must be masked).
 /// Fragmented messages are reassembled, their total bounded by `max`.
-pub async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, max: usize) -> Result<InFrame, ReadError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    max: usize,
+) -> Result<InFrame, ReadError> {
     let mut partial: Option<(u8, Vec<u8>)> = None;
     loop {
         let mut head = [0u8; 2];
-        rd.read_exact(&mut head).await.map_err(|_| ReadError::Closed)?;
+        rd.read_exact(&mut head)
+            .await
+            .map_err(|_| ReadError::Closed)?;
         let fin = head[0] & 0x80 != 0;
         if head[0] & 0x70 != 0 {
             return Err(ReadError::Protocol("reserved bits set"));
@@ -546,7 +543,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, max: usize) -> Result<
             return Err(ReadError::TooBig);
         }
         let mut mask = [0u8; 4];
-        rd.read_exact(&mut mask).await.map_err(|_| ReadError::Closed)?;
+        rd.read_exact(&mut mask)
+            .await
+            .map_err(|_| ReadError::Closed)?;
         let mut payload = vec![0u8; len as usize];
         rd.read_exact(&mut payload)
             .await
@@ -610,7 +609,6 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,7 +644,10 @@ mod tests {
             Ok(InFrame::Text(br#"{"type":"ping"}"#.to_vec()))
         );
         // A ping inside a fragmented message is skipped; fragments join.
-        assert_eq!(read_frame(&mut rd, 4096).await, Ok(InFrame::Text(b"abcd".to_vec())));
+        assert_eq!(
+            read_frame(&mut rd, 4096).await,
+            Ok(InFrame::Text(b"abcd".to_vec()))
+        );
         let mut rd = &client_frame(true, 1, &vec![b'x'; 5000])[..];
         assert_eq!(read_frame(&mut rd, 4096).await, Err(ReadError::TooBig));
         let unmasked = [0x81u8, 0x01, b'x'];
@@ -656,6 +657,9 @@ mod tests {
         ));
         assert_eq!(read_frame(&mut &[][..], 4096).await, Err(ReadError::Closed));
         let huge = [0x81u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(read_frame(&mut &huge[..], 4096).await, Err(ReadError::TooBig));
+        assert_eq!(
+            read_frame(&mut &huge[..], 4096).await,
+            Err(ReadError::TooBig)
+        );
     }
 }

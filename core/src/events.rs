@@ -59,7 +59,10 @@ impl Event {
             EventKind::QuizCreated { .. } => format!("{quiz_id}:created"),
             EventKind::PlayerJoined { player_id, .. } => format!("{quiz_id}:joined:{player_id}"),
             EventKind::AnswerScored { answer, .. } => {
-                format!("{quiz_id}:answer:{}:{}", answer.player_id, answer.question_id)
+                format!(
+                    "{quiz_id}:answer:{}:{}",
+                    answer.player_id, answer.question_id
+                )
             }
             EventKind::QuestionOpened { question_id, .. } => {
                 format!("{quiz_id}:question:{question_id}")

@@ -101,7 +101,12 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(svc: Arc<QuizService>, req: Request<Incoming>, peer: SocketAddr, sd: Shutdown) -> Resp {
+async fn handle(
+    svc: Arc<QuizService>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    sd: Shutdown,
+) -> Resp {
     let resp = match route(&svc, req, peer, &sd).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -120,6 +125,9 @@ async fn route(
     sd: &Shutdown,
 ) -> Result<Resp, QuizError> {
     let path = req.uri().path().to_string();
+    if let Some(r) = crate::web::response(req.method(), &path) {
+        return Ok(r);
+    }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     let tier = svc.config.tier;
@@ -135,7 +143,10 @@ async fn route(
             &serde_json::json!({"status": "ok", "node": svc.config.node_name}),
         )),
         (["readyz"], &Method::GET) => match svc.ready().await {
-            Ok(()) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ready"}))),
+            Ok(()) => Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ready"}),
+            )),
             Err(why) => Err(QuizError::Unavailable(format!("not ready: {why}"))),
         },
         (["metrics"], &Method::GET) => Ok(Response::builder()
@@ -151,7 +162,10 @@ async fn route(
         (["v1", "quizzes"], &Method::POST) if api => {
             rate_limit(svc, peer)?;
             if let Some(key) = &svc.config.admin_key {
-                let given = req.headers().get("x-admin-key").and_then(|v| v.to_str().ok());
+                let given = req
+                    .headers()
+                    .get("x-admin-key")
+                    .and_then(|v| v.to_str().ok());
                 if given != Some(key.as_str()) {
                     return Err(QuizError::Unauthorized(
                         "x-admin-key: this node requires the admin key to create quizzes".into(),
@@ -180,7 +194,12 @@ async fn route(
             let body: JoinReq = read_json(svc, req).await?;
             let (def, state, player, token, lb) = svc.join(&id, &body.nickname).await?;
             let released = match (def.mode, state.current_question) {
-                (Mode::Live, Some(c)) => def.questions.iter().take(c as usize + 1).map(Into::into).collect(),
+                (Mode::Live, Some(c)) => def
+                    .questions
+                    .iter()
+                    .take(c as usize + 1)
+                    .map(Into::into)
+                    .collect(),
                 _ => Vec::new(),
             };
             Ok(json(
@@ -203,10 +222,11 @@ async fn route(
                 .get_player(id, pid)
                 .await?
                 .ok_or_else(|| QuizError::NotFound(format!("player_id: no player {pid:?}")))?;
-            let standing = svc.store.standing(id, pid).await?.unwrap_or(crate::model::Standing {
-                score: 0,
-                rank: 0,
-            });
+            let standing = svc
+                .store
+                .standing(id, pid)
+                .await?
+                .unwrap_or(crate::model::Standing { score: 0, rank: 0 });
             Ok(json(
                 StatusCode::OK,
                 &PlayerView {
@@ -239,7 +259,10 @@ async fn route(
                 .headers()
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
                 .map(str::trim);
             svc.def(id).await?;
             svc.authorize_host(id, bearer)?;
@@ -315,7 +338,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 too_large()
             } else {
                 QuizError::Invalid(format!("body: {e}"))

@@ -20,14 +20,15 @@
 //! - Backends, chosen by [`config::Config`]: [`store`] (`QuizStore`: memory
 //!   or Redis Cluster), [`events`] (`EventSink`: file or Kafka), [`bus`]
 //!   (`ControlBus`: memory or Redis pub/sub). [`model`] holds the shared nouns.
-//! - [`metrics`] (Prometheus), [`shutdown`] (signal, task tracking, flush).
+//! - [`metrics`] (Prometheus), [`shutdown`] (signal, task tracking, flush),
+//!   [`web`] (the player and host pages, compiled in).
 //!
 //! The binary is `main.rs`; everything it does is [`run`].
 
+pub mod bus;
+pub mod events;
 pub mod model;
 pub mod store;
-pub mod events;
-pub mod bus;
 
 pub mod config;
 pub mod connection;
@@ -38,6 +39,7 @@ pub mod quiz;
 pub mod room;
 pub mod shutdown;
 pub mod token;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -96,6 +98,27 @@ pub async fn backends(config: &Config) -> anyhow::Result<Backends> {
     distributed_backends(config).await
 }
 
-async fn distributed_backends(_config: &Config) -> anyhow::Result<Backends> {
-    anyhow::bail!("distributed mode: backends not wired yet")
+async fn distributed_backends(config: &Config) -> anyhow::Result<Backends> {
+    let store = store::redis_cluster::RedisClusterStore::connect(
+        &config.redis_nodes,
+        store::redis_cluster::RedisOptions::default(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("redis_nodes {:?}: {e}", config.redis_nodes))?;
+    let bus = bus::redis::RedisBus::connect(&config.redis_nodes)
+        .await
+        .map_err(|e| anyhow::anyhow!("redis_nodes {:?} (control bus): {e}", config.redis_nodes))?;
+    let sink = events::kafka::KafkaSink::new(events::kafka::KafkaOptions {
+        brokers: config.kafka_brokers.clone(),
+        topic: config.kafka_topic.clone(),
+        ..events::kafka::KafkaOptions::default()
+    })
+    .map_err(|e| anyhow::anyhow!("kafka_brokers {:?}: {e}", config.kafka_brokers))?;
+    tracing::info!(
+        redis = ?config.redis_nodes,
+        kafka = %config.kafka_brokers,
+        topic = %config.kafka_topic,
+        "distributed mode"
+    );
+    Ok((Arc::new(store), Arc::new(sink), Arc::new(bus)))
 }

@@ -44,9 +44,11 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(node: &str) -> Metrics {
-        let registry =
-            Registry::new_custom(Some("quiz".into()), Some([("node".into(), node.into())].into()))
-                .unwrap_or_default();
+        let registry = Registry::new_custom(
+            Some("quiz".into()),
+            Some([("node".into(), node.into())].into()),
+        )
+        .unwrap_or_default();
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
             // Names are static and unique: registration cannot collide.
             let _ = r.register(Box::new(c.clone()));
@@ -63,14 +65,17 @@ impl Metrics {
         let cv = |name: &str, help: &str, label: &str| {
             IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|_| unreachable!())
         };
-        let c = |name: &str, help: &str| {
-            IntCounter::new(name, help).unwrap_or_else(|_| unreachable!())
-        };
-        let g = |name: &str, help: &str| IntGauge::new(name, help).unwrap_or_else(|_| unreachable!());
+        let c =
+            |name: &str, help: &str| IntCounter::new(name, help).unwrap_or_else(|_| unreachable!());
+        let g =
+            |name: &str, help: &str| IntGauge::new(name, help).unwrap_or_else(|_| unreachable!());
         Metrics {
             connections: reg(&registry, g("ws_connections", "Open WebSocket connections")),
             rooms: reg(&registry, g("rooms", "Rooms with members on this node")),
-            answers: reg(&registry, cv("answers_total", "Answers by outcome", "outcome")),
+            answers: reg(
+                &registry,
+                cv("answers_total", "Answers by outcome", "outcome"),
+            ),
             broadcast_seconds: reg(
                 &registry,
                 h("broadcast_seconds", "Encode + fan-out of one room message"),
@@ -84,9 +89,15 @@ impl Metrics {
             ),
             slow_consumer_closes: reg(
                 &registry,
-                c("slow_consumer_closes_total", "Connections closed as slow consumers (4008)"),
+                c(
+                    "slow_consumer_closes_total",
+                    "Connections closed as slow consumers (4008)",
+                ),
             ),
-            ws_closes: reg(&registry, cv("ws_closes_total", "Server-initiated closes by code", "code")),
+            ws_closes: reg(
+                &registry,
+                cv("ws_closes_total", "Server-initiated closes by code", "code"),
+            ),
             http_responses: reg(
                 &registry,
                 cv("http_responses_total", "HTTP responses by status", "status"),
@@ -94,17 +105,27 @@ impl Metrics {
             store_seconds: reg(
                 &registry,
                 HistogramVec::new(
-                    HistogramOpts::new("store_seconds", "Store call latency").buckets(buckets.clone()),
+                    HistogramOpts::new("store_seconds", "Store call latency")
+                        .buckets(buckets.clone()),
                     &["op"],
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),
-            store_errors: reg(&registry, cv("store_errors_total", "Store errors (unavailable)", "op")),
-            sink_seconds: reg(&registry, h("sink_publish_seconds", "Event publish latency")),
+            store_errors: reg(
+                &registry,
+                cv("store_errors_total", "Store errors (unavailable)", "op"),
+            ),
+            sink_seconds: reg(
+                &registry,
+                h("sink_publish_seconds", "Event publish latency"),
+            ),
             sink_errors: reg(&registry, c("sink_errors_total", "Event publish failures")),
             connections_refused: reg(
                 &registry,
-                c("connections_refused_total", "TCP connections refused at max_connections"),
+                c(
+                    "connections_refused_total",
+                    "TCP connections refused at max_connections",
+                ),
             ),
             registry,
         }
@@ -152,7 +173,8 @@ impl MeteredStore {
 #[async_trait]
 impl QuizStore for MeteredStore {
     async fn create_quiz(&self, quiz: &QuizDef, state: &QuizState) -> Result<(), StoreError> {
-        self.timed("create_quiz", self.inner.create_quiz(quiz, state)).await
+        self.timed("create_quiz", self.inner.create_quiz(quiz, state))
+            .await
     }
     async fn get_quiz(&self, quiz_id: &str) -> Result<Option<Arc<QuizDef>>, StoreError> {
         self.timed("get_quiz", self.inner.get_quiz(quiz_id)).await
@@ -166,25 +188,31 @@ impl QuizStore for MeteredStore {
         expected_version: u64,
         next: &QuizState,
     ) -> Result<bool, StoreError> {
-        self.timed("set_state", self.inner.set_state(quiz_id, expected_version, next))
-            .await
+        self.timed(
+            "set_state",
+            self.inner.set_state(quiz_id, expected_version, next),
+        )
+        .await
     }
     async fn add_player(&self, quiz_id: &str, player: &Player) -> Result<(), StoreError> {
-        self.timed("add_player", self.inner.add_player(quiz_id, player)).await
+        self.timed("add_player", self.inner.add_player(quiz_id, player))
+            .await
     }
     async fn get_player(
         &self,
         quiz_id: &str,
         player_id: &str,
     ) -> Result<Option<Player>, StoreError> {
-        self.timed("get_player", self.inner.get_player(quiz_id, player_id)).await
+        self.timed("get_player", self.inner.get_player(quiz_id, player_id))
+            .await
     }
     async fn apply_answer(
         &self,
         quiz_id: &str,
         answer: &AnswerRecord,
     ) -> Result<ApplyOutcome, StoreError> {
-        self.timed("apply_answer", self.inner.apply_answer(quiz_id, answer)).await
+        self.timed("apply_answer", self.inner.apply_answer(quiz_id, answer))
+            .await
     }
     async fn get_answer(
         &self,
@@ -192,18 +220,23 @@ impl QuizStore for MeteredStore {
         player_id: &str,
         question_id: u32,
     ) -> Result<Option<AnswerRecord>, StoreError> {
-        self.timed("get_answer", self.inner.get_answer(quiz_id, player_id, question_id))
-            .await
+        self.timed(
+            "get_answer",
+            self.inner.get_answer(quiz_id, player_id, question_id),
+        )
+        .await
     }
     async fn leaderboard(&self, quiz_id: &str, limit: usize) -> Result<Leaderboard, StoreError> {
-        self.timed("leaderboard", self.inner.leaderboard(quiz_id, limit)).await
+        self.timed("leaderboard", self.inner.leaderboard(quiz_id, limit))
+            .await
     }
     async fn standing(
         &self,
         quiz_id: &str,
         player_id: &str,
     ) -> Result<Option<Standing>, StoreError> {
-        self.timed("standing", self.inner.standing(quiz_id, player_id)).await
+        self.timed("standing", self.inner.standing(quiz_id, player_id))
+            .await
     }
     async fn distribution(
         &self,
@@ -226,7 +259,8 @@ impl QuizStore for MeteredStore {
     ) -> Result<Millis, StoreError> {
         self.timed(
             "question_sent_at",
-            self.inner.question_sent_at(quiz_id, player_id, question_id, now),
+            self.inner
+                .question_sent_at(quiz_id, player_id, question_id, now),
         )
         .await
     }

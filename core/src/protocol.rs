@@ -380,6 +380,9 @@ mod tests {
             assert_eq!(parse_client(bad).unwrap_err().code, "malformed");
         }
         // Escaped type strings still parse.
-        assert_eq!(parse_client(br#"{"type":"p\u0069ng"}"#), Ok(ClientMsg::Ping));
+        assert_eq!(
+            parse_client(br#"{"type":"p\u0069ng"}"#),
+            Ok(ClientMsg::Ping)
+        );
     }
 }

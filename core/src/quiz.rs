@@ -122,7 +122,11 @@ pub fn normalize_choices(choices: &[u32], option_count: usize) -> Option<Vec<u32
 }
 
 /// Validates a create request into a definition (named-field errors).
-pub fn validate_quiz(req: CreateQuizReq, quiz_id: String, now: Millis) -> Result<QuizDef, QuizError> {
+pub fn validate_quiz(
+    req: CreateQuizReq,
+    quiz_id: String,
+    now: Millis,
+) -> Result<QuizDef, QuizError> {
     let inv = |m: String| Err(QuizError::Invalid(m));
     let title = req.title.trim().to_string();
     if title.is_empty() || title.chars().count() > 200 {
@@ -237,7 +241,10 @@ pub fn transition(
 pub enum Window {
     NotOpen,
     /// `opens_at` is `None` when unknown (a live question no longer current).
-    Open { opens_at: Option<Millis>, closes_at: Millis },
+    Open {
+        opens_at: Option<Millis>,
+        closes_at: Millis,
+    },
 }
 
 /// Live mode: the window of `question_id` given the quiz state.
@@ -299,7 +306,9 @@ impl QuizService {
         metrics: Arc<Metrics>,
     ) -> Arc<QuizService> {
         let secret = if config.token_secret.is_empty() {
-            tracing::warn!("token_secret is empty: using a random one (tokens die with this process)");
+            tracing::warn!(
+                "token_secret is empty: using a random one (tokens die with this process)"
+            );
             random_id(32)
         } else {
             config.token_secret.clone()
@@ -370,7 +379,10 @@ impl QuizService {
             .ok_or_else(|| QuizError::NotFound(format!("quiz_id: no quiz {quiz_id:?}")))
     }
 
-    pub async fn create_quiz(&self, req: CreateQuizReq) -> Result<(Arc<QuizDef>, String), QuizError> {
+    pub async fn create_quiz(
+        &self,
+        req: CreateQuizReq,
+    ) -> Result<(Arc<QuizDef>, String), QuizError> {
         self.require_sink_ready()?;
         let supplied = req.quiz_id.clone();
         if let Some(id) = &supplied {
@@ -660,10 +672,14 @@ impl QuizService {
             res
         };
         let Some(question) = def.questions.get(question_id as usize) else {
-            return self.with_standing(quiz_id, player_id, reject(res, "invalid")).await;
+            return self
+                .with_standing(quiz_id, player_id, reject(res, "invalid"))
+                .await;
         };
         let Some(choices) = normalize_choices(choices, question.options.len()) else {
-            return self.with_standing(quiz_id, player_id, reject(res, "invalid")).await;
+            return self
+                .with_standing(quiz_id, player_id, reject(res, "invalid"))
+                .await;
         };
         let state = self.state(quiz_id).await?;
         let window = match def.mode {
@@ -679,16 +695,25 @@ impl QuizService {
                     let closes = sent.saturating_add(question.time_limit_ms);
                     Window::Open {
                         opens_at: Some(sent),
-                        closes_at: if phase == Phase::Ended { closes.min(now) } else { closes },
+                        closes_at: if phase == Phase::Ended {
+                            closes.min(now)
+                        } else {
+                            closes
+                        },
                     }
                 }
             },
         };
         let (opens_at, closes_at) = match window {
             Window::NotOpen => {
-                return self.with_standing(quiz_id, player_id, reject(res, "not_open")).await
+                return self
+                    .with_standing(quiz_id, player_id, reject(res, "not_open"))
+                    .await
             }
-            Window::Open { opens_at, closes_at } => (opens_at, closes_at),
+            Window::Open {
+                opens_at,
+                closes_at,
+            } => (opens_at, closes_at),
         };
         let late = now >= closes_at;
         let response_ms = match opens_at {
@@ -834,7 +859,9 @@ pub(crate) mod tests {
         assert!(!valid_quiz_id("a.b"));
         let id = random_id(8);
         assert_eq!(id.len(), 8);
-        assert!(id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
     }
 
     #[test]
@@ -898,7 +925,10 @@ pub(crate) mod tests {
                 closes_at: 12_000
             }
         );
-        assert!(matches!(live_window(&s2, 0), Window::Open { closes_at: 0, .. }));
+        assert!(matches!(
+            live_window(&s2, 0),
+            Window::Open { closes_at: 0, .. }
+        ));
         assert_eq!(live_window(&s1, 1), Window::NotOpen);
     }
 
@@ -935,7 +965,11 @@ pub(crate) mod tests {
         let mut next = transition(&def, &s, HostAction::Start, now_ms()).unwrap();
         next.opens_at_ms = Some(now_ms() - 6000);
         next.closes_at_ms = Some(now_ms() - 1000);
-        assert!(svc.store.set_state("late1", s.version, &next).await.unwrap());
+        assert!(svc
+            .store
+            .set_state("late1", s.version, &next)
+            .await
+            .unwrap());
         let r = svc.answer(&def, &caller, 0, &[0], None).await.unwrap();
         assert!(!r.accepted);
         assert_eq!(r.reason.as_deref(), Some("late"));
@@ -958,7 +992,9 @@ pub(crate) mod tests {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(crate::events::file::FileSink::open(dir.join("events.jsonl")))
+                .block_on(crate::events::file::FileSink::open(
+                    dir.join("events.jsonl"),
+                ))
                 .unwrap()
         })
         .join()

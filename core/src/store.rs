@@ -71,8 +71,11 @@ pub trait QuizStore: Send + Sync + 'static {
     /// trimming) is taken in this quiz.
     async fn add_player(&self, quiz_id: &str, player: &Player) -> Result<(), StoreError>;
 
-    async fn get_player(&self, quiz_id: &str, player_id: &str)
-        -> Result<Option<Player>, StoreError>;
+    async fn get_player(
+        &self,
+        quiz_id: &str,
+        player_id: &str,
+    ) -> Result<Option<Player>, StoreError>;
 
     /// Atomically records the first answer of a player to a question and
     /// adds its points. See the trait doc.
@@ -95,8 +98,11 @@ pub trait QuizStore: Send + Sync + 'static {
     async fn leaderboard(&self, quiz_id: &str, limit: usize) -> Result<Leaderboard, StoreError>;
 
     /// A player's score and rank; `None` if not a player of the quiz.
-    async fn standing(&self, quiz_id: &str, player_id: &str)
-        -> Result<Option<Standing>, StoreError>;
+    async fn standing(
+        &self,
+        quiz_id: &str,
+        player_id: &str,
+    ) -> Result<Option<Standing>, StoreError>;
 
     /// Answer counts per option of a question (length = option count).
     async fn distribution(

@@ -246,7 +246,10 @@ async fn ws(addr: SocketAddr, quiz: &str, token: &str) -> Ws {
         .header("Host", addr.to_string())
         .header(UPGRADE, "websocket")
         .header(CONNECTION, "upgrade")
-        .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
         .header("Sec-WebSocket-Version", "13")
         .body(Empty::<Bytes>::new())
         .unwrap();
@@ -317,7 +320,11 @@ async fn send_raw(ws: &mut Ws, bytes: Vec<u8>) {
 }
 
 async fn answer(ws: &mut Ws, q: u64, choices: &[u64]) -> Value {
-    send(ws, json!({"type": "answer", "question_id": q, "choices": choices})).await;
+    send(
+        ws,
+        json!({"type": "answer", "question_id": q, "choices": choices}),
+    )
+    .await;
     expect(ws, "answer_result").await
 }
 
@@ -333,20 +340,34 @@ async fn http_api(f: Factory) {
     assert_eq!(s, 201, "{v}");
     let gen = v["quiz_id"].as_str().unwrap();
     assert_eq!(gen.len(), 8);
-    assert!(gen.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    assert!(gen
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
     // Invalid bodies name the field.
     let mut bad = quiz_body(&testkit::unique_quiz_id(), "live", 1);
     bad["questions"][0]["time_limit_ms"] = json!(100);
     let (s, v) = post(a, "/v1/quizzes", &bad).await;
     assert_eq!(s, 400);
     assert_eq!(v["error"]["code"], "invalid");
-    assert!(v["error"]["message"].as_str().unwrap().contains("time_limit_ms"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("time_limit_ms"),
+        "{v}"
+    );
     let (s, v) = post(a, "/v1/quizzes", &json!({"mode": "live", "questions": []})).await;
     assert_eq!(s, 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("title"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("title"),
+        "{v}"
+    );
     let (s, v) = post(a, "/v1/quizzes", &quiz_body("bad.id", "live", 1)).await;
     assert_eq!(s, 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("quiz_id"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("quiz_id"),
+        "{v}"
+    );
     let (s, v) = http(a, "POST", "/v1/quizzes", &[], Some(b"{not json")).await;
     assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid")));
     // Too large.
@@ -367,34 +388,88 @@ async fn http_api(f: Factory) {
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
     // Join; nickname rules.
     let (pid, _) = join(a, &id, "  Alice ").await;
-    let (s, v) = post(a, &format!("/v1/quizzes/{id}/players"), &json!({"nickname": "alice"})).await;
+    let (s, v) = post(
+        a,
+        &format!("/v1/quizzes/{id}/players"),
+        &json!({"nickname": "alice"}),
+    )
+    .await;
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
-    let (s, v) = post(a, &format!("/v1/quizzes/{id}/players"), &json!({"nickname": "   "})).await;
+    let (s, v) = post(
+        a,
+        &format!("/v1/quizzes/{id}/players"),
+        &json!({"nickname": "   "}),
+    )
+    .await;
     assert_eq!(s, 400);
     assert!(v["error"]["message"].as_str().unwrap().contains("nickname"));
-    let (s, _) = post(a, &format!("/v1/quizzes/{id}/players"), &json!({"nickname": "x".repeat(25)})).await;
+    let (s, _) = post(
+        a,
+        &format!("/v1/quizzes/{id}/players"),
+        &json!({"nickname": "x".repeat(25)}),
+    )
+    .await;
     assert_eq!(s, 400);
-    let (s, v) = post(a, "/v1/quizzes/nope-nope/players", &json!({"nickname": "a"})).await;
+    let (s, v) = post(
+        a,
+        "/v1/quizzes/nope-nope/players",
+        &json!({"nickname": "a"}),
+    )
+    .await;
     assert_eq!(s, 404, "{v}");
-    let (s, v) = http(a, "GET", &format!("/v1/quizzes/{id}/players/{pid}"), &[], None).await;
+    let (s, v) = http(
+        a,
+        "GET",
+        &format!("/v1/quizzes/{id}/players/{pid}"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(v["nickname"], "Alice");
-    assert_eq!((v["score"].as_u64(), v["rank"].as_u64()), (Some(0), Some(1)));
-    let (s, _) = http(a, "GET", &format!("/v1/quizzes/{id}/players/nobody"), &[], None).await;
+    assert_eq!(
+        (v["score"].as_u64(), v["rank"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let (s, _) = http(
+        a,
+        "GET",
+        &format!("/v1/quizzes/{id}/players/nobody"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(s, 404);
     // Leaderboard.
-    let (s, v) = http(a, "GET", &format!("/v1/quizzes/{id}/leaderboard?limit=5"), &[], None).await;
+    let (s, v) = http(
+        a,
+        "GET",
+        &format!("/v1/quizzes/{id}/leaderboard?limit=5"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(v["total_players"], 1);
     assert_eq!(v["top"][0]["player_id"], pid.as_str());
     for bad in ["0", "101", "x"] {
-        let (s, v) = http(a, "GET", &format!("/v1/quizzes/{id}/leaderboard?limit={bad}"), &[], None).await;
+        let (s, v) = http(
+            a,
+            "GET",
+            &format!("/v1/quizzes/{id}/leaderboard?limit={bad}"),
+            &[],
+            None,
+        )
+        .await;
         assert_eq!(s, 400);
         assert!(v["error"]["message"].as_str().unwrap().contains("limit"));
     }
     // Host auth: none → 401, forged → 401, another quiz's host → 403, player → 403.
     let (s, v) = http(a, "POST", &format!("/v1/quizzes/{id}/start"), &[], None).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     let (s, _) = host(a, &id, "start", "v1.h.x..AAAA").await;
     assert_eq!(s, 401);
     let (other, other_host) = create(a, "live", 1).await;
@@ -408,7 +483,10 @@ async fn http_api(f: Factory) {
     assert_eq!(s, 409, "{v}");
     let (s, v) = host(a, &id, "start", &host_token).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!((v["state"].as_str(), v["current_question"].as_u64()), (Some("running"), Some(0)));
+    assert_eq!(
+        (v["state"].as_str(), v["current_question"].as_u64()),
+        (Some("running"), Some(0))
+    );
     let (s, _) = host(a, &id, "start", &host_token).await;
     assert_eq!(s, 409);
     let (s, v) = host(a, &id, "next", &host_token).await;
@@ -416,7 +494,12 @@ async fn http_api(f: Factory) {
     let (s, v) = host(a, &id, "next", &host_token).await;
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
     // A late joiner sees the released questions, without correct answers.
-    let (s, v) = post(a, &format!("/v1/quizzes/{id}/players"), &json!({"nickname": "Carol"})).await;
+    let (s, v) = post(
+        a,
+        &format!("/v1/quizzes/{id}/players"),
+        &json!({"nickname": "Carol"}),
+    )
+    .await;
     assert_eq!(s, 201);
     assert_eq!(v["quiz"]["questions"].as_array().unwrap().len(), 2);
     assert!(v["quiz"]["questions"][0].get("correct").is_none());
@@ -448,7 +531,10 @@ async fn live_game(f: Factory) {
     let mut wa = ws(a, &id, &ta).await;
     let w = expect(&mut wa, "welcome").await;
     assert_eq!(w["player_id"], pa.as_str());
-    assert_eq!((w["state"].as_str(), w["score"].as_u64()), (Some("lobby"), Some(0)));
+    assert_eq!(
+        (w["state"].as_str(), w["score"].as_u64()),
+        (Some("lobby"), Some(0))
+    );
     assert!(w.get("question").is_none());
     let mut wb = ws(a, &id, &tb).await;
     expect(&mut wb, "welcome").await;
@@ -457,7 +543,10 @@ async fn live_game(f: Factory) {
     assert_eq!(hw["role"], "host");
     // Not open yet.
     let r = answer(&mut wa, 0, &[1]).await;
-    assert_eq!((r["accepted"].as_bool(), r["reason"].as_str()), (Some(false), Some("not_open")));
+    assert_eq!(
+        (r["accepted"].as_bool(), r["reason"].as_str()),
+        (Some(false), Some("not_open"))
+    );
     // Start: everyone gets the question.
     let (s, _) = host(a, &id, "start", &host_token).await;
     assert_eq!(s, 200);
@@ -476,16 +565,29 @@ async fn live_game(f: Factory) {
     assert_eq!(r["correct"], true);
     let pts = r["points"].as_u64().unwrap();
     assert!((500..=1000).contains(&pts), "{r}");
-    assert_eq!((r["score"].as_u64(), r["rank"].as_u64()), (Some(pts), Some(1)));
+    assert_eq!(
+        (r["score"].as_u64(), r["rank"].as_u64()),
+        (Some(pts), Some(1))
+    );
     // Invalid choices are refused and not recorded.
     let r = answer(&mut wb, 0, &[7]).await;
     assert_eq!(r["reason"], "invalid");
     let r = answer(&mut wb, 0, &[0]).await;
-    assert_eq!((r["accepted"].as_bool(), r["correct"].as_bool(), r["points"].as_u64()), (Some(true), Some(false), Some(0)));
+    assert_eq!(
+        (
+            r["accepted"].as_bool(),
+            r["correct"].as_bool(),
+            r["points"].as_u64()
+        ),
+        (Some(true), Some(false), Some(0))
+    );
     assert_eq!(r["rank"], 2);
     // One answer per question: duplicates.
     let r = answer(&mut wa, 0, &[0]).await;
-    assert_eq!((r["accepted"].as_bool(), r["reason"].as_str()), (Some(false), Some("duplicate")));
+    assert_eq!(
+        (r["accepted"].as_bool(), r["reason"].as_str()),
+        (Some(false), Some("duplicate"))
+    );
     assert_eq!(r["score"].as_u64(), Some(pts));
     // Not open: a future question.
     let r = answer(&mut wa, 1, &[1]).await;
@@ -505,7 +607,10 @@ async fn live_game(f: Factory) {
     drop(wa);
     let mut wa = ws(a, &id, &ta).await;
     let w = expect(&mut wa, "welcome").await;
-    assert_eq!((w["score"].as_u64(), w["rank"].as_u64()), (Some(pts), Some(1)));
+    assert_eq!(
+        (w["score"].as_u64(), w["rank"].as_u64()),
+        (Some(pts), Some(1))
+    );
     assert_eq!(w["question"]["question"]["id"], 0);
     assert_eq!(w["answered"], true);
     let r = answer(&mut wa, 0, &[1]).await;
@@ -525,7 +630,14 @@ async fn live_game(f: Factory) {
     let mut wc = ws(a, &id, &tc).await;
     expect(&mut wc, "welcome").await;
     let r = answer(&mut wc, 0, &[1]).await;
-    assert_eq!((r["accepted"].as_bool(), r["reason"].as_str(), r["points"].as_u64()), (Some(false), Some("late"), Some(0)));
+    assert_eq!(
+        (
+            r["accepted"].as_bool(),
+            r["reason"].as_str(),
+            r["points"].as_u64()
+        ),
+        (Some(false), Some("late"), Some(0))
+    );
     let r = answer(&mut wc, 0, &[1]).await;
     assert_eq!(r["reason"], "duplicate");
     // End: quiz_ended with the final top.
@@ -535,7 +647,14 @@ async fn live_game(f: Factory) {
         let e = expect(w, "quiz_ended").await;
         assert_eq!(e["top"][0]["player_id"], pa.as_str());
     }
-    let (_, v) = http(a, "GET", &format!("/v1/quizzes/{id}/players/{pa}"), &[], None).await;
+    let (_, v) = http(
+        a,
+        "GET",
+        &format!("/v1/quizzes/{id}/players/{pa}"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(v["score"].as_u64(), Some(pts));
     n.stop().await;
 }
@@ -585,7 +704,10 @@ async fn self_paced(f: Factory) {
     assert_eq!(wel["question"]["question"]["id"], 1);
     assert_eq!(wel["question"]["opens_at_ms"], q["opens_at_ms"]);
     let r = answer(&mut w, 1, &[0]).await;
-    assert_eq!((r["accepted"].as_bool(), r["correct"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (r["accepted"].as_bool(), r["correct"].as_bool()),
+        (Some(true), Some(false))
+    );
     host(a, &id, "end", &host_token).await;
     expect(&mut w, "quiz_ended").await;
     n.stop().await;
@@ -616,8 +738,7 @@ async fn ws_errors(f: Factory) {
     let mut w = ws(a, &id, &t).await;
     expect(&mut w, "welcome").await;
     for _ in 0..200 {
-        if w
-            .write_frame(Frame::text(Payload::Owned(br#"{"type":"ping"}"#.to_vec())))
+        if w.write_frame(Frame::text(Payload::Owned(br#"{"type":"ping"}"#.to_vec())))
             .await
             .is_err()
         {
@@ -665,7 +786,14 @@ async fn tiers(f: Factory) {
         })
         .await;
     let (id, _) = create(api.addr, "live", 1).await;
-    let (s, v) = http(api.addr, "GET", &format!("/v1/quizzes/{id}/ws?token=x"), &[], None).await;
+    let (s, v) = http(
+        api.addr,
+        "GET",
+        &format!("/v1/quizzes/{id}/ws?token=x"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
     let wsn = f
         .start_with(Config {
@@ -746,8 +874,22 @@ async fn distributed_two_nodes_share_a_quiz() {
     let r = answer(&mut wa2, 0, &[1]).await;
     assert_eq!(r["reason"], "duplicate");
     // Both nodes agree on the leaderboard.
-    let (_, l1) = http(n1.addr, "GET", &format!("/v1/quizzes/{id}/leaderboard"), &[], None).await;
-    let (_, l2) = http(n2.addr, "GET", &format!("/v1/quizzes/{id}/leaderboard"), &[], None).await;
+    let (_, l1) = http(
+        n1.addr,
+        "GET",
+        &format!("/v1/quizzes/{id}/leaderboard"),
+        &[],
+        None,
+    )
+    .await;
+    let (_, l2) = http(
+        n2.addr,
+        "GET",
+        &format!("/v1/quizzes/{id}/leaderboard"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(l1, l2);
     assert_eq!(l1["top"][0]["player_id"], pa.as_str());
     assert_eq!(l1["top"][1]["player_id"], pb.as_str());

@@ -32,11 +32,24 @@ async fn fresh_topic(name: &str) -> String {
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let res = tokio::time::timeout(
         Duration::from_secs(20),
-        admin.create_topics(&[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))], &opts),
+        admin.create_topics(
+            &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+            &opts,
+        ),
     )
     .await
-    .unwrap_or_else(|_| panic!("Kafka at {} is required (deploy/local/stack up): timed out", brokers()))
-    .unwrap_or_else(|e| panic!("Kafka at {} is required (deploy/local/stack up): {e}", brokers()));
+    .unwrap_or_else(|_| {
+        panic!(
+            "Kafka at {} is required (deploy/local/stack up): timed out",
+            brokers()
+        )
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "Kafka at {} is required (deploy/local/stack up): {e}",
+            brokers()
+        )
+    });
     for r in res {
         r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
     }
@@ -190,11 +203,16 @@ async fn events_of_a_quiz_keep_their_order() {
     let mut per_quiz: HashMap<&str, Vec<u64>> = HashMap::new();
     for r in &got {
         assert_eq!(r.key, r.event.quiz_id);
-        per_quiz.entry(&r.event.quiz_id).or_default().push(r.event.at_ms);
+        per_quiz
+            .entry(&r.event.quiz_id)
+            .or_default()
+            .push(r.event.at_ms);
     }
     for q in &quizzes {
         let seen = per_quiz.get(q.as_str()).expect("quiz's events");
-        let want: Vec<u64> = (0..PER_QUIZ).map(|n| 1_700_000_000_000 + u64::from(n)).collect();
+        let want: Vec<u64> = (0..PER_QUIZ)
+            .map(|n| 1_700_000_000_000 + u64::from(n))
+            .collect();
         assert_eq!(seen, &want, "order of {q}");
     }
 }
@@ -228,7 +246,10 @@ async fn unreachable_broker_gives_backpressure_then_delivery_error() {
         Err(EventError::Backpressure) => {}
         other => panic!("expected Backpressure, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_millis(100), "backpressure is immediate");
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "backpressure is immediate"
+    );
     match tokio::time::timeout(Duration::from_secs(10), first)
         .await
         .expect("bounded attempts")

@@ -43,10 +43,13 @@ struct Node {
 
 async fn conn(addr: &str) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(format!("redis://{addr}")).expect("client");
-    tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection())
-        .await
-        .unwrap_or_else(|_| panic!("Redis node {addr} is required: connect timed out"))
-        .unwrap_or_else(|e| panic!("Redis node {addr} is required (deploy/local/stack up): {e}"))
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("Redis node {addr} is required: connect timed out"))
+    .unwrap_or_else(|e| panic!("Redis node {addr} is required (deploy/local/stack up): {e}"))
 }
 
 async fn query<T: redis::FromRedisValue>(addr: &str, cmd: &redis::Cmd) -> redis::RedisResult<T> {
@@ -119,7 +122,10 @@ async fn fail_over_to(replica: &Node, slot: u16) {
         match r {
             Ok(_) => break,
             Err(e) if Instant::now() < deadline => {
-                eprintln!("CLUSTER FAILOVER on {} refused ({e}), retrying", replica.addr);
+                eprintln!(
+                    "CLUSTER FAILOVER on {} refused ({e}), retrying",
+                    replica.addr
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => panic!("CLUSTER FAILOVER on {}: {e}", replica.addr),
@@ -163,7 +169,10 @@ async fn wait_healthy(nodes: &[String]) {
             ok &= info.contains("cluster_state:ok");
         }
         let view = cluster_nodes(&nodes[0]).await;
-        let masters: Vec<&Node> = view.iter().filter(|n| n.master && !n.slots.is_empty()).collect();
+        let masters: Vec<&Node> = view
+            .iter()
+            .filter(|n| n.master && !n.slots.is_empty())
+            .collect();
         ok &= masters.len() == 3
             && masters
                 .iter()
@@ -171,7 +180,10 @@ async fn wait_healthy(nodes: &[String]) {
         if ok {
             return;
         }
-        assert!(Instant::now() < deadline, "cluster not healthy within 30 s: {view:?}");
+        assert!(
+            Instant::now() < deadline,
+            "cluster not healthy within 30 s: {view:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -239,7 +251,10 @@ async fn failover_loses_and_doubles_nothing() {
     }
     let slot = slot_of(&seed, &format!("quiz:{{{quiz}}}:leaderboard")).await;
     let (master, replica) = owner(&seed, slot).await;
-    eprintln!("quiz {quiz}: slot {slot} on {} (replica {})", master.addr, replica.addr);
+    eprintln!(
+        "quiz {quiz}: slot {slot} on {} (replica {})",
+        master.addr, replica.addr
+    );
 
     // The stream: all (player, question) pairs, question-major, split over
     // the workers; each worker paces itself so the stream lasts a few
@@ -306,7 +321,10 @@ async fn failover_loses_and_doubles_nothing() {
     let total = (PLAYERS * QUESTIONS) as usize;
     let until = Instant::now() + Duration::from_secs(30);
     while done.load(Ordering::Relaxed) < total / 4 {
-        assert!(Instant::now() < until, "answer stream stalled before the failover");
+        assert!(
+            Instant::now() < until,
+            "answer stream stalled before the failover"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let at = done.load(Ordering::Relaxed);

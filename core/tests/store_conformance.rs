@@ -158,7 +158,10 @@ mod suite {
             ..running.clone()
         };
         assert!(!store.set_state(&id, 1, &ended).await.expect("cas"));
-        assert_eq!(store.get_state(&id).await.expect("get"), Some(running.clone()));
+        assert_eq!(
+            store.get_state(&id).await.expect("get"),
+            Some(running.clone())
+        );
         let next = QuizState {
             version: 3,
             current_question: Some(1),
@@ -296,7 +299,11 @@ mod suite {
         assert_eq!(top2.top.len(), 2);
         assert_eq!(top2.total_players, 5);
         for (p, rank) in [("pa", 1), ("pb", 1), ("pc", 3), ("pd", 4), ("pe", 4)] {
-            let s = store.standing(&id, p).await.expect("standing").expect("player");
+            let s = store
+                .standing(&id, p)
+                .await
+                .expect("standing")
+                .expect("player");
             assert_eq!(s.rank, rank, "rank of {p}");
         }
         // A duplicate changes nothing, the version included.
@@ -304,7 +311,10 @@ mod suite {
             .apply_answer(&id, &answer("pa", 0, &[0], 1000))
             .await
             .expect("dup");
-        assert_eq!(store.leaderboard(&id, 10).await.expect("lb").version, lb.version);
+        assert_eq!(
+            store.leaderboard(&id, 10).await.expect("lb").version,
+            lb.version
+        );
         // A join bumps the version.
         join(&store, &id, "pf").await;
         assert_eq!(
@@ -322,15 +332,30 @@ mod suite {
         for p in ["p1", "p2", "p3", "p4", "p5"] {
             join(&store, &id, p).await;
         }
-        store.apply_answer(&id, &answer("p1", 0, &[0], 1)).await.expect("a");
-        store.apply_answer(&id, &answer("p2", 0, &[0, 2], 0)).await.expect("a");
-        store.apply_answer(&id, &answer("p3", 0, &[1], 0)).await.expect("a");
+        store
+            .apply_answer(&id, &answer("p1", 0, &[0], 1))
+            .await
+            .expect("a");
+        store
+            .apply_answer(&id, &answer("p2", 0, &[0, 2], 0))
+            .await
+            .expect("a");
+        store
+            .apply_answer(&id, &answer("p3", 0, &[1], 0))
+            .await
+            .expect("a");
         // Duplicates and late answers do not count.
-        store.apply_answer(&id, &answer("p3", 0, &[3], 0)).await.expect("a");
+        store
+            .apply_answer(&id, &answer("p3", 0, &[3], 0))
+            .await
+            .expect("a");
         let mut late = answer("p4", 0, &[3], 0);
         late.late = true;
         store.apply_answer(&id, &late).await.expect("a");
-        store.apply_answer(&id, &answer("p5", 1, &[3], 0)).await.expect("a");
+        store
+            .apply_answer(&id, &answer("p5", 1, &[3], 0))
+            .await
+            .expect("a");
         assert_eq!(
             store.distribution(&id, 0, 4).await.expect("dist"),
             vec![2, 1, 1, 0]
@@ -339,16 +364,31 @@ mod suite {
             store.distribution(&id, 1, 4).await.expect("dist"),
             vec![0, 0, 0, 1]
         );
-        assert_eq!(store.distribution(&id, 1, 2).await.expect("dist"), vec![0, 0]);
+        assert_eq!(
+            store.distribution(&id, 1, 2).await.expect("dist"),
+            vec![0, 0]
+        );
     }
 
     pub async fn question_sent_at_sticks(store: Store) {
         let id = new_quiz(&store, "sent", 2).await;
         join(&store, &id, "p1").await;
-        assert_eq!(store.question_sent_at(&id, "p1", 0, 100).await.expect("s"), 100);
-        assert_eq!(store.question_sent_at(&id, "p1", 0, 200).await.expect("s"), 100);
-        assert_eq!(store.question_sent_at(&id, "p1", 1, 300).await.expect("s"), 300);
-        assert_eq!(store.question_sent_at(&id, "p2", 0, 400).await.expect("s"), 400);
+        assert_eq!(
+            store.question_sent_at(&id, "p1", 0, 100).await.expect("s"),
+            100
+        );
+        assert_eq!(
+            store.question_sent_at(&id, "p1", 0, 200).await.expect("s"),
+            100
+        );
+        assert_eq!(
+            store.question_sent_at(&id, "p1", 1, 300).await.expect("s"),
+            300
+        );
+        assert_eq!(
+            store.question_sent_at(&id, "p2", 0, 400).await.expect("s"),
+            400
+        );
         assert!(matches!(
             store.question_sent_at(&unique("nope"), "p1", 0, 1).await,
             Err(StoreError::NotFound(_))
@@ -362,7 +402,9 @@ mod suite {
             .map(|_| {
                 let store = Arc::clone(&store);
                 let id = id.clone();
-                tokio::spawn(async move { store.apply_answer(&id, &answer("p1", 0, &[0], 700)).await })
+                tokio::spawn(
+                    async move { store.apply_answer(&id, &answer("p1", 0, &[0], 700)).await },
+                )
             })
             .collect();
         let mut applied = 0;
@@ -382,7 +424,10 @@ mod suite {
         assert_eq!((applied, dups), (1, 63));
         let s = store.standing(&id, "p1").await.expect("s").expect("player");
         assert_eq!(s.score, 700);
-        assert_eq!(store.distribution(&id, 0, 4).await.expect("d"), vec![1, 0, 0, 0]);
+        assert_eq!(
+            store.distribution(&id, 0, 4).await.expect("d"),
+            vec![1, 0, 0, 0]
+        );
     }
 
     pub async fn many_players_concurrent_totals(store: Store) {
@@ -406,7 +451,9 @@ mod suite {
                     let store = Arc::clone(&store);
                     let id = id.clone();
                     let a = answer(&pid, q, &[q % 4], pts);
-                    tasks.push(tokio::spawn(async move { store.apply_answer(&id, &a).await }));
+                    tasks.push(tokio::spawn(
+                        async move { store.apply_answer(&id, &a).await },
+                    ));
                 }
             }
         }
@@ -421,7 +468,12 @@ mod suite {
         assert_eq!(lb.total_players, u64::from(PLAYERS));
         assert_eq!(lb.version, v0 + u64::from(PLAYERS * QUESTIONS));
         for e in &lb.top {
-            assert_eq!(Some(&e.score), expected.get(&e.player_id), "{}", e.player_id);
+            assert_eq!(
+                Some(&e.score),
+                expected.get(&e.player_id),
+                "{}",
+                e.player_id
+            );
             let higher = expected.values().filter(|s| **s > e.score).count() as u64;
             assert_eq!(e.rank, higher + 1);
         }

@@ -366,6 +366,20 @@ async fn host_quiz(
     )
     .await;
     tokio::time::sleep(Duration::from_millis(sc.load.stagger_ms * quiz as u64)).await;
+    if !sc.mode_is_live() {
+        // Self-paced: open the quiz, let every player go through it at its
+        // own pace, end it when all are done (or at the deadline).
+        if let Err(e) = host_call(&target, &quiz_id, &token, "start").await {
+            let _ = events.send(HostEvent::Error(format!("quiz {quiz}: {e}")));
+            return;
+        }
+        let _ = events.send(HostEvent::Opened { quiz, question: 0 });
+        let _ = tokio::time::timeout_at(deadline, gauges.wait_for(|g| g.done >= players)).await;
+        if let Err(e) = host_call(&target, &quiz_id, &token, "end").await {
+            let _ = events.send(HostEvent::Error(format!("quiz {quiz}: {e}")));
+        }
+        return;
+    }
     let q = sc.quiz.questions;
     for i in 0..=q {
         if tokio::time::Instant::now() >= deadline {
@@ -509,7 +523,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     let start_by = base + Duration::from_secs_f64(0.3 + ramp_s + sc.load.lobby_wait_s as f64);
     let deadline = base + Duration::from_micros(deadline_us.saturating_sub(wall_us()));
     let mut host_handles = Vec::new();
-    if sc.mode_is_live() {
+    {
         for (i, (qid, tok)) in quizzes.iter().enumerate() {
             host_handles.push(tokio::spawn(host_quiz(
                 target,
@@ -566,6 +580,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         + Duration::from_micros(verify_deadline_us.saturating_sub(wall_us()))
         + Duration::from_secs(10);
     let mut killed = false;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut ticks = 0u64;
     let mut host_open = true;
     loop {
         tokio::select! {
@@ -618,8 +634,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
                 let t = (wall_us().saturating_sub(t0)) as f64 / 1e6;
                 monitor.tick(t, &watched);
                 monitor.tick(t, &worker_pids);
+                ticks += 1;
                 if !opts.quiet {
-                    eprintln!("{}", progress_line(t, &agg, &gauges, sc.load.players));
+                    let line = progress_line(t, &agg, &gauges, sc.load.players, if tty { 1 } else { 5 });
+                    if tty {
+                        // One live line, rewritten in place.
+                        eprint!("\r\x1b[K{line}");
+                    } else if ticks % 5 == 0 {
+                        eprintln!("{line}");
+                    }
                 }
                 if tokio::time::Instant::now() >= hard_stop {
                     host_errors.push("workers killed at the hard stop (verification grace exceeded)".into());
@@ -628,6 +651,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
                 }
             }
         }
+    }
+    if tty && !opts.quiet {
+        eprintln!();
     }
     for h in host_handles {
         h.abort();
@@ -702,23 +728,31 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     Ok((result, json_path))
 }
 
-fn progress_line(t: f64, agg: &Aggregator, gauges: &BTreeMap<u64, Gauges>, players: u64) -> String {
+fn progress_line(
+    t: f64,
+    agg: &Aggregator,
+    gauges: &BTreeMap<u64, Gauges>,
+    players: u64,
+    window: usize,
+) -> String {
     let joined: u64 = gauges.values().map(|g| g.joined).sum();
     let done: u64 = gauges.values().map(|g| g.done).sum();
-    let (ans, frames, p99a, p99q, errs) = match agg.last_bucket() {
-        Some((_, m)) => (
-            m.counter("answers_sent"),
-            m.counter("frames_in"),
-            m.hist(crate::metrics::H::Answer),
-            m.hist(crate::metrics::H::Question),
-            m.counters
-                .iter()
-                .filter(|(k, _)| k.starts_with("error."))
-                .map(|(_, v)| v)
-                .sum::<u64>(),
-        ),
-        None => return format!("[{t:6.1}s] waiting for workers"),
+    let Some(m) = agg.recent(window) else {
+        return format!("[{t:6.1}s] waiting for workers");
     };
+    let w = window as u64;
+    let (ans, frames, p99a, p99q, errs) = (
+        m.counter("answers_sent") / w,
+        m.counter("frames_in") / w,
+        m.hist(crate::metrics::H::Answer),
+        m.hist(crate::metrics::H::Question),
+        m.counters
+            .iter()
+            .filter(|(k, _)| k.starts_with("error."))
+            .map(|(_, v)| v)
+            .sum::<u64>()
+            / w,
+    );
     let p = |h: &hdrhistogram::Histogram<u64>| {
         if h.is_empty() {
             "-".to_string()

@@ -15,47 +15,50 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Scenario file (TOML or YAML), e.g. loadtest/scenarios/smoke.toml.
+    scenario: PathBuf,
+    /// Override target.url, e.g. http://127.0.0.1:8080 (loopback only).
+    #[arg(long, env = "LOADTEST_TARGET")]
+    target: Option<String>,
+    #[arg(long)]
+    players: Option<u64>,
+    #[arg(long)]
+    quizzes: Option<u64>,
+    /// Override load.duration_s (the hard cap of the load phase).
+    #[arg(long)]
+    duration: Option<u64>,
+    #[arg(long)]
+    workers: Option<u64>,
+    #[arg(long)]
+    ramp: Option<f64>,
+    /// Directory for the JSON result and the HTML report.
+    #[arg(long, default_value = "loadtest/results")]
+    out: PathBuf,
+    /// Pid of the core node to kill in a node_failure scenario.
+    #[arg(long)]
+    kill_pid: Option<u32>,
+    /// Pids of processes under test to sample (CPU, RSS).
+    #[arg(long = "watch-pid")]
+    watch_pids: Vec<u32>,
+    /// Process names (/proc/PID/comm) under test to sample.
+    #[arg(long = "watch-name")]
+    watch_names: Vec<String>,
+    /// No live progress lines.
+    #[arg(long)]
+    quiet: bool,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Sent as X-Admin-Key when creating quizzes (core's admin_key).
+    #[arg(long, env = "LOADTEST_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a scenario: create quizzes, spawn workers, drive, verify, report.
-    Run {
-        /// Scenario file (TOML or YAML), e.g. loadtest/scenarios/smoke.toml.
-        scenario: PathBuf,
-        /// Override target.url, e.g. http://127.0.0.1:8080 (loopback only).
-        #[arg(long, env = "LOADTEST_TARGET")]
-        target: Option<String>,
-        #[arg(long)]
-        players: Option<u64>,
-        #[arg(long)]
-        quizzes: Option<u64>,
-        /// Override load.duration_s (the hard cap of the load phase).
-        #[arg(long)]
-        duration: Option<u64>,
-        #[arg(long)]
-        workers: Option<u64>,
-        #[arg(long)]
-        ramp: Option<f64>,
-        /// Directory for the JSON result and the HTML report.
-        #[arg(long, default_value = "loadtest/results")]
-        out: PathBuf,
-        /// Pid of the core node to kill in a node_failure scenario.
-        #[arg(long)]
-        kill_pid: Option<u32>,
-        /// Pids of processes under test to sample (CPU, RSS).
-        #[arg(long = "watch-pid")]
-        watch_pids: Vec<u32>,
-        /// Process names (/proc/PID/comm) under test to sample.
-        #[arg(long = "watch-name")]
-        watch_names: Vec<String>,
-        /// No live progress lines.
-        #[arg(long)]
-        quiet: bool,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Sent as X-Admin-Key when creating quizzes (core's admin_key).
-        #[arg(long, env = "LOADTEST_ADMIN_KEY", hide_env_values = true)]
-        admin_key: Option<String>,
-    },
+    Run(Box<RunArgs>),
     /// Internal: a worker process (plan on stdin, JSON lines on stdout).
     #[command(hide = true)]
     Worker,
@@ -98,22 +101,23 @@ fn main() -> anyhow::Result<()> {
             print!("{}", loadtest::report::compare(&loaded));
             Ok(())
         }
-        Cmd::Run {
-            scenario,
-            target,
-            players,
-            quizzes,
-            duration,
-            workers,
-            ramp,
-            out,
-            kill_pid,
-            watch_pids,
-            watch_names,
-            quiet,
-            seed,
-            admin_key,
-        } => {
+        Cmd::Run(args) => {
+            let RunArgs {
+                scenario,
+                target,
+                players,
+                quizzes,
+                duration,
+                workers,
+                ramp,
+                out,
+                kill_pid,
+                watch_pids,
+                watch_names,
+                quiet,
+                seed,
+                admin_key,
+            } = *args;
             let opts = loadtest::coordinator::RunOptions {
                 scenario,
                 target,

@@ -235,8 +235,16 @@ impl Aggregator {
         latest.values().sum()
     }
 
-    pub fn last_bucket(&self) -> Option<(&u64, &Metrics)> {
-        self.buckets.iter().next_back()
+    /// The last `n` seconds merged (for the live display).
+    pub fn recent(&self, n: usize) -> Option<Metrics> {
+        if self.buckets.is_empty() {
+            return None;
+        }
+        let mut m = Metrics::default();
+        for (_, b) in self.buckets.iter().rev().take(n) {
+            m.merge(b);
+        }
+        Some(m)
     }
 
     pub fn series(&self) -> Vec<SeriesPoint> {

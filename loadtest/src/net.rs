@@ -216,6 +216,10 @@ async fn http_request_inner(
             rest.extend_from_slice(&chunk[..n]);
         }
         rest.truncate(len);
+        // Let the server close first (it was asked to), so the TIME_WAIT
+        // stays on its side and our source ports are free again at once.
+        let mut probe = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut probe)).await;
         return Ok(HttpResponse { status, body: rest });
     }
     // No length: read to EOF (Connection: close), then de-chunk if needed.

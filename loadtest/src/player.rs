@@ -23,6 +23,7 @@ use crate::protocol::{encode_answer, Joined, OpenQuestion, ServerMsg};
 use crate::scenario::Scenario;
 use crate::target::Target;
 use crate::verify::{AnswerRec, PlayerRecord, ResultRec};
+use crate::worker::WorkerPlan;
 
 /// Wall clock in microseconds since the Unix epoch.
 pub fn wall_us() -> u64 {
@@ -99,27 +100,17 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(
-        target: Target,
-        sources: Vec<IpAddr>,
-        worker: u64,
-        workers: u64,
-        sc: Scenario,
-        quiz_ids: Vec<String>,
-        t0_wall_us: u64,
-        deadline_wall_us: u64,
-        seed: u64,
-    ) -> Ctx {
+    pub fn new(plan: &WorkerPlan, target: Target) -> Ctx {
         Ctx {
             target,
-            sources,
-            worker,
-            workers,
-            sc,
-            quiz_ids,
-            t0_wall_us,
-            deadline_wall_us,
-            seed,
+            sources: plan.sources.clone(),
+            worker: plan.worker,
+            workers: plan.workers,
+            sc: plan.scenario.clone(),
+            quiz_ids: plan.quiz_ids.clone(),
+            t0_wall_us: plan.t0_wall_us,
+            deadline_wall_us: plan.deadline_wall_us,
+            seed: plan.seed,
             shared: RefCell::new(Shared::default()),
             base_instant: Instant::now(),
             base_wall_us: wall_us(),

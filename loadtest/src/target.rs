@@ -188,7 +188,7 @@ mod tests {
             for a in worker_sources(w, 200) {
                 assert!(ensure_loopback(IpAddr::V4(a)).is_ok());
                 assert_ne!(a, Ipv4Addr::LOCALHOST);
-                assert!(!a.octets()[1..].iter().any(|o| *o == 255) && a.octets()[3] != 0);
+                assert!(!a.octets()[1..].contains(&255) && a.octets()[3] != 0);
                 assert!(seen.insert(a), "{a} twice");
             }
         }

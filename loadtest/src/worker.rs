@@ -134,17 +134,7 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
             plan.worker
         );
     }
-    let ctx = Rc::new(Ctx::new(
-        target,
-        plan.sources.clone(),
-        plan.worker,
-        plan.workers,
-        plan.scenario.clone(),
-        plan.quiz_ids.clone(),
-        plan.t0_wall_us,
-        plan.deadline_wall_us,
-        plan.seed,
-    ));
+    let ctx = Rc::new(Ctx::new(&plan, target));
     let worker = plan.worker;
 
     // Progress reporter: once a second, ship the interval and start a new one.

@@ -60,6 +60,29 @@ async fn wrong_leaderboard_fails_the_run() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_storm_players_reconnect_and_scores_still_match() {
+    let addr = support::start(Bug::None).await;
+    let smoke =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/smoke.toml"))
+            .unwrap();
+    let dir = std::env::temp_dir().join("loadtest-e2e-storm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("storm.toml");
+    std::fs::write(
+        &path,
+        format!("{smoke}\n[reconnect_storm]\nshare = 0.5\nat_question = 1\nafter_ms = 400\n"),
+    )
+    .unwrap();
+    let mut o = opts(addr.port(), "loadtest-e2e-storm");
+    o.scenario = path;
+    let (r, _) = run(o).await.unwrap();
+    assert!(r.passed, "{}", loadtest::report::summary(&r));
+    let drops = r.counters.get("storm_drops").copied().unwrap_or(0);
+    assert!(drops >= 3, "{drops} drops");
+    assert_eq!(r.latency_ms["reconnect"].count, drops);
+}
+
 #[tokio::test]
 async fn non_loopback_target_is_refused_before_any_traffic() {
     let mut o = opts(80, "loadtest-e2e-refuse");

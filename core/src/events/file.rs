@@ -67,7 +67,10 @@ impl EventSink for FileSink {
             }
             Err(e) => {
                 self.healthy.store(false, Ordering::Relaxed);
-                Err(EventError::Delivery(format!("{}: {e}", self.path.display())))
+                Err(EventError::Delivery(format!(
+                    "{}: {e}",
+                    self.path.display()
+                )))
             }
         }
     }
@@ -113,7 +116,10 @@ mod tests {
         }
         sink.flush(Duration::from_secs(1)).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<Event> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Event> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[2].event_id, "q1:joined:p2");
         assert!(sink.ready());

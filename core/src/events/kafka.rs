@@ -219,21 +219,24 @@ impl EventSink for KafkaSink {
                     return Err(EventError::Backpressure);
                 }
                 Err((e, _)) => last = e.to_string(),
-                Ok(delivery) => match {
+                Ok(delivery) => {
                     inner.queued.fetch_add(1, Ordering::Relaxed);
-                    let _guard = QueuedGuard(&inner.queued);
-                    delivery.await
-                } {
-                    Ok(Ok(_)) => {
-                        inner.failures.store(0, Ordering::Relaxed);
-                        return Ok(());
+                    let report = {
+                        let _guard = QueuedGuard(&inner.queued);
+                        delivery.await
+                    };
+                    match report {
+                        Ok(Ok(_)) => {
+                            inner.failures.store(0, Ordering::Relaxed);
+                            return Ok(());
+                        }
+                        Ok(Err((e, _))) => {
+                            inner.failures.fetch_add(1, Ordering::Relaxed);
+                            last = e.to_string();
+                        }
+                        Err(_) => last = "producer dropped the delivery report".into(),
                     }
-                    Ok(Err((e, _))) => {
-                        inner.failures.fetch_add(1, Ordering::Relaxed);
-                        last = e.to_string();
-                    }
-                    Err(_) => last = "producer dropped the delivery report".into(),
-                },
+                }
             }
             tracing::warn!(
                 event_id = %event.event_id,

@@ -367,10 +367,13 @@ impl RedisClusterStore {
             .map_err(|_| unavailable("answer batcher stopped"))?;
         // The batcher answers every job it takes (its pipeline has its own
         // deadline); this outer deadline only guards against a bug there.
-        tokio::time::timeout(timeout.saturating_mul(3) + self.shared.opts.wait_timeout, rx)
-            .await
-            .map_err(|_| unavailable("answer batch timed out"))?
-            .map_err(|_| unavailable("answer batcher dropped the answer"))?
+        tokio::time::timeout(
+            timeout.saturating_mul(3) + self.shared.opts.wait_timeout,
+            rx,
+        )
+        .await
+        .map_err(|_| unavailable("answer batch timed out"))?
+        .map_err(|_| unavailable("answer batcher dropped the answer"))?
     }
 }
 
@@ -540,15 +543,15 @@ async fn send_once(
     }
     let count = idx.len() + usize::from(wait);
     let mut conn = shared.conn.clone();
-    let deadline = opts.command_timeout + if wait { opts.wait_timeout } else { Duration::ZERO };
+    let deadline = opts.command_timeout
+        + if wait {
+            opts.wait_timeout
+        } else {
+            Duration::ZERO
+        };
     let mut values = tokio::time::timeout(
         deadline,
-        conn.route_pipeline(
-            pipe,
-            0,
-            count,
-            SingleNodeRoutingInfo::SpecificNode(route),
-        ),
+        conn.route_pipeline(pipe, 0, count, SingleNodeRoutingInfo::SpecificNode(route)),
     )
     .await
     .map_err(|_| "redis pipeline timed out".to_string())?
@@ -607,7 +610,11 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
 }
 
-fn decode_apply(quiz_id: &str, answer: &AnswerRecord, v: &Value) -> Result<ApplyOutcome, StoreError> {
+fn decode_apply(
+    quiz_id: &str,
+    answer: &AnswerRecord,
+    v: &Value,
+) -> Result<ApplyOutcome, StoreError> {
     let Value::Array(items) = v else {
         return Err(bad_reply("apply_answer", v));
     };

@@ -1,0 +1,18 @@
+//! The WebSocket frame reader (connection.rs) over arbitrary bytes: never a
+//! panic, never a payload above the limit.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use quiz_core::connection::{read_frame, InFrame};
+
+fuzz_target!(|data: &[u8]| {
+    let mut rd = data;
+    // Read frames until an error, as the read loop would.
+    for _ in 0..64 {
+        match futures::executor::block_on(read_frame(&mut rd, 4096)) {
+            Ok(InFrame::Text(p)) => assert!(p.len() <= 4096),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+});
