@@ -910,4 +910,67 @@ async fn distributed_two_nodes_share_a_quiz() {
     expect(&mut wa2, "quiz_ended").await;
     n1.stop().await;
     n2.stop().await;
+    // The durable record: every state change is an event on the topic,
+    // each answer once by id (the duplicate re-published the same id).
+    let want: Vec<String> = vec![
+        format!("{id}:created"),
+        format!("{id}:joined:{pa}"),
+        format!("{id}:joined:{pb}"),
+        format!("{id}:started"),
+        format!("{id}:question:0"),
+        format!("{id}:question:1"),
+        format!("{id}:answer:{pa}:0"),
+        format!("{id}:answer:{pb}:0"),
+        format!("{id}:ended"),
+    ];
+    let events = consume_quiz_events(&f.topic, &id, &want).await;
+    let answers: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "answer_scored")
+        .collect();
+    let mut ids: Vec<&str> = answers.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "{answers:?}");
+    let a0 = answers
+        .iter()
+        .find(|e| e["player_id"] == pa.as_str())
+        .unwrap();
+    assert_eq!(a0["points"], ra["points"]);
+    assert_eq!(a0["score_after"], ra["score"]);
+    assert_eq!(a0["correct"], true);
+    assert_eq!(a0["choices"], json!([1]));
+}
+
+/// Reads `topic` from the start until every id of `want` for `quiz` was seen.
+async fn consume_quiz_events(topic: &str, quiz: &str, want: &[String]) -> Vec<Value> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let kafka = testkit::require_kafka().await;
+    let consumer: StreamConsumer = kafka
+        .config()
+        .set("group.id", testkit::unique_name("contract"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let have = |id: &String| seen.iter().any(|e: &Value| e["event_id"] == id.as_str());
+        if want.iter().all(have) {
+            return seen;
+        }
+        let missing: Vec<&String> = want.iter().filter(|id| !have(id)).collect();
+        let msg = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("events missing from {topic}: {missing:?}"))
+            .unwrap();
+        assert_eq!(msg.key(), Some(quiz.as_bytes()));
+        let v: Value = serde_json::from_slice(msg.payload().unwrap_or_default()).unwrap();
+        if v["quiz_id"] == quiz {
+            seen.push(v);
+        }
+    }
 }

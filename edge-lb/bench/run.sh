@@ -17,7 +17,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-"$BIN/edge-lb-bench" backends --base-port 7101 --count 3 --seconds 1800 2>/dev/null &
+"$BIN/edge-lb-bench" backends --base-port 18101 --count 3 --seconds 1800 2>/dev/null &
 PIDS+=($!)
 haproxy -db -f "$ROOT/deploy/haproxy/haproxy.cfg" >/tmp/haproxy-bench.log 2>&1 &
 HAPROXY=$!; PIDS+=($HAPROXY)
@@ -26,13 +26,13 @@ EDGE=$!; PIDS+=($EDGE)
 sleep 4   # both proxies: 2 passing checks at 1 s
 
 for run in $(seq 1 "$RUNS"); do
-  "$BIN/edge-lb-bench" ws --label "direct#$run" --target 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 \
+  "$BIN/edge-lb-bench" ws --label "direct#$run" --target 127.0.0.1:18101,127.0.0.1:18102,127.0.0.1:18103 \
       --conns "$CONNS" --msgs "$MSGS" --max-seconds 300
   sleep 1
-  "$BIN/edge-lb-bench" ws --label "haproxy#$run" --target 127.0.0.1:8081 --pid "$HAPROXY" \
+  "$BIN/edge-lb-bench" ws --label "haproxy#$run" --target 127.0.0.1:18081 --pid "$HAPROXY" \
       --conns "$CONNS" --msgs "$MSGS" --max-seconds 300
   sleep 1
-  "$BIN/edge-lb-bench" ws --label "edge-lb#$run" --target 127.0.0.1:8082 --pid "$EDGE" \
+  "$BIN/edge-lb-bench" ws --label "edge-lb#$run" --target 127.0.0.1:18082 --pid "$EDGE" \
       --conns "$CONNS" --msgs "$MSGS" --max-seconds 300
   sleep 1
 done

@@ -245,12 +245,16 @@ impl ServerApp for EdgeApp {
                 cfg.limits.keepalive_timeout
             };
             first = false;
-            let head = match read_head(
+            // The sub-futures below are boxed so that the connection task's own future stays
+            // small: a future's size is that of its largest state, and pingora's HTTP proxy
+            // future is large. Only the state in use is allocated; an idle tunnel pays for the
+            // splice alone.
+            let head = match Box::pin(read_head(
                 &mut stream,
                 cfg.limits.max_header_bytes,
                 idle,
                 cfg.limits.header_read_timeout,
-            )
+            ))
             .await
             {
                 Ok(h) => h,
@@ -318,7 +322,14 @@ impl ServerApp for EdgeApp {
                         return None;
                     }
                     let id = id.clone();
-                    crate::tunnel::serve_upgrade(cluster, &mut stream, head, &id, peer_ip).await;
+                    Box::pin(crate::tunnel::serve_upgrade(
+                        cluster,
+                        &mut stream,
+                        head,
+                        &id,
+                        peer_ip,
+                    ))
+                    .await;
                     return None;
                 }
                 (QuizPath::None, true) => {
@@ -343,7 +354,7 @@ impl ServerApp for EdgeApp {
             } else {
                 session.set_keepalive(Some(cfg.limits.keepalive_timeout.as_secs()));
             }
-            let reused = self.http.process_new_http(session, shutdown).await?;
+            let reused = Box::pin(self.http.process_new_http(session, shutdown)).await?;
             let (s, _settings) = reused.consume();
             stream = Rewound::from_stream(s);
         }

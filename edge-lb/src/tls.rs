@@ -55,7 +55,10 @@ fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
         .map(|pk| pk.public_eq(&key_parsed))
         .unwrap_or(false);
     if !matches {
-        return Err(TlsError::Pem(key.into(), "private key does not match the certificate".into()));
+        return Err(TlsError::Pem(
+            key.into(),
+            "private key does not match the certificate".into(),
+        ));
     }
     Ok(Loaded {
         chain,

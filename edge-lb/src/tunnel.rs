@@ -65,11 +65,12 @@ impl FrameTracker {
             }
             let masked = self.hdr[1] & 0x80 != 0;
             let len7 = self.hdr[1] & 0x7f;
-            let need = 2 + match len7 {
-                126 => 2,
-                127 => 8,
-                _ => 0,
-            } + if masked { 4 } else { 0 };
+            let need =
+                2 + match len7 {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                } + if masked { 4 } else { 0 };
             if self.hdr_len < need {
                 continue;
             }
@@ -417,10 +418,11 @@ pub async fn serve_upgrade<C>(
             }
         };
     let _ = backend.set_nodelay(true);
-    let handshake = async {
+    // Boxed: its buffers are freed before the long-lived splice starts.
+    let handshake = Box::pin(async {
         backend.write_all(&forward_head(&head, peer)).await?;
         read_response_head(&mut backend, 16 * 1024).await
-    };
+    });
     let resp = match tokio::time::timeout(cfg.tunnel.handshake_timeout, handshake).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) | Err(_) => {
@@ -440,7 +442,13 @@ pub async fn serve_upgrade<C>(
     };
     drop(head);
     // Forward the whole read: the 101 head and any frame the backend sent right behind it.
-    if client.write_all(&resp).await.is_err() || client.flush().await.is_err() {
+    if Box::pin(async {
+        client.write_all(&resp).await?;
+        client.flush().await
+    })
+    .await
+    .is_err()
+    {
         return;
     }
     if status_of(&resp) != Some(101) {
@@ -515,7 +523,10 @@ mod tests {
 
     #[test]
     fn status_line() {
-        assert_eq!(status_of(b"HTTP/1.1 101 Switching Protocols\r\n"), Some(101));
+        assert_eq!(
+            status_of(b"HTTP/1.1 101 Switching Protocols\r\n"),
+            Some(101)
+        );
         assert_eq!(status_of(b"garbage"), None);
     }
 }

@@ -553,12 +553,20 @@ async fn admin_explains_routes_and_serves_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_pools_for_api_and_websocket_each_sticky() {
     let api = vec![
-        edge_lb::testing::Backend::start("api-0", "127.0.0.1:0").await.unwrap(),
-        edge_lb::testing::Backend::start("api-1", "127.0.0.1:0").await.unwrap(),
+        edge_lb::testing::Backend::start("api-0", "127.0.0.1:0")
+            .await
+            .unwrap(),
+        edge_lb::testing::Backend::start("api-1", "127.0.0.1:0")
+            .await
+            .unwrap(),
     ];
     let ws = vec![
-        edge_lb::testing::Backend::start("ws-0", "127.0.0.1:0").await.unwrap(),
-        edge_lb::testing::Backend::start("ws-1", "127.0.0.1:0").await.unwrap(),
+        edge_lb::testing::Backend::start("ws-0", "127.0.0.1:0")
+            .await
+            .unwrap(),
+        edge_lb::testing::Backend::start("ws-1", "127.0.0.1:0")
+            .await
+            .unwrap(),
     ];
     let port = free_port();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -596,10 +604,14 @@ edge_lb:
         let h1 = http_node(addr, &q).await;
         assert!(h1.starts_with("api-"));
         assert_eq!(http_node(addr, &q).await, h1);
-        let mut c = ws_connect(addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        let mut c = ws_connect(addr, &format!("/v1/quizzes/{q}/ws"))
+            .await
+            .unwrap();
         let w1 = c.node().await.unwrap();
         assert!(w1.starts_with("ws-"));
-        let mut c2 = ws_connect(addr, &format!("/v1/quizzes/{q}/ws")).await.unwrap();
+        let mut c2 = ws_connect(addr, &format!("/v1/quizzes/{q}/ws"))
+            .await
+            .unwrap();
         assert_eq!(c2.node().await.unwrap(), w1);
         api_nodes.insert(h1);
         ws_nodes.insert(w1);

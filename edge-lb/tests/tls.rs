@@ -7,15 +7,15 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use common::*;
-use pingora_core::tls::asn1::Asn1Time;
-use pingora_core::tls::bn::BigNum;
-use pingora_core::tls::hash::MessageDigest;
-use pingora_core::tls::nid::Nid;
-use pingora_core::tls::pkey::PKey;
-use pingora_core::tls::rsa::Rsa;
+use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use openssl::x509::{X509Name, X509};
 use pingora_core::tls::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use pingora_core::tls::tokio_ssl::SslStream;
-use pingora_core::tls::x509::{X509Name, X509};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -32,8 +32,10 @@ fn self_signed(cn: &str) -> (Vec<u8>, Vec<u8>) {
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(&name).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
     b.sign(&key, MessageDigest::sha256()).unwrap();
     (
         b.build().to_pem().unwrap(),
@@ -45,7 +47,12 @@ async fn tls_connect(port: u16) -> (SslStream<TcpStream>, String) {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut c = SslConnector::builder(SslMethod::tls()).unwrap();
     c.set_verify(SslVerifyMode::NONE);
-    let ssl = c.build().configure().unwrap().into_ssl("localhost").unwrap();
+    let ssl = c
+        .build()
+        .configure()
+        .unwrap()
+        .into_ssl("localhost")
+        .unwrap();
     let mut s = SslStream::new(ssl, tcp).unwrap();
     Pin::new(&mut s).connect().await.unwrap();
     let cn = s
@@ -58,8 +65,8 @@ async fn tls_connect(port: u16) -> (SslStream<TcpStream>, String) {
         .unwrap()
         .data()
         .as_utf8()
-        .unwrap()
-        .to_string();
+        .map(|u| u.to_string())
+        .unwrap();
     (s, cn)
 }
 
@@ -100,7 +107,14 @@ async fn https_and_wss_with_certificate_reload() {
         cp.display(),
         kp.display()
     );
-    let _e = edge(&bs, Opts { extra, ..Opts::default() }).await;
+    let _e = edge(
+        &bs,
+        Opts {
+            extra,
+            ..Opts::default()
+        },
+    )
+    .await;
 
     // https
     let (mut s, cn) = tls_connect(tls_port).await;

@@ -43,6 +43,8 @@ use crate::worker::{WorkerMsg, WorkerPlan, WorkerResult};
 pub struct RunOptions {
     pub scenario: PathBuf,
     pub target: Option<String>,
+    /// `edge_lb`, `core` or `proxy`.
+    pub target_kind: Option<String>,
     pub players: Option<u64>,
     pub quizzes: Option<u64>,
     pub duration_s: Option<u64>,
@@ -58,6 +60,11 @@ pub struct RunOptions {
     pub worker_exe: Option<PathBuf>,
     /// Sent as `X-Admin-Key` when creating quizzes.
     pub admin_key: Option<String>,
+    /// Check the durable record in this MongoDB (loopback only) after the run.
+    pub mongo_uri: Option<String>,
+    pub mongo_db: Option<String>,
+    /// How long to wait for the persister to drain.
+    pub mongo_drain_s: Option<u64>,
 }
 
 /// Load a scenario and apply the CLI overrides, validating the result.
@@ -65,6 +72,10 @@ pub fn prepare(opts: &RunOptions) -> anyhow::Result<Scenario> {
     let mut sc = Scenario::load(&opts.scenario)?;
     if let Some(t) = &opts.target {
         sc.target.url = t.clone();
+    }
+    if let Some(k) = &opts.target_kind {
+        sc.target.kind = serde_json::from_value(serde_json::Value::String(k.clone()))
+            .map_err(|_| anyhow::anyhow!("--kind: one of edge_lb, core, proxy, got `{k}`"))?;
     }
     if let Some(p) = opts.players {
         sc.load.players = p;
@@ -90,6 +101,9 @@ pub fn prepare(opts: &RunOptions) -> anyhow::Result<Scenario> {
         .watch_process_names
         .extend(opts.watch_names.iter().cloned());
     sc.validate()?;
+    if let Some(uri) = &opts.mongo_uri {
+        crate::mongo::ensure_loopback_uri(uri).map_err(|e| anyhow::anyhow!("--mongo-uri: {e}"))?;
+    }
     if let Some(nf) = &sc.node_failure {
         if opts.kill_pid.is_none() && nf.pid_file.is_none() {
             bail!("scenario key `node_failure`: give the pid of the node to kill with --kill-pid or node_failure.pid_file");
@@ -665,6 +679,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     // Leaderboards against the tool's record.
     let mut mismatches: Vec<Mismatch> = Vec::new();
     let mut mismatch_count = 0u64;
+    let mut mongo_failed: Option<String> = None;
     let mut expected: Vec<HashMap<String, u64>> = vec![HashMap::new(); quiz_ids.len()];
     for r in &results {
         for p in &r.players {
@@ -701,6 +716,38 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         }
     }
 
+    if let Some(uri) = &opts.mongo_uri {
+        let mut per_quiz: Vec<(String, HashMap<String, crate::mongo::Expect>)> = quiz_ids
+            .iter()
+            .map(|q| (q.clone(), HashMap::new()))
+            .collect();
+        for r in &results {
+            for p in &r.players {
+                per_quiz[p.quiz as usize].1.insert(
+                    p.player_id.clone(),
+                    crate::mongo::Expect {
+                        score: p.score,
+                        accepted: p.accepted,
+                    },
+                );
+            }
+        }
+        let drain = Duration::from_secs(opts.mongo_drain_s.unwrap_or(60).min(600));
+        let db = opts.mongo_db.clone().unwrap_or_else(|| "quiz".into());
+        log(&format!(
+            "checking MongoDB ({db}), waiting up to {} s for the persister",
+            drain.as_secs()
+        ));
+        match crate::mongo::check(uri, &db, drain, &per_quiz).await {
+            Ok(m) => {
+                mismatch_count += m.len() as u64;
+                mismatches.extend(m);
+            }
+            Err(e) => {
+                mongo_failed = Some(format!("MongoDB check could not run: {e}"));
+            }
+        }
+    }
     let elapsed_s = (wall_us() - started) as f64 / 1e6;
     let mut result = assemble(
         &sc, &opts, &target, started, elapsed_s, &agg, &results, &monitor,
@@ -711,6 +758,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     result.mismatches = mismatches;
     result.host_errors = host_errors;
     judge(&sc, &mut result, workers);
+    if let Some(e) = mongo_failed {
+        result.host_errors.push(e.clone());
+        result.failure_reasons.push(e);
+        result.passed = false;
+    }
 
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("creating {}", opts.out_dir.display()))?;

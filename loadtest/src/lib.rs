@@ -19,11 +19,13 @@
 //! - [`metrics`]: HdrHistograms measured from the scheduled time (no
 //!   coordinated omission), counters, per-second aggregation across workers.
 //! - [`verify`]: the correctness checker (platform vs the tool's record).
+//! - [`mongo`]: the optional durable-record check in MongoDB.
 //! - [`procmon`]: CPU and RSS of processes from /proc.
 //! - [`report`]: summary table, self-contained HTML with SVG plots, compare.
 
 pub mod coordinator;
 pub mod metrics;
+pub mod mongo;
 pub mod net;
 pub mod player;
 pub mod procmon;

@@ -22,6 +22,9 @@ struct RunArgs {
     /// Override target.url, e.g. http://127.0.0.1:8080 (loopback only).
     #[arg(long, env = "LOADTEST_TARGET")]
     target: Option<String>,
+    /// Override target.kind: edge_lb, core or proxy (what --target points at).
+    #[arg(long, value_parser = ["edge_lb", "core", "proxy"])]
+    kind: Option<String>,
     #[arg(long)]
     players: Option<u64>,
     #[arg(long)]
@@ -50,6 +53,16 @@ struct RunArgs {
     quiet: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// After the run, check the durable record in this MongoDB (loopback
+    /// only), e.g. mongodb://127.0.0.1:27017/
+    #[arg(long, env = "LOADTEST_MONGODB_URI")]
+    mongo_uri: Option<String>,
+    /// Database of the durable record.
+    #[arg(long, default_value = "quiz")]
+    mongo_db: String,
+    /// Seconds to wait for the persister to drain before the MongoDB check fails.
+    #[arg(long, default_value_t = 60)]
+    mongo_drain: u64,
     /// Sent as X-Admin-Key when creating quizzes (core's admin_key).
     #[arg(long, env = "LOADTEST_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
@@ -105,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             let RunArgs {
                 scenario,
                 target,
+                kind,
                 players,
                 quizzes,
                 duration,
@@ -117,10 +131,14 @@ fn main() -> anyhow::Result<()> {
                 quiet,
                 seed,
                 admin_key,
+                mongo_uri,
+                mongo_db,
+                mongo_drain,
             } = *args;
             let opts = loadtest::coordinator::RunOptions {
                 scenario,
                 target,
+                target_kind: kind,
                 players,
                 quizzes,
                 duration_s: duration,
@@ -134,6 +152,9 @@ fn main() -> anyhow::Result<()> {
                 seed,
                 worker_exe: None,
                 admin_key,
+                mongo_uri,
+                mongo_db: Some(mongo_db),
+                mongo_drain_s: Some(mongo_drain),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -217,9 +217,12 @@ async fn http_request_inner(
         }
         rest.truncate(len);
         // Let the server close first (it was asked to), so the TIME_WAIT
-        // stays on its side and our source ports are free again at once.
-        let mut probe = [0u8; 64];
-        let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut probe)).await;
+        // stays on its side and our source ports are free again at once;
+        // off the caller's path, so it does not count as latency.
+        tokio::spawn(async move {
+            let mut probe = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut probe)).await;
+        });
         return Ok(HttpResponse { status, body: rest });
     }
     // No length: read to EOF (Connection: close), then de-chunk if needed.

@@ -59,6 +59,9 @@ pub struct PlayerSummary {
     pub quiz: u32,
     pub player_id: String,
     pub score: u64,
+    /// Accepted answers acknowledged to the player.
+    #[serde(default)]
+    pub accepted: u64,
     pub ended: bool,
 }
 
@@ -276,6 +279,11 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
             quiz: r.quiz,
             player_id: r.player_id.clone(),
             score: r.acknowledged_points(),
+            accepted: r
+                .answers
+                .iter()
+                .filter(|a| a.result.as_ref().map(|x| x.accepted).unwrap_or(false))
+                .count() as u64,
             ended: r.ended,
         });
     }

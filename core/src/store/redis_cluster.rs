@@ -121,28 +121,51 @@ impl Lua {
     }
 }
 
-/// Dedupe, record, score, distribution, version bump, rank: one atomic step.
-/// KEYS: players answers leaderboard dist lbver.
-/// ARGV: player_id field token record points late choices...
-/// Returns {'A', score, higher} | {'D', score, higher, record} | {'N'}.
-const APPLY_ANSWER: &str = r#"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {'N'} end
-local prev = redis.call('HGET', KEYS[2], ARGV[2])
-if prev then
-  local score = redis.call('ZSCORE', KEYS[3], ARGV[1]) or '0'
-  local higher = redis.call('ZCOUNT', KEYS[3], '(' .. score, '+inf')
-  local sep = string.find(prev, '|', 1, true) or 0
-  if string.sub(prev, 1, sep - 1) == ARGV[3] then return {'A', score, higher} end
-  return {'D', score, higher, string.sub(prev, sep + 1)}
+/// Dedupe, record, score, distribution, version bump, rank — for a batch of
+/// answers to one quiz, in one atomic script. One script per batch rather
+/// than per answer: the per-call cost of EVALSHA (script lookup, Lua call
+/// setup, effect propagation) dominated the per-answer work.
+/// KEYS: players answers leaderboard lbver dist_1 .. dist_k.
+/// ARGV: n, then per answer: player_id field token record points late
+/// dist_key_index nchoices choices...
+/// Returns one entry per answer: {'A', score, higher} |
+/// {'D', score, higher, record} | {'N'}.
+const APPLY_BATCH: &str = r#"
+local out = {}
+local applied = 0
+local i = 2
+for a = 1, tonumber(ARGV[1]) do
+  local pid, field, token, rec = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local points, late, dk = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6])
+  local nc = tonumber(ARGV[i + 7])
+  local cs = i + 8
+  i = cs + nc
+  if redis.call('HEXISTS', KEYS[1], pid) == 0 then
+    out[a] = {'N'}
+  else
+    local prev = redis.call('HGET', KEYS[2], field)
+    if prev then
+      local score = redis.call('ZSCORE', KEYS[3], pid) or '0'
+      local higher = redis.call('ZCOUNT', KEYS[3], '(' .. score, '+inf')
+      local sep = string.find(prev, '|', 1, true) or 0
+      if string.sub(prev, 1, sep - 1) == token then
+        out[a] = {'A', score, higher}
+      else
+        out[a] = {'D', score, higher, string.sub(prev, sep + 1)}
+      end
+    else
+      redis.call('HSET', KEYS[2], field, token .. '|' .. rec)
+      local score = redis.call('ZINCRBY', KEYS[3], points, pid)
+      if late == '0' then
+        for c = cs, cs + nc - 1 do redis.call('HINCRBY', KEYS[dk], ARGV[c], 1) end
+      end
+      applied = applied + 1
+      out[a] = {'A', score, redis.call('ZCOUNT', KEYS[3], '(' .. score, '+inf')}
+    end
+  end
 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. '|' .. ARGV[4])
-local score = redis.call('ZINCRBY', KEYS[3], ARGV[5], ARGV[1])
-if ARGV[6] == '0' then
-  for i = 7, #ARGV do redis.call('HINCRBY', KEYS[4], ARGV[i], 1) end
-end
-redis.call('INCR', KEYS[5])
-local higher = redis.call('ZCOUNT', KEYS[3], '(' .. score, '+inf')
-return {'A', score, higher}
+if applied > 0 then redis.call('INCRBY', KEYS[4], applied) end
+return out
 "#;
 
 /// KEYS: def state. ARGV: def_json state_json. 1 created (or this very
@@ -248,11 +271,24 @@ struct Call {
     args: Vec<String>,
 }
 
-/// An answer waiting for the batcher.
+/// An answer waiting for the batcher, with its reply channel.
 struct Job {
-    route: Route,
-    call: Call,
+    quiz_id: String,
+    answer: PreparedAnswer,
     reply: oneshot::Sender<Result<Value, StoreError>>,
+}
+
+/// An answer encoded once for all its attempts.
+#[derive(Clone)]
+struct PreparedAnswer {
+    player_id: String,
+    question_id: u32,
+    /// Attempt token: the same on every attempt of one `apply_answer` call.
+    token: String,
+    record: String,
+    points: u32,
+    late: bool,
+    choices: Vec<u32>,
 }
 
 /// The Redis Cluster store. Cheap to share behind an `Arc`; dropping it ends
@@ -281,7 +317,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
-        apply: Lua::new(APPLY_ANSWER),
+        apply: Lua::new(APPLY_BATCH),
         create: Lua::new(CREATE_QUIZ),
         set_state: Lua::new(SET_STATE),
         add_player: Lua::new(ADD_PLAYER),
@@ -353,11 +389,15 @@ impl RedisClusterStore {
     }
 
     /// One attempt of an answer through the batcher.
-    async fn apply_once(&self, route: Route, call: Call) -> Result<Value, StoreError> {
+    async fn apply_once(
+        &self,
+        quiz_id: &str,
+        answer: PreparedAnswer,
+    ) -> Result<Value, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job = Job {
-            route,
-            call,
+            quiz_id: quiz_id.to_string(),
+            answer,
             reply: tx,
         };
         let timeout = self.shared.opts.command_timeout;
@@ -425,26 +465,79 @@ async fn batcher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let mut groups: HashMap<Route, Vec<Job>> = HashMap::new();
+        // One script per quiz (hence per slot) and batch.
+        let mut groups: HashMap<String, Vec<Job>> = HashMap::new();
         for job in batch {
-            groups.entry(job.route).or_default().push(job);
+            groups.entry(job.quiz_id.clone()).or_default().push(job);
         }
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let _permit = permit;
-            let sends = groups.into_iter().map(|(route, jobs)| {
+            let sends = groups.into_iter().map(|(quiz_id, jobs)| {
                 let shared = Arc::clone(&shared);
-                async move {
-                    let calls: Vec<&Call> = jobs.iter().map(|j| &j.call).collect();
-                    let results = run_pipeline(&shared, route, calls, true).await;
-                    for (job, result) in jobs.into_iter().zip(results) {
-                        // The caller may have given up; nothing to do then.
-                        let _ = job.reply.send(result);
-                    }
-                }
+                async move { run_batch(&shared, &quiz_id, jobs).await }
             });
             futures::future::join_all(sends).await;
         });
+    }
+}
+
+/// Applies one quiz's share of a batch: `[EVALSHA apply_batch, WAIT]`, then
+/// hands each caller its own entry of the reply.
+async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
+    let mut keys = vec![
+        key(quiz_id, "players"),
+        key(quiz_id, "answers"),
+        key(quiz_id, "leaderboard"),
+        key(quiz_id, "lbver"),
+    ];
+    let mut dist_index: HashMap<u32, usize> = HashMap::new();
+    let mut args = Vec::with_capacity(1 + jobs.len() * 9);
+    args.push(jobs.len().to_string());
+    for job in &jobs {
+        let a = &job.answer;
+        let dk = *dist_index.entry(a.question_id).or_insert_with(|| {
+            keys.push(key(quiz_id, &format!("dist:{}", a.question_id)));
+            keys.len() // 1-based index of the key just pushed
+        });
+        args.push(a.player_id.clone());
+        args.push(format!("{}:{}", a.player_id, a.question_id));
+        args.push(a.token.clone());
+        args.push(a.record.clone());
+        args.push(a.points.to_string());
+        args.push(if a.late { "1" } else { "0" }.to_string());
+        args.push(dk.to_string());
+        args.push(a.choices.len().to_string());
+        args.extend(a.choices.iter().map(|c| c.to_string()));
+    }
+    let route = Route::with_key(&keys[0], SlotAddr::Master);
+    let call = Call {
+        script: &shared.scripts.apply,
+        keys,
+        args,
+    };
+    let result = run_pipeline(shared, route, vec![&call], true)
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(unavailable("empty reply")));
+    match result {
+        Ok(Value::Array(entries)) if entries.len() == jobs.len() => {
+            for (job, entry) in jobs.into_iter().zip(entries) {
+                // The caller may have given up; nothing to do then.
+                let _ = job.reply.send(Ok(entry));
+            }
+        }
+        Ok(other) => {
+            let e = bad_reply("apply_batch", &other);
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
+            }
+        }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
+            }
+        }
     }
 }
 
@@ -781,33 +874,19 @@ impl QuizStore for RedisClusterStore {
         quiz_id: &str,
         answer: &AnswerRecord,
     ) -> Result<ApplyOutcome, StoreError> {
-        let token = format!("{:016x}", rand::random::<u64>());
-        let mut args = vec![
-            answer.player_id.clone(),
-            format!("{}:{}", answer.player_id, answer.question_id),
-            token,
-            to_json(answer)?,
-            answer.points.to_string(),
-            if answer.late { "1" } else { "0" }.to_string(),
-        ];
-        args.extend(answer.choices.iter().map(|c| c.to_string()));
-        let keys = vec![
-            key(quiz_id, "players"),
-            key(quiz_id, "answers"),
-            key(quiz_id, "leaderboard"),
-            key(quiz_id, &format!("dist:{}", answer.question_id)),
-            key(quiz_id, "lbver"),
-        ];
-        let route = Route::with_key(&keys[0], SlotAddr::Master);
+        let prepared = PreparedAnswer {
+            player_id: answer.player_id.clone(),
+            question_id: answer.question_id,
+            token: format!("{:016x}", rand::random::<u64>()),
+            record: to_json(answer)?,
+            points: answer.points,
+            late: answer.late,
+            choices: answer.choices.clone(),
+        };
         let mut backoff = self.shared.opts.retry_backoff;
         let mut attempt = 1;
         loop {
-            let call = Call {
-                script: &self.shared.scripts.apply,
-                keys: keys.clone(),
-                args: args.clone(),
-            };
-            match self.apply_once(route, call).await {
+            match self.apply_once(quiz_id, prepared.clone()).await {
                 Ok(v) => return decode_apply(quiz_id, answer, &v),
                 // Same token on every attempt: a re-run of an attempt that
                 // did land answers `Applied` without adding points again.

@@ -26,7 +26,7 @@ struct Cli {
 enum Cmd {
     /// Run echo backends on 127.0.0.1:base-port.. until --seconds elapse.
     Backends {
-        #[arg(long, default_value_t = 7101)]
+        #[arg(long, default_value_t = 18101)]
         base_port: u16,
         #[arg(long, default_value_t = 3)]
         count: u16,
@@ -108,15 +108,7 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<Result<_, _>>()?;
             let r = tokio::time::timeout(
                 Duration::from_secs(max_seconds),
-                run_ws(
-                    targets,
-                    conns,
-                    quizzes.max(1),
-                    concurrency,
-                    msgs,
-                    size,
-                    pid,
-                ),
+                run_ws(targets, conns, quizzes.max(1), concurrency, msgs, size, pid),
             )
             .await
             .map_err(|_| anyhow::anyhow!("run exceeded {max_seconds} s"))??;
