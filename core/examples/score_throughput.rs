@@ -5,7 +5,8 @@
 //! ```text
 //! deploy/local/stack up
 //! cargo run --release -p quiz-core --example score_throughput -- \
-//!     [--answers 200000] [--concurrency 512] [--players 1000] [--runs 3]
+//!     [--answers 200000] [--concurrency 512] [--players 1000] [--runs 3] \
+//!     [--latency-answers 20000] [--latency-concurrency 16] [--max-in-flight 8] [--max-batch 256]
 //! ```
 //! `QUIZ_REDIS_NODES` (default `127.0.0.1:7000..7005`) names the cluster;
 //! `redis-benchmark` must be on the PATH. Every phase is bounded by
@@ -29,6 +30,8 @@ struct Args {
     runs: usize,
     latency_answers: usize,
     latency_concurrency: usize,
+    max_in_flight: usize,
+    max_batch: usize,
 }
 
 fn parse_args() -> Args {
@@ -39,6 +42,8 @@ fn parse_args() -> Args {
         runs: 3,
         latency_answers: 20_000,
         latency_concurrency: 16,
+        max_in_flight: RedisOptions::default().max_in_flight,
+        max_batch: RedisOptions::default().max_batch,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -54,6 +59,8 @@ fn parse_args() -> Args {
             "--runs" => a.runs = v.max(1),
             "--latency-answers" => a.latency_answers = v,
             "--latency-concurrency" => a.latency_concurrency = v.max(1),
+            "--max-in-flight" => a.max_in_flight = v.max(1),
+            "--max-batch" => a.max_batch = v.max(1),
             other => {
                 eprintln!("unknown flag {other}");
                 std::process::exit(2);
@@ -251,13 +258,18 @@ async fn main() -> anyhow::Result<()> {
     let args = parse_args();
     let nodes = nodes();
     let master = master_of(&nodes[0], "quiz:{bench}:leaderboard").await?;
-    let with_wait = Arc::new(RedisClusterStore::connect(&nodes, RedisOptions::default()).await?);
+    let tuned = RedisOptions {
+        max_in_flight: args.max_in_flight,
+        max_batch: args.max_batch,
+        ..RedisOptions::default()
+    };
+    let with_wait = Arc::new(RedisClusterStore::connect(&nodes, tuned.clone()).await?);
     let without_wait = Arc::new(
         RedisClusterStore::connect(
             &nodes,
             RedisOptions {
                 wait_replicas: 0,
-                ..RedisOptions::default()
+                ..tuned.clone()
             },
         )
         .await?,

@@ -395,45 +395,60 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if !limit.allow() {
             return outbox.close(close::POLICY, "rate limit exceeded");
         }
-        match protocol::parse_client(&payload) {
-            Ok(ClientMsg::Ping) => {
-                outbox.push_text(protocol::encode_pong());
+        // Handling is boxed: its future (store and sink calls) is large and
+        // only alive while a message is processed, so an idle connection's
+        // task does not carry it.
+        Box::pin(handle_text(svc, def, caller, outbox, presented, &payload)).await;
+    }
+}
+
+/// Parses and applies one inbound text message.
+async fn handle_text(
+    svc: &QuizService,
+    def: &QuizDef,
+    caller: &Caller,
+    outbox: &Outbox,
+    presented: &Presented,
+    payload: &[u8],
+) {
+    match protocol::parse_client(payload) {
+        Ok(ClientMsg::Ping) => {
+            outbox.push_text(protocol::encode_pong());
+        }
+        Ok(ClientMsg::Answer {
+            question_id,
+            choices,
+        }) => {
+            if caller.claims.role == Role::Host {
+                outbox.push_text(protocol::encode_error(
+                    "forbidden",
+                    "hosts do not answer; connect with a player token",
+                ));
+                return;
             }
-            Ok(ClientMsg::Answer {
-                question_id,
-                choices,
-            }) => {
-                if caller.claims.role == Role::Host {
-                    outbox.push_text(protocol::encode_error(
-                        "forbidden",
-                        "hosts do not answer; connect with a player token",
-                    ));
-                    continue;
-                }
-                let p = presented.0.load(Ordering::Relaxed);
-                let p = (p != NONE_PRESENTED).then_some(p);
-                match svc.answer(def, caller, question_id, &choices, p).await {
-                    Ok(res) => {
-                        let recorded = res.accepted
-                            || matches!(res.reason.as_deref(), Some("late" | "duplicate"));
-                        outbox.push_text(protocol::encode(&res));
-                        if def.mode == Mode::SelfPaced && recorded && p == Some(question_id) {
-                            if let Err(e) =
-                                present_next(svc, def, &caller.claims.player_id, outbox, presented)
-                                    .await
-                            {
-                                outbox.push_text(protocol::encode_error(e.code(), &e.to_string()));
-                            }
+            let p = presented.0.load(Ordering::Relaxed);
+            let p = (p != NONE_PRESENTED).then_some(p);
+            match svc.answer(def, caller, question_id, &choices, p).await {
+                Ok(res) => {
+                    let recorded =
+                        res.accepted || matches!(res.reason.as_deref(), Some("late" | "duplicate"));
+                    outbox.push_text(protocol::encode(&res));
+                    if def.mode == Mode::SelfPaced && recorded && p == Some(question_id) {
+                        if let Err(e) =
+                            present_next(svc, def, &caller.claims.player_id, outbox, presented)
+                                .await
+                        {
+                            outbox.push_text(protocol::encode_error(e.code(), &e.to_string()));
                         }
                     }
-                    Err(e) => {
-                        outbox.push_text(protocol::encode_error(e.code(), &e.to_string()));
-                    }
+                }
+                Err(e) => {
+                    outbox.push_text(protocol::encode_error(e.code(), &e.to_string()));
                 }
             }
-            Err(e) => {
-                outbox.push_text(protocol::encode_error(e.code, &e.message));
-            }
+        }
+        Err(e) => {
+            outbox.push_text(protocol::encode_error(e.code, &e.message));
         }
     }
 }

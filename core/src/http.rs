@@ -441,3 +441,41 @@ impl IpLimiter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_limiter_refuses_past_the_burst() {
+        let l = IpLimiter::new(1, 3);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!((0..3).all(|_| l.allow(ip)));
+        assert!(!l.allow(ip));
+        // Another address has its own bucket.
+        assert!(l.allow("10.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn statuses_and_codes() {
+        for (e, s, c) in [
+            (QuizError::Invalid("x".into()), 400, "invalid"),
+            (QuizError::Unauthorized("x".into()), 401, "unauthorized"),
+            (QuizError::Forbidden("x".into()), 403, "forbidden"),
+            (QuizError::NotFound("x".into()), 404, "not_found"),
+            (QuizError::Conflict("x".into()), 409, "conflict"),
+            (QuizError::TooLarge("x".into()), 413, "too_large"),
+            (QuizError::RateLimited("x".into()), 429, "rate_limited"),
+            (QuizError::Unavailable("x".into()), 503, "unavailable"),
+        ] {
+            let r = error_response(&e);
+            assert_eq!(r.status().as_u16(), s);
+            assert_eq!(e.code(), c);
+            if s == 503 || s == 429 {
+                assert!(r.headers().contains_key(RETRY_AFTER));
+            }
+        }
+        assert_eq!(query_param(Some("a=1&token=t.x"), "token"), Some("t.x"));
+        assert_eq!(query_param(None, "token"), None);
+    }
+}

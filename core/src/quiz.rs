@@ -980,6 +980,74 @@ pub(crate) mod tests {
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
     }
 
+    /// An event sink that is down: never ready, every publish fails.
+    struct DownSink;
+
+    #[async_trait::async_trait]
+    impl EventSink for DownSink {
+        async fn publish(&self, _: &Event) -> Result<(), crate::events::EventError> {
+            Err(crate::events::EventError::Backpressure)
+        }
+        fn ready(&self) -> bool {
+            false
+        }
+        async fn flush(&self, _: std::time::Duration) -> Result<(), crate::events::EventError> {
+            Ok(())
+        }
+    }
+
+    /// Sink not ready: answers are refused with `unavailable` before the
+    /// store is touched, joins and host actions too, and readiness fails.
+    #[tokio::test]
+    async fn sink_down_refuses_before_the_store() {
+        let ok = test_service();
+        let req: CreateQuizReq = serde_json::from_value(serde_json::json!({
+            "title": "t", "mode": "live", "quiz_id": "down1",
+            "questions": [{"text": "q", "options": ["a","b"], "correct": [0],
+                           "time_limit_ms": 5000, "points": 1000}]
+        }))
+        .unwrap();
+        let (def, _) = ok.create_quiz(req).await.unwrap();
+        let (_, _, p, token, _) = ok.join("down1", "ann").await.unwrap();
+        ok.host_action("down1", HostAction::Start).await.unwrap();
+        // The same store behind a service whose sink is down.
+        let down = QuizService::with_backends(
+            Arc::clone(&ok.config),
+            Arc::clone(&ok.store),
+            Arc::new(DownSink),
+            Arc::clone(&ok.bus),
+            Arc::new(Metrics::new("down")),
+        );
+        let caller = Caller {
+            claims: ok.tokens.verify(&token).unwrap(),
+            nickname: p.nickname.clone(),
+        };
+        let e = down.answer(&def, &caller, 0, &[0], None).await.unwrap_err();
+        assert_eq!(e.code(), "unavailable");
+        assert!(down
+            .store
+            .get_answer("down1", &p.player_id, 0)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            down.join("down1", "bob").await.unwrap_err().code(),
+            "unavailable"
+        );
+        assert_eq!(
+            down.host_action("down1", HostAction::End)
+                .await
+                .unwrap_err()
+                .code(),
+            "unavailable"
+        );
+        assert!(down.ready().await.is_err());
+        assert!(ok.ready().await.is_ok());
+        // The working node still scores the answer.
+        let r = ok.answer(&def, &caller, 0, &[0], None).await.unwrap();
+        assert!(r.accepted);
+    }
+
     pub(crate) fn test_service() -> Arc<QuizService> {
         let dir = std::env::temp_dir().join(format!("quiz-unit-{}", random_id(8)));
         let cfg = Arc::new(Config {

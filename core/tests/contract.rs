@@ -928,7 +928,10 @@ async fn distributed_two_nodes_share_a_quiz() {
         .iter()
         .filter(|e| e["type"] == "answer_scored")
         .collect();
-    let mut ids: Vec<&str> = answers.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    let mut ids: Vec<&str> = answers
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 2, "{answers:?}");

@@ -1,8 +1,9 @@
 //! Memory per idle WebSocket connection, measured on a real `quiz-core`
 //! process (embedded mode): RSS after opening N idle connections minus RSS
 //! before, divided by N. The goal is ≤ 4 KB of user space per connection;
-//! the test prints the measurement and fails above 8 KB (allocator slack
+//! the test prints the measurement and fails above 6 KB (allocator slack
 //! makes the number noisy; docs/core.md records measured values).
+//! `QUIZ_CORE_BIN=/path/to/quiz-core` measures another build.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -65,7 +66,10 @@ async fn idle_websocket_memory() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let dir = std::env::temp_dir().join(testkit::unique_name("core-mem"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quiz-core"))
+    // QUIZ_CORE_BIN measures another build (e.g. target/release/quiz-core).
+    let bin = std::env::var("QUIZ_CORE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_quiz-core").to_string());
+    let mut child = Command::new(bin)
         .env_remove("QUIZ_REDIS_NODES")
         .env_remove("QUIZ_KAFKA_BROKERS")
         .env("QUIZ_LISTEN", &addr)
@@ -121,9 +125,14 @@ async fn idle_websocket_memory() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = rss_kb(pid);
     let per_conn = (after.saturating_sub(before) * 1024) / N as u64;
-    println!("idle WebSocket: RSS {before} KiB → {after} KiB for {N} connections: {per_conn} bytes each");
+    println!(
+        "idle WebSocket: RSS {before} KiB → {after} KiB for {N} connections: {per_conn} bytes each"
+    );
     drop(conns);
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
     let _ = child.wait();
-    assert!(per_conn <= 8192, "{per_conn} bytes per idle connection");
+    assert!(per_conn <= 6144, "{per_conn} bytes per idle connection");
 }

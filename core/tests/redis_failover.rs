@@ -132,8 +132,7 @@ async fn fail_over_to(replica: &Node, slot: u16) {
         }
     }
     loop {
-        let (m, _) = owner_or_none(&replica.addr, slot).await;
-        if m.as_deref() == Some(replica.id.as_str()) {
+        if owner_id(&replica.addr, slot).await.as_deref() == Some(replica.id.as_str()) {
             return;
         }
         assert!(
@@ -145,15 +144,13 @@ async fn fail_over_to(replica: &Node, slot: u16) {
     }
 }
 
-async fn owner_or_none(seed: &str, slot: u16) -> (Option<String>, ()) {
-    let nodes = cluster_nodes(seed).await;
-    (
-        nodes
-            .iter()
-            .find(|n| n.master && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
-            .map(|n| n.id.clone()),
-        (),
-    )
+/// The id of the master owning `slot`, as `seed` sees it.
+async fn owner_id(seed: &str, slot: u16) -> Option<String> {
+    cluster_nodes(seed)
+        .await
+        .into_iter()
+        .find(|n| n.master && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+        .map(|n| n.id)
 }
 
 /// Waits until every node reports `cluster_state:ok` and there are 3

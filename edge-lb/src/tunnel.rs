@@ -397,26 +397,28 @@ pub async fn serve_upgrade<C>(
         let _ = client.flush().await;
         return;
     };
-    let mut backend =
-        match tokio::time::timeout(cfg.tunnel.connect_timeout, TcpStream::connect(target.addr))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(_)) | Err(_) => {
-                m.error("connect");
-                m.upgrades.with_label_values(&["backend_error"]).inc();
-                let _ = client
-                    .write_all(&error_response(
-                        503,
-                        "unavailable",
-                        "backend unreachable, retry shortly",
-                        Some(1),
-                    ))
-                    .await;
-                let _ = client.flush().await;
-                return;
-            }
-        };
+    let mut backend = match tokio::time::timeout(
+        cfg.tunnel.connect_timeout,
+        Box::pin(TcpStream::connect(target.addr)),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) | Err(_) => {
+            m.error("connect");
+            m.upgrades.with_label_values(&["backend_error"]).inc();
+            let _ = client
+                .write_all(&error_response(
+                    503,
+                    "unavailable",
+                    "backend unreachable, retry shortly",
+                    Some(1),
+                ))
+                .await;
+            let _ = client.flush().await;
+            return;
+        }
+    };
     let _ = backend.set_nodelay(true);
     // Boxed: its buffers are freed before the long-lived splice starts.
     let handshake = Box::pin(async {

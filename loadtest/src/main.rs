@@ -87,9 +87,22 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exit status: 0 passed, 1 the run failed its checks, 2 it could not run
+/// (bad scenario, refused or unreachable target, ...).
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadtest: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<std::process::ExitCode> {
+    let ok = std::process::ExitCode::SUCCESS;
     match Cli::parse().cmd {
-        Cmd::Worker => loadtest::worker::worker_main(),
+        Cmd::Worker => loadtest::worker::worker_main().map(|_| ok),
         Cmd::Check { scenarios } => {
             for p in scenarios {
                 let s = loadtest::scenario::Scenario::load(&p)?;
@@ -101,7 +114,7 @@ fn main() -> anyhow::Result<()> {
                     s.load.quizzes
                 );
             }
-            Ok(())
+            Ok(ok)
         }
         Cmd::Compare { results } => {
             let mut loaded = Vec::new();
@@ -112,7 +125,7 @@ fn main() -> anyhow::Result<()> {
                 ));
             }
             print!("{}", loadtest::report::compare(&loaded));
-            Ok(())
+            Ok(ok)
         }
         Cmd::Run(args) => {
             let RunArgs {
@@ -167,10 +180,11 @@ fn main() -> anyhow::Result<()> {
                 path.display(),
                 path.with_extension("html").display()
             );
-            if !result.passed {
-                std::process::exit(1);
+            if result.passed {
+                Ok(ok)
+            } else {
+                Ok(std::process::ExitCode::from(1))
             }
-            Ok(())
         }
     }
 }

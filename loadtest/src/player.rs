@@ -225,7 +225,9 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
     let mut attempt = 0u32;
     let joined: Joined = loop {
         attempt += 1;
-        let res = http_request(
+        // Boxed: the request future holds read buffers; inline, they would
+        // be part of every player's task for its whole life.
+        let res = Box::pin(http_request(
             &ctx.target,
             source,
             "POST",
@@ -233,7 +235,7 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
             &[],
             Some(body.as_bytes()),
             Duration::from_secs(30),
-        )
+        ))
         .await;
         let retry = match res {
             Ok(r) if r.status == 201 => match serde_json::from_slice::<Joined>(&r.body) {
@@ -285,13 +287,13 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
             ctx.count("error.deadline");
             break;
         }
-        let conn = ws_connect(
+        let conn = Box::pin(ws_connect(
             &ctx.target,
             source,
             &ws_path,
             (index as u32).wrapping_mul(2_654_435_761),
             Duration::from_secs(30),
-        )
+        ))
         .await;
         let end = match conn {
             Err(e) => {
@@ -304,9 +306,9 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
                     s.connected += 1;
                     s.max_connected = s.max_connected.max(s.connected);
                 }
-                let end = session(
+                let end = Box::pin(session(
                     &ctx, &mut conn, &mut rec, &mut live, &mut rng, quiz_idx, lost_at_us, first,
-                )
+                ))
                 .await;
                 ctx.shared.borrow_mut().connected -= 1;
                 match end {
@@ -677,6 +679,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn player_task_stays_small() {
+        // The task of an idle player is allocated at the size of its largest
+        // state; I/O buffers must live in boxed sub-futures, not in it.
+        let sc = crate::scenario::Scenario::parse(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/smoke.toml"))
+                .unwrap(),
+            "toml",
+        )
+        .unwrap();
+        let plan = WorkerPlan {
+            worker: 0,
+            workers: 1,
+            sources: Vec::new(),
+            target: "http://127.0.0.1:1".into(),
+            scenario: sc,
+            quiz_ids: vec!["q".into()],
+            t0_wall_us: 0,
+            deadline_wall_us: 0,
+            verify_deadline_wall_us: 0,
+            seed: 0,
+        };
+        let ctx = Rc::new(Ctx::new(&plan, Target::parse(&plan.target).unwrap()));
+        let fut = run_player(ctx, 0);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("player future: {size} bytes");
+        assert!(size < 2048, "player future is {size} bytes");
     }
 
     #[test]

@@ -440,8 +440,8 @@ const ROWS: &[(&str, Extract)] = &[
             r.counters
                 .iter()
                 .filter(|(k, _)| k.starts_with("error."))
-                .map(|(_, v)| *v as f64)
-                .sum(),
+                .map(|(_, v)| *v)
+                .sum::<u64>() as f64,
         )
     }),
     ("mismatches", |r| Some(r.mismatch_count as f64)),
@@ -496,7 +496,7 @@ pub fn compare(results: &[(String, RunResult)]) -> String {
             let _ = write!(
                 s,
                 " {:>12}",
-                v.map(|v| if v.abs() >= 100.0 {
+                v.map(|v| if v.abs() >= 100.0 || v.fract() == 0.0 {
                     format!("{v:.0}")
                 } else {
                     format!("{v:.2}")

@@ -34,7 +34,7 @@ pub enum ScenarioError {
     #[error("scenario key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
     #[error("scenario key `target.url`: {0}")]
-    Target(#[from] TargetError),
+    Target(TargetError),
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ScenarioError {
@@ -388,7 +388,7 @@ impl Scenario {
         if self.name.is_empty() {
             return Err(invalid("name", "must not be empty"));
         }
-        Target::parse(&self.target.url)?;
+        Target::parse(&self.target.url).map_err(ScenarioError::Target)?;
         let l = &self.load;
         if l.players == 0 || l.players > MAX_PLAYERS {
             return Err(invalid(

@@ -28,6 +28,10 @@ fn arg(name: &str, default: usize) -> usize {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    persister::init_logging(&persister::config::LogConfig {
+        format: "text".into(),
+        level: "warn".into(),
+    });
     let events = arg("--events", 50_000);
     let batch = arg("--batch", 1000);
     let runs = arg("--runs", 3);
@@ -46,19 +50,31 @@ async fn main() {
             .flat_map(|_| common::scenario(&testkit::unique_quiz_id(), players, questions).records)
             .collect();
         let n = records.len();
+        let t0 = Instant::now();
         common::produce(&config.kafka.brokers, &config.kafka.topic, &records).await;
+        eprintln!("run {run}: produced {n} events in {:.2?}", t0.elapsed());
 
         // The pipeline, from partition assignment to the last event persisted.
         let shutdown = CancellationToken::new();
         let running = persister::start(config.clone(), shutdown.clone())
             .await
             .expect("start");
+        eprintln!("run {run}: waiting for the partition assignment");
         while running.metrics.assigned_partitions.get() == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let t0 = Instant::now();
+        let mut last_report = Instant::now();
         while running.metrics.events_persisted.get() < n as u64 {
             tokio::time::sleep(Duration::from_millis(1)).await;
+            if last_report.elapsed() > Duration::from_secs(5) {
+                last_report = Instant::now();
+                eprintln!(
+                    "  … {} of {n} persisted, {} consumed",
+                    running.metrics.events_persisted.get(),
+                    running.metrics.events_consumed.get()
+                );
+            }
         }
         let pipeline = t0.elapsed();
         shutdown.cancel();

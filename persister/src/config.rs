@@ -68,6 +68,9 @@ pub struct MongoConfig {
     /// Upper bound on the estimated size of one `update` command; larger
     /// batches are split into several commands.
     pub max_command_bytes: usize,
+    /// Send the per-collection commands of a batch concurrently (a gain on
+    /// MongoDB; FerretDB/SQLite serialises writers, so off by default).
+    pub parallel_collections: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -139,6 +142,7 @@ impl Default for MongoConfig {
             uri: "mongodb://127.0.0.1:27017/".into(),
             database: "quiz".into(),
             max_command_bytes: 4 * 1024 * 1024,
+            parallel_collections: false,
         }
     }
 }
@@ -296,6 +300,11 @@ impl Config {
             &lookup,
             "PERSISTER_MAX_COMMAND_BYTES",
             &mut self.mongodb.max_command_bytes,
+        )?;
+        boolean(
+            &lookup,
+            "PERSISTER_PARALLEL_COLLECTIONS",
+            &mut self.mongodb.parallel_collections,
         )?;
         number(
             &lookup,

@@ -93,7 +93,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         &config.mongodb.database,
         config.mongodb.max_command_bytes,
     )
-    .await?;
+    .await?
+    .with_parallel_collections(config.mongodb.parallel_collections);
     start_with_store(config, Arc::new(store), shutdown).await
 }
 

@@ -11,9 +11,8 @@ fuzz_target!(|data: &[u8]| {
         choices,
     }) = parse_client(data)
     {
-        let again = format!(
-            r#"{{"type":"answer","question_id":{question_id},"choices":{choices:?}}}"#
-        );
+        let again =
+            format!(r#"{{"type":"answer","question_id":{question_id},"choices":{choices:?}}}"#);
         assert!(parse_client(again.as_bytes()).is_ok());
         // Normalisation and scoring on whatever came in.
         let _ = quiz_core::quiz::normalize_choices(&choices, 6);

@@ -125,7 +125,8 @@ impl Lua {
 /// answers to one quiz, in one atomic script. One script per batch rather
 /// than per answer: the per-call cost of EVALSHA (script lookup, Lua call
 /// setup, effect propagation) dominated the per-answer work.
-/// KEYS: players answers leaderboard lbver dist_1 .. dist_k.
+/// KEYS: players answers leaderboard lbver dist_1 .. dist_k (players is
+/// unused by the script but keeps the key list self-describing).
 /// ARGV: n, then per answer: player_id field token record points late
 /// dist_key_index nchoices choices...
 /// Returns one entry per answer: {'A', score, higher} |
@@ -140,27 +141,29 @@ for a = 1, tonumber(ARGV[1]) do
   local nc = tonumber(ARGV[i + 7])
   local cs = i + 8
   i = cs + nc
-  if redis.call('HEXISTS', KEYS[1], pid) == 0 then
-    out[a] = {'N'}
-  else
-    local prev = redis.call('HGET', KEYS[2], field)
-    if prev then
-      local score = redis.call('ZSCORE', KEYS[3], pid) or '0'
-      local higher = redis.call('ZCOUNT', KEYS[3], '(' .. score, '+inf')
-      local sep = string.find(prev, '|', 1, true) or 0
-      if string.sub(prev, 1, sep - 1) == token then
-        out[a] = {'A', score, higher}
-      else
-        out[a] = {'D', score, higher, string.sub(prev, sep + 1)}
-      end
+  -- Common path in 4 calls: HSETNX is the dedupe and the record at once,
+  -- ZADD XX INCR the score and the "is a player" check at once.
+  if redis.call('HSETNX', KEYS[2], field, token .. '|' .. rec) == 1 then
+    local score = redis.call('ZADD', KEYS[3], 'XX', 'INCR', points, pid)
+    if not score then
+      redis.call('HDEL', KEYS[2], field)
+      out[a] = {'N'}
     else
-      redis.call('HSET', KEYS[2], field, token .. '|' .. rec)
-      local score = redis.call('ZINCRBY', KEYS[3], points, pid)
       if late == '0' then
         for c = cs, cs + nc - 1 do redis.call('HINCRBY', KEYS[dk], ARGV[c], 1) end
       end
       applied = applied + 1
       out[a] = {'A', score, redis.call('ZCOUNT', KEYS[3], '(' .. score, '+inf')}
+    end
+  else
+    local prev = redis.call('HGET', KEYS[2], field)
+    local score = redis.call('ZSCORE', KEYS[3], pid) or '0'
+    local higher = redis.call('ZCOUNT', KEYS[3], '(' .. score, '+inf')
+    local sep = string.find(prev, '|', 1, true) or 0
+    if string.sub(prev, 1, sep - 1) == token then
+      out[a] = {'A', score, higher}
+    else
+      out[a] = {'D', score, higher, string.sub(prev, sep + 1)}
     end
   end
 end
@@ -389,11 +392,7 @@ impl RedisClusterStore {
     }
 
     /// One attempt of an answer through the batcher.
-    async fn apply_once(
-        &self,
-        quiz_id: &str,
-        answer: PreparedAnswer,
-    ) -> Result<Value, StoreError> {
+    async fn apply_once(&self, quiz_id: &str, answer: PreparedAnswer) -> Result<Value, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job = Job {
             quiz_id: quiz_id.to_string(),

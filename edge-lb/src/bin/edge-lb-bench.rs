@@ -4,8 +4,10 @@
 //! (`edge_lb::testing::Backend`, named core-1..N). `edge-lb-bench ws --target ADDR[,ADDR…]
 //! --conns N --quizzes Q --msgs M --pid PID` opens N WebSocket connections (Q quizzes, bounded
 //! concurrency), measures setups per second, the proxy's RSS growth per connection (`--pid`),
-//! then has every connection do M request/echo round trips, measuring messages per second and
-//! the round-trip latency (p50/p99). One JSON line of results on stdout.
+//! then measures round-trip latency at light load (10 connections × 200 sequential echoes:
+//! `lat_p50_us`/`lat_p99_us`), then has every connection do M round trips at once
+//! (`msgs_per_s` counts messages through the proxy, both directions, and `loaded_rtt_*`).
+//! One JSON line of results on stdout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -160,8 +162,35 @@ async fn run_ws(
     let setup = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss1 = pid.and_then(rss_kib);
-    // Phase 2: every connection does `msgs` round trips, all connections at once.
+    // Phase 2, latency at light load: 10 connections each do 200 sequential round trips.
+    let lat_n = clients.len().min(10);
+    let rest = clients.split_off(lat_n);
     let payload = "x".repeat(size);
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            for _ in 0..200 {
+                let s = Instant::now();
+                if c.send_text(&payload).await.is_err() || c.recv_text().await.is_err() {
+                    break;
+                }
+                let _ = h.record(s.elapsed().as_micros().max(1) as u64);
+            }
+            (c, h)
+        }));
+    }
+    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut clients = Vec::new();
+    for t in tasks {
+        if let Ok((c, h)) = t.await {
+            lat.add(h)?;
+            clients.push(c);
+        }
+    }
+    clients.extend(rest);
+    // Phase 3, throughput: every connection does `msgs` round trips, all at once.
     let t1 = Instant::now();
     let mut tasks = Vec::with_capacity(clients.len());
     for mut c in clients {
@@ -209,8 +238,10 @@ async fn run_ws(
         "setups_per_s": (conns - failed) as f64 / setup.as_secs_f64(),
         "round_trips": hist.len(),
         "msgs_per_s": (2 * hist.len()) as f64 / msg_time.as_secs_f64(),
-        "rtt_p50_us": hist.value_at_quantile(0.5),
-        "rtt_p99_us": hist.value_at_quantile(0.99),
+        "lat_p50_us": lat.value_at_quantile(0.5),
+        "lat_p99_us": lat.value_at_quantile(0.99),
+        "loaded_rtt_p50_us": hist.value_at_quantile(0.5),
+        "loaded_rtt_p99_us": hist.value_at_quantile(0.99),
         "rss_before_kib": rss0,
         "rss_after_kib": rss1,
         "bytes_per_conn": per_conn,
