@@ -17,22 +17,23 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-"$BIN/edge-lb-bench" backends --base-port 18101 --count 3 --seconds 1800 2>/dev/null &
+"$BIN/edge-lb-bench" backends --base-port 38101 --count 3 --seconds 1800 2>/dev/null &
 PIDS+=($!)
-haproxy -db -f "$ROOT/deploy/haproxy/haproxy.cfg" >/tmp/haproxy-bench.log 2>&1 &
-HAPROXY=$!; PIDS+=($HAPROXY)
-RUST_LOG=warn "$BIN/edge-lb" -c "$ROOT/edge-lb/bench/edge-lb-bench.yaml" >/tmp/edge-lb-bench.log 2>&1 &
-EDGE=$!; PIDS+=($EDGE)
-sleep 4   # both proxies: 2 passing checks at 1 s
-
+sleep 1
+# Fresh proxy processes for every run, so each memory figure starts from a clean heap.
 for run in $(seq 1 "$RUNS"); do
-  "$BIN/edge-lb-bench" ws --label "direct#$run" --target 127.0.0.1:18101,127.0.0.1:18102,127.0.0.1:18103 \
+  "$BIN/edge-lb-bench" ws --label "direct#$run" --target 127.0.0.1:38101,127.0.0.1:38102,127.0.0.1:38103 \
+      --conns "$CONNS" --msgs "$MSGS" --max-seconds 300
+  haproxy -db -f "$ROOT/deploy/haproxy/haproxy.cfg" >/tmp/haproxy-bench.log 2>&1 &
+  HAPROXY=$!; PIDS+=($HAPROXY)
+  RUST_LOG=warn "$BIN/edge-lb" -c "$ROOT/edge-lb/bench/edge-lb-bench.yaml" >/tmp/edge-lb-bench.log 2>&1 &
+  EDGE=$!; PIDS+=($EDGE)
+  sleep 4   # both proxies: 2 passing checks at 1 s
+  "$BIN/edge-lb-bench" ws --label "haproxy#$run" --target 127.0.0.1:38081 --pid "$HAPROXY" \
       --conns "$CONNS" --msgs "$MSGS" --max-seconds 300
   sleep 1
-  "$BIN/edge-lb-bench" ws --label "haproxy#$run" --target 127.0.0.1:18081 --pid "$HAPROXY" \
+  "$BIN/edge-lb-bench" ws --label "edge-lb#$run" --target 127.0.0.1:38082 --pid "$EDGE" \
       --conns "$CONNS" --msgs "$MSGS" --max-seconds 300
-  sleep 1
-  "$BIN/edge-lb-bench" ws --label "edge-lb#$run" --target 127.0.0.1:18082 --pid "$EDGE" \
-      --conns "$CONNS" --msgs "$MSGS" --max-seconds 300
+  kill "$HAPROXY" "$EDGE"; wait "$HAPROXY" "$EDGE" 2>/dev/null || true
   sleep 1
 done

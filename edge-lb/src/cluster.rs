@@ -196,7 +196,10 @@ impl Cluster {
                             consecutive_fail: 0,
                             up_since: None,
                             was_lost: false,
-                            eligible: false,
+                            // Optimistic until the first verdict (as HAProxy's servers start
+                            // UP): a restarted or upgraded edge-lb serves at once instead of
+                            // answering 503 until `success_threshold` checks have passed.
+                            eligible: true,
                             last_error: None,
                         },
                     };
@@ -238,7 +241,7 @@ impl Cluster {
         let Some(b) = inner.backends.get_mut(name) else {
             return;
         };
-        let eligible = b.eligible && b.up == Some(true) && !b.draining;
+        let eligible = b.eligible && b.up != Some(false) && !b.draining;
         b.eligible = eligible;
         let pool = b.pool.clone();
         if let Some(p) = inner.pools.get_mut(&pool) {
@@ -547,7 +550,7 @@ impl Cluster {
                 b.consecutive_ok = 0;
                 b.last_error = err;
                 if b.up != Some(false) && b.consecutive_fail >= h.failure_threshold {
-                    lost = b.up == Some(true);
+                    lost = true;
                     b.up = Some(false);
                     b.was_lost = true;
                     b.eligible = false;
@@ -602,7 +605,7 @@ impl Cluster {
             let b = inner.backends.get_mut(&key).expect("present");
             let was = b.draining;
             b.draining = drain;
-            if !drain && was && b.up == Some(true) {
+            if !drain && was && b.up != Some(false) {
                 // Undrain counts as a return: give the node its quizzes back.
                 b.eligible = true;
                 let pool = b.pool.clone();

@@ -552,7 +552,7 @@ async fn admin_explains_routes_and_serves_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_pools_for_api_and_websocket_each_sticky() {
-    let api = vec![
+    let api = [
         edge_lb::testing::Backend::start("api-0", "127.0.0.1:0")
             .await
             .unwrap(),
@@ -560,7 +560,7 @@ async fn separate_pools_for_api_and_websocket_each_sticky() {
             .await
             .unwrap(),
     ];
-    let ws = vec![
+    let ws = [
         edge_lb::testing::Backend::start("ws-0", "127.0.0.1:0")
             .await
             .unwrap(),

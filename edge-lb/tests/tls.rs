@@ -55,18 +55,13 @@ async fn tls_connect(port: u16) -> (SslStream<TcpStream>, String) {
         .unwrap();
     let mut s = SslStream::new(ssl, tcp).unwrap();
     Pin::new(&mut s).connect().await.unwrap();
-    let cn = s
-        .ssl()
-        .peer_certificate()
-        .unwrap()
+    let cert = s.ssl().peer_certificate().unwrap();
+    let entry = cert
         .subject_name()
         .entries_by_nid(Nid::COMMONNAME)
         .next()
-        .unwrap()
-        .data()
-        .as_utf8()
-        .map(|u| u.to_string())
         .unwrap();
+    let cn = String::from_utf8_lossy(entry.data().as_slice()).into_owned();
     (s, cn)
 }
 

@@ -178,6 +178,12 @@ pub struct GeneratorCost {
     pub cpu_s: f64,
     pub peak_rss_mb: f64,
     pub cpu_us_per_frame: f64,
+    /// The same in the steady phase only (all players connected, none done):
+    /// the marginal cost of a frame, without joins, handshakes, verification.
+    #[serde(default)]
+    pub steady_cpu_us_per_frame: f64,
+    #[serde(default)]
+    pub steady_frames: u64,
     pub peak_rss_kb_per_connection: f64,
     pub peak_rss_bytes_per_frame: f64,
 }
@@ -863,6 +869,7 @@ fn assemble(
         ..Default::default()
     };
     let mut self_usage = ProcSample::default();
+    let (mut steady_cpu, mut steady_frames) = (0u64, 0u64);
     for w in results {
         let c = &mut r.counts;
         c.joined += w.joined;
@@ -880,6 +887,8 @@ fn assemble(
         r.warnings.extend(w.warnings.iter().cloned());
         r.failures.extend(w.failures.iter().cloned());
         self_usage.cpu_us += w.self_usage.cpu_us;
+        steady_cpu += w.steady_cpu_us;
+        steady_frames += w.steady_frames;
         self_usage.peak_rss_kb += w.self_usage.peak_rss_kb;
     }
     r.warnings.truncate(200);
@@ -890,6 +899,10 @@ fn assemble(
         gen.cpu_us_per_frame = self_usage.cpu_us as f64 / r.counts.frames_in as f64;
         gen.peak_rss_bytes_per_frame =
             self_usage.peak_rss_kb as f64 * 1024.0 / r.counts.frames_in as f64;
+    }
+    gen.steady_frames = steady_frames;
+    if steady_frames > 0 {
+        gen.steady_cpu_us_per_frame = steady_cpu as f64 / steady_frames as f64;
     }
     if r.counts.max_connected > 0 {
         gen.peak_rss_kb_per_connection =

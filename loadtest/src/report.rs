@@ -70,10 +70,12 @@ pub fn summary(r: &RunResult) -> String {
     let g = &r.generator;
     let _ = writeln!(
         s,
-        "generator: {} workers, CPU {:.2} s = {:.2} µs/frame (budget 5), peak RSS {:.1} MB = {:.2} KB/connection, {:.0} B/frame (budget 1500)",
+        "generator: {} workers, CPU {:.2} s = {:.2} µs/frame overall, {:.2} µs/frame steady ({} frames; budget 5), peak RSS {:.1} MB = {:.2} KB/connection, {:.0} B/frame (budget 1500)",
         g.workers,
         g.cpu_s,
         g.cpu_us_per_frame,
+        g.steady_cpu_us_per_frame,
+        g.steady_frames,
         g.peak_rss_mb,
         g.peak_rss_kb_per_connection,
         g.peak_rss_bytes_per_frame
@@ -447,6 +449,9 @@ const ROWS: &[(&str, Extract)] = &[
     ("mismatches", |r| Some(r.mismatch_count as f64)),
     ("generator µs/frame", |r| {
         Some(r.generator.cpu_us_per_frame)
+    }),
+    ("gen. steady µs/frame", |r| {
+        Some(r.generator.steady_cpu_us_per_frame).filter(|v| *v > 0.0)
     }),
     ("generator KB/conn", |r| {
         Some(r.generator.peak_rss_kb_per_connection)

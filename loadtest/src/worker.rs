@@ -101,6 +101,18 @@ pub struct WorkerResult {
     pub max_connected: u64,
     pub nofile_limit: u64,
     pub self_usage: ProcSample,
+    /// CPU µs and frames received in the steady phase (all connected, none
+    /// done), if there was one.
+    #[serde(default)]
+    pub steady_cpu_us: u64,
+    #[serde(default)]
+    pub steady_frames: u64,
+}
+
+#[derive(Default)]
+struct Steady {
+    start: Option<(u64, u64)>,
+    end: Option<(u64, u64)>,
 }
 
 const KEEP: usize = 200;
@@ -141,13 +153,28 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
     let worker = plan.worker;
 
     // Progress reporter: once a second, ship the interval and start a new one.
+    // It also brackets the steady phase (every player connected, none done
+    // yet) with CPU readings: the generator's cost per frame without the
+    // one-off joins, handshakes and verification requests.
     let ticker_ctx = ctx.clone();
+    let steady = Rc::new(std::cell::RefCell::new(Steady::default()));
+    let ticker_steady = steady.clone();
     let ticker = tokio::task::spawn_local(async move {
         let mut iv = tokio::time::interval(Duration::from_secs(1));
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             iv.tick().await;
             flush_progress(&ticker_ctx, worker);
+            let (connected, done, frames) = {
+                let sh = ticker_ctx.shared.borrow();
+                (sh.connected, sh.done, sh.frames_total)
+            };
+            let mut st = ticker_steady.borrow_mut();
+            if st.start.is_none() && connected >= planned && done == 0 {
+                st.start = Some((sample_self().cpu_us, frames));
+            } else if st.start.is_some() && st.end.is_none() && (done > 0 || connected < planned) {
+                st.end = Some((sample_self().cpu_us, frames));
+            }
         }
     });
 
@@ -291,6 +318,11 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
     res.frames_in = sh.frames_total;
     res.max_connected = sh.max_connected;
     res.self_usage = sample_self();
+    let st = steady.borrow();
+    if let (Some((c0, f0)), Some((c1, f1))) = (st.start, st.end) {
+        res.steady_cpu_us = c1.saturating_sub(c0);
+        res.steady_frames = f1.saturating_sub(f0);
+    }
     Ok(res)
 }
 

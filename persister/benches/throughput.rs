@@ -46,6 +46,7 @@ async fn main() {
         config.batch.max_events = batch;
         config.batch.max_wait_ms = 100;
         config.kafka.statistics_interval_ms = 60_000;
+        config.mongodb.command_timeout_ms = 5_000;
         let records: Vec<common::Rec> = (0..quizzes)
             .flat_map(|_| common::scenario(&testkit::unique_quiz_id(), players, questions).records)
             .collect();
@@ -86,13 +87,11 @@ async fn main() {
             .iter()
             .map(|r| (Event::parse(&r.value).expect("valid"), r.value.len()))
             .collect();
-        let store = MongoStore::connect(
-            &config.mongodb.uri,
-            &format!("{}_anchor", config.mongodb.database),
-            config.mongodb.max_command_bytes,
-        )
-        .await
-        .expect("store");
+        let mut anchor_config = config.clone();
+        anchor_config.mongodb.database = format!("{}_anchor", config.mongodb.database);
+        let store = MongoStore::from_config(&anchor_config)
+            .await
+            .expect("store");
         let store = Arc::new(store);
         persister::store::Store::ensure_schema(store.as_ref())
             .await

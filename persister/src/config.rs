@@ -71,6 +71,10 @@ pub struct MongoConfig {
     /// Send the per-collection commands of a batch concurrently (a gain on
     /// MongoDB; FerretDB/SQLite serialises writers, so off by default).
     pub parallel_collections: bool,
+    /// How long one write command may take before the batch is retried.
+    pub command_timeout_ms: u64,
+    /// Statements per `update` command (FerretDB 1.24 hangs near 100).
+    pub max_statements_per_command: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -143,6 +147,8 @@ impl Default for MongoConfig {
             database: "quiz".into(),
             max_command_bytes: 4 * 1024 * 1024,
             parallel_collections: false,
+            command_timeout_ms: 30_000,
+            max_statements_per_command: 25,
         }
     }
 }
@@ -308,6 +314,16 @@ impl Config {
         )?;
         number(
             &lookup,
+            "PERSISTER_COMMAND_TIMEOUT_MS",
+            &mut self.mongodb.command_timeout_ms,
+        )?;
+        number(
+            &lookup,
+            "PERSISTER_MAX_STATEMENTS_PER_COMMAND",
+            &mut self.mongodb.max_statements_per_command,
+        )?;
+        number(
+            &lookup,
             "PERSISTER_BATCH_MAX_EVENTS",
             &mut self.batch.max_events,
         )?;
@@ -367,10 +383,7 @@ impl Config {
             ));
         }
         if self.dlq_topic() == self.kafka.topic {
-            return Err(invalid(
-                "kafka.dlq_topic",
-                "must differ from kafka.topic",
-            ));
+            return Err(invalid("kafka.dlq_topic", "must differ from kafka.topic"));
         }
         if self.kafka.group_id.trim().is_empty() {
             return Err(invalid("kafka.group_id", "must not be empty"));
@@ -423,6 +436,18 @@ impl Config {
                 "must be at least 65536",
             ));
         }
+        if self.mongodb.command_timeout_ms < 100 {
+            return Err(invalid(
+                "mongodb.command_timeout_ms",
+                "must be at least 100",
+            ));
+        }
+        if !(1..=100_000).contains(&self.mongodb.max_statements_per_command) {
+            return Err(invalid(
+                "mongodb.max_statements_per_command",
+                "must be between 1 and 100000",
+            ));
+        }
         if !(1..=100_000).contains(&self.batch.max_events) {
             return Err(invalid("batch.max_events", "must be between 1 and 100000"));
         }
@@ -441,7 +466,10 @@ impl Config {
         if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "http.listen",
-                format!("{:?} is not an address like 127.0.0.1:9464", self.http.listen),
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9464",
+                    self.http.listen
+                ),
             ));
         }
         if !matches!(self.log.format.as_str(), "json" | "text") {

@@ -268,11 +268,26 @@ mod tests {
     fn poison_has_reasons() {
         let cases: [(&str, &str); 6] = [
             ("not json", "unparsable"),
-            (r#"{"v":2,"event_id":"q:started","type":"quiz_started","quiz_id":"q","at_ms":1}"#, "unsupported_version"),
-            (r#"{"v":1,"event_id":"q:x","type":"quiz_exploded","quiz_id":"q","at_ms":1}"#, "unknown_type"),
-            (r#"{"v":1,"event_id":"q:joined:p","type":"player_joined","quiz_id":"q","at_ms":1}"#, "invalid"),
-            (r#"{"v":1,"event_id":"wrong","type":"quiz_started","quiz_id":"q","at_ms":1}"#, "invalid"),
-            (r#"{"v":1,"event_id":"q q:started","type":"quiz_started","quiz_id":"q q","at_ms":1}"#, "invalid"),
+            (
+                r#"{"v":2,"event_id":"q:started","type":"quiz_started","quiz_id":"q","at_ms":1}"#,
+                "unsupported_version",
+            ),
+            (
+                r#"{"v":1,"event_id":"q:x","type":"quiz_exploded","quiz_id":"q","at_ms":1}"#,
+                "unknown_type",
+            ),
+            (
+                r#"{"v":1,"event_id":"q:joined:p","type":"player_joined","quiz_id":"q","at_ms":1}"#,
+                "invalid",
+            ),
+            (
+                r#"{"v":1,"event_id":"wrong","type":"quiz_started","quiz_id":"q","at_ms":1}"#,
+                "invalid",
+            ),
+            (
+                r#"{"v":1,"event_id":"q q:started","type":"quiz_started","quiz_id":"q q","at_ms":1}"#,
+                "invalid",
+            ),
         ];
         for (record, label) in cases {
             let p = Event::parse(record.as_bytes()).expect_err(record);

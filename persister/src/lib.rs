@@ -88,13 +88,7 @@ impl Running {
 /// dependencies in the background, reporting not-ready meanwhile.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     config.validate()?;
-    let store = MongoStore::connect(
-        &config.mongodb.uri,
-        &config.mongodb.database,
-        config.mongodb.max_command_bytes,
-    )
-    .await?
-    .with_parallel_collections(config.mongodb.parallel_collections);
+    let store = MongoStore::from_config(&config).await?;
     start_with_store(config, Arc::new(store), shutdown).await
 }
 
@@ -133,7 +127,11 @@ async fn run_pipeline(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     // MongoDB first: collections and indexes, retried until it answers.
-    if !retry_until(&config, &shutdown, "mongodb schema", || store.ensure_schema()).await {
+    if !retry_until(&config, &shutdown, "mongodb schema", || {
+        store.ensure_schema()
+    })
+    .await
+    {
         return Ok(());
     }
     metrics.set_mongo_ok(true);

@@ -11,7 +11,10 @@ use persister::{store::mongo::MongoStore, Config};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(version, about = "Drains quiz-events from Kafka into MongoDB, idempotently")]
+#[command(
+    version,
+    about = "Drains quiz-events from Kafka into MongoDB, idempotently"
+)]
 struct Cli {
     /// TOML configuration file; QUIZ_* / PERSISTER_* variables override it.
     #[arg(long, global = true, env = "PERSISTER_CONFIG")]
@@ -60,8 +63,7 @@ async fn main() -> ExitCode {
 }
 
 async fn replay(config: Config, quiz: Option<String>) -> Result<(), persister::Error> {
-    let m = &config.mongodb;
-    let store = MongoStore::connect(&m.uri, &m.database, m.max_command_bytes).await?;
+    let store = MongoStore::from_config(&config).await?;
     let report = persister::replay::replay(&config, Arc::new(store), quiz.as_deref()).await?;
     println!(
         "replayed: read {} records, applied {} events, skipped {} poison",

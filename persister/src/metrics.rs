@@ -95,7 +95,10 @@ impl Metrics {
             "Offset commits that failed (retried with the next batch)",
         ));
         let rebalances = must(IntCounterVec::new(
-            Opts::new("persister_rebalances_total", "Partition assignments and revocations"),
+            Opts::new(
+                "persister_rebalances_total",
+                "Partition assignments and revocations",
+            ),
             &["kind"],
         ));
         let assigned_partitions = must(IntGauge::new(
@@ -164,17 +167,26 @@ impl Metrics {
     }
 
     pub fn dead_lettered_total(&self) -> u64 {
-        ["unparsable", "unsupported_version", "unknown_type", "invalid", "rejected_by_mongodb"]
-            .iter()
-            .map(|l| self.inner.dead_lettered.with_label_values(&[l]).get())
-            .sum()
+        [
+            "unparsable",
+            "unsupported_version",
+            "unknown_type",
+            "invalid",
+            "rejected_by_mongodb",
+        ]
+        .iter()
+        .map(|l| self.inner.dead_lettered.with_label_values(&[l]).get())
+        .sum()
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
-        if encoder.encode(&self.inner.registry.gather(), &mut buf).is_err() {
+        if encoder
+            .encode(&self.inner.registry.gather(), &mut buf)
+            .is_err()
+        {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()

@@ -121,7 +121,10 @@ impl ClientContext for Context {
                 }
                 let labels = [topic.as_str(), &partition.to_string()];
                 if p.consumer_lag >= 0 {
-                    metrics.consumer_lag.with_label_values(&labels).set(p.consumer_lag);
+                    metrics
+                        .consumer_lag
+                        .with_label_values(&labels)
+                        .set(p.consumer_lag);
                 } else {
                     let _ = metrics.consumer_lag.remove_label_values(&labels);
                 }
@@ -135,10 +138,7 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error,
-            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)
-        ) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
             self.shared.metrics.set_kafka_ok(false);
         }
         warn!(%error, reason, "kafka client error");
@@ -150,15 +150,19 @@ impl ConsumerContext for Context {
         let shared = &self.shared;
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                shared.metrics.rebalances.with_label_values(&["revoke"]).inc();
+                shared
+                    .metrics
+                    .rebalances
+                    .with_label_values(&["revoke"])
+                    .inc();
                 let revoked: Vec<Partition> = tpl
                     .elements()
                     .iter()
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 info!(partitions = ?revoked, "partitions revoked: flushing the pending batch");
-                let deadline =
-                    Instant::now() + Duration::from_millis(shared.config.retry.revoke_flush_timeout_ms);
+                let deadline = Instant::now()
+                    + Duration::from_millis(shared.config.retry.revoke_flush_timeout_ms);
                 let written = shared.flush(Some(deadline));
                 if !written {
                     warn!("pending batch not written before the revocation deadline; the new owner re-reads it");
@@ -173,7 +177,11 @@ impl ConsumerContext for Context {
                 }
             }
             Rebalance::Assign(tpl) => {
-                shared.metrics.rebalances.with_label_values(&["assign"]).inc();
+                shared
+                    .metrics
+                    .rebalances
+                    .with_label_values(&["assign"])
+                    .inc();
                 info!(partitions = tpl.count(), "partitions assigned");
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
@@ -182,7 +190,10 @@ impl ConsumerContext for Context {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
         if let Ok(a) = consumer.assignment() {
-            self.shared.metrics.assigned_partitions.set(a.count() as i64);
+            self.shared
+                .metrics
+                .assigned_partitions
+                .set(a.count() as i64);
         }
     }
 
@@ -192,7 +203,9 @@ impl ConsumerContext for Context {
                 let mut uncommitted = lock(&self.shared.uncommitted);
                 for e in offsets.elements() {
                     let key = (e.topic().to_string(), e.partition());
-                    if let (Some(&pending), Offset::Offset(done)) = (uncommitted.get(&key), e.offset()) {
+                    if let (Some(&pending), Offset::Offset(done)) =
+                        (uncommitted.get(&key), e.offset())
+                    {
                         if pending <= done {
                             uncommitted.remove(&key);
                         }
@@ -245,7 +258,9 @@ impl Shared {
             let started = Instant::now();
             match self.runtime.block_on(self.attempt(records)) {
                 Ok((persisted, poison)) => {
-                    self.metrics.write_latency.observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .write_latency
+                        .observe(started.elapsed().as_secs_f64());
                     self.metrics.batch_size.observe(records.len() as f64);
                     self.metrics.events_persisted.inc_by(persisted as u64);
                     for label in poison {
@@ -262,7 +277,8 @@ impl Shared {
                 }
             }
             if deadline.is_none() && self.shutdown.is_cancelled() {
-                deadline = Some(Instant::now() + Duration::from_millis(self.config.shutdown_grace_ms));
+                deadline =
+                    Some(Instant::now() + Duration::from_millis(self.config.shutdown_grace_ms));
             }
             let wake = Instant::now() + backoff;
             while Instant::now() < wake {
@@ -385,7 +401,10 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("session.timeout.ms", k.session_timeout_ms.to_string())
         .set("max.poll.interval.ms", k.max_poll_interval_ms.to_string())
         .set("partition.assignment.strategy", &k.assignment_strategy)
-        .set("statistics.interval.ms", k.statistics_interval_ms.to_string())
+        .set(
+            "statistics.interval.ms",
+            k.statistics_interval_ms.to_string(),
+        )
         .set("client.id", "quiz-persister");
     c
 }
@@ -409,9 +428,10 @@ pub fn consume(
         pending: Mutex::new(Pending::default()),
         uncommitted: Mutex::new(HashMap::new()),
     });
-    let consumer: BaseConsumer<Context> = consumer_config(&config).create_with_context(Context {
-        shared: shared.clone(),
-    })?;
+    let consumer: BaseConsumer<Context> =
+        consumer_config(&config).create_with_context(Context {
+            shared: shared.clone(),
+        })?;
     consumer.subscribe(&[config.kafka.topic.as_str()])?;
     info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "consuming");
 
@@ -474,7 +494,10 @@ pub fn consume(
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         if consumer.poll(Duration::from_millis(100)).is_none()
-            && consumer.assignment().map(|a| a.count() == 0).unwrap_or(true)
+            && consumer
+                .assignment()
+                .map(|a| a.count() == 0)
+                .unwrap_or(true)
         {
             break;
         }

@@ -93,7 +93,12 @@ fn replay_blocking(
         }
     }
     runtime.block_on(store.clear(quiz))?;
-    info!(topic, quiz = quiz.unwrap_or("*"), partitions = partitions.len(), "replaying");
+    info!(
+        topic,
+        quiz = quiz.unwrap_or("*"),
+        partitions = partitions.len(),
+        "replaying"
+    );
     let mut report = ReplayReport::default();
     if remaining.is_empty() {
         return Ok(report);
@@ -156,7 +161,11 @@ fn replay_blocking(
     Ok(report)
 }
 
-fn apply(runtime: &Handle, store: &dyn Store, events: &[(Event, usize)]) -> Result<u64, StoreError> {
+fn apply(
+    runtime: &Handle,
+    store: &dyn Store,
+    events: &[(Event, usize)],
+) -> Result<u64, StoreError> {
     let batch: Vec<BatchEvent<'_>> = events
         .iter()
         .map(|(event, bytes)| BatchEvent {

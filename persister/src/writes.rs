@@ -313,7 +313,9 @@ mod tests {
                 r#"{"v":1,"event_id":"q:answer:p:1","type":"answer_scored","quiz_id":"q","at_ms":3,"player_id":"p","nickname":"n","question_id":1,"choices":[1],"correct":true,"late":false,"points":500,"response_ms":1,"answered_at_ms":3,"score_after":1400}"#,
             ),
             ev(r#"{"v":1,"event_id":"q:started","type":"quiz_started","quiz_id":"q","at_ms":1}"#),
-            ev(r#"{"v":1,"event_id":"q:ended","type":"quiz_ended","quiz_id":"q","at_ms":9,"top":[]}"#),
+            ev(
+                r#"{"v":1,"event_id":"q:ended","type":"quiz_ended","quiz_id":"q","at_ms":9,"top":[]}"#,
+            ),
         ];
         let plan = plan(events.iter().enumerate().map(|(index, event)| PlanInput {
             index,

@@ -47,9 +47,11 @@ async fn mongodb_down_for_20s_then_the_persister_catches_up() {
     let _restart = Restart;
     stack("stop");
     produce(&config.kafka.brokers, &config.kafka.topic, &during.records).await;
-    testkit::eventually("readyz 503 while MongoDB is down", Duration::from_secs(15), || async {
-        matches!(http_get(http, "/readyz").await, Some((503, _))).then_some(())
-    })
+    testkit::eventually(
+        "readyz 503 while MongoDB is down",
+        Duration::from_secs(15),
+        || async { matches!(http_get(http, "/readyz").await, Some((503, _))).then_some(()) },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert!(

@@ -61,7 +61,13 @@ async fn every_event_kind_lands() {
         .await
         .expect("find")
         .expect("answer document");
-    for key in ["points", "answered_at_ms", "response_ms", "score_after", "question_id"] {
+    for key in [
+        "points",
+        "answered_at_ms",
+        "response_ms",
+        "score_after",
+        "question_id",
+    ] {
         assert!(answer.contains_key(key), "answers.{key} in {answer}");
     }
     assert!(answer.get_bool("correct").is_ok());
@@ -127,31 +133,36 @@ async fn redelivered_and_replayed_events_change_nothing() {
         (running.metrics.events_persisted.get() == 3 * s.records.len() as u64).then_some(())
     })
     .await;
-    assert_eq!(snapshot(&db).await, before, "a replayed log changed the state");
+    assert_eq!(
+        snapshot(&db).await,
+        before,
+        "a replayed log changed the state"
+    );
     shutdown.cancel();
     running.wait().await.expect("clean stop");
 
     // `replay` rebuilds a damaged quiz from the topic alone.
     db.collection::<bson::Document>("scores")
-        .update_many(doc! {"quiz_id": &s.quiz_id}, doc! {"$set": {"score": 0_i64}})
+        .update_many(
+            doc! {"quiz_id": &s.quiz_id},
+            doc! {"$set": {"score": 0_i64}},
+        )
         .await
         .expect("damage");
     db.collection::<bson::Document>("answers")
         .delete_many(doc! {"quiz_id": &s.quiz_id})
         .await
         .expect("damage");
-    let store = MongoStore::connect(
-        &config.mongodb.uri,
-        &config.mongodb.database,
-        config.mongodb.max_command_bytes,
-    )
-    .await
-    .expect("store");
+    let store = MongoStore::from_config(&config).await.expect("store");
     let report = persister::replay::replay(&config, Arc::new(store), Some(&s.quiz_id))
         .await
         .expect("replay");
     assert_eq!(report.applied, 3 * s.records.len() as u64);
-    assert_eq!(snapshot(&db).await, before, "replay did not rebuild the state");
+    assert_eq!(
+        snapshot(&db).await,
+        before,
+        "replay did not rebuild the state"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +208,9 @@ async fn poison_events_are_dead_lettered_and_the_rest_flows() {
         .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
-    consumer.subscribe(&[&config.dlq_topic()]).expect("subscribe");
+    consumer
+        .subscribe(&[&config.dlq_topic()])
+        .expect("subscribe");
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + WAIT;
     while seen.len() < 3 && std::time::Instant::now() < deadline {
@@ -210,18 +223,27 @@ async fn poison_events_are_dead_lettered_and_the_rest_flows() {
                     .and_then(|h| h.value)
                     .map(|v| String::from_utf8_lossy(v).to_string())
             };
-            assert_eq!(get("dlq_original_topic").as_deref(), Some(config.kafka.topic.as_str()));
+            assert_eq!(
+                get("dlq_original_topic").as_deref(),
+                Some(config.kafka.topic.as_str())
+            );
             assert!(get("dlq_original_offset").is_some());
             assert!(get("dlq_original_partition").is_some());
             assert!(get("dlq_reason").is_some());
-            seen.push((get("dlq_reason_kind").unwrap_or_default(), m.payload().map(<[u8]>::to_vec)));
+            seen.push((
+                get("dlq_reason_kind").unwrap_or_default(),
+                m.payload().map(<[u8]>::to_vec),
+            ));
         }
     }
     seen.sort();
     let kinds: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["invalid", "unknown_type", "unparsable"]);
     for (_, payload) in &seen {
-        assert!(poison.iter().any(|p| Some(p) == payload.as_ref()), "payload kept");
+        assert!(
+            poison.iter().any(|p| Some(p) == payload.as_ref()),
+            "payload kept"
+        );
     }
     shutdown.cancel();
     running.wait().await.expect("clean stop");

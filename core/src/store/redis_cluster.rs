@@ -122,52 +122,127 @@ impl Lua {
 }
 
 /// Dedupe, record, score, distribution, version bump, rank — for a batch of
-/// answers to one quiz, in one atomic script. One script per batch rather
-/// than per answer: the per-call cost of EVALSHA (script lookup, Lua call
-/// setup, effect propagation) dominated the per-answer work.
+/// answers to one quiz, in one atomic script.
+///
+/// Why it is shaped this way (measured, see docs/core-backends.md): what a
+/// script costs the Redis main thread is dominated by its *write commands*
+/// (each one is propagated to the replica and the AOF as its own command
+/// inside the script's MULTI/EXEC), then by the bytes written. So:
+/// - one script per batch, not per answer (the EVALSHA call itself costs);
+/// - reads in bulk: one `HMGET` of the batch's records (the dedupe) and one
+///   `ZMSCORE` of its players' scores ("is a player", and the base of the new
+///   score); the batch's own records and scores are tracked in Lua tables so
+///   answers in the same batch see each other; per answer only the `ZCOUNT`
+///   of its rank remains (one per distinct score);
+/// - the writes issued once per batch: one `HSET` of every new record, one
+///   `ZADD XX` of every changed score (absolute values, computed under the
+///   script's atomicity), one `HINCRBY` per (question, option) counted, one
+///   `INCRBY` of the version;
+/// - the record is a compact string (see [`encode_record`]), not JSON.
+///
+/// Ranks are computed after the batch's writes, so they are the ranks in the
+/// state the script leaves (for an answer followed in the same batch by a
+/// later answer of the same player, that player is counted at the score this
+/// answer gave).
+///
 /// KEYS: players answers leaderboard lbver dist_1 .. dist_k (players is
 /// unused by the script but keeps the key list self-describing).
-/// ARGV: n, then per answer: player_id field token record points late
-/// dist_key_index nchoices choices...
-/// Returns one entry per answer: {'A', score, higher} |
-/// {'D', score, higher, record} | {'N'}.
+/// ARGV: n, then 6 per answer (few arguments: each one costs Redis parsing
+/// and a Lua string): player_id, field (`player_id:question_id`),
+/// `token|record` (the token is 16 hex digits), points, the index in KEYS of
+/// the question's distribution (0 for a late answer: not counted), the
+/// choices (`0,2`).
+/// Returns a flat array, 3 entries per answer: `A` score higher |
+/// `D<original record>` score higher | `N` 0 0.
 const APPLY_BATCH: &str = r#"
-local out = {}
+local n = tonumber(ARGV[1])
+local pids, fields = {}, {}
+for a = 1, n do
+  local b = 6 * a - 4
+  pids[a], fields[a] = ARGV[b], ARGV[b + 1]
+end
+-- Two bulk reads for the whole batch: the stored records and the scores.
+local prevs, zs = {}, {}
+for j = 1, n, 400 do
+  local k = math.min(j + 399, n)
+  local r = redis.call('HMGET', KEYS[2], unpack(fields, j, k))
+  local z = redis.call('ZMSCORE', KEYS[3], unpack(pids, j, k))
+  for m = j, k do prevs[m] = r[m - j + 1]; zs[m] = z[m - j + 1] end
+end
+local out, who, ss = {}, {}, {}
+local seen, score, changed, order = {}, {}, {}, {}
+local recs, dist, dists = {}, {}, {}
 local applied = 0
-local i = 2
-for a = 1, tonumber(ARGV[1]) do
-  local pid, field, token, rec = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local points, late, dk = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6])
-  local nc = tonumber(ARGV[i + 7])
-  local cs = i + 8
-  i = cs + nc
-  -- Common path in 4 calls: HSETNX is the dedupe and the record at once,
-  -- ZADD XX INCR the score and the "is a player" check at once.
-  if redis.call('HSETNX', KEYS[2], field, token .. '|' .. rec) == 1 then
-    local score = redis.call('ZADD', KEYS[3], 'XX', 'INCR', points, pid)
-    if not score then
-      redis.call('HDEL', KEYS[2], field)
-      out[a] = {'N'}
+for a = 1, n do
+  local b = 6 * a - 4
+  local pid, field, v = pids[a], fields[a], ARGV[b + 2]
+  local s = score[pid]
+  if s == nil and zs[a] then s = tonumber(zs[a]); score[pid] = s end
+  local prev = seen[field] or prevs[a]
+  local o = 3 * a - 2
+  if prev then
+    -- A record exists: my own earlier attempt (same token) or a duplicate.
+    if string.sub(prev, 1, 17) == string.sub(v, 1, 17) then
+      out[o] = 'A'
     else
-      if late == '0' then
-        for c = cs, cs + nc - 1 do redis.call('HINCRBY', KEYS[dk], ARGV[c], 1) end
-      end
-      applied = applied + 1
-      out[a] = {'A', score, redis.call('ZCOUNT', KEYS[3], '(' .. score, '+inf')}
+      out[o] = 'D' .. string.sub(prev, 18)
     end
+    s = s or 0
+    who[a], ss[a], out[o + 1] = pid, s, s
+  elseif not s then
+    -- Not a player of this quiz: nothing is written.
+    out[o], out[o + 1], out[o + 2] = 'N', 0, 0
   else
-    local prev = redis.call('HGET', KEYS[2], field)
-    local score = redis.call('ZSCORE', KEYS[3], pid) or '0'
-    local higher = redis.call('ZCOUNT', KEYS[3], '(' .. score, '+inf')
-    local sep = string.find(prev, '|', 1, true) or 0
-    if string.sub(prev, 1, sep - 1) == token then
-      out[a] = {'A', score, higher}
-    else
-      out[a] = {'D', score, higher, string.sub(prev, sep + 1)}
+    s = s + tonumber(ARGV[b + 3])
+    score[pid] = s
+    if not changed[pid] then changed[pid] = true; order[#order + 1] = pid end
+    seen[field] = v
+    recs[#recs + 1] = field
+    recs[#recs + 1] = v
+    local dk = tonumber(ARGV[b + 4])
+    if dk > 0 then
+      local d = dist[dk]
+      if not d then d = {}; dist[dk] = d; dists[#dists + 1] = dk end
+      for c in string.gmatch(ARGV[b + 5], '%d+') do d[c] = (d[c] or 0) + 1 end
     end
+    applied = applied + 1
+    out[o] = 'A'
+    who[a], ss[a], out[o + 1] = pid, s, s
   end
 end
+-- The batch's writes: a few commands whatever its size (chunked to stay
+-- far below Lua's stack limit for unpack).
+for j = 1, #recs, 400 do
+  redis.call('HSET', KEYS[2], unpack(recs, j, math.min(j + 399, #recs)))
+end
+local z = {}
+for j = 1, #order do
+  local pid = order[j]
+  z[#z + 1] = string.format('%d', score[pid])
+  z[#z + 1] = pid
+  if #z >= 400 then redis.call('ZADD', KEYS[3], 'XX', unpack(z)); z = {} end
+end
+if #z > 0 then redis.call('ZADD', KEYS[3], 'XX', unpack(z)) end
+for j = 1, #dists do
+  local dk = dists[j]
+  for c, cnt in pairs(dist[dk]) do redis.call('HINCRBY', KEYS[dk], c, cnt) end
+end
 if applied > 0 then redis.call('INCRBY', KEYS[4], applied) end
+-- Ranks, in the state just written (one ZCOUNT per distinct score).
+local higher = {}
+for a = 1, n do
+  local pid = who[a]
+  if pid then
+    local s = ss[a]
+    local h = higher[s]
+    if not h then
+      h = redis.call('ZCOUNT', KEYS[3], string.format('(%d', s), '+inf')
+      higher[s] = h
+    end
+    if (score[pid] or 0) > s then h = h - 1 end
+    out[3 * a] = h
+  end
+end
 return out
 "#;
 
@@ -491,7 +566,7 @@ async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
         key(quiz_id, "lbver"),
     ];
     let mut dist_index: HashMap<u32, usize> = HashMap::new();
-    let mut args = Vec::with_capacity(1 + jobs.len() * 9);
+    let mut args = Vec::with_capacity(1 + jobs.len() * 6);
     args.push(jobs.len().to_string());
     for job in &jobs {
         let a = &job.answer;
@@ -499,15 +574,13 @@ async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
             keys.push(key(quiz_id, &format!("dist:{}", a.question_id)));
             keys.len() // 1-based index of the key just pushed
         });
+        let choices: Vec<String> = a.choices.iter().map(|c| c.to_string()).collect();
         args.push(a.player_id.clone());
         args.push(format!("{}:{}", a.player_id, a.question_id));
-        args.push(a.token.clone());
-        args.push(a.record.clone());
+        args.push(format!("{}|{}", a.token, a.record));
         args.push(a.points.to_string());
-        args.push(if a.late { "1" } else { "0" }.to_string());
-        args.push(dk.to_string());
-        args.push(a.choices.len().to_string());
-        args.extend(a.choices.iter().map(|c| c.to_string()));
+        args.push(if a.late { "0".to_string() } else { dk.to_string() });
+        args.push(choices.join(","));
     }
     let route = Route::with_key(&keys[0], SlotAddr::Master);
     let call = Call {
@@ -520,10 +593,12 @@ async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
         .pop()
         .unwrap_or_else(|| Err(unavailable("empty reply")));
     match result {
-        Ok(Value::Array(entries)) if entries.len() == jobs.len() => {
-            for (job, entry) in jobs.into_iter().zip(entries) {
+        Ok(Value::Array(entries)) if entries.len() == 3 * jobs.len() => {
+            let mut entries = entries.into_iter();
+            for job in jobs {
+                let entry: Vec<Value> = entries.by_ref().take(3).collect();
                 // The caller may have given up; nothing to do then.
-                let _ = job.reply.send(Ok(entry));
+                let _ = job.reply.send(Ok(Value::Array(entry)));
             }
         }
         Ok(other) => {
@@ -724,14 +799,16 @@ fn decode_apply(
             let (score, rank) = score_rank()?;
             Ok(ApplyOutcome::Applied { score, rank })
         }
-        Some("D") => {
+        Some(t) if t.starts_with('D') => {
             let (score, rank) = score_rank()?;
-            let rec = items
-                .get(3)
-                .and_then(as_str)
-                .ok_or_else(|| bad_reply("apply_answer", v))?;
+            let rec = &t[1..];
             Ok(ApplyOutcome::Duplicate {
-                original: parse_json("answer record", rec)?,
+                original: decode_record(
+                    rec,
+                    &answer.player_id,
+                    &answer.nickname,
+                    answer.question_id,
+                )?,
                 score,
                 rank,
             })
@@ -742,6 +819,82 @@ fn decode_apply(
         ))),
         _ => Err(bad_reply("apply_answer", v)),
     }
+}
+
+/// The stored answer record, compact (it is written once per answer on the
+/// hot path, and its bytes cost Redis CPU, replication and memory):
+/// `c<correct 0|1><late 0|1>;<points>;<response_ms>;<answered_at_ms>;<choices,…>`,
+/// e.g. `c10;870;2100;1764201234567;0,2`. Player id and question id are the
+/// hash field, the nickname is the player's: neither is repeated here.
+pub(crate) fn encode_record(a: &AnswerRecord) -> String {
+    let choices: Vec<String> = a.choices.iter().map(|c| c.to_string()).collect();
+    format!(
+        "c{}{};{};{};{};{}",
+        u8::from(a.correct),
+        u8::from(a.late),
+        a.points,
+        a.response_ms,
+        a.answered_at_ms,
+        choices.join(",")
+    )
+}
+
+/// Reads a record written by [`encode_record`], or the JSON `AnswerRecord`
+/// that versions before the compact format stored.
+pub(crate) fn decode_record(
+    rec: &str,
+    player_id: &str,
+    nickname: &str,
+    question_id: u32,
+) -> Result<AnswerRecord, StoreError> {
+    if rec.starts_with('{') {
+        return parse_json("answer record", rec);
+    }
+    let corrupt = || StoreError::Unavailable(format!("corrupt answer record {rec:?}"));
+    let body = rec.strip_prefix('c').ok_or_else(corrupt)?;
+    let mut parts = body.split(';');
+    let flags = parts.next().ok_or_else(corrupt)?.as_bytes();
+    let flag = |b: Option<&u8>| match b {
+        Some(b'0') => Ok(false),
+        Some(b'1') => Ok(true),
+        _ => Err(corrupt()),
+    };
+    if flags.len() != 2 {
+        return Err(corrupt());
+    }
+    let correct = flag(flags.first())?;
+    let late = flag(flags.get(1))?;
+    let mut num = || -> Result<u64, StoreError> {
+        parts
+            .next()
+            .and_then(|p| p.parse::<u64>().ok())
+            .ok_or_else(corrupt)
+    };
+    let points = u32::try_from(num()?).map_err(|_| corrupt())?;
+    let response_ms = num()?;
+    let answered_at_ms = num()?;
+    let choices = match parts.next() {
+        Some("") => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|c| c.parse::<u32>().map_err(|_| corrupt()))
+            .collect::<Result<Vec<u32>, StoreError>>()?,
+        None => return Err(corrupt()),
+    };
+    if parts.next().is_some() {
+        return Err(corrupt());
+    }
+    Ok(AnswerRecord {
+        player_id: player_id.to_string(),
+        nickname: nickname.to_string(),
+        question_id,
+        choices,
+        correct,
+        late,
+        points,
+        response_ms,
+        answered_at_ms,
+    })
 }
 
 fn decode_int(what: &str, v: &Value) -> Result<i64, StoreError> {
@@ -877,7 +1030,7 @@ impl QuizStore for RedisClusterStore {
             player_id: answer.player_id.clone(),
             question_id: answer.question_id,
             token: format!("{:016x}", rand::random::<u64>()),
-            record: to_json(answer)?,
+            record: encode_record(answer),
             points: answer.points,
             late: answer.late,
             choices: answer.choices.clone(),
@@ -906,21 +1059,28 @@ impl QuizStore for RedisClusterStore {
         player_id: &str,
         question_id: u32,
     ) -> Result<Option<AnswerRecord>, StoreError> {
-        let stored = self
-            .get_string(
-                redis::cmd("HGET")
-                    .arg(key(quiz_id, "answers"))
-                    .arg(format!("{player_id}:{question_id}"))
-                    .clone(),
-            )
-            .await?;
-        match stored {
-            Some(s) => {
-                let json = s.split_once('|').map(|(_, j)| j).unwrap_or(&s);
-                Ok(Some(parse_json("answer record", json)?))
-            }
-            None => Ok(None),
-        }
+        // The record and the player (for the nickname, which the compact
+        // record leaves out), in one round trip to the quiz's slot.
+        let mut conn = self.shared.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.hget(key(quiz_id, "answers"), format!("{player_id}:{question_id}"))
+            .hget(key(quiz_id, "players"), player_id);
+        let (stored, player): (Option<String>, Option<String>) = tokio::time::timeout(
+            self.shared.opts.command_timeout,
+            pipe.query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("redis command timed out"))?
+        .map_err(unavailable)?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let nickname = match player {
+            Some(p) => parse_json::<Player>("player", &p)?.nickname,
+            None => String::new(),
+        };
+        let rec = stored.split_once('|').map(|(_, r)| r).unwrap_or(&stored);
+        decode_record(rec, player_id, &nickname, question_id).map(Some)
     }
 
     async fn leaderboard(&self, quiz_id: &str, limit: usize) -> Result<Leaderboard, StoreError> {
@@ -1063,5 +1223,58 @@ impl QuizStore for RedisClusterStore {
         .await
         .map_err(|_| unavailable("redis ping timed out"))?;
         pong.map(|_| ()).map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(choices: Vec<u32>, correct: bool, late: bool) -> AnswerRecord {
+        AnswerRecord {
+            player_id: "p1".into(),
+            nickname: "Ann".into(),
+            question_id: 3,
+            choices,
+            correct,
+            late,
+            points: 870,
+            response_ms: 2100,
+            answered_at_ms: 1_764_201_234_567,
+        }
+    }
+
+    #[test]
+    fn compact_record_round_trips() {
+        for a in [
+            record(vec![0, 2], true, false),
+            record(vec![5], false, true),
+            record(Vec::new(), false, false),
+        ] {
+            let s = encode_record(&a);
+            assert!(s.len() < 40, "{s}");
+            assert_eq!(decode_record(&s, "p1", "Ann", 3).unwrap(), a);
+        }
+        assert_eq!(
+            encode_record(&record(vec![0, 2], true, false)),
+            "c10;870;2100;1764201234567;0,2"
+        );
+    }
+
+    #[test]
+    fn json_records_of_older_versions_still_decode() {
+        let a = record(vec![1], true, false);
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(decode_record(&json, "x", "y", 9).unwrap(), a);
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_not_panics() {
+        for bad in [
+            "", "c", "c1", "c12;1;2;3;", "c10;1;2;3", "c10;x;2;3;", "c10;1;2;3;4;5", "c10;1;2;3;a",
+            "c10;99999999999;2;3;1", "{", "c10;1;2;3;1,,2",
+        ] {
+            assert!(decode_record(bad, "p", "n", 0).is_err(), "{bad:?}");
+        }
     }
 }

@@ -19,13 +19,12 @@ use mongodb::{Client, Database, IndexModel};
 use super::{Rejection, Store, StoreError};
 use crate::writes::{Upsert, WritePlan, ANSWERS, COLLECTIONS, PLAYERS, QUIZZES, SCORES};
 
-/// Statements per command, well under MongoDB's `maxWriteBatchSize` (100 000).
-const MAX_STATEMENTS: usize = 10_000;
-
 pub struct MongoStore {
     db: Database,
     max_command_bytes: usize,
     parallel: bool,
+    command_timeout: Duration,
+    max_statements: usize,
 }
 
 /// Write-error codes that say "try again", not "this statement is bad":
@@ -47,11 +46,15 @@ impl MongoStore {
         let mut options = ClientOptions::parse(uri)
             .await
             .map_err(|e| StoreError(format!("mongodb.uri: {e}")))?;
-        options.app_name.get_or_insert_with(|| "quiz-persister".into());
+        options
+            .app_name
+            .get_or_insert_with(|| "quiz-persister".into());
         options
             .server_selection_timeout
             .get_or_insert(Duration::from_secs(3));
-        options.connect_timeout.get_or_insert(Duration::from_secs(3));
+        options
+            .connect_timeout
+            .get_or_insert(Duration::from_secs(3));
         // FerretDB has no sessions; every statement is idempotent and the
         // pipeline retries whole batches itself.
         options.retry_writes = Some(false);
@@ -60,12 +63,41 @@ impl MongoStore {
             db: client.database(database),
             max_command_bytes,
             parallel: false,
+            command_timeout: Duration::from_secs(30),
+            max_statements: 25,
         })
+    }
+
+    /// Connects with every `mongodb.*` setting of `config`.
+    pub async fn from_config(config: &crate::Config) -> Result<MongoStore, StoreError> {
+        let m = &config.mongodb;
+        Ok(
+            MongoStore::connect(&m.uri, &m.database, m.max_command_bytes)
+                .await?
+                .with_parallel_collections(m.parallel_collections)
+                .with_command_timeout(Duration::from_millis(m.command_timeout_ms))
+                .with_max_statements(m.max_statements_per_command),
+        )
     }
 
     /// Sends the per-collection commands of a batch concurrently.
     pub fn with_parallel_collections(mut self, parallel: bool) -> MongoStore {
         self.parallel = parallel;
+        self
+    }
+
+    /// How long one write command may take before the batch is retried.
+    pub fn with_command_timeout(mut self, timeout: Duration) -> MongoStore {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Statements per `update` command. FerretDB 1.24 (SQLite) deadlocks
+    /// the database on a command of about 100 statements that modify
+    /// existing documents (measured: 50 fine, 100 hangs for good), so the
+    /// default is 25; MongoDB accepts 100 000.
+    pub fn with_max_statements(mut self, n: usize) -> MongoStore {
+        self.max_statements = n.max(1);
         self
     }
 
@@ -83,7 +115,8 @@ impl MongoStore {
         for (i, u) in upserts.iter().enumerate() {
             let size = u.bytes + u.id.len() + 64;
             if !statements.is_empty()
-                && (bytes + size > self.max_command_bytes || statements.len() >= MAX_STATEMENTS)
+                && (bytes + size > self.max_command_bytes
+                    || statements.len() >= self.max_statements)
             {
                 out.push((
                     update_command(collection, std::mem::take(&mut statements)),
@@ -106,10 +139,10 @@ impl MongoStore {
     }
 
     async fn run(&self, command: Document) -> Result<Vec<(usize, i32, String)>, StoreError> {
-        let reply = self
-            .db
-            .run_command(command)
+        // A bounded wait: a command that never answers becomes a retry.
+        let reply = tokio::time::timeout(self.command_timeout, self.db.run_command(command))
             .await
+            .map_err(|_| StoreError(format!("no reply within {:?}", self.command_timeout)))?
             .map_err(|e| StoreError(e.to_string()))?;
         if let Ok(wce) = reply.get_document("writeConcernError") {
             return Err(StoreError(format!("write concern error: {wce}")));
@@ -122,7 +155,9 @@ impl MongoStore {
                 let code = int_field(e, "code").unwrap_or(-1) as i32;
                 let message = e.get_str("errmsg").unwrap_or("").to_string();
                 if TRANSIENT_CODES.contains(&code) {
-                    return Err(StoreError(format!("transient write error {code}: {message}")));
+                    return Err(StoreError(format!(
+                        "transient write error {code}: {message}"
+                    )));
                 }
                 errors.push((usize::try_from(index).unwrap_or(usize::MAX), code, message));
             }
@@ -184,6 +219,7 @@ impl Store for MongoStore {
 
     async fn apply(&self, plan: &WritePlan) -> Result<Vec<Rejection>, StoreError> {
         let mut commands = Vec::new();
+        // Transitions are few (one per quiz start or end); one command.
         for (c, upserts) in plan.upserts.iter().enumerate() {
             for (command, members) in self.commands(COLLECTIONS[c], upserts) {
                 commands.push((c, command, members));
@@ -194,10 +230,14 @@ impl Store for MongoStore {
         // other's locks (we measured stalls of seconds). A real MongoDB
         // gains from `mongodb.parallel_collections = true`.
         let results = if self.parallel {
-            try_join_all(commands.into_iter().map(|(c, command, members)| async move {
-                let errors = self.run(command).await?;
-                Ok::<_, StoreError>((c, members, errors))
-            }))
+            try_join_all(
+                commands
+                    .into_iter()
+                    .map(|(c, command, members)| async move {
+                        let errors = self.run(command).await?;
+                        Ok::<_, StoreError>((c, members, errors))
+                    }),
+            )
             .await?
         } else {
             let mut results = Vec::with_capacity(commands.len());

@@ -245,21 +245,32 @@ pub async fn assert_invariant(db: &mongodb::Database, s: &Scenario) {
         .await
         .expect("collect answers");
     assert_eq!(answers.len(), s.answers, "answers of {}", s.quiz_id);
-    let mut sums: BTreeMap<String, i64> = s.expected_scores.keys().map(|p| (p.clone(), 0)).collect();
+    let mut sums: BTreeMap<String, i64> =
+        s.expected_scores.keys().map(|p| (p.clone(), 0)).collect();
     for a in &answers {
         *sums
             .entry(a.get_str("player_id").unwrap_or_default().to_string())
             .or_insert(0) += int(a, "points");
     }
     let scores = scores(db, &s.quiz_id).await;
-    assert_eq!(scores, sums, "scores.score = sum(answers.points) for {}", s.quiz_id);
-    assert_eq!(scores, s.expected_scores, "expected scores for {}", s.quiz_id);
+    assert_eq!(
+        scores, sums,
+        "scores.score = sum(answers.points) for {}",
+        s.quiz_id
+    );
+    assert_eq!(
+        scores, s.expected_scores,
+        "expected scores for {}",
+        s.quiz_id
+    );
 }
 
 pub async fn wait_complete(db: &mongodb::Database, s: &Scenario, timeout: Duration) {
-    testkit::eventually(&format!("quiz {} persisted", s.quiz_id), timeout, || async {
-        complete(db, s).await.then_some(())
-    })
+    testkit::eventually(
+        &format!("quiz {} persisted", s.quiz_id),
+        timeout,
+        || async { complete(db, s).await.then_some(()) },
+    )
     .await;
 }
 

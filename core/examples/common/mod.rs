@@ -1,0 +1,240 @@
+//! Small pieces shared by the load examples (`e2e_answers`, `fanout`): a
+//! keep-alive HTTP/1.1 client, a hand-written WebSocket client (no client
+//! library: clients must be cheap, thousands per process), core run in a
+//! child process, and CPU time from /proc. Not an example itself
+//! (`examples/common/mod.rs` is not auto-discovered).
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// One keep-alive HTTP/1.1 connection.
+pub struct Http {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Http> {
+        Ok(Http {
+            stream: TcpStream::connect(addr).await?,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends one request, returns (status, JSON body or Null).
+    pub async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        bearer: Option<&str>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let body = body.unwrap_or("");
+        let auth = bearer
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.write_all(req.as_bytes()).await?;
+        // Headers.
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("bad status line: {head}"))?;
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while self.buf.len() < head_end + len {
+            self.fill().await?;
+        }
+        let body: Vec<u8> = self.buf.drain(..head_end + len).skip(head_end).collect();
+        let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        Ok((status, v))
+    }
+
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "HTTP connection closed");
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Connects from `source` (an address of 127.0.0.0/8, to spread ports).
+pub async fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    sock.connect(addr).await
+}
+
+/// Opens a WebSocket to core; returns the stream and what was read past the
+/// 101 response (the start of the first frames).
+pub async fn ws_open(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    quiz: &str,
+    token: &str,
+) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let mut s = connect_from(source, addr).await?;
+    let req = format!(
+        "GET /v1/quizzes/{quiz}/ws?token={token} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk)).await??;
+        anyhow::ensure!(n > 0, "closed during the upgrade");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            anyhow::ensure!(
+                buf.starts_with(b"HTTP/1.1 101"),
+                "upgrade refused: {}",
+                String::from_utf8_lossy(&buf[..i])
+            );
+            return Ok((s, buf.split_off(i + 4)));
+        }
+    }
+}
+
+/// A masked client text frame.
+pub fn client_text(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(0x81);
+    let n = payload.len();
+    if n < 126 {
+        out.push(0x80 | n as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    }
+    let mask: [u8; 4] = rand::random();
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// An unmasked server text frame (what core writes).
+pub fn server_text(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    out.push(0x81);
+    let n = payload.len();
+    if n < 126 {
+        out.push(n as u8);
+    } else if n <= 0xffff {
+        out.push(126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Splits server frames off the front of `buf`: calls `f(opcode, payload)`
+/// for each complete frame and keeps the incomplete rest.
+pub fn drain_frames(buf: &mut Vec<u8>, mut f: impl FnMut(u8, &[u8])) {
+    let mut at = 0;
+    loop {
+        let rest = &buf[at..];
+        if rest.len() < 2 {
+            break;
+        }
+        let (len, hdr) = match rest[1] & 0x7f {
+            126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            127 if rest.len() >= 10 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&rest[2..10]);
+                (u64::from_be_bytes(b) as usize, 10)
+            }
+            126 | 127 => break,
+            n => (n as usize, 2),
+        };
+        if rest.len() < hdr + len {
+            break;
+        }
+        f(rest[0] & 0x0f, &rest[hdr..hdr + len]);
+        at += hdr + len;
+    }
+    buf.drain(..at);
+}
+
+/// User + system CPU seconds of process `pid` (Linux /proc), 0 if unknown.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses.
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Waits until `addr` accepts TCP connections.
+pub async fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} not listening after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs quiz-core with `config` in this process until killed (the example's
+/// `serve` mode, started as a child so that core is a process of its own).
+pub fn serve_core(config: quiz_core::Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+        let shutdown = quiz_core::Shutdown::new();
+        quiz_core::run(config, listener, shutdown).await
+    })
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18_080)
+}

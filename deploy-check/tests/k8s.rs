@@ -1,0 +1,624 @@
+//! Every overlay under deploy/k8s/overlays: rendered, validated against the Kubernetes API
+//! schema, its references resolved, the operational rules of docs/deploy.md checked, and
+//! the configuration each binary would load parsed with that binary's own config types.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use clap::{CommandFactory, FromArgMatches};
+use common::*;
+use deploy_check::kustomize::{obj_kind, obj_name};
+use deploy_check::schema;
+use serde_json::Value;
+
+#[test]
+fn every_overlay_renders_and_every_object_matches_the_kubernetes_schema() {
+    for ov in overlays() {
+        let mut seen = BTreeSet::new();
+        for o in &ov.objects {
+            schema::validate(o).unwrap_or_else(|e| panic!("overlay {}: {e}", ov.name));
+            let key = (obj_kind(o).to_string(), obj_name(o).to_string());
+            assert!(seen.insert(key.clone()), "overlay {}: {key:?} twice", ov.name);
+            if obj_kind(o) != "Namespace" {
+                assert!(
+                    o.pointer("/metadata/namespace").is_some(),
+                    "overlay {}: {key:?} has no namespace",
+                    ov.name
+                );
+            }
+        }
+        for kind in [
+            "Namespace",
+            "StatefulSet",
+            "Deployment",
+            "Service",
+            "ConfigMap",
+            "PodDisruptionBudget",
+        ] {
+            assert!(ov.of_kind(kind).count() > 0, "overlay {}: no {kind}", ov.name);
+        }
+    }
+}
+
+/// When `kubectl` (with its built-in kustomize) is installed, our renderer must agree with
+/// it object for object. CI machines without it skip this comparison (and say so).
+#[test]
+fn renderer_agrees_with_kubectl_kustomize_when_installed() {
+    for ov in overlays() {
+        let out = match Command::new("kubectl")
+            .arg("kustomize")
+            .arg(&ov.dir)
+            .output()
+        {
+            Ok(o) if o.status.success() => o.stdout,
+            Ok(o) => panic!(
+                "kubectl kustomize {} failed: {}",
+                ov.dir.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(_) => {
+                eprintln!("kubectl not installed: comparison with kustomize skipped");
+                return;
+            }
+        };
+        let text = String::from_utf8(out).expect("utf-8");
+        let mut theirs = BTreeMap::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let mut v: Value =
+                serde::Deserialize::deserialize(doc).expect("kustomize output parses");
+            // kustomize wraps long base64 values in Secret data over several lines
+            if obj_kind(&v) == "Secret" {
+                if let Some(d) = v.get_mut("data").and_then(Value::as_object_mut) {
+                    for x in d.values_mut() {
+                        let s: String = x.as_str().unwrap_or("").split_whitespace().collect();
+                        *x = Value::String(s);
+                    }
+                }
+            }
+            theirs.insert((obj_kind(&v).to_string(), obj_name(&v).to_string()), v);
+        }
+        let ours: BTreeMap<_, _> = ov
+            .objects
+            .iter()
+            .map(|v| ((obj_kind(v).to_string(), obj_name(v).to_string()), v.clone()))
+            .collect();
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>(),
+            "overlay {}: object lists differ",
+            ov.name
+        );
+        for (key, o) in &ours {
+            assert_eq!(
+                o, &theirs[key],
+                "overlay {}: {key:?} differs from kubectl kustomize",
+                ov.name
+            );
+        }
+    }
+}
+
+fn labels_match(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+#[test]
+fn selectors_services_and_references_resolve() {
+    for ov in overlays() {
+        let pods: Vec<(&str, &Value)> = ov
+            .workloads()
+            .map(|w| (obj_name(w), &w["spec"]["template"]["metadata"]["labels"]))
+            .collect();
+        for w in ov.workloads() {
+            let sel = &w["spec"]["selector"]["matchLabels"];
+            assert!(
+                labels_match(sel, &w["spec"]["template"]["metadata"]["labels"]),
+                "overlay {}: {} selector does not match its pods",
+                ov.name,
+                obj_name(w)
+            );
+            // volumes, mounts, config and secret references
+            let spec = pod_spec(w);
+            let volumes: BTreeSet<&str> = spec["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v["name"].as_str())
+                .collect();
+            for v in spec["volumes"].as_array().into_iter().flatten() {
+                if let Some(cm) = v["configMap"]["name"].as_str() {
+                    assert!(
+                        ov.find("ConfigMap", cm).is_some(),
+                        "overlay {}: volume of missing ConfigMap {cm}",
+                        ov.name
+                    );
+                }
+            }
+            for c in all_containers(w) {
+                for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                    let name = m["name"].as_str().unwrap_or("");
+                    assert!(
+                        volumes.contains(name),
+                        "overlay {}: {} mounts unknown volume {name}",
+                        ov.name,
+                        c["name"]
+                    );
+                }
+                // panics on any unresolved non-optional reference
+                let fields = BTreeMap::from([
+                    ("metadata.name", format!("{}-0", obj_name(w))),
+                    ("metadata.namespace", ov.name.clone()),
+                ]);
+                resolved_env(&ov, c, &fields);
+                for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+                    if let Some(p) = c[probe]["httpGet"]["port"].as_str() {
+                        container_port(c, &Value::String(p.into()));
+                    }
+                }
+            }
+        }
+        for s in ov.of_kind("Service") {
+            let sel = &s["spec"]["selector"];
+            let (name, labels) = pods
+                .iter()
+                .find(|(_, l)| labels_match(sel, l))
+                .unwrap_or_else(|| {
+                    panic!("overlay {}: Service {} selects no pods", ov.name, obj_name(s))
+                });
+            let w = ov
+                .workloads()
+                .find(|w| obj_name(w) == *name)
+                .expect("workload");
+            let _ = labels;
+            for p in s["spec"]["ports"].as_array().into_iter().flatten() {
+                let target = &p["targetPort"];
+                let c = &pod_spec(w)["containers"][0];
+                container_port(c, target);
+            }
+        }
+        for pdb in ov.of_kind("PodDisruptionBudget") {
+            let sel = &pdb["spec"]["selector"]["matchLabels"];
+            assert!(
+                pods.iter().any(|(_, l)| labels_match(sel, l)),
+                "overlay {}: PDB {} selects no pods",
+                ov.name,
+                obj_name(pdb)
+            );
+        }
+        for np in ov.of_kind("NetworkPolicy") {
+            let sel = &np["spec"]["podSelector"]["matchLabels"];
+            assert!(
+                pods.iter().any(|(_, l)| labels_match(sel, l)),
+                "overlay {}: NetworkPolicy {} selects no pods",
+                ov.name,
+                obj_name(np)
+            );
+        }
+        // Secrets that are not rendered must be the documented external ones.
+        let deploy_md = read("docs/deploy.md");
+        for w in ov.workloads() {
+            for c in all_containers(w) {
+                for e in c["env"].as_array().into_iter().flatten() {
+                    let Some(r) = e["valueFrom"].get("secretKeyRef") else {
+                        continue;
+                    };
+                    let (name, key) = (r["name"].as_str().unwrap(), r["key"].as_str().unwrap());
+                    if ov.find("Secret", name).is_none() {
+                        assert!(
+                            deploy_md.contains(&format!("`{key}`")) && deploy_md.contains(name),
+                            "overlay {}: external Secret {name} key {key} is not documented in docs/deploy.md",
+                            ov.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn workloads_follow_the_deployment_rules() {
+    for ov in overlays() {
+        let n = &ov.name;
+        // core: a StatefulSet with a headless Service that publishes not-ready pods.
+        let core = ov.get("StatefulSet", "core");
+        let svc_name = core["spec"]["serviceName"].as_str().expect("serviceName");
+        let headless = ov.get("Service", svc_name);
+        assert_eq!(headless["spec"]["clusterIP"], "None", "{n}: {svc_name} must be headless");
+        assert_eq!(headless["spec"]["publishNotReadyAddresses"], true, "{n}");
+        // node name = pod name (the ring key of edge-lb)
+        let c = container(core, "core");
+        let node = c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == "QUIZ_NODE_NAME")
+            .expect("QUIZ_NODE_NAME");
+        assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name", "{n}");
+
+        // edge-lb: several replicas behind a LoadBalancer.
+        let edge = ov.get("Deployment", "edge-lb");
+        assert!(edge["spec"]["replicas"].as_u64().unwrap_or(1) >= 2, "{n}: edge-lb replicas");
+        let lb = ov
+            .of_kind("Service")
+            .find(|s| s["spec"]["type"] == "LoadBalancer")
+            .unwrap_or_else(|| panic!("{n}: no LoadBalancer Service"));
+        assert_eq!(lb["spec"]["selector"]["app.kubernetes.io/name"], "edge-lb", "{n}");
+
+        // persister: sized to the topic's partitions.
+        let p = ov.get("Deployment", "persister");
+        let parts: u64 = p["metadata"]["annotations"]["quiz.platform/topic-partitions"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{n}: persister needs quiz.platform/topic-partitions"));
+        let replicas = p["spec"]["replicas"].as_u64().unwrap_or(1);
+        assert!(
+            replicas >= 1 && replicas <= parts && parts % replicas == 0,
+            "{n}: {replicas} persister replicas for {parts} partitions"
+        );
+
+        // every workload: a PDB, probes, sized, non-root like the images, file limits.
+        for w in ov.workloads() {
+            let name = obj_name(w);
+            let pod_labels = &w["spec"]["template"]["metadata"]["labels"];
+            assert!(
+                ov.of_kind("PodDisruptionBudget")
+                    .any(|pdb| labels_match(&pdb["spec"]["selector"]["matchLabels"], pod_labels)),
+                "{n}: {name} has no PodDisruptionBudget"
+            );
+            let spec = pod_spec(w);
+            assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{n}: {name}");
+            assert_eq!(spec["securityContext"]["runAsUser"], 10001, "{n}: {name} uid = image USER");
+            for c in all_containers(w) {
+                let cn = c["name"].as_str().unwrap_or("");
+                let r = &c["resources"];
+                for key in ["/requests/cpu", "/requests/memory", "/limits/memory"] {
+                    assert!(r.pointer(key).is_some(), "{n}: {name}/{cn} resources{key}");
+                }
+                assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false, "{n}: {cn}");
+                assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{n}: {cn}");
+            }
+            let main = &spec["containers"][0];
+            assert!(
+                main["readinessProbe"]["httpGet"].is_object()
+                    && main["livenessProbe"]["httpGet"].is_object(),
+                "{n}: {name} needs HTTP readiness and liveness probes"
+            );
+        }
+        // high connection counts: sysctls and the open-file limit.
+        for (kind, name) in [("StatefulSet", "core"), ("Deployment", "edge-lb")] {
+            let w = ov.get(kind, name);
+            let sysctls: BTreeMap<&str, &str> = pod_spec(w)["securityContext"]["sysctls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| (s["name"].as_str().unwrap(), s["value"].as_str().unwrap()))
+                .collect();
+            assert_eq!(
+                sysctls.get("net.ipv4.ip_local_port_range"),
+                Some(&"1024 65535"),
+                "{n}: {name} sysctls"
+            );
+            if ov.name == "production" {
+                assert!(sysctls.contains_key("net.core.somaxconn"), "{n}: {name} somaxconn");
+            }
+            let c = &pod_spec(w)["containers"][0];
+            let nofile = c["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == "QUIZ_NOFILE")
+                .and_then(|e| e["value"].as_str())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            assert!(nofile >= 100_000, "{n}: {name} QUIZ_NOFILE");
+        }
+    }
+}
+
+/// Probes hit the endpoints the binaries serve, on the ports their configuration listens on.
+#[test]
+fn probes_use_the_real_endpoints_on_the_configured_ports() {
+    for ov in overlays() {
+        let n = &ov.name;
+        let core = ov.get("StatefulSet", "core");
+        let c = container(core, "core");
+        let cfg: toml::Value = toml::from_str(&ov.config_data("core-config", "core.toml")).unwrap();
+        let listen = port_of(cfg["listen"].as_str().unwrap());
+        probe(c, "readinessProbe", "/readyz", listen, n);
+        probe(c, "livenessProbe", "/healthz", listen, n);
+
+        let p = ov.get("Deployment", "persister");
+        let c = container(p, "persister");
+        let cfg: toml::Value =
+            toml::from_str(&ov.config_data("persister-config", "persister.toml")).unwrap();
+        let listen = port_of(cfg["http"]["listen"].as_str().unwrap());
+        probe(c, "readinessProbe", "/readyz", listen, n);
+        probe(c, "livenessProbe", "/healthz", listen, n);
+
+        let e = ov.get("Deployment", "edge-lb");
+        let c = container(e, "edge-lb");
+        let t: Value = serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
+            .unwrap();
+        let admin = port_of(t["edge_lb"]["admin_listen"].as_str().unwrap());
+        probe(c, "readinessProbe", "/healthz", admin, n);
+        probe(c, "livenessProbe", "/healthz", admin, n);
+        let proxy = port_of(t["edge_lb"]["listen"][0].as_str().unwrap());
+        let lb = ov.get("Service", "edge-lb");
+        assert_eq!(container_port(c, &lb["spec"]["ports"][0]["targetPort"]), proxy, "{n}");
+        // the headless Service's port is the one edge-lb's discovery puts in the backends
+        let hl = ov.get("Service", "core-headless");
+        let core_port = hl["spec"]["ports"][0]["port"].as_u64().unwrap().to_string();
+        let disc = container(e, "discover");
+        let env = resolved_env(&ov, disc, &BTreeMap::from([("metadata.namespace", n.clone())]));
+        assert_eq!(env.get("CORE_PORT"), Some(&core_port), "{n}");
+        assert_eq!(env.get("CORE_SERVICE").map(String::as_str), Some("core-headless"), "{n}");
+        assert_eq!(env.get("CORE_STATEFULSET").map(String::as_str), Some("core"), "{n}");
+        // Prometheus annotations point at /metrics on the same ports.
+        for (w, port) in [(core, port_of("x:8080")), (p, 0), (e, admin)] {
+            let a = &w["spec"]["template"]["metadata"]["annotations"];
+            assert_eq!(a["prometheus.io/path"], "/metrics", "{n}");
+            if port != 0 {
+                assert_eq!(a["prometheus.io/port"], port.to_string(), "{n}");
+            }
+        }
+    }
+}
+
+fn probe(c: &Value, which: &str, path: &str, port: u16, overlay: &str) {
+    let g = &c[which]["httpGet"];
+    assert_eq!(g["path"], path, "{overlay}: {} {which}", c["name"]);
+    assert_eq!(container_port(c, &g["port"]), port, "{overlay}: {} {which} port", c["name"]);
+}
+
+/// terminationGracePeriodSeconds leaves each binary's drain logic time to finish.
+#[test]
+fn termination_grace_covers_the_drain_logic() {
+    for ov in overlays() {
+        let n = &ov.name;
+        let grace = |w: &Value| pod_spec(w)["terminationGracePeriodSeconds"].as_u64().unwrap();
+        let cfg: toml::Value = toml::from_str(&ov.config_data("core-config", "core.toml")).unwrap();
+        let core_ms = cfg
+            .get("shutdown_grace_ms")
+            .and_then(toml::Value::as_integer)
+            .unwrap_or(quiz_core::Config::default().shutdown_grace_ms as i64) as u64;
+        assert!(
+            grace(ov.get("StatefulSet", "core")) * 1000 >= core_ms + 5000,
+            "{n}: core grace vs shutdown_grace_ms {core_ms}"
+        );
+        let cfg: toml::Value =
+            toml::from_str(&ov.config_data("persister-config", "persister.toml")).unwrap();
+        let p_ms = cfg
+            .get("shutdown_grace_ms")
+            .and_then(toml::Value::as_integer)
+            .unwrap_or(persister::Config::default().shutdown_grace_ms as i64) as u64;
+        assert!(
+            grace(ov.get("Deployment", "persister")) * 1000 >= p_ms + 5000,
+            "{n}: persister grace vs shutdown_grace_ms {p_ms}"
+        );
+        let e = ov.get("Deployment", "edge-lb");
+        let t: Value = serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
+            .unwrap();
+        let pre_stop: u64 = container(e, "edge-lb")["lifecycle"]["preStop"]["exec"]["command"]
+            .as_array()
+            .and_then(|c| (c.first()? == "sleep").then(|| c.get(1)?.as_str()?.parse().ok())?)
+            .expect("edge-lb preStop sleep N");
+        let needed = pre_stop
+            + t["grace_period_seconds"].as_u64().expect("grace_period_seconds")
+            + t["graceful_shutdown_timeout_seconds"]
+                .as_u64()
+                .expect("graceful_shutdown_timeout_seconds");
+        assert!(grace(e) >= needed + 2, "{n}: edge-lb grace {} < {needed} + 2", grace(e));
+    }
+}
+
+/// Env names a script reads (`${NAME` / `$NAME`).
+fn script_env(rel: &str) -> BTreeSet<String> {
+    let text = read(rel);
+    let mut out = BTreeSet::new();
+    for (i, _) in text.match_indices('$') {
+        let rest = text[i + 1..].trim_start_matches('{');
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        if name.len() > 1 {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+/// core: the ConfigMap's core.toml plus the container's environment, loaded exactly as
+/// `quiz-core` does (`Config::load`: file with unknown keys rejected, env/CLI overrides,
+/// validation). Every env var must be one quiz-core (or the entrypoint) reads, and the
+/// result must be distributed mode with no loopback defaults left.
+#[test]
+fn core_config_loads_with_quiz_core_config() {
+    let entrypoint_env = script_env("deploy/docker/entrypoint.sh");
+    for ov in overlays() {
+        let n = &ov.name;
+        let w = ov.get("StatefulSet", "core");
+        let c = container(w, "core");
+        let env = resolved_env(
+            &ov,
+            c,
+            &BTreeMap::from([("metadata.name", "core-0".to_string())]),
+        );
+        let cmd = quiz_core::config::Cli::command();
+        let by_env: BTreeMap<String, String> = cmd
+            .get_arguments()
+            .filter_map(|a| {
+                Some((
+                    a.get_env()?.to_string_lossy().into_owned(),
+                    a.get_long()?.to_string(),
+                ))
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("deploy-check-core-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args = vec!["quiz-core".to_string()];
+        for (k, v) in &env {
+            if k == "QUIZ_CONFIG" {
+                let file = dir.join("core.toml");
+                std::fs::write(&file, mounted_file(&ov, w, c, v)).unwrap();
+                args.push("--config".into());
+                args.push(file.to_string_lossy().into_owned());
+            } else if let Some(long) = by_env.get(k) {
+                args.push(format!("--{long}"));
+                args.push(v.clone());
+            } else {
+                assert!(
+                    entrypoint_env.contains(k) || k == "RUST_LOG",
+                    "{n}: env {k} is read by neither quiz-core nor the entrypoint"
+                );
+            }
+        }
+        // The test process's own QUIZ_* variables must not leak in.
+        let matches = quiz_core::config::Cli::command()
+            .mut_args(|a| a.env(None::<&'static str>))
+            .try_get_matches_from(&args)
+            .unwrap_or_else(|e| panic!("{n}: quiz-core command line {args:?}: {e}"));
+        let cli = quiz_core::config::Cli::from_arg_matches(&matches).unwrap();
+        let cfg = quiz_core::Config::load(&cli).unwrap_or_else(|e| panic!("{n}: quiz-core: {e}"));
+        assert!(!cfg.is_embedded(), "{n}: core must run in distributed mode");
+        assert_eq!(cfg.node_name, "core-0", "{n}");
+        assert!(!cfg.demo_quiz, "{n}: no demo quiz in a cluster");
+        for s in cfg.redis_nodes.iter().chain([&cfg.kafka_brokers]) {
+            assert!(!s.contains("127.0.0.1") && !s.contains("localhost"), "{n}: {s}");
+        }
+        assert!(!cfg.listen.starts_with("127."), "{n}: core must listen on the pod network");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// persister: persister.toml parsed with `persister::Config` (unknown keys rejected), the
+/// environment applied with its own `apply_env` (which also tells which names it reads),
+/// then `validate`.
+#[test]
+fn persister_config_loads_with_persister_config() {
+    let entrypoint_env = script_env("deploy/docker/entrypoint.sh");
+    let main_rs = read("persister/src/main.rs");
+    for ov in overlays() {
+        let n = &ov.name;
+        let w = ov.get("Deployment", "persister");
+        let c = container(w, "persister");
+        let env = resolved_env(&ov, c, &BTreeMap::new());
+        let file = env.get("PERSISTER_CONFIG").expect("PERSISTER_CONFIG");
+        assert!(main_rs.contains("env = \"PERSISTER_CONFIG\""), "persister reads PERSISTER_CONFIG");
+        let mut cfg = persister::Config::from_toml(&mounted_file(&ov, w, c, file))
+            .unwrap_or_else(|e| panic!("{n}: persister.toml: {e}"));
+        let asked = std::cell::RefCell::new(BTreeSet::new());
+        cfg.apply_env(|k| {
+            asked.borrow_mut().insert(k.to_string());
+            env.get(k).cloned()
+        })
+        .unwrap_or_else(|e| panic!("{n}: {e}"));
+        cfg.validate().unwrap_or_else(|e| panic!("{n}: {e}"));
+        let asked = asked.into_inner();
+        for k in env.keys() {
+            assert!(
+                asked.contains(k) || k == "PERSISTER_CONFIG" || entrypoint_env.contains(k),
+                "{n}: env {k} is read by neither the persister nor the entrypoint"
+            );
+        }
+        for s in [&cfg.kafka.brokers, &cfg.mongodb.uri] {
+            assert!(!s.contains("127.0.0.1") && !s.contains("localhost"), "{n}: {s}");
+        }
+        assert!(!cfg.http.listen.starts_with("127."), "{n}: metrics on the pod network");
+        assert!(!cfg.kafka.create_dlq_topic, "{n}: the operator creates the DLQ topic");
+        // the topic the core produces to is the one the persister drains
+        let core = ov.get("StatefulSet", "core");
+        let core_env = resolved_env(
+            &ov,
+            container(core, "core"),
+            &BTreeMap::from([("metadata.name", "core-0".to_string())]),
+        );
+        assert_eq!(core_env.get("QUIZ_KAFKA_TOPIC"), Some(&cfg.kafka.topic), "{n}");
+        assert_eq!(core_env.get("QUIZ_KAFKA_BROKERS"), Some(&cfg.kafka.brokers), "{n}");
+    }
+}
+
+/// edge-lb: the template, with the backends the discovery script would write, parsed by
+/// `edge_lb::parse_config` (edge-lb's own keys, unknown ones rejected, and pingora's).
+#[test]
+fn edge_lb_config_loads_with_edge_lb_parser() {
+    for ov in overlays() {
+        let n = &ov.name;
+        let e = ov.get("Deployment", "edge-lb");
+        let c = container(e, "edge-lb");
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let conf_path = args
+            .windows(2)
+            .find(|w| w[0] == "-c")
+            .map(|w| w[1])
+            .expect("edge-lb -c <file>");
+        let disc = container(e, "discover");
+        let env = resolved_env(&ov, disc, &BTreeMap::from([("metadata.namespace", n.clone())]));
+        assert_eq!(env.get("DISCOVER_OUTPUT").map(String::as_str), Some(conf_path), "{n}");
+        let template = mounted_file(&ov, e, disc, &env["DISCOVER_TEMPLATE"]);
+        assert!(template.contains("__CORE_BACKENDS__"), "{n}");
+        let text = template.replace(
+            "__CORE_BACKENDS__",
+            "[{name: core-0, addr: \"10.0.0.10:8080\"}, {name: core-1, addr: \"[fd00::1]:8080\"}]",
+        );
+        let (_server, edge) =
+            edge_lb::parse_config(&text).unwrap_or_else(|err| panic!("{n}: edge-lb: {err}"));
+        assert_eq!(edge.pools[0].backends.len(), 2);
+        assert!(!edge.admin_listen.starts_with("127."), "{n}: probes need the pod network");
+        for s in edge.listen.iter() {
+            assert!(!s.starts_with("127."), "{n}: {s}");
+        }
+        // every env var of the discovery containers is one the script reads
+        let script = script_env("deploy/docker/edge-lb-discover.sh");
+        for k in env.keys() {
+            assert!(script.contains(k), "{n}: discover env {k} is not read by the script");
+        }
+    }
+}
+
+/// Every key set in core.toml is in docs/core.md's configuration table.
+#[test]
+fn configmap_keys_are_documented() {
+    let core_md = read("docs/core.md");
+    for ov in overlays() {
+        let cfg: toml::Table = toml::from_str(&ov.config_data("core-config", "core.toml")).unwrap();
+        for k in cfg.keys() {
+            assert!(in_table(&core_md, k), "core key {k} not in docs/core.md's table");
+        }
+        let t: Value = serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
+            .unwrap();
+        let edge_md = read("docs/edge-lb.md");
+        for (k, v) in t["edge_lb"].as_object().unwrap() {
+            if let Some(m) = v.as_object() {
+                for sub in m.keys() {
+                    assert!(
+                        in_table(&edge_md, &format!("edge_lb.{k}.{sub}")),
+                        "edge_lb.{k}.{sub} not in docs/edge-lb.md"
+                    );
+                }
+            } else if k != "pools" {
+                assert!(
+                    in_table(&edge_md, &format!("edge_lb.{k}")),
+                    "edge_lb.{k} not in docs/edge-lb.md"
+                );
+            }
+        }
+    }
+}
+
+/// `key` in backticks on a table row of a Markdown document.
+fn in_table(md: &str, key: &str) -> bool {
+    let needle = format!("`{key}`");
+    md.lines()
+        .any(|l| l.trim_start().starts_with('|') && l.contains(&needle))
+}

@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1.7
+# persister: drains quiz-events from Kafka into MongoDB.
+#
+# Build from the repository root (the whole workspace is the build context):
+#   docker build -f deploy/docker/persister.Dockerfile -t quiz/persister:$(git rev-parse --short HEAD) .
+# persister.Dockerfile.dockerignore (next to this file, BuildKit) keeps target/ and .stack/ out.
+
+ARG RUST_VERSION=1.95
+ARG DEBIAN_RELEASE=bookworm
+
+# ---- build ------------------------------------------------------------------------------
+FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
+# What the native dependencies need: rdkafka's bundled librdkafka (cmake, g++, zlib, curl,
+# OpenSSL), pingora and the MongoDB driver (OpenSSL, pkg-config).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      cmake g++ make pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p persister --bin persister \
+ && install -D -m 0755 target/release/persister /out/persister
+
+# ---- runtime ----------------------------------------------------------------------------
+FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+# Shared libraries the binary links (OpenSSL 3, zlib, libcurl), CA certificates for TLS to
+# managed services, curl for the health check.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl libssl3 libcurl4 zlib1g \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 quiz \
+ && useradd --system --uid 10001 --gid quiz --home-dir /nonexistent --shell /usr/sbin/nologin quiz
+COPY --from=build /out/persister /usr/local/bin/persister
+COPY deploy/docker/entrypoint.sh /usr/local/bin/quiz-entrypoint
+ENV PERSISTER_HTTP_LISTEN=0.0.0.0:9464
+USER 10001:10001
+EXPOSE 9464
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:9464/healthz || exit 1
+ENTRYPOINT ["/usr/local/bin/quiz-entrypoint"]
+CMD ["/usr/local/bin/persister", "run"]
