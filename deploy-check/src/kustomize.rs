@@ -193,8 +193,7 @@ pub fn build(dir: &Path) -> Result<Vec<Value>, Error> {
         let mut found = false;
         for o in &mut objects {
             let kind = o.get("kind").and_then(Value::as_str).unwrap_or("");
-            if matches!(kind, "Deployment" | "StatefulSet" | "ReplicaSet") && obj_name(o) == name
-            {
+            if matches!(kind, "Deployment" | "StatefulSet" | "ReplicaSet") && obj_name(o) == name {
                 if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
                     spec.insert("replicas".into(), Value::from(count));
                     found = true;
@@ -213,7 +212,8 @@ pub fn read_objects(path: &Path) -> Result<Vec<Value>, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| err(path, e.to_string()))?;
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| err(path, e.to_string()))?;
+        let v: Value =
+            serde::Deserialize::deserialize(doc).map_err(|e| err(path, e.to_string()))?;
         if !v.is_null() {
             out.push(v);
         }
@@ -306,7 +306,10 @@ fn generate(
         .ok_or_else(|| err(kpath, "generator must be a mapping"))?;
     for key in gm.keys() {
         if !known.contains(&key.as_str()) || (key == "type" && kind != "Secret") {
-            return Err(err(kpath, format!("generator field `{key}` is not supported")));
+            return Err(err(
+                kpath,
+                format!("generator field `{key}` is not supported"),
+            ));
         }
     }
     let name = g
@@ -343,7 +346,10 @@ fn generate(
         }
     };
     let data: Map<String, Value> = data.iter().map(|(k, v)| (k.clone(), encode(v))).collect();
-    let behavior = g.get("behavior").and_then(Value::as_str).unwrap_or("create");
+    let behavior = g
+        .get("behavior")
+        .and_then(Value::as_str)
+        .unwrap_or("create");
     let existing = objects
         .iter_mut()
         .find(|o| obj_kind(o) == kind && obj_name(o) == name);
@@ -408,7 +414,10 @@ fn apply_patch(dir: &Path, kpath: &Path, p: &Value, objects: &mut [Value]) -> Re
     if let Some(t) = target.and_then(Value::as_object) {
         for key in t.keys() {
             if !matches!(key.as_str(), "kind" | "name") {
-                return Err(err(kpath, format!("patch target field `{key}` is not supported")));
+                return Err(err(
+                    kpath,
+                    format!("patch target field `{key}` is not supported"),
+                ));
             }
         }
     }
@@ -478,7 +487,10 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// One RFC 6902 operation: `add`, `replace`, `remove`.
 pub fn json6902(doc: &mut Value, op: &Value) -> Result<(), String> {
     let kind = op.get("op").and_then(Value::as_str).ok_or("op missing")?;
-    let path = op.get("path").and_then(Value::as_str).ok_or("path missing")?;
+    let path = op
+        .get("path")
+        .and_then(Value::as_str)
+        .ok_or("path missing")?;
     let tokens: Vec<String> = path
         .split('/')
         .skip(1)
@@ -527,7 +539,8 @@ pub fn json6902(doc: &mut Value, op: &Value) -> Result<(), String> {
         }
         ("replace", Value::Array(a)) => {
             let i: usize = last.parse().map_err(|_| format!("{path}: bad index"))?;
-            *a.get_mut(i).ok_or_else(|| format!("{path}: index out of range"))? = value()?;
+            *a.get_mut(i)
+                .ok_or_else(|| format!("{path}: index out of range"))? = value()?;
         }
         ("remove", Value::Array(a)) => {
             let i: usize = last.parse().map_err(|_| format!("{path}: bad index"))?;
@@ -551,7 +564,11 @@ mod tests {
         let mut d = json!({"a": {"b": [1, 2]}, "c": 1});
         json6902(&mut d, &json!({"op": "add", "path": "/a/b/-", "value": 3})).unwrap();
         json6902(&mut d, &json!({"op": "replace", "path": "/c", "value": 2})).unwrap();
-        json6902(&mut d, &json!({"op": "add", "path": "/a/x~1y", "value": true})).unwrap();
+        json6902(
+            &mut d,
+            &json!({"op": "add", "path": "/a/x~1y", "value": true}),
+        )
+        .unwrap();
         json6902(&mut d, &json!({"op": "remove", "path": "/a/b/0"})).unwrap();
         assert_eq!(d, json!({"a": {"b": [2, 3], "x/y": true}, "c": 2}));
         assert!(json6902(&mut d, &json!({"op": "replace", "path": "/zz", "value": 1})).is_err());
@@ -564,10 +581,82 @@ mod tests {
         assert_eq!(d, json!({"a": {"c": 2, "d": 3}, "l": [2]}));
     }
 
+    fn scratch(files: &[(&str, &str)]) -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("deploy-check-kz-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        dir
+    }
+
+    const DEPLOY: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 1\n  template:\n    spec:\n      containers: [{name: c, image: 'quiz/x:1'}]\n";
+
+    #[test]
+    fn renders_the_supported_subset() {
+        let dir = scratch(&[
+            ("d.yaml", DEPLOY),
+            ("p.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, annotations: {a: b}}\n"),
+            ("j.json", r#"[{"op": "add", "path": "/spec/template/spec/containers/-", "value": {"name": "s", "image": "quiz/x"}}]"#),
+            (
+                "kustomization.yaml",
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: n\nresources: [d.yaml]\nimages: [{name: quiz/x, newName: r/x, newTag: '2'}]\nreplicas: [{name: d, count: 3}]\ngeneratorOptions: {disableNameSuffixHash: true}\nsecretGenerator: [{name: s, literals: ['k=v=w']}]\npatches:\n  - path: p.yaml\n  - {path: j.json, target: {kind: Deployment, name: d}}\n",
+            ),
+        ]);
+        let out = build(&dir).unwrap();
+        let d = &out[0];
+        assert_eq!(d["metadata"]["namespace"], "n");
+        assert_eq!(d["metadata"]["annotations"]["a"], "b");
+        assert_eq!(d["spec"]["replicas"], 3);
+        let images: Vec<_> = d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["image"].as_str().unwrap())
+            .collect();
+        assert_eq!(images, vec!["r/x:2", "r/x:2"]);
+        assert_eq!(out[1]["data"]["k"], "dj13"); // base64("v=w")
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_render_faithfully() {
+        let k = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [d.yaml]\n";
+        let dir = scratch(&[
+            ("d.yaml", DEPLOY),
+            ("kustomization.yaml", &format!("{k}namePrefix: x-\n")),
+        ]);
+        assert!(build(&dir).unwrap_err().to_string().contains("namePrefix"));
+        let dir = scratch(&[
+            ("d.yaml", DEPLOY),
+            ("p.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {template: {spec: {containers: []}}}\n"),
+            ("kustomization.yaml", &format!("{k}patches: [{{path: p.yaml}}]\n")),
+        ]);
+        assert!(build(&dir).unwrap_err().to_string().contains("lists"));
+        let dir = scratch(&[
+            ("d.yaml", DEPLOY),
+            (
+                "kustomization.yaml",
+                &format!("{k}configMapGenerator: [{{name: c, literals: [a=b]}}]\n"),
+            ),
+        ]);
+        assert!(build(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("disableNameSuffixHash"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn image_split() {
         assert_eq!(split_image("quiz/core:latest"), ("quiz/core", ":latest"));
-        assert_eq!(split_image("localhost:5000/quiz/core"), ("localhost:5000/quiz/core", ""));
+        assert_eq!(
+            split_image("localhost:5000/quiz/core"),
+            ("localhost:5000/quiz/core", "")
+        );
         assert_eq!(split_image("a/b@sha256:00"), ("a/b", "@sha256:00"));
     }
 }

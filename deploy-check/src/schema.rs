@@ -3,7 +3,7 @@
 //! first step; a field the API does not have (a typo, a field at the wrong level) is
 //! silently dropped by the first step and so fails the comparison of the second.
 
-use k8s_openapi::api::{apps, core, networking, policy};
+use k8s_openapi::api::{apps, batch, core, networking, policy};
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +50,9 @@ pub fn validate(o: &Value) -> Result<(), SchemaError> {
         ("v1", "ServiceAccount") => roundtrip::<core::v1::ServiceAccount>(o),
         ("apps/v1", "Deployment") => roundtrip::<apps::v1::Deployment>(o),
         ("apps/v1", "StatefulSet") => roundtrip::<apps::v1::StatefulSet>(o),
+        ("batch/v1", "Job") => roundtrip::<batch::v1::Job>(o),
         ("policy/v1", "PodDisruptionBudget") => roundtrip::<policy::v1::PodDisruptionBudget>(o),
-        ("networking.k8s.io/v1", "NetworkPolicy") => {
-            roundtrip::<networking::v1::NetworkPolicy>(o)
-        }
+        ("networking.k8s.io/v1", "NetworkPolicy") => roundtrip::<networking::v1::NetworkPolicy>(o),
         _ => {
             return Err(SchemaError::UnknownKind {
                 what,

@@ -80,12 +80,15 @@ pub fn scan(text: &str, out: &mut Exported) {
         i = open + 1;
         // the callee: identifier characters and `::` right before `(`
         let mut s = open;
-        while s > 0 && (bytes[s - 1].is_ascii_alphanumeric() || bytes[s - 1] == b'_' || bytes[s - 1] == b':') {
+        while s > 0
+            && (bytes[s - 1].is_ascii_alphanumeric()
+                || bytes[s - 1] == b'_'
+                || bytes[s - 1] == b':')
+        {
             s -= 1;
         }
         let callee = &text[s..open];
-        let is_ctor = CONSTRUCTORS.iter().any(|c| callee.ends_with(c))
-            || HELPERS.contains(&callee);
+        let is_ctor = CONSTRUCTORS.iter().any(|c| callee.ends_with(c)) || HELPERS.contains(&callee);
         if !is_ctor {
             continue;
         }

@@ -21,7 +21,8 @@ struct Sandbox {
 
 impl Sandbox {
     fn new(tag: &str) -> Sandbox {
-        let dir = std::env::temp_dir().join(format!("deploy-check-disc-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("deploy-check-disc-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("dns")).unwrap();
         std::fs::create_dir_all(dir.join("out")).unwrap();
@@ -92,7 +93,9 @@ fn backends(path: &Path) -> Vec<(String, String)> {
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 #[test]
@@ -128,7 +131,9 @@ fn reload_server() -> (String, Arc<AtomicUsize>) {
             if buf[..got].starts_with(b"POST /admin/reload ") {
                 count.fetch_add(1, Ordering::SeqCst);
             }
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+            );
         }
     });
     (url, n)
@@ -166,25 +171,35 @@ fn sidecar_follows_scaling_keeps_recreated_pods_and_reloads_on_change() {
     // scale up: core-2 appears → listed, one more reload
     s.set("core-2", Some("10.0.0.12"));
     wait_for("core-2 added", t, || backends(&out).len() == 3);
-    wait_for("reload after scale-up", t, || reloads.load(Ordering::SeqCst) == 2);
+    wait_for("reload after scale-up", t, || {
+        reloads.load(Ordering::SeqCst) == 2
+    });
 
     // a pod restarted with a new IP: same name (ring key), new address
     s.set("core-0", Some("10.0.0.20"));
     wait_for("core-0 moved", t, || {
         backends(&out).first() == Some(&("core-0".into(), "10.0.0.20:8080".into()))
     });
-    wait_for("reload after move", t, || reloads.load(Ordering::SeqCst) == 3);
+    wait_for("reload after move", t, || {
+        reloads.load(Ordering::SeqCst) == 3
+    });
 
     // core-1 disappears: kept for DISCOVER_FORGET_AFTER (2 s), then removed
     s.set("core-1", None);
     std::thread::sleep(Duration::from_millis(900));
-    assert_eq!(backends(&out).len(), 3, "a briefly missing pod stays listed");
+    assert_eq!(
+        backends(&out).len(),
+        3,
+        "a briefly missing pod stays listed"
+    );
     wait_for("core-1 forgotten", t, || backends(&out).len() == 2);
     assert_eq!(
         backends(&out),
         pairs(&[("core-0", "10.0.0.20:8080"), ("core-2", "10.0.0.12:8080")])
     );
-    wait_for("reload after removal", t, || reloads.load(Ordering::SeqCst) == 4);
+    wait_for("reload after removal", t, || {
+        reloads.load(Ordering::SeqCst) == 4
+    });
 
     // nothing changes → no more reloads
     std::thread::sleep(Duration::from_millis(800));
@@ -194,5 +209,9 @@ fn sidecar_follows_scaling_keeps_recreated_pods_and_reloads_on_change() {
     s.set("core-0", None);
     s.set("core-2", None);
     std::thread::sleep(Duration::from_millis(3000));
-    assert_eq!(backends(&out).len(), 2, "never writes an empty backend list");
+    assert_eq!(
+        backends(&out).len(),
+        2,
+        "never writes an empty backend list"
+    );
 }

@@ -33,12 +33,26 @@ fn every_dockerfile_is_multi_stage_small_non_root_and_health_checked() {
         assert!(df.stages.len() >= 2, "{rel}: multi-stage");
         let build = &df.stages[0];
         let runtime = df.stages.last().unwrap();
-        assert!(build.image.starts_with("rust:"), "{rel}: build stage {}", build.image);
-        assert!(build.image.ends_with("-bookworm"), "{rel}: build on bookworm like the runtime");
-        assert_eq!(runtime.image, "debian:bookworm-slim", "{rel}: runtime image");
+        assert!(
+            build.image.starts_with("rust:"),
+            "{rel}: build stage {}",
+            build.image
+        );
+        assert!(
+            build.image.ends_with("-bookworm"),
+            "{rel}: build on bookworm like the runtime"
+        );
+        assert_eq!(
+            runtime.image, "debian:bookworm-slim",
+            "{rel}: runtime image"
+        );
 
         // build: the Debian packages the native dependencies need, the right binary
-        let runs: String = build.all("RUN").map(|i| i.args.clone()).collect::<Vec<_>>().join("\n");
+        let runs: String = build
+            .all("RUN")
+            .map(|i| i.args.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
         for p in BUILD_PACKAGES {
             assert!(
                 runs.split_whitespace().any(|w| w == *p),
@@ -51,8 +65,14 @@ fn every_dockerfile_is_multi_stage_small_non_root_and_health_checked() {
         );
         assert!(runs.contains("--locked"), "{rel}: build with --locked");
         let manifest = read(&format!("{}/Cargo.toml", pkg_dir(pkg)));
-        assert!(manifest.contains(&format!("name = \"{pkg}\"")), "{rel}: package {pkg}");
-        assert!(manifest.contains(&format!("name = \"{bin}\"")), "{rel}: binary {bin}");
+        assert!(
+            manifest.contains(&format!("name = \"{pkg}\"")),
+            "{rel}: package {pkg}"
+        );
+        assert!(
+            manifest.contains(&format!("name = \"{bin}\"")),
+            "{rel}: binary {bin}"
+        );
 
         // every COPY source exists; every --from names an earlier stage
         let stage_names: BTreeSet<String> =
@@ -77,7 +97,11 @@ fn every_dockerfile_is_multi_stage_small_non_root_and_health_checked() {
                             .split_whitespace()
                             .find_map(|w| w.strip_prefix("--from="))
                             .unwrap();
-                        assert!(stage_names.contains(from), "{rel}:{}: --from={from}", i.line);
+                        assert!(
+                            stage_names.contains(from),
+                            "{rel}:{}: --from={from}",
+                            i.line
+                        );
                         assert!(
                             i.args.contains(&format!("/{bin} ")),
                             "{rel}:{}: copies {bin}",
@@ -101,29 +125,49 @@ fn every_dockerfile_is_multi_stage_small_non_root_and_health_checked() {
         assert_eq!(uid, 10001, "{rel}: the manifests' runAsUser is 10001");
         let user_line = users[0].line;
         for i in runtime.all("RUN") {
-            assert!(i.line < user_line, "{rel}: RUN after USER would run unprivileged");
+            assert!(
+                i.line < user_line,
+                "{rel}: RUN after USER would run unprivileged"
+            );
         }
         let runtime_runs: String = runtime.all("RUN").map(|i| i.args.clone()).collect();
-        assert!(runtime_runs.contains("rm -rf /var/lib/apt/lists/*"), "{rel}: apt lists removed");
-        assert!(!runtime_runs.contains("-dev"), "{rel}: no -dev packages at runtime");
+        assert!(
+            runtime_runs.contains("rm -rf /var/lib/apt/lists/*"),
+            "{rel}: apt lists removed"
+        );
+        assert!(
+            !runtime_runs.contains("-dev"),
+            "{rel}: no -dev packages at runtime"
+        );
 
         // health check on the binary's real endpoint and port
         let hc: Vec<_> = runtime.all("HEALTHCHECK").collect();
         assert_eq!(hc.len(), 1, "{rel}: HEALTHCHECK");
         assert!(
-            hc[0].args.contains(&format!("http://127.0.0.1:{port}/healthz")),
+            hc[0]
+                .args
+                .contains(&format!("http://127.0.0.1:{port}/healthz")),
             "{rel}: HEALTHCHECK must hit /healthz on {port}: {}",
             hc[0].args
         );
-        assert!(runtime_runs.contains("curl"), "{rel}: curl is installed for the HEALTHCHECK");
+        assert!(
+            runtime_runs.contains("curl"),
+            "{rel}: curl is installed for the HEALTHCHECK"
+        );
         let expose: String = runtime.all("EXPOSE").map(|i| i.args.clone()).collect();
-        assert!(expose.split_whitespace().any(|p| p == port.to_string()), "{rel}: EXPOSE {port}");
+        assert!(
+            expose.split_whitespace().any(|p| p == port.to_string()),
+            "{rel}: EXPOSE {port}"
+        );
 
         // exec-form entrypoint through the rlimit script, then the binary
         let ep = runtime.all("ENTRYPOINT").last().expect("ENTRYPOINT");
         assert!(ep.args.starts_with('['), "{rel}: exec-form ENTRYPOINT");
         let cmd = runtime.all("CMD").last().expect("CMD");
-        assert!(cmd.args.contains(&format!("/usr/local/bin/{bin}")), "{rel}: CMD runs {bin}");
+        assert!(
+            cmd.args.contains(&format!("/usr/local/bin/{bin}")),
+            "{rel}: CMD runs {bin}"
+        );
 
         // the dockerignore keeps the build context small
         let ignore = read(&format!("deploy/docker/{name}.Dockerfile.dockerignore"));
@@ -137,15 +181,30 @@ fn every_dockerfile_is_multi_stage_small_non_root_and_health_checked() {
 #[test]
 fn image_defaults_listen_where_the_health_check_looks() {
     let core = dockerfile::parse(&read("deploy/docker/core.Dockerfile")).unwrap();
-    let env: String = core.stages.last().unwrap().all("ENV").map(|i| i.args.clone()).collect();
+    let env: String = core
+        .stages
+        .last()
+        .unwrap()
+        .all("ENV")
+        .map(|i| i.args.clone())
+        .collect();
     assert!(env.contains("QUIZ_LISTEN=0.0.0.0:8080"), "{env}");
     let p = dockerfile::parse(&read("deploy/docker/persister.Dockerfile")).unwrap();
-    let env: String = p.stages.last().unwrap().all("ENV").map(|i| i.args.clone()).collect();
+    let env: String = p
+        .stages
+        .last()
+        .unwrap()
+        .all("ENV")
+        .map(|i| i.args.clone())
+        .collect();
     assert!(env.contains("PERSISTER_HTTP_LISTEN=0.0.0.0:9464"), "{env}");
     // edge-lb's admin port comes from its configuration (the template's admin_listen)
     let t: serde_json::Value =
         serde_yaml::from_str(&read("deploy/k8s/base/edge-lb/edge-lb.template.yaml")).unwrap();
-    assert_eq!(port_of(t["edge_lb"]["admin_listen"].as_str().unwrap()), 9090);
+    assert_eq!(
+        port_of(t["edge_lb"]["admin_listen"].as_str().unwrap()),
+        9090
+    );
 }
 
 /// Every image the manifests use has a Dockerfile here.
@@ -159,7 +218,9 @@ fn every_manifest_image_has_a_dockerfile() {
                 let repo = image.rsplit_once(':').map_or(repo, |(r, _)| r);
                 let name = repo.rsplit('/').next().unwrap();
                 assert!(
-                    repo_root().join(format!("deploy/docker/{name}.Dockerfile")).is_file(),
+                    repo_root()
+                        .join(format!("deploy/docker/{name}.Dockerfile"))
+                        .is_file(),
                     "overlay {}: image {image} has no deploy/docker/{name}.Dockerfile",
                     ov.name
                 );
@@ -175,8 +236,16 @@ fn shell_scripts_parse() {
         ("bash", "deploy/docker/edge-lb-discover.sh"),
     ] {
         let path = repo_root().join(script);
-        let out = Command::new(shell).arg("-n").arg(&path).output().expect("run shell");
-        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(shell)
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .expect("run shell");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert!(mode & 0o111 != 0, "{script} must be executable");
@@ -201,7 +270,12 @@ fn entrypoint_raises_the_open_file_limit() {
         Ok(h) => h.min(4096),
         Err(_) => 4096,
     };
-    assert_eq!(soft, expected, "soft limit; stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        soft,
+        expected,
+        "soft limit; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn pkg_dir(pkg: &str) -> &'static str {

@@ -10,7 +10,7 @@ use std::process::Command;
 use clap::{CommandFactory, FromArgMatches};
 use common::*;
 use deploy_check::kustomize::{obj_kind, obj_name};
-use deploy_check::schema;
+use deploy_check::{dockerfile, schema};
 use serde_json::Value;
 
 #[test]
@@ -20,7 +20,11 @@ fn every_overlay_renders_and_every_object_matches_the_kubernetes_schema() {
         for o in &ov.objects {
             schema::validate(o).unwrap_or_else(|e| panic!("overlay {}: {e}", ov.name));
             let key = (obj_kind(o).to_string(), obj_name(o).to_string());
-            assert!(seen.insert(key.clone()), "overlay {}: {key:?} twice", ov.name);
+            assert!(
+                seen.insert(key.clone()),
+                "overlay {}: {key:?} twice",
+                ov.name
+            );
             if obj_kind(o) != "Namespace" {
                 assert!(
                     o.pointer("/metadata/namespace").is_some(),
@@ -37,7 +41,11 @@ fn every_overlay_renders_and_every_object_matches_the_kubernetes_schema() {
             "ConfigMap",
             "PodDisruptionBudget",
         ] {
-            assert!(ov.of_kind(kind).count() > 0, "overlay {}: no {kind}", ov.name);
+            assert!(
+                ov.of_kind(kind).count() > 0,
+                "overlay {}: no {kind}",
+                ov.name
+            );
         }
     }
 }
@@ -82,7 +90,12 @@ fn renderer_agrees_with_kubectl_kustomize_when_installed() {
         let ours: BTreeMap<_, _> = ov
             .objects
             .iter()
-            .map(|v| ((obj_kind(v).to_string(), obj_name(v).to_string()), v.clone()))
+            .map(|v| {
+                (
+                    (obj_kind(v).to_string(), obj_name(v).to_string()),
+                    v.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             ours.keys().collect::<Vec<_>>(),
@@ -167,7 +180,11 @@ fn selectors_services_and_references_resolve() {
                 .iter()
                 .find(|(_, l)| labels_match(sel, l))
                 .unwrap_or_else(|| {
-                    panic!("overlay {}: Service {} selects no pods", ov.name, obj_name(s))
+                    panic!(
+                        "overlay {}: Service {} selects no pods",
+                        ov.name,
+                        obj_name(s)
+                    )
                 });
             let w = ov
                 .workloads()
@@ -228,7 +245,10 @@ fn workloads_follow_the_deployment_rules() {
         let core = ov.get("StatefulSet", "core");
         let svc_name = core["spec"]["serviceName"].as_str().expect("serviceName");
         let headless = ov.get("Service", svc_name);
-        assert_eq!(headless["spec"]["clusterIP"], "None", "{n}: {svc_name} must be headless");
+        assert_eq!(
+            headless["spec"]["clusterIP"], "None",
+            "{n}: {svc_name} must be headless"
+        );
         assert_eq!(headless["spec"]["publishNotReadyAddresses"], true, "{n}");
         // node name = pod name (the ring key of edge-lb)
         let c = container(core, "core");
@@ -238,16 +258,25 @@ fn workloads_follow_the_deployment_rules() {
             .flatten()
             .find(|e| e["name"] == "QUIZ_NODE_NAME")
             .expect("QUIZ_NODE_NAME");
-        assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name", "{n}");
+        assert_eq!(
+            node["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
+            "{n}"
+        );
 
         // edge-lb: several replicas behind a LoadBalancer.
         let edge = ov.get("Deployment", "edge-lb");
-        assert!(edge["spec"]["replicas"].as_u64().unwrap_or(1) >= 2, "{n}: edge-lb replicas");
+        assert!(
+            edge["spec"]["replicas"].as_u64().unwrap_or(1) >= 2,
+            "{n}: edge-lb replicas"
+        );
         let lb = ov
             .of_kind("Service")
             .find(|s| s["spec"]["type"] == "LoadBalancer")
             .unwrap_or_else(|| panic!("{n}: no LoadBalancer Service"));
-        assert_eq!(lb["spec"]["selector"]["app.kubernetes.io/name"], "edge-lb", "{n}");
+        assert_eq!(
+            lb["spec"]["selector"]["app.kubernetes.io/name"], "edge-lb",
+            "{n}"
+        );
 
         // persister: sized to the topic's partitions.
         let p = ov.get("Deployment", "persister");
@@ -272,15 +301,24 @@ fn workloads_follow_the_deployment_rules() {
             );
             let spec = pod_spec(w);
             assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{n}: {name}");
-            assert_eq!(spec["securityContext"]["runAsUser"], 10001, "{n}: {name} uid = image USER");
+            assert_eq!(
+                spec["securityContext"]["runAsUser"], 10001,
+                "{n}: {name} uid = image USER"
+            );
             for c in all_containers(w) {
                 let cn = c["name"].as_str().unwrap_or("");
                 let r = &c["resources"];
                 for key in ["/requests/cpu", "/requests/memory", "/limits/memory"] {
                     assert!(r.pointer(key).is_some(), "{n}: {name}/{cn} resources{key}");
                 }
-                assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false, "{n}: {cn}");
-                assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{n}: {cn}");
+                assert_eq!(
+                    c["securityContext"]["allowPrivilegeEscalation"], false,
+                    "{n}: {cn}"
+                );
+                assert_eq!(
+                    c["securityContext"]["readOnlyRootFilesystem"], true,
+                    "{n}: {cn}"
+                );
             }
             let main = &spec["containers"][0];
             assert!(
@@ -304,7 +342,10 @@ fn workloads_follow_the_deployment_rules() {
                 "{n}: {name} sysctls"
             );
             if ov.name == "production" {
-                assert!(sysctls.contains_key("net.core.somaxconn"), "{n}: {name} somaxconn");
+                assert!(
+                    sysctls.contains_key("net.core.somaxconn"),
+                    "{n}: {name} somaxconn"
+                );
             }
             let c = &pod_spec(w)["containers"][0];
             let nofile = c["env"]
@@ -327,37 +368,51 @@ fn probes_use_the_real_endpoints_on_the_configured_ports() {
         let n = &ov.name;
         let core = ov.get("StatefulSet", "core");
         let c = container(core, "core");
-        let cfg: toml::Value = toml::from_str(&ov.config_data("core-config", "core.toml")).unwrap();
-        let listen = port_of(cfg["listen"].as_str().unwrap());
+        let listen = port_of(&load_core(&ov).listen);
         probe(c, "readinessProbe", "/readyz", listen, n);
         probe(c, "livenessProbe", "/healthz", listen, n);
 
         let p = ov.get("Deployment", "persister");
         let c = container(p, "persister");
-        let cfg: toml::Value =
-            toml::from_str(&ov.config_data("persister-config", "persister.toml")).unwrap();
-        let listen = port_of(cfg["http"]["listen"].as_str().unwrap());
+        let listen = port_of(&load_persister(&ov).http.listen);
         probe(c, "readinessProbe", "/readyz", listen, n);
         probe(c, "livenessProbe", "/healthz", listen, n);
 
         let e = ov.get("Deployment", "edge-lb");
         let c = container(e, "edge-lb");
-        let t: Value = serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
-            .unwrap();
+        let t: Value =
+            serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
+                .unwrap();
         let admin = port_of(t["edge_lb"]["admin_listen"].as_str().unwrap());
         probe(c, "readinessProbe", "/healthz", admin, n);
         probe(c, "livenessProbe", "/healthz", admin, n);
         let proxy = port_of(t["edge_lb"]["listen"][0].as_str().unwrap());
         let lb = ov.get("Service", "edge-lb");
-        assert_eq!(container_port(c, &lb["spec"]["ports"][0]["targetPort"]), proxy, "{n}");
+        assert_eq!(
+            container_port(c, &lb["spec"]["ports"][0]["targetPort"]),
+            proxy,
+            "{n}"
+        );
         // the headless Service's port is the one edge-lb's discovery puts in the backends
         let hl = ov.get("Service", "core-headless");
         let core_port = hl["spec"]["ports"][0]["port"].as_u64().unwrap().to_string();
         let disc = container(e, "discover");
-        let env = resolved_env(&ov, disc, &BTreeMap::from([("metadata.namespace", n.clone())]));
+        let env = resolved_env(
+            &ov,
+            disc,
+            &BTreeMap::from([("metadata.namespace", n.clone())]),
+        );
         assert_eq!(env.get("CORE_PORT"), Some(&core_port), "{n}");
-        assert_eq!(env.get("CORE_SERVICE").map(String::as_str), Some("core-headless"), "{n}");
-        assert_eq!(env.get("CORE_STATEFULSET").map(String::as_str), Some("core"), "{n}");
+        assert_eq!(
+            env.get("CORE_SERVICE").map(String::as_str),
+            Some("core-headless"),
+            "{n}"
+        );
+        assert_eq!(
+            env.get("CORE_STATEFULSET").map(String::as_str),
+            Some("core"),
+            "{n}"
+        );
         // Prometheus annotations point at /metrics on the same ports.
         for (w, port) in [(core, port_of("x:8080")), (p, 0), (e, admin)] {
             let a = &w["spec"]["template"]["metadata"]["annotations"];
@@ -372,7 +427,12 @@ fn probes_use_the_real_endpoints_on_the_configured_ports() {
 fn probe(c: &Value, which: &str, path: &str, port: u16, overlay: &str) {
     let g = &c[which]["httpGet"];
     assert_eq!(g["path"], path, "{overlay}: {} {which}", c["name"]);
-    assert_eq!(container_port(c, &g["port"]), port, "{overlay}: {} {which} port", c["name"]);
+    assert_eq!(
+        container_port(c, &g["port"]),
+        port,
+        "{overlay}: {} {which} port",
+        c["name"]
+    );
 }
 
 /// terminationGracePeriodSeconds leaves each binary's drain logic time to finish.
@@ -380,39 +440,41 @@ fn probe(c: &Value, which: &str, path: &str, port: u16, overlay: &str) {
 fn termination_grace_covers_the_drain_logic() {
     for ov in overlays() {
         let n = &ov.name;
-        let grace = |w: &Value| pod_spec(w)["terminationGracePeriodSeconds"].as_u64().unwrap();
-        let cfg: toml::Value = toml::from_str(&ov.config_data("core-config", "core.toml")).unwrap();
-        let core_ms = cfg
-            .get("shutdown_grace_ms")
-            .and_then(toml::Value::as_integer)
-            .unwrap_or(quiz_core::Config::default().shutdown_grace_ms as i64) as u64;
+        let grace = |w: &Value| {
+            pod_spec(w)["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap()
+        };
+        let core_ms = load_core(&ov).shutdown_grace_ms;
         assert!(
             grace(ov.get("StatefulSet", "core")) * 1000 >= core_ms + 5000,
             "{n}: core grace vs shutdown_grace_ms {core_ms}"
         );
-        let cfg: toml::Value =
-            toml::from_str(&ov.config_data("persister-config", "persister.toml")).unwrap();
-        let p_ms = cfg
-            .get("shutdown_grace_ms")
-            .and_then(toml::Value::as_integer)
-            .unwrap_or(persister::Config::default().shutdown_grace_ms as i64) as u64;
+        let p_ms = load_persister(&ov).shutdown_grace_ms;
         assert!(
             grace(ov.get("Deployment", "persister")) * 1000 >= p_ms + 5000,
             "{n}: persister grace vs shutdown_grace_ms {p_ms}"
         );
         let e = ov.get("Deployment", "edge-lb");
-        let t: Value = serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
-            .unwrap();
+        let t: Value =
+            serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
+                .unwrap();
         let pre_stop: u64 = container(e, "edge-lb")["lifecycle"]["preStop"]["exec"]["command"]
             .as_array()
             .and_then(|c| (c.first()? == "sleep").then(|| c.get(1)?.as_str()?.parse().ok())?)
             .expect("edge-lb preStop sleep N");
         let needed = pre_stop
-            + t["grace_period_seconds"].as_u64().expect("grace_period_seconds")
+            + t["grace_period_seconds"]
+                .as_u64()
+                .expect("grace_period_seconds")
             + t["graceful_shutdown_timeout_seconds"]
                 .as_u64()
                 .expect("graceful_shutdown_timeout_seconds");
-        assert!(grace(e) >= needed + 2, "{n}: edge-lb grace {} < {needed} + 2", grace(e));
+        assert!(
+            grace(e) >= needed + 2,
+            "{n}: edge-lb grace {} < {needed} + 2",
+            grace(e)
+        );
     }
 }
 
@@ -433,113 +495,159 @@ fn script_env(rel: &str) -> BTreeSet<String> {
     out
 }
 
-/// core: the ConfigMap's core.toml plus the container's environment, loaded exactly as
-/// `quiz-core` does (`Config::load`: file with unknown keys rejected, env/CLI overrides,
-/// validation). Every env var must be one quiz-core (or the entrypoint) reads, and the
-/// result must be distributed mode with no loopback defaults left.
+/// The environment a container of image `image` runs with: the image's `ENV` (from its
+/// Dockerfile), overridden by the container's `env`, references resolved.
+fn runtime_env(
+    ov: &Overlay,
+    image: &str,
+    c: &Value,
+    fields: &BTreeMap<&str, String>,
+) -> BTreeMap<String, String> {
+    let df = dockerfile::parse(&read(&format!("deploy/docker/{image}.Dockerfile"))).unwrap();
+    let mut env = BTreeMap::new();
+    for i in df.stages.last().unwrap().all("ENV") {
+        for kv in i.args.split_whitespace() {
+            let (k, v) = kv.split_once('=').expect("ENV KEY=VALUE");
+            env.insert(k.to_string(), v.to_string());
+        }
+    }
+    env.extend(resolved_env(ov, c, fields));
+    env
+}
+
+/// core's configuration in an overlay, loaded exactly as `quiz-core` does
+/// (`Config::load`: core.toml from the ConfigMap with unknown keys rejected, then the
+/// environment, then validation). Every env var must be one quiz-core or the entrypoint
+/// reads.
+fn load_core(ov: &Overlay) -> quiz_core::Config {
+    let n = &ov.name;
+    let entrypoint_env = script_env("deploy/docker/entrypoint.sh");
+    let w = ov.get("StatefulSet", "core");
+    let c = container(w, "core");
+    let fields = BTreeMap::from([("metadata.name", "core-0".to_string())]);
+    let env = runtime_env(ov, "core", c, &fields);
+    let by_env: BTreeMap<String, String> = quiz_core::config::Cli::command()
+        .get_arguments()
+        .filter_map(|a| {
+            Some((
+                a.get_env()?.to_string_lossy().into_owned(),
+                a.get_long()?.to_string(),
+            ))
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!(
+        "deploy-check-core-{}-{n}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = vec!["quiz-core".to_string()];
+    for (k, v) in &env {
+        if k == "QUIZ_CONFIG" {
+            let file = dir.join("core.toml");
+            std::fs::write(&file, mounted_file(ov, w, c, v)).unwrap();
+            args.push("--config".into());
+            args.push(file.to_string_lossy().into_owned());
+        } else if let Some(long) = by_env.get(k) {
+            args.push(format!("--{long}"));
+            args.push(v.clone());
+        } else {
+            assert!(
+                entrypoint_env.contains(k) || k == "RUST_LOG",
+                "{n}: env {k} is read by neither quiz-core nor the entrypoint"
+            );
+        }
+    }
+    // The test process's own QUIZ_* variables must not leak in: clap's env lookup is off.
+    let matches = quiz_core::config::Cli::command()
+        .mut_args(|a| a.env(None::<&'static str>))
+        .try_get_matches_from(&args)
+        .unwrap_or_else(|e| panic!("{n}: quiz-core command line {args:?}: {e}"));
+    let cli = quiz_core::config::Cli::from_arg_matches(&matches).unwrap();
+    let cfg = quiz_core::Config::load(&cli).unwrap_or_else(|e| panic!("{n}: quiz-core: {e}"));
+    std::fs::remove_dir_all(&dir).ok();
+    cfg
+}
+
+/// The persister's configuration in an overlay: persister.toml parsed with
+/// `persister::Config` (unknown keys rejected), the environment applied with its own
+/// `apply_env` (which also tells which names it reads), then `validate`.
+fn load_persister(ov: &Overlay) -> persister::Config {
+    let n = &ov.name;
+    let entrypoint_env = script_env("deploy/docker/entrypoint.sh");
+    let main_rs = read("persister/src/main.rs");
+    let w = ov.get("Deployment", "persister");
+    let c = container(w, "persister");
+    let env = runtime_env(ov, "persister", c, &BTreeMap::new());
+    let file = env.get("PERSISTER_CONFIG").expect("PERSISTER_CONFIG");
+    assert!(
+        main_rs.contains("env = \"PERSISTER_CONFIG\""),
+        "persister reads PERSISTER_CONFIG"
+    );
+    let mut cfg = persister::Config::from_toml(&mounted_file(ov, w, c, file))
+        .unwrap_or_else(|e| panic!("{n}: persister.toml: {e}"));
+    let asked = std::cell::RefCell::new(BTreeSet::new());
+    cfg.apply_env(|k| {
+        asked.borrow_mut().insert(k.to_string());
+        env.get(k).cloned()
+    })
+    .unwrap_or_else(|e| panic!("{n}: {e}"));
+    cfg.validate().unwrap_or_else(|e| panic!("{n}: {e}"));
+    let asked = asked.into_inner();
+    for k in env.keys() {
+        assert!(
+            asked.contains(k) || k == "PERSISTER_CONFIG" || entrypoint_env.contains(k),
+            "{n}: env {k} is read by neither the persister nor the entrypoint"
+        );
+    }
+    cfg
+}
+
+fn not_loopback(s: &str, what: &str) {
+    assert!(
+        !s.contains("127.0.0.1") && !s.contains("localhost"),
+        "{what}: {s} is a loopback default"
+    );
+}
+
+/// core loads, in distributed mode, with no loopback defaults left.
 #[test]
 fn core_config_loads_with_quiz_core_config() {
-    let entrypoint_env = script_env("deploy/docker/entrypoint.sh");
     for ov in overlays() {
         let n = &ov.name;
-        let w = ov.get("StatefulSet", "core");
-        let c = container(w, "core");
-        let env = resolved_env(
-            &ov,
-            c,
-            &BTreeMap::from([("metadata.name", "core-0".to_string())]),
-        );
-        let cmd = quiz_core::config::Cli::command();
-        let by_env: BTreeMap<String, String> = cmd
-            .get_arguments()
-            .filter_map(|a| {
-                Some((
-                    a.get_env()?.to_string_lossy().into_owned(),
-                    a.get_long()?.to_string(),
-                ))
-            })
-            .collect();
-        let dir = std::env::temp_dir().join(format!("deploy-check-core-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut args = vec!["quiz-core".to_string()];
-        for (k, v) in &env {
-            if k == "QUIZ_CONFIG" {
-                let file = dir.join("core.toml");
-                std::fs::write(&file, mounted_file(&ov, w, c, v)).unwrap();
-                args.push("--config".into());
-                args.push(file.to_string_lossy().into_owned());
-            } else if let Some(long) = by_env.get(k) {
-                args.push(format!("--{long}"));
-                args.push(v.clone());
-            } else {
-                assert!(
-                    entrypoint_env.contains(k) || k == "RUST_LOG",
-                    "{n}: env {k} is read by neither quiz-core nor the entrypoint"
-                );
-            }
-        }
-        // The test process's own QUIZ_* variables must not leak in.
-        let matches = quiz_core::config::Cli::command()
-            .mut_args(|a| a.env(None::<&'static str>))
-            .try_get_matches_from(&args)
-            .unwrap_or_else(|e| panic!("{n}: quiz-core command line {args:?}: {e}"));
-        let cli = quiz_core::config::Cli::from_arg_matches(&matches).unwrap();
-        let cfg = quiz_core::Config::load(&cli).unwrap_or_else(|e| panic!("{n}: quiz-core: {e}"));
+        let cfg = load_core(&ov);
         assert!(!cfg.is_embedded(), "{n}: core must run in distributed mode");
-        assert_eq!(cfg.node_name, "core-0", "{n}");
+        assert_eq!(cfg.node_name, "core-0", "{n}: node name = pod name");
         assert!(!cfg.demo_quiz, "{n}: no demo quiz in a cluster");
         for s in cfg.redis_nodes.iter().chain([&cfg.kafka_brokers]) {
-            assert!(!s.contains("127.0.0.1") && !s.contains("localhost"), "{n}: {s}");
+            not_loopback(s, n);
         }
-        assert!(!cfg.listen.starts_with("127."), "{n}: core must listen on the pod network");
-        std::fs::remove_dir_all(&dir).ok();
+        assert!(
+            !cfg.listen.starts_with("127."),
+            "{n}: core must listen on the pod network"
+        );
     }
 }
 
-/// persister: persister.toml parsed with `persister::Config` (unknown keys rejected), the
-/// environment applied with its own `apply_env` (which also tells which names it reads),
-/// then `validate`.
+/// The persister loads and drains the topic core produces to, from the same brokers.
 #[test]
 fn persister_config_loads_with_persister_config() {
-    let entrypoint_env = script_env("deploy/docker/entrypoint.sh");
-    let main_rs = read("persister/src/main.rs");
     for ov in overlays() {
         let n = &ov.name;
-        let w = ov.get("Deployment", "persister");
-        let c = container(w, "persister");
-        let env = resolved_env(&ov, c, &BTreeMap::new());
-        let file = env.get("PERSISTER_CONFIG").expect("PERSISTER_CONFIG");
-        assert!(main_rs.contains("env = \"PERSISTER_CONFIG\""), "persister reads PERSISTER_CONFIG");
-        let mut cfg = persister::Config::from_toml(&mounted_file(&ov, w, c, file))
-            .unwrap_or_else(|e| panic!("{n}: persister.toml: {e}"));
-        let asked = std::cell::RefCell::new(BTreeSet::new());
-        cfg.apply_env(|k| {
-            asked.borrow_mut().insert(k.to_string());
-            env.get(k).cloned()
-        })
-        .unwrap_or_else(|e| panic!("{n}: {e}"));
-        cfg.validate().unwrap_or_else(|e| panic!("{n}: {e}"));
-        let asked = asked.into_inner();
-        for k in env.keys() {
-            assert!(
-                asked.contains(k) || k == "PERSISTER_CONFIG" || entrypoint_env.contains(k),
-                "{n}: env {k} is read by neither the persister nor the entrypoint"
-            );
-        }
-        for s in [&cfg.kafka.brokers, &cfg.mongodb.uri] {
-            assert!(!s.contains("127.0.0.1") && !s.contains("localhost"), "{n}: {s}");
-        }
-        assert!(!cfg.http.listen.starts_with("127."), "{n}: metrics on the pod network");
-        assert!(!cfg.kafka.create_dlq_topic, "{n}: the operator creates the DLQ topic");
-        // the topic the core produces to is the one the persister drains
-        let core = ov.get("StatefulSet", "core");
-        let core_env = resolved_env(
-            &ov,
-            container(core, "core"),
-            &BTreeMap::from([("metadata.name", "core-0".to_string())]),
+        let cfg = load_persister(&ov);
+        not_loopback(&cfg.kafka.brokers, n);
+        not_loopback(&cfg.mongodb.uri, n);
+        assert!(
+            !cfg.http.listen.starts_with("127."),
+            "{n}: metrics on the pod network"
         );
-        assert_eq!(core_env.get("QUIZ_KAFKA_TOPIC"), Some(&cfg.kafka.topic), "{n}");
-        assert_eq!(core_env.get("QUIZ_KAFKA_BROKERS"), Some(&cfg.kafka.brokers), "{n}");
+        assert!(
+            !cfg.kafka.create_dlq_topic,
+            "{n}: the operator creates the DLQ topic"
+        );
+        let core = load_core(&ov);
+        assert_eq!(core.kafka_topic, cfg.kafka.topic, "{n}");
+        assert_eq!(core.kafka_brokers, cfg.kafka.brokers, "{n}");
     }
 }
 
@@ -563,8 +671,16 @@ fn edge_lb_config_loads_with_edge_lb_parser() {
             .map(|w| w[1])
             .expect("edge-lb -c <file>");
         let disc = container(e, "discover");
-        let env = resolved_env(&ov, disc, &BTreeMap::from([("metadata.namespace", n.clone())]));
-        assert_eq!(env.get("DISCOVER_OUTPUT").map(String::as_str), Some(conf_path), "{n}");
+        let env = resolved_env(
+            &ov,
+            disc,
+            &BTreeMap::from([("metadata.namespace", n.clone())]),
+        );
+        assert_eq!(
+            env.get("DISCOVER_OUTPUT").map(String::as_str),
+            Some(conf_path),
+            "{n}"
+        );
         let template = mounted_file(&ov, e, disc, &env["DISCOVER_TEMPLATE"]);
         assert!(template.contains("__CORE_BACKENDS__"), "{n}");
         let text = template.replace(
@@ -574,14 +690,20 @@ fn edge_lb_config_loads_with_edge_lb_parser() {
         let (_server, edge) =
             edge_lb::parse_config(&text).unwrap_or_else(|err| panic!("{n}: edge-lb: {err}"));
         assert_eq!(edge.pools[0].backends.len(), 2);
-        assert!(!edge.admin_listen.starts_with("127."), "{n}: probes need the pod network");
+        assert!(
+            !edge.admin_listen.starts_with("127."),
+            "{n}: probes need the pod network"
+        );
         for s in edge.listen.iter() {
             assert!(!s.starts_with("127."), "{n}: {s}");
         }
         // every env var of the discovery containers is one the script reads
         let script = script_env("deploy/docker/edge-lb-discover.sh");
         for k in env.keys() {
-            assert!(script.contains(k), "{n}: discover env {k} is not read by the script");
+            assert!(
+                script.contains(k),
+                "{n}: discover env {k} is not read by the script"
+            );
         }
     }
 }
@@ -593,10 +715,14 @@ fn configmap_keys_are_documented() {
     for ov in overlays() {
         let cfg: toml::Table = toml::from_str(&ov.config_data("core-config", "core.toml")).unwrap();
         for k in cfg.keys() {
-            assert!(in_table(&core_md, k), "core key {k} not in docs/core.md's table");
+            assert!(
+                in_table(&core_md, k),
+                "core key {k} not in docs/core.md's table"
+            );
         }
-        let t: Value = serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
-            .unwrap();
+        let t: Value =
+            serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
+                .unwrap();
         let edge_md = read("docs/edge-lb.md");
         for (k, v) in t["edge_lb"].as_object().unwrap() {
             if let Some(m) = v.as_object() {

@@ -15,7 +15,11 @@ fn exported() -> BTreeSet<String> {
     for krate in ["core", "edge-lb", "persister"] {
         let m = sources::exported_metrics(&repo_root().join(krate).join("src"))
             .unwrap_or_else(|e| panic!("{krate}: {e}"));
-        assert!(m.len() >= 8, "{krate}: only {} metrics found: {m:?}", m.len());
+        assert!(
+            m.len() >= 8,
+            "{krate}: only {} metrics found: {m:?}",
+            m.len()
+        );
         all.extend(sources::series_names(&m));
     }
     all
@@ -35,7 +39,10 @@ fn source_scan_finds_every_documented_metric() {
                 let name = name.split('{').next().unwrap_or("");
                 if name.starts_with(prefix) {
                     n += 1;
-                    assert!(all.contains(name), "{doc} documents {name}, not found in source");
+                    assert!(
+                        all.contains(name),
+                        "{doc} documents {name}, not found in source"
+                    );
                 }
             }
         }
@@ -90,7 +97,11 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
     let all = exported();
     let d = dashboard();
     let mut exprs = dashboard_exprs(&d);
-    assert!(exprs.len() >= 20, "dashboard has {} expressions", exprs.len());
+    assert!(
+        exprs.len() >= 20,
+        "dashboard has {} expressions",
+        exprs.len()
+    );
     exprs.extend(
         alert_rules()
             .iter()
@@ -124,13 +135,23 @@ fn dashboard_covers_what_operators_watch() {
     ] {
         assert!(exprs.contains(metric), "dashboard lacks {what} ({metric})");
     }
-    assert!(exprs.contains("sum by (outcome)"), "answers must be split by outcome");
+    assert!(
+        exprs.contains("sum by (outcome)"),
+        "answers must be split by outcome"
+    );
     // panel ids unique, every panel has a datasource
     let mut ids = BTreeSet::new();
     for p in d["panels"].as_array().expect("panels") {
-        assert!(ids.insert(p["id"].as_u64().expect("id")), "duplicate panel id");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("id")),
+            "duplicate panel id"
+        );
         if p["type"] != "row" {
-            assert!(p["datasource"].is_object(), "panel {} has no datasource", p["title"]);
+            assert!(
+                p["datasource"].is_object(),
+                "panel {} has no datasource",
+                p["title"]
+            );
             assert!(p["targets"].as_array().is_some_and(|t| !t.is_empty()));
         }
     }
@@ -144,7 +165,10 @@ fn alert_rules_are_well_formed_and_cover_the_failure_modes() {
         let name = r["alert"].as_str().expect("alert name");
         assert!(names.insert(name.to_string()), "duplicate alert {name}");
         assert!(
-            matches!(r["labels"]["severity"].as_str(), Some("critical" | "warning" | "info")),
+            matches!(
+                r["labels"]["severity"].as_str(),
+                Some("critical" | "warning" | "info")
+            ),
             "{name}: severity"
         );
         assert!(r["annotations"]["summary"].is_string(), "{name}: summary");

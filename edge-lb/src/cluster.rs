@@ -653,8 +653,12 @@ impl Cluster {
         }
     }
 
-    /// Test/operations helper: is every backend of every pool eligible?
+    /// Test/operations helper: is every backend of every pool verified up and eligible?
     pub fn all_eligible(&self) -> bool {
-        self.inner.lock().backends.values().all(|b| b.eligible)
+        self.inner
+            .lock()
+            .backends
+            .values()
+            .all(|b| b.eligible && b.up == Some(true) && !b.draining)
     }
 }

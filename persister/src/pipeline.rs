@@ -454,15 +454,15 @@ pub fn consume(
                 pending.started.get_or_insert_with(Instant::now);
                 pending.records.push(record);
             }
-            Some(Err(e)) => {
-                // Broker outages surface here and in `error`; librdkafka
-                // reconnects by itself, so waiting is all there is to do.
-                if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                    warn!(error = %e, "consume error");
-                    last_poll_error = Some(Instant::now());
-                }
+            // Broker outages surface here and in `error`; librdkafka
+            // reconnects by itself, so waiting is all there is to do.
+            Some(Err(e))
+                if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) =>
+            {
+                warn!(error = %e, "consume error");
+                last_poll_error = Some(Instant::now());
             }
-            None => {}
+            Some(Err(_)) | None => {}
         }
         let due = {
             let pending = lock(&shared.pending);

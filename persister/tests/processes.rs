@@ -148,8 +148,15 @@ async fn processes_share_partitions_and_rebalance_without_loss() {
 
     let mut a = spawn(&config, "a");
     let b = spawn(&config, "b");
-    // Let both join before the traffic starts.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let both join (cooperative rebalancing takes a few rounds) before the
+    // traffic starts.
+    for p in [&a, &b] {
+        testkit::eventually("partitions assigned to both", WAIT, || async {
+            let page = http_get(p.http, "/metrics").await?.1;
+            (metric(&page, "persister_assigned_partitions")? > 0.0).then_some(())
+        })
+        .await;
+    }
     for s in &scenarios[..4] {
         produce(&config.kafka.brokers, &config.kafka.topic, &s.records).await;
     }

@@ -110,7 +110,12 @@ pub fn container<'a>(o: &'a Value, name: &str) -> &'a Value {
         .as_array()
         .into_iter()
         .flatten()
-        .chain(pod_spec(o)["initContainers"].as_array().into_iter().flatten())
+        .chain(
+            pod_spec(o)["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
         .find(|c| c["name"] == name)
         .unwrap_or_else(|| panic!("{}: no container {name}", obj_name(o)))
 }
@@ -155,8 +160,10 @@ pub fn resolved_env(
                 None => panic!("overlay {}: env {name}: missing ConfigMap key {r}", ov.name),
             }
         } else if let Some(r) = from.get("secretKeyRef") {
-            match ov.secret_value(r["name"].as_str().unwrap_or(""), r["key"].as_str().unwrap_or(""))
-            {
+            match ov.secret_value(
+                r["name"].as_str().unwrap_or(""),
+                r["key"].as_str().unwrap_or(""),
+            ) {
                 Some(v) => {
                     env.insert(name, v);
                 }
