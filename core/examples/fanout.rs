@@ -171,14 +171,19 @@ fn worker(argv: &[String]) -> anyhow::Result<()> {
             ready.push(rx);
             tokio::spawn(async move {
                 let permit = limit.acquire_owned().await;
-                let opened = if ws {
-                    ws_open(Some(source), addr, &quiz, &token).await
-                } else {
-                    common::connect_from(Some(source), addr)
-                        .await
-                        .map(|s| (s, Vec::new()))
-                        .map_err(anyhow::Error::from)
+                let open = async {
+                    if ws {
+                        ws_open(Some(source), addr, &quiz, &token).await
+                    } else {
+                        common::connect_from(Some(source), addr)
+                            .await
+                            .map(|s| (s, Vec::new()))
+                            .map_err(anyhow::Error::from)
+                    }
                 };
+                let opened = tokio::time::timeout(Duration::from_secs(60), open)
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("connect timed out")));
                 drop(permit);
                 let (mut s, mut buf) = match opened {
                     Ok(v) => v,

@@ -39,6 +39,11 @@ fn renders_and_matches_the_kubernetes_schema() {
     assert_eq!(ov.objects.len(), 2, "only the Job and its template");
 }
 
+#[test]
+fn renderer_agrees_with_kubectl_kustomize_when_installed() {
+    compare_with_kubectl(&job());
+}
+
 /// The load test's edge-lb runs the release's configuration: the template is the base's
 /// except `limits.max_connections`, and the discovery settings are the edge-lb
 /// Deployment's.
