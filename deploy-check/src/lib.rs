@@ -14,7 +14,8 @@
 //! probes, grace periods, sysctls, sizes, and the configuration each binary would load,
 //! parsed with the binaries' own config types), `monitoring.rs` (dashboard and alert
 //! metrics exist), `docker.rs` (Dockerfile lint), `discovery.rs` (edge-lb's discovery
-//! sidecar script).
+//! sidecar script, run for real), `loadtest_job.rs` (the in-cluster load-test Job).
+//! `docs/deploy.md` ("How it is checked") lists every check.
 
 pub mod dockerfile;
 pub mod kustomize;
