@@ -164,7 +164,7 @@ fn worker(argv: &[String]) -> anyhow::Result<()> {
         let closed = Arc::new(AtomicU64::new(0));
         let connect_limit = Arc::new(tokio::sync::Semaphore::new(128));
         let mut ready = Vec::new();
-        for token in tokens[from..to].iter().cloned() {
+        for token in tokens.into_iter().take(to).skip(from) {
             let (frames, closed, quiz) = (Arc::clone(&frames), Arc::clone(&closed), quiz.clone());
             let limit = Arc::clone(&connect_limit);
             let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
@@ -463,8 +463,7 @@ fn coordinator(args: Args) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("fanout-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let tokens_file = dir.join("tokens.txt");
-    let drivers_needed =
-        (args.runs as u64 * (args.seconds + args.warmup + 5) * 4 + 100) as usize;
+    let drivers_needed = (args.runs as u64 * (args.seconds + args.warmup + 5) * 4 + 100) as usize;
 
     // Setup: one live quiz, n + driver players.
     let (quiz, host, tokens, driver_tokens) = rt.block_on(async {

@@ -166,7 +166,7 @@ fn check_message(input: &[u8], ctx: &str) {
                 e.code
             );
             assert!(
-                e.message.len() <= 512,
+                e.message.len() <= 256,
                 "{ctx}: error message of {} bytes",
                 e.message.len()
             );
@@ -188,6 +188,8 @@ fn message_parser_survives_random_and_mutated_input() {
             1 => (0..rng.below(200))
                 .map(|_| INTERESTING[rng.below(INTERESTING.len())])
                 .collect(),
+            // a seed as it is (valid ones must keep parsing)
+            2 => SEEDS[rng.below(SEEDS.len())].as_bytes().to_vec(),
             // a mutated seed
             _ => {
                 let mut v = SEEDS[rng.below(SEEDS.len())].as_bytes().to_vec();
@@ -208,7 +210,10 @@ fn message_parser_survives_random_and_mutated_input() {
     }
     // The mutations must keep a useful share of inputs valid, or the test
     // would only exercise the first byte of the parser.
-    assert!(ok > iters / 50, "only {ok} of {iters} inputs parsed ({err} errors)");
+    assert!(
+        ok > iters / 100,
+        "only {ok} of {iters} inputs parsed ({err} errors)"
+    );
 }
 
 /// One masked client frame.
@@ -377,7 +382,11 @@ fn frame_reader_survives_random_and_mutated_streams() {
             mutate(&mut rng, &mut bytes, &other);
             bytes
         };
-        read_all(&input, max, &format!("seed {seed} iteration {it} max {max}"));
+        read_all(
+            &input,
+            max,
+            &format!("seed {seed} iteration {it} max {max}"),
+        );
     }
 }
 

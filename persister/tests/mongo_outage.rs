@@ -11,21 +11,34 @@ use std::time::Duration;
 use common::*;
 use tokio_util::sync::CancellationToken;
 
-const STACK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/stack");
+/// `deploy/local/stack` of this workspace (through symlinks: the script
+/// finds its state beside its real path).
+fn stack_path() -> std::path::PathBuf {
+    let manifest = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR"))
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    manifest.join("../deploy/local/stack")
+}
 
 fn stack(verb: &str) {
-    let status = Command::new(STACK)
+    let stack = stack_path();
+    let status = Command::new(&stack)
         .args([verb, "mongodb"])
         .status()
-        .unwrap_or_else(|e| panic!("{STACK} {verb} mongodb: {e}"));
-    assert!(status.success(), "{STACK} {verb} mongodb: {status}");
+        .unwrap_or_else(|e| panic!("{} {verb} mongodb: {e}", stack.display()));
+    assert!(
+        status.success(),
+        "{} {verb} mongodb: {status}",
+        stack.display()
+    );
 }
 
 /// Restarts MongoDB however the test ends.
 struct Restart;
 impl Drop for Restart {
     fn drop(&mut self) {
-        let _ = Command::new(STACK).args(["start", "mongodb"]).status();
+        let _ = Command::new(stack_path())
+            .args(["start", "mongodb"])
+            .status();
     }
 }
 
@@ -40,6 +53,9 @@ async fn mongodb_down_for_20s_then_the_persister_catches_up() {
     let running = persister::start(config.clone(), shutdown.clone())
         .await
         .expect("start");
+    // Stop the consumer thread even if an assertion fails (the runtime
+    // waits for it when the test ends).
+    let _stop = shutdown.clone().drop_guard();
     let http = running.http_addr.expect("http");
     let db = database(&config).await;
     wait_complete(&db, &before, Duration::from_secs(60)).await;

@@ -25,6 +25,7 @@ async fn every_event_kind_lands() {
     let running = persister::start(config.clone(), shutdown.clone())
         .await
         .expect("start");
+    let _stop = shutdown.clone().drop_guard();
     let db = database(&config).await;
     wait_complete(&db, &s, WAIT).await;
     assert_invariant(&db, &s).await;
@@ -104,6 +105,7 @@ async fn redelivered_and_replayed_events_change_nothing() {
     let running = persister::start(config.clone(), shutdown.clone())
         .await
         .expect("start");
+    let _stop = shutdown.clone().drop_guard();
     let db = database(&config).await;
     wait_complete(&db, &s, WAIT).await;
     let before = snapshot(&db).await;
@@ -129,6 +131,7 @@ async fn redelivered_and_replayed_events_change_nothing() {
     let running = persister::start(again, shutdown.clone())
         .await
         .expect("start");
+    let _stop = shutdown.clone().drop_guard();
     testkit::eventually("the topic re-read", WAIT, || async {
         (running.metrics.events_persisted.get() == 3 * s.records.len() as u64).then_some(())
     })
@@ -193,6 +196,7 @@ async fn poison_events_are_dead_lettered_and_the_rest_flows() {
     let running = persister::start(config.clone(), shutdown.clone())
         .await
         .expect("start");
+    let _stop = shutdown.clone().drop_guard();
     let db = database(&config).await;
     wait_complete(&db, &s, WAIT).await;
     assert_invariant(&db, &s).await;

@@ -579,7 +579,11 @@ async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
         args.push(format!("{}:{}", a.player_id, a.question_id));
         args.push(format!("{}|{}", a.token, a.record));
         args.push(a.points.to_string());
-        args.push(if a.late { "0".to_string() } else { dk.to_string() });
+        args.push(if a.late {
+            "0".to_string()
+        } else {
+            dk.to_string()
+        });
         args.push(choices.join(","));
     }
     let route = Route::with_key(&keys[0], SlotAddr::Master);
@@ -1063,8 +1067,11 @@ impl QuizStore for RedisClusterStore {
         // record leaves out), in one round trip to the quiz's slot.
         let mut conn = self.shared.conn.clone();
         let mut pipe = redis::pipe();
-        pipe.hget(key(quiz_id, "answers"), format!("{player_id}:{question_id}"))
-            .hget(key(quiz_id, "players"), player_id);
+        pipe.hget(
+            key(quiz_id, "answers"),
+            format!("{player_id}:{question_id}"),
+        )
+        .hget(key(quiz_id, "players"), player_id);
         let (stored, player): (Option<String>, Option<String>) = tokio::time::timeout(
             self.shared.opts.command_timeout,
             pipe.query_async(&mut conn),
@@ -1271,8 +1278,17 @@ mod tests {
     #[test]
     fn corrupt_records_are_errors_not_panics() {
         for bad in [
-            "", "c", "c1", "c12;1;2;3;", "c10;1;2;3", "c10;x;2;3;", "c10;1;2;3;4;5", "c10;1;2;3;a",
-            "c10;99999999999;2;3;1", "{", "c10;1;2;3;1,,2",
+            "",
+            "c",
+            "c1",
+            "c12;1;2;3;",
+            "c10;1;2;3",
+            "c10;x;2;3;",
+            "c10;1;2;3;4;5",
+            "c10;1;2;3;a",
+            "c10;99999999999;2;3;1",
+            "{",
+            "c10;1;2;3;1,,2",
         ] {
             assert!(decode_record(bad, "p", "n", 0).is_err(), "{bad:?}");
         }
