@@ -163,8 +163,6 @@ async fn processes_share_partitions_and_rebalance_without_loss() {
     for s in &scenarios[..4] {
         wait_complete(&db, s, WAIT).await;
     }
-    let (pa, pb) = (persisted(&a).await, persisted(&b).await);
-    assert!(pa > 0.0 && pb > 0.0, "both processes consumed ({pa}, {pb})");
 
     // A third one joins while events flow.
     let c = spawn(&config, "c");
@@ -173,6 +171,7 @@ async fn processes_share_partitions_and_rebalance_without_loss() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // One leaves (SIGTERM: it finishes its batch and commits) while events flow.
+    let pa = persisted(&a).await;
     sigterm(&a);
     for s in &scenarios[8..] {
         produce(&config.kafka.brokers, &config.kafka.topic, &s.records).await;
@@ -188,5 +187,9 @@ async fn processes_share_partitions_and_rebalance_without_loss() {
     let total: usize = scenarios.iter().map(|s| s.records.len()).sum();
     let (pb, pc) = (persisted(&b).await, persisted(&c).await);
     eprintln!("persisted: a {pa}+, b {pb}, c {pc} of {total}");
+    // Which process owns which quiz depends on key hashing; with 12 quizzes
+    // on 4 partitions, more than one process must have written some.
+    let writers = [pa, pb, pc].iter().filter(|&&p| p > 0.0).count();
+    assert!(writers >= 2, "the work was shared ({pa}, {pb}, {pc})");
     drop((b, c));
 }
