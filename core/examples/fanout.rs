@@ -389,9 +389,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A driver: every 250 ms a fresh player connects and answers question 0,
-/// so that the leaderboard version moves between any two 500 ms ticks.
-/// Returns the first leaderboard payload it saw (the baseline's frame).
+/// A driver: every 250 ms a fresh player connects and answers question 0
+/// (each answer its own task, so a slow handshake never skips a tick), so
+/// that the leaderboard version moves between any two 500 ms ticks. Keeps
+/// the first leaderboard payload it sees (the baseline's frame).
 async fn drive(
     addr: SocketAddr,
     quiz: String,
@@ -401,44 +402,65 @@ async fn drive(
     sample: Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tasks = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-        let Some(token) = tokens.get(i) else {
+        let Some(token) = tokens.get(i).cloned() else {
             eprintln!("driver: out of driver players");
-            return;
+            break;
         };
-        let Ok((mut s, mut buf)) = ws_open(None, addr, &quiz, token).await else {
-            continue;
-        };
-        let answer = client_text(br#"{"type":"answer","question_id":0,"choices":[0]}"#);
-        if s.write_all(&answer).await.is_err() {
-            continue;
+        tasks.push(tokio::spawn(answer_once(
+            addr,
+            quiz.clone(),
+            token,
+            Arc::clone(&sample),
+        )));
+        tasks.retain(|t| !t.is_finished());
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// One driver answer: connect, answer question 0, read until the result
+/// (and, while no sample is kept yet, a leaderboard frame), at most 3 s.
+async fn answer_once(
+    addr: SocketAddr,
+    quiz: String,
+    token: String,
+    sample: Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let Ok(Ok((mut s, mut buf))) =
+        tokio::time::timeout_at(deadline, ws_open(None, addr, &quiz, &token)).await
+    else {
+        return;
+    };
+    let answer = client_text(br#"{"type":"answer","question_id":0,"choices":[0]}"#);
+    if s.write_all(&answer).await.is_err() {
+        return;
+    }
+    let mut got_result = false;
+    let mut chunk = [0u8; 4096];
+    while tokio::time::Instant::now() < deadline {
+        drain_frames(&mut buf, |op, p| {
+            if op == 1 && p.starts_with(br#"{"type":"answer_result""#) {
+                got_result = true;
+            }
+            if op == 1 && p.starts_with(LEADERBOARD_PREFIX) {
+                let mut g = sample.lock();
+                if g.is_none() {
+                    *g = Some(p.to_vec());
+                }
+            }
+        });
+        if got_result && sample.lock().is_some() {
+            break;
         }
-        // Read until the answer result (and, while no sample is kept yet, a
-        // leaderboard frame), at most 1.5 s.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
-        let mut got_result = false;
-        let mut chunk = [0u8; 4096];
-        while tokio::time::Instant::now() < deadline {
-            drain_frames(&mut buf, |op, p| {
-                if op == 1 && p.starts_with(br#"{"type":"answer_result""#) {
-                    got_result = true;
-                }
-                if op == 1 && p.starts_with(LEADERBOARD_PREFIX) {
-                    let mut g = sample.lock();
-                    if g.is_none() {
-                        *g = Some(p.to_vec());
-                    }
-                }
-            });
-            if got_result && sample.lock().is_some() {
-                break;
-            }
-            match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                _ => break,
-            }
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
         }
     }
 }
@@ -463,7 +485,7 @@ fn coordinator(args: Args) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("fanout-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let tokens_file = dir.join("tokens.txt");
-    let drivers_needed = (args.runs as u64 * (args.seconds + args.warmup + 5) * 4 + 100) as usize;
+    let drivers_needed = (args.runs as u64 * (args.seconds + args.warmup + 10) * 4 + 100) as usize;
 
     // Setup: one live quiz, n + driver players.
     let (quiz, host, tokens, driver_tokens) = rt.block_on(async {

@@ -105,6 +105,11 @@ pub struct PublicQuestion<'a> {
     pub options: &'a [String],
     pub time_limit_ms: u64,
     pub points: u32,
+    /// True when more than one option is correct, so the client offers a
+    /// multi-select ("choose all that apply"); an answer is correct only when
+    /// the chosen set equals the correct set, which a single tap could never
+    /// be. An extension of the contract's question object.
+    pub multi: bool,
 }
 
 impl<'a> From<&'a Question> for PublicQuestion<'a> {
@@ -116,6 +121,7 @@ impl<'a> From<&'a Question> for PublicQuestion<'a> {
             options: &q.options,
             time_limit_ms: q.time_limit_ms,
             points: q.points,
+            multi: q.correct.len() > 1,
         }
     }
 }

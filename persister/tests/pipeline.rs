@@ -252,3 +252,184 @@ async fn poison_events_are_dead_lettered_and_the_rest_flows() {
     shutdown.cancel();
     running.wait().await.expect("clean stop");
 }
+
+/// MongoDB refusing one statement for its content: the in-memory store
+/// rejects the `quizzes` statement that carries question 1's window, which
+/// the batch folded together with every other quiz event. `write_batch`
+/// isolates the culprit, the pipeline dead-letters it (`rejected_by_mongodb`,
+/// original bytes), writes the rest of the batch and commits its offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_rejected_by_mongodb_dead_letters_only_its_event() {
+    use persister::store::memory::MemoryStore;
+    use persister::store::Store;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    // One partition and a generous time bound, so the whole topic is one batch.
+    let mut config = test_config("rejected", 1).await;
+    config.batch.max_events = 1000;
+    config.batch.max_wait_ms = 2000;
+    let s = scenario(&testkit::unique_quiz_id(), 4, 3);
+    let culprit = s
+        .records
+        .iter()
+        .position(|r| {
+            String::from_utf8_lossy(&r.value).contains(&format!("\"{}:question:1\"", s.quiz_id))
+        })
+        .expect("question 1 is opened");
+    produce(&config.kafka.brokers, &config.kafka.topic, &s.records).await;
+
+    let store = Arc::new(MemoryStore::rejecting(|collection, upsert| {
+        (collection == "quizzes" && upsert.set.contains_key("question_windows.1"))
+            .then(|| "simulated: document failed validation".to_string())
+    }));
+    let shutdown = CancellationToken::new();
+    let running = persister::start_with_store(
+        config.clone(),
+        store.clone() as Arc<dyn Store>,
+        shutdown.clone(),
+    )
+    .await
+    .expect("start");
+    let _stop = shutdown.clone().drop_guard();
+    let total = s.records.len() as u64;
+    testkit::eventually("the batch written", WAIT, || async {
+        (running.metrics.events_persisted.get() + running.metrics.dead_lettered_total() == total)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(running.metrics.events_persisted.get(), total - 1);
+    assert_eq!(
+        running
+            .metrics
+            .dead_lettered
+            .with_label_values(&["rejected_by_mongodb"])
+            .get(),
+        1
+    );
+    assert_eq!(running.metrics.dead_lettered_total(), 1);
+    assert_eq!(running.metrics.batch_size.get_sample_count(), 1, "one batch");
+    assert_eq!(running.metrics.batch_size.get_sample_sum(), total as f64);
+
+    // Offsets: the group's committed position is the end of the partition.
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let topic = config.kafka.topic.clone();
+    testkit::eventually("offsets committed", WAIT, || {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, 0);
+        let committed = reader
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .ok()
+            .and_then(|c| c.find_partition(&topic, 0).map(|p| p.offset()));
+        async move { (committed == Some(Offset::Offset(total as i64))).then_some(()) }
+    })
+    .await;
+
+    // The rest of the batch is written: every answer, player and score, the
+    // invariant, and the quiz with every question window but the rejected one.
+    let data = store.snapshot();
+    let quiz_docs: Vec<_> = data
+        .get("quizzes")
+        .map(|d| d.values().collect())
+        .unwrap_or_default();
+    assert_eq!(quiz_docs.len(), 1);
+    let quiz = quiz_docs[0];
+    assert_eq!(quiz.get_str("state").ok(), Some("ended"), "{quiz}");
+    assert_eq!(quiz.get_str("title").ok(), Some("T"));
+    assert_eq!(int(quiz, "question_count"), 3);
+    assert_eq!(int(quiz, "started_at_ms"), 2000);
+    assert_eq!(quiz.get_array("final_top").map(|a| a.len()).ok(), Some(1));
+    let windows = quiz.get_document("question_windows").expect("windows");
+    let mut keys: Vec<&str> = windows.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["0", "2"], "only question 1's window is missing");
+    let of_quiz = |c: &str| -> Vec<bson::Document> {
+        data.get(c)
+            .map(|d| {
+                d.values()
+                    .filter(|d| d.get_str("quiz_id").ok() == Some(s.quiz_id.as_str()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(of_quiz("players").len(), s.players);
+    let answers = of_quiz("answers");
+    assert_eq!(answers.len(), s.answers);
+    let mut sums: std::collections::BTreeMap<String, i64> =
+        s.expected_scores.keys().map(|p| (p.clone(), 0)).collect();
+    for a in &answers {
+        *sums
+            .entry(a.get_str("player_id").unwrap_or_default().to_string())
+            .or_insert(0) += int(a, "points");
+    }
+    let scores: std::collections::BTreeMap<String, i64> = of_quiz("scores")
+        .iter()
+        .map(|d| {
+            (
+                d.get_str("player_id").unwrap_or_default().to_string(),
+                int(d, "score"),
+            )
+        })
+        .collect();
+    assert_eq!(scores, sums, "scores.score = sum(answers.points)");
+    assert_eq!(scores, s.expected_scores);
+
+    // The dead-letter topic holds the culprit, unchanged, with its reason.
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", testkit::unique_name("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&config.dlq_topic()])
+        .expect("subscribe");
+    let mut seen = Vec::new();
+    // Read until the copy arrives, then a little longer to see no other.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut quiet_until: Option<std::time::Instant> = None;
+    while std::time::Instant::now() < deadline
+        && quiet_until.is_none_or(|t| std::time::Instant::now() < t)
+    {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m.headers().expect("headers");
+            let get = |k: &str| {
+                headers
+                    .iter()
+                    .find(|h| h.key == k)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+            };
+            seen.push((
+                get("dlq_reason_kind"),
+                get("dlq_reason"),
+                get("dlq_original_topic"),
+                get("dlq_original_partition"),
+                get("dlq_original_offset"),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+            ));
+            quiet_until.get_or_insert(std::time::Instant::now() + Duration::from_secs(2));
+        }
+    }
+    assert_eq!(seen.len(), 1, "exactly one dead-lettered record");
+    let (kind, reason, topic, partition, offset, key, payload) = &seen[0];
+    assert_eq!(kind.as_deref(), Some("rejected_by_mongodb"));
+    let reason = reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("rejected by MongoDB") && reason.contains("failed validation"),
+        "{reason}"
+    );
+    assert_eq!(topic.as_deref(), Some(config.kafka.topic.as_str()));
+    assert_eq!(partition.as_deref(), Some("0"));
+    assert_eq!(offset.as_deref(), Some(culprit.to_string().as_str()));
+    assert_eq!(key.as_deref(), Some(s.quiz_id.as_bytes()));
+    assert_eq!(payload.as_deref(), Some(s.records[culprit].value.as_slice()));
+    shutdown.cancel();
+    running.wait().await.expect("clean stop");
+}

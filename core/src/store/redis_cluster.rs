@@ -12,7 +12,7 @@
 //! | `quiz:{X}:players` | hash | player_id → [`Player`] JSON |
 //! | `quiz:{X}:nicks` | hash | trimmed lowercased nickname → player_id |
 //! | `quiz:{X}:leaderboard` | zset | player_id, score = total points (contract) |
-//! | `quiz:{X}:answers` | hash | `player_id:question_id` → `attempt|AnswerRecord JSON` |
+//! | `quiz:{X}:answers` | hash | `player_id:question_id` → `attempt|record` (compact, see `encode_record`) |
 //! | `quiz:{X}:dist:Q` | hash | option index → count (on-time answers) |
 //! | `quiz:{X}:lbver` | string | leaderboard version (INCR per join and answer) |
 //! | `quiz:{X}:sent` | hash | `player_id:question_id` → ms the question was sent |
@@ -138,7 +138,7 @@ impl Lua {
 ///   `ZADD XX` of every changed score (absolute values, computed under the
 ///   script's atomicity), one `HINCRBY` per (question, option) counted, one
 ///   `INCRBY` of the version;
-/// - the record is a compact string (see [`encode_record`]), not JSON.
+/// - the record is a compact string (see `encode_record`), not JSON.
 ///
 /// Ranks are computed after the batch's writes, so they are the ranks in the
 /// state the script leaves (for an answer followed in the same batch by a
