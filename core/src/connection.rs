@@ -265,7 +265,7 @@ async fn welcome(
         }
         Mode::SelfPaced => {
             if state.phase == Phase::Running && !is_host {
-                if let Some((q, sent)) = svc.self_paced_current(def, player_id, now).await? {
+                if let Some((q, sent)) = svc.self_paced_current(def, player_id, 0, now).await? {
                     if let Some(qd) = def.questions.get(q as usize) {
                         presented.0.store(q, Ordering::Relaxed);
                         question = Some(QuestionMsg::new(qd, sent, sent + qd.time_limit_ms));
@@ -295,9 +295,15 @@ pub async fn present_next(
     outbox: &Outbox,
     presented: &Presented,
 ) -> Result<(), QuizError> {
-    if let Some((q, sent)) = svc.self_paced_current(def, player_id, now_ms()).await? {
+    // Everything before the question presented last is answered or expired:
+    // the walk starts there (see `self_paced_current`).
+    let prev = presented.0.load(Ordering::Relaxed);
+    let from = if prev == NONE_PRESENTED { 0 } else { prev };
+    if let Some((q, sent)) = svc
+        .self_paced_current(def, player_id, from, now_ms())
+        .await?
+    {
         if let Some(qd) = def.questions.get(q as usize) {
-            let prev = presented.0.load(Ordering::Relaxed);
             if prev == NONE_PRESENTED || q > prev {
                 presented.0.store(q, Ordering::Relaxed);
                 outbox.push_text(protocol::encode(&QuestionMsg::new(

@@ -307,7 +307,11 @@ async fn a_statement_rejected_by_mongodb_dead_letters_only_its_event() {
         1
     );
     assert_eq!(running.metrics.dead_lettered_total(), 1);
-    assert_eq!(running.metrics.batch_size.get_sample_count(), 1, "one batch");
+    assert_eq!(
+        running.metrics.batch_size.get_sample_count(),
+        1,
+        "one batch"
+    );
     assert_eq!(running.metrics.batch_size.get_sample_sum(), total as f64);
 
     // Offsets: the group's committed position is the end of the partition.
@@ -429,7 +433,10 @@ async fn a_statement_rejected_by_mongodb_dead_letters_only_its_event() {
     assert_eq!(partition.as_deref(), Some("0"));
     assert_eq!(offset.as_deref(), Some(culprit.to_string().as_str()));
     assert_eq!(key.as_deref(), Some(s.quiz_id.as_bytes()));
-    assert_eq!(payload.as_deref(), Some(s.records[culprit].value.as_slice()));
+    assert_eq!(
+        payload.as_deref(),
+        Some(s.records[culprit].value.as_slice())
+    );
     shutdown.cancel();
     running.wait().await.expect("clean stop");
 }

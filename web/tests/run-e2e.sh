@@ -70,12 +70,15 @@ else
   PORT=$(node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})")
   BASE_URL=http://127.0.0.1:$PORT
   log "starting $BIN on $BASE_URL (embedded mode)"
-  QUIZ_LISTEN=127.0.0.1:$PORT QUIZ_EVENT_LOG=$TMP/events.jsonl QUIZ_NODE_NAME=web-e2e \
+  # Embedded mode: distributed settings exported by the caller (the local
+  # stack's `stack env`, as deploy/local/test does) must not leak in.
+  env -u QUIZ_REDIS_NODES -u QUIZ_KAFKA_BROKERS \
+    QUIZ_LISTEN=127.0.0.1:$PORT QUIZ_EVENT_LOG=$TMP/events.jsonl QUIZ_NODE_NAME=web-e2e \
     "$BIN" >"$ART/core.log" 2>&1 &
   CORE_PID=$!
   for i in $(seq 150); do
     if curl -fsS "$BASE_URL/healthz" >/dev/null 2>&1; then break; fi
-    kill -0 "$CORE_PID" 2>/dev/null || { log "core exited; its log:"; tail -20 "$ART/core.log" >&2; exit 1; }
+    kill -0 "$CORE_PID" 2>/dev/null || { log "core exited; its log:"; grep -v "^  " "$ART/core.log" | tail -20 >&2; exit 1; }
     [ "$i" = 150 ] && { log "core did not become healthy in 30 s"; exit 1; }
     sleep 0.2
   done
