@@ -98,79 +98,6 @@ fn main() -> anyhow::Result<()> {
     run(parse_args(&argv))
 }
 
-/// The `host:port` of the master owning `key`'s slot.
-async fn master_of(seed: &str, key: &str) -> anyhow::Result<String> {
-    let client = redis::Client::open(format!("redis://{seed}"))?;
-    let mut c = client.get_multiplexed_async_connection().await?;
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query_async(&mut c)
-        .await?;
-    let text: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut c)
-        .await?;
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 9 || !f[2].contains("master") {
-            continue;
-        }
-        let owns = f[8..].iter().any(|r| match r.split_once('-') {
-            Some((a, b)) => matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot)),
-            None => r.parse::<u16>().ok() == Some(slot),
-        });
-        if owns {
-            if let Some(addr) = f[1].split('@').next() {
-                return Ok(addr.to_string());
-            }
-        }
-    }
-    anyhow::bail!("no master owns slot {slot}")
-}
-
-/// A quiz id hashing to `{bench}`'s slot: core and the anchor then load the
-/// very same Redis process.
-fn quiz_id_in_slot_of_bench(run: usize) -> String {
-    use redis::cluster_routing::{Route, SlotAddr};
-    let target = Route::with_key("{bench}", SlotAddr::Master);
-    let salt = rand::random::<u32>();
-    for i in 0..1_000_000u32 {
-        let id = format!("e2e{run}-{salt:x}-{i}");
-        if Route::with_key(format!("{{{id}}}"), SlotAddr::Master) == target {
-            return id;
-        }
-    }
-    format!("e2e{run}-{salt:x}")
-}
-
-fn anchor(master: &str, requests: usize) -> anyhow::Result<f64> {
-    let (host, port) = master.rsplit_once(':').unwrap_or((master, "7000"));
-    let out = Command::new("redis-benchmark")
-        .args(["-h", host, "-p", port, "-c", "50", "-n"])
-        .arg(requests.to_string())
-        .args([
-            "-P",
-            "16",
-            "-q",
-            "ZINCRBY",
-            "quiz:{bench}:leaderboard",
-            "1",
-            "__rand_int__",
-        ])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.rsplit(": ")
-        .find_map(|s| {
-            s.split(" requests per second")
-                .next()?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .ok_or_else(|| anyhow::anyhow!("cannot parse redis-benchmark output: {text}"))
-}
-
 /// The question id of a `question` message, or of the `question` inside a
 /// `welcome` (not already answered).
 fn question_of(payload: &[u8]) -> Option<u32> {
@@ -261,18 +188,13 @@ async fn player(
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     let nodes = redis_nodes();
-    let master = rt.block_on(master_of(&nodes[0], "quiz:{bench}:leaderboard"))?;
+    let master = rt.block_on(common::master_of(&nodes[0], "quiz:{bench}:leaderboard"))?;
     let topic = format!("bench-e2e-{:08x}", rand::random::<u32>());
     let kafka = rt.block_on(testkit::require_kafka());
     rt.block_on(kafka.create_topic(&topic, 3));
@@ -299,11 +221,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             let total = args.players * args.questions;
             let anchor_rps = tokio::task::spawn_blocking({
                 let master = master.clone();
-                move || anchor(&master, 200_000)
+                move || common::anchor(&master, 200_000)
             })
             .await??;
             let mut http = Http::connect(addr).await?;
-            let quiz = quiz_id_in_slot_of_bench(run);
+            let quiz = common::quiz_id_in_slot_of_bench("e2e", run);
             let qs: Vec<String> = (0..args.questions)
                 .map(|i| {
                     format!(
@@ -389,7 +311,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 c.push(v);
             }
         }
-        let m: Vec<f64> = cols.into_iter().map(median).collect();
+        let m: Vec<f64> = cols.into_iter().map(common::median).collect();
         println!(
             "median of {} runs: anchor {:.0}/s; answers over WebSocket {:.0}/s = {:.3} x anchor",
             args.runs, m[0], m[1], m[2]

@@ -364,11 +364,6 @@ fn measure(
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -596,7 +591,7 @@ fn coordinator(args: Args) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_secs(2));
     }
-    let m: Vec<f64> = cols.into_iter().map(median).collect();
+    let m: Vec<f64> = cols.into_iter().map(common::median).collect();
     println!(
         "median of {} runs: core {:.0} frames/s, bare {:.0} frames/s, ratio {:.3} (ideal {} frames/s); server CPU: core {:.2}, bare {:.2} cores",
         args.runs,

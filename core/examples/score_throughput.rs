@@ -14,7 +14,8 @@
 //! so store and anchor hit the same single Redis process. Results are
 //! recorded in `docs/core-backends.md`.
 
-use std::process::Command;
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,83 +76,6 @@ fn nodes() -> Vec<String> {
         Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
         _ => (7000..=7005).map(|p| format!("127.0.0.1:{p}")).collect(),
     }
-}
-
-/// The `host:port` of the master owning `key`'s slot.
-async fn master_of(seed: &str, key: &str) -> anyhow::Result<String> {
-    let client = redis::Client::open(format!("redis://{seed}"))?;
-    let mut c = client.get_multiplexed_async_connection().await?;
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query_async(&mut c)
-        .await?;
-    let text: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut c)
-        .await?;
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 9 || !f[2].contains("master") {
-            continue;
-        }
-        let owns = f[8..].iter().any(|r| match r.split_once('-') {
-            Some((a, b)) => matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot)),
-            None => r.parse::<u16>().ok() == Some(slot),
-        });
-        if owns {
-            if let Some(addr) = f[1].split('@').next() {
-                return Ok(addr.to_string());
-            }
-        }
-    }
-    anyhow::bail!("no master owns slot {slot}")
-}
-
-/// Finds a quiz id hashing to the same slot as `{bench}`: store and anchor
-/// then load the very same Redis process.
-fn quiz_id_in_slot_of_bench(run: usize) -> String {
-    use redis::cluster_routing::{Route, SlotAddr};
-    let target = Route::with_key("{bench}", SlotAddr::Master);
-    let salt = rand::random::<u32>();
-    for i in 0..1_000_000u32 {
-        let id = format!("tp{run}-{salt:x}-{i}");
-        if Route::with_key(format!("{{{id}}}"), SlotAddr::Master) == target {
-            return id;
-        }
-    }
-    // Astronomically unlikely; any quiz still measures the store.
-    format!("tp{run}-{salt:x}")
-}
-
-fn anchor(master: &str, answers: usize) -> anyhow::Result<f64> {
-    let (host, port) = master.rsplit_once(':').unwrap_or((master, "7000"));
-    let out = Command::new("redis-benchmark")
-        .args(["-h", host, "-p", port, "-c", "50", "-n"])
-        .arg(answers.to_string())
-        .args([
-            "-P",
-            "16",
-            "-q",
-            "ZINCRBY",
-            "quiz:{bench}:leaderboard",
-            "1",
-            "__rand_int__",
-        ])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // The last line reads "<command>: 123456.78 requests per second, p50=…".
-    let rps = text
-        .rsplit(": ")
-        .find_map(|s| {
-            s.split(" requests per second")
-                .next()?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .ok_or_else(|| anyhow::anyhow!("cannot parse redis-benchmark output: {text}"))?;
-    Ok(rps)
 }
 
 async fn new_quiz(store: &RedisClusterStore, id: &str, players: usize) -> anyhow::Result<()> {
@@ -244,11 +168,6 @@ async fn drive(
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -257,7 +176,7 @@ fn ms(d: Duration) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = parse_args();
     let nodes = nodes();
-    let master = master_of(&nodes[0], "quiz:{bench}:leaderboard").await?;
+    let master = common::master_of(&nodes[0], "quiz:{bench}:leaderboard").await?;
     let tuned = RedisOptions {
         max_in_flight: args.max_in_flight,
         max_batch: args.max_batch,
@@ -285,8 +204,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut cols: [Vec<f64>; 9] = Default::default();
     for run in 0..args.runs {
-        let anchor_rps = anchor(&master, args.answers)?;
-        let q1 = quiz_id_in_slot_of_bench(run);
+        let anchor_rps = common::anchor(&master, args.answers)?;
+        let q1 = common::quiz_id_in_slot_of_bench("tp", run);
         new_quiz(&with_wait, &q1, args.players).await?;
         let w = drive(
             Arc::clone(&with_wait),
@@ -296,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
             args.players,
         )
         .await?;
-        let q2 = quiz_id_in_slot_of_bench(run);
+        let q2 = common::quiz_id_in_slot_of_bench("tp", run);
         new_quiz(&without_wait, &q2, args.players).await?;
         let nw = drive(
             Arc::clone(&without_wait),
@@ -307,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         // Latency at a moderate load (few callers, no queueing in front).
-        let q3 = quiz_id_in_slot_of_bench(run);
+        let q3 = common::quiz_id_in_slot_of_bench("tp", run);
         new_quiz(&with_wait, &q3, args.players).await?;
         let lw = drive(
             Arc::clone(&with_wait),
@@ -317,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
             args.players,
         )
         .await?;
-        let q4 = quiz_id_in_slot_of_bench(run);
+        let q4 = common::quiz_id_in_slot_of_bench("tp", run);
         new_quiz(&without_wait, &q4, args.players).await?;
         let lnw = drive(
             Arc::clone(&without_wait),
@@ -358,7 +277,7 @@ async fn main() -> anyhow::Result<()> {
             c.push(v);
         }
     }
-    let m: Vec<f64> = cols.into_iter().map(median).collect();
+    let m: Vec<f64> = cols.into_iter().map(common::median).collect();
     println!(
         "median of {} runs: anchor {:.0}/s; store+WAIT {:.0}/s = {:.2} x anchor; store without WAIT {:.0}/s = {:.2} x anchor; \
          latency at {} callers: WAIT p50 {:.3} ms p99 {:.3} ms, no WAIT p50 {:.3} ms p99 {:.3} ms",

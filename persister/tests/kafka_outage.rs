@@ -7,41 +7,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
-
-/// `deploy/local/stack` of this workspace (through symlinks: the script
-/// finds its state beside its real path).
-fn stack_path() -> std::path::PathBuf {
-    let manifest = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR"))
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
-    manifest.join("../deploy/local/stack")
-}
-
-fn stack(verb: &str) {
-    let stack = stack_path();
-    let status = Command::new(&stack)
-        .args([verb, "kafka"])
-        .status()
-        .unwrap_or_else(|e| panic!("{} {verb} kafka: {e}", stack.display()));
-    assert!(
-        status.success(),
-        "{} {verb} kafka: {status}",
-        stack.display()
-    );
-}
-
-/// Restarts Kafka however the test ends (a no-op when it runs).
-struct Restart;
-impl Drop for Restart {
-    fn drop(&mut self) {
-        let _ = Command::new(stack_path()).args(["start", "kafka"]).status();
-    }
-}
 
 async fn ready_status(http: std::net::SocketAddr) -> Option<u16> {
     http_get(http, "/readyz").await.map(|(status, _)| status)
@@ -88,8 +58,8 @@ async fn kafka_down_for_15s_then_the_persister_resumes() {
     )
     .await;
     let persisted_at_stop = running.metrics.events_persisted.get();
-    let _restart = Restart;
-    stack("stop");
+    let _restart = RestartOnDrop("kafka");
+    stack("stop", "kafka");
     let stopped = Instant::now();
     let commit_failures_at_stop = running.metrics.commit_failures.get();
     eprintln!(
@@ -126,7 +96,7 @@ async fn kafka_down_for_15s_then_the_persister_resumes() {
     );
     assert!(failures > 0, "offset commits failed while Kafka was down");
 
-    stack("start");
+    stack("start", "kafka");
     produce(&config.kafka.brokers, &config.kafka.topic, &after.records).await;
 
     wait_complete(&db, &in_flight, Duration::from_secs(120)).await;

@@ -5,42 +5,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use tokio_util::sync::CancellationToken;
-
-/// `deploy/local/stack` of this workspace (through symlinks: the script
-/// finds its state beside its real path).
-fn stack_path() -> std::path::PathBuf {
-    let manifest = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR"))
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
-    manifest.join("../deploy/local/stack")
-}
-
-fn stack(verb: &str) {
-    let stack = stack_path();
-    let status = Command::new(&stack)
-        .args([verb, "mongodb"])
-        .status()
-        .unwrap_or_else(|e| panic!("{} {verb} mongodb: {e}", stack.display()));
-    assert!(
-        status.success(),
-        "{} {verb} mongodb: {status}",
-        stack.display()
-    );
-}
-
-/// Restarts MongoDB however the test ends.
-struct Restart;
-impl Drop for Restart {
-    fn drop(&mut self) {
-        let _ = Command::new(stack_path())
-            .args(["start", "mongodb"])
-            .status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_down_for_20s_then_the_persister_catches_up() {
@@ -60,8 +28,8 @@ async fn mongodb_down_for_20s_then_the_persister_catches_up() {
     let db = database(&config).await;
     wait_complete(&db, &before, Duration::from_secs(60)).await;
 
-    let _restart = Restart;
-    stack("stop");
+    let _restart = RestartOnDrop("mongodb");
+    stack("stop", "mongodb");
     produce(&config.kafka.brokers, &config.kafka.topic, &during.records).await;
     testkit::eventually(
         "readyz 503 while MongoDB is down",
@@ -75,7 +43,7 @@ async fn mongodb_down_for_20s_then_the_persister_catches_up() {
         "the batch write was retried"
     );
     assert!(matches!(http_get(http, "/readyz").await, Some((503, _))));
-    stack("start");
+    stack("start", "mongodb");
 
     let db = database(&config).await;
     wait_complete(&db, &during, Duration::from_secs(120)).await;

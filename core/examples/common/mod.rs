@@ -238,3 +238,88 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .unwrap_or(18_080)
 }
+
+// ------------------------------------------- the redis-benchmark anchor
+
+/// The `host:port` of the master owning `key`'s slot.
+pub async fn master_of(seed: &str, key: &str) -> anyhow::Result<String> {
+    let client = redis::Client::open(format!("redis://{seed}"))?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut c)
+        .await?;
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut c)
+        .await?;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 || !f[2].contains("master") {
+            continue;
+        }
+        let owns = f[8..].iter().any(|r| match r.split_once('-') {
+            Some((a, b)) => matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot)),
+            None => r.parse::<u16>().ok() == Some(slot),
+        });
+        if owns {
+            if let Some(addr) = f[1].split('@').next() {
+                return Ok(addr.to_string());
+            }
+        }
+    }
+    anyhow::bail!("no master owns slot {slot}")
+}
+
+/// Finds a quiz id (starting with `prefix`) hashing to the same slot as `{bench}`: store and anchor
+/// then load the very same Redis process.
+pub fn quiz_id_in_slot_of_bench(prefix: &str, run: usize) -> String {
+    use redis::cluster_routing::{Route, SlotAddr};
+    let target = Route::with_key("{bench}", SlotAddr::Master);
+    let salt = rand::random::<u32>();
+    for i in 0..1_000_000u32 {
+        let id = format!("{prefix}{run}-{salt:x}-{i}");
+        if Route::with_key(format!("{{{id}}}"), SlotAddr::Master) == target {
+            return id;
+        }
+    }
+    // Astronomically unlikely; any quiz still measures the store.
+    format!("{prefix}{run}-{salt:x}")
+}
+
+pub fn anchor(master: &str, answers: usize) -> anyhow::Result<f64> {
+    let (host, port) = master.rsplit_once(':').unwrap_or((master, "7000"));
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-h", host, "-p", port, "-c", "50", "-n"])
+        .arg(answers.to_string())
+        .args([
+            "-P",
+            "16",
+            "-q",
+            "ZINCRBY",
+            "quiz:{bench}:leaderboard",
+            "1",
+            "__rand_int__",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The last line reads "<command>: 123456.78 requests per second, p50=…".
+    let rps = text
+        .rsplit(": ")
+        .find_map(|s| {
+            s.split(" requests per second")
+                .next()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .ok_or_else(|| anyhow::anyhow!("cannot parse redis-benchmark output: {text}"))?;
+    Ok(rps)
+}
+
+/// The median of a few runs (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}

@@ -295,3 +295,39 @@ pub fn metric(page: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
+
+// ------------------------------------------ stopping a service of the stack
+
+/// `deploy/local/stack` of this workspace (through symlinks: the script
+/// finds its state beside its real path).
+pub fn stack_path() -> std::path::PathBuf {
+    let manifest = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR"))
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    manifest.join("../deploy/local/stack")
+}
+
+/// `deploy/local/stack <verb> <service>`, panicking if it fails.
+pub fn stack(verb: &str, service: &str) {
+    let stack = stack_path();
+    let status = std::process::Command::new(&stack)
+        .args([verb, service])
+        .status()
+        .unwrap_or_else(|e| panic!("{} {verb} {service}: {e}", stack.display()));
+    assert!(
+        status.success(),
+        "{} {verb} {service}: {status}",
+        stack.display()
+    );
+}
+
+/// Starts the service again however the test ends (a no-op when it runs),
+/// so a failing outage test never leaves the shared stack broken.
+pub struct RestartOnDrop(pub &'static str);
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(stack_path())
+            .args(["start", self.0])
+            .status();
+    }
+}
