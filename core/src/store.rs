@@ -126,3 +126,19 @@ pub trait QuizStore: Send + Sync + 'static {
     /// Liveness of the backend, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }
+
+/// The precondition of [`QuizStore::set_state`], shared by every store: a
+/// state change moves the version forward by exactly one.
+pub(crate) fn check_next_version(
+    expected_version: u64,
+    next: &QuizState,
+) -> Result<(), StoreError> {
+    if next.version != expected_version.wrapping_add(1) {
+        return Err(StoreError::Conflict(format!(
+            "next.version {} must be expected_version + 1 ({})",
+            next.version,
+            expected_version.wrapping_add(1)
+        )));
+    }
+    Ok(())
+}

@@ -159,13 +159,7 @@ impl QuizStore for MemoryStore {
         expected_version: u64,
         next: &QuizState,
     ) -> Result<bool, StoreError> {
-        if next.version != expected_version.wrapping_add(1) {
-            return Err(StoreError::Conflict(format!(
-                "next.version {} must be expected_version + 1 ({})",
-                next.version,
-                expected_version.wrapping_add(1)
-            )));
-        }
+        super::check_next_version(expected_version, next)?;
         let cell = self.cell_or_not_found(quiz_id)?;
         let mut inner = cell.inner.lock();
         match &inner.state {

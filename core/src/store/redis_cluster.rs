@@ -949,13 +949,7 @@ impl QuizStore for RedisClusterStore {
         expected_version: u64,
         next: &QuizState,
     ) -> Result<bool, StoreError> {
-        if next.version != expected_version.wrapping_add(1) {
-            return Err(StoreError::Conflict(format!(
-                "next.version {} must be expected_version + 1 ({})",
-                next.version,
-                expected_version.wrapping_add(1)
-            )));
-        }
+        super::check_next_version(expected_version, next)?;
         let call = Call {
             script: &self.shared.scripts.set_state,
             keys: vec![key(quiz_id, "state")],
