@@ -8,57 +8,96 @@
 //! deploy/local/stack up
 //! cargo build --release -p quiz-core --example e2e_answers
 //! ${CARGO_TARGET_DIR:-target}/release/examples/e2e_answers \
-//!     [--players 1000] [--questions 100] [--runs 3]
+//!     [--players 2000] [--questions 10] [--self-players 500] \
+//!     [--self-questions 40] [--runs 3] [--mode both|live|self]
 //! ```
 //! Core runs in a child process (`e2e_answers serve PORT TOPIC`) with the
 //! default store options (`WAIT 1`), its per-connection inbound rate limit
-//! raised (a player here answers as fast as results come back) and the event
-//! topic a fresh one. Each run: the anchor, then a fresh self-paced quiz of
-//! `players` players × `questions` questions (its id hashes to `{bench}`'s
-//! slot); every player connects, the host starts the quiz, and each
-//! connection answers every question as soon as it is sent (question →
-//! answer → answer_result + next question). The figure is the answers
-//! acknowledged as accepted per second, from start to the last result.
-//! Bounded: `players × questions` answers, 120 s per run at most.
-//! `QUIZ_REDIS_NODES` / `QUIZ_KAFKA_BROKERS` override the local stack.
+//! raised (a self-paced player here answers as fast as results come back)
+//! and the event topic a fresh one. Each run measures, in this order:
+//!
+//! 1. the anchor;
+//! 2. **live** (the main use): a live quiz of `players` connected players
+//!    and `questions` questions whose id hashes to `{bench}`'s slot; for
+//!    each question the host opens it (`/start`, then `/next`) and every
+//!    player answers as soon as its `question` message arrives. Figure:
+//!    accepted answers / the summed time from each host request to the last
+//!    `answer_result` of that question (so the question fan-out is inside
+//!    the measured time, the pause between questions is not);
+//! 3. **self-paced**: a self-paced quiz of `self-players` × `self-questions`;
+//!    every connection answers each question as soon as it is sent
+//!    (question → answer → answer_result + next question). Figure: accepted
+//!    answers per second from the host's start to the last result.
+//!
+//! A run that does not complete is reported with the players left behind
+//! (how many results each got, the last question it was sent): a stall is a
+//! bug, not noise. Bounded: every phase has a deadline (60 s per live
+//! question, 120 s per self-paced run). `QUIZ_REDIS_NODES` /
+//! `QUIZ_KAFKA_BROKERS` override the local stack.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{client_text, drain_frames, ws_open, Http};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Both,
+    Live,
+    SelfPaced,
+}
+
 struct Args {
     players: usize,
     questions: usize,
+    self_players: usize,
+    self_questions: usize,
     runs: usize,
+    mode: Which,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: e2e_answers [--players N] [--questions Q] [--self-players N] \
+         [--self-questions Q] [--runs R] [--mode both|live|self]"
+    );
+    std::process::exit(2);
 }
 
 fn parse_args(argv: &[String]) -> Args {
     let mut a = Args {
-        players: 1000,
-        questions: 100,
+        players: 2000,
+        questions: 10,
+        self_players: 500,
+        self_questions: 40,
         runs: 3,
+        mode: Which::Both,
     };
     for pair in argv.chunks(2) {
-        let v = pair.get(1).and_then(|v| v.parse::<usize>().ok());
-        let Some(v) = v else {
-            eprintln!("usage: e2e_answers [--players N] [--questions Q] [--runs R]");
-            std::process::exit(2);
-        };
+        let Some(raw) = pair.get(1) else { usage() };
+        if pair[0] == "--mode" {
+            a.mode = match raw.as_str() {
+                "both" => Which::Both,
+                "live" => Which::Live,
+                "self" => Which::SelfPaced,
+                _ => usage(),
+            };
+            continue;
+        }
+        let Ok(v) = raw.parse::<usize>() else { usage() };
         match pair[0].as_str() {
             "--players" => a.players = v.clamp(1, 15_000),
             "--questions" => a.questions = v.clamp(1, 200),
+            "--self-players" => a.self_players = v.clamp(1, 15_000),
+            "--self-questions" => a.self_questions = v.clamp(1, 200),
             "--runs" => a.runs = v.clamp(1, 10),
-            other => {
-                eprintln!("unknown flag {other}");
-                std::process::exit(2);
-            }
+            _ => usage(),
         }
     }
     a
@@ -110,20 +149,72 @@ fn question_of(payload: &[u8]) -> Option<u32> {
     q["id"].as_u64().map(|id| id as u32)
 }
 
-/// What the players of one run share.
+fn question_id_of_result(payload: &[u8]) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    v["question_id"].as_u64().map(|q| q as u32)
+}
+
+/// One player's progress, kept for the stall report.
+#[derive(Default)]
+struct Progress {
+    results: AtomicU32,
+    /// Highest question id received + 1 (0: none yet).
+    sent_up_to: AtomicU32,
+    /// Rejected answers (`accepted:false`) and `error` messages received.
+    rejected: AtomicU32,
+    errors: AtomicU32,
+}
+
+/// What the players of one phase share.
 struct Ctx {
-    counts: Counts,
+    accepted: AtomicU64,
+    other: AtomicU64,
+    errors: AtomicU64,
+    /// Live: results received per question.
+    per_question: Vec<AtomicU64>,
+    progress: Vec<Progress>,
     /// Notified when the host starts the quiz.
     started: tokio::sync::Notify,
     /// Bounds the handshakes in progress.
     connecting: tokio::sync::Semaphore,
 }
 
-#[derive(Default)]
-struct Counts {
-    accepted: AtomicU64,
-    other: AtomicU64,
-    errors: AtomicU64,
+impl Ctx {
+    fn new(players: usize, questions: usize) -> Ctx {
+        Ctx {
+            accepted: AtomicU64::new(0),
+            other: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            per_question: (0..questions).map(|_| AtomicU64::new(0)).collect(),
+            progress: (0..players).map(|_| Progress::default()).collect(),
+            started: tokio::sync::Notify::new(),
+            connecting: tokio::sync::Semaphore::new(200),
+        }
+    }
+
+    /// The players that did not get all `questions` results, summarised.
+    fn stall_report(&self, questions: usize) -> String {
+        let behind: Vec<(usize, &Progress)> = self
+            .progress
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| (p.results.load(Ordering::Relaxed) as usize) < questions)
+            .collect();
+        if behind.is_empty() {
+            return String::new();
+        }
+        let mut s = format!("{} players behind; first ones:", behind.len());
+        for (i, p) in behind.iter().take(8) {
+            s += &format!(
+                " [p{i}: {} results, sent up to q{}, {} rejected, {} errors]",
+                p.results.load(Ordering::Relaxed),
+                p.sent_up_to.load(Ordering::Relaxed) as i64 - 1,
+                p.rejected.load(Ordering::Relaxed),
+                p.errors.load(Ordering::Relaxed),
+            );
+        }
+        s
+    }
 }
 
 /// One player: answers every question it is sent until `questions` results.
@@ -131,12 +222,13 @@ async fn player(
     addr: SocketAddr,
     quiz: String,
     token: String,
+    index: usize,
     questions: usize,
     ctx: Arc<Ctx>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
-    let counts = &ctx.counts;
-    // Connect (at most `limit` handshakes at once), then wait for the start.
+    let me = &ctx.progress[index];
+    // Connect (at most 200 handshakes at once), then wait for the start.
     let opened = {
         let _permit = ctx.connecting.acquire().await;
         ws_open(None, addr, &quiz, &token).await
@@ -157,14 +249,23 @@ async fn player(
             }
             if p.starts_with(br#"{"type":"answer_result""#) {
                 results += 1;
+                me.results.fetch_add(1, Ordering::Relaxed);
+                if let Some(q) = question_id_of_result(p) {
+                    if let Some(c) = ctx.per_question.get(q as usize) {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 if p.windows(15).any(|w| w == br#""accepted":true"#) {
-                    counts.accepted.fetch_add(1, Ordering::Relaxed);
+                    ctx.accepted.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    counts.other.fetch_add(1, Ordering::Relaxed);
+                    ctx.other.fetch_add(1, Ordering::Relaxed);
+                    me.rejected.fetch_add(1, Ordering::Relaxed);
                 }
             } else if p.starts_with(br#"{"type":"error""#) {
-                counts.errors.fetch_add(1, Ordering::Relaxed);
+                ctx.errors.fetch_add(1, Ordering::Relaxed);
+                me.errors.fetch_add(1, Ordering::Relaxed);
             } else if let Some(q) = question_of(p) {
+                me.sent_up_to.fetch_max(q + 1, Ordering::Relaxed);
                 if answered_up_to.is_none_or(|a| q > a) {
                     to_answer.push(q);
                 }
@@ -186,6 +287,208 @@ async fn player(
         buf.extend_from_slice(&chunk[..n]);
     }
     Ok(())
+}
+
+/// Creates a quiz of `questions` questions (4 options, 240 s) in `{bench}`'s
+/// slot and joins `players` players; returns (quiz id, host token, player
+/// tokens).
+async fn setup_quiz(
+    http: &mut Http,
+    mode: &str,
+    prefix: &str,
+    run: usize,
+    players: usize,
+    questions: usize,
+) -> anyhow::Result<(String, String, Vec<String>)> {
+    let quiz = common::quiz_id_in_slot_of_bench(prefix, run);
+    let qs: Vec<String> = (0..questions)
+        .map(|i| {
+            format!(
+                r#"{{"text":"q{i}","options":["a","b","c","d"],"correct":[{}],"time_limit_ms":240000,"points":1000}}"#,
+                i % 3
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"title":"e2e","mode":"{mode}","quiz_id":"{quiz}","questions":[{}]}}"#,
+        qs.join(",")
+    );
+    let (st, v) = http.call("POST", "/v1/quizzes", Some(&body), None).await?;
+    anyhow::ensure!(st == 201, "create: {st} {v}");
+    let host = v["host_token"].as_str().unwrap_or_default().to_string();
+    let mut tokens = Vec::with_capacity(players);
+    for i in 0..players {
+        let (st, v) = http
+            .call(
+                "POST",
+                &format!("/v1/quizzes/{quiz}/players"),
+                Some(&format!(r#"{{"nickname":"p{i}"}}"#)),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(st == 201, "join: {st} {v}");
+        tokens.push(v["player_token"].as_str().unwrap_or_default().to_string());
+    }
+    Ok((quiz, host, tokens))
+}
+
+/// Spawns the players and waits until every one is connected.
+async fn connect_players(
+    addr: SocketAddr,
+    quiz: &str,
+    tokens: Vec<String>,
+    questions: usize,
+    ctx: &Arc<Ctx>,
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let n = tokens.len();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(n.max(1));
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, token)| {
+            tokio::spawn(player(
+                addr,
+                quiz.to_string(),
+                token,
+                i,
+                questions,
+                Arc::clone(ctx),
+                ready_tx.clone(),
+            ))
+        })
+        .collect();
+    drop(ready_tx);
+    for _ in 0..n {
+        ready_rx.recv().await;
+    }
+    tasks
+}
+
+/// Waits for the player tasks (bounded); returns how many failed.
+async fn finish_players(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    within: Duration,
+    what: &str,
+) -> usize {
+    let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+    let mut failed = 0;
+    match tokio::time::timeout(within, futures::future::join_all(tasks)).await {
+        Ok(results) => {
+            for r in results {
+                if !matches!(r, Ok(Ok(()))) {
+                    failed += 1;
+                    if failed <= 3 {
+                        eprintln!("{what}: player failed: {r:?}");
+                    }
+                }
+            }
+        }
+        Err(_) => {
+            eprintln!("{what}: not finished within {within:?}");
+            for a in aborts {
+                a.abort();
+            }
+        }
+    }
+    failed
+}
+
+struct Phase {
+    accepted: u64,
+    seconds: f64,
+    report: String,
+}
+
+/// Live: the host opens each question, every player answers at once.
+async fn live_phase(
+    addr: SocketAddr,
+    run: usize,
+    players: usize,
+    questions: usize,
+) -> anyhow::Result<Phase> {
+    let mut http = Http::connect(addr).await?;
+    let (quiz, host, tokens) = setup_quiz(&mut http, "live", "live", run, players, questions).await?;
+    let ctx = Arc::new(Ctx::new(players, questions));
+    let tasks = connect_players(addr, &quiz, tokens, questions, &ctx).await;
+    ctx.started.notify_waiters();
+    let mut measured = Duration::ZERO;
+    let mut complete = true;
+    for q in 0..questions {
+        let action = if q == 0 { "start" } else { "next" };
+        let t0 = Instant::now();
+        let (st, v) = http
+            .call("POST", &format!("/v1/quizzes/{quiz}/{action}"), Some(""), Some(&host))
+            .await?;
+        anyhow::ensure!(st == 200, "{action}: {st} {v}");
+        let deadline = t0 + Duration::from_secs(60);
+        while ctx.per_question[q].load(Ordering::Relaxed) < players as u64 {
+            if Instant::now() > deadline {
+                complete = false;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        measured += t0.elapsed();
+        if !complete {
+            eprintln!(
+                "live run {run}: question {q} got {} of {players} results within 60 s",
+                ctx.per_question[q].load(Ordering::Relaxed)
+            );
+            break;
+        }
+    }
+    let (st, v) = http
+        .call("POST", &format!("/v1/quizzes/{quiz}/end"), Some(""), Some(&host))
+        .await?;
+    anyhow::ensure!(st == 200, "end: {st} {v}");
+    let failed = finish_players(tasks, Duration::from_secs(10), "live").await;
+    let accepted = ctx.accepted.load(Ordering::Relaxed);
+    Ok(Phase {
+        accepted,
+        seconds: measured.as_secs_f64(),
+        report: format!(
+            "not accepted {}, errors {}, players failed {failed}{}{}",
+            ctx.other.load(Ordering::Relaxed),
+            ctx.errors.load(Ordering::Relaxed),
+            if complete { "" } else { "; INCOMPLETE: " },
+            ctx.stall_report(questions),
+        ),
+    })
+}
+
+/// Self-paced: every player runs through the questions as fast as it can.
+async fn self_paced_phase(
+    addr: SocketAddr,
+    run: usize,
+    players: usize,
+    questions: usize,
+) -> anyhow::Result<Phase> {
+    let mut http = Http::connect(addr).await?;
+    let (quiz, host, tokens) =
+        setup_quiz(&mut http, "self_paced", "self", run, players, questions).await?;
+    let ctx = Arc::new(Ctx::new(players, questions));
+    let tasks = connect_players(addr, &quiz, tokens, questions, &ctx).await;
+    let t0 = Instant::now();
+    ctx.started.notify_waiters();
+    let (st, v) = http
+        .call("POST", &format!("/v1/quizzes/{quiz}/start"), Some(""), Some(&host))
+        .await?;
+    anyhow::ensure!(st == 200, "start: {st} {v}");
+    let failed = finish_players(tasks, Duration::from_secs(120), "self-paced").await;
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(Phase {
+        accepted: ctx.accepted.load(Ordering::Relaxed),
+        seconds,
+        report: format!(
+            "not accepted {}, errors {}, players failed {failed}{}",
+            ctx.other.load(Ordering::Relaxed),
+            ctx.errors.load(Ordering::Relaxed),
+            match ctx.stall_report(questions) {
+                r if r.is_empty() => r,
+                r => format!("; INCOMPLETE: {r}"),
+            },
+        ),
+    })
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -210,111 +513,63 @@ fn run(args: Args) -> anyhow::Result<()> {
     let result = rt.block_on(async {
         common::wait_listening(addr, Duration::from_secs(30)).await?;
         println!(
-            "machine: {} cores; master under test {master}; {} players x {} questions = {} answers per run; core pid {core_pid} (distributed, WAIT 1)",
+            "machine: {} cores; master under test {master}; core pid {core_pid} (distributed, WAIT 1); \
+             live: {} players x {} questions; self-paced: {} players x {} questions",
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             args.players,
             args.questions,
-            args.players * args.questions
+            args.self_players,
+            args.self_questions,
         );
-        let mut cols: [Vec<f64>; 4] = Default::default();
+        // anchor, live/s, live ratio, self/s, self ratio
+        let mut cols: [Vec<f64>; 5] = Default::default();
         for run in 0..args.runs {
-            let total = args.players * args.questions;
             let anchor_rps = tokio::task::spawn_blocking({
                 let master = master.clone();
                 move || common::anchor(&master, 200_000)
             })
             .await??;
-            let mut http = Http::connect(addr).await?;
-            let quiz = common::quiz_id_in_slot_of_bench("e2e", run);
-            let qs: Vec<String> = (0..args.questions)
-                .map(|i| {
-                    format!(
-                        r#"{{"text":"q{i}","options":["a","b","c","d"],"correct":[{}],"time_limit_ms":240000,"points":1000}}"#,
-                        i % 3
-                    )
-                })
-                .collect();
-            let body = format!(
-                r#"{{"title":"e2e","mode":"self_paced","quiz_id":"{quiz}","questions":[{}]}}"#,
-                qs.join(",")
-            );
-            let (st, v) = http.call("POST", "/v1/quizzes", Some(&body), None).await?;
-            anyhow::ensure!(st == 201, "create: {st} {v}");
-            let host = v["host_token"].as_str().unwrap_or_default().to_string();
-            let mut tokens = Vec::with_capacity(args.players);
-            for i in 0..args.players {
-                let (st, v) = http
-                    .call(
-                        "POST",
-                        &format!("/v1/quizzes/{quiz}/players"),
-                        Some(&format!(r#"{{"nickname":"p{i}"}}"#)),
-                        None,
-                    )
-                    .await?;
-                anyhow::ensure!(st == 201, "join: {st} {v}");
-                tokens.push(v["player_token"].as_str().unwrap_or_default().to_string());
+            cols[0].push(anchor_rps);
+            println!("run {run}: anchor ZINCRBY {anchor_rps:.0}/s");
+            if args.mode != Which::SelfPaced {
+                let cpu0 = common::cpu_seconds(core_pid);
+                let p = live_phase(addr, run, args.players, args.questions).await?;
+                let cpu = common::cpu_seconds(core_pid) - cpu0;
+                let rate = p.accepted as f64 / p.seconds.max(1e-9);
+                println!(
+                    "run {run}: LIVE accepted {} of {} in {:.2} s (question windows) = {rate:.0}/s (ratio {:.3}); core CPU {:.0} us/answer over the phase; {}",
+                    p.accepted,
+                    args.players * args.questions,
+                    p.seconds,
+                    rate / anchor_rps,
+                    cpu * 1e6 / (p.accepted.max(1) as f64),
+                    p.report
+                );
+                cols[1].push(rate);
+                cols[2].push(rate / anchor_rps);
             }
-            let ctx = Arc::new(Ctx {
-                counts: Counts::default(),
-                started: tokio::sync::Notify::new(),
-                connecting: tokio::sync::Semaphore::new(200),
-            });
-            let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.players);
-            let tasks: Vec<_> = tokens
-                .into_iter()
-                .map(|token| {
-                    tokio::spawn(player(
-                        addr,
-                        quiz.clone(),
-                        token,
-                        args.questions,
-                        Arc::clone(&ctx),
-                        ready_tx.clone(),
-                    ))
-                })
-                .collect();
-            drop(ready_tx);
-            for _ in 0..args.players {
-                ready_rx.recv().await;
-            }
-            let t0 = Instant::now();
-            ctx.started.notify_waiters();
-            let (st, v) = http
-                .call("POST", &format!("/v1/quizzes/{quiz}/start"), Some(""), Some(&host))
-                .await?;
-            anyhow::ensure!(st == 200, "start: {st} {v}");
-            let mut failed = 0;
-            let all = futures::future::join_all(tasks);
-            match tokio::time::timeout(Duration::from_secs(120), all).await {
-                Ok(results) => {
-                    for r in results {
-                        if !matches!(r, Ok(Ok(()))) {
-                            failed += 1;
-                            if failed <= 3 {
-                                eprintln!("player failed: {r:?}");
-                            }
-                        }
-                    }
-                }
-                Err(_) => eprintln!("run {run}: not finished within 120 s"),
-            }
-            let elapsed = t0.elapsed().as_secs_f64();
-            let accepted = ctx.counts.accepted.load(Ordering::Relaxed);
-            let per_sec = accepted as f64 / elapsed;
-            println!(
-                "run {run}: anchor ZINCRBY {anchor_rps:.0}/s | WebSocket answers accepted {accepted} of {total} in {elapsed:.2} s = {per_sec:.0}/s (ratio {:.3}); not accepted {}, errors {}, players failed {failed}",
-                per_sec / anchor_rps,
-                ctx.counts.other.load(Ordering::Relaxed),
-                ctx.counts.errors.load(Ordering::Relaxed),
-            );
-            for (c, v) in cols.iter_mut().zip([anchor_rps, per_sec, per_sec / anchor_rps, elapsed]) {
-                c.push(v);
+            if args.mode != Which::Live {
+                let cpu0 = common::cpu_seconds(core_pid);
+                let p = self_paced_phase(addr, run, args.self_players, args.self_questions).await?;
+                let cpu = common::cpu_seconds(core_pid) - cpu0;
+                let rate = p.accepted as f64 / p.seconds.max(1e-9);
+                println!(
+                    "run {run}: SELF-PACED accepted {} of {} in {:.2} s = {rate:.0}/s (ratio {:.3}); core CPU {:.0} us/answer over the phase; {}",
+                    p.accepted,
+                    args.self_players * args.self_questions,
+                    p.seconds,
+                    rate / anchor_rps,
+                    cpu * 1e6 / (p.accepted.max(1) as f64),
+                    p.report
+                );
+                cols[3].push(rate);
+                cols[4].push(rate / anchor_rps);
             }
         }
         let m: Vec<f64> = cols.into_iter().map(common::median).collect();
         println!(
-            "median of {} runs: anchor {:.0}/s; answers over WebSocket {:.0}/s = {:.3} x anchor",
-            args.runs, m[0], m[1], m[2]
+            "median of {} runs: anchor {:.0}/s; live {:.0}/s = {:.3} x anchor; self-paced {:.0}/s = {:.3} x anchor",
+            args.runs, m[0], m[1], m[2], m[3], m[4]
         );
         Ok::<_, anyhow::Error>(())
     });

@@ -4,6 +4,7 @@
 //! environment (`QUIZ_*`) < command line. [`Config::validate`] names the
 //! offending key. Every key is documented in `docs/core.md`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -39,11 +40,48 @@ pub struct Config {
     /// HMAC key for tokens, shared by all nodes. Empty in embedded mode: a
     /// random one is generated at start (tokens then die with the process).
     pub token_secret: String,
-    /// Redis Cluster seed nodes (`host:port`). Empty = embedded mode.
+    /// Redis Cluster seed nodes (`host:port`, or full `redis://` /
+    /// `rediss://` URLs). Empty = embedded mode.
     pub redis_nodes: Vec<String>,
+    /// Connect to `host:port` nodes over TLS (`rediss://`).
+    pub redis_tls: bool,
+    /// PEM file of the CA that signed the Redis servers' certificates
+    /// (managed services signed by a public CA need none).
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// Redis ACL user (`AUTH user password`); empty = the default user.
+    pub redis_username: String,
+    /// Redis AUTH password. Only from `QUIZ_REDIS_PASSWORD` (a Secret), never
+    /// from the file, never serialized.
+    #[serde(skip)]
+    pub redis_password: String,
+    /// Replicas that must acknowledge an answer before it is acknowledged
+    /// to the player (`WAIT n`); 0 trades durability across a master
+    /// failover for latency (see `docs/core-backends.md`, *Durability*).
+    pub redis_wait_replicas: u32,
+    pub redis_wait_timeout_ms: u64,
+    /// Deadline of one Redis round trip, the cluster client's retries included.
+    pub redis_command_timeout_ms: u64,
+    /// Most answers in one pipeline to one cluster node.
+    pub redis_max_batch: usize,
     /// Kafka bootstrap servers, comma separated. Empty = embedded mode.
     pub kafka_brokers: String,
     pub kafka_topic: String,
+    /// Extra librdkafka producer properties, applied after core's own:
+    /// TLS and SASL (`security.protocol`, `ssl.ca.location`,
+    /// `sasl.mechanism`, `sasl.username`, …) and tuning (`linger.ms`,
+    /// `batch.num.messages`, `compression.type`). The keys that carry the
+    /// delivery guarantee or are set elsewhere are refused (see
+    /// [`RESERVED_KAFKA_PROPERTIES`]).
+    pub kafka_properties: BTreeMap<String, String>,
+    /// SASL password. Only from `QUIZ_KAFKA_SASL_PASSWORD` (a Secret),
+    /// never from the file, never serialized; becomes `sasl.password`.
+    #[serde(skip)]
+    pub kafka_sasl_password: String,
+    /// Events buffered while Kafka is slow or away; past it new answers are
+    /// refused (`unavailable`) and `/readyz` turns not ready.
+    pub kafka_max_buffered_events: u32,
+    /// How long one event's delivery is retried by librdkafka.
+    pub kafka_message_timeout_ms: u32,
     /// Embedded mode's append-only JSON-lines event log.
     pub event_log: PathBuf,
     /// Embedded mode: create the quiz `demo` at start.
@@ -88,8 +126,20 @@ impl Default for Config {
             tier: Tier::Both,
             token_secret: String::new(),
             redis_nodes: Vec::new(),
+            redis_tls: false,
+            redis_tls_ca_file: None,
+            redis_username: String::new(),
+            redis_password: String::new(),
+            redis_wait_replicas: 1,
+            redis_wait_timeout_ms: 200,
+            redis_command_timeout_ms: 2_000,
+            redis_max_batch: 256,
             kafka_brokers: String::new(),
             kafka_topic: "quiz-events".into(),
+            kafka_properties: BTreeMap::new(),
+            kafka_sasl_password: String::new(),
+            kafka_max_buffered_events: 100_000,
+            kafka_message_timeout_ms: 10_000,
             event_log: PathBuf::from("quiz-events.jsonl"),
             demo_quiz: true,
             admin_key: None,
@@ -109,6 +159,33 @@ impl Default for Config {
             log_format: LogFormat::Text,
         }
     }
+}
+
+/// librdkafka properties `kafka_properties` may not set, and why: the
+/// producer's delivery guarantee (idempotence, all replicas) is what "an
+/// acknowledged answer is never lost" rests on, and the others have keys of
+/// their own.
+pub const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use kafka_brokers"),
+    ("enable.idempotence", "always true: delivery is exactly once per event"),
+    ("acks", "always all: an event is acknowledged by every in-sync replica"),
+    ("queue.buffering.max.messages", "use kafka_max_buffered_events"),
+    ("message.timeout.ms", "use kafka_message_timeout_ms"),
+    ("sasl.password", "use QUIZ_KAFKA_SASL_PASSWORD (a Secret, not a file)"),
+];
+
+/// Percent-encodes a URL userinfo part (RFC 3986 unreserved characters
+/// pass), so a password with `@` or `:` survives.
+fn userinfo_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +224,18 @@ pub struct Cli {
     pub kafka_brokers: Option<String>,
     #[arg(long, env = "QUIZ_KAFKA_TOPIC")]
     pub kafka_topic: Option<String>,
+    /// Comma separated `key=value` librdkafka properties, merged over the
+    /// file's `kafka_properties`.
+    #[arg(long, env = "QUIZ_KAFKA_PROPERTIES")]
+    pub kafka_properties: Option<String>,
+    #[arg(long, env = "QUIZ_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+    #[arg(long, env = "QUIZ_REDIS_TLS")]
+    pub redis_tls: Option<bool>,
+    #[arg(long, env = "QUIZ_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    #[arg(long, env = "QUIZ_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
     #[arg(long, env = "QUIZ_EVENT_LOG")]
     pub event_log: Option<PathBuf>,
     #[arg(long, env = "QUIZ_DEMO_QUIZ")]
@@ -195,12 +284,25 @@ impl Config {
         set(&mut self.token_secret, &cli.token_secret);
         set(&mut self.kafka_brokers, &cli.kafka_brokers);
         set(&mut self.kafka_topic, &cli.kafka_topic);
+        set(&mut self.kafka_sasl_password, &cli.kafka_sasl_password);
+        set(&mut self.redis_tls, &cli.redis_tls);
+        set(&mut self.redis_username, &cli.redis_username);
+        set(&mut self.redis_password, &cli.redis_password);
         set(&mut self.event_log, &cli.event_log);
         set(&mut self.demo_quiz, &cli.demo_quiz);
         set(&mut self.max_connections, &cli.max_connections);
         set(&mut self.log_format, &cli.log_format);
         if cli.admin_key.is_some() {
             self.admin_key = cli.admin_key.clone();
+        }
+        if let Some(list) = &cli.kafka_properties {
+            // `validate` reports an entry without `=` (kept under its whole
+            // text so the message can quote it).
+            for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let (k, v) = item.split_once('=').unwrap_or((item, ""));
+                self.kafka_properties
+                    .insert(k.trim().to_string(), v.trim().to_string());
+            }
         }
         if let Some(nodes) = &cli.redis_nodes {
             self.redis_nodes = nodes
@@ -210,6 +312,41 @@ impl Config {
                 .map(String::from)
                 .collect();
         }
+    }
+
+    /// The Redis nodes as URLs: the scheme from `redis_tls` and the
+    /// credentials from `redis_username`/`redis_password` added to every
+    /// `host:port` entry (entries given as URLs are taken as they are).
+    pub fn redis_urls(&self) -> Vec<String> {
+        let scheme = if self.redis_tls { "rediss" } else { "redis" };
+        let auth = match (self.redis_username.as_str(), self.redis_password.as_str()) {
+            (_, "") => String::new(),
+            (user, pass) => format!("{}:{}@", userinfo_escape(user), userinfo_escape(pass)),
+        };
+        self.redis_nodes
+            .iter()
+            .map(|n| {
+                if n.contains("://") {
+                    n.clone()
+                } else {
+                    format!("{scheme}://{auth}{n}")
+                }
+            })
+            .collect()
+    }
+
+    /// librdkafka properties for the producer, after core's own: the file's
+    /// and environment's `kafka_properties`, then the SASL password.
+    pub fn kafka_client_properties(&self) -> Vec<(String, String)> {
+        let mut props: Vec<(String, String)> = self
+            .kafka_properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !self.kafka_sasl_password.is_empty() {
+            props.push(("sasl.password".into(), self.kafka_sasl_password.clone()));
+        }
+        props
     }
 
     /// Embedded mode: neither Redis nor Kafka configured.
@@ -247,6 +384,46 @@ impl Config {
         if kafka && self.kafka_topic.trim().is_empty() {
             return bad("kafka_topic", "must not be empty");
         }
+        for (k, v) in &self.kafka_properties {
+            if let Some((_, instead)) = RESERVED_KAFKA_PROPERTIES.iter().find(|(r, _)| r == k) {
+                return bad(
+                    "kafka_properties",
+                    format!("{k:?} cannot be set here: {instead}"),
+                );
+            }
+            if k.is_empty() || v.is_empty() {
+                return bad(
+                    "kafka_properties",
+                    format!("{k:?}: expected a non-empty key=value"),
+                );
+            }
+        }
+        if self.kafka_max_buffered_events == 0 {
+            return bad("kafka_max_buffered_events", "must be > 0");
+        }
+        if self.kafka_message_timeout_ms == 0 {
+            return bad("kafka_message_timeout_ms", "must be > 0");
+        }
+        if self.redis_command_timeout_ms == 0 {
+            return bad("redis_command_timeout_ms", "must be > 0");
+        }
+        if self.redis_max_batch == 0 {
+            return bad("redis_max_batch", "must be > 0");
+        }
+        if self.redis_password.is_empty() && !self.redis_username.is_empty() {
+            return bad(
+                "redis_username",
+                "needs a password (QUIZ_REDIS_PASSWORD)",
+            );
+        }
+        if let Some(ca) = &self.redis_tls_ca_file {
+            if !ca.is_file() {
+                return bad(
+                    "redis_tls_ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                );
+            }
+        }
         if !(1..=100).contains(&self.leaderboard_top) {
             return bad("leaderboard_top", "must be 1..=100");
         }
@@ -281,6 +458,61 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_urls_carry_scheme_and_escaped_credentials() {
+        let c = Config {
+            redis_nodes: vec!["10.0.0.1:6379".into(), "redis://other:1".into()],
+            redis_tls: true,
+            redis_username: "quiz".into(),
+            redis_password: "p@ss:w/rd".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.redis_urls(),
+            vec!["rediss://quiz:p%40ss%3Aw%2Frd@10.0.0.1:6379", "redis://other:1"]
+        );
+        let plain = Config {
+            redis_nodes: vec!["h:1".into()],
+            ..Config::default()
+        };
+        assert_eq!(plain.redis_urls(), vec!["redis://h:1"]);
+    }
+
+    #[test]
+    fn kafka_properties_merge_and_guard_the_delivery_guarantee() {
+        let base = Config {
+            redis_nodes: vec!["127.0.0.1:7000".into()],
+            kafka_brokers: "k:9092".into(),
+            token_secret: "0123456789abcdef".into(),
+            ..Config::default()
+        };
+        let mut c = base.clone();
+        c.apply(&Cli {
+            kafka_properties: Some("security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512".into()),
+            kafka_sasl_password: Some("s3cret".into()),
+            ..Cli::default()
+        });
+        c.validate().unwrap();
+        let props = c.kafka_client_properties();
+        assert!(props.contains(&("security.protocol".into(), "SASL_SSL".into())));
+        assert!(props.contains(&("sasl.password".into(), "s3cret".into())));
+        for (key, _) in RESERVED_KAFKA_PROPERTIES {
+            let mut bad = base.clone();
+            bad.kafka_properties.insert(key.to_string(), "x".into());
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains("kafka_properties") && e.contains(key), "{e}");
+        }
+        let mut no_value = base.clone();
+        no_value.apply(&Cli {
+            kafka_properties: Some("linger.ms".into()),
+            ..Cli::default()
+        });
+        assert!(no_value.validate().is_err());
+        // The passwords never reach a serialized config.
+        let text = toml::to_string(&c).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+    }
 
     #[test]
     fn defaults_are_valid_and_embedded() {

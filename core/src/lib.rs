@@ -42,6 +42,7 @@ pub mod token;
 pub mod web;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -99,18 +100,36 @@ pub async fn backends(config: &Config) -> anyhow::Result<Backends> {
 }
 
 async fn distributed_backends(config: &Config) -> anyhow::Result<Backends> {
+    let tls_ca = match &config.redis_tls_ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("redis_tls_ca_file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let urls = config.redis_urls();
     let store = store::redis_cluster::RedisClusterStore::connect(
-        &config.redis_nodes,
-        store::redis_cluster::RedisOptions::default(),
+        &urls,
+        store::redis_cluster::RedisOptions {
+            wait_replicas: config.redis_wait_replicas,
+            wait_timeout: Duration::from_millis(config.redis_wait_timeout_ms),
+            command_timeout: Duration::from_millis(config.redis_command_timeout_ms),
+            max_batch: config.redis_max_batch,
+            tls_ca: tls_ca.clone(),
+            ..store::redis_cluster::RedisOptions::default()
+        },
     )
     .await
     .map_err(|e| anyhow::anyhow!("redis_nodes {:?}: {e}", config.redis_nodes))?;
-    let bus = bus::redis::RedisBus::connect(&config.redis_nodes)
+    let bus = bus::redis::RedisBus::connect_with(&urls, tls_ca)
         .await
         .map_err(|e| anyhow::anyhow!("redis_nodes {:?} (control bus): {e}", config.redis_nodes))?;
     let sink = events::kafka::KafkaSink::new(events::kafka::KafkaOptions {
         brokers: config.kafka_brokers.clone(),
         topic: config.kafka_topic.clone(),
+        max_buffered_messages: config.kafka_max_buffered_events,
+        message_timeout_ms: config.kafka_message_timeout_ms,
+        properties: config.kafka_client_properties(),
         ..events::kafka::KafkaOptions::default()
     })
     .map_err(|e| anyhow::anyhow!("kafka_brokers {:?}: {e}", config.kafka_brokers))?;

@@ -39,6 +39,40 @@ async fn redis() -> Store {
     }
 }
 
+/// The local stack's `redis-tls` node: TLS with a private CA and an ACL
+/// user, as managed Redis services run, through the same URLs and
+/// settings core builds from `redis_tls`, `redis_username`,
+/// `QUIZ_REDIS_PASSWORD` and `redis_tls_ca_file`. It has no replica, so
+/// no `WAIT`.
+async fn redis_tls() -> Store {
+    let settings = testkit::Settings::from_env();
+    let config = quiz_core::config::Config {
+        redis_nodes: vec![settings.redis_tls_node.clone()],
+        redis_tls: true,
+        redis_username: testkit::REDIS_TLS_USER.into(),
+        redis_password: testkit::REDIS_TLS_PASSWORD.into(),
+        ..Default::default()
+    };
+    let ca = std::fs::read(&settings.redis_tls_ca).unwrap_or_else(|e| {
+        panic!(
+            "the redis-tls node's CA {} is required (deploy/local/stack up): {e}",
+            settings.redis_tls_ca
+        )
+    });
+    let opts = RedisOptions {
+        wait_replicas: 0,
+        tls_ca: Some(ca),
+        ..RedisOptions::default()
+    };
+    match RedisClusterStore::connect(&config.redis_urls(), opts).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => panic!(
+            "the redis-tls node at {} is required (deploy/local/stack up): {e}",
+            settings.redis_tls_node
+        ),
+    }
+}
+
 fn unique(name: &str) -> String {
     format!("t-{name}-{:08x}", rand::random::<u32>())
 }
@@ -511,3 +545,4 @@ macro_rules! conformance {
 
 conformance!(memory_store, memory);
 conformance!(redis_cluster_store, redis);
+conformance!(redis_tls_store, redis_tls);

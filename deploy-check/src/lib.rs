@@ -13,8 +13,8 @@
 //! The checks themselves are the tests in `tests/`: `k8s.rs` (render, schema, references,
 //! probes, grace periods, sysctls, sizes, and the configuration each binary would load,
 //! parsed with the binaries' own config types), `monitoring.rs` (dashboard and alert
-//! metrics exist), `docker.rs` (Dockerfile lint), `discovery.rs` (edge-lb's discovery
-//! sidecar script, run for real), `loadtest_job.rs` (the in-cluster load-test Job).
+//! metrics exist), `docker.rs` (Dockerfile lint), `loadtest_job.rs` (the in-cluster
+//! load-test Job).
 //! `docs/deploy.md` ("How it is checked") lists every check.
 
 pub mod dockerfile;

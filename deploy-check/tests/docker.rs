@@ -198,9 +198,9 @@ fn image_defaults_listen_where_the_health_check_looks() {
         .map(|i| i.args.clone())
         .collect();
     assert!(env.contains("PERSISTER_HTTP_LISTEN=0.0.0.0:9464"), "{env}");
-    // edge-lb's admin port comes from its configuration (the template's admin_listen)
+    // edge-lb's admin port comes from its configuration (admin_listen)
     let t: serde_json::Value =
-        serde_yaml::from_str(&read("deploy/k8s/base/edge-lb/edge-lb.template.yaml")).unwrap();
+        serde_yaml::from_str(&read("deploy/k8s/base/edge-lb/edge-lb.yaml")).unwrap();
     assert_eq!(
         port_of(t["edge_lb"]["admin_listen"].as_str().unwrap()),
         9090
@@ -231,10 +231,9 @@ fn every_manifest_image_has_a_dockerfile() {
 
 #[test]
 fn shell_scripts_parse() {
-    for (shell, script) in [
-        ("sh", "deploy/docker/entrypoint.sh"),
-        ("bash", "deploy/docker/edge-lb-discover.sh"),
-    ] {
+    // The images' only script (edge-lb discovers core by itself, no sidecar script).
+    let (shell, script) = ("sh", "deploy/docker/entrypoint.sh");
+    {
         let path = repo_root().join(script);
         let out = Command::new(shell)
             .arg("-n")

@@ -326,8 +326,7 @@ fn probes_use_the_real_endpoints_on_the_configured_ports() {
         let e = ov.get("Deployment", "edge-lb");
         let c = container(e, "edge-lb");
         let t: Value =
-            serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
-                .unwrap();
+            serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.yaml")).unwrap();
         let admin = port_of(t["edge_lb"]["admin_listen"].as_str().unwrap());
         probe(c, "readinessProbe", "/healthz", admin, n);
         probe(c, "livenessProbe", "/healthz", admin, n);
@@ -338,25 +337,34 @@ fn probes_use_the_real_endpoints_on_the_configured_ports() {
             proxy,
             "{n}"
         );
-        // the headless Service's port is the one edge-lb's discovery puts in the backends
+        // edge-lb discovers core from the headless Service's SRV records: the name is
+        // _<port name>._tcp.<Service> (relative: the pod's search list adds its namespace),
+        // the StatefulSet's serviceName is that Service (so SRV targets are the pods' own
+        // names, the ring keys), and not-ready pods stay published (edge-lb checks /readyz
+        // itself and must not lose a pod's ring position when it turns unready).
         let hl = ov.get("Service", "core-headless");
-        let core_port = hl["spec"]["ports"][0]["port"].as_u64().unwrap().to_string();
-        let disc = container(e, "discover");
-        let env = resolved_env(
-            &ov,
-            disc,
-            &BTreeMap::from([("metadata.namespace", n.clone())]),
-        );
-        assert_eq!(env.get("CORE_PORT"), Some(&core_port), "{n}");
-        assert_eq!(
-            env.get("CORE_SERVICE").map(String::as_str),
-            Some("core-headless"),
-            "{n}"
+        let dns = &t["edge_lb"]["pools"][0]["discovery"]["dns"];
+        let srv = format!(
+            "_{}._tcp.core-headless",
+            hl["spec"]["ports"][0]["name"].as_str().unwrap()
         );
         assert_eq!(
-            env.get("CORE_STATEFULSET").map(String::as_str),
-            Some("core"),
-            "{n}"
+            dns["name"].as_str(),
+            Some(srv.as_str()),
+            "{n}: edge-lb's SRV name does not match Service core-headless's port name"
+        );
+        assert_eq!(hl["spec"]["ports"][0]["protocol"], "TCP", "{n}");
+        assert!(dns.get("nameserver").is_none(), "{n}: use the cluster DNS");
+        assert!(
+            dns.get("port").is_none(),
+            "{n}: the SRV records carry the port"
+        );
+        assert_eq!(core["spec"]["serviceName"], "core-headless", "{n}");
+        assert_eq!(hl["spec"]["publishNotReadyAddresses"], true, "{n}");
+        assert_eq!(
+            hl["spec"]["ports"][0]["port"].as_u64(),
+            Some(u64::from(port_of(&load_core(&ov).listen))),
+            "{n}: the SRV port is core's listen port"
         );
         // Prometheus annotations point at /metrics on the same ports.
         for (w, port) in [(core, port_of("x:8080")), (p, 0), (e, admin)] {
@@ -402,8 +410,7 @@ fn termination_grace_covers_the_drain_logic() {
         );
         let e = ov.get("Deployment", "edge-lb");
         let t: Value =
-            serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
-                .unwrap();
+            serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.yaml")).unwrap();
         let pre_stop: u64 = container(e, "edge-lb")["lifecycle"]["preStop"]["exec"]["command"]
             .as_array()
             .and_then(|c| (c.first()? == "sleep").then(|| c.get(1)?.as_str()?.parse().ok())?)
@@ -596,8 +603,9 @@ fn persister_config_loads_with_persister_config() {
     }
 }
 
-/// edge-lb: the template, with the backends the discovery script would write, parsed by
-/// `edge_lb::parse_config` (edge-lb's own keys, unknown ones rejected, and pingora's).
+/// edge-lb: the file it is started with (ConfigMap edge-lb-config, mounted), parsed by
+/// `edge_lb::parse_config` (edge-lb's own keys, unknown ones rejected, and pingora's). The
+/// core pool is discovered, not listed.
 #[test]
 fn edge_lb_config_loads_with_edge_lb_parser() {
     for ov in overlays() {
@@ -615,26 +623,17 @@ fn edge_lb_config_loads_with_edge_lb_parser() {
             .find(|w| w[0] == "-c")
             .map(|w| w[1])
             .expect("edge-lb -c <file>");
-        let disc = container(e, "discover");
-        let env = resolved_env(
-            &ov,
-            disc,
-            &BTreeMap::from([("metadata.namespace", n.clone())]),
-        );
-        assert_eq!(
-            env.get("DISCOVER_OUTPUT").map(String::as_str),
-            Some(conf_path),
-            "{n}"
-        );
-        let template = mounted_file(&ov, e, disc, &env["DISCOVER_TEMPLATE"]);
-        assert!(template.contains("__CORE_BACKENDS__"), "{n}");
-        let text = template.replace(
-            "__CORE_BACKENDS__",
-            "[{name: core-0, addr: \"10.0.0.10:8080\"}, {name: core-1, addr: \"[fd00::1]:8080\"}]",
-        );
+        let text = mounted_file(&ov, e, c, conf_path);
         let (_server, edge) =
             edge_lb::parse_config(&text).unwrap_or_else(|err| panic!("{n}: edge-lb: {err}"));
-        assert_eq!(edge.pools[0].backends.len(), 2);
+        let pool = edge.pool(&edge.routes.websocket).expect("websocket pool");
+        assert!(pool.backends.is_empty(), "{n}: core pods are discovered");
+        let dns = &pool.discovery.as_ref().expect("discovery").dns;
+        assert!(
+            dns.remove_after >= dns.interval * 2,
+            "{n}: remove_after must outlast a missed answer or two"
+        );
+        assert_eq!(edge.routes.http, edge.routes.websocket, "{n}");
         assert!(
             !edge.admin_listen.starts_with("127."),
             "{n}: probes need the pod network"
@@ -642,14 +641,11 @@ fn edge_lb_config_loads_with_edge_lb_parser() {
         for s in edge.listen.iter() {
             assert!(!s.starts_with("127."), "{n}: {s}");
         }
-        // every env var of the discovery containers is one the script reads
-        let script = script_env("deploy/docker/edge-lb-discover.sh");
-        for k in env.keys() {
-            assert!(
-                script.contains(k),
-                "{n}: discover env {k} is not read by the script"
-            );
-        }
+        assert_eq!(
+            all_containers(e).len(),
+            1,
+            "{n}: edge-lb discovers by itself, no sidecar"
+        );
     }
 }
 
@@ -666,8 +662,7 @@ fn configmap_keys_are_documented() {
             );
         }
         let t: Value =
-            serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.template.yaml"))
-                .unwrap();
+            serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.yaml")).unwrap();
         let edge_md = read("docs/edge-lb.md");
         for (k, v) in t["edge_lb"].as_object().unwrap() {
             if let Some(m) = v.as_object() {
@@ -677,7 +672,28 @@ fn configmap_keys_are_documented() {
                         "edge_lb.{k}.{sub} not in docs/edge-lb.md"
                     );
                 }
-            } else if k != "pools" {
+            } else if k == "pools" {
+                // pools[].name, pools[].discovery.dns.*, …
+                for pool in v.as_array().unwrap() {
+                    for (pk, pv) in pool.as_object().unwrap() {
+                        let mut keys = vec![format!("edge_lb.pools[].{pk}")];
+                        if let Some(d) = pv.as_object() {
+                            keys = d
+                                .iter()
+                                .flat_map(|(dk, dv)| {
+                                    let pre = format!("edge_lb.pools[].{pk}.{dk}");
+                                    dv.as_object()
+                                        .map(|m| m.keys().map(|s| format!("{pre}.{s}")).collect())
+                                        .unwrap_or_else(|| vec![pre.clone()])
+                                })
+                                .collect();
+                        }
+                        for key in keys {
+                            assert!(in_table(&edge_md, &key), "{key} not in docs/edge-lb.md");
+                        }
+                    }
+                }
+            } else {
                 assert!(
                     in_table(&edge_md, &format!("edge_lb.{k}")),
                     "edge_lb.{k} not in docs/edge-lb.md"

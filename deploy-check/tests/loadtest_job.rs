@@ -44,17 +44,14 @@ fn renderer_agrees_with_kubectl_kustomize_when_installed() {
     compare_with_kubectl(&job());
 }
 
-/// The load test's edge-lb runs the release's configuration: the template is the base's
-/// except `limits.max_connections`, and the discovery settings are the edge-lb
-/// Deployment's.
+/// The load test's edge-lb runs the release's configuration: the file is the base's except
+/// `limits.max_connections` (so its discovery of the core pods is the Deployment's too).
 #[test]
 fn its_edge_lb_is_the_production_edge_lb() {
     let ov = job();
     let ours: Value =
-        serde_yaml::from_str(&ov.config_data("loadtest-edge-lb-config", "edge-lb.template.yaml"))
-            .unwrap();
-    let base: Value =
-        serde_yaml::from_str(&read("deploy/k8s/base/edge-lb/edge-lb.template.yaml")).unwrap();
+        serde_yaml::from_str(&ov.config_data("loadtest-edge-lb-config", "edge-lb.yaml")).unwrap();
+    let base: Value = serde_yaml::from_str(&read("deploy/k8s/base/edge-lb/edge-lb.yaml")).unwrap();
     let strip = |mut v: Value| {
         v["edge_lb"]["limits"]
             .as_object_mut()
@@ -62,26 +59,27 @@ fn its_edge_lb_is_the_production_edge_lb() {
             .remove("max_connections");
         v
     };
-    assert_eq!(strip(ours.clone()), strip(base), "templates drifted apart");
-    let text = ov
-        .config_data("loadtest-edge-lb-config", "edge-lb.template.yaml")
-        .replace(
-            "__CORE_BACKENDS__",
-            "[{name: core-0, addr: \"10.0.0.1:8080\"}]",
-        );
+    assert_eq!(
+        strip(ours.clone()),
+        strip(base),
+        "configurations drifted apart"
+    );
+    let text = ov.config_data("loadtest-edge-lb-config", "edge-lb.yaml");
     let (_, edge) = edge_lb::parse_config(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        edge.pools[0].discovery.is_some(),
+        "the core pods are discovered"
+    );
 
     let j = ov.of_kind("Job").next().unwrap();
     for dev in overlays() {
         let e = dev.get("Deployment", "edge-lb");
-        for name in ["discover-init", "discover"] {
-            assert_eq!(
-                env_of(container(e, name)),
-                env_of(container(j, name)),
-                "{name}: discovery settings differ from overlay {}",
-                dev.name
-            );
-        }
+        assert_eq!(
+            env_of(container(e, "edge-lb")),
+            env_of(container(j, "edge-lb")),
+            "edge-lb's environment differs from overlay {}",
+            dev.name
+        );
         // admitted by core's NetworkPolicy, like the edge-lb pods
         let np = dev.get("NetworkPolicy", "core");
         let pod_labels = &j["spec"]["template"]["metadata"]["labels"];
@@ -112,9 +110,12 @@ fn its_edge_lb_is_the_production_edge_lb() {
     // native sidecars, edge-lb started before the load tool
     let spec = pod_spec(j);
     assert_eq!(spec["restartPolicy"], "Never");
-    for name in ["edge-lb", "discover"] {
-        assert_eq!(container(j, name)["restartPolicy"], "Always", "{name}");
-    }
+    assert_eq!(container(j, "edge-lb")["restartPolicy"], "Always");
+    assert_eq!(
+        all_containers(j).len(),
+        2,
+        "edge-lb and the load tool only (no discovery sidecar)"
+    );
     let lb = container(j, "edge-lb");
     let sp = &lb["startupProbe"]["httpGet"];
     assert_eq!(sp["path"], "/healthz");

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# edge-lb: the pingora edge load balancer, plus its Kubernetes discovery sidecar script.
+# edge-lb: the pingora edge load balancer (it discovers core pods from DNS itself).
 #
 # Build from the repository root (the whole workspace is the build context):
 #   docker build -f deploy/docker/edge-lb.Dockerfile -t quiz/edge-lb:$(git rev-parse --short HEAD) .
@@ -34,7 +34,6 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid quiz --home-dir /nonexistent --shell /usr/sbin/nologin quiz
 COPY --from=build /out/edge-lb /usr/local/bin/edge-lb
 COPY deploy/docker/entrypoint.sh /usr/local/bin/quiz-entrypoint
-COPY deploy/docker/edge-lb-discover.sh /usr/local/bin/edge-lb-discover
 
 USER 10001:10001
 EXPOSE 8080 9090

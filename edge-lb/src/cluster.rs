@@ -5,7 +5,7 @@
 //! One `parking_lot::Mutex` guards the routing state; it is never held across an `.await`
 //! (every method here is synchronous), and a routing decision holds it for a ring walk only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::EdgeConfig;
+use crate::config::{BackendConfig, EdgeConfig};
 use crate::metrics::Metrics;
 use crate::ring::{Decision, Placement};
 
@@ -71,6 +71,10 @@ struct Backend {
     up_since: Option<Instant>,
     /// Lost at least once: returns are held down.
     was_lost: bool,
+    /// Discovered after start and not yet seen up: not eligible until it passes
+    /// `success_threshold` checks, and failures before that are not a "loss" (a pod that is
+    /// still starting must not be held down once it is ready).
+    unverified: bool,
     eligible: bool,
     last_error: Option<String>,
 }
@@ -91,6 +95,77 @@ struct Inner {
     pools: HashMap<Arc<str>, Pool>,
 }
 
+/// Where the backend set comes from: the configuration as loaded (file or caller), in which
+/// discovered pools list no backends, and what discovery found for those pools. The routing
+/// state is always rebuilt from both, so a reload keeps the discovered backends and a
+/// discovery round keeps the reloaded settings.
+struct Sources {
+    base: EdgeConfig,
+    discovered: HashMap<String, Vec<Discovered>>,
+}
+
+/// A backend found by discovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovered {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// What one discovery update changed in a pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiscoveryDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Same name, new address: keeps its ring position, health state and quizzes.
+    pub readdressed: Vec<String>,
+    /// Discovered backends of the pool in use after the update.
+    pub in_use: usize,
+}
+
+impl DiscoveryDiff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.readdressed.is_empty()
+    }
+}
+
+impl Sources {
+    /// The configuration the routing state is built from: `base` with every discovered pool's
+    /// backends filled in. A discovered name already used by a static backend or by an
+    /// earlier pool is skipped (names are the ring keys and must be unique).
+    fn effective(&self) -> (EdgeConfig, HashMap<String, usize>) {
+        let mut cfg = self.base.clone();
+        let mut taken: HashSet<String> = cfg
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| b.name.clone()))
+            .collect();
+        let mut in_use = HashMap::new();
+        for pool in &mut cfg.pools {
+            let Some(d) = &pool.discovery else { continue };
+            let weight = d.dns.weight;
+            let found = self.discovered.get(&pool.name).map_or(&[][..], |v| v);
+            for b in found {
+                if !taken.insert(b.name.clone()) {
+                    tracing::warn!(
+                        pool = %pool.name,
+                        backend = %b.name,
+                        "discovered backend name already in use by another backend; skipped"
+                    );
+                    continue;
+                }
+                pool.backends.push(BackendConfig {
+                    name: b.name.clone(),
+                    addr: b.addr,
+                    weight,
+                    drain: false,
+                });
+            }
+            in_use.insert(pool.name.clone(), pool.backends.len());
+        }
+        (cfg, in_use)
+    }
+}
+
 struct TunnelEntry {
     quiz: String,
     token: CancellationToken,
@@ -105,7 +180,10 @@ pub struct Target {
 }
 
 pub struct Cluster {
+    /// The effective configuration (discovered backends filled in).
     config: RwLock<Arc<EdgeConfig>>,
+    /// Serialises updates (reload, discovery) and remembers both sources of backends.
+    sources: Mutex<Sources>,
     inner: Mutex<Inner>,
     tunnels: Mutex<HashMap<Arc<str>, HashMap<u64, TunnelEntry>>>,
     next_tunnel: AtomicU64,
@@ -147,6 +225,10 @@ impl Cluster {
     pub fn new(config: EdgeConfig) -> Arc<Cluster> {
         let c = Arc::new(Cluster {
             config: RwLock::new(Arc::new(config.clone())),
+            sources: Mutex::new(Sources {
+                base: config.clone(),
+                discovered: HashMap::new(),
+            }),
             inner: Mutex::new(Inner {
                 backends: HashMap::new(),
                 pools: HashMap::new(),
@@ -165,25 +247,108 @@ impl Cluster {
         self.config.read().clone()
     }
 
-    /// Install a (new) configuration. Backends keep their health state by name; removed
-    /// backends have their tunnels drained; established tunnels elsewhere are untouched.
+    /// The configuration as loaded, without discovered backends (what discovery reads its
+    /// settings from).
+    pub fn base_config(&self) -> EdgeConfig {
+        self.sources.lock().base.clone()
+    }
+
+    /// Install a (new) configuration (start, reload). Backends keep their health state by
+    /// name; removed backends have their tunnels closed; established tunnels elsewhere are
+    /// untouched. Discovered backends of pools that still have discovery are kept.
     /// Returns the backends that were removed.
     pub fn apply_config(self: &Arc<Self>, config: EdgeConfig) -> Vec<Arc<str>> {
+        let mut src = self.sources.lock();
+        src.base = config;
+        let keep: HashSet<String> = src
+            .base
+            .discovered_pools()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        src.discovered.retain(|p, _| keep.contains(p));
+        let (effective, _) = src.effective();
+        self.install(effective, &HashSet::new())
+    }
+
+    /// Replace the discovered backends of `pool` (discovery's only way in: the same path as
+    /// a reload, so health checks, the ring, hold-down, drain, metrics and the admin API treat
+    /// them like static backends). A backend missing from `found` is removed (its tunnels
+    /// closed, its quizzes placed again); one whose address changed keeps everything but the
+    /// address. `verified_start` marks new backends eligible at once, as static backends are
+    /// at start; otherwise a new backend waits for `health.success_threshold` passing checks.
+    /// Returns None when `pool` has no discovery (any more).
+    pub fn set_discovered(
+        self: &Arc<Self>,
+        pool: &str,
+        mut found: Vec<Discovered>,
+        verified_start: bool,
+    ) -> Option<DiscoveryDiff> {
+        let mut src = self.sources.lock();
+        if !src.base.discovered_pools().any(|(p, _)| p == pool) {
+            return None;
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        found.dedup_by(|a, b| a.name == b.name);
+        let prev: HashMap<String, SocketAddr> = src
+            .discovered
+            .get(pool)
+            .map(|v| v.iter().map(|d| (d.name.clone(), d.addr)).collect())
+            .unwrap_or_default();
+        let mut diff = DiscoveryDiff::default();
+        for d in &found {
+            match prev.get(&d.name) {
+                None => diff.added.push(d.name.clone()),
+                Some(a) if *a != d.addr => diff.readdressed.push(d.name.clone()),
+                Some(_) => {}
+            }
+        }
+        let now: HashSet<&str> = found.iter().map(|d| d.name.as_str()).collect();
+        diff.removed = prev
+            .keys()
+            .filter(|n| !now.contains(n.as_str()))
+            .cloned()
+            .collect();
+        diff.removed.sort();
+        let first = !src.discovered.contains_key(pool);
+        src.discovered.insert(pool.to_string(), found);
+        let (effective, in_use) = src.effective();
+        diff.in_use = in_use.get(pool).copied().unwrap_or(0);
+        if diff.is_empty() && !first {
+            return Some(diff);
+        }
+        let fresh: HashSet<String> = if verified_start {
+            HashSet::new()
+        } else {
+            diff.added.iter().cloned().collect()
+        };
+        self.install(effective, &fresh);
+        Some(diff)
+    }
+
+    /// Build the routing state for `config`. `fresh` names new backends that start
+    /// unverified (not eligible until they pass health checks).
+    fn install(self: &Arc<Self>, config: EdgeConfig, fresh: &HashSet<String>) -> Vec<Arc<str>> {
         let removed;
         {
             let mut inner = self.inner.lock();
             let mut backends = HashMap::new();
             for pool in &config.pools {
                 let pname: Arc<str> = pool.name.as_str().into();
+                let discovered = pool.discovery.is_some();
                 for b in &pool.backends {
                     let name: Arc<str> = b.name.as_str().into();
                     let prev = inner.backends.remove(&name);
+                    let unverified = fresh.contains(b.name.as_str());
                     let be = match prev {
                         Some(mut p) => {
                             p.pool = pname.clone();
                             p.addr = b.addr;
                             p.weight = b.weight;
-                            p.draining = b.drain;
+                            // A discovered backend has no drain flag in a file: keep the
+                            // admin API's drain across discovery updates and reloads.
+                            if !discovered {
+                                p.draining = b.drain;
+                            }
                             p
                         }
                         None => Backend {
@@ -196,10 +361,13 @@ impl Cluster {
                             consecutive_fail: 0,
                             up_since: None,
                             was_lost: false,
+                            unverified,
                             // Optimistic until the first verdict (as HAProxy's servers start
                             // UP): a restarted or upgraded edge-lb serves at once instead of
                             // answering 503 until `success_threshold` checks have passed.
-                            eligible: true,
+                            // Not so for a node discovered later (scale-up): it may well be
+                            // still starting, so it waits for its checks.
+                            eligible: !unverified,
                             last_error: None,
                         },
                     };
@@ -523,6 +691,7 @@ impl Cluster {
                 b.last_error = None;
                 if b.up != Some(true) && b.consecutive_ok >= h.success_threshold {
                     b.up = Some(true);
+                    b.unverified = false;
                     b.up_since = Some(Instant::now());
                     self.metrics
                         .health_transitions
@@ -552,7 +721,8 @@ impl Cluster {
                 if b.up != Some(false) && b.consecutive_fail >= h.failure_threshold {
                     lost = true;
                     b.up = Some(false);
-                    b.was_lost = true;
+                    // An unverified node never had quizzes: no hold-down once it is ready.
+                    b.was_lost = !b.unverified;
                     b.eligible = false;
                     b.up_since = None;
                     self.metrics

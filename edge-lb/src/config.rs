@@ -91,7 +91,52 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub name: String,
+    /// Static backends. Empty (or absent) when the pool is discovered: a pool has either a
+    /// static list or `discovery`, never both, so there is one source of truth per pool.
+    #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Find the pool's backends at run time instead (`discovery.rs`).
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+/// `edge_lb.pools[].discovery`: where a pool's backends come from at run time.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    pub dns: DnsDiscoveryConfig,
+}
+
+/// DNS SRV discovery (a Kubernetes headless Service): one SRV answer per pod, whose target's
+/// first label is the node name (`core-0.core-headless.quiz.svc.cluster.local` → `core-0`)
+/// and whose A/AAAA record is the address.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscoveryConfig {
+    /// SRV name, e.g. `_http._tcp.core-headless.quiz.svc.cluster.local`. A name with fewer
+    /// dots than `ndots` goes through the resolv.conf search list, so `_http._tcp.core-headless`
+    /// works in any namespace.
+    pub name: String,
+    /// Port to use instead of the SRV records' port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Time between resolutions.
+    #[serde(default = "d_discovery_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time allowed for one resolution (every query of it, retries included).
+    #[serde(default = "d_discovery_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A backend missing from successful answers is removed only after this long, so a pod
+    /// being recreated (briefly absent from DNS) keeps its state and quizzes.
+    #[serde(default = "d_remove_after", with = "humantime_serde")]
+    pub remove_after: Duration,
+    /// DNS server (`ip:port`) to ask instead of the ones in /etc/resolv.conf.
+    #[serde(default)]
+    pub nameserver: Option<SocketAddr>,
+    /// Weight of every discovered backend (SRV weights are for client-side load balancing,
+    /// not ring shares, and Kubernetes sets them all equal).
+    #[serde(default = "d_weight")]
+    pub weight: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -266,6 +311,24 @@ fn d_cert_check() -> Duration {
 fn d_weight() -> u32 {
     1
 }
+fn d_discovery_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_discovery_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn d_remove_after() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The rule for backend names (the ring key), static or discovered.
+pub fn valid_backend_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+}
 
 impl EdgeConfig {
     /// Parse the `edge_lb:` section out of a whole configuration file's text.
@@ -320,21 +383,27 @@ impl EdgeConfig {
                     format!("duplicate pool `{}`", pool.name),
                 ));
             }
-            if pool.backends.is_empty() {
-                return Err(invalid(
-                    format!("edge_lb.pools[{p}].backends"),
-                    "at least one backend is required",
-                ));
+            match &pool.discovery {
+                None if pool.backends.is_empty() => {
+                    return Err(invalid(
+                        format!("edge_lb.pools[{p}].backends"),
+                        "at least one backend is required (or set discovery)",
+                    ));
+                }
+                Some(_) if !pool.backends.is_empty() => {
+                    return Err(invalid(
+                        format!("edge_lb.pools[{p}].backends"),
+                        "a pool with discovery takes no static backends",
+                    ));
+                }
+                Some(d) => d
+                    .dns
+                    .validate(&format!("edge_lb.pools[{p}].discovery.dns"))?,
+                None => {}
             }
             for (b, be) in pool.backends.iter().enumerate() {
                 let key = format!("edge_lb.pools[{p}].backends[{b}]");
-                if be.name.is_empty()
-                    || be.name.len() > 64
-                    || !be
-                        .name
-                        .bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
-                {
+                if !valid_backend_name(&be.name) {
                     return Err(invalid(
                         format!("{key}.name"),
                         "1-64 chars of [A-Za-z0-9._-]",
@@ -389,6 +458,13 @@ impl EdgeConfig {
         Ok(self)
     }
 
+    /// Pools whose backends are discovered, with their settings.
+    pub fn discovered_pools(&self) -> impl Iterator<Item = (&str, &DnsDiscoveryConfig)> {
+        self.pools
+            .iter()
+            .filter_map(|p| p.discovery.as_ref().map(|d| (p.name.as_str(), &d.dns)))
+    }
+
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name == name)
     }
@@ -406,6 +482,40 @@ impl EdgeConfig {
             vnodes: self.vnodes,
             balance_factor: self.balance_factor,
         }
+    }
+}
+
+impl DnsDiscoveryConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let name = self.name.trim_end_matches('.');
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!(
+                    "`{}` is not a DNS name (dot-separated labels of [A-Za-z0-9_-])",
+                    self.name
+                ),
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(invalid(format!("{key}.port"), "must be 1..=65535"));
+        }
+        if self.interval < Duration::from_millis(10) {
+            return Err(invalid(format!("{key}.interval"), "must be >= 10ms"));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid(format!("{key}.timeout"), "must be > 0"));
+        }
+        if !(1..=1000).contains(&self.weight) {
+            return Err(invalid(format!("{key}.weight"), "must be 1..=1000"));
+        }
+        Ok(())
     }
 }
 
@@ -448,6 +558,53 @@ edge_lb:
         assert!(e.contains("edge_lb.routes.websocket"), "{e}");
         let bad = MIN.replace("  pools:", "  bogus: 1\n  pools:");
         assert!(EdgeConfig::from_yaml(&bad).is_err());
+    }
+
+    #[test]
+    fn discovery_keys_parse_and_errors_name_the_key() {
+        let disc = "edge_lb:
+  pools:
+    - name: core
+      discovery:
+        dns: {name: _http._tcp.core-headless, interval: 1s, nameserver: '127.0.0.1:5353'}
+";
+        let c = EdgeConfig::from_yaml(disc).unwrap();
+        let (pool, d) = c.discovered_pools().next().unwrap();
+        assert_eq!(pool, "core");
+        assert_eq!(d.interval, Duration::from_secs(1));
+        assert_eq!(d.remove_after, Duration::from_secs(30));
+        assert_eq!(d.port, None);
+        assert!(c.pools[0].backends.is_empty());
+        for (bad, key) in [
+            ("name: _http._tcp.core-headless,", "name: 'bad name',"),
+            ("interval: 1s", "interval: 0s"),
+            ("interval: 1s", "interval: 1s, port: 0"),
+            ("interval: 1s", "interval: 1s, weight: 0"),
+            ("interval: 1s", "interval: 1s, timeout: 0s"),
+        ]
+        .map(|(from, to)| (disc.replace(from, to), to))
+        {
+            let e = EdgeConfig::from_yaml(&bad).unwrap_err().to_string();
+            assert!(e.contains("edge_lb.pools[0].discovery.dns."), "{key}: {e}");
+        }
+        let e = EdgeConfig::from_yaml(&disc.replace("interval: 1s,", "bogus: 1,"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        // Either static backends or discovery, not both.
+        let both = disc.replace(
+            "      discovery:",
+            "      backends: [{name: core-1, addr: '127.0.0.1:7001'}]\n      discovery:",
+        );
+        let e = EdgeConfig::from_yaml(&both).unwrap_err().to_string();
+        assert!(e.contains("edge_lb.pools[0].backends"), "{e}");
+        // Neither: the pool would have no backends ever.
+        let neither = MIN.replace(
+            "      backends:\n        - {name: core-1, addr: '127.0.0.1:7001'}\n",
+            "",
+        );
+        let e = EdgeConfig::from_yaml(&neither).unwrap_err().to_string();
+        assert!(e.contains("edge_lb.pools[0].backends"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`cluster`]: shared state: backends, health verdicts, drain, one placement per pool,
 //!   quiz activity, the per-backend tunnel registry. Every routing decision goes through it.
 //! - [`ring`]: pure consistent hashing with bounded loads per quiz, keyed by node name.
+//! - [`discovery`]: pools whose backends come from DNS SRV records (a Kubernetes headless
+//!   Service), resolved periodically and fed to `Cluster::set_discovered`, the reload path.
 //! - [`health`]: active checks (pingora-load-balancing `HttpHealthCheck` on `/readyz`) feeding
 //!   `Cluster::report_health`, plus the idle-quiz sweep.
 //! - [`admin`]: admin API (route explanation, backends, drain, reload) and `/metrics`.
@@ -22,6 +24,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod discovery;
 pub mod head;
 pub mod health;
 pub mod metrics;
@@ -57,7 +60,7 @@ pub enum BuildError {
     Tls(#[from] tls::TlsError),
 }
 
-/// Background work: health checks, sweep, certificate refresh, SIGHUP reload.
+/// Background work: health checks, sweep, discovery, certificate refresh, SIGHUP reload.
 struct Upkeep {
     cluster: Arc<Cluster>,
     certs: Option<Arc<tls::CertStore>>,
@@ -70,6 +73,7 @@ impl BackgroundService for Upkeep {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let stop = CancellationToken::new();
         let health = tokio::spawn(health::run(self.cluster.clone(), stop.clone()));
+        let discovery = tokio::spawn(discovery::run(self.cluster.clone(), stop.clone()));
         if let Some(store) = self.certs.clone() {
             let every = self
                 .cluster
@@ -118,6 +122,7 @@ impl BackgroundService for Upkeep {
         let _ = shutdown.changed().await;
         stop.cancel();
         let _ = health.await;
+        let _ = discovery.await;
     }
 }
 

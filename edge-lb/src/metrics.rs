@@ -29,6 +29,12 @@ pub struct Metrics {
     pub quizzes_active: IntGaugeVec,
     pub downstream_connections: IntGauge,
     pub upgrade_seconds: HistogramVec,
+    /// Discovery resolutions by pool and outcome (ok, empty, error).
+    pub discovery_resolutions: IntCounterVec,
+    /// Discovered backends in use per pool.
+    pub discovery_backends: IntGaugeVec,
+    /// Changes applied by discovery, by pool and change (added, removed, readdressed).
+    pub discovery_changes: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,8 +116,26 @@ impl Metrics {
         registry
             .register(Box::new(upgrade_seconds.clone()))
             .expect("unique");
+        let discovery_resolutions = cv(
+            "edge_lb_discovery_resolutions_total",
+            "Backend discovery resolutions by pool and outcome",
+            &["pool", "outcome"],
+        );
+        let discovery_backends = gv(
+            "edge_lb_discovery_backends",
+            "Discovered backends in use per pool",
+            &["pool"],
+        );
+        let discovery_changes = cv(
+            "edge_lb_discovery_changes_total",
+            "Backend set changes applied by discovery",
+            &["pool", "change"],
+        );
         Metrics {
             registry,
+            discovery_resolutions,
+            discovery_backends,
+            discovery_changes,
             tunnels_active,
             requests,
             requests_active,

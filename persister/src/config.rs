@@ -4,6 +4,7 @@
 //! platform, `PERSISTER_*` for the persister's own). Every key is documented in
 //! `docs/persister.md`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -58,6 +59,48 @@ pub struct KafkaConfig {
     pub statistics_interval_ms: u64,
     /// Create the dead-letter topic at start-up when missing.
     pub create_dlq_topic: bool,
+    /// Replication factor of a dead-letter topic the persister creates
+    /// (production: the cluster's, e.g. 3; the local stack has one broker).
+    pub dlq_replication_factor: i32,
+    /// Extra librdkafka properties for every Kafka client of the persister
+    /// (consumer, dead-letter producer, admin): TLS and SASL
+    /// (`security.protocol`, `ssl.ca.location`, `sasl.mechanism`,
+    /// `sasl.username`, …) and tuning (`fetch.max.bytes`, …). Keys that
+    /// carry the exactly-once and nothing-lost rules are refused
+    /// ([`RESERVED_KAFKA_PROPERTIES`]).
+    pub properties: BTreeMap<String, String>,
+    /// SASL password: only from `QUIZ_KAFKA_SASL_PASSWORD` (a Secret,
+    /// shared with core), never from the file.
+    #[serde(skip)]
+    pub sasl_password: String,
+}
+
+/// librdkafka properties `kafka.properties` may not set, and why.
+pub const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use kafka.brokers"),
+    ("group.id", "use kafka.group_id"),
+    ("enable.auto.commit", "offsets are committed only after MongoDB has the batch"),
+    ("enable.auto.offset.store", "offsets are stored only after MongoDB has the batch"),
+    ("enable.idempotence", "the dead-letter producer is always idempotent"),
+    ("acks", "the dead-letter producer always waits for all in-sync replicas"),
+    ("sasl.password", "use QUIZ_KAFKA_SASL_PASSWORD (a Secret, not a file)"),
+];
+
+impl KafkaConfig {
+    /// A librdkafka config with the brokers and the operator's properties
+    /// (security first of all): the start of every client the persister
+    /// makes, so none of them can miss the TLS/SASL settings.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        if !self.sasl_password.is_empty() {
+            c.set("sasl.password", &self.sasl_password);
+        }
+        c
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -133,6 +176,9 @@ impl Default for KafkaConfig {
             dlq_topic: String::new(),
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
+            dlq_replication_factor: 1,
+            properties: BTreeMap::new(),
+            sasl_password: String::new(),
             assignment_strategy: "cooperative-sticky".into(),
             statistics_interval_ms: 5_000,
             create_dlq_topic: true,
@@ -273,6 +319,27 @@ impl Config {
 
         string(&lookup, "QUIZ_KAFKA_BROKERS", &mut self.kafka.brokers);
         string(&lookup, "QUIZ_KAFKA_TOPIC", &mut self.kafka.topic);
+        string(&lookup, "QUIZ_KAFKA_SASL_PASSWORD", &mut self.kafka.sasl_password);
+        if let Some(list) = lookup("QUIZ_KAFKA_PROPERTIES") {
+            // Comma separated key=value, merged over the file's table.
+            for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let Some((k, v)) = item.split_once('=') else {
+                    return Err(ConfigError::Invalid {
+                        key: "QUIZ_KAFKA_PROPERTIES",
+                        origin: "environment",
+                        message: format!("{item:?} is not key=value"),
+                    });
+                };
+                self.kafka
+                    .properties
+                    .insert(k.trim().to_string(), v.trim().to_string());
+            }
+        }
+        number(
+            &lookup,
+            "PERSISTER_DLQ_REPLICATION_FACTOR",
+            &mut self.kafka.dlq_replication_factor,
+        )?;
         string(&lookup, "PERSISTER_GROUP_ID", &mut self.kafka.group_id);
         string(&lookup, "PERSISTER_DLQ_TOPIC", &mut self.kafka.dlq_topic);
         number(
@@ -388,6 +455,23 @@ impl Config {
         if self.kafka.group_id.trim().is_empty() {
             return Err(invalid("kafka.group_id", "must not be empty"));
         }
+        for (k, v) in &self.kafka.properties {
+            if let Some((_, instead)) = RESERVED_KAFKA_PROPERTIES.iter().find(|(r, _)| r == k) {
+                return Err(invalid(
+                    "kafka.properties",
+                    format!("{k:?} cannot be set here: {instead}"),
+                ));
+            }
+            if k.trim().is_empty() || v.trim().is_empty() {
+                return Err(invalid(
+                    "kafka.properties",
+                    format!("{k:?}: expected a non-empty key and value"),
+                ));
+            }
+        }
+        if self.kafka.dlq_replication_factor < 1 {
+            return Err(invalid("kafka.dlq_replication_factor", "must be >= 1"));
+        }
         if !matches!(
             self.kafka.assignment_strategy.as_str(),
             "cooperative-sticky" | "range" | "roundrobin" | "range,roundrobin"
@@ -496,6 +580,39 @@ mod tests {
     fn defaults_are_valid() {
         Config::default().validate().expect("defaults validate");
         assert_eq!(Config::default().dlq_topic(), "quiz-events-dlq");
+    }
+
+    #[test]
+    fn kafka_properties_from_env_and_their_guard() {
+        let mut c = Config::default();
+        let env: HashMap<&str, &str> = [
+            ("QUIZ_KAFKA_PROPERTIES", "security.protocol=SASL_SSL, sasl.mechanism=PLAIN"),
+            ("QUIZ_KAFKA_SASL_PASSWORD", "s3cret"),
+        ]
+        .into_iter()
+        .collect();
+        c.apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .expect("env applies");
+        c.validate().expect("valid");
+        assert_eq!(
+            c.kafka.properties.get("security.protocol").map(String::as_str),
+            Some("SASL_SSL")
+        );
+        assert_eq!(
+            c.kafka.client_config().get("sasl.password"),
+            Some("s3cret")
+        );
+        for (key, _) in RESERVED_KAFKA_PROPERTIES {
+            let mut bad = Config::default();
+            bad.kafka.properties.insert(key.to_string(), "x".into());
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains("kafka.properties") && e.contains(key), "{e}");
+        }
+        let e = Config::default()
+            .apply_env(|k| (k == "QUIZ_KAFKA_PROPERTIES").then(|| "linger.ms".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("QUIZ_KAFKA_PROPERTIES"), "{e}");
     }
 
     #[test]

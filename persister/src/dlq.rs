@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use rdkafka::config::ClientConfig;
+use crate::config::KafkaConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -34,9 +34,10 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub fn new(brokers: &str, topic: String) -> Result<DeadLetter, KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    /// `kafka` gives the brokers and the security/tuning properties.
+    pub fn new(kafka: &KafkaConfig, topic: String) -> Result<DeadLetter, KafkaError> {
+        let producer: FutureProducer = kafka
+            .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")

@@ -39,7 +39,6 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::task::JoinHandle;
@@ -137,16 +136,16 @@ async fn run_pipeline(
     metrics.set_mongo_ok(true);
     if config.kafka.create_dlq_topic {
         let topic = config.dlq_topic();
-        let brokers = config.kafka.brokers.clone();
+        let kafka = config.kafka.clone();
         let created = retry_until(&config, &shutdown, "dead-letter topic", || {
-            ensure_topic(&brokers, &topic, 1)
+            ensure_topic(&kafka, &topic, 1)
         })
         .await;
         if !created {
             return Ok(());
         }
     }
-    let dlq = dlq::DeadLetter::new(&config.kafka.brokers, config.dlq_topic())?;
+    let dlq = dlq::DeadLetter::new(&config.kafka, config.dlq_topic())?;
 
     // Readiness between batches: a ping every 2 s.
     let pinger = {
@@ -203,12 +202,19 @@ where
     }
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists.
-pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+/// Creates `topic` with `partitions` partitions (replication
+/// `kafka.dlq_replication_factor`) unless it exists.
+pub async fn ensure_topic(
+    kafka: &config::KafkaConfig,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
+    let new = NewTopic::new(
+        topic,
+        partitions,
+        TopicReplication::Fixed(kafka.dlq_replication_factor),
+    );
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
     for result in admin.create_topics([&new], &options).await? {
         match result {

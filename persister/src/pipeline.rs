@@ -392,9 +392,8 @@ impl Shared {
 
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let k = &config.kafka;
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers)
-        .set("group.id", &k.group_id)
+    let mut c = k.client_config();
+    c.set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
@@ -66,8 +65,9 @@ fn replay_blocking(
     runtime: Handle,
 ) -> Result<ReplayReport, ReplayError> {
     let topic = config.kafka.topic.as_str();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
+    let consumer: BaseConsumer = config
+        .kafka
+        .client_config()
         .set("group.id", format!("{}-replay", config.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -440,3 +440,72 @@ async fn a_statement_rejected_by_mongodb_dead_letters_only_its_event() {
     shutdown.cancel();
     running.wait().await.expect("clean stop");
 }
+
+/// The Kafka security settings reach every client of the persister: with
+/// the brokers set to the local stack's SASL/PLAIN listener and the
+/// credentials in `kafka.properties` + the password field (what
+/// `QUIZ_KAFKA_SASL_PASSWORD` fills), the events land in MongoDB and the
+/// dead-letter topic is created through the same authenticated connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumes_through_a_sasl_listener() {
+    let mut config = test_config("sasl", 2).await;
+    let s = scenario(&testkit::unique_quiz_id(), 3, 2);
+    produce(&config.kafka.brokers, &config.kafka.topic, &s.records).await;
+
+    let settings = testkit::Settings::from_env();
+    config.kafka.brokers = settings.kafka_sasl_brokers.clone();
+    config.kafka.create_dlq_topic = true;
+    for (k, v) in [
+        ("security.protocol", "SASL_PLAINTEXT"),
+        ("sasl.mechanism", "PLAIN"),
+        ("sasl.username", testkit::KAFKA_SASL_USER),
+    ] {
+        config.kafka.properties.insert(k.into(), v.into());
+    }
+    config.kafka.sasl_password = testkit::KAFKA_SASL_PASSWORD.into();
+    config.validate().expect("valid");
+
+    let shutdown = CancellationToken::new();
+    let running = persister::start(config.clone(), shutdown.clone())
+        .await
+        .expect("start");
+    let _stop = shutdown.clone().drop_guard();
+    let db = database(&config).await;
+    wait_complete(&db, &s, WAIT).await;
+    assert_invariant(&db, &s).await;
+    shutdown.cancel();
+    running.wait().await.expect("clean stop");
+}
+
+/// A wrong password never consumes (so never commits) anything: the
+/// persister does not get a batch while authentication fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_sasl_password_consumes_nothing() {
+    let mut config = test_config("sasl-bad", 1).await;
+    let s = scenario(&testkit::unique_quiz_id(), 2, 1);
+    produce(&config.kafka.brokers, &config.kafka.topic, &s.records).await;
+    config.kafka.brokers = testkit::Settings::from_env().kafka_sasl_brokers;
+    for (k, v) in [
+        ("security.protocol", "SASL_PLAINTEXT"),
+        ("sasl.mechanism", "PLAIN"),
+        ("sasl.username", testkit::KAFKA_SASL_USER),
+    ] {
+        config.kafka.properties.insert(k.into(), v.into());
+    }
+    config.kafka.sasl_password = "not-the-password".into();
+    let shutdown = CancellationToken::new();
+    let running = persister::start(config.clone(), shutdown.clone())
+        .await
+        .expect("start");
+    let _stop = shutdown.clone().drop_guard();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let db = database(&config).await;
+    assert_eq!(
+        count(&db, "answers", doc! {}).await + count(&db, "players", doc! {}).await,
+        0,
+        "nothing may be persisted without authentication ({} events wait)",
+        s.records.len()
+    );
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), running.wait()).await;
+}

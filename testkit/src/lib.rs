@@ -39,6 +39,27 @@ pub const DEFAULT_REDIS_NODES: &str =
     "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005";
 /// Default of `QUIZ_KAFKA_BROKERS`.
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+/// Default of `QUIZ_KAFKA_SASL_BROKERS`.
+pub const DEFAULT_KAFKA_SASL_BROKERS: &str = "127.0.0.1:9094";
+/// The SASL/PLAIN credentials of the local stack's SASL listener (`deploy/local/stack`).
+pub const KAFKA_SASL_USER: &str = "quiz";
+pub const KAFKA_SASL_PASSWORD: &str = "quiz-local-sasl";
+/// Default of `QUIZ_REDIS_TLS_NODE`.
+pub const DEFAULT_REDIS_TLS_NODE: &str = "127.0.0.1:7010";
+/// The ACL user of the local stack's `redis-tls` node (`deploy/local/stack`).
+pub const REDIS_TLS_USER: &str = "quiz";
+pub const REDIS_TLS_PASSWORD: &str = "quiz-local-redis";
+
+/// Default of `QUIZ_REDIS_TLS_CA`: where `deploy/local/stack` of this
+/// checkout writes it (`<repo>/.stack/data/redis-tls/ca.crt`, or under
+/// `QUIZ_STACK_DIR`).
+pub fn default_redis_tls_ca() -> String {
+    let stack = std::env::var("QUIZ_STACK_DIR")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../.stack").to_owned());
+    format!("{stack}/data/redis-tls/ca.crt")
+}
 /// Default of `QUIZ_KAFKA_TOPIC`.
 pub const DEFAULT_KAFKA_TOPIC: &str = "quiz-events";
 /// Default of `QUIZ_MONGODB_URI`.
@@ -59,6 +80,16 @@ pub struct Settings {
     pub kafka_brokers: String,
     /// `QUIZ_KAFKA_TOPIC`: the event topic (its dead-letter topic is `<topic>-dlq`).
     pub kafka_topic: String,
+    /// `QUIZ_KAFKA_SASL_BROKERS`: the same broker's SASL_PLAINTEXT listener
+    /// (mechanism PLAIN, user [`KAFKA_SASL_USER`], password
+    /// [`KAFKA_SASL_PASSWORD`]), for the security settings' tests.
+    pub kafka_sasl_brokers: String,
+    /// `QUIZ_REDIS_TLS_NODE`: the local stack's `redis-tls` node (TLS only,
+    /// ACL user [`REDIS_TLS_USER`] / [`REDIS_TLS_PASSWORD`], a one-node
+    /// cluster), for the Redis security settings' tests.
+    pub redis_tls_node: String,
+    /// `QUIZ_REDIS_TLS_CA`: the PEM of the CA that signed its certificate.
+    pub redis_tls_ca: String,
     /// `QUIZ_MONGODB_URI`: a MongoDB connection string.
     pub mongodb_uri: String,
     /// `QUIZ_MONGODB_DB`: the database of the durable record.
@@ -71,6 +102,9 @@ impl Default for Settings {
             redis_nodes: split_list(DEFAULT_REDIS_NODES),
             kafka_brokers: DEFAULT_KAFKA_BROKERS.to_owned(),
             kafka_topic: DEFAULT_KAFKA_TOPIC.to_owned(),
+            kafka_sasl_brokers: DEFAULT_KAFKA_SASL_BROKERS.to_owned(),
+            redis_tls_node: DEFAULT_REDIS_TLS_NODE.to_owned(),
+            redis_tls_ca: default_redis_tls_ca(),
             mongodb_uri: DEFAULT_MONGODB_URI.to_owned(),
             mongodb_db: DEFAULT_MONGODB_DB.to_owned(),
         }
@@ -95,6 +129,9 @@ impl Settings {
             redis_nodes: split_list(&var("QUIZ_REDIS_NODES", DEFAULT_REDIS_NODES)),
             kafka_brokers: var("QUIZ_KAFKA_BROKERS", DEFAULT_KAFKA_BROKERS),
             kafka_topic: var("QUIZ_KAFKA_TOPIC", DEFAULT_KAFKA_TOPIC),
+            kafka_sasl_brokers: var("QUIZ_KAFKA_SASL_BROKERS", DEFAULT_KAFKA_SASL_BROKERS),
+            redis_tls_node: var("QUIZ_REDIS_TLS_NODE", DEFAULT_REDIS_TLS_NODE),
+            redis_tls_ca: var("QUIZ_REDIS_TLS_CA", &default_redis_tls_ca()),
             mongodb_uri: var("QUIZ_MONGODB_URI", DEFAULT_MONGODB_URI),
             mongodb_db: var("QUIZ_MONGODB_DB", DEFAULT_MONGODB_DB),
         }

@@ -21,7 +21,7 @@ use redis::cluster_async::ClusterConnection;
 use tokio::sync::{broadcast, watch};
 
 use super::{BusError, Changed, ControlBus};
-use crate::store::redis_cluster::node_url;
+use crate::store::redis_cluster::{node_url, tls_certificates};
 
 /// The pub/sub channel of control messages.
 pub const CHANNEL: &str = "quiz-control";
@@ -49,11 +49,20 @@ impl RedisBus {
     /// returns once the subscription is up, so a message published by anyone
     /// after `connect` returns is seen. Must be called inside a tokio runtime.
     pub async fn connect(nodes: &[String]) -> Result<Self, BusError> {
+        Self::connect_with(nodes, None).await
+    }
+
+    /// [`RedisBus::connect`], trusting `tls_ca` (PEM) for `rediss://` nodes.
+    pub async fn connect_with(nodes: &[String], tls_ca: Option<Vec<u8>>) -> Result<Self, BusError> {
         if nodes.is_empty() {
             return Err(BusError("no Redis nodes configured".into()));
         }
         let urls: Vec<String> = nodes.iter().map(|n| node_url(n)).collect();
-        let client = ClusterClientBuilder::new(urls.clone())
+        let mut builder = ClusterClientBuilder::new(urls.clone());
+        if let Some(ca) = &tls_ca {
+            builder = builder.certs(tls_certificates(ca));
+        }
+        let client = builder
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(CONNECT_TIMEOUT)
             .build()
@@ -64,7 +73,7 @@ impl RedisBus {
             .map_err(|e| BusError(e.to_string()))?;
         let (tx, _) = broadcast::channel(LOCAL_CAPACITY);
         let (sub_tx, mut subscribed) = watch::channel(None);
-        let task = tokio::spawn(subscriber(urls, tx.clone(), sub_tx)).abort_handle();
+        let task = tokio::spawn(subscriber(urls, tls_ca, tx.clone(), sub_tx)).abort_handle();
         let first = tokio::time::timeout(
             CONNECT_TIMEOUT.saturating_mul(2),
             subscribed.wait_for(|s| s.is_some()),
@@ -114,6 +123,7 @@ fn parse(payload: &[u8]) -> Option<Changed> {
 /// Runs until the `RedisBus` is dropped (aborted).
 async fn subscriber(
     urls: Vec<String>,
+    tls_ca: Option<Vec<u8>>,
     tx: broadcast::Sender<Changed>,
     subscribed: watch::Sender<Option<String>>,
 ) {
@@ -124,9 +134,11 @@ async fn subscriber(
     loop {
         let url = &urls[next % urls.len()];
         next += 1;
-        match subscribe_once(url).await {
+        // The URL may carry a password: logs and diagnostics get it without.
+        let node = redacted(url);
+        match subscribe_once(url, tls_ca.as_deref()).await {
             Ok((mut sink, mut stream)) => {
-                subscribed.send_replace(Some(url.clone()));
+                subscribed.send_replace(Some(node.clone()));
                 backoff = BACKOFF_MIN;
                 let mut ping = tokio::time::interval(PING_EVERY);
                 ping.tick().await;
@@ -152,10 +164,10 @@ async fn subscriber(
                     }
                 }
                 subscribed.send_replace(None);
-                tracing::warn!(node = %url, "control bus subscription lost, moving on");
+                tracing::warn!(node = %node, "control bus subscription lost, moving on");
             }
             Err(e) => {
-                tracing::warn!(node = %url, error = %e, "control bus: cannot subscribe");
+                tracing::warn!(node = %node, error = %e, "control bus: cannot subscribe");
                 // Back off only once every node has been tried.
                 if next % urls.len() == 0 {
                     tokio::time::sleep(backoff).await;
@@ -166,10 +178,24 @@ async fn subscriber(
     }
 }
 
+/// `url` without its userinfo (`redis://user:secret@host:port` →
+/// `redis://host:port`).
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 async fn subscribe_once(
     url: &str,
+    tls_ca: Option<&[u8]>,
 ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), String> {
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let client = match tls_ca {
+        Some(ca) => redis::Client::build_with_tls(url, tls_certificates(ca)),
+        None => redis::Client::open(url),
+    }
+    .map_err(|e| e.to_string())?;
     let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(|_| "connect timed out".to_string())?
@@ -205,7 +231,14 @@ impl ControlBus for RedisBus {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, redacted};
+
+    #[test]
+    fn urls_lose_their_password_in_logs() {
+        assert_eq!(redacted("redis://u:p%40ss@10.0.0.1:6379"), "redis://10.0.0.1:6379");
+        assert_eq!(redacted("rediss://:pw@h:1"), "rediss://h:1");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
+    }
 
     #[test]
     fn parses_payloads() {

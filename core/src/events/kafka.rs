@@ -69,6 +69,9 @@ pub struct KafkaOptions {
     /// Consecutive failed deliveries after which `ready()` turns false
     /// (until a delivery or a metadata probe succeeds again).
     pub unhealthy_after_failures: u32,
+    /// Extra librdkafka properties set after the ones above (TLS, SASL,
+    /// tuning); `Config::validate` keeps the guarantee-carrying keys out.
+    pub properties: Vec<(String, String)>,
 }
 
 impl Default for KafkaOptions {
@@ -84,6 +87,7 @@ impl Default for KafkaOptions {
             delivery_attempts: 3,
             retry_backoff: Duration::from_millis(200),
             unhealthy_after_failures: 3,
+            properties: Vec::new(),
         }
     }
 }
@@ -131,7 +135,8 @@ impl KafkaSink {
         if opts.topic.trim().is_empty() {
             return Err(config_error("no topic configured"));
         }
-        let producer: FutureProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &opts.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -142,9 +147,13 @@ impl KafkaSink {
                 "queue.buffering.max.messages",
                 opts.max_buffered_messages.max(1).to_string(),
             )
-            .set("message.timeout.ms", opts.message_timeout_ms.to_string())
-            .create()
-            .map_err(config_error)?;
+            .set("message.timeout.ms", opts.message_timeout_ms.to_string());
+        for (key, value) in &opts.properties {
+            config.set(key, value);
+        }
+        // librdkafka checks every property here: an unknown key or a bad
+        // value fails start-up with its own message naming the key.
+        let producer: FutureProducer = config.create().map_err(config_error)?;
         let inner = Arc::new(Inner {
             producer,
             opts,

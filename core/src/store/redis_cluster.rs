@@ -87,6 +87,9 @@ pub struct RedisOptions {
     pub max_attempts: u32,
     /// First back-off between attempts, doubled each time.
     pub retry_backoff: Duration,
+    /// PEM of the CA that signed the servers' certificates, for `rediss://`
+    /// nodes with a private CA (public CAs are trusted without it).
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl Default for RedisOptions {
@@ -101,6 +104,7 @@ impl Default for RedisOptions {
             connect_timeout: Duration::from_secs(2),
             max_attempts: 5,
             retry_backoff: Duration::from_millis(50),
+            tls_ca: None,
         }
     }
 }
@@ -496,7 +500,11 @@ fn cluster_client(nodes: &[String], opts: &RedisOptions) -> Result<ClusterClient
         return Err(unavailable("no Redis nodes configured"));
     }
     let urls: Vec<String> = nodes.iter().map(|n| node_url(n)).collect();
-    ClusterClientBuilder::new(urls)
+    let mut builder = ClusterClientBuilder::new(urls);
+    if let Some(ca) = &opts.tls_ca {
+        builder = builder.certs(tls_certificates(ca));
+    }
+    builder
         .connection_timeout(opts.connect_timeout)
         .response_timeout(opts.command_timeout)
         // A failover takes a few seconds; the client re-routes (MOVED,
@@ -507,6 +515,14 @@ fn cluster_client(nodes: &[String], opts: &RedisOptions) -> Result<ClusterClient
         .max_retry_wait(1000)
         .build()
         .map_err(unavailable)
+}
+
+/// Trust `ca_pem` (a private CA) for `rediss://` connections.
+pub(crate) fn tls_certificates(ca_pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca_pem.to_vec()),
+    }
 }
 
 /// Accepts `host:port` as well as full `redis://` URLs.
