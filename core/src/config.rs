@@ -167,11 +167,23 @@ impl Default for Config {
 /// their own.
 pub const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "use kafka_brokers"),
-    ("enable.idempotence", "always true: delivery is exactly once per event"),
-    ("acks", "always all: an event is acknowledged by every in-sync replica"),
-    ("queue.buffering.max.messages", "use kafka_max_buffered_events"),
+    (
+        "enable.idempotence",
+        "always true: delivery is exactly once per event",
+    ),
+    (
+        "acks",
+        "always all: an event is acknowledged by every in-sync replica",
+    ),
+    (
+        "queue.buffering.max.messages",
+        "use kafka_max_buffered_events",
+    ),
     ("message.timeout.ms", "use kafka_message_timeout_ms"),
-    ("sasl.password", "use QUIZ_KAFKA_SASL_PASSWORD (a Secret, not a file)"),
+    (
+        "sasl.password",
+        "use QUIZ_KAFKA_SASL_PASSWORD (a Secret, not a file)",
+    ),
 ];
 
 /// Percent-encodes a URL userinfo part (RFC 3986 unreserved characters
@@ -411,10 +423,7 @@ impl Config {
             return bad("redis_max_batch", "must be > 0");
         }
         if self.redis_password.is_empty() && !self.redis_username.is_empty() {
-            return bad(
-                "redis_username",
-                "needs a password (QUIZ_REDIS_PASSWORD)",
-            );
+            return bad("redis_username", "needs a password (QUIZ_REDIS_PASSWORD)");
         }
         if let Some(ca) = &self.redis_tls_ca_file {
             if !ca.is_file() {
@@ -470,7 +479,10 @@ mod tests {
         };
         assert_eq!(
             c.redis_urls(),
-            vec!["rediss://quiz:p%40ss%3Aw%2Frd@10.0.0.1:6379", "redis://other:1"]
+            vec![
+                "rediss://quiz:p%40ss%3Aw%2Frd@10.0.0.1:6379",
+                "redis://other:1"
+            ]
         );
         let plain = Config {
             redis_nodes: vec!["h:1".into()],
@@ -489,7 +501,9 @@ mod tests {
         };
         let mut c = base.clone();
         c.apply(&Cli {
-            kafka_properties: Some("security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512".into()),
+            kafka_properties: Some(
+                "security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512".into(),
+            ),
             kafka_sasl_password: Some("s3cret".into()),
             ..Cli::default()
         });

@@ -293,15 +293,18 @@ async fn sasl_listener_delivers_with_the_right_credentials() {
     .expect("sink");
     let quiz = format!("kq-{:06x}", rand::random::<u32>() & 0xff_ffff);
     for n in 0..3 {
-        tokio::time::timeout(Duration::from_secs(20), sink.publish(&answer_event(&quiz, n)))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "Kafka's SASL listener at {} is required (deploy/local/stack up): timed out",
-                    sasl_brokers()
-                )
-            })
-            .expect("delivered through SASL");
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            sink.publish(&answer_event(&quiz, n)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "Kafka's SASL listener at {} is required (deploy/local/stack up): timed out",
+                sasl_brokers()
+            )
+        })
+        .expect("delivered through SASL");
     }
     let got = consume(&topic, 3).await;
     assert!(got.iter().all(|r| r.key == quiz));

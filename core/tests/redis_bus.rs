@@ -92,7 +92,9 @@ async fn bus_over_tls_with_an_acl_user() {
     let a = RedisBus::connect_with(&urls, Some(ca.clone()))
         .await
         .unwrap_or_else(|e| panic!("the redis-tls node is required (deploy/local/stack up): {e}"));
-    let b = RedisBus::connect_with(&urls, Some(ca)).await.expect("second bus");
+    let b = RedisBus::connect_with(&urls, Some(ca))
+        .await
+        .expect("second bus");
     let mut rx_b = b.subscribe();
     let msg = Changed {
         quiz_id: format!("bus-tls-{:08x}", rand::random::<u32>()),
@@ -115,7 +117,10 @@ async fn tls_without_the_ca_or_with_a_wrong_password_is_refused() {
     let untrusted = tokio::time::timeout(Duration::from_secs(15), RedisBus::connect(&urls))
         .await
         .expect("bounded");
-    assert!(untrusted.is_err(), "a private CA's certificate must not be trusted by default");
+    assert!(
+        untrusted.is_err(),
+        "a private CA's certificate must not be trusted by default"
+    );
     let (bad_urls, _) = tls_urls("not-the-password");
     let unauthorized = tokio::time::timeout(
         Duration::from_secs(15),

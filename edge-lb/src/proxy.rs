@@ -183,9 +183,11 @@ pub struct EdgeApp {
     pub http: Arc<HttpProxy<Router>>,
 }
 
-struct ConnCount<'a>(&'a Cluster);
+/// One client connection counted against `limits.max_connections`; a WebSocket tunnel takes it
+/// into its own task, so the count lasts as long as the connection.
+struct ConnCount(Arc<Cluster>);
 
-impl Drop for ConnCount<'_> {
+impl Drop for ConnCount {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.downstream_connections.dec();
@@ -220,7 +222,7 @@ impl ServerApp for EdgeApp {
         let cfg = cluster.config();
         let n = cluster.connections.fetch_add(1, Ordering::Relaxed);
         cluster.metrics.downstream_connections.inc();
-        let _count = ConnCount(cluster);
+        let count = ConnCount(cluster.clone());
         let peer_ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|i| i.ip())));
@@ -323,11 +325,7 @@ impl ServerApp for EdgeApp {
                     }
                     let id = id.clone();
                     Box::pin(crate::tunnel::serve_upgrade(
-                        cluster,
-                        &mut stream,
-                        head,
-                        &id,
-                        peer_ip,
+                        cluster, stream, head, &id, peer_ip, count,
                     ))
                     .await;
                     return None;

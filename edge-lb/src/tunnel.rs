@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, TunnelGuard};
 use crate::head::{error_response, Head};
 
 const SCRATCH: usize = 16 * 1024;
@@ -369,21 +369,31 @@ async fn read_response_head(b: &mut TcpStream, max: usize) -> io::Result<Vec<u8>
     }
 }
 
-/// Proxy one WebSocket upgrade for `quiz` and run the tunnel to its end.
-pub async fn serve_upgrade<C>(
+/// Proxy one WebSocket upgrade for `quiz`; on success hand the tunnel to its own task.
+///
+/// The handshake runs in the connection task pingora spawned (its future is large: pingora's
+/// accept/handshake state plus edge-lb's boxed `process_new`, about 4 KB per connection).
+/// Once the backend has answered `101`, the two sockets, the registry guard and `keep` (the
+/// caller's per-connection accounting, released when the tunnel ends) move into a new task
+/// that holds only [`run_tunnel`]'s state, and this function returns so pingora's task ends
+/// and frees its memory. A long-lived tunnel then costs that small task, two sockets and its
+/// registry entry. Tasks live on the same runtime as pingora's, so shutdown treats them alike.
+pub async fn serve_upgrade<C, K>(
     cluster: &Arc<Cluster>,
-    client: &mut C,
+    mut client: C,
     head: Head,
     quiz: &str,
     peer: Option<std::net::IpAddr>,
+    keep: K,
 ) where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    K: Send + 'static,
 {
     let started = Instant::now();
     let cfg = cluster.config();
-    let pool = cfg.routes.websocket.clone();
+    let pool = &cfg.routes.websocket;
     let m = &cluster.metrics;
-    let Some(target) = cluster.route_quiz(&pool, quiz) else {
+    let Some(target) = cluster.route_quiz(pool, quiz) else {
         m.error("no_backend");
         m.upgrades.with_label_values(&["no_backend"]).inc();
         let _ = client
@@ -399,7 +409,7 @@ pub async fn serve_upgrade<C>(
     };
     let mut backend = match tokio::time::timeout(
         cfg.tunnel.connect_timeout,
-        Box::pin(TcpStream::connect(target.addr)),
+        TcpStream::connect(target.addr),
     )
     .await
     {
@@ -420,11 +430,10 @@ pub async fn serve_upgrade<C>(
         }
     };
     let _ = backend.set_nodelay(true);
-    // Boxed: its buffers are freed before the long-lived splice starts.
-    let handshake = Box::pin(async {
+    let handshake = async {
         backend.write_all(&forward_head(&head, peer)).await?;
         read_response_head(&mut backend, 16 * 1024).await
-    });
+    };
     let resp = match tokio::time::timeout(cfg.tunnel.handshake_timeout, handshake).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) | Err(_) => {
@@ -444,20 +453,15 @@ pub async fn serve_upgrade<C>(
     };
     drop(head);
     // Forward the whole read: the 101 head and any frame the backend sent right behind it.
-    if Box::pin(async {
-        client.write_all(&resp).await?;
-        client.flush().await
-    })
-    .await
-    .is_err()
-    {
+    // The flush matters on TLS listeners (buffered); on plain ones it is free.
+    if client.write_all(&resp).await.is_err() || client.flush().await.is_err() {
         return;
     }
     if status_of(&resp) != Some(101) {
         m.upgrades.with_label_values(&["rejected"]).inc();
         // Let the backend finish its refusal, then close.
         let _ = Splice::new(
-            client,
+            &mut client,
             &mut backend,
             cfg.tunnel.handshake_timeout,
             cfg.tunnel.close_linger,
@@ -471,17 +475,41 @@ pub async fn serve_upgrade<C>(
     m.upgrade_seconds
         .with_label_values(&[&target.backend])
         .observe(started.elapsed().as_secs_f64());
-    let guard = cluster.register_tunnel(&pool, target.backend.clone(), quiz);
-    let end = Splice::new(
+    let guard = cluster.register_tunnel(pool, target.backend.clone(), quiz);
+    tokio::spawn(run_tunnel(
+        cluster.clone(),
         client,
-        &mut backend,
+        backend,
+        guard,
+        keep,
         cfg.tunnel.idle_timeout,
         cfg.tunnel.close_linger,
+    ));
+}
+
+/// The body of a tunnel's own task: splice until the end, then account for how it ended.
+/// Kept free of anything setup-only, because this future's size is the per-tunnel task cost.
+async fn run_tunnel<C, K>(
+    cluster: Arc<Cluster>,
+    mut client: C,
+    mut backend: TcpStream,
+    guard: TunnelGuard,
+    keep: K,
+    idle: Duration,
+    linger: Duration,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let end = Splice::new(
+        &mut client,
+        &mut backend,
+        idle,
+        linger,
         Some(guard.token.clone()),
     )
     .track_frames()
     .await;
-    drop(guard);
+    let m = &cluster.metrics;
     match end {
         End::Idle => m.tunnels_closed.with_label_values(&["idle"]).inc(),
         End::Error => m.error("tunnel_io"),
@@ -496,7 +524,10 @@ pub async fn serve_upgrade<C>(
         }
         End::Closed | End::Cancelled { .. } => {}
     }
+    drop(guard);
+    drop(backend);
     let _ = tokio::time::timeout(Duration::from_millis(200), client.shutdown()).await;
+    drop(keep);
 }
 
 #[cfg(test)]

@@ -79,11 +79,26 @@ pub struct KafkaConfig {
 pub const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "use kafka.brokers"),
     ("group.id", "use kafka.group_id"),
-    ("enable.auto.commit", "offsets are committed only after MongoDB has the batch"),
-    ("enable.auto.offset.store", "offsets are stored only after MongoDB has the batch"),
-    ("enable.idempotence", "the dead-letter producer is always idempotent"),
-    ("acks", "the dead-letter producer always waits for all in-sync replicas"),
-    ("sasl.password", "use QUIZ_KAFKA_SASL_PASSWORD (a Secret, not a file)"),
+    (
+        "enable.auto.commit",
+        "offsets are committed only after MongoDB has the batch",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only after MongoDB has the batch",
+    ),
+    (
+        "enable.idempotence",
+        "the dead-letter producer is always idempotent",
+    ),
+    (
+        "acks",
+        "the dead-letter producer always waits for all in-sync replicas",
+    ),
+    (
+        "sasl.password",
+        "use QUIZ_KAFKA_SASL_PASSWORD (a Secret, not a file)",
+    ),
 ];
 
 impl KafkaConfig {
@@ -319,7 +334,11 @@ impl Config {
 
         string(&lookup, "QUIZ_KAFKA_BROKERS", &mut self.kafka.brokers);
         string(&lookup, "QUIZ_KAFKA_TOPIC", &mut self.kafka.topic);
-        string(&lookup, "QUIZ_KAFKA_SASL_PASSWORD", &mut self.kafka.sasl_password);
+        string(
+            &lookup,
+            "QUIZ_KAFKA_SASL_PASSWORD",
+            &mut self.kafka.sasl_password,
+        );
         if let Some(list) = lookup("QUIZ_KAFKA_PROPERTIES") {
             // Comma separated key=value, merged over the file's table.
             for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -586,7 +605,10 @@ mod tests {
     fn kafka_properties_from_env_and_their_guard() {
         let mut c = Config::default();
         let env: HashMap<&str, &str> = [
-            ("QUIZ_KAFKA_PROPERTIES", "security.protocol=SASL_SSL, sasl.mechanism=PLAIN"),
+            (
+                "QUIZ_KAFKA_PROPERTIES",
+                "security.protocol=SASL_SSL, sasl.mechanism=PLAIN",
+            ),
             ("QUIZ_KAFKA_SASL_PASSWORD", "s3cret"),
         ]
         .into_iter()
@@ -595,13 +617,13 @@ mod tests {
             .expect("env applies");
         c.validate().expect("valid");
         assert_eq!(
-            c.kafka.properties.get("security.protocol").map(String::as_str),
+            c.kafka
+                .properties
+                .get("security.protocol")
+                .map(String::as_str),
             Some("SASL_SSL")
         );
-        assert_eq!(
-            c.kafka.client_config().get("sasl.password"),
-            Some("s3cret")
-        );
+        assert_eq!(c.kafka.client_config().get("sasl.password"), Some("s3cret"));
         for (key, _) in RESERVED_KAFKA_PROPERTIES {
             let mut bad = Config::default();
             bad.kafka.properties.insert(key.to_string(), "x".into());

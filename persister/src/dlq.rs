@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use futures::future::join_all;
 use crate::config::KafkaConfig;
+use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};

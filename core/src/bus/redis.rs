@@ -235,7 +235,10 @@ mod tests {
 
     #[test]
     fn urls_lose_their_password_in_logs() {
-        assert_eq!(redacted("redis://u:p%40ss@10.0.0.1:6379"), "redis://10.0.0.1:6379");
+        assert_eq!(
+            redacted("redis://u:p%40ss@10.0.0.1:6379"),
+            "redis://10.0.0.1:6379"
+        );
         assert_eq!(redacted("rediss://:pw@h:1"), "rediss://h:1");
         assert_eq!(redacted("redis://h:1"), "redis://h:1");
     }
