@@ -328,7 +328,7 @@ fn probes_use_the_real_endpoints_on_the_configured_ports() {
         let t: Value =
             serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.yaml")).unwrap();
         let admin = port_of(t["edge_lb"]["admin_listen"].as_str().unwrap());
-        probe(c, "readinessProbe", "/healthz", admin, n);
+        probe(c, "readinessProbe", "/readyz", admin, n);
         probe(c, "livenessProbe", "/healthz", admin, n);
         let proxy = port_of(t["edge_lb"]["listen"][0].as_str().unwrap());
         let lb = ov.get("Service", "edge-lb");

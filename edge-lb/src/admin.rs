@@ -9,7 +9,8 @@
 //! | POST | `/admin/backends/{name}/undrain` | make it eligible again; its quizzes return |
 //! | POST | `/admin/reload` | re-read the configuration file (backends, weights, balance factor) |
 //! | GET | `/metrics` | Prometheus text format |
-//! | GET | `/healthz` | 200 |
+//! | GET | `/healthz` | 200 (the process answers: liveness) |
+//! | GET | `/readyz` | 200 once every pool knows at least one backend, else 503 naming the pools |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +54,33 @@ pub fn reload(cluster: &Arc<Cluster>, path: &std::path::Path) -> Result<Vec<Stri
     Ok(removed.iter().map(|s| s.to_string()).collect())
 }
 
+impl AdminApp {
+    /// Ready once every pool knows at least one backend: static pools at
+    /// once, discovered pools after their first DNS answer (before it, the
+    /// pool could only answer 503). Deliberately not "a backend is up": if
+    /// every core node is down, an edge-lb that stays ready answers 503 with
+    /// `Retry-After` quickly, where an unready one would leave the load
+    /// balancer with no endpoint at all and clients with refused connects.
+    fn readiness(&self) -> Response<Vec<u8>> {
+        let cfg = self.cluster.config();
+        let backends = self.cluster.backends();
+        let empty: Vec<&str> = cfg
+            .pools
+            .iter()
+            .filter(|p| !backends.iter().any(|b| b.pool == p.name))
+            .map(|p| p.name.as_str())
+            .collect();
+        if empty.is_empty() {
+            json(200, serde_json::json!({"ready": true}))
+        } else {
+            json(
+                503,
+                serde_json::json!({"ready": false, "pools_without_backends": empty}),
+            )
+        }
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -61,6 +89,7 @@ impl ServeHttp for AdminApp {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method.as_str(), parts.as_slice()) {
             ("GET", ["healthz"]) => json(200, serde_json::json!({"ok": true})),
+            ("GET", ["readyz"]) => self.readiness(),
             ("GET", ["metrics"]) => {
                 let body = self.cluster.metrics.render().into_bytes();
                 Response::builder()

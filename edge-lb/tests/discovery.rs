@@ -263,6 +263,9 @@ async fn dns_discovery_follows_scale_up_removal_and_ip_change_and_survives_dns_f
         backend("core-2", "127.0.0.4").await,
     ];
     let dns = Dns::start(bs.iter().map(|b| (b.name.clone(), b.addr)).collect()).await;
+    // 0. Until the service resolves, the pool has no backend: edge-lb is
+    //    alive but not ready (its pod gets no traffic to answer 503 to).
+    dns.set(|z| z.mode = Mode::NxDomain);
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let text = config(dns.addr, listen, admin);
@@ -277,6 +280,17 @@ async fn dns_discovery_follows_scale_up_removal_and_ip_change_and_survives_dns_f
     let (sc, ec) = edge_lb::parse_config(&text).unwrap();
     let running = edge_lb::start(sc, ec, Some(path.clone())).unwrap();
     let cluster = running.cluster.clone();
+    wait_until(Duration::from_secs(5), || dns.queries() > 0).await;
+    wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    })
+    .await;
+    let (status, _, body) = http_get(admin, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "no backend known yet: {body}");
+    assert!(body.contains("pools_without_backends"), "{body}");
+    let (status, _, _) = http_get(admin, "/healthz").await.unwrap();
+    assert_eq!(status, 200, "alive all the same");
+    dns.set(|z| z.mode = Mode::Answer);
 
     // 1. The nodes appear (from DNS only: the file lists no backend) and get routes.
     wait_until(Duration::from_secs(10), || {
@@ -298,6 +312,8 @@ async fn dns_discovery_follows_scale_up_removal_and_ip_change_and_survives_dns_f
             .or_default() += 1;
     }
     assert_eq!(served.len(), 3, "every discovered node serves: {served:?}");
+    let (status, _, body) = http_get(admin, "/readyz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
 
     // Live quizzes: a tunnel each.
     let mut live = Vec::new();

@@ -4,8 +4,8 @@
 //! Why hand-written: a simulated player must cost the generator almost
 //! nothing while idle. A general client keeps an 8 KiB read buffer and a write
 //! buffer per connection; here an idle connection owns only its socket and an
-//! empty `Vec`. Reads go into a stack buffer inside a synchronous
-//! `try_read` call (never held across an `.await`), complete frames are
+//! empty `Vec`. Reads go into one per-thread scratch buffer inside a
+//! synchronous `recv` (never held across an `.await`), complete frames are
 //! handed out as slices, and only a partial frame's tail is copied to the
 //! heap. Waiting is `TcpStream::readable()`, which is cancel-safe, so a player
 //! can `select!` between the socket and its answer timer.
@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::target::{ensure_loopback, Target};
@@ -357,6 +357,17 @@ pub async fn ws_connect(
     .map_err(|_| NetError::Timeout)?
 }
 
+/// Size of the per-thread read buffer: large enough that a burst of frames
+/// (a question plus a board) is taken in one `recv`.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// The read buffer shared by every connection of a worker thread. Reads
+    /// are synchronous (never held across an `.await`), so one suffices.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice());
+}
+
 /// One parsed frame header: (fin, opcode, payload start, payload len, mask).
 struct FrameHead {
     fin: bool,
@@ -431,6 +442,13 @@ impl WsConn {
 
     /// Read everything available without blocking and call `on_text` for
     /// each complete text message. Returns whether the socket is still open.
+    ///
+    /// Reads go into one per-thread scratch buffer (no per-connection buffer,
+    /// no zeroing per read). A read that fills less than the buffer drained
+    /// the socket (epoll is edge-triggered), so it also clears tokio's cached
+    /// readiness, as tokio's own `poll_read` does: otherwise the next
+    /// `readable()` would return at once and cost a second task poll and a
+    /// second `recv` that only says `EAGAIN`, for every frame.
     pub fn read_available(
         &mut self,
         mut on_text: impl FnMut(&[u8]),
@@ -442,30 +460,60 @@ impl WsConn {
                 return Ok(st);
             }
         }
-        for _ in 0..16 {
-            let mut chunk = [0u8; 8192];
-            match self.stream.try_read(&mut chunk) {
-                Ok(0) => return Ok(ReadState::Eof),
-                Ok(n) => {
-                    let st = if self.partial.is_empty() {
-                        self.consume(&chunk[..n], &mut on_text)?
-                    } else {
-                        let mut joined = std::mem::take(&mut self.partial);
-                        joined.extend_from_slice(&chunk[..n]);
-                        self.consume(&joined, &mut on_text)?
-                    };
-                    if let Some(st) = st {
-                        return Ok(st);
-                    }
-                    if n < chunk.len() {
-                        break;
-                    }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let chunk = &mut scratch[..];
+            for _ in 0..16 {
+                let (n, drained) = match self.recv_once(chunk) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(NetError::Io(e)),
+                };
+                if n == 0 {
+                    return Ok(ReadState::Eof);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(NetError::Io(e)),
+                let st = if self.partial.is_empty() {
+                    self.consume(&chunk[..n], &mut on_text)?
+                } else {
+                    let mut joined = std::mem::take(&mut self.partial);
+                    joined.extend_from_slice(&chunk[..n]);
+                    self.consume(&joined, &mut on_text)?
+                };
+                if let Some(st) = st {
+                    return Ok(st);
+                }
+                if drained {
+                    break;
+                }
             }
+            Ok(ReadState::Open)
+        })
+    }
+
+    /// One `recv` into `buf`: (bytes, drained). A short read clears the
+    /// stream's readiness (see [`WsConn::read_available`]); 0 bytes is EOF.
+    fn recv_once(&self, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+        let fd = self.stream.as_raw_fd();
+        let mut got = 0usize;
+        let res = self.stream.try_io(Interest::READABLE, || {
+            // SAFETY: a valid socket fd and a writable buffer of buf.len() bytes.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            got = n as usize;
+            if got > 0 && got < buf.len() {
+                // Drained: report WouldBlock so that tokio clears readiness.
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match res {
+            Ok(()) => Ok((got, false)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok((got, true)),
+            Err(e) => Err(e),
         }
-        Ok(ReadState::Open)
     }
 
     /// Parse complete frames from `data`; keep the tail in `self.partial`.
