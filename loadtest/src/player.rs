@@ -19,7 +19,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::metrics::{Metrics, H};
 use crate::net::{http_request, ws_connect, NetError, ReadState, WsConn};
-use crate::protocol::{encode_answer, Joined, OpenQuestion, ServerMsg};
+use crate::protocol::{encode_answer, scan_leaderboard, BoardHead, Joined, OpenQuestion, ServerMsg};
 use crate::scenario::Scenario;
 use crate::target::Target;
 use crate::verify::{AnswerRec, PlayerRecord, ResultRec};
@@ -77,10 +77,65 @@ pub struct Shared {
     pub joined: u64,
     pub done: u64,
     pub frames_total: u64,
-    /// (quiz, leaderboard version) -> first receipt in this worker, µs: the
-    /// reference for leaderboard delay when the server does not stamp its
-    /// leaderboard frames. Bounded by versions sent (at most 2/s per quiz).
-    pub lb_first: std::collections::HashMap<(u32, u64), u64>,
+    /// Per-frame counters of the current interval, kept as plain fields (a
+    /// map lookup by name per frame was a measurable share of the per-frame
+    /// cost); moved into `m` by [`Shared::take_interval`].
+    hot: HotCounters,
+    /// Per quiz: the first receipt in this worker of its latest board
+    /// versions, the reference for leaderboard delay when the server does not
+    /// stamp its leaderboard frames. A fixed ring per quiz: bounded, and a
+    /// board older than the ring is simply not timed.
+    lb_first: Vec<BoardRing>,
+}
+
+#[derive(Default)]
+struct HotCounters {
+    frames_in: u64,
+    leaderboards: u64,
+    leaderboard_unstamped: u64,
+}
+
+/// The last few (version, first receipt µs) of one quiz's boards.
+#[derive(Default, Clone, Copy)]
+struct BoardRing {
+    slots: [(u64, u64); 8],
+    next: usize,
+}
+
+impl BoardRing {
+    /// First receipt of `version`; `now` if this is the first. `None` when
+    /// the version is older than every slot (evicted): not timed.
+    fn first_receipt(&mut self, version: u64, now: u64) -> Option<u64> {
+        if let Some(&(_, t)) = self.slots.iter().find(|(v, t)| *v == version && *t > 0) {
+            return Some(t);
+        }
+        let oldest = self.slots.iter().map(|(v, _)| *v).min().unwrap_or(0);
+        if self.slots.iter().all(|(_, t)| *t > 0) && version < oldest {
+            return None;
+        }
+        self.slots[self.next] = (version, now);
+        self.next = (self.next + 1) % self.slots.len();
+        Some(now)
+    }
+}
+
+impl Shared {
+    /// The interval's metrics, with the hot counters folded in; the next
+    /// interval starts empty.
+    pub fn take_interval(&mut self) -> Metrics {
+        let mut m = std::mem::take(&mut self.m);
+        let h = std::mem::take(&mut self.hot);
+        for (name, n) in [
+            ("frames_in", h.frames_in),
+            ("leaderboards", h.leaderboards),
+            ("leaderboard_unstamped", h.leaderboard_unstamped),
+        ] {
+            if n > 0 {
+                m.count(name, n);
+            }
+        }
+        m
+    }
 }
 
 /// Everything a player task needs, shared by all players of a worker.
@@ -376,6 +431,12 @@ async fn session(
 ) -> SessionEnd {
     let deadline = ctx.deadline();
     let mut welcomed = false;
+    // One timer for the whole session, re-armed only when its instant
+    // changes: a fresh `sleep_until` per loop turn registered and removed a
+    // timer-wheel entry for every frame received.
+    let sleep = sleep_until(deadline);
+    tokio::pin!(sleep);
+    let mut armed = Some(deadline);
     loop {
         let mut timer = deadline;
         if let Some(p) = &live.pending {
@@ -384,7 +445,12 @@ async fn session(
         if let Some(d) = live.drop_at_us {
             timer = timer.min(ctx.at_wall(d));
         }
+        if armed != Some(timer) {
+            sleep.as_mut().reset(timer);
+            armed = Some(timer);
+        }
         tokio::select! {
+            biased;
             r = conn.readable() => {
                 if let Err(e) = r {
                     ctx.count(&format!("error.read.{}", e.kind()));
@@ -409,7 +475,9 @@ async fn session(
                     }
                 }
             }
-            _ = sleep_until(timer) => {
+            _ = &mut sleep => {
+                // Fired: re-arm on the next turn even if the instant is the same.
+                armed = None;
                 let now = Instant::now();
                 if now >= deadline {
                     return SessionEnd::Deadline;
@@ -462,7 +530,11 @@ fn on_frame(
     let now = wall_us();
     let mut sh = ctx.shared.borrow_mut();
     sh.frames_total += 1;
-    sh.m.count("frames_in", 1);
+    sh.hot.frames_in += 1;
+    if let Some(head) = scan_leaderboard(bytes) {
+        on_board(&mut sh, head, live, quiz_idx, now);
+        return;
+    }
     let msg = match ServerMsg::parse(bytes) {
         Ok(m) => m,
         Err(_) => {
@@ -544,17 +616,11 @@ fn on_frame(
         }
         "question_closed" => sh.m.count("question_closed", 1),
         "leaderboard" => {
-            sh.m.count("leaderboards", 1);
-            if let Some(ts) = msg.ts_ms {
-                sh.m.record(H::Leaderboard, now.saturating_sub(ts * 1000));
-            } else if let (Some(v), true) = (msg.version, live.lb_since_welcome) {
-                // No server stamp: measure the fan-out delay from the first
-                // receipt of the same version by any player of this worker.
-                let first = *sh.lb_first.entry((quiz_idx as u32, v)).or_insert(now);
-                sh.m.record(H::Leaderboard, now.saturating_sub(first));
-                sh.m.count("leaderboard_unstamped", 1);
-            }
-            live.lb_since_welcome = true;
+            let head = BoardHead {
+                version: msg.version,
+                ts_ms: msg.ts_ms,
+            };
+            on_board(&mut sh, head, live, quiz_idx, now);
         }
         "quiz_ended" => {
             sh.m.count("quiz_ended", 1);
@@ -567,6 +633,25 @@ fn on_frame(
         "pong" => {}
         _ => sh.m.count("unknown_message", 1),
     }
+}
+
+/// A `leaderboard` frame: count it and time it (see `metrics.rs`).
+fn on_board(sh: &mut Shared, head: BoardHead, live: &mut Live, quiz_idx: usize, now: u64) {
+    sh.hot.leaderboards += 1;
+    if let Some(ts) = head.ts_ms {
+        sh.m.record(H::Leaderboard, now.saturating_sub(ts * 1000));
+    } else if let (Some(v), true) = (head.version, live.lb_since_welcome) {
+        // No server stamp: measure the fan-out delay from the first receipt
+        // of the same version by any player of this worker.
+        if sh.lb_first.len() <= quiz_idx {
+            sh.lb_first.resize(quiz_idx + 1, BoardRing::default());
+        }
+        if let Some(first) = sh.lb_first[quiz_idx].first_receipt(v, now) {
+            sh.m.record(H::Leaderboard, now.saturating_sub(first));
+        }
+        sh.hot.leaderboard_unstamped += 1;
+    }
+    live.lb_since_welcome = true;
 }
 
 /// After a reconnect the welcome carries the platform's score. Answers whose

@@ -117,6 +117,56 @@ impl ServerMsg<'_> {
     }
 }
 
+/// What the tool reads from a `leaderboard` frame: the version and the
+/// server stamp, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoardHead {
+    pub version: Option<u64>,
+    pub ts_ms: Option<u64>,
+}
+
+const LB_PREFIX: &[u8] = br#"{"type":"leaderboard","#;
+
+/// Fast path for the most frequent frame (every player gets a board every
+/// 500 ms): read `version` (and a stamp) from the head of a `leaderboard`
+/// frame without parsing the `top` list, which is most of its bytes and
+/// which the tool does not check per frame (the final leaderboard is checked
+/// over HTTP). `None` when the frame is not a leaderboard in core's field
+/// order (`type` first, scalars before `top`): the caller then parses it
+/// fully. Quiz ids are `[A-Za-z0-9_-]`, so a key cannot be faked inside the
+/// scalars before `top`.
+pub fn scan_leaderboard(bytes: &[u8]) -> Option<BoardHead> {
+    if !bytes.starts_with(LB_PREFIX) {
+        return None;
+    }
+    let rest = &bytes[LB_PREFIX.len()..];
+    let head = match find(rest, br#""top":"#) {
+        Some(i) => &rest[..i],
+        None => rest,
+    };
+    let version = number_after(head, br#""version":"#);
+    version?;
+    let ts_ms = number_after(head, br#""ts_ms":"#)
+        .or_else(|| number_after(head, br#""at_ms":"#))
+        .or_else(|| number_after(head, br#""generated_at_ms":"#))
+        .or_else(|| number_after(head, br#""tick_ms":"#));
+    Some(BoardHead { version, ts_ms })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The unsigned integer right after `key` (`"name":`), if there is one.
+fn number_after(head: &[u8], key: &[u8]) -> Option<u64> {
+    let i = find(head, key)? + key.len();
+    let digits = head[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    std::str::from_utf8(&head[i..i + digits]).ok()?.parse().ok()
+}
+
 /// `POST /v1/quizzes` body.
 #[derive(Debug, Serialize)]
 pub struct CreateQuiz<'a> {
@@ -192,6 +242,27 @@ mod tests {
         let l = br#"{"type":"leaderboard","quiz_id":"q","version":9,"total_players":2,"top":[{"rank":1,"player_id":"a","nickname":"n","score":1}]}"#;
         let m = ServerMsg::parse(l).unwrap();
         assert_eq!((m.version, m.ts_ms), (Some(9), None));
+    }
+
+    #[test]
+    fn scans_leaderboard_heads_like_the_parser() {
+        let l = br#"{"type":"leaderboard","quiz_id":"q-1","version":9,"total_players":2,"top":[{"rank":1,"player_id":"a","nickname":"version","score":1}]}"#;
+        let h = scan_leaderboard(l).unwrap();
+        let m = ServerMsg::parse(l).unwrap();
+        assert_eq!((h.version, h.ts_ms), (m.version, m.ts_ms));
+        assert_eq!(h.version, Some(9));
+        let stamped = br#"{"type":"leaderboard","quiz_id":"q","version":12345678901,"ts_ms":1700000000123,"total_players":0,"top":[]}"#;
+        assert_eq!(
+            scan_leaderboard(stamped),
+            Some(BoardHead {
+                version: Some(12345678901),
+                ts_ms: Some(1700000000123)
+            })
+        );
+        // Not core's layout, or not a board: the caller parses fully.
+        assert_eq!(scan_leaderboard(br#"{"quiz_id":"q","type":"leaderboard","version":1}"#), None);
+        assert_eq!(scan_leaderboard(br#"{"type":"leaderboard","top":[],"version":3}"#), None);
+        assert_eq!(scan_leaderboard(br#"{"type":"question","version":1}"#), None);
     }
 
     #[test]

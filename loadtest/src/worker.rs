@@ -329,7 +329,7 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
 fn flush_progress(ctx: &Ctx, worker: u64) {
     let (metrics, connected, joined, done) = {
         let mut sh = ctx.shared.borrow_mut();
-        let m = std::mem::take(&mut sh.m);
+        let m = sh.take_interval();
         (m, sh.connected, sh.joined, sh.done)
     };
     let second = wall_us().saturating_sub(ctx.t0_wall_us) / 1_000_000;
