@@ -399,6 +399,27 @@ struct Phase {
     report: String,
 }
 
+/// Core's counters that explain a stall (answers by outcome, store and
+/// sink errors, server-initiated closes), from `/metrics`.
+async fn core_counters(addr: SocketAddr) -> String {
+    let Ok(mut http) = Http::connect(addr).await else {
+        return "metrics: core unreachable".into();
+    };
+    let text = match http.call_raw("GET", "/metrics").await {
+        Ok(t) => t,
+        Err(e) => return format!("metrics: {e}"),
+    };
+    text.lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && ["answers_total", "store_errors_total", "sink_errors_total", "ws_closes_total", "slow_consumer"]
+                    .iter()
+                    .any(|k| l.contains(k))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Live: the host opens each question, every player answers at once.
 async fn live_phase(
     addr: SocketAddr,
@@ -431,12 +452,15 @@ async fn live_phase(
         measured += t0.elapsed();
         if !complete {
             eprintln!(
-                "live run {run}: question {q} got {} of {players} results within 60 s",
-                ctx.per_question[q].load(Ordering::Relaxed)
+                "live run {run}: question {q} got {} of {players} results within 60 s; core: {}",
+                ctx.per_question[q].load(Ordering::Relaxed),
+                core_counters(addr).await
             );
             break;
         }
     }
+    // A fresh connection: the first one may have idled out during a stall.
+    let mut http = Http::connect(addr).await?;
     let (st, v) = http
         .call("POST", &format!("/v1/quizzes/{quiz}/end"), Some(""), Some(&host))
         .await?;
@@ -476,6 +500,10 @@ async fn self_paced_phase(
     anyhow::ensure!(st == 200, "start: {st} {v}");
     let failed = finish_players(tasks, Duration::from_secs(120), "self-paced").await;
     let seconds = t0.elapsed().as_secs_f64();
+    let stall = ctx.stall_report(questions);
+    if !stall.is_empty() {
+        eprintln!("self-paced run {run}: core: {}", core_counters(addr).await);
+    }
     Ok(Phase {
         accepted: ctx.accepted.load(Ordering::Relaxed),
         seconds,
@@ -483,9 +511,10 @@ async fn self_paced_phase(
             "not accepted {}, errors {}, players failed {failed}{}",
             ctx.other.load(Ordering::Relaxed),
             ctx.errors.load(Ordering::Relaxed),
-            match ctx.stall_report(questions) {
-                r if r.is_empty() => r,
-                r => format!("; INCOMPLETE: {r}"),
+            if stall.is_empty() {
+                stall
+            } else {
+                format!("; INCOMPLETE: {stall}")
             },
         ),
     })

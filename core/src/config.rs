@@ -113,6 +113,10 @@ pub struct Config {
     /// Per-client-IP rate of HTTP POSTs before 429.
     pub http_post_rate_per_sec: u32,
     pub http_post_burst: u32,
+    /// Drain phase on SIGTERM before the sockets close: `/readyz` answers
+    /// 503 meanwhile so edge-lb moves this node's quizzes first (set it to
+    /// edge-lb's `health.interval × failure_threshold` plus a margin).
+    pub shutdown_drain_ms: u64,
     /// Grace period for closing sockets and flushing events on shutdown.
     pub shutdown_grace_ms: u64,
     pub log_format: LogFormat,
@@ -155,6 +159,7 @@ impl Default for Config {
             http_max_body_bytes: 1 << 20,
             http_post_rate_per_sec: 200,
             http_post_burst: 400,
+            shutdown_drain_ms: 0,
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
         }

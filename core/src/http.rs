@@ -142,6 +142,9 @@ async fn route(
             StatusCode::OK,
             &serde_json::json!({"status": "ok", "node": svc.config.node_name}),
         )),
+        (["readyz"], &Method::GET) if sd.is_draining() => Err(QuizError::Unavailable(
+            "not ready: draining before shutdown".into(),
+        )),
         (["readyz"], &Method::GET) => match svc.ready().await {
             Ok(()) => Ok(json(
                 StatusCode::OK,

@@ -214,6 +214,33 @@ impl QuizStore for MeteredStore {
         self.timed("apply_answer", self.inner.apply_answer(quiz_id, answer))
             .await
     }
+    async fn apply_answer_at_state(
+        &self,
+        quiz_id: &str,
+        answer: &AnswerRecord,
+        state_version: u64,
+    ) -> Result<Option<ApplyOutcome>, StoreError> {
+        self.timed(
+            "apply_answer",
+            self.inner
+                .apply_answer_at_state(quiz_id, answer, state_version),
+        )
+        .await
+    }
+    async fn present_question(
+        &self,
+        quiz_id: &str,
+        player_id: &str,
+        question_id: u32,
+        now: Millis,
+    ) -> Result<Option<Millis>, StoreError> {
+        self.timed(
+            "present_question",
+            self.inner
+                .present_question(quiz_id, player_id, question_id, now),
+        )
+        .await
+    }
     async fn get_answer(
         &self,
         quiz_id: &str,

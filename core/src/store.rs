@@ -85,6 +85,21 @@ pub trait QuizStore: Send + Sync + 'static {
         answer: &AnswerRecord,
     ) -> Result<ApplyOutcome, StoreError>;
 
+    /// [`QuizStore::apply_answer`] guarded by the quiz state the caller
+    /// scored the answer against: in the same atomic step, the answer is
+    /// applied only if the quiz's state is still at `state_version`.
+    /// `Ok(None)` means it moved on (a host action this node has not seen
+    /// yet): nothing was written, and the caller re-reads the state and
+    /// scores the answer again. This is what lets a node score answers
+    /// against a cached state without ever scoring one against a window
+    /// that has already changed. Same retry rules as `apply_answer`.
+    async fn apply_answer_at_state(
+        &self,
+        quiz_id: &str,
+        answer: &AnswerRecord,
+        state_version: u64,
+    ) -> Result<Option<ApplyOutcome>, StoreError>;
+
     /// The answer a player gave to a question, if any (for reconnects).
     async fn get_answer(
         &self,
@@ -122,6 +137,30 @@ pub trait QuizStore: Send + Sync + 'static {
         question_id: u32,
         now: Millis,
     ) -> Result<Millis, StoreError>;
+
+    /// Self-paced mode: presents `question_id` to a player. `None` if the
+    /// player already answered it (nothing written); otherwise
+    /// [`QuizStore::question_sent_at`]'s value (set to `now` if unset). One
+    /// call instead of `get_answer` + `question_sent_at`: the Redis store
+    /// coalesces it with other writes of the quiz (one `WAIT` per batch).
+    async fn present_question(
+        &self,
+        quiz_id: &str,
+        player_id: &str,
+        question_id: u32,
+        now: Millis,
+    ) -> Result<Option<Millis>, StoreError> {
+        if self
+            .get_answer(quiz_id, player_id, question_id)
+            .await?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        self.question_sent_at(quiz_id, player_id, question_id, now)
+            .await
+            .map(Some)
+    }
 
     /// Liveness of the backend, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

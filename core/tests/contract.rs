@@ -777,6 +777,44 @@ async fn shutdown_closes_with_1001(f: Factory) {
         .unwrap();
 }
 
+/// The drain phase before shutdown: `/readyz` turns 503 at once (edge-lb
+/// stops routing here) while open sockets and the API keep working; at its
+/// end the sockets close with 1001.
+async fn drain_then_close_with_1001(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    let (id, _) = create(a, "live", 1).await;
+    let (_, t) = join(a, &id, "ann").await;
+    let mut w = ws(a, &id, &t).await;
+    expect(&mut w, "welcome").await;
+    let (s, _) = http(a, "GET", "/readyz", &[], None).await;
+    assert_eq!(s, 200);
+    let started = std::time::Instant::now();
+    n.shutdown.drain_then_trigger(Duration::from_millis(1500));
+    let (s, v) = http(a, "GET", "/readyz", &[], None).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    // Still serving during the drain: the socket answers, a player joins.
+    send(&mut w, json!({"type": "ping"})).await;
+    expect(&mut w, "pong").await;
+    join(a, &id, "late bee").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "checked inside the drain"
+    );
+    assert_eq!(expect_close(&mut w).await, 1001);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "closed only after the drain ({:?})",
+        started.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(15), n.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 /// Tiers: an api node refuses the ws route; a ws node refuses the API.
 async fn tiers(f: Factory) {
     let api = f
@@ -837,6 +875,7 @@ contract!(
     self_paced,
     ws_errors,
     shutdown_closes_with_1001,
+    drain_then_close_with_1001,
     tiers,
 );
 

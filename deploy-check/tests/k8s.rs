@@ -398,10 +398,22 @@ fn termination_grace_covers_the_drain_logic() {
                 .as_u64()
                 .unwrap()
         };
-        let core_ms = load_core(&ov).shutdown_grace_ms;
+        let core = load_core(&ov);
+        let core_ms = core.shutdown_drain_ms + core.shutdown_grace_ms;
         assert!(
             grace(ov.get("StatefulSet", "core")) * 1000 >= core_ms + 5000,
-            "{n}: core grace vs shutdown_grace_ms {core_ms}"
+            "{n}: core grace vs shutdown_drain_ms + shutdown_grace_ms = {core_ms}"
+        );
+        // The drain must outlast edge-lb's health checks noticing the 503.
+        let t: Value =
+            serde_yaml::from_str(&ov.config_data("edge-lb-config", "edge-lb.yaml")).unwrap();
+        let h = &t["edge_lb"]["health"];
+        let interval_ms = humantime_ms(h["interval"].as_str().unwrap_or("1s"));
+        let fails = h["failure_threshold"].as_u64().unwrap_or(1);
+        assert!(
+            core.shutdown_drain_ms >= interval_ms * fails,
+            "{n}: shutdown_drain_ms {} < edge-lb health interval {interval_ms} ms × failure_threshold {fails}",
+            core.shutdown_drain_ms
         );
         let p_ms = load_persister(&ov).shutdown_grace_ms;
         assert!(
@@ -708,4 +720,16 @@ fn in_table(md: &str, key: &str) -> bool {
     let needle = format!("`{key}`");
     md.lines()
         .any(|l| l.trim_start().starts_with('|') && l.contains(&needle))
+}
+
+/// `500ms`, `2s`, `1m` → milliseconds (the subset edge-lb's durations use here).
+fn humantime_ms(s: &str) -> u64 {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().unwrap_or_else(|_| panic!("duration {s:?}"));
+    match unit {
+        "ms" => n,
+        "s" | "" => n * 1000,
+        "m" => n * 60_000,
+        _ => panic!("duration {s:?}: unknown unit"),
+    }
 }

@@ -19,7 +19,9 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::metrics::{Metrics, H};
 use crate::net::{http_request, ws_connect, NetError, ReadState, WsConn};
-use crate::protocol::{encode_answer, scan_leaderboard, BoardHead, Joined, OpenQuestion, ServerMsg};
+use crate::protocol::{
+    encode_answer, scan_leaderboard, BoardHead, Joined, OpenQuestion, ServerMsg,
+};
 use crate::scenario::Scenario;
 use crate::target::Target;
 use crate::verify::{AnswerRec, PlayerRecord, ResultRec};
@@ -258,7 +260,6 @@ enum SessionEnd {
 pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
     let quizzes = ctx.quiz_ids.len() as u64;
     let quiz_idx = (index % quizzes) as usize;
-    let quiz_id = ctx.quiz_ids[quiz_idx].clone();
     let mut rec = PlayerRecord {
         index,
         quiz: quiz_idx as u32,
@@ -274,65 +275,22 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
     }
 
     let source = ctx.source_for(index);
-    // ---- join over HTTP
-    let body = format!(r#"{{"nickname":"{}"}}"#, rec.nickname);
-    let path = format!("/v1/quizzes/{quiz_id}/players");
-    let mut attempt = 0u32;
-    let joined: Joined = loop {
-        attempt += 1;
-        // Boxed: the request future holds read buffers; inline, they would
-        // be part of every player's task for its whole life.
-        let res = Box::pin(http_request(
-            &ctx.target,
-            source,
-            "POST",
-            &path,
-            &[],
-            Some(body.as_bytes()),
-            Duration::from_secs(30),
-        ))
-        .await;
-        let retry = match res {
-            Ok(r) if r.status == 201 => match serde_json::from_slice::<Joined>(&r.body) {
-                Ok(j) => break j,
-                Err(e) => {
-                    ctx.count("error.join.body");
-                    rec.failure = Some(format!("join: bad body: {e}"));
-                    return rec;
-                }
-            },
-            Ok(r) => {
-                ctx.count(&format!("error.join.http_{}", r.status));
-                rec.failure = Some(format!(
-                    "join: HTTP {}: {}",
-                    r.status,
-                    String::from_utf8_lossy(&r.body[..r.body.len().min(200)])
-                ));
-                matches!(r.status, 429 | 503)
-            }
-            Err(e) => {
-                ctx.count(&format!("error.join.{}", e.kind()));
-                rec.failure = Some(format!("join: {e}"));
-                !matches!(e, NetError::Refused(_))
-            }
-        };
-        if !retry || attempt >= 4 || Instant::now() >= ctx.deadline() {
-            return rec;
-        }
-        tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+    // ---- join over HTTP. Boxed and in a function of its own: the request,
+    // its body, path and the player token live only while it runs, not in
+    // every player's task for its whole life.
+    let Some(ws_path) = Box::pin(join(&ctx, source, quiz_idx, sched_us, &mut rec)).await else {
+        return rec;
     };
-    rec.failure = None;
     let join_done = wall_us();
-    ctx.record(H::Join, join_done.saturating_sub(sched_us));
-    rec.player_id = joined.player_id;
-    ctx.shared.borrow_mut().joined += 1;
-    let ws_path = format!(
-        "/v1/quizzes/{quiz_id}/ws?token={}",
-        urlencode(&joined.player_token)
-    );
+    // Exact sizes up front: growth by doubling would leave up to half of
+    // each record unused for the whole run.
+    let questions = ctx.sc.quiz.questions as usize;
+    rec.answers.reserve_exact(questions);
 
     // ---- hold the WebSocket, reconnecting when it is lost
     let mut live = Live::default();
+    live.decided.reserve_exact(questions);
+    live.due.reserve_exact(questions);
     let mut lost_at_us = join_done;
     let mut first = true;
     let mut failures = 0u32;
@@ -416,6 +374,71 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
     }
     ctx.shared.borrow_mut().done += 1;
     rec
+}
+
+/// Join the player's quiz over HTTP (retrying 429/503 and network errors a
+/// few times); on success records the join latency and the player id and
+/// returns the WebSocket path with the player's token.
+async fn join(
+    ctx: &Ctx,
+    source: Option<IpAddr>,
+    quiz_idx: usize,
+    sched_us: u64,
+    rec: &mut PlayerRecord,
+) -> Option<String> {
+    let quiz_id = &ctx.quiz_ids[quiz_idx];
+    let body = format!(r#"{{"nickname":"{}"}}"#, rec.nickname);
+    let path = format!("/v1/quizzes/{quiz_id}/players");
+    let mut attempt = 0u32;
+    let joined: Joined = loop {
+        attempt += 1;
+        let res = http_request(
+            &ctx.target,
+            source,
+            "POST",
+            &path,
+            &[],
+            Some(body.as_bytes()),
+            Duration::from_secs(30),
+        )
+        .await;
+        let retry = match res {
+            Ok(r) if r.status == 201 => match serde_json::from_slice::<Joined>(&r.body) {
+                Ok(j) => break j,
+                Err(e) => {
+                    ctx.count("error.join.body");
+                    rec.failure = Some(format!("join: bad body: {e}"));
+                    return None;
+                }
+            },
+            Ok(r) => {
+                ctx.count(&format!("error.join.http_{}", r.status));
+                rec.failure = Some(format!(
+                    "join: HTTP {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body[..r.body.len().min(200)])
+                ));
+                matches!(r.status, 429 | 503)
+            }
+            Err(e) => {
+                ctx.count(&format!("error.join.{}", e.kind()));
+                rec.failure = Some(format!("join: {e}"));
+                !matches!(e, NetError::Refused(_))
+            }
+        };
+        if !retry || attempt >= 4 || Instant::now() >= ctx.deadline() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+    };
+    rec.failure = None;
+    ctx.record(H::Join, wall_us().saturating_sub(sched_us));
+    rec.player_id = joined.player_id;
+    ctx.shared.borrow_mut().joined += 1;
+    Some(format!(
+        "/v1/quizzes/{quiz_id}/ws?token={}",
+        urlencode(&joined.player_token)
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -260,9 +260,18 @@ mod tests {
             })
         );
         // Not core's layout, or not a board: the caller parses fully.
-        assert_eq!(scan_leaderboard(br#"{"quiz_id":"q","type":"leaderboard","version":1}"#), None);
-        assert_eq!(scan_leaderboard(br#"{"type":"leaderboard","top":[],"version":3}"#), None);
-        assert_eq!(scan_leaderboard(br#"{"type":"question","version":1}"#), None);
+        assert_eq!(
+            scan_leaderboard(br#"{"quiz_id":"q","type":"leaderboard","version":1}"#),
+            None
+        );
+        assert_eq!(
+            scan_leaderboard(br#"{"type":"leaderboard","top":[],"version":3}"#),
+            None
+        );
+        assert_eq!(
+            scan_leaderboard(br#"{"type":"question","version":1}"#),
+            None
+        );
     }
 
     #[test]

@@ -84,6 +84,38 @@ impl MemoryStore {
 }
 
 impl QuizInner {
+    /// `apply_answer` under the quiz lock.
+    fn apply(&mut self, quiz_id: &str, answer: &AnswerRecord) -> Result<ApplyOutcome, StoreError> {
+        let Some(&current) = self.scores.get(&answer.player_id) else {
+            return Err(StoreError::NotFound(format!(
+                "player {} in quiz {quiz_id}",
+                answer.player_id
+            )));
+        };
+        let key = (answer.player_id.clone(), answer.question_id);
+        if let Some(original) = self.answers.get(&key) {
+            return Ok(ApplyOutcome::Duplicate {
+                original: original.clone(),
+                score: current,
+                rank: self.rank_of(current),
+            });
+        }
+        self.answers.insert(key, answer.clone());
+        let score = current.saturating_add(u64::from(answer.points));
+        self.set_score(&answer.player_id, score);
+        if !answer.late {
+            let dist = self.dist.entry(answer.question_id).or_default();
+            for &c in &answer.choices {
+                *dist.entry(c).or_insert(0) += 1;
+            }
+        }
+        self.lb_version += 1;
+        Ok(ApplyOutcome::Applied {
+            score,
+            rank: self.rank_of(score),
+        })
+    }
+
     fn rank_of(&self, score: u64) -> u64 {
         use std::ops::Bound::{Excluded, Unbounded};
         1 + self
@@ -217,34 +249,22 @@ impl QuizStore for MemoryStore {
     ) -> Result<ApplyOutcome, StoreError> {
         let cell = self.cell_or_not_found(quiz_id)?;
         let mut inner = cell.inner.lock();
-        let Some(&current) = inner.scores.get(&answer.player_id) else {
-            return Err(StoreError::NotFound(format!(
-                "player {} in quiz {quiz_id}",
-                answer.player_id
-            )));
-        };
-        let key = (answer.player_id.clone(), answer.question_id);
-        if let Some(original) = inner.answers.get(&key) {
-            return Ok(ApplyOutcome::Duplicate {
-                original: original.clone(),
-                score: current,
-                rank: inner.rank_of(current),
-            });
+        inner.apply(quiz_id, answer)
+    }
+
+    async fn apply_answer_at_state(
+        &self,
+        quiz_id: &str,
+        answer: &AnswerRecord,
+        state_version: u64,
+    ) -> Result<Option<ApplyOutcome>, StoreError> {
+        let cell = self.cell_or_not_found(quiz_id)?;
+        // The version check and the apply under one lock: atomic.
+        let mut inner = cell.inner.lock();
+        if inner.state.as_ref().map(|s| s.version) != Some(state_version) {
+            return Ok(None);
         }
-        inner.answers.insert(key, answer.clone());
-        let score = current.saturating_add(u64::from(answer.points));
-        inner.set_score(&answer.player_id, score);
-        if !answer.late {
-            let dist = inner.dist.entry(answer.question_id).or_default();
-            for &c in &answer.choices {
-                *dist.entry(c).or_insert(0) += 1;
-            }
-        }
-        inner.lb_version += 1;
-        Ok(ApplyOutcome::Applied {
-            score,
-            rank: inner.rank_of(score),
-        })
+        inner.apply(quiz_id, answer).map(Some)
     }
 
     async fn get_answer(
