@@ -18,7 +18,6 @@
 //! everything else, so frames are never interleaved and the writer is the
 //! only place that can block on a slow client.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{now_ms, Mode, Phase, QuizDef};
+use crate::model::{now_ms, Millis, Mode, Phase, QuizDef};
 use crate::protocol::{self, ClientMsg, QuestionMsg, Welcome};
 use crate::quiz::{Caller, QuizError, QuizService};
 use crate::room::{close, Member, Membership, Next, OutFrame, Outbox, Rooms};
@@ -36,12 +35,35 @@ use crate::token::Role;
 
 /// Bytes of buffered reading per connection.
 const READ_BUF: usize = 256;
-/// "No question presented" for [`Outbox`]'s self-paced slot.
-pub const NONE_PRESENTED: u32 = u32::MAX;
+/// Self-paced: the question this connection last presented to its player,
+/// with the time it was first sent to them (set once in the store, so it
+/// is exact to keep it here: the answer to it needs no store read).
+///
+/// Written by the connection (welcome, after each answer) and by the room
+/// (when the quiz starts), possibly at the same time: it only ever moves
+/// forward ([`Presented::advance`]), and only the caller that moved it sends
+/// the `question`. (It used to be a plain store: a slow presentation by the
+/// room could move it back after the player had answered on, and the next
+/// answer was then refused `not_open` and the player stalled.)
+#[derive(Default)]
+pub struct Presented(parking_lot::Mutex<Option<(u32, Millis)>>);
 
-/// Self-paced: the question this connection last presented to its player
-/// (set by the connection and by the room when the quiz starts).
-pub struct Presented(pub AtomicU32);
+impl Presented {
+    pub fn get(&self) -> Option<(u32, Millis)> {
+        *self.0.lock()
+    }
+
+    /// Moves to question `q` sent at `sent` if `q` is past the current one.
+    /// True if it moved (the caller then sends the question).
+    pub fn advance(&self, q: u32, sent: Millis) -> bool {
+        let mut cur = self.0.lock();
+        if cur.is_some_and(|(p, _)| p >= q) {
+            return false;
+        }
+        *cur = Some((q, sent));
+        true
+    }
+}
 
 /// Runs one upgraded connection to completion.
 pub async fn serve(
@@ -89,7 +111,7 @@ pub async fn serve(
         svc.config.ws_queue_capacity,
         shutdown.child_token(),
     ));
-    let presented = Arc::new(Presented(AtomicU32::new(NONE_PRESENTED)));
+    let presented = Arc::new(Presented::default());
     // Welcome first, then join the room, so room messages queue after it.
     let seen = match welcome(&svc, &def, &caller, &outbox, &presented).await {
         Ok(s) => s,
@@ -208,7 +230,11 @@ async fn catch_up(
                 && now.phase == Phase::Running
                 && caller.claims.role == Role::Player
             {
-                let _ = present_next(svc, def, &caller.claims.player_id, outbox, presented).await;
+                if let Err(e) =
+                    present_next(svc, def, &caller.claims.player_id, outbox, presented, 0).await
+                {
+                    outbox.push_text(protocol::encode_error(e.code(), &e.to_string()));
+                }
             }
         }
     }
@@ -267,7 +293,7 @@ async fn welcome(
             if state.phase == Phase::Running && !is_host {
                 if let Some((q, sent)) = svc.self_paced_current(def, player_id, 0, now).await? {
                     if let Some(qd) = def.questions.get(q as usize) {
-                        presented.0.store(q, Ordering::Relaxed);
+                        presented.advance(q, sent);
                         question = Some(QuestionMsg::new(qd, sent, sent + qd.time_limit_ms));
                     }
                 }
@@ -287,25 +313,26 @@ async fn welcome(
     Ok(state)
 }
 
-/// Self-paced: presents the player's next question, if any.
+/// Self-paced: presents the player's next question, if any. `from`: a
+/// question known to be answered or expired plus one (0 if none).
+/// Idempotent: calling it twice sends the question once.
 pub async fn present_next(
     svc: &QuizService,
     def: &QuizDef,
     player_id: &str,
     outbox: &Outbox,
     presented: &Presented,
+    from: u32,
 ) -> Result<(), QuizError> {
     // Everything before the question presented last is answered or expired:
-    // the walk starts there (see `self_paced_current`).
-    let prev = presented.0.load(Ordering::Relaxed);
-    let from = if prev == NONE_PRESENTED { 0 } else { prev };
+    // the walk starts there at the earliest (see `self_paced_current`).
+    let from = presented.get().map_or(from, |(p, _)| p.max(from));
     if let Some((q, sent)) = svc
         .self_paced_current(def, player_id, from, now_ms())
         .await?
     {
         if let Some(qd) = def.questions.get(q as usize) {
-            if prev == NONE_PRESENTED || q > prev {
-                presented.0.store(q, Ordering::Relaxed);
+            if presented.advance(q, sent) {
                 outbox.push_text(protocol::encode(&QuestionMsg::new(
                     qd,
                     sent,
@@ -432,17 +459,27 @@ async fn handle_text(
                 ));
                 return;
             }
-            let p = presented.0.load(Ordering::Relaxed);
-            let p = (p != NONE_PRESENTED).then_some(p);
+            let p = presented.get();
             match svc.answer(def, caller, question_id, &choices, p).await {
                 Ok(res) => {
                     let recorded =
                         res.accepted || matches!(res.reason.as_deref(), Some("late" | "duplicate"));
                     outbox.push_text(protocol::encode(&res));
-                    if def.mode == Mode::SelfPaced && recorded && p == Some(question_id) {
-                        if let Err(e) =
-                            present_next(svc, def, &caller.claims.player_id, outbox, presented)
-                                .await
+                    if def.mode == Mode::SelfPaced
+                        && recorded
+                        && p.is_some_and(|(q, _)| q == question_id)
+                    {
+                        // The question just answered is recorded: the walk
+                        // starts after it (one store call, not two).
+                        if let Err(e) = present_next(
+                            svc,
+                            def,
+                            &caller.claims.player_id,
+                            outbox,
+                            presented,
+                            question_id + 1,
+                        )
+                        .await
                         {
                             outbox.push_text(protocol::encode_error(e.code(), &e.to_string()));
                         }

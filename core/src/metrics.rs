@@ -28,6 +28,9 @@ pub struct Metrics {
     pub broadcast_seconds: Histogram,
     /// Leaderboards overwritten in a connection's slot before being sent.
     pub stale_boards_dropped: IntCounter,
+    /// Answers scored again because the quiz's state changed between the
+    /// node's (cached) read and the store's apply.
+    pub stale_rescored: IntCounter,
     /// Connections closed as slow consumers (4008).
     pub slow_consumer_closes: IntCounter,
     /// WebSocket closes we initiated, by close code.
@@ -85,6 +88,13 @@ impl Metrics {
                 c(
                     "stale_leaderboards_dropped_total",
                     "Leaderboards replaced by a newer one before a slow connection sent them",
+                ),
+            ),
+            stale_rescored: reg(
+                &registry,
+                c(
+                    "answers_rescored_stale_state_total",
+                    "Answers scored again after the quiz state changed under them",
                 ),
             ),
             slow_consumer_closes: reg(

@@ -286,9 +286,19 @@ pub struct QuizService {
     pub post_limiter: crate::http::IpLimiter,
     /// Immutable quiz definitions, cached (bounded: cleared past 10 000).
     defs: DashMap<String, Arc<QuizDef>>,
+    /// The answer path's view of each quiz's state, so that an answer does
+    /// not cost a store read. Refreshed by this node's host actions and by
+    /// the control bus (see [`QuizService::state_changed`]); never trusted
+    /// blindly: answers are applied with the version they were scored
+    /// against (`apply_answer_at_state`), and a rejection that depends on
+    /// the state is re-checked against a fresh read. Bounded like `defs`.
+    states: DashMap<String, QuizState>,
 }
 
 const DEF_CACHE_MAX: usize = 10_000;
+/// Re-scorings of one answer after the state moved under it. Host actions
+/// are seconds apart, so a second miss means something is wrong.
+const STALE_RETRIES: usize = 3;
 
 impl QuizService {
     /// Builds the backends the config selects.
@@ -322,6 +332,7 @@ impl QuizService {
             tokens: TokenKey::new(secret.as_bytes()),
             rooms: Rooms::new(Arc::clone(&metrics)),
             defs: DashMap::new(),
+            states: DashMap::new(),
             config,
             store,
             sink,
@@ -372,11 +383,50 @@ impl QuizService {
         Ok(def)
     }
 
+    /// The quiz's state, read from the store (and remembered for answers).
     pub async fn state(&self, quiz_id: &str) -> Result<QuizState, QuizError> {
-        self.store
+        let s = self
+            .store
             .get_state(quiz_id)
             .await?
-            .ok_or_else(|| QuizError::NotFound(format!("quiz_id: no quiz {quiz_id:?}")))
+            .ok_or_else(|| QuizError::NotFound(format!("quiz_id: no quiz {quiz_id:?}")))?;
+        self.remember_state(quiz_id, &s);
+        Ok(s)
+    }
+
+    /// The answer path's state: the cached one, or a store read.
+    async fn cached_state(&self, quiz_id: &str) -> Result<QuizState, QuizError> {
+        if let Some(s) = self.states.get(quiz_id) {
+            return Ok(s.value().clone());
+        }
+        self.state(quiz_id).await
+    }
+
+    /// Keeps `s` if it is newer than the cached state (versions only grow).
+    fn remember_state(&self, quiz_id: &str, s: &QuizState) {
+        if let Some(mut cur) = self.states.get_mut(quiz_id) {
+            if cur.version < s.version {
+                *cur = s.clone();
+            }
+            return;
+        }
+        if self.states.len() >= DEF_CACHE_MAX {
+            self.states.clear();
+        }
+        self.states.insert(quiz_id.to_string(), s.clone());
+    }
+
+    /// A control-bus notification: the quiz is now at `version`. A cached
+    /// older state is dropped (the next answer reads the store).
+    /// `version` `None` (the bus lagged: anything may have changed) drops
+    /// every cached state.
+    pub fn state_changed(&self, quiz_id: Option<&str>, version: Option<u64>) {
+        match (quiz_id, version) {
+            (Some(q), Some(v)) => {
+                self.states.remove_if(q, |_, s| s.version < v);
+            }
+            _ => self.states.clear(),
+        }
     }
 
     pub async fn create_quiz(
@@ -548,6 +598,7 @@ impl QuizService {
                 "state: changed concurrently; retry".into(),
             ));
         }
+        self.remember_state(quiz_id, &next);
         if action == HostAction::Start {
             self.publish(Event::new(quiz_id, now, EventKind::QuizStarted))
                 .await?;
@@ -606,9 +657,12 @@ impl QuizService {
     ///
     /// The walk starts at question `from`: pass a question this function
     /// returned earlier for the same player (every question before it was
-    /// then answered or expired, and stays so), or 0. Walking from 0 after
-    /// every answer cost one store round trip per question already
-    /// answered (measured: ~600 answers/s end to end on the dev machine).
+    /// then answered or expired, and stays so), the one after a question
+    /// just answered, or 0. Walking from 0 after every answer cost one
+    /// store round trip per question already answered (measured: ~600
+    /// answers/s end to end on the dev machine). Each step is one
+    /// `present_question` (answered? else set-once send time), which the
+    /// Redis store coalesces with the quiz's other writes.
     pub async fn self_paced_current(
         &self,
         def: &QuizDef,
@@ -617,18 +671,13 @@ impl QuizService {
         now: Millis,
     ) -> Result<Option<(u32, Millis)>, QuizError> {
         for q in def.questions.iter().skip(from as usize) {
-            if self
+            let Some(sent) = self
                 .store
-                .get_answer(&def.quiz_id, player_id, q.id)
+                .present_question(&def.quiz_id, player_id, q.id, now)
                 .await?
-                .is_some()
-            {
-                continue;
-            }
-            let sent = self
-                .store
-                .question_sent_at(&def.quiz_id, player_id, q.id, now)
-                .await?;
+            else {
+                continue; // answered
+            };
             if sent.saturating_add(q.time_limit_ms) > now {
                 return Ok(Some((q.id, sent)));
             }
@@ -637,15 +686,16 @@ impl QuizService {
     }
 
     /// One answer of a player. `presented` (self-paced only) is the highest
-    /// question this connection has shown the player. `Err` means "not
-    /// acknowledged": the client gets an `error` message and may retry.
+    /// question this connection has shown the player, with the time it was
+    /// first sent to them. `Err` means "not acknowledged": the client gets
+    /// an `error` message and may retry.
     pub async fn answer(
         &self,
         def: &QuizDef,
         caller: &Caller,
         question_id: u32,
         choices: &[u32],
-        presented: Option<u32>,
+        presented: Option<(u32, Millis)>,
     ) -> Result<AnswerResult, QuizError> {
         let r = self
             .answer_inner(def, caller, question_id, choices, presented)
@@ -665,7 +715,7 @@ impl QuizService {
         caller: &Caller,
         question_id: u32,
         choices: &[u32],
-        presented: Option<u32>,
+        presented: Option<(u32, Millis)>,
     ) -> Result<AnswerResult, QuizError> {
         // Refuse before touching the store: an answer we could not record
         // in the event log must not be scored.
@@ -673,79 +723,126 @@ impl QuizService {
         let now = now_ms();
         let quiz_id = &def.quiz_id;
         let player_id = &caller.claims.player_id;
-        let mut res = AnswerResult::new(question_id);
-        let reject = |mut res: AnswerResult, reason: &str| {
+        let reject = |reason: &str| {
+            let mut res = AnswerResult::new(question_id);
             res.reason = Some(reason.to_string());
             res
         };
         let Some(question) = def.questions.get(question_id as usize) else {
             return self
-                .with_standing(quiz_id, player_id, reject(res, "invalid"))
+                .with_standing(quiz_id, player_id, reject("invalid"))
                 .await;
         };
         let Some(choices) = normalize_choices(choices, question.options.len()) else {
             return self
-                .with_standing(quiz_id, player_id, reject(res, "invalid"))
+                .with_standing(quiz_id, player_id, reject("invalid"))
                 .await;
         };
-        let state = self.state(quiz_id).await?;
-        let window = match def.mode {
-            Mode::Live => live_window(&state, question_id),
-            Mode::SelfPaced => match (state.phase, presented) {
-                (Phase::Lobby, _) | (_, None) => Window::NotOpen,
-                (_, Some(p)) if question_id > p => Window::NotOpen,
-                (phase, Some(_)) => {
-                    let sent = self
-                        .store
-                        .question_sent_at(quiz_id, player_id, question_id, now)
-                        .await?;
-                    let closes = sent.saturating_add(question.time_limit_ms);
-                    Window::Open {
-                        opens_at: Some(sent),
-                        closes_at: if phase == Phase::Ended {
-                            closes.min(now)
+        // Scored against the cached state; the store applies the answer only
+        // if the state is still that version, else we re-read and re-score
+        // (same receipt time `now`). A rejection that depends on the state
+        // (`not_open`) is only given after a fresh read.
+        let mut fresh = false;
+        for _ in 0..STALE_RETRIES {
+            let state = if fresh {
+                self.state(quiz_id).await?
+            } else {
+                self.cached_state(quiz_id).await?
+            };
+            let window = match def.mode {
+                Mode::Live => live_window(&state, question_id),
+                Mode::SelfPaced => match (state.phase, presented) {
+                    (Phase::Lobby, _) | (_, None) => Window::NotOpen,
+                    (_, Some((p, _))) if question_id > p => Window::NotOpen,
+                    (phase, Some((p, sent_p))) => {
+                        // The question on screen: its send time came with
+                        // it. An earlier one (rare: answered after the
+                        // next was shown) is read from the store.
+                        let sent = if question_id == p {
+                            sent_p
                         } else {
-                            closes
-                        },
+                            self.store
+                                .question_sent_at(quiz_id, player_id, question_id, now)
+                                .await?
+                        };
+                        let closes = sent.saturating_add(question.time_limit_ms);
+                        Window::Open {
+                            opens_at: Some(sent),
+                            closes_at: if phase == Phase::Ended {
+                                closes.min(now)
+                            } else {
+                                closes
+                            },
+                        }
                     }
+                },
+            };
+            let (opens_at, closes_at) = match window {
+                Window::NotOpen if !fresh => {
+                    fresh = true;
+                    continue;
                 }
-            },
-        };
-        let (opens_at, closes_at) = match window {
-            Window::NotOpen => {
-                return self
-                    .with_standing(quiz_id, player_id, reject(res, "not_open"))
-                    .await
-            }
-            Window::Open {
-                opens_at,
-                closes_at,
-            } => (opens_at, closes_at),
-        };
-        let late = now >= closes_at;
-        let response_ms = match opens_at {
-            Some(o) => now.saturating_sub(o),
-            None => question.time_limit_ms,
-        };
-        let correct = choices == question.correct;
-        let points = if correct && !late {
-            score(question.points, question.time_limit_ms, response_ms)
-        } else {
-            0
-        };
-        let record = AnswerRecord {
-            player_id: player_id.clone(),
-            nickname: caller.nickname.clone(),
-            question_id,
-            choices,
-            correct,
-            late,
-            points,
-            response_ms,
-            answered_at_ms: now,
-        };
-        match self.store.apply_answer(quiz_id, &record).await? {
+                Window::NotOpen => {
+                    return self
+                        .with_standing(quiz_id, player_id, reject("not_open"))
+                        .await
+                }
+                Window::Open {
+                    opens_at,
+                    closes_at,
+                } => (opens_at, closes_at),
+            };
+            let late = now >= closes_at;
+            let response_ms = match opens_at {
+                Some(o) => now.saturating_sub(o),
+                None => question.time_limit_ms,
+            };
+            let correct = choices == question.correct;
+            let points = if correct && !late {
+                score(question.points, question.time_limit_ms, response_ms)
+            } else {
+                0
+            };
+            let record = AnswerRecord {
+                player_id: player_id.clone(),
+                nickname: caller.nickname.clone(),
+                question_id,
+                choices: choices.clone(),
+                correct,
+                late,
+                points,
+                response_ms,
+                answered_at_ms: now,
+            };
+            let Some(outcome) = self
+                .store
+                .apply_answer_at_state(quiz_id, &record, state.version)
+                .await?
+            else {
+                // The state moved on since we read it: re-read, re-score.
+                self.metrics.stale_rescored.inc();
+                fresh = true;
+                continue;
+            };
+            return self.finish_answer(quiz_id, record, outcome).await;
+        }
+        Err(QuizError::Unavailable(
+            "state: changing too fast to score the answer; retry".into(),
+        ))
+    }
+
+    /// After the store: the event, then the player's result.
+    async fn finish_answer(
+        &self,
+        quiz_id: &str,
+        record: AnswerRecord,
+        outcome: ApplyOutcome,
+    ) -> Result<AnswerResult, QuizError> {
+        let mut res = AnswerResult::new(record.question_id);
+        match outcome {
             ApplyOutcome::Applied { score, rank } => {
+                let (late, correct, points, now) =
+                    (record.late, record.correct, record.points, record.answered_at_ms);
                 self.publish(Event::new(
                     quiz_id,
                     now,

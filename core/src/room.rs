@@ -391,8 +391,12 @@ impl Rooms {
                     m = rx.recv() => m,
                 };
                 match msg {
-                    Ok(changed) => svc.rooms.wake(&changed.quiz_id),
+                    Ok(changed) => {
+                        svc.state_changed(Some(&changed.quiz_id), Some(changed.version));
+                        svc.rooms.wake(&changed.quiz_id);
+                    }
                     Err(RecvError::Lagged(_)) => {
+                        svc.state_changed(None, None);
                         for r in svc.rooms.map.iter() {
                             r.wake.notify_one();
                         }
@@ -598,8 +602,22 @@ async fn reconcile(svc: &QuizService, room: &Room, seen: &mut Seen) {
                 Some((pid, Arc::clone(&m.outbox), Arc::clone(&m.presented)))
             })
             .collect();
-        for (pid, outbox, presented) in players {
-            let _ = crate::connection::present_next(svc, def, &pid, &outbox, &presented).await;
+        // All at once: the store coalesces the presentations into a few
+        // pipelines (one at a time, 500 players took seconds, while the
+        // first ones were already answering). A failed presentation is not
+        // skipped: `started` stays false and the next reconcile presents
+        // again (idempotent: a player who got the question gets nothing).
+        let sends = players.iter().map(|(pid, outbox, presented)| {
+            crate::connection::present_next(svc, def, pid, outbox, presented, 0)
+        });
+        let failed = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(Result::is_err)
+            .count();
+        if failed > 0 {
+            tracing::warn!(quiz_id = %room.quiz_id, failed, "self-paced start: presentations failed; retrying");
+            return;
         }
         seen.started = true;
     }
@@ -699,9 +717,7 @@ mod tests {
                 outbox: Arc::clone(&outbox),
                 host: false,
                 player_id: Some(p.player_id.clone()),
-                presented: Arc::new(Presented(std::sync::atomic::AtomicU32::new(
-                    crate::connection::NONE_PRESENTED,
-                ))),
+                presented: Arc::new(Presented::default()),
             },
             &st,
         );

@@ -15,33 +15,17 @@
 mod cluster_admin;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_admin::*;
-use quiz_core::model::{AnswerRecord, ApplyOutcome, Mode, Player, Question, QuizDef, QuizState};
-use quiz_core::store::redis_cluster::{RedisClusterStore, RedisOptions};
-use quiz_core::store::{QuizStore, StoreError};
+use quiz_core::model::ApplyOutcome;
+use quiz_core::store::QuizStore;
 
 const PLAYERS: u32 = 100;
 const QUESTIONS: u32 = 30;
 const WORKERS: usize = 20;
-
-fn answer(pid: &str, q: u32) -> AnswerRecord {
-    let points = (pid.len() as u32 * 37 + q * 13) % 1000 + 1;
-    AnswerRecord {
-        player_id: pid.to_string(),
-        nickname: pid.to_string(),
-        question_id: q,
-        choices: vec![q % 4],
-        correct: true,
-        late: false,
-        points,
-        response_ms: 500,
-        answered_at_ms: 1_700_000_000_000 + u64::from(q),
-    }
-}
 
 /// Moves `slot` from `from` to `to` the way `redis-cli --cluster reshard`
 /// does (IMPORTING / MIGRATING, `MIGRATE` in batches, `SETSLOT NODE`), one
@@ -108,48 +92,8 @@ async fn migrate_slot(slot: u16, from: &Node, to: &Node, masters: &[Node]) -> us
 async fn slot_migration_loses_and_doubles_nothing() {
     let nodes = redis_nodes();
     let seed = nodes[0].clone();
-    wait_healthy(&nodes).await;
-    let store = Arc::new(
-        RedisClusterStore::connect(&nodes, RedisOptions::default())
-            .await
-            .unwrap_or_else(|e| panic!("Redis Cluster at {nodes:?} is required: {e}")),
-    );
-    let quiz = format!("mig-{:08x}", rand::random::<u32>());
-    let def = QuizDef {
-        quiz_id: quiz.clone(),
-        title: "migration".into(),
-        mode: Mode::SelfPaced,
-        questions: (0..QUESTIONS)
-            .map(|i| Question {
-                id: i,
-                index: i,
-                text: format!("q{i}"),
-                options: vec!["a".into(), "b".into(), "c".into(), "d".into()],
-                correct: vec![i % 4],
-                time_limit_ms: 20_000,
-                points: 1000,
-            })
-            .collect(),
-        created_at_ms: 1,
-    };
-    store
-        .create_quiz(&def, &QuizState::new_lobby())
-        .await
-        .expect("create");
-    let pids: Vec<String> = (0..PLAYERS).map(|p| format!("player{p:04}")).collect();
-    for pid in &pids {
-        store
-            .add_player(
-                &quiz,
-                &Player {
-                    player_id: pid.clone(),
-                    nickname: pid.clone(),
-                    joined_at_ms: 1,
-                },
-            )
-            .await
-            .expect("join");
-    }
+    let store = healthy_store(&nodes).await;
+    let (quiz, pids) = quiz_with_players(&store, "mig", PLAYERS, QUESTIONS).await;
     // Every key of a quiz shares the hash tag, so any of them names the slot.
     let slot = slot_of(&seed, &format!("{{{quiz}}}")).await;
     let (source, _) = owner(&seed, slot).await;
@@ -168,89 +112,34 @@ async fn slot_migration_loses_and_doubles_nothing() {
         source.addr, target.addr
     );
 
-    let mut work: Vec<Vec<(String, u32)>> = vec![Vec::new(); WORKERS];
-    let mut i = 0;
-    for q in 0..QUESTIONS {
-        for pid in &pids {
-            work[i % WORKERS].push((pid.clone(), q));
-            i += 1;
-        }
-    }
-    let done = Arc::new(AtomicUsize::new(0));
-    let failed_calls = Arc::new(AtomicUsize::new(0));
     // Each worker holds back its last fifth until both migrations are
     // over, so answers land before, during and after them however long
     // they take on a loaded machine.
-    let migrated = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = work
-        .into_iter()
-        .map(|items| {
-            let store = Arc::clone(&store);
-            let quiz = quiz.clone();
-            let done = Arc::clone(&done);
-            let failed_calls = Arc::clone(&failed_calls);
-            let migrated = Arc::clone(&migrated);
-            tokio::spawn(async move {
-                let mut acked: HashMap<String, u64> = HashMap::new();
-                let hold_at = items.len() * 4 / 5;
-                for (n, (pid, q)) in items.into_iter().enumerate() {
-                    if n == hold_at {
-                        let until = Instant::now() + Duration::from_secs(180);
-                        while !migrated.load(Ordering::Relaxed) {
-                            assert!(Instant::now() < until, "the migration never finished");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                    let a = answer(&pid, q);
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    let points = loop {
-                        match store.apply_answer(&quiz, &a).await {
-                            Ok(ApplyOutcome::Applied { .. }) => break a.points,
-                            Ok(ApplyOutcome::Duplicate { original, .. }) => {
-                                assert_eq!(original, a, "duplicate of a foreign answer");
-                                break original.points;
-                            }
-                            Err(StoreError::Unavailable(e)) => {
-                                failed_calls.fetch_add(1, Ordering::Relaxed);
-                                assert!(
-                                    Instant::now() < deadline,
-                                    "answer {pid}/{q} not acknowledged within 60 s: {e}"
-                                );
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                            Err(e) => panic!("apply_answer {pid}/{q}: {e}"),
-                        }
-                    };
-                    *acked.entry(pid).or_default() += u64::from(points);
-                    done.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(15)).await;
-                }
-                acked
-            })
-        })
-        .collect();
-
+    let counters = Arc::new(StreamCounters::default());
+    let workers = answer_stream(
+        &store,
+        &quiz,
+        &pids,
+        QUESTIONS,
+        WORKERS,
+        Duration::from_millis(15),
+        5,
+        &counters,
+    );
     let total = (PLAYERS * QUESTIONS) as usize;
-    let until = Instant::now() + Duration::from_secs(30);
-    while done.load(Ordering::Relaxed) < total / 5 {
-        assert!(
-            Instant::now() < until,
-            "answer stream stalled before the migration"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let at = done.load(Ordering::Relaxed);
+    wait_done(&counters, total / 5, "the migration").await;
+    let at = counters.done.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let there = migrate_slot(slot, &source, &target, &masters).await;
-    let mid = done.load(Ordering::Relaxed);
+    let mid = counters.done.load(Ordering::Relaxed);
     let back = migrate_slot(slot, &target, &source, &masters).await;
-    migrated.store(true, Ordering::Relaxed);
-    let at_end = done.load(Ordering::Relaxed);
+    counters.disruption_over.store(true, Ordering::Relaxed);
+    let at_end = counters.done.load(Ordering::Relaxed);
     eprintln!(
         "migrations started after {at} answers, half-way at {mid}, done at {at_end} in {:?}; \
          {there} keys moved there, {back} back; {} failed calls retried",
         t0.elapsed(),
-        failed_calls.load(Ordering::Relaxed)
+        counters.failed_calls.load(Ordering::Relaxed)
     );
     assert!(there > 0 && back > 0, "the quiz's keys moved both ways");
     assert!(
@@ -260,7 +149,7 @@ async fn slot_migration_loses_and_doubles_nothing() {
 
     let mut expected: HashMap<String, u64> = HashMap::new();
     for w in workers {
-        for (pid, pts) in w.await.expect("worker") {
+        for (pid, pts) in w.await.expect("worker").0 {
             *expected.entry(pid).or_default() += pts;
         }
     }

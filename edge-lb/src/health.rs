@@ -46,12 +46,27 @@ pub async fn probe(
 
 /// Run health checks and the sweep until `stop` is cancelled.
 pub async fn run(cluster: Arc<Cluster>, stop: CancellationToken) {
+    // Built once and again only when its settings change: `HttpHealthCheck::new` creates a
+    // connector that parses the system CA bundle (~20 ms of CPU), which every interval would
+    // take from the proxy's cores.
+    let mut built: Option<(String, Duration, HttpHealthCheck)> = None;
     loop {
         let cfg = cluster.config();
-        let check = build_check(&cfg.health.path, cfg.health.timeout);
+        if built
+            .as_ref()
+            .is_none_or(|(p, t, _)| *p != cfg.health.path || *t != cfg.health.timeout)
+        {
+            built = Some((
+                cfg.health.path.clone(),
+                cfg.health.timeout,
+                build_check(&cfg.health.path, cfg.health.timeout),
+            ));
+        }
+        let Some((_, _, check)) = built.as_ref() else {
+            return;
+        };
         let targets = cluster.backend_addrs();
         let probes = targets.iter().map(|(name, addr)| {
-            let check = &check;
             let timeout = cfg.health.timeout;
             async move { (name.clone(), probe(check, *addr, timeout).await) }
         });

@@ -136,35 +136,63 @@ const LB_PREFIX: &[u8] = br#"{"type":"leaderboard","#;
 /// fully. Quiz ids are `[A-Za-z0-9_-]`, so a key cannot be faked inside the
 /// scalars before `top`.
 pub fn scan_leaderboard(bytes: &[u8]) -> Option<BoardHead> {
-    if !bytes.starts_with(LB_PREFIX) {
-        return None;
-    }
-    let rest = &bytes[LB_PREFIX.len()..];
-    let head = match find(rest, br#""top":"#) {
-        Some(i) => &rest[..i],
-        None => rest,
+    let rest = bytes.strip_prefix(LB_PREFIX)?;
+    // One pass over `"key":value,` pairs up to the first array or object
+    // (`top`); keys are compared only where one starts, no substring search.
+    let mut head = BoardHead {
+        version: None,
+        ts_ms: None,
     };
-    let version = number_after(head, br#""version":"#);
-    version?;
-    let ts_ms = number_after(head, br#""ts_ms":"#)
-        .or_else(|| number_after(head, br#""at_ms":"#))
-        .or_else(|| number_after(head, br#""generated_at_ms":"#))
-        .or_else(|| number_after(head, br#""tick_ms":"#));
-    Some(BoardHead { version, ts_ms })
+    let mut i = 0;
+    while i < rest.len() && rest[i] == b'"' {
+        let key_start = i + 1;
+        let key_len = rest[key_start..].iter().position(|&b| b == b'"')?;
+        let key = &rest[key_start..key_start + key_len];
+        i = key_start + key_len + 1;
+        if rest.get(i) != Some(&b':') {
+            return None;
+        }
+        i += 1;
+        match rest.get(i)? {
+            b'"' => {
+                let len = rest[i + 1..]
+                    .iter()
+                    .position(|&b| b == b'"' || b == b'\\')?;
+                if rest[i + 1 + len] == b'\\' {
+                    return None; // an escaped string: not core's scalars
+                }
+                i += len + 2;
+            }
+            b'0'..=b'9' => {
+                let digits = rest[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+                let n = parse_u64(&rest[i..i + digits])?;
+                match key {
+                    b"version" => head.version = Some(n),
+                    b"ts_ms" | b"at_ms" | b"generated_at_ms" | b"tick_ms" => head.ts_ms = Some(n),
+                    _ => {}
+                }
+                i += digits;
+            }
+            _ => break, // `top` (or another array/object/literal): done
+        }
+        match rest.get(i) {
+            Some(b',') => i += 1,
+            _ => break,
+        }
+    }
+    head.version?;
+    Some(head)
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The unsigned integer right after `key` (`"name":`), if there is one.
-fn number_after(head: &[u8], key: &[u8]) -> Option<u64> {
-    let i = find(head, key)? + key.len();
-    let digits = head[i..].iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || digits > 19 {
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
         return None;
     }
-    std::str::from_utf8(&head[i..i + digits]).ok()?.parse().ok()
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 /// `POST /v1/quizzes` body.

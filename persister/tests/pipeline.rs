@@ -441,6 +441,20 @@ async fn a_statement_rejected_by_mongodb_dead_letters_only_its_event() {
     running.wait().await.expect("clean stop");
 }
 
+/// Points `config` at the local stack's SASL/PLAIN listener, as an
+/// operator would: properties in the file, the password from the Secret.
+fn use_sasl_listener(config: &mut persister::config::Config, password: &str) {
+    config.kafka.brokers = testkit::Settings::from_env().kafka_sasl_brokers;
+    for (k, v) in [
+        ("security.protocol", "SASL_PLAINTEXT"),
+        ("sasl.mechanism", "PLAIN"),
+        ("sasl.username", testkit::KAFKA_SASL_USER),
+    ] {
+        config.kafka.properties.insert(k.into(), v.into());
+    }
+    config.kafka.sasl_password = password.into();
+}
+
 /// The Kafka security settings reach every client of the persister: with
 /// the brokers set to the local stack's SASL/PLAIN listener and the
 /// credentials in `kafka.properties` + the password field (what
@@ -452,17 +466,8 @@ async fn consumes_through_a_sasl_listener() {
     let s = scenario(&testkit::unique_quiz_id(), 3, 2);
     produce(&config.kafka.brokers, &config.kafka.topic, &s.records).await;
 
-    let settings = testkit::Settings::from_env();
-    config.kafka.brokers = settings.kafka_sasl_brokers.clone();
+    use_sasl_listener(&mut config, testkit::KAFKA_SASL_PASSWORD);
     config.kafka.create_dlq_topic = true;
-    for (k, v) in [
-        ("security.protocol", "SASL_PLAINTEXT"),
-        ("sasl.mechanism", "PLAIN"),
-        ("sasl.username", testkit::KAFKA_SASL_USER),
-    ] {
-        config.kafka.properties.insert(k.into(), v.into());
-    }
-    config.kafka.sasl_password = testkit::KAFKA_SASL_PASSWORD.into();
     config.validate().expect("valid");
 
     let shutdown = CancellationToken::new();
@@ -484,15 +489,7 @@ async fn a_wrong_sasl_password_consumes_nothing() {
     let mut config = test_config("sasl-bad", 1).await;
     let s = scenario(&testkit::unique_quiz_id(), 2, 1);
     produce(&config.kafka.brokers, &config.kafka.topic, &s.records).await;
-    config.kafka.brokers = testkit::Settings::from_env().kafka_sasl_brokers;
-    for (k, v) in [
-        ("security.protocol", "SASL_PLAINTEXT"),
-        ("sasl.mechanism", "PLAIN"),
-        ("sasl.username", testkit::KAFKA_SASL_USER),
-    ] {
-        config.kafka.properties.insert(k.into(), v.into());
-    }
-    config.kafka.sasl_password = "not-the-password".into();
+    use_sasl_listener(&mut config, "not-the-password");
     let shutdown = CancellationToken::new();
     let running = persister::start(config.clone(), shutdown.clone())
         .await

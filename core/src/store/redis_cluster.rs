@@ -149,20 +149,30 @@ impl Lua {
 /// later answer of the same player, that player is counted at the score this
 /// answer gave).
 ///
-/// KEYS: players answers leaderboard lbver dist_1 .. dist_k (players is
-/// unused by the script but keeps the key list self-describing).
-/// ARGV: n, then 6 per answer (few arguments: each one costs Redis parsing
+/// The state guard (`apply_answer_at_state`): when ARGV[2] is not empty, the
+/// script first compares it with the `version` of the quiz's state (read
+/// with a pattern, not a JSON decode: one `GET` and one match per batch) and
+/// returns `{'S'}` without writing anything if they differ — the node scored
+/// the batch against a state that has moved on, and re-scores it.
+///
+/// KEYS: players answers leaderboard lbver state dist_1 .. dist_k (players
+/// is unused by the script but keeps the key list self-describing).
+/// ARGV: n, the expected state version or '' (no guard), then 6 per answer (few arguments: each one costs Redis parsing
 /// and a Lua string): player_id, field (`player_id:question_id`),
 /// `token|record` (the token is 16 hex digits), points, the index in KEYS of
 /// the question's distribution (0 for a late answer: not counted), the
 /// choices (`0,2`).
 /// Returns a flat array, 3 entries per answer: `A` score higher |
-/// `D<original record>` score higher | `N` 0 0.
+/// `D<original record>` score higher | `N` 0 0; or `{'S'}` (stale state).
 const APPLY_BATCH: &str = r#"
 local n = tonumber(ARGV[1])
+if ARGV[2] ~= '' then
+  local st = redis.call('GET', KEYS[5])
+  if not st or string.match(st, '"version":(%d+)') ~= ARGV[2] then return {'S'} end
+end
 local pids, fields = {}, {}
 for a = 1, n do
-  local b = 6 * a - 4
+  local b = 6 * a - 3
   pids[a], fields[a] = ARGV[b], ARGV[b + 1]
 end
 -- Two bulk reads for the whole batch: the stored records and the scores.
@@ -178,7 +188,7 @@ local seen, score, changed, order = {}, {}, {}, {}
 local recs, dist, dists = {}, {}, {}
 local applied = 0
 for a = 1, n do
-  local b = 6 * a - 4
+  local b = 6 * a - 3
   local pid, field, v = pids[a], fields[a], ARGV[b + 2]
   local s = score[pid]
   if s == nil and zs[a] then s = tonumber(zs[a]); score[pid] = s end
@@ -335,6 +345,45 @@ redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
 return redis.call('HGET', KEYS[2], ARGV[1])
 "#;
 
+/// Self-paced: presents questions to players, a batch at a time.
+/// KEYS: def answers sent. ARGV: pairs of field (`player_id:question_id`)
+/// and now. Per pair: -1 if that answer exists (nothing written), else the
+/// stored send time, set to its `now` if unset. nil if no quiz. Two bulk
+/// reads and one `HSET` per batch (the fields found unset, under the
+/// script's atomicity that is `HSETNX`).
+const PRESENT_BATCH: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local m = #ARGV / 2
+local fields = {}
+for i = 1, m do fields[i] = ARGV[2 * i - 1] end
+local out, set, fresh = {}, {}, {}
+for j = 1, m, 400 do
+  local k = math.min(j + 399, m)
+  local ans = redis.call('HMGET', KEYS[2], unpack(fields, j, k))
+  local snt = redis.call('HMGET', KEYS[3], unpack(fields, j, k))
+  for i = j, k do
+    local f = fields[i]
+    if ans[i - j + 1] then
+      out[i] = -1
+    elseif snt[i - j + 1] then
+      out[i] = tonumber(snt[i - j + 1])
+    elseif fresh[f] then
+      out[i] = fresh[f]
+    else
+      local now = ARGV[2 * i]
+      fresh[f] = tonumber(now)
+      set[#set + 1] = f
+      set[#set + 1] = now
+      out[i] = fresh[f]
+    end
+  end
+end
+for j = 1, #set, 400 do
+  redis.call('HSET', KEYS[3], unpack(set, j, math.min(j + 399, #set)))
+end
+return out
+"#;
+
 struct Scripts {
     apply: Lua,
     create: Lua,
@@ -344,6 +393,7 @@ struct Scripts {
     standing: Lua,
     distribution: Lua,
     sent_at: Lua,
+    present: Lua,
 }
 
 /// One script call, routed by the slot of its keys.
@@ -353,11 +403,22 @@ struct Call {
     args: Vec<String>,
 }
 
-/// An answer waiting for the batcher, with its reply channel.
+/// A write waiting for the batcher, with its reply channel.
 struct Job {
     quiz_id: String,
-    answer: PreparedAnswer,
+    work: Work,
     reply: oneshot::Sender<Result<Value, StoreError>>,
+}
+
+/// What the batcher coalesces: the hot path's writes.
+enum Work {
+    /// An answer; with `Some(v)`, applied only if the state is at version v.
+    Apply {
+        answer: PreparedAnswer,
+        state_version: Option<u64>,
+    },
+    /// Self-paced: a question presented to a player (`present_question`).
+    Present { field: String, now: Millis },
 }
 
 /// An answer encoded once for all its attempts.
@@ -407,6 +468,7 @@ fn scripts() -> &'static Scripts {
         standing: Lua::new(STANDING),
         distribution: Lua::new(DISTRIBUTION),
         sent_at: Lua::new(SENT_AT),
+        present: Lua::new(PRESENT_BATCH),
     })
 }
 
@@ -470,12 +532,51 @@ impl RedisClusterStore {
         Ok(v)
     }
 
-    /// One attempt of an answer through the batcher.
-    async fn apply_once(&self, quiz_id: &str, answer: PreparedAnswer) -> Result<Value, StoreError> {
+    /// `apply_answer`, with the state guard when `state_version` is set.
+    /// `Ok(None)`: the state moved on, nothing written.
+    async fn apply_guarded(
+        &self,
+        quiz_id: &str,
+        answer: &AnswerRecord,
+        state_version: Option<u64>,
+    ) -> Result<Option<ApplyOutcome>, StoreError> {
+        let prepared = PreparedAnswer {
+            player_id: answer.player_id.clone(),
+            question_id: answer.question_id,
+            token: format!("{:016x}", rand::random::<u64>()),
+            record: encode_record(answer),
+            points: answer.points,
+            late: answer.late,
+            choices: answer.choices.clone(),
+        };
+        let mut backoff = self.shared.opts.retry_backoff;
+        let mut attempt = 1;
+        loop {
+            let work = Work::Apply {
+                answer: prepared.clone(),
+                state_version,
+            };
+            match self.through_batcher(quiz_id, work).await {
+                Ok(v) => return decode_apply(quiz_id, answer, &v),
+                // Same token on every attempt: a re-run of an attempt that
+                // did land answers `Applied` without adding points again.
+                Err(StoreError::Unavailable(e)) if attempt < self.shared.opts.max_attempts => {
+                    tracing::debug!(attempt, error = %e, quiz_id, "apply_answer retry");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt of a hot-path write through the batcher.
+    async fn through_batcher(&self, quiz_id: &str, work: Work) -> Result<Value, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job = Job {
             quiz_id: quiz_id.to_string(),
-            answer,
+            work,
             reply: tx,
         };
         let timeout = self.shared.opts.command_timeout;
@@ -572,20 +673,119 @@ async fn batcher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// Applies one quiz's share of a batch: `[EVALSHA apply_batch, WAIT]`, then
-/// hands each caller its own entry of the reply.
+/// Applies one quiz's share of a batch in ONE pipeline to its master:
+/// one `EVALSHA apply_batch` per state version the answers were scored
+/// against (normally one), one `EVALSHA present_batch` for the self-paced
+/// presentations, then a single `WAIT` for all of them; then hands each
+/// caller its own entry of the replies.
 async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
+    let mut applies: Vec<(Option<u64>, Vec<(PreparedAnswer, Reply)>)> = Vec::new();
+    let mut presents: Vec<(String, Millis, Reply)> = Vec::new();
+    for job in jobs {
+        match job.work {
+            Work::Apply {
+                answer,
+                state_version,
+            } => match applies.iter_mut().find(|(v, _)| *v == state_version) {
+                Some((_, group)) => group.push((answer, job.reply)),
+                None => applies.push((state_version, vec![(answer, job.reply)])),
+            },
+            Work::Present { field, now } => presents.push((field, now, job.reply)),
+        }
+    }
+    let mut calls = Vec::with_capacity(applies.len() + 1);
+    for (version, group) in &applies {
+        calls.push(apply_call(shared, quiz_id, *version, group));
+    }
+    if !presents.is_empty() {
+        let mut args = Vec::with_capacity(2 * presents.len());
+        for (field, now, _) in &presents {
+            args.push(field.clone());
+            args.push(now.to_string());
+        }
+        calls.push(Call {
+            script: &shared.scripts.present,
+            keys: vec![
+                key(quiz_id, "def"),
+                key(quiz_id, "answers"),
+                key(quiz_id, "sent"),
+            ],
+            args,
+        });
+    }
+    let route = Route::with_key(&calls[0].keys[0], SlotAddr::Master);
+    let mut results = run_pipeline(shared, route, calls.iter().collect(), true)
+        .await
+        .into_iter();
+    for (_, group) in applies {
+        let n = group.len();
+        match results.next().unwrap_or_else(|| Err(unavailable("no reply"))) {
+            Ok(Value::Array(entries)) if entries.len() == 3 * n => {
+                let mut entries = entries.into_iter();
+                for (_, reply) in group {
+                    let entry: Vec<Value> = entries.by_ref().take(3).collect();
+                    // The caller may have given up; nothing to do then.
+                    let _ = reply.send(Ok(Value::Array(entry)));
+                }
+            }
+            // Stale state: every answer of the call gets the same verdict.
+            Ok(Value::Array(entries)) if entries.len() == 1 => {
+                for (_, reply) in group {
+                    let _ = reply.send(Ok(Value::Array(entries.clone())));
+                }
+            }
+            Ok(other) => fail_all(group.into_iter().map(|(_, r)| r), &bad_reply("apply_batch", &other)),
+            Err(e) => fail_all(group.into_iter().map(|(_, r)| r), &e),
+        }
+    }
+    if !presents.is_empty() {
+        let n = presents.len();
+        match results.next().unwrap_or_else(|| Err(unavailable("no reply"))) {
+            Ok(Value::Array(entries)) if entries.len() == n => {
+                for ((_, _, reply), v) in presents.into_iter().zip(entries) {
+                    let _ = reply.send(Ok(v));
+                }
+            }
+            // No quiz: nil for every presentation.
+            Ok(Value::Nil) => {
+                for (_, _, reply) in presents {
+                    let _ = reply.send(Ok(Value::Nil));
+                }
+            }
+            Ok(other) => fail_all(presents.into_iter().map(|(_, _, r)| r), &bad_reply("present_batch", &other)),
+            Err(e) => fail_all(presents.into_iter().map(|(_, _, r)| r), &e),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Value, StoreError>>;
+
+fn fail_all(replies: impl Iterator<Item = Reply>, e: &StoreError) {
+    for r in replies {
+        let _ = r.send(Err(StoreError::Unavailable(e.to_string())));
+    }
+}
+
+/// The `apply_batch` call of a group of answers scored against one state
+/// version (see [`APPLY_BATCH`] for the arguments).
+fn apply_call(
+    shared: &Shared,
+    quiz_id: &str,
+    state_version: Option<u64>,
+    group: &[(PreparedAnswer, Reply)],
+) -> Call {
     let mut keys = vec![
         key(quiz_id, "players"),
         key(quiz_id, "answers"),
         key(quiz_id, "leaderboard"),
         key(quiz_id, "lbver"),
+        key(quiz_id, "state"),
     ];
     let mut dist_index: HashMap<u32, usize> = HashMap::new();
-    let mut args = Vec::with_capacity(1 + jobs.len() * 6);
-    args.push(jobs.len().to_string());
-    for job in &jobs {
-        let a = &job.answer;
+    let mut args = Vec::with_capacity(2 + group.len() * 6);
+    args.push(group.len().to_string());
+    args.push(state_version.map(|v| v.to_string()).unwrap_or_default());
+    for (a, _) in group {
         let dk = *dist_index.entry(a.question_id).or_insert_with(|| {
             keys.push(key(quiz_id, &format!("dist:{}", a.question_id)));
             keys.len() // 1-based index of the key just pushed
@@ -602,36 +802,10 @@ async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
         });
         args.push(choices.join(","));
     }
-    let route = Route::with_key(&keys[0], SlotAddr::Master);
-    let call = Call {
+    Call {
         script: &shared.scripts.apply,
         keys,
         args,
-    };
-    let result = run_pipeline(shared, route, vec![&call], true)
-        .await
-        .pop()
-        .unwrap_or_else(|| Err(unavailable("empty reply")));
-    match result {
-        Ok(Value::Array(entries)) if entries.len() == 3 * jobs.len() => {
-            let mut entries = entries.into_iter();
-            for job in jobs {
-                let entry: Vec<Value> = entries.by_ref().take(3).collect();
-                // The caller may have given up; nothing to do then.
-                let _ = job.reply.send(Ok(Value::Array(entry)));
-            }
-        }
-        Ok(other) => {
-            let e = bad_reply("apply_batch", &other);
-            for job in jobs {
-                let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
-            }
-        }
-        Err(e) => {
-            for job in jobs {
-                let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
-            }
-        }
     }
 }
 
@@ -797,11 +971,12 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
 }
 
+/// `Ok(None)`: the state guard failed (`S`).
 fn decode_apply(
     quiz_id: &str,
     answer: &AnswerRecord,
     v: &Value,
-) -> Result<ApplyOutcome, StoreError> {
+) -> Result<Option<ApplyOutcome>, StoreError> {
     let Value::Array(items) = v else {
         return Err(bad_reply("apply_answer", v));
     };
@@ -817,12 +992,13 @@ fn decode_apply(
     match tag {
         Some("A") => {
             let (score, rank) = score_rank()?;
-            Ok(ApplyOutcome::Applied { score, rank })
+            Ok(Some(ApplyOutcome::Applied { score, rank }))
         }
+        Some("S") => Ok(None),
         Some(t) if t.starts_with('D') => {
             let (score, rank) = score_rank()?;
             let rec = &t[1..];
-            Ok(ApplyOutcome::Duplicate {
+            Ok(Some(ApplyOutcome::Duplicate {
                 original: decode_record(
                     rec,
                     &answer.player_id,
@@ -831,7 +1007,7 @@ fn decode_apply(
                 )?,
                 score,
                 rank,
-            })
+            }))
         }
         Some("N") => Err(StoreError::NotFound(format!(
             "player {} in quiz {quiz_id}",
@@ -1040,24 +1216,46 @@ impl QuizStore for RedisClusterStore {
         quiz_id: &str,
         answer: &AnswerRecord,
     ) -> Result<ApplyOutcome, StoreError> {
-        let prepared = PreparedAnswer {
-            player_id: answer.player_id.clone(),
-            question_id: answer.question_id,
-            token: format!("{:016x}", rand::random::<u64>()),
-            record: encode_record(answer),
-            points: answer.points,
-            late: answer.late,
-            choices: answer.choices.clone(),
-        };
+        self.apply_guarded(quiz_id, answer, None)
+            .await?
+            .ok_or_else(|| unavailable("stale-state reply to an unguarded apply"))
+    }
+
+    async fn apply_answer_at_state(
+        &self,
+        quiz_id: &str,
+        answer: &AnswerRecord,
+        state_version: u64,
+    ) -> Result<Option<ApplyOutcome>, StoreError> {
+        self.apply_guarded(quiz_id, answer, Some(state_version))
+            .await
+    }
+
+    async fn present_question(
+        &self,
+        quiz_id: &str,
+        player_id: &str,
+        question_id: u32,
+        now: Millis,
+    ) -> Result<Option<Millis>, StoreError> {
         let mut backoff = self.shared.opts.retry_backoff;
         let mut attempt = 1;
         loop {
-            match self.apply_once(quiz_id, prepared.clone()).await {
-                Ok(v) => return decode_apply(quiz_id, answer, &v),
-                // Same token on every attempt: a re-run of an attempt that
-                // did land answers `Applied` without adding points again.
+            let work = Work::Present {
+                field: format!("{player_id}:{question_id}"),
+                now,
+            };
+            // Idempotent (set once, then read), so re-runs are safe.
+            match self.through_batcher(quiz_id, work).await {
+                Ok(Value::Nil) => return Err(StoreError::NotFound(format!("quiz {quiz_id}"))),
+                Ok(Value::Int(-1)) => return Ok(None),
+                Ok(v) => {
+                    return as_u64(&v)
+                        .map(Some)
+                        .ok_or_else(|| bad_reply("present_question", &v))
+                }
                 Err(StoreError::Unavailable(e)) if attempt < self.shared.opts.max_attempts => {
-                    tracing::debug!(attempt, error = %e, quiz_id, "apply_answer retry");
+                    tracing::debug!(attempt, error = %e, quiz_id, "present_question retry");
                     tokio::time::sleep(backoff).await;
                     backoff = backoff.saturating_mul(2);
                     attempt += 1;

@@ -165,3 +165,189 @@ pub async fn wait_healthy(nodes: &[String]) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+// ------------------------------------------------- the answer stream under test
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use quiz_core::model::{AnswerRecord, ApplyOutcome, Mode, Player, Question, QuizDef, QuizState};
+use quiz_core::store::redis_cluster::{RedisClusterStore, RedisOptions};
+use quiz_core::store::{QuizStore, StoreError};
+
+/// A store on the local cluster, once it is healthy.
+pub async fn healthy_store(nodes: &[String]) -> Arc<RedisClusterStore> {
+    wait_healthy(nodes).await;
+    Arc::new(
+        RedisClusterStore::connect(nodes, RedisOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("Redis Cluster at {nodes:?} is required: {e}")),
+    )
+}
+
+/// A fresh self-paced quiz `<prefix>-<random>` of `questions` questions
+/// with `players` players `player0000…` joined; returns (quiz id, players).
+pub async fn quiz_with_players(
+    store: &RedisClusterStore,
+    prefix: &str,
+    players: u32,
+    questions: u32,
+) -> (String, Vec<String>) {
+    let quiz = format!("{prefix}-{:08x}", rand::random::<u32>());
+    let def = QuizDef {
+        quiz_id: quiz.clone(),
+        title: prefix.into(),
+        mode: Mode::SelfPaced,
+        questions: (0..questions)
+            .map(|i| Question {
+                id: i,
+                index: i,
+                text: format!("q{i}"),
+                options: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+                correct: vec![i % 4],
+                time_limit_ms: 20_000,
+                points: 1000,
+            })
+            .collect(),
+        created_at_ms: 1,
+    };
+    store
+        .create_quiz(&def, &QuizState::new_lobby())
+        .await
+        .expect("create");
+    let pids: Vec<String> = (0..players).map(|p| format!("player{p:04}")).collect();
+    for pid in &pids {
+        store
+            .add_player(
+                &quiz,
+                &Player {
+                    player_id: pid.clone(),
+                    nickname: pid.clone(),
+                    joined_at_ms: 1,
+                },
+            )
+            .await
+            .expect("join");
+    }
+    (quiz, pids)
+}
+
+/// The answer of `pid` to question `q`, its points a function of both.
+pub fn answer(pid: &str, q: u32) -> AnswerRecord {
+    let points = (pid.len() as u32 * 31 + q * 17) % 1000 + 1;
+    AnswerRecord {
+        player_id: pid.to_string(),
+        nickname: pid.to_string(),
+        question_id: q,
+        choices: vec![q % 4],
+        correct: true,
+        late: false,
+        points,
+        response_ms: 700,
+        answered_at_ms: 1_700_000_000_000 + u64::from(q),
+    }
+}
+
+/// What the workers of an [`answer_stream`] count.
+#[derive(Default)]
+pub struct StreamCounters {
+    /// Answers acknowledged.
+    pub done: AtomicUsize,
+    /// Calls the store did not acknowledge (retried).
+    pub failed_calls: AtomicUsize,
+    /// Retries that found the answer already recorded (an earlier,
+    /// unacknowledged call had landed).
+    pub duplicates_of_own: AtomicUsize,
+    /// Set by the test once the disruption is over: each worker holds back
+    /// its last `1 / hold_fraction` until then.
+    pub disruption_over: AtomicBool,
+}
+
+/// Every (player, question) answer, question-major, applied by `workers`
+/// concurrent workers, each retrying what the store did not acknowledge
+/// (as a player's client would) for up to 60 s and pausing `pace` between
+/// answers; a worker's last `1 / hold_fraction` waits for
+/// `counters.disruption_over`. Each worker returns player → acknowledged
+/// points and its answer latencies.
+pub fn answer_stream(
+    store: &Arc<RedisClusterStore>,
+    quiz: &str,
+    pids: &[String],
+    questions: u32,
+    workers: usize,
+    pace: Duration,
+    hold_fraction: usize,
+    counters: &Arc<StreamCounters>,
+) -> Vec<tokio::task::JoinHandle<(HashMap<String, u64>, Vec<Duration>)>> {
+    let mut work: Vec<Vec<(String, u32)>> = vec![Vec::new(); workers];
+    let mut i = 0;
+    for q in 0..questions {
+        for pid in pids {
+            work[i % workers].push((pid.clone(), q));
+            i += 1;
+        }
+    }
+    work.into_iter()
+        .map(|items| {
+            let store = Arc::clone(store);
+            let quiz = quiz.to_string();
+            let c = Arc::clone(counters);
+            tokio::spawn(async move {
+                let mut acked: HashMap<String, u64> = HashMap::new();
+                let mut latencies = Vec::new();
+                let hold_at = items.len() - items.len() / hold_fraction.max(1);
+                for (n, (pid, q)) in items.into_iter().enumerate() {
+                    if n == hold_at {
+                        let until = Instant::now() + Duration::from_secs(180);
+                        while !c.disruption_over.load(Ordering::Relaxed) {
+                            assert!(Instant::now() < until, "the disruption never ended");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    let a = answer(&pid, q);
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    let t0 = Instant::now();
+                    let points = loop {
+                        match store.apply_answer(&quiz, &a).await {
+                            Ok(ApplyOutcome::Applied { .. }) => break a.points,
+                            Ok(ApplyOutcome::Duplicate { original, .. }) => {
+                                // Only an earlier, unacknowledged call of
+                                // ours can have recorded this answer.
+                                assert_eq!(original, a, "duplicate of a foreign answer");
+                                c.duplicates_of_own.fetch_add(1, Ordering::Relaxed);
+                                break original.points;
+                            }
+                            Err(StoreError::Unavailable(e)) => {
+                                c.failed_calls.fetch_add(1, Ordering::Relaxed);
+                                assert!(
+                                    Instant::now() < deadline,
+                                    "answer {pid}/{q} not acknowledged within 60 s: {e}"
+                                );
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            Err(e) => panic!("apply_answer {pid}/{q}: {e}"),
+                        }
+                    };
+                    latencies.push(t0.elapsed());
+                    *acked.entry(pid).or_default() += u64::from(points);
+                    c.done.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(pace).await;
+                }
+                (acked, latencies)
+            })
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `counters.done` reaches `n`.
+pub async fn wait_done(counters: &StreamCounters, n: usize, what: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while counters.done.load(Ordering::Relaxed) < n {
+        assert!(
+            Instant::now() < until,
+            "answer stream stalled before {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
