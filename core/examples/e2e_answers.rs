@@ -137,13 +137,17 @@ fn main() -> anyhow::Result<()> {
     run(parse_args(&argv))
 }
 
-/// The question id of a `question` message, or of the `question` inside a
-/// `welcome` (not already answered).
+/// The question id of a `question` message, or of the `question` message
+/// inside a `welcome` (not already answered). A welcome carries the whole
+/// message (`{"type":"question","question":{"id":…}}`): reading
+/// `welcome.question.id` instead is what made earlier versions of this
+/// program "stall" — players welcomed after the start was applied never
+/// answered.
 fn question_of(payload: &[u8]) -> Option<u32> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
     let q = match v["type"].as_str()? {
         "question" => &v["question"],
-        "welcome" if !v["answered"].as_bool().unwrap_or(false) => &v["question"],
+        "welcome" if !v["answered"].as_bool().unwrap_or(false) => &v["question"]["question"],
         _ => return None,
     };
     q["id"].as_u64().map(|id| id as u32)

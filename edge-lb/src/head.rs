@@ -99,17 +99,17 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     idle: Duration,
     timeout: Duration,
 ) -> Result<Head, HeadError> {
+    // Reads go straight into `buf`'s spare capacity: no stack chunk to copy from, and a
+    // smaller future (it is boxed per request, so its size is allocated and copied each time).
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     // First byte: may wait up to `idle` (keep-alive).
-    let n = match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
+    let n = match tokio::time::timeout(idle, stream.read_buf(&mut buf)).await {
         Err(_) => return Err(HeadError::Closed),
         Ok(r) => r?,
     };
     if n == 0 {
         return Err(HeadError::Closed);
     }
-    buf.extend_from_slice(&chunk[..n]);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut scanned = 0;
     let len = loop {
@@ -123,14 +123,14 @@ pub async fn read_head<S: AsyncRead + Unpin>(
             return Err(HeadError::TooLarge(max));
         }
         scanned = buf.len();
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+        buf.reserve(2048);
+        let n = match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
             Err(_) => return Err(HeadError::Timeout),
             Ok(r) => r?,
         };
         if n == 0 {
             return Err(HeadError::Closed);
         }
-        buf.extend_from_slice(&chunk[..n]);
     };
     let mut headers = [httparse::EMPTY_HEADER; 100];
     let mut req = httparse::Request::new(&mut headers);

@@ -338,10 +338,12 @@ fn status_of(head: &[u8]) -> Option<u16> {
 
 /// Request head with `X-Forwarded-For` appended.
 fn forward_head(head: &Head, peer: Option<std::net::IpAddr>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(head.buf.len() + 48);
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(head.buf.len() + 64);
     out.extend_from_slice(&head.buf[..head.len - 2]);
     if let Some(ip) = peer {
-        out.extend_from_slice(format!("X-Forwarded-For: {ip}\r\n").as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "X-Forwarded-For: {ip}\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&head.buf[head.len..]);
@@ -349,15 +351,19 @@ fn forward_head(head: &Head, peer: Option<std::net::IpAddr>) -> Vec<u8> {
 }
 
 async fn read_response_head(b: &mut TcpStream, max: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 2048];
+    let mut buf = Vec::with_capacity(1024);
+    let mut scanned: usize = 0;
     loop {
-        let n = b.read(&mut chunk).await?;
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(2048);
+        }
+        let n = b.read_buf(&mut buf).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let from = scanned.saturating_sub(3);
+        scanned = buf.len();
+        if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
             return Ok(buf);
         }
         if buf.len() > max {
@@ -407,28 +413,26 @@ pub async fn serve_upgrade<C, K>(
         let _ = client.flush().await;
         return;
     };
-    let mut backend = match tokio::time::timeout(
-        cfg.tunnel.connect_timeout,
-        TcpStream::connect(target.addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(_)) | Err(_) => {
-            m.error("connect");
-            m.upgrades.with_label_values(&["backend_error"]).inc();
-            let _ = client
-                .write_all(&error_response(
-                    503,
-                    "unavailable",
-                    "backend unreachable, retry shortly",
-                    Some(1),
-                ))
-                .await;
-            let _ = client.flush().await;
-            return;
-        }
-    };
+    let mut backend =
+        match tokio::time::timeout(cfg.tunnel.connect_timeout, TcpStream::connect(target.addr))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) | Err(_) => {
+                m.error("connect");
+                m.upgrades.with_label_values(&["backend_error"]).inc();
+                let _ = client
+                    .write_all(&error_response(
+                        503,
+                        "unavailable",
+                        "backend unreachable, retry shortly",
+                        Some(1),
+                    ))
+                    .await;
+                let _ = client.flush().await;
+                return;
+            }
+        };
     let _ = backend.set_nodelay(true);
     let handshake = async {
         backend.write_all(&forward_head(&head, peer)).await?;

@@ -268,7 +268,10 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
     };
     let mut rng = Rng::new(ctx.seed ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
     let sched_us = ctx.t0_wall_us + (index as f64 * 1e6 / ctx.sc.load.ramp_per_sec) as u64;
-    sleep_until(ctx.at_wall(sched_us)).await;
+    // Every sub-future that is not the player's steady state is boxed (here,
+    // the close and the back-off below): a timer or a write future inline
+    // would make every player's task as large as the largest of them.
+    Box::pin(sleep_until(ctx.at_wall(sched_us))).await;
     if Instant::now() >= ctx.deadline() {
         rec.failure = Some("deadline before join".into());
         return rec;
@@ -325,7 +328,7 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
                 .await;
                 ctx.shared.borrow_mut().connected -= 1;
                 match end {
-                    SessionEnd::Ended | SessionEnd::Deadline => conn.close(1000).await,
+                    SessionEnd::Ended | SessionEnd::Deadline => Box::pin(conn.close(1000)).await,
                     SessionEnd::Dropped(_) => conn.abort(),
                     SessionEnd::Lost(..) => drop(conn),
                 }
@@ -368,7 +371,10 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
                 ctx.count("reconnects");
                 let backoff = rc.backoff_ms.saturating_mul(1 << (failures - 1).min(6));
                 let jitter = (rng.f64() * backoff as f64 * 0.5) as u64;
-                tokio::time::sleep(Duration::from_millis(backoff / 2 + jitter)).await;
+                Box::pin(tokio::time::sleep(Duration::from_millis(
+                    backoff / 2 + jitter,
+                )))
+                .await;
             }
         }
     }

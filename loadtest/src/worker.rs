@@ -117,7 +117,8 @@ struct Steady {
 
 const KEEP: usize = 200;
 
-/// See `on_thread_park` in [`worker_main`].
+/// Default pause before a worker goes idle; see `on_thread_park` in
+/// [`worker_main`].
 const PARK_DELAY: Duration = Duration::from_micros(200);
 
 fn emit(msg: &WorkerMsg) {
@@ -133,14 +134,24 @@ pub fn worker_main() -> anyhow::Result<()> {
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
     let plan: WorkerPlan = serde_json::from_str(&input)?;
     plan.scenario.validate()?;
+    let park_delay = std::env::var("LOADTEST_PARK_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_micros)
+        .unwrap_or(PARK_DELAY);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // Fewer wake-ups: a board tick reaches thousands of sockets over a
         // few milliseconds; woken for each of them, the worker pays a context
         // switch per handful of frames. Pausing briefly before going idle
         // lets the next `epoll_wait` return a batch. Adds at most
-        // PARK_DELAY to a measured latency (they are reported in ms).
-        .on_thread_park(|| std::thread::sleep(PARK_DELAY))
+        // the delay to a measured latency (they are reported in ms).
+        // `LOADTEST_PARK_US` overrides it (0 = off).
+        .on_thread_park(move || {
+            if !park_delay.is_zero() {
+                std::thread::sleep(park_delay)
+            }
+        })
         .build()?;
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&rt, run(plan))?;

@@ -247,6 +247,8 @@ pub async fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Resul
 /// Runs quiz-core with `config` in this process until killed (the example's
 /// `serve` mode, started as a child so that core is a process of its own).
 pub fn serve_core(config: quiz_core::Config) -> anyhow::Result<()> {
+    // Core's warnings (store retries, failed presentations) go to stderr.
+    quiz_core::init_tracing(&config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
