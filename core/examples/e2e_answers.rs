@@ -270,13 +270,16 @@ async fn player(
                 me.errors.fetch_add(1, Ordering::Relaxed);
             } else if let Some(q) = question_of(p) {
                 me.sent_up_to.fetch_max(q + 1, Ordering::Relaxed);
+                // A question can arrive twice (the welcome's catch-up and
+                // the room both announce one opened during a join): answer
+                // it once, also when both copies are in one read.
                 if answered_up_to.is_none_or(|a| q > a) {
+                    answered_up_to = Some(q);
                     to_answer.push(q);
                 }
             }
         });
         for q in to_answer {
-            answered_up_to = Some(q);
             let msg = format!(
                 r#"{{"type":"answer","question_id":{q},"choices":[{}]}}"#,
                 q % 4
@@ -400,7 +403,16 @@ async fn finish_players(
 struct Phase {
     accepted: u64,
     seconds: f64,
+    /// CPU spent within the measured time only (not the joins and
+    /// handshakes before it).
+    cpu: common::CpuSnap,
     report: String,
+}
+
+/// Where the phase measures CPU.
+struct Probe<'a> {
+    core_pid: u32,
+    master: &'a str,
 }
 
 /// Core's counters that explain a stall (answers by outcome, store and
@@ -416,9 +428,15 @@ async fn core_counters(addr: SocketAddr) -> String {
     text.lines()
         .filter(|l| {
             !l.starts_with('#')
-                && ["answers_total", "store_errors_total", "sink_errors_total", "ws_closes_total", "slow_consumer"]
-                    .iter()
-                    .any(|k| l.contains(k))
+                && [
+                    "answers_total",
+                    "store_errors_total",
+                    "sink_errors_total",
+                    "ws_closes_total",
+                    "slow_consumer",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -427,22 +445,31 @@ async fn core_counters(addr: SocketAddr) -> String {
 /// Live: the host opens each question, every player answers at once.
 async fn live_phase(
     addr: SocketAddr,
+    probe: &Probe<'_>,
     run: usize,
     players: usize,
     questions: usize,
 ) -> anyhow::Result<Phase> {
     let mut http = Http::connect(addr).await?;
-    let (quiz, host, tokens) = setup_quiz(&mut http, "live", "live", run, players, questions).await?;
+    let (quiz, host, tokens) =
+        setup_quiz(&mut http, "live", "live", run, players, questions).await?;
     let ctx = Arc::new(Ctx::new(players, questions));
     let tasks = connect_players(addr, &quiz, tokens, questions, &ctx).await;
     ctx.started.notify_waiters();
     let mut measured = Duration::ZERO;
+    let mut cpu = common::CpuSnap::default();
     let mut complete = true;
     for q in 0..questions {
         let action = if q == 0 { "start" } else { "next" };
+        let before = common::CpuSnap::take(probe.core_pid, probe.master).await;
         let t0 = Instant::now();
         let (st, v) = http
-            .call("POST", &format!("/v1/quizzes/{quiz}/{action}"), Some(""), Some(&host))
+            .call(
+                "POST",
+                &format!("/v1/quizzes/{quiz}/{action}"),
+                Some(""),
+                Some(&host),
+            )
             .await?;
         anyhow::ensure!(st == 200, "{action}: {st} {v}");
         let deadline = t0 + Duration::from_secs(60);
@@ -454,6 +481,11 @@ async fn live_phase(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         measured += t0.elapsed();
+        cpu.add(
+            common::CpuSnap::take(probe.core_pid, probe.master)
+                .await
+                .since(before),
+        );
         if !complete {
             eprintln!(
                 "live run {run}: question {q} got {} of {players} results within 60 s; core: {}",
@@ -466,7 +498,12 @@ async fn live_phase(
     // A fresh connection: the first one may have idled out during a stall.
     let mut http = Http::connect(addr).await?;
     let (st, v) = http
-        .call("POST", &format!("/v1/quizzes/{quiz}/end"), Some(""), Some(&host))
+        .call(
+            "POST",
+            &format!("/v1/quizzes/{quiz}/end"),
+            Some(""),
+            Some(&host),
+        )
         .await?;
     anyhow::ensure!(st == 200, "end: {st} {v}");
     let failed = finish_players(tasks, Duration::from_secs(10), "live").await;
@@ -474,6 +511,7 @@ async fn live_phase(
     Ok(Phase {
         accepted,
         seconds: measured.as_secs_f64(),
+        cpu,
         report: format!(
             "not accepted {}, errors {}, players failed {failed}{}{}",
             ctx.other.load(Ordering::Relaxed),
@@ -487,6 +525,7 @@ async fn live_phase(
 /// Self-paced: every player runs through the questions as fast as it can.
 async fn self_paced_phase(
     addr: SocketAddr,
+    probe: &Probe<'_>,
     run: usize,
     players: usize,
     questions: usize,
@@ -496,14 +535,23 @@ async fn self_paced_phase(
         setup_quiz(&mut http, "self_paced", "self", run, players, questions).await?;
     let ctx = Arc::new(Ctx::new(players, questions));
     let tasks = connect_players(addr, &quiz, tokens, questions, &ctx).await;
+    let before = common::CpuSnap::take(probe.core_pid, probe.master).await;
     let t0 = Instant::now();
     ctx.started.notify_waiters();
     let (st, v) = http
-        .call("POST", &format!("/v1/quizzes/{quiz}/start"), Some(""), Some(&host))
+        .call(
+            "POST",
+            &format!("/v1/quizzes/{quiz}/start"),
+            Some(""),
+            Some(&host),
+        )
         .await?;
     anyhow::ensure!(st == 200, "start: {st} {v}");
     let failed = finish_players(tasks, Duration::from_secs(120), "self-paced").await;
     let seconds = t0.elapsed().as_secs_f64();
+    let cpu = common::CpuSnap::take(probe.core_pid, probe.master)
+        .await
+        .since(before);
     let stall = ctx.stall_report(questions);
     if !stall.is_empty() {
         eprintln!("self-paced run {run}: core: {}", core_counters(addr).await);
@@ -511,6 +559,7 @@ async fn self_paced_phase(
     Ok(Phase {
         accepted: ctx.accepted.load(Ordering::Relaxed),
         seconds,
+        cpu,
         report: format!(
             "not accepted {}, errors {}, players failed {failed}{}",
             ctx.other.load(Ordering::Relaxed),
@@ -564,35 +613,36 @@ fn run(args: Args) -> anyhow::Result<()> {
             .await??;
             cols[0].push(anchor_rps);
             println!("run {run}: anchor ZINCRBY {anchor_rps:.0}/s");
+            let probe = Probe {
+                core_pid,
+                master: &master,
+            };
             if args.mode != Which::SelfPaced {
-                let cpu0 = common::cpu_seconds(core_pid);
-                let p = live_phase(addr, run, args.players, args.questions).await?;
-                let cpu = common::cpu_seconds(core_pid) - cpu0;
+                let p = live_phase(addr, &probe, run, args.players, args.questions).await?;
                 let rate = p.accepted as f64 / p.seconds.max(1e-9);
                 println!(
-                    "run {run}: LIVE accepted {} of {} in {:.2} s (question windows) = {rate:.0}/s (ratio {:.3}); core CPU {:.0} us/answer over the phase; {}",
+                    "run {run}: LIVE accepted {} of {} in {:.2} s (question windows) = {rate:.0}/s (ratio {:.3}); {}; {}",
                     p.accepted,
                     args.players * args.questions,
                     p.seconds,
                     rate / anchor_rps,
-                    cpu * 1e6 / (p.accepted.max(1) as f64),
+                    p.cpu.per(p.accepted),
                     p.report
                 );
                 cols[1].push(rate);
                 cols[2].push(rate / anchor_rps);
             }
             if args.mode != Which::Live {
-                let cpu0 = common::cpu_seconds(core_pid);
-                let p = self_paced_phase(addr, run, args.self_players, args.self_questions).await?;
-                let cpu = common::cpu_seconds(core_pid) - cpu0;
+                let p = self_paced_phase(addr, &probe, run, args.self_players, args.self_questions)
+                    .await?;
                 let rate = p.accepted as f64 / p.seconds.max(1e-9);
                 println!(
-                    "run {run}: SELF-PACED accepted {} of {} in {:.2} s = {rate:.0}/s (ratio {:.3}); core CPU {:.0} us/answer over the phase; {}",
+                    "run {run}: SELF-PACED accepted {} of {} in {:.2} s = {rate:.0}/s (ratio {:.3}); {}; {}",
                     p.accepted,
                     args.self_players * args.self_questions,
                     p.seconds,
                     rate / anchor_rps,
-                    cpu * 1e6 / (p.accepted.max(1) as f64),
+                    p.cpu.per(p.accepted),
                     p.report
                 );
                 cols[3].push(rate);

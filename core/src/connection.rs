@@ -689,6 +689,21 @@ mod tests {
         out
     }
 
+    /// Regression: the question presented only moves forward, and only the
+    /// caller that moved it sends it. A late presentation of question 0 by
+    /// the room (started before the player answered on) used to move it
+    /// back, and the player's next answer was refused `not_open`.
+    #[test]
+    fn presented_only_moves_forward() {
+        let p = Presented::default();
+        assert_eq!(p.get(), None);
+        assert!(p.advance(0, 100));
+        assert!(!p.advance(0, 100), "the same question is sent once");
+        assert!(p.advance(1, 200));
+        assert!(!p.advance(0, 100), "never back");
+        assert_eq!(p.get(), Some((1, 200)));
+    }
+
     #[tokio::test]
     async fn reads_frames() {
         let mut bytes = client_frame(true, 1, br#"{"type":"ping"}"#);

@@ -209,6 +209,9 @@ struct LeaderboardMsg<'a> {
     version: u64,
     total_players: u64,
     top: &'a [LeaderboardEntry],
+    /// Extension: the server clock (ms since the epoch) of the tick that
+    /// produced this board, so clients can measure how stale it is.
+    ts_ms: Millis,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,6 +258,8 @@ pub fn encode_error(code: &str, message: &str) -> Bytes {
     })
 }
 
+/// A board is encoded once per tick and the same bytes go to every member,
+/// so `ts_ms` is the tick's time: stamped here, at encoding.
 pub fn encode_leaderboard(lb: &crate::model::Leaderboard) -> Bytes {
     to_bytes(&LeaderboardMsg {
         ty: "leaderboard",
@@ -262,6 +267,7 @@ pub fn encode_leaderboard(lb: &crate::model::Leaderboard) -> Bytes {
         version: lb.version,
         total_players: lb.total_players,
         top: &lb.top,
+        ts_ms: crate::model::now_ms(),
     })
 }
 

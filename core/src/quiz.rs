@@ -841,8 +841,12 @@ impl QuizService {
         let mut res = AnswerResult::new(record.question_id);
         match outcome {
             ApplyOutcome::Applied { score, rank } => {
-                let (late, correct, points, now) =
-                    (record.late, record.correct, record.points, record.answered_at_ms);
+                let (late, correct, points, now) = (
+                    record.late,
+                    record.correct,
+                    record.points,
+                    record.answered_at_ms,
+                );
                 self.publish(Event::new(
                     quiz_id,
                     now,

@@ -759,6 +759,9 @@ mod tests {
         let last = boards(&outbox).expect("the latest board arrives next tick");
         let v: serde_json::Value = serde_json::from_slice(&last).unwrap();
         assert_eq!(v["total_players"], 6);
+        // Extension: the tick's server time, for staleness measurements.
+        let ts = v["ts_ms"].as_u64().expect("ts_ms");
+        assert!(ts.abs_diff(now_ms()) < 60_000, "{ts}");
         svc.rooms.leave(&m);
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(svc.rooms.is_empty());

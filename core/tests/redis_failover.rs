@@ -87,10 +87,12 @@ async fn failover_loses_and_doubles_nothing() {
         &store,
         &quiz,
         &pids,
-        QUESTIONS,
-        WORKERS,
-        Duration::from_millis(10),
-        4,
+        StreamPlan {
+            questions: QUESTIONS,
+            workers: WORKERS,
+            pace: Duration::from_millis(10),
+            hold_fraction: 4,
+        },
         &counters,
     );
     let total = (PLAYERS * QUESTIONS) as usize;

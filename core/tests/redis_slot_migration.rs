@@ -120,10 +120,12 @@ async fn slot_migration_loses_and_doubles_nothing() {
         &store,
         &quiz,
         &pids,
-        QUESTIONS,
-        WORKERS,
-        Duration::from_millis(15),
-        5,
+        StreamPlan {
+            questions: QUESTIONS,
+            workers: WORKERS,
+            pace: Duration::from_millis(15),
+            hold_fraction: 5,
+        },
         &counters,
     );
     let total = (PLAYERS * QUESTIONS) as usize;

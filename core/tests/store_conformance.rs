@@ -429,6 +429,100 @@ mod suite {
         ));
     }
 
+    /// The state guard: an answer scored against a state version that is
+    /// no longer current writes nothing (`None`); at the current version it
+    /// is an ordinary apply, duplicates included.
+    pub async fn apply_answer_at_state_guard(store: Store) {
+        let id = new_quiz(&store, "guard", 2).await;
+        join(&store, &id, "p1").await;
+        let s1 = store.get_state(&id).await.expect("state").expect("quiz");
+        let mut s2 = s1.clone();
+        s2.version = s1.version + 1;
+        s2.phase = Phase::Running;
+        assert!(store.set_state(&id, s1.version, &s2).await.expect("set"));
+        let a = answer("p1", 0, &[0], 700);
+        // Scored against the old state: refused, nothing written.
+        assert_eq!(
+            store
+                .apply_answer_at_state(&id, &a, s1.version)
+                .await
+                .expect("apply"),
+            None
+        );
+        assert!(store.get_answer(&id, "p1", 0).await.expect("get").is_none());
+        let v0 = store.leaderboard(&id, 10).await.expect("lb").version;
+        // At the current version: applied, then a duplicate.
+        let o = store
+            .apply_answer_at_state(&id, &a, s2.version)
+            .await
+            .expect("apply")
+            .expect("current version");
+        assert_eq!(applied(o), (700, 1));
+        let mut again = answer("p1", 0, &[1], 0);
+        again.answered_at_ms += 5;
+        assert!(matches!(
+            store.apply_answer_at_state(&id, &again, s2.version).await,
+            Ok(Some(ApplyOutcome::Duplicate { score: 700, .. }))
+        ));
+        assert_eq!(
+            store.leaderboard(&id, 10).await.expect("lb").version,
+            v0 + 1
+        );
+        // Concurrent guarded answers at one version count once each.
+        join(&store, &id, "p2").await;
+        let mut tasks = Vec::new();
+        for q in 0..2u32 {
+            for pid in ["p1", "p2"] {
+                let (store, id) = (Arc::clone(&store), id.clone());
+                let a = answer(pid, q, &[0], 10);
+                let v = s2.version;
+                tasks.push(tokio::spawn(async move {
+                    store.apply_answer_at_state(&id, &a, v).await
+                }));
+            }
+        }
+        for t in tasks {
+            assert!(t.await.expect("join").expect("apply").is_some());
+        }
+        assert_eq!(
+            store.standing(&id, "p2").await.expect("s").map(|s| s.score),
+            Some(20)
+        );
+    }
+
+    /// `present_question`: the send time is set once; an answered question
+    /// is `None` and gets no send time; an unknown quiz is `NotFound`.
+    pub async fn present_question_once_and_skips_answered(store: Store) {
+        let id = new_quiz(&store, "present", 3).await;
+        join(&store, &id, "p1").await;
+        let p = |q, now| {
+            let (store, id) = (Arc::clone(&store), id.clone());
+            async move { store.present_question(&id, "p1", q, now).await }
+        };
+        assert_eq!(p(0, 100).await.expect("p"), Some(100));
+        assert_eq!(p(0, 200).await.expect("p"), Some(100));
+        // Agrees with question_sent_at (the same stored value).
+        assert_eq!(
+            store.question_sent_at(&id, "p1", 0, 300).await.expect("s"),
+            100
+        );
+        applied(
+            store
+                .apply_answer(&id, &answer("p1", 1, &[0], 10))
+                .await
+                .expect("apply"),
+        );
+        assert_eq!(p(1, 400).await.expect("p"), None);
+        // Many at once (the Redis store batches them): one value each.
+        let all = futures::future::join_all((0..20).map(|i| p(2, 500 + i))).await;
+        let firsts: Vec<_> = all.into_iter().map(|r| r.expect("p")).collect();
+        assert!(firsts.iter().all(|v| *v == firsts[0]), "{firsts:?}");
+        assert!(matches!(
+            store.present_question(&unique("nope"), "p1", 0, 1).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
     pub async fn concurrent_same_answer_counts_once(store: Store) {
         let id = new_quiz(&store, "same", 1).await;
         join(&store, &id, "p1").await;
@@ -537,6 +631,8 @@ macro_rules! conformance {
             check!(ranks_with_ties_and_leaderboard);
             check!(distribution);
             check!(question_sent_at_sticks);
+            check!(apply_answer_at_state_guard);
+            check!(present_question_once_and_skips_answered);
             check!(concurrent_same_answer_counts_once);
             check!(many_players_concurrent_totals);
         }

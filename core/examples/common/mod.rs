@@ -229,6 +229,96 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Busy CPU seconds of the whole machine (all cores; /proc/stat: user +
+/// nice + system + irq + softirq + steal), 0 if unknown.
+pub fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0usize, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| f.get(i))
+        .sum::<f64>();
+    busy / 100.0
+}
+
+/// Main-thread CPU seconds of a Redis server (`INFO cpu`), 0 if unknown.
+pub async fn redis_main_cpu(node: &str) -> f64 {
+    let Ok(client) = redis::Client::open(format!("redis://{node}")) else {
+        return 0.0;
+    };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return 0.0;
+    };
+    let info: String = match redis::cmd("INFO").arg("cpu").query_async(&mut c).await {
+        Ok(i) => i,
+        Err(_) => return 0.0,
+    };
+    info.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| *k == "used_cpu_user_main_thread" || *k == "used_cpu_sys_main_thread")
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// CPU seconds spent by core, the client (this process), the Redis master
+/// under test (main thread) and the whole machine, between two snapshots.
+#[derive(Clone, Copy, Default)]
+pub struct CpuSnap {
+    pub core: f64,
+    pub client: f64,
+    pub redis: f64,
+    pub machine: f64,
+}
+
+impl CpuSnap {
+    pub async fn take(core_pid: u32, master: &str) -> CpuSnap {
+        CpuSnap {
+            core: cpu_seconds(core_pid),
+            client: cpu_seconds(std::process::id()),
+            redis: redis_main_cpu(master).await,
+            machine: machine_busy_seconds(),
+        }
+    }
+
+    pub fn since(self, before: CpuSnap) -> CpuSnap {
+        CpuSnap {
+            core: self.core - before.core,
+            client: self.client - before.client,
+            redis: self.redis - before.redis,
+            machine: self.machine - before.machine,
+        }
+    }
+
+    pub fn add(&mut self, d: CpuSnap) {
+        self.core += d.core;
+        self.client += d.client;
+        self.redis += d.redis;
+        self.machine += d.machine;
+    }
+
+    /// "core X us, Redis Y us, client Z us, rest W us per answer".
+    pub fn per(&self, answers: u64) -> String {
+        let n = answers.max(1) as f64 / 1e6;
+        format!(
+            "CPU per answer: core {:.0} us, Redis master {:.1} us, client {:.0} us, rest of the machine (Kafka, replicas, other work) {:.0} us",
+            self.core / n,
+            self.redis / n,
+            self.client / n,
+            (self.machine - self.core - self.client - self.redis).max(0.0) / n
+        )
+    }
+}
+
 /// Waits until `addr` accepts TCP connections.
 pub async fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + within;

@@ -679,7 +679,7 @@ async fn batcher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
 /// presentations, then a single `WAIT` for all of them; then hands each
 /// caller its own entry of the replies.
 async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
-    let mut applies: Vec<(Option<u64>, Vec<(PreparedAnswer, Reply)>)> = Vec::new();
+    let mut applies: Vec<(Option<u64>, Vec<Waiting>)> = Vec::new();
     let mut presents: Vec<(String, Millis, Reply)> = Vec::new();
     for job in jobs {
         match job.work {
@@ -719,7 +719,10 @@ async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
         .into_iter();
     for (_, group) in applies {
         let n = group.len();
-        match results.next().unwrap_or_else(|| Err(unavailable("no reply"))) {
+        match results
+            .next()
+            .unwrap_or_else(|| Err(unavailable("no reply")))
+        {
             Ok(Value::Array(entries)) if entries.len() == 3 * n => {
                 let mut entries = entries.into_iter();
                 for (_, reply) in group {
@@ -734,13 +737,19 @@ async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
                     let _ = reply.send(Ok(Value::Array(entries.clone())));
                 }
             }
-            Ok(other) => fail_all(group.into_iter().map(|(_, r)| r), &bad_reply("apply_batch", &other)),
+            Ok(other) => fail_all(
+                group.into_iter().map(|(_, r)| r),
+                &bad_reply("apply_batch", &other),
+            ),
             Err(e) => fail_all(group.into_iter().map(|(_, r)| r), &e),
         }
     }
     if !presents.is_empty() {
         let n = presents.len();
-        match results.next().unwrap_or_else(|| Err(unavailable("no reply"))) {
+        match results
+            .next()
+            .unwrap_or_else(|| Err(unavailable("no reply")))
+        {
             Ok(Value::Array(entries)) if entries.len() == n => {
                 for ((_, _, reply), v) in presents.into_iter().zip(entries) {
                     let _ = reply.send(Ok(v));
@@ -752,13 +761,18 @@ async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
                     let _ = reply.send(Ok(Value::Nil));
                 }
             }
-            Ok(other) => fail_all(presents.into_iter().map(|(_, _, r)| r), &bad_reply("present_batch", &other)),
+            Ok(other) => fail_all(
+                presents.into_iter().map(|(_, _, r)| r),
+                &bad_reply("present_batch", &other),
+            ),
             Err(e) => fail_all(presents.into_iter().map(|(_, _, r)| r), &e),
         }
     }
 }
 
 type Reply = oneshot::Sender<Result<Value, StoreError>>;
+/// An answer of a batch with the channel its caller waits on.
+type Waiting = (PreparedAnswer, Reply);
 
 fn fail_all(replies: impl Iterator<Item = Reply>, e: &StoreError) {
     for r in replies {
@@ -772,7 +786,7 @@ fn apply_call(
     shared: &Shared,
     quiz_id: &str,
     state_version: Option<u64>,
-    group: &[(PreparedAnswer, Reply)],
+    group: &[Waiting],
 ) -> Call {
     let mut keys = vec![
         key(quiz_id, "players"),

@@ -264,22 +264,39 @@ pub struct StreamCounters {
     pub disruption_over: AtomicBool,
 }
 
-/// Every (player, question) answer, question-major, applied by `workers`
-/// concurrent workers, each retrying what the store did not acknowledge
-/// (as a player's client would) for up to 60 s and pausing `pace` between
-/// answers; a worker's last `1 / hold_fraction` waits for
-/// `counters.disruption_over`. Each worker returns player → acknowledged
-/// points and its answer latencies.
+/// The shape of an [`answer_stream`].
+pub struct StreamPlan {
+    /// Questions each player answers (0..questions).
+    pub questions: u32,
+    /// Concurrent workers.
+    pub workers: usize,
+    /// Pause of a worker between two answers.
+    pub pace: Duration,
+    /// A worker's last `1 / hold_fraction` waits for
+    /// `counters.disruption_over`.
+    pub hold_fraction: usize,
+}
+
+/// What one worker of an [`answer_stream`] returns: player → acknowledged
+/// points, and its answer latencies.
+pub type WorkerResult = (HashMap<String, u64>, Vec<Duration>);
+
+/// Every (player, question) answer, question-major, applied by concurrent
+/// workers, each retrying what the store did not acknowledge (as a
+/// player's client would) for up to 60 s.
 pub fn answer_stream(
     store: &Arc<RedisClusterStore>,
     quiz: &str,
     pids: &[String],
-    questions: u32,
-    workers: usize,
-    pace: Duration,
-    hold_fraction: usize,
+    plan: StreamPlan,
     counters: &Arc<StreamCounters>,
-) -> Vec<tokio::task::JoinHandle<(HashMap<String, u64>, Vec<Duration>)>> {
+) -> Vec<tokio::task::JoinHandle<WorkerResult>> {
+    let StreamPlan {
+        questions,
+        workers,
+        pace,
+        hold_fraction,
+    } = plan;
     let mut work: Vec<Vec<(String, u32)>> = vec![Vec::new(); workers];
     let mut i = 0;
     for q in 0..questions {
