@@ -144,9 +144,13 @@ async fn slot_migration_loses_and_doubles_nothing() {
         counters.failed_calls.load(Ordering::Relaxed)
     );
     assert!(there > 0 && back > 0, "the quiz's keys moved both ways");
+    // Answers are applied while the slot is being moved; within one move
+    // they may pause entirely (a script whose keys are split between the
+    // masters gets TRYAGAIN until the last key has moved), so only the
+    // whole span is required to make progress.
     assert!(
-        mid > at && at_end > mid,
-        "answers were applied during each migration ({at} → {mid} → {at_end})"
+        at_end > at,
+        "answers were applied during the migrations ({at} → {mid} → {at_end})"
     );
 
     let mut expected: HashMap<String, u64> = HashMap::new();
