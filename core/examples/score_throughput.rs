@@ -202,11 +202,18 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency,
         args.players
     );
-    let mut cols: [Vec<f64>; 9] = Default::default();
+    let mut cols: [Vec<f64>; 11] = Default::default();
     for run in 0..args.runs {
+        // Redis main-thread CPU (`INFO cpu`) around the anchor and the
+        // store+WAIT phase: CPU time, unlike the rates, barely moves with
+        // the machine's load, so it is the cleaner per-answer cost.
+        let c0 = common::redis_main_cpu(&master).await;
         let anchor_rps = common::anchor(&master, args.answers)?;
+        let c1 = common::redis_main_cpu(&master).await;
+        let anchor_us = (c1 - c0) * 1e6 / args.answers as f64;
         let q1 = common::quiz_id_in_slot_of_bench("tp", run);
         new_quiz(&with_wait, &q1, args.players).await?;
+        let c2 = common::redis_main_cpu(&master).await;
         let w = drive(
             Arc::clone(&with_wait),
             &q1,
@@ -215,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
             args.players,
         )
         .await?;
+        let store_us = (common::redis_main_cpu(&master).await - c2) * 1e6 / args.answers as f64;
         let q2 = common::quiz_id_in_slot_of_bench("tp", run);
         new_quiz(&without_wait, &q2, args.players).await?;
         let nw = drive(
@@ -248,7 +256,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         println!(
             "run {run}: anchor ZINCRBY {anchor_rps:.0}/s | store+WAIT {:.0}/s (ratio {:.2}, p50 {:.2} ms, p99 {:.2} ms) | \
-             store no WAIT {:.0}/s (ratio {:.2}, p50 {:.2} ms, p99 {:.2} ms) | at {} callers: WAIT p50 {:.3} ms p99 {:.3} ms, no WAIT p50 {:.3} ms p99 {:.3} ms",
+             store no WAIT {:.0}/s (ratio {:.2}, p50 {:.2} ms, p99 {:.2} ms) | at {} callers: WAIT p50 {:.3} ms p99 {:.3} ms, no WAIT p50 {:.3} ms p99 {:.3} ms | \
+             Redis main-thread CPU: {store_us:.2} us/answer (store+WAIT), {anchor_us:.2} us/anchor ZINCRBY",
             w.per_sec,
             w.per_sec / anchor_rps,
             ms(w.p50),
@@ -273,6 +282,8 @@ async fn main() -> anyhow::Result<()> {
             ms(lw.p99),
             ms(lnw.p50),
             ms(lnw.p99),
+            store_us,
+            anchor_us,
         ]) {
             c.push(v);
         }
@@ -280,8 +291,9 @@ async fn main() -> anyhow::Result<()> {
     let m: Vec<f64> = cols.into_iter().map(common::median).collect();
     println!(
         "median of {} runs: anchor {:.0}/s; store+WAIT {:.0}/s = {:.2} x anchor; store without WAIT {:.0}/s = {:.2} x anchor; \
-         latency at {} callers: WAIT p50 {:.3} ms p99 {:.3} ms, no WAIT p50 {:.3} ms p99 {:.3} ms",
-        args.runs, m[0], m[1], m[2], m[3], m[4], args.latency_concurrency, m[5], m[6], m[7], m[8]
+         latency at {} callers: WAIT p50 {:.3} ms p99 {:.3} ms, no WAIT p50 {:.3} ms p99 {:.3} ms; \
+         Redis main-thread CPU {:.2} us/answer vs {:.2} us/anchor ZINCRBY",
+        args.runs, m[0], m[1], m[2], m[3], m[4], args.latency_concurrency, m[5], m[6], m[7], m[8], m[9], m[10]
     );
     Ok(())
 }

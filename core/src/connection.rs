@@ -46,22 +46,93 @@ const READ_BUF: usize = 256;
 /// room could move it back after the player had answered on, and the next
 /// answer was then refused `not_open` and the player stalled.)
 #[derive(Default)]
-pub struct Presented(parking_lot::Mutex<Option<(u32, Millis)>>);
+pub struct Presented {
+    current: parking_lot::Mutex<Option<(u32, Millis)>>,
+    /// Woken on every move, for the expiry timer ([`expire_presented`]).
+    moved: tokio::sync::Notify,
+}
 
 impl Presented {
     pub fn get(&self) -> Option<(u32, Millis)> {
-        *self.0.lock()
+        *self.current.lock()
     }
 
     /// Moves to question `q` sent at `sent` if `q` is past the current one.
     /// True if it moved (the caller then sends the question).
     pub fn advance(&self, q: u32, sent: Millis) -> bool {
-        let mut cur = self.0.lock();
+        let mut cur = self.current.lock();
         if cur.is_some_and(|(p, _)| p >= q) {
             return false;
         }
         *cur = Some((q, sent));
+        drop(cur);
+        self.moved.notify_one();
         true
+    }
+}
+
+/// Grace after a self-paced question's time is up before the next one is
+/// pushed: an answer sent in the last moment is in flight, and the server
+/// clock decides anyway (it is recorded as late).
+const EXPIRY_GRACE_MS: u64 = 250;
+
+/// Self-paced: when the question on the player's screen runs out of time
+/// unanswered, present the next one (the player would otherwise stare at
+/// an expired question until they sent a late answer or reconnected). An
+/// answer moves [`Presented`] on before the deadline and restarts the wait;
+/// the last question's expiry presents nothing. Ends with the connection.
+async fn expire_presented(
+    svc: &QuizService,
+    def: &QuizDef,
+    player_id: &str,
+    outbox: &Outbox,
+    presented: &Presented,
+) {
+    // The question whose expiry already presented nothing (the last one):
+    // wait for a move only, not for a deadline already past.
+    let mut spent: Option<(u32, Millis)> = None;
+    loop {
+        let cur = presented.get();
+        let deadline = cur.filter(|c| Some(*c) != spent).and_then(|(q, sent)| {
+            let qd = def.questions.get(q as usize)?;
+            Some(sent + qd.time_limit_ms + EXPIRY_GRACE_MS)
+        });
+        let moved = presented.moved.notified();
+        let timer = deadline.map(|d| {
+            Box::pin(tokio::time::sleep(Duration::from_millis(
+                d.saturating_sub(now_ms()),
+            )))
+        });
+        tokio::select! {
+            _ = outbox.cancelled().cancelled() => return,
+            _ = moved => continue,
+            _ = async { timer.expect("guarded").await }, if timer.is_some() => {}
+        }
+        if presented.get() != cur {
+            continue; // answered (or presented by the room) meanwhile
+        }
+        let Some((q, _)) = cur else { continue };
+        // Only while the quiz runs: after `end`, quiz_ended is the last word.
+        match svc.state(&def.quiz_id).await {
+            Ok(state) if state.phase == Phase::Running => {}
+            Ok(_) => {
+                spent = cur;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "expiry: state unavailable, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        if let Err(e) = present_next(svc, def, player_id, outbox, presented, q + 1).await {
+            tracing::debug!(error = %e, "expiry: next question unavailable, retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        if presented.get() == cur {
+            spent = cur;
+        }
     }
 }
 
@@ -139,6 +210,21 @@ pub async fn serve(
         if now_state.version != seen.version {
             catch_up(&svc, &def, &caller, &outbox, &presented, &seen, &now_state).await;
         }
+    }
+    // Self-paced players only: a task of its own rather than a third branch
+    // of the join below, whose state every idle connection would carry
+    // (~380 bytes more per connection, measured, live quizzes included).
+    if def.mode == Mode::SelfPaced && !is_host {
+        tokio::spawn({
+            let (svc, def, outbox, presented) = (
+                Arc::clone(&svc),
+                Arc::clone(&def),
+                Arc::clone(&outbox),
+                Arc::clone(&presented),
+            );
+            let player_id = caller.claims.player_id.clone();
+            async move { expire_presented(&svc, &def, &player_id, &outbox, &presented).await }
+        });
     }
     let write_timeout = Duration::from_millis(svc.config.ws_write_timeout_ms);
     let mut rd = BufReader::with_capacity(READ_BUF, rd);

@@ -713,6 +713,45 @@ async fn self_paced(f: Factory) {
     n.stop().await;
 }
 
+/// Self-paced: a question whose time runs out unanswered is followed by
+/// the next one without the player doing anything; the last one's expiry
+/// sends nothing more; answering the expired one afterwards is late.
+async fn self_paced_expiry_presents_the_next_question(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    let (id, host_token) = create(a, "self_paced", 2).await;
+    let (_, t) = join(a, &id, "ann").await;
+    let mut w = ws(a, &id, &t).await;
+    expect(&mut w, "welcome").await;
+    let (s, v) = host(a, &id, "start", &host_token).await;
+    assert_eq!(s, 200, "{v}");
+    let q0 = expect(&mut w, "question").await;
+    assert_eq!(q0["question"]["id"], 0);
+    let closes = q0["closes_at_ms"].as_u64().unwrap();
+    // Say nothing: 5 s later (+ the grace) question 1 arrives by itself.
+    let q1 = expect(&mut w, "question").await;
+    assert_eq!(q1["question"]["id"], 1, "{q1}");
+    let opens = q1["opens_at_ms"].as_u64().unwrap();
+    assert!(
+        opens >= closes,
+        "q1 opened at {opens}, before q0 closed at {closes}"
+    );
+    let r = answer(&mut w, 0, &[1]).await;
+    assert_eq!(r["reason"], "late", "{r}");
+    assert_eq!(r["points"], 0, "{r}");
+    // The last question expires too: nothing follows but what we ask for.
+    tokio::time::sleep(Duration::from_millis(5600)).await;
+    send(&mut w, json!({"type": "ping"})).await;
+    loop {
+        match recv(&mut w).await {
+            Got::Msg(v) if v["type"] == "pong" => break,
+            Got::Msg(v) => assert_ne!(v["type"], "question", "nothing after the last expiry: {v}"),
+            Got::Closed(code) => panic!("closed with {code}"),
+        }
+    }
+    n.stop().await;
+}
+
 async fn ws_errors(f: Factory) {
     let n = f.start().await;
     let a = n.addr;
@@ -873,6 +912,7 @@ contract!(
     live_game,
     question_closes_by_time,
     self_paced,
+    self_paced_expiry_presents_the_next_question,
     ws_errors,
     shutdown_closes_with_1001,
     drain_then_close_with_1001,

@@ -132,9 +132,9 @@ const LB_PREFIX: &[u8] = br#"{"type":"leaderboard","#;
 /// frame without parsing the `top` list, which is most of its bytes and
 /// which the tool does not check per frame (the final leaderboard is checked
 /// over HTTP). `None` when the frame is not a leaderboard in core's field
-/// order (`type` first, scalars before `top`): the caller then parses it
-/// fully. Quiz ids are `[A-Za-z0-9_-]`, so a key cannot be faked inside the
-/// scalars before `top`.
+/// order (`type` first, `version` before `top`; the stamp before `top` or
+/// last): the caller then parses it fully. Quiz ids are `[A-Za-z0-9_-]`, so
+/// a key cannot be faked inside the scalars before `top`.
 pub fn scan_leaderboard(bytes: &[u8]) -> Option<BoardHead> {
     let rest = bytes.strip_prefix(LB_PREFIX)?;
     // One pass over `"key":value,` pairs up to the first array or object
@@ -181,7 +181,24 @@ pub fn scan_leaderboard(bytes: &[u8]) -> Option<BoardHead> {
         }
     }
     head.version?;
+    if head.ts_ms.is_none() {
+        // Core puts its stamp last (`…,"top":[…],"ts_ms":N}`): read it
+        // backwards from the end instead of walking the list.
+        head.ts_ms = trailing_number(bytes, br#","ts_ms":"#);
+    }
     Some(head)
+}
+
+/// `N` when `bytes` ends with `key` N `}`.
+fn trailing_number(bytes: &[u8], key: &[u8]) -> Option<u64> {
+    let body = bytes.strip_suffix(b"}")?;
+    let digits = body.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let (before, number) = body.split_at(body.len() - digits);
+    if before.ends_with(key) {
+        parse_u64(number)
+    } else {
+        None
+    }
 }
 
 fn parse_u64(digits: &[u8]) -> Option<u64> {
@@ -285,6 +302,17 @@ mod tests {
             Some(BoardHead {
                 version: Some(12345678901),
                 ts_ms: Some(1700000000123)
+            })
+        );
+        // Core's layout since it stamps its boards: the stamp after `top`.
+        let core = br#"{"type":"leaderboard","quiz_id":"q","version":4,"total_players":1,"top":[{"rank":1,"player_id":"a","nickname":"n","score":1}],"ts_ms":1700000000999}"#;
+        let m = ServerMsg::parse(core).unwrap();
+        assert_eq!(m.ts_ms, Some(1700000000999));
+        assert_eq!(
+            scan_leaderboard(core),
+            Some(BoardHead {
+                version: Some(4),
+                ts_ms: Some(1700000000999)
             })
         );
         // Not core's layout, or not a board: the caller parses fully.
