@@ -558,6 +558,37 @@ mod suite {
         );
     }
 
+    /// Player ids are opaque to the store: ids holding the separators of
+    /// the Redis script's packed argument (space, `:`, `|`, `,`, digits
+    /// after a colon) still apply, dedupe and rank exactly.
+    pub async fn odd_player_ids(store: Store) {
+        let id = new_quiz(&store, "odd", 2).await;
+        let odd = ["a b", "x:1", "1 2 3 4|5 y:0", ":", "p|q,r"];
+        for p in odd {
+            join(&store, &id, p).await;
+        }
+        for (i, p) in odd.iter().enumerate() {
+            let a = answer(p, 1, &[0, 2], 100 * (i as u32 + 1));
+            let (score, rank) = applied(store.apply_answer(&id, &a).await.expect("apply"));
+            assert_eq!((score, rank), (100 * (i as u64 + 1), 1), "{p:?}");
+            assert_eq!(store.get_answer(&id, p, 1).await.expect("get"), Some(a));
+            let again = answer(p, 1, &[1], 5);
+            assert!(
+                matches!(
+                    store.apply_answer(&id, &again).await.expect("apply"),
+                    ApplyOutcome::Duplicate { .. }
+                ),
+                "{p:?}"
+            );
+        }
+        let s = store.standing(&id, "a b").await.expect("standing");
+        assert_eq!(s.map(|s| (s.score, s.rank)), Some((100, 5)));
+        assert_eq!(
+            store.distribution(&id, 1, 4).await.expect("dist"),
+            vec![5, 0, 5, 0]
+        );
+    }
+
     pub async fn many_players_concurrent_totals(store: Store) {
         const PLAYERS: u32 = 40;
         const QUESTIONS: u32 = 10;
@@ -634,6 +665,7 @@ macro_rules! conformance {
             check!(apply_answer_at_state_guard);
             check!(present_question_once_and_skips_answered);
             check!(concurrent_same_answer_counts_once);
+            check!(odd_player_ids);
             check!(many_players_concurrent_totals);
         }
     };

@@ -87,6 +87,39 @@ impl PlayerRecord {
     pub fn joined(&self) -> bool {
         !self.player_id.is_empty()
     }
+
+    /// Answers sent whose result never arrived and were not resolved yet.
+    pub fn has_open_answers(&self) -> bool {
+        self.answers
+            .iter()
+            .any(|a| a.result.is_none() && !a.inferred)
+    }
+
+    /// Resolve answers whose ack was lost and never reconciled by a later
+    /// `welcome` (the connection died after the platform applied them, and
+    /// the quiz ended first): the platform's final score may exceed the
+    /// acknowledged sum by at most those answers' points. Within that bound
+    /// the difference is attributed to them, as a `welcome` would have done;
+    /// beyond it, or with nothing open, `final_score` stays a mismatch.
+    /// Returns whether anything was inferred.
+    pub fn reconcile_final_score(&mut self) -> bool {
+        let Some(server) = self.server_score else {
+            return false;
+        };
+        let acked = self.acknowledged_points();
+        let open: Vec<usize> = (0..self.answers.len())
+            .filter(|&i| self.answers[i].result.is_none() && !self.answers[i].inferred)
+            .collect();
+        let room: u64 = open.iter().map(|&i| self.answers[i].max_points).sum();
+        if server <= acked || open.is_empty() || server - acked > room {
+            return false;
+        }
+        self.inferred_points += server - acked;
+        for i in open {
+            self.answers[i].inferred = true;
+        }
+        true
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -503,6 +536,41 @@ mod tests {
         let c = check_player("q", &p, CrossCheck::Off, true);
         assert_eq!(c.mismatches[0].kind, "score_chain");
         assert_eq!(c.unacknowledged, 1);
+    }
+
+    #[test]
+    fn final_score_resolves_lost_acks_within_their_points_only() {
+        let open = |max_points| AnswerRec {
+            question_id: 1,
+            max_points,
+            ..Default::default()
+        };
+        let mut p = PlayerRecord {
+            player_id: "p".into(),
+            answers: vec![open(1000)],
+            server_score: Some(700),
+            ..Default::default()
+        };
+        assert!(p.reconcile_final_score());
+        assert_eq!(p.acknowledged_points(), 700);
+        assert!(!p.has_open_answers());
+        // More than the open answers could have scored: still a mismatch.
+        let mut q = PlayerRecord {
+            player_id: "q".into(),
+            answers: vec![open(1000)],
+            server_score: Some(1001),
+            ..Default::default()
+        };
+        assert!(!q.reconcile_final_score());
+        let c = check_player("quiz", &q, CrossCheck::Warn, true);
+        assert!(c.mismatches.iter().any(|m| m.kind == "final_score"));
+        // Nothing open: a higher server score is a mismatch.
+        let mut r = PlayerRecord {
+            player_id: "r".into(),
+            server_score: Some(5),
+            ..Default::default()
+        };
+        assert!(!r.reconcile_final_score());
     }
 
     #[test]

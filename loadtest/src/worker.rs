@@ -216,7 +216,11 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
     let to_verify: Vec<usize> = records
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.joined() && player_share(plan.seed, r.index, 0x7e21) < share)
+        // Besides the sample, every player with an answer whose ack was
+        // lost: only the platform's final score can resolve it.
+        .filter(|(_, r)| {
+            r.joined() && (player_share(plan.seed, r.index, 0x7e21) < share || r.has_open_answers())
+        })
         .map(|(i, _)| i)
         .collect();
     let verified = to_verify.len() as u64;
@@ -273,11 +277,23 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
     for f in fetchers {
         let _ = f.await;
     }
+    let mut final_inferred = 0u64;
     for (i, v) in fetched.borrow_mut().drain(..) {
         match v {
-            Ok(s) => records[i].server_score = Some(s),
+            Ok(s) => {
+                records[i].server_score = Some(s);
+                if records[i].reconcile_final_score() {
+                    final_inferred += 1;
+                }
+            }
             Err(e) => records[i].http_error = Some(e),
         }
+    }
+    if final_inferred > 0 {
+        ctx.shared
+            .borrow_mut()
+            .m
+            .count("final_score_inferred", final_inferred);
     }
     ticker.abort();
     flush_progress(&ctx, worker);
