@@ -409,6 +409,22 @@ struct Phase {
     report: String,
 }
 
+impl Phase {
+    /// Prints the phase's line of a run; returns its accepted answers/s.
+    fn print(&self, run: usize, label: &str, total: usize, span: &str, anchor_rps: f64) -> f64 {
+        let rate = self.accepted as f64 / self.seconds.max(1e-9);
+        println!(
+            "run {run}: {label} accepted {} of {total} in {:.2} s{span} = {rate:.0}/s (ratio {:.3}); {}; {}",
+            self.accepted,
+            self.seconds,
+            rate / anchor_rps,
+            self.cpu.per(self.accepted),
+            self.report
+        );
+        rate
+    }
+}
+
 /// Where the phase measures CPU.
 struct Probe<'a> {
     core_pid: u32,
@@ -619,32 +635,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             };
             if args.mode != Which::SelfPaced {
                 let p = live_phase(addr, &probe, run, args.players, args.questions).await?;
-                let rate = p.accepted as f64 / p.seconds.max(1e-9);
-                println!(
-                    "run {run}: LIVE accepted {} of {} in {:.2} s (question windows) = {rate:.0}/s (ratio {:.3}); {}; {}",
-                    p.accepted,
-                    args.players * args.questions,
-                    p.seconds,
-                    rate / anchor_rps,
-                    p.cpu.per(p.accepted),
-                    p.report
-                );
+                let total = args.players * args.questions;
+                let rate = p.print(run, "LIVE", total, " (question windows)", anchor_rps);
                 cols[1].push(rate);
                 cols[2].push(rate / anchor_rps);
             }
             if args.mode != Which::Live {
                 let p = self_paced_phase(addr, &probe, run, args.self_players, args.self_questions)
                     .await?;
-                let rate = p.accepted as f64 / p.seconds.max(1e-9);
-                println!(
-                    "run {run}: SELF-PACED accepted {} of {} in {:.2} s = {rate:.0}/s (ratio {:.3}); {}; {}",
-                    p.accepted,
-                    args.self_players * args.self_questions,
-                    p.seconds,
-                    rate / anchor_rps,
-                    p.cpu.per(p.accepted),
-                    p.report
-                );
+                let total = args.self_players * args.self_questions;
+                let rate = p.print(run, "SELF-PACED", total, "", anchor_rps);
                 cols[3].push(rate);
                 cols[4].push(rate / anchor_rps);
             }

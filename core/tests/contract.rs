@@ -677,9 +677,10 @@ async fn question_closes_by_time(f: Factory) {
     n.stop().await;
 }
 
-async fn self_paced(f: Factory) {
-    let n = f.start().await;
-    let a = n.addr;
+/// A started self-paced quiz of 2 questions with one player, "ann", whose
+/// socket has received question 0: (quiz, host token, player token,
+/// socket, the question message).
+async fn started_self_paced(a: SocketAddr) -> (String, String, String, Ws, Value) {
     let (id, host_token) = create(a, "self_paced", 2).await;
     let (_, t) = join(a, &id, "ann").await;
     let mut w = ws(a, &id, &t).await;
@@ -687,10 +688,17 @@ async fn self_paced(f: Factory) {
     assert_eq!(wel["state"], "lobby");
     let (s, v) = host(a, &id, "start", &host_token).await;
     assert_eq!(s, 200, "{v}");
-    let (s, _) = host(a, &id, "next", &host_token).await;
-    assert_eq!(s, 409);
     let q = expect(&mut w, "question").await;
     assert_eq!(q["question"]["id"], 0);
+    (id, host_token, t, w, q)
+}
+
+async fn self_paced(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    let (id, host_token, t, mut w, _) = started_self_paced(a).await;
+    let (s, _) = host(a, &id, "next", &host_token).await;
+    assert_eq!(s, 409);
     let r = answer(&mut w, 1, &[1]).await;
     assert_eq!(r["reason"], "not_open");
     let r = answer(&mut w, 0, &[1]).await;
@@ -718,15 +726,7 @@ async fn self_paced(f: Factory) {
 /// sends nothing more; answering the expired one afterwards is late.
 async fn self_paced_expiry_presents_the_next_question(f: Factory) {
     let n = f.start().await;
-    let a = n.addr;
-    let (id, host_token) = create(a, "self_paced", 2).await;
-    let (_, t) = join(a, &id, "ann").await;
-    let mut w = ws(a, &id, &t).await;
-    expect(&mut w, "welcome").await;
-    let (s, v) = host(a, &id, "start", &host_token).await;
-    assert_eq!(s, 200, "{v}");
-    let q0 = expect(&mut w, "question").await;
-    assert_eq!(q0["question"]["id"], 0);
+    let (_, _, _, mut w, q0) = started_self_paced(n.addr).await;
     let closes = q0["closes_at_ms"].as_u64().unwrap();
     // Say nothing: 5 s later (+ the grace) question 1 arrives by itself.
     let q1 = expect(&mut w, "question").await;
