@@ -206,15 +206,7 @@ async fn poison_events_are_dead_lettered_and_the_rest_flows() {
     .await;
 
     // The dead-letter topic holds the three records, unchanged, with reasons.
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", testkit::unique_name("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&config.dlq_topic()])
-        .expect("subscribe");
+    let consumer = dlq_reader(&config);
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + WAIT;
     while seen.len() < 3 && std::time::Instant::now() < deadline {
@@ -384,15 +376,7 @@ async fn a_statement_rejected_by_mongodb_dead_letters_only_its_event() {
     assert_eq!(scores, s.expected_scores);
 
     // The dead-letter topic holds the culprit, unchanged, with its reason.
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", testkit::unique_name("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&config.dlq_topic()])
-        .expect("subscribe");
+    let consumer = dlq_reader(&config);
     let mut seen = Vec::new();
     // Read until the copy arrives, then a little longer to see no other.
     let deadline = std::time::Instant::now() + WAIT;
@@ -439,6 +423,20 @@ async fn a_statement_rejected_by_mongodb_dead_letters_only_its_event() {
     );
     shutdown.cancel();
     running.wait().await.expect("clean stop");
+}
+
+/// A consumer of `config`'s dead-letter topic from its beginning.
+fn dlq_reader(config: &persister::config::Config) -> BaseConsumer {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", testkit::unique_name("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&config.dlq_topic()])
+        .expect("subscribe");
+    consumer
 }
 
 /// Points `config` at the local stack's SASL/PLAIN listener, as an

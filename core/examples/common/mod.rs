@@ -42,7 +42,21 @@ impl Http {
             body.len()
         );
         self.stream.write_all(req.as_bytes()).await?;
-        // Headers.
+        let (status, body) = self.read_response().await?;
+        let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        Ok((status, v))
+    }
+
+    /// Sends a body-less request, returns the body as text (`/metrics`).
+    pub async fn call_raw(&mut self, method: &str, path: &str) -> anyhow::Result<String> {
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\n\r\n");
+        self.stream.write_all(req.as_bytes()).await?;
+        let (_, body) = self.read_response().await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Reads one response: (status, body of `Content-Length` bytes).
+    async fn read_response(&mut self) -> anyhow::Result<(u16, Vec<u8>)> {
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
                 break i + 4;
@@ -66,35 +80,10 @@ impl Http {
         while self.buf.len() < head_end + len {
             self.fill().await?;
         }
-        let body: Vec<u8> = self.buf.drain(..head_end + len).skip(head_end).collect();
-        let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-        Ok((status, v))
-    }
-
-    /// Sends a body-less request, returns the body as text (`/metrics`).
-    pub async fn call_raw(&mut self, method: &str, path: &str) -> anyhow::Result<String> {
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\n\r\n");
-        self.stream.write_all(req.as_bytes()).await?;
-        let head_end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            self.fill().await?;
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        while self.buf.len() < head_end + len {
-            self.fill().await?;
-        }
-        let body: Vec<u8> = self.buf.drain(..head_end + len).skip(head_end).collect();
-        Ok(String::from_utf8_lossy(&body).into_owned())
+        Ok((
+            status,
+            self.buf.drain(..head_end + len).skip(head_end).collect(),
+        ))
     }
 
     async fn fill(&mut self) -> anyhow::Result<()> {
