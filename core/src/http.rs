@@ -194,8 +194,19 @@ async fn route(
             rate_limit(svc, peer)?;
             let id = id.to_string();
             svc.def(&id).await?;
+            // Optional: a retried join with the same key gets the same
+            // player back (see `QuizService::join_with_key`).
+            let mut keys = req.headers().get_all("idempotency-key").iter();
+            let key = keys.next().map(|v| v.as_bytes().to_vec());
+            if keys.next().is_some() {
+                return Err(QuizError::Invalid(
+                    "Idempotency-Key: must be given at most once".into(),
+                ));
+            }
             let body: JoinReq = read_json(svc, req).await?;
-            let (def, state, player, token, lb) = svc.join(&id, &body.nickname).await?;
+            let (def, state, player, token, lb) = svc
+                .join_with_key(&id, &body.nickname, key.as_deref())
+                .await?;
             let released = match (def.mode, state.current_question) {
                 (Mode::Live, Some(c)) => def
                     .questions

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub sink_errors: IntCounter,
     /// TCP connections refused at the `max_connections` cap.
     pub connections_refused: IntCounter,
+    /// Joins answered as a replay of an earlier join with the same
+    /// `Idempotency-Key` (its response was lost).
+    pub joins_replayed: IntCounter,
 }
 
 impl Metrics {
@@ -135,6 +138,13 @@ impl Metrics {
                 c(
                     "connections_refused_total",
                     "TCP connections refused at max_connections",
+                ),
+            ),
+            joins_replayed: reg(
+                &registry,
+                c(
+                    "joins_replayed_total",
+                    "Joins answered as a replay of an earlier join with the same Idempotency-Key",
                 ),
             ),
             registry,

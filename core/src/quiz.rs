@@ -92,6 +92,24 @@ pub fn random_id(n: usize) -> String {
         .collect()
 }
 
+/// An `Idempotency-Key` header value: 1–64 visible ASCII characters
+/// (0x21–0x7E), returned as a `&str`.
+pub fn check_idempotency_key(key: &[u8]) -> Result<&str, QuizError> {
+    let visible = |b: &u8| (0x21..=0x7e).contains(b);
+    if !(1..=64).contains(&key.len()) || !key.iter().all(visible) {
+        return Err(QuizError::Invalid(
+            "Idempotency-Key: must be 1–64 visible ASCII characters (0x21–0x7E)".into(),
+        ));
+    }
+    // All ASCII, so valid UTF-8.
+    std::str::from_utf8(key)
+        .map_err(|_| QuizError::Invalid("Idempotency-Key: must be ASCII".into()))
+}
+
+fn nickname_taken(nickname: &str) -> QuizError {
+    QuizError::Conflict(format!("nickname: {nickname:?} is taken in this quiz"))
+}
+
 /// The contract's scoring rule: `round(P × (1 − (t/T)/2))`, `t` = 0 when
 /// ≤ 500 ms, clamped to `T`. Integer arithmetic, rounding half up.
 pub fn score(points: u32, time_limit_ms: u64, response_ms: u64) -> u32 {
@@ -513,6 +531,25 @@ impl QuizService {
         quiz_id: &str,
         nickname: &str,
     ) -> Result<(Arc<QuizDef>, QuizState, Player, String, Leaderboard), QuizError> {
+        self.join_with_key(quiz_id, nickname, None).await
+    }
+
+    /// Joins a player. With an idempotency key (the `Idempotency-Key`
+    /// header), the player id is derived from it
+    /// ([`TokenKey::derive_player_id`]) instead of drawn at random, so a
+    /// retry of a join whose response was lost finds the player the first
+    /// attempt created and answers exactly like that first join (same id,
+    /// same token; the store is not written again, so the score is kept).
+    /// The `PlayerJoined` event is published again on a replay (same event
+    /// id): the first attempt may have died between the store write and the
+    /// publish. The same key with another nickname, or another key with a
+    /// taken nickname, is a conflict.
+    pub async fn join_with_key(
+        &self,
+        quiz_id: &str,
+        nickname: &str,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<(Arc<QuizDef>, QuizState, Player, String, Leaderboard), QuizError> {
         let def = self.def(quiz_id).await?;
         self.require_sink_ready()?;
         let nickname = nickname.trim();
@@ -526,24 +563,32 @@ impl QuizService {
                 "nickname: must not contain control characters".into(),
             ));
         }
+        let key = idempotency_key.map(check_idempotency_key).transpose()?;
         let state = self.state(quiz_id).await?;
         if state.phase == Phase::Ended {
             return Err(QuizError::Conflict("state: the quiz has ended".into()));
         }
+        let player_id = match key {
+            Some(k) => self.tokens.derive_player_id(quiz_id, k),
+            None => random_id(12),
+        };
         let player = Player {
-            player_id: random_id(12),
+            player_id,
             nickname: nickname.to_string(),
             joined_at_ms: now_ms(),
         };
-        match self.store.add_player(quiz_id, &player).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => {
-                return Err(QuizError::Conflict(format!(
-                    "nickname: {nickname:?} is taken in this quiz"
-                )))
+        // Both stores answer `Conflict` when the player id exists (unless the
+        // stored player is identical), before looking at the nickname, and
+        // never overwrite an existing player: a replay cannot create a
+        // second player or reset a score.
+        let player = match self.store.add_player(quiz_id, &player).await {
+            Ok(()) => player,
+            Err(StoreError::Conflict(_)) if key.is_some() => {
+                self.replayed_join(quiz_id, &player).await?
             }
+            Err(StoreError::Conflict(_)) => return Err(nickname_taken(nickname)),
             Err(e) => return Err(e.into()),
-        }
+        };
         self.publish(Event::new(
             quiz_id,
             player.joined_at_ms,
@@ -563,6 +608,24 @@ impl QuizService {
             .leaderboard(quiz_id, self.config.leaderboard_top)
             .await?;
         Ok((def, state, player, token, lb))
+    }
+
+    /// A keyed join hit a conflict: the player this key created before
+    /// (same derived id, same nickname) is a replay and is returned as
+    /// stored (its original join time, so the re-published event is the
+    /// same record); anything else is a 409.
+    async fn replayed_join(&self, quiz_id: &str, attempt: &Player) -> Result<Player, QuizError> {
+        match self.store.get_player(quiz_id, &attempt.player_id).await? {
+            Some(existing) if existing.nickname == attempt.nickname => {
+                self.metrics.joins_replayed.inc();
+                Ok(existing)
+            }
+            Some(_) => Err(QuizError::Conflict(
+                "Idempotency-Key: already used in this quiz by a join with another nickname".into(),
+            )),
+            // The key is new; the nickname belongs to someone else.
+            None => Err(nickname_taken(&attempt.nickname)),
+        }
     }
 
     /// Verifies a host's bearer token for `quiz_id`: 401 if absent or
@@ -1047,6 +1110,29 @@ pub(crate) mod tests {
         assert_eq!(s1.phase, Phase::Running);
         assert_eq!(s1.current_question, None);
         assert!(transition(&d, &s1, HostAction::Next, 5).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        for ok in [
+            "a",
+            "3f2b7c1e-0a4d-4e8b-9c6f-2d5e8a1b7c90",
+            "!~",
+            &"k".repeat(64),
+        ] {
+            assert_eq!(check_idempotency_key(ok.as_bytes()), Ok(ok), "{ok}");
+        }
+        for bad in [
+            &b""[..],
+            b"has space",
+            b"tab\t",
+            b"\x7f",
+            "é".as_bytes(),
+            &[b'k'; 65],
+        ] {
+            let e = check_idempotency_key(bad).unwrap_err();
+            assert!(e.to_string().contains("Idempotency-Key"), "{e}");
+        }
     }
 
     /// Late answers with deterministic time: the window is computed from

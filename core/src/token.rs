@@ -6,6 +6,10 @@
 //! token issued by any other, e.g. after a failover. Quiz ids and player ids
 //! never contain a dot, so the format is unambiguous; the token only uses
 //! URL-safe characters, so it travels in a query string unescaped.
+//!
+//! The same key also derives player ids from join idempotency keys
+//! ([`TokenKey::derive_player_id`]): a retried join with the same key gets
+//! the same player id, hence the same token, with nothing stored.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -59,6 +63,33 @@ impl TokenKey {
         mac.update(body.as_bytes());
         let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         format!("{body}.{sig}")
+    }
+
+    /// The player id of a join carrying the `Idempotency-Key` `key`:
+    /// 12 lowercase alphanumerics (like a random id) taken from
+    /// HMAC-SHA256(secret, `"join\0" quiz_id "\0" key`). Deterministic per
+    /// (secret, quiz, key), unpredictable without the secret, and never a
+    /// token body (those contain no NUL), so the MAC is not reusable as one.
+    pub fn derive_player_id(&self, quiz_id: &str, key: &str) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut mac = self.mac.clone();
+        mac.update(b"join\0");
+        mac.update(quiz_id.as_bytes());
+        mac.update(b"\0");
+        mac.update(key.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        // 36^12 ≈ 2^62 ≪ 2^128: the digits of a 128-bit number are uniform
+        // enough.
+        let mut n = u128::from_be_bytes(first);
+        (0..12)
+            .map(|_| {
+                let d = (n % 36) as usize;
+                n /= 36;
+                ALPHABET[d] as char
+            })
+            .collect()
     }
 
     /// Checks the signature (in constant time) and returns the claims.
@@ -128,5 +159,25 @@ mod tests {
         for junk in ["", ".", "v1.p.a.b.", "abc", "v1.p.a.b.!!!"] {
             assert!(k.verify(junk).is_err(), "{junk}");
         }
+    }
+
+    #[test]
+    fn derived_player_ids() {
+        let k = TokenKey::new(b"secret-secret-secret");
+        let id = k.derive_player_id("quiz1", "key-1");
+        assert_eq!(id.len(), 12);
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        // Deterministic per (secret, quiz, key); different otherwise.
+        assert_eq!(k.derive_player_id("quiz1", "key-1"), id);
+        assert_ne!(k.derive_player_id("quiz1", "key-2"), id);
+        assert_ne!(k.derive_player_id("quiz2", "key-1"), id);
+        assert_ne!(
+            TokenKey::new(b"other").derive_player_id("quiz1", "key-1"),
+            id
+        );
+        // The separator keeps (quiz, key) pairs apart.
+        assert_ne!(k.derive_player_id("ab", "c"), k.derive_player_id("a", "bc"));
     }
 }

@@ -886,6 +886,185 @@ async fn tiers(f: Factory) {
     wsn.stop().await;
 }
 
+/// `POST …/players` with an `Idempotency-Key` header.
+async fn join_keyed(addr: SocketAddr, quiz: &str, nick: &str, key: &str) -> (u16, Value) {
+    http(
+        addr,
+        "POST",
+        &format!("/v1/quizzes/{quiz}/players"),
+        &[
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", key),
+        ],
+        Some(json!({ "nickname": nick }).to_string().as_bytes()),
+    )
+    .await
+}
+
+fn error_of(v: &Value) -> (Option<&str>, &str) {
+    (
+        v["error"]["code"].as_str(),
+        v["error"]["message"].as_str().unwrap_or_default(),
+    )
+}
+
+/// Idempotent joins (CONTRACT.md extension): a join retried with the same
+/// `Idempotency-Key` gets the same player (id, token, score) instead of 409.
+async fn idempotent_join(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    let (id, host_token) = create(a, "live", 2).await;
+    let players = format!("/v1/quizzes/{id}/players");
+    let key = testkit::unique_name("join-key");
+    // First join with a key: an ordinary 201.
+    let (s, first) = join_keyed(a, &id, "ann", &key).await;
+    assert_eq!(s, 201, "{first}");
+    let pid = first["player_id"].as_str().unwrap().to_string();
+    let token = first["player_token"].as_str().unwrap().to_string();
+    assert_eq!(pid.len(), 12);
+    // The same key and nickname again: the same player, answered exactly
+    // like a first join.
+    let (s, again) = join_keyed(a, &id, " ann ", &key).await;
+    assert_eq!(s, 201, "{again}");
+    assert_eq!(again["player_id"], pid.as_str());
+    assert_eq!(again["player_token"], token.as_str());
+    assert_eq!(again["quiz"]["state"], "lobby");
+    assert_eq!(again["leaderboard"]["total_players"], 1, "{again}");
+    // The same key with another nickname (also another case): 409.
+    for other in ["bob", "Ann"] {
+        let (s, v) = join_keyed(a, &id, other, &key).await;
+        assert_eq!(s, 409, "{v}");
+        let (code, msg) = error_of(&v);
+        assert_eq!(code, Some("conflict"));
+        assert!(msg.contains("Idempotency-Key"), "{v}");
+    }
+    // Another key, the same nickname: taken, 409.
+    let (s, v) = join_keyed(a, &id, "ann", &testkit::unique_name("other-key")).await;
+    assert_eq!(s, 409, "{v}");
+    let (code, msg) = error_of(&v);
+    assert_eq!(code, Some("conflict"));
+    assert!(msg.contains("nickname"), "{v}");
+    // Without the header: unchanged (taken nickname 409, new one a random id).
+    let (s, v) = post(a, &players, &json!({"nickname": "ann"})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
+    let (pb, tb) = join(a, &id, "ben").await;
+    assert_ne!(pb, pid);
+    // Bad keys: 400 naming the header; nothing joined.
+    let long = "k".repeat(65);
+    for bad in ["", "two words", long.as_str()] {
+        let (s, v) = join_keyed(a, &id, "cid", bad).await;
+        assert_eq!(s, 400, "{bad:?}: {v}");
+        let (code, msg) = error_of(&v);
+        assert_eq!(code, Some("invalid"));
+        assert!(msg.contains("Idempotency-Key"), "{v}");
+    }
+    let body = json!({"nickname": "cid"}).to_string();
+    let (s, v) = http(
+        a,
+        "POST",
+        &players,
+        &[("Idempotency-Key", "k1"), ("Idempotency-Key", "k2")],
+        Some(body.as_bytes()),
+    )
+    .await;
+    assert_eq!((s, error_of(&v).0), (400, Some("invalid")), "{v}");
+    let (s, v) = join_keyed(a, &id, "cid", &"k".repeat(64)).await;
+    assert_eq!(s, 201, "a 64-character key is fine: {v}");
+    let lb = http(
+        a,
+        "GET",
+        &format!("/v1/quizzes/{id}/leaderboard"),
+        &[],
+        None,
+    )
+    .await
+    .1;
+    assert_eq!(lb["total_players"], 3, "{lb}");
+    // Score kept across a replay: ann scores, then her join is replayed.
+    let mut wa = ws(a, &id, &token).await;
+    expect(&mut wa, "welcome").await;
+    let (s, _) = host(a, &id, "start", &host_token).await;
+    assert_eq!(s, 200);
+    expect(&mut wa, "question").await;
+    let r = answer(&mut wa, 0, &[1]).await;
+    assert_eq!(r["accepted"], true, "{r}");
+    let score = r["score"].as_u64().unwrap();
+    assert!(score > 0, "{r}");
+    // Distributed: the retry lands on another node (as behind a proxy);
+    // same secret, same store, same answer.
+    let n2 = if f.kind == Kind::Distributed {
+        Some(f.start().await)
+    } else {
+        None
+    };
+    let b = n2.as_ref().map_or(a, |n| n.addr);
+    let (s, replay) = join_keyed(b, &id, "ann", &key).await;
+    assert_eq!(s, 201, "{replay}");
+    assert_eq!(replay["player_id"], pid.as_str());
+    assert_eq!(replay["player_token"], token.as_str());
+    assert_eq!(replay["quiz"]["state"], "running");
+    assert_eq!(
+        replay["quiz"]["questions"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(replay["leaderboard"]["total_players"], 3, "{replay}");
+    let (s, v) = http(b, "GET", &format!("{players}/{pid}"), &[], None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["nickname"].as_str(), v["score"].as_u64()),
+        (Some("ann"), Some(score))
+    );
+    assert_eq!(v["rank"], 1);
+    // Concurrent replays of a new key: one player, every answer the same.
+    let key2 = testkit::unique_name("race-key");
+    let tries: Vec<_> = (0..6)
+        .map(|i| {
+            let (id, key2) = (id.clone(), key2.clone());
+            let to = if i % 2 == 0 { a } else { b };
+            tokio::spawn(async move { join_keyed(to, &id, "dot", &key2).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tries {
+        let (s, v) = t.await.unwrap();
+        assert_eq!(s, 201, "{v}");
+        ids.push(v["player_id"].as_str().unwrap().to_string());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let lb = http(
+        b,
+        "GET",
+        &format!("/v1/quizzes/{id}/leaderboard"),
+        &[],
+        None,
+    )
+    .await
+    .1;
+    assert_eq!(lb["total_players"], 4, "{lb}");
+    // The replayed token reconnects to the same player and score.
+    let mut wa2 = ws(b, &id, replay["player_token"].as_str().unwrap()).await;
+    let w = expect(&mut wa2, "welcome").await;
+    assert_eq!(
+        (w["player_id"].as_str(), w["score"].as_u64()),
+        (Some(pid.as_str()), Some(score))
+    );
+    drop((wa, wa2, tb));
+    if let Some(n2) = n2 {
+        n2.stop().await;
+    }
+    n.stop().await;
+    if f.kind == Kind::Distributed {
+        // Replays re-publish the same `joined` event id; nothing else.
+        let want = vec![
+            format!("{id}:joined:{pid}"),
+            format!("{id}:joined:{pb}"),
+            format!("{id}:joined:{}", ids[0]),
+        ];
+        consume_quiz_events(&f.topic, &id, &want).await;
+    }
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -917,6 +1096,7 @@ contract!(
     shutdown_closes_with_1001,
     drain_then_close_with_1001,
     tiers,
+    idempotent_join,
 );
 
 // ------------------------------------------------------------- two nodes

@@ -252,6 +252,56 @@ mod suite {
         ));
     }
 
+    /// What idempotent joins rely on (`QuizService::join_with_key`): adding
+    /// a player whose id exists never overwrites it, never resets its score,
+    /// never adds a second player and never reserves the other nickname.
+    pub async fn existing_player_id_is_never_overwritten(store: Store) {
+        let id = new_quiz(&store, "rejoin", 1).await;
+        join(&store, &id, "p1").await;
+        let (score, _) = applied(
+            store
+                .apply_answer(&id, &answer("p1", 0, &[1], 700))
+                .await
+                .expect("apply"),
+        );
+        assert_eq!(score, 700);
+        let original = player("p1", "nick-p1");
+        let later = Player {
+            joined_at_ms: original.joined_at_ms + 5000,
+            ..original.clone()
+        };
+        for again in [later, player("p1", "Other")] {
+            match store.add_player(&id, &again).await {
+                Err(StoreError::Conflict(_)) => {}
+                r => panic!("{again:?}: expected Conflict, got {r:?}"),
+            }
+        }
+        // The identical record is a no-op success.
+        store
+            .add_player(&id, &original)
+            .await
+            .expect("identical record");
+        assert_eq!(
+            store.get_player(&id, "p1").await.expect("get"),
+            Some(original)
+        );
+        let s = store.standing(&id, "p1").await.expect("standing");
+        assert_eq!(s.map(|s| s.score), Some(700));
+        assert_eq!(
+            store.leaderboard(&id, 10).await.expect("lb").total_players,
+            1
+        );
+        // "Other" was not reserved by the refused add.
+        store
+            .add_player(&id, &player("p2", "Other"))
+            .await
+            .expect("nickname still free");
+        assert_eq!(
+            store.leaderboard(&id, 10).await.expect("lb").total_players,
+            2
+        );
+    }
+
     pub async fn apply_answer_applied_and_duplicate(store: Store) {
         let id = new_quiz(&store, "apply", 2).await;
         join(&store, &id, "p1").await;
@@ -658,6 +708,7 @@ macro_rules! conformance {
             check!(create_get_conflict);
             check!(state_compare_and_set);
             check!(add_player_nicknames);
+            check!(existing_player_id_is_never_overwritten);
             check!(apply_answer_applied_and_duplicate);
             check!(ranks_with_ties_and_leaderboard);
             check!(distribution);

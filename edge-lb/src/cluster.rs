@@ -45,7 +45,8 @@ pub struct BackendView {
     pub pool: String,
     pub addr: SocketAddr,
     pub weight: u32,
-    /// `up` (passing checks), `down`, or `unknown` before the first verdict.
+    /// `up` (passing checks), `down`, `unknown` before the first verdict, or `failing`: failing
+    /// its checks with the verdict deferred by `health.panic_threshold`.
     pub health: &'static str,
     /// Receives new quizzes: up, held down long enough, not draining.
     pub eligible: bool,
@@ -519,6 +520,7 @@ impl Cluster {
             .iter()
             .map(|(k, v)| (k.clone(), v.len()))
             .collect();
+        let failure_threshold = self.config().health.failure_threshold;
         let inner = self.inner.lock();
         let mut v: Vec<BackendView> = inner
             .backends
@@ -529,6 +531,10 @@ impl Cluster {
                 addr: b.addr,
                 weight: b.weight,
                 health: match b.up {
+                    // Failing its checks, but the verdict is deferred (panic threshold).
+                    _ if b.up != Some(false) && b.consecutive_fail >= failure_threshold => {
+                        "failing"
+                    }
                     None => "unknown",
                     Some(true) => "up",
                     Some(false) => "down",
@@ -719,6 +725,15 @@ impl Cluster {
                 b.consecutive_ok = 0;
                 b.last_error = err;
                 if b.up != Some(false) && b.consecutive_fail >= h.failure_threshold {
+                    let pool = b.pool.clone();
+                    if Self::panics(&inner, &pool, &key, h.panic_threshold) {
+                        // Deferred: this verdict would leave too little of the pool up. The
+                        // node keeps its quizzes and tunnels; its next failing verdict is
+                        // weighed again, and acted on once enough of the pool is back up.
+                        self.set_panic(&inner, &pool, h.failure_threshold);
+                        return;
+                    }
+                    let b = inner.backends.get_mut(&key).expect("present");
                     lost = true;
                     b.up = Some(false);
                     // An unverified node never had quizzes: no hold-down once it is ready.
@@ -735,11 +750,54 @@ impl Cluster {
             if let Some(pool) = &became_eligible {
                 self.rebalance_locked(&mut inner, pool, &key);
             }
+            if let Some(b) = inner.backends.get(&key) {
+                let pool = b.pool.clone();
+                self.set_panic(&inner, &pool, h.failure_threshold);
+            }
         }
         if lost {
             tracing::warn!(backend = name, "backend lost: closing its tunnels");
             self.close_tunnels_of(name.into(), CloseReason::NodeLost, true);
         }
+    }
+
+    /// Would marking `node` down leave fewer than `threshold` of `pool`'s backends up? Counted
+    /// over the backends that take part in routing decisions: not draining, and verified (a
+    /// node discovered but never seen up has no quizzes to protect).
+    fn panics(inner: &Inner, pool: &str, node: &str, threshold: f64) -> bool {
+        if threshold <= 0.0 {
+            return false;
+        }
+        let (mut total, mut up_after) = (0usize, 0usize);
+        for (n, b) in &inner.backends {
+            if b.pool.as_ref() != pool || b.draining || b.unverified {
+                continue;
+            }
+            total += 1;
+            if n.as_ref() != node && b.up != Some(false) {
+                up_after += 1;
+            }
+        }
+        total > 0 && (up_after as f64) < threshold * total as f64
+    }
+
+    /// Publish whether `pool` is in panic: some backend failing its checks but not marked down.
+    fn set_panic(&self, inner: &Inner, pool: &str, failure_threshold: u32) {
+        let panic = inner.backends.values().any(|b| {
+            b.pool.as_ref() == pool
+                && !b.draining
+                && b.up != Some(false)
+                && b.consecutive_fail >= failure_threshold
+        });
+        let gauge = self.metrics.pool_panic.with_label_values(&[pool]);
+        if panic && gauge.get() == 0 {
+            tracing::warn!(
+                pool,
+                "health panic: most of the pool fails its checks at once; \
+                 keeping its nodes and tunnels until enough of it is up again"
+            );
+        }
+        gauge.set(i64::from(panic));
     }
 
     /// Move back to `node` the quizzes it would now be given, closing their tunnels on

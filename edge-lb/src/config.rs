@@ -185,6 +185,12 @@ pub struct HealthConfig {
     /// A node that was lost must stay healthy this long before it gets quizzes again.
     #[serde(with = "humantime_serde")]
     pub hold_down: Duration,
+    /// Panic threshold (Envoy's `healthy_panic_threshold`, as a share): a failing verdict that
+    /// would leave fewer than this share of a pool's backends up is deferred, not acted on.
+    /// When most of a pool fails its checks at once, the likelier cause is the checker's side
+    /// (a starved machine, a partition near edge-lb) than every node dying together, and
+    /// acting would close every tunnel of the pool at once. 0 turns it off.
+    pub panic_threshold: f64,
 }
 
 impl Default for HealthConfig {
@@ -196,6 +202,7 @@ impl Default for HealthConfig {
             success_threshold: 2,
             failure_threshold: 2,
             hold_down: Duration::from_secs(10),
+            panic_threshold: 0.0,
         }
     }
 }
@@ -436,6 +443,12 @@ impl EdgeConfig {
         }
         if self.health.interval.is_zero() {
             return Err(invalid("edge_lb.health.interval", "must be > 0"));
+        }
+        if !(0.0..=1.0).contains(&self.health.panic_threshold) {
+            return Err(invalid(
+                "edge_lb.health.panic_threshold",
+                "must be between 0 and 1 (a share of the pool)",
+            ));
         }
         if !self.health.path.starts_with('/') {
             return Err(invalid("edge_lb.health.path", "must start with /"));

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub tunnels_closed: IntCounterVec,
     /// Active quizzes per backend (the bounded-load unit).
     pub quizzes_active: IntGaugeVec,
+    /// 1 while a pool's failing verdicts are deferred by `health.panic_threshold`.
+    pub pool_panic: IntGaugeVec,
     pub downstream_connections: IntGauge,
     pub upgrade_seconds: HistogramVec,
     /// Discovery resolutions by pool and outcome (ok, empty, error).
@@ -96,6 +98,11 @@ impl Metrics {
             "Active quizzes owned per backend",
             &["backend"],
         );
+        let pool_panic = gv(
+            "edge_lb_pool_panic",
+            "1 while failing health verdicts in the pool are deferred (panic threshold)",
+            &["pool"],
+        );
         let downstream_connections =
             IntGauge::new("edge_lb_downstream_connections", "Open client connections")
                 .expect("valid metric");
@@ -146,6 +153,7 @@ impl Metrics {
             errors,
             tunnels_closed,
             quizzes_active,
+            pool_panic,
             downstream_connections,
             upgrade_seconds,
         }

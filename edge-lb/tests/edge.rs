@@ -91,6 +91,80 @@ async fn bounded_load_holds_under_skewed_quiz_ids() {
     assert!(on0 <= 125, "core-0 owns {on0}");
 }
 
+/// `health.panic_threshold`: when a failing verdict would leave less than half of the pool up
+/// (the checker starved, not every core dead), it is deferred: the node keeps its quizzes and
+/// its tunnels. Once enough of the pool is back, the still-failing node is marked down then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_threshold_defers_losing_most_of_a_pool_at_once() {
+    let bs = backends(3).await;
+    let e = edge(
+        &bs,
+        Opts {
+            panic_threshold: 0.5,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..60 {
+        let q = format!("panic{i}");
+        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
+            .await
+            .unwrap();
+        let n = c.node().await.unwrap();
+        clients.push((q, n, c));
+    }
+    let health = |name: &str| {
+        e.cluster()
+            .backends()
+            .into_iter()
+            .find(|b| b.name == name)
+            .map(|b| (b.health, b.eligible))
+            .unwrap()
+    };
+    let panic_gauge = || async {
+        let (_, _, body) = http_get(e.admin, "/metrics").await.unwrap();
+        body.lines()
+            .find(|l| l.starts_with("edge_lb_pool_panic{pool=\"core\"}"))
+            .map(|l| l.ends_with(" 1"))
+            .unwrap_or(false)
+    };
+    // One of three fails: 2 of 3 stay up (≥ 0.5): marked down as usual, its tunnels closed.
+    bs[0].set_ready(false);
+    wait_until(Duration::from_secs(3), || health("core-0").0 == "down").await;
+    // A second fails: marking it down would leave 1 of 3 (< 0.5): deferred.
+    bs[1].set_ready(false);
+    wait_until(Duration::from_secs(3), || health("core-1").0 == "failing").await;
+    // Several more failing checks (100 ms apart) change nothing.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(health("core-1"), ("failing", true));
+    assert!(panic_gauge().await, "edge_lb_pool_panic not set");
+    for (q, n, c) in clients.iter_mut() {
+        if n == "core-1" || n == "core-2" {
+            c.send_text("kept").await.unwrap();
+            assert_eq!(c.recv_text().await.unwrap(), "kept", "tunnel of {q} on {n}");
+            assert_eq!(&admin_route(e.admin, q).await, n, "{q} moved during panic");
+        }
+    }
+    // core-0 returns: 2 of 3 would stay up without core-1, so core-1 goes down now, and only
+    // its tunnels are closed (1012).
+    bs[0].set_ready(true);
+    wait_until(Duration::from_secs(4), || health("core-1").0 == "down").await;
+    assert!(!panic_gauge().await, "edge_lb_pool_panic still set");
+    for (q, n, c) in clients.iter_mut() {
+        if n == "core-1" {
+            let r = tokio::time::timeout(Duration::from_secs(3), c.recv_text()).await;
+            assert!(
+                matches!(&r, Ok(Err(e)) if e == "closed 1012"),
+                "tunnel of {q} on core-1 not closed with 1012: {r:?}"
+            );
+        } else if n == "core-2" {
+            c.send_text("still").await.unwrap();
+            assert_eq!(c.recv_text().await.unwrap(), "still");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_down() {
     let bs = backends(3).await;

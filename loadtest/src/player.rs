@@ -382,9 +382,16 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
     rec
 }
 
-/// Join the player's quiz over HTTP (retrying 429/503 and network errors a
-/// few times); on success records the join latency and the player id and
-/// returns the WebSocket path with the player's token.
+/// Join the player's quiz over HTTP (retrying 429/502/503/504 and network
+/// errors a few times); on success records the join latency and the player
+/// id and returns the WebSocket path with the player's token.
+///
+/// Every attempt carries the same `Idempotency-Key` (run + player index):
+/// when an attempt failed ambiguously (a proxy's 502/503, a timeout, a
+/// reset) after core had already added the player, the retry gets that
+/// same player back (201, same id and token) instead of 409 "nickname
+/// taken". Joins that succeed after a failed attempt count as
+/// `join.retried_ok`.
 async fn join(
     ctx: &Ctx,
     source: Option<IpAddr>,
@@ -395,6 +402,8 @@ async fn join(
     let quiz_id = &ctx.quiz_ids[quiz_idx];
     let body = format!(r#"{{"nickname":"{}"}}"#, rec.nickname);
     let path = format!("/v1/quizzes/{quiz_id}/players");
+    let key = format!("lt-{:x}-{:x}-{}", ctx.seed, ctx.t0_wall_us, rec.index);
+    let headers = [("Idempotency-Key", key.as_str())];
     let mut attempt = 0u32;
     let joined: Joined = loop {
         attempt += 1;
@@ -403,7 +412,7 @@ async fn join(
             source,
             "POST",
             &path,
-            &[],
+            &headers,
             Some(body.as_bytes()),
             Duration::from_secs(30),
         )
@@ -424,7 +433,7 @@ async fn join(
                     r.status,
                     String::from_utf8_lossy(&r.body[..r.body.len().min(200)])
                 ));
-                matches!(r.status, 429 | 503)
+                matches!(r.status, 429 | 502 | 503 | 504)
             }
             Err(e) => {
                 ctx.count(&format!("error.join.{}", e.kind()));
@@ -437,7 +446,9 @@ async fn join(
         }
         tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
     };
-    rec.failure = None;
+    if rec.failure.take().is_some() {
+        ctx.count("join.retried_ok");
+    }
     ctx.record(H::Join, wall_us().saturating_sub(sched_us));
     rec.player_id = joined.player_id;
     ctx.shared.borrow_mut().joined += 1;

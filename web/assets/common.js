@@ -51,8 +51,8 @@ function noteServerDate(res) {
   }
 }
 
-export async function api(method, path, { body, token } = {}) {
-  const headers = { Accept: 'application/json' };
+export async function api(method, path, { body, token, headers: extra } = {}) {
+  const headers = { Accept: 'application/json', ...extra };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (token) headers.Authorization = `Bearer ${token}`;
   let res;
@@ -75,6 +75,19 @@ export async function api(method, path, { body, token } = {}) {
       res.headers.get('retry-after'));
   }
   return json;
+}
+
+/** A failure after which the request may or may not have been applied:
+ * no response (network), or a proxy's 502/503/504. */
+export const isAmbiguous = (e) => e instanceof ApiError && [0, 502, 503, 504].includes(e.status);
+
+/** A random `Idempotency-Key` (32 hex digits). getRandomValues, not
+ * randomUUID: the latter exists only in secure contexts (not plain http on
+ * a LAN address, where a classroom server often runs). */
+export function newIdempotencyKey() {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
 }
 
 export const quizPath = (id) => `/v1/quizzes/${encodeURIComponent(id)}`;

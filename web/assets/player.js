@@ -4,6 +4,7 @@
 import {
   $, h, showScreen, api, ApiError, quizPath, checkQuizId, checkNickname, fieldOfMessage, FieldErrors,
   QuizSocket, clock, remainingMs, renderLeaderboard, renderPodium, ordinal, OPTION_LABELS,
+  isAmbiguous, newIdempotencyKey,
 } from './common.js';
 
 const S = {
@@ -62,7 +63,7 @@ form.addEventListener('submit', async (ev) => {
   btn.disabled = true;
   btn.textContent = 'Joining…';
   try {
-    const res = await api('POST', `${quizPath(quizId)}/players`, { body: { nickname } });
+    const res = await joinQuiz(quizId, nickname);
     S.quizId = quizId;
     S.playerId = res.player_id;
     S.token = res.player_token;
@@ -80,6 +81,37 @@ form.addEventListener('submit', async (ev) => {
     btn.textContent = 'Join';
   }
 });
+
+// One Idempotency-Key per join of (quiz, nickname), reused by every retry of
+// it (automatic or the player pressing Join again) until it succeeds or
+// fails for certain: a join whose response was lost (flaky phone network, a
+// proxy's 503) then gets its player back instead of "nickname taken".
+let pendingJoin = null;
+
+async function joinQuiz(quizId, nickname) {
+  if (!pendingJoin || pendingJoin.quizId !== quizId || pendingJoin.nickname !== nickname) {
+    pendingJoin = { quizId, nickname, key: newIdempotencyKey() };
+  }
+  const call = () => api('POST', `${quizPath(quizId)}/players`, {
+    body: { nickname },
+    headers: { 'Idempotency-Key': pendingJoin.key },
+  });
+  try {
+    let res;
+    try {
+      res = await call();
+    } catch (e) {
+      if (!isAmbiguous(e)) throw e;
+      await new Promise((r) => setTimeout(r, 1000)); // one retry, same key
+      res = await call();
+    }
+    pendingJoin = null;
+    return res;
+  } catch (e) {
+    if (!isAmbiguous(e)) pendingJoin = null;
+    throw e;
+  }
+}
 
 function showJoinError(e) {
   if (!(e instanceof ApiError)) {

@@ -2,7 +2,10 @@
 // CSV): run with `node --test web/tests/`.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { checkQuiz, checkNickname, checkQuizId, fieldOfMessage, csvCell, resultsCsv, ordinal } from '../assets/common.js';
+import {
+  checkQuiz, checkNickname, checkQuizId, fieldOfMessage, csvCell, resultsCsv, ordinal,
+  ApiError, isAmbiguous, newIdempotencyKey,
+} from '../assets/common.js';
 
 const good = {
   title: 'T',
@@ -76,4 +79,14 @@ test('CSV cells are quoted and defused', () => {
 test('ordinals', () => {
   assert.deepEqual([1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111].map(ordinal),
     ['1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '21st', '22nd', '101st', '111th']);
+});
+
+test('join idempotency keys are fresh and valid header values; only ambiguous failures retry', () => {
+  const a = newIdempotencyKey();
+  const b = newIdempotencyKey();
+  assert.match(a, /^[0-9a-f]{32}$/); // 1–64 visible ASCII, as the API requires
+  assert.notEqual(a, b);
+  for (const s of [0, 502, 503, 504]) assert.equal(isAmbiguous(new ApiError(s, 'x', 'm')), true, `${s}`);
+  for (const s of [400, 404, 409, 429]) assert.equal(isAmbiguous(new ApiError(s, 'x', 'm')), false, `${s}`);
+  assert.equal(isAmbiguous(new Error('x')), false);
 });

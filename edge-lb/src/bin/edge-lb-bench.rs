@@ -72,6 +72,18 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// CPU time (ns) of every thread of `pid` so far, from `/proc/PID/task/*/schedstat` (nanosecond
+/// resolution, unlike the 10 ms ticks of `/proc/PID/stat`).
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let s = std::fs::read_to_string(path).ok()?;
+        total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
@@ -132,6 +144,7 @@ async fn run_ws(
     pid: Option<u32>,
 ) -> anyhow::Result<serde_json::Value> {
     let rss0 = pid.and_then(rss_kib);
+    let cpu0 = pid.and_then(cpu_ns);
     // Phase 1: set up connections with bounded concurrency.
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let t0 = Instant::now();
@@ -160,6 +173,7 @@ async fn run_ws(
         }
     }
     let setup = t0.elapsed();
+    let cpu1 = pid.and_then(cpu_ns);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss1 = pid.and_then(rss_kib);
     // Phase 2, latency at light load: 10 connections each do 200 sequential round trips.
@@ -192,6 +206,7 @@ async fn run_ws(
     clients.extend(rest);
     // Phase 3, throughput: every connection does `msgs` round trips, all at once.
     let t1 = Instant::now();
+    let cpu2 = pid.and_then(cpu_ns);
     let mut tasks = Vec::with_capacity(clients.len());
     for mut c in clients {
         let payload = payload.clone();
@@ -221,6 +236,7 @@ async fn run_ws(
         }
     }
     let msg_time = t1.elapsed();
+    let cpu3 = pid.and_then(cpu_ns);
     for c in clients.iter_mut() {
         let _ = c.close().await;
     }
@@ -231,7 +247,15 @@ async fn run_ws(
         }
         _ => None,
     };
+    // The proxy's own CPU per unit of work: independent of how fast the client and the
+    // backends (sharing the machine) can go, so steadier than the rates on a noisy box.
+    let per = |a: Option<u64>, b: Option<u64>, n: usize| match (a, b) {
+        (Some(a), Some(b)) if n > 0 => Some(b.saturating_sub(a) as f64 / 1000.0 / n as f64),
+        _ => None,
+    };
     Ok(serde_json::json!({
+        "proxy_cpu_us_per_setup": per(cpu0, cpu1, conns - failed),
+        "proxy_cpu_us_per_msg": per(cpu2, cpu3, 2 * hist.len() as usize),
         "conns": conns,
         "failed": failed,
         "setup_s": setup.as_secs_f64(),

@@ -48,6 +48,7 @@ pub struct Opts {
     pub hold_down_ms: u64,
     pub idle_timeout_ms: u64,
     pub close_rate: u32,
+    pub panic_threshold: f64,
     pub listen: Vec<String>,
     pub extra: String,
 }
@@ -59,6 +60,7 @@ impl Default for Opts {
             hold_down_ms: 1000,
             idle_timeout_ms: 600_000,
             close_rate: 1000,
+            panic_threshold: 0.0,
             listen: Vec::new(),
             extra: String::new(),
         }
@@ -93,12 +95,13 @@ edge_lb:
   pools:
     - name: core
       backends:
-{b}  health: {{interval: 100ms, timeout: 300ms, success_threshold: 2, failure_threshold: 2, hold_down: {hd}ms}}
+{b}  health: {{interval: 100ms, timeout: 300ms, success_threshold: 2, failure_threshold: 2, hold_down: {hd}ms, panic_threshold: {panic}}}
   tunnel: {{idle_timeout: {idle}ms, connect_timeout: 1s, handshake_timeout: 2s, close_linger: 1s}}
   drain: {{close_rate_per_sec: {rate}}}
 {extra}",
         bf = o.balance_factor,
         hd = o.hold_down_ms,
+        panic = o.panic_threshold,
         idle = o.idle_timeout_ms,
         rate = o.close_rate,
         extra = o.extra,
