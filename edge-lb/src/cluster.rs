@@ -26,6 +26,7 @@ pub enum CloseReason {
     Drain,
     Rebalance,
     Removed,
+    Shutdown,
 }
 
 impl CloseReason {
@@ -35,6 +36,7 @@ impl CloseReason {
             CloseReason::Drain => "drain",
             CloseReason::Rebalance => "rebalance",
             CloseReason::Removed => "removed",
+            CloseReason::Shutdown => "shutdown",
         }
     }
 }
@@ -665,6 +667,56 @@ impl Cluster {
                 }
             }
         });
+    }
+
+    /// Graceful stop (SIGTERM, or SIGQUIT once the listening sockets went to the new process):
+    /// close every tunnel (1012), spread evenly over `within` and never slower than
+    /// `drain.close_rate_per_sec`, grouped by quiz, so clients reconnect — to the new process or
+    /// another replica — in a trickle instead of all at once when this process exits. Returns
+    /// how many were scheduled.
+    pub fn close_all_tunnels_within(self: &Arc<Self>, within: Duration) -> usize {
+        let mut victims: Vec<(String, CancellationToken)> = self
+            .tunnels
+            .lock()
+            .values()
+            .flat_map(|m| m.values().map(|e| (e.quiz.clone(), e.token.clone())))
+            .collect();
+        let n = victims.len();
+        if n == 0 {
+            return 0;
+        }
+        victims.sort_by(|a, b| a.0.cmp(&b.0));
+        let counter = self
+            .metrics
+            .tunnels_closed
+            .with_label_values(&[CloseReason::Shutdown.as_str()]);
+        let floor =
+            Duration::from_secs_f64(1.0 / f64::from(self.config().drain.close_rate_per_sec.max(1)));
+        let period = (within / n as u32).min(floor);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            for (_, t) in victims {
+                t.cancel();
+            }
+            return n;
+        };
+        handle.spawn(async move {
+            if period.is_zero() {
+                for (_, t) in victims {
+                    t.cancel();
+                    counter.inc();
+                }
+                return;
+            }
+            let mut tick = tokio::time::interval(period);
+            for (_, t) in victims {
+                tick.tick().await;
+                if !t.is_cancelled() {
+                    t.cancel();
+                    counter.inc();
+                }
+            }
+        });
+        n
     }
 
     pub fn close_tunnels_of(

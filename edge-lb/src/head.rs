@@ -216,7 +216,12 @@ impl Rewound {
         }
     }
 
-    pub fn set_pre(&mut self, pre: Vec<u8>) {
+    /// Put `pre` in front of what is still to be read (bytes of an earlier `pre` not read yet
+    /// stay behind it).
+    pub fn set_pre(&mut self, mut pre: Vec<u8>) {
+        if self.pos < self.pre.len() {
+            pre.extend_from_slice(&self.pre[self.pos..]);
+        }
         self.pre = pre;
         self.pos = 0;
     }

@@ -30,6 +30,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod ring;
+pub mod speculative;
 pub mod testing;
 pub mod tls;
 pub mod tunnel;
@@ -66,6 +67,9 @@ struct Upkeep {
     certs: Option<Arc<tls::CertStore>>,
     config_path: Option<PathBuf>,
     handle_sighup: bool,
+    /// pingora's `grace_period_seconds`: how long the process lives on after it stops
+    /// accepting; its tunnels are closed within it.
+    grace: std::time::Duration,
 }
 
 #[async_trait]
@@ -120,6 +124,13 @@ impl BackgroundService for Upkeep {
             });
         }
         let _ = shutdown.changed().await;
+        // Listeners stopped accepting (SIGTERM, or SIGQUIT after the sockets went to the new
+        // process). Close the tunnels within the first 80 % of the grace period, each with a
+        // 1012, rather than letting them all end in one TCP close when the runtime stops.
+        let n = self
+            .cluster
+            .close_all_tunnels_within(self.grace.mul_f64(0.8));
+        tracing::info!(tunnels = n, grace = ?self.grace, "graceful stop: closing tunnels (1012)");
         stop.cancel();
         let _ = health.await;
         let _ = discovery.await;
@@ -202,6 +213,9 @@ pub fn build(o: BuildOptions) -> Result<(Server, Arc<Cluster>), BuildError> {
             certs,
             config_path: o.config_path,
             handle_sighup: o.handle_sighup,
+            grace: std::time::Duration::from_secs(
+                o.server_conf.grace_period_seconds.unwrap_or(300),
+            ),
         },
     );
     upkeep.threads = Some(1);

@@ -239,6 +239,11 @@ impl ServerApp for EdgeApp {
             .await;
             return None;
         }
+        // The request is usually in the socket already when the connection is accepted: read
+        // it now instead of waiting a turn of the event loop for the socket's first readiness.
+        if let Some(pre) = crate::speculative::recv_now(&stream.inner) {
+            stream.set_pre(pre);
+        }
         let mut first = true;
         loop {
             let idle = if first {

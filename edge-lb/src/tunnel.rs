@@ -413,29 +413,29 @@ pub async fn serve_upgrade<C, K>(
         let _ = client.flush().await;
         return;
     };
-    let mut backend =
-        match tokio::time::timeout(cfg.tunnel.connect_timeout, TcpStream::connect(target.addr))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(_)) | Err(_) => {
-                m.error("connect");
-                m.upgrades.with_label_values(&["backend_error"]).inc();
-                let _ = client
-                    .write_all(&error_response(
-                        503,
-                        "unavailable",
-                        "backend unreachable, retry shortly",
-                        Some(1),
-                    ))
-                    .await;
-                let _ = client.flush().await;
-                return;
-            }
-        };
-    let _ = backend.set_nodelay(true);
+    let forward = forward_head(&head, peer);
+    drop(head);
+    let connect = crate::speculative::connect_and_send(target.addr, &forward);
+    let (mut backend, sent) = match tokio::time::timeout(cfg.tunnel.connect_timeout, connect).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) | Err(_) => {
+            m.error("connect");
+            m.upgrades.with_label_values(&["backend_error"]).inc();
+            let _ = client
+                .write_all(&error_response(
+                    503,
+                    "unavailable",
+                    "backend unreachable, retry shortly",
+                    Some(1),
+                ))
+                .await;
+            let _ = client.flush().await;
+            return;
+        }
+    };
     let handshake = async {
-        backend.write_all(&forward_head(&head, peer)).await?;
+        backend.write_all(&forward[sent..]).await?;
         read_response_head(&mut backend, 16 * 1024).await
     };
     let resp = match tokio::time::timeout(cfg.tunnel.handshake_timeout, handshake).await {
@@ -455,13 +455,17 @@ pub async fn serve_upgrade<C, K>(
             return;
         }
     };
-    drop(head);
+    drop(forward);
+    let upgraded = status_of(&resp) == Some(101);
+    // Registered before the client hears of it: once a client has its 101, a drain, a node
+    // loss or a rebalance that follows always finds (and closes) its tunnel.
+    let guard = upgraded.then(|| cluster.register_tunnel(pool, target.backend.clone(), quiz));
     // Forward the whole read: the 101 head and any frame the backend sent right behind it.
     // The flush matters on TLS listeners (buffered); on plain ones it is free.
     if client.write_all(&resp).await.is_err() || client.flush().await.is_err() {
         return;
     }
-    if status_of(&resp) != Some(101) {
+    let Some(guard) = guard else {
         m.upgrades.with_label_values(&["rejected"]).inc();
         // Let the backend finish its refusal, then close.
         let _ = Splice::new(
@@ -473,13 +477,12 @@ pub async fn serve_upgrade<C, K>(
         )
         .await;
         return;
-    }
+    };
     drop(resp);
     m.upgrades.with_label_values(&["ok"]).inc();
     m.upgrade_seconds
         .with_label_values(&[&target.backend])
         .observe(started.elapsed().as_secs_f64());
-    let guard = cluster.register_tunnel(pool, target.backend.clone(), quiz);
     tokio::spawn(run_tunnel(
         cluster.clone(),
         client,

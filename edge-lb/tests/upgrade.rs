@@ -3,9 +3,10 @@
 //! when the old process gets `SIGQUIT`. Shows that
 //! - no new connection is refused or fails at any point of the handover (a prober opens a
 //!   WebSocket every 25 ms throughout),
-//! - tunnels established on the old process keep echoing while it drains (pingora keeps
-//!   accepting for 5 s after sending the sockets, then `grace_period_seconds`), and are
-//!   closed when it exits, as designed,
+//! - tunnels established on the old process keep echoing while both processes accept
+//!   (pingora's 5 s after sending the sockets); once the old one stops accepting it closes
+//!   them with 1012 within its `grace_period_seconds`, and their clients reconnect to the
+//!   new process,
 //! - once the old process has stopped accepting, new connections are served by the new
 //!   process (checked by which process owns the proxy-side socket, from /proc) and survive
 //!   the old process's exit.
@@ -327,14 +328,29 @@ edge_lb:
         old.try_wait().unwrap().is_none(),
         "old process gone before its grace period"
     );
+    // Once it stopped accepting, the old process closes its tunnels with 1012 (service
+    // restart), spread over its grace period, before it exits; the clients reconnect and land
+    // on the new process.
     for (i, c) in pre.iter_mut().enumerate() {
-        echo(c, &format!("pre-{i}-grace"))
+        let r = tokio::time::timeout(Duration::from_secs(3), c.recv_text()).await;
+        assert!(
+            matches!(&r, Ok(Err(e)) if e == "closed 1012"),
+            "old tunnel {i} not closed with 1012 in the grace period: {r:?}"
+        );
+        let mut again = ws_connect(proxy, &format!("/v1/quizzes/pre{i}/ws"))
             .await
-            .unwrap_or_else(|e| panic!("old tunnel {i} broke in the grace period: {e}"));
+            .unwrap();
+        again.node().await.unwrap();
+        *c = again;
     }
+    assert!(
+        old.try_wait().unwrap().is_none(),
+        "old process gone before its grace period ended"
+    );
+    let reconnected_on_new = probe(proxy, 9998, &[old_pid, new_pid]).await.unwrap();
+    assert_eq!(reconnected_on_new, Some(new_pid));
 
-    // The old process exits after grace_period_seconds (+ at most the runtime timeout);
-    // its tunnels are closed then (clients reconnect, to the new process).
+    // The old process exits after grace_period_seconds (+ at most the runtime timeout).
     let t = Instant::now();
     let status = loop {
         if let Some(s) = old.try_wait().unwrap() {
@@ -353,12 +369,11 @@ edge_lb:
         stopped_accepting.elapsed() >= Duration::from_millis(1500),
         "old process did not keep its connections for the grace period"
     );
+    // The reconnected tunnels are the new process's: they outlive the old one.
     for (i, c) in pre.iter_mut().enumerate() {
-        let r = tokio::time::timeout(Duration::from_secs(3), c.recv_text()).await;
-        assert!(
-            matches!(r, Ok(Err(_))),
-            "old tunnel {i} not closed when its process exited: {r:?}"
-        );
+        echo(c, &format!("pre-{i}-after"))
+            .await
+            .unwrap_or_else(|e| panic!("reconnected tunnel {i} broke: {e}"));
     }
     for (i, c) in post.iter_mut().enumerate() {
         echo(c, &format!("post-{i}"))

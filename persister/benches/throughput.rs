@@ -5,6 +5,10 @@
 //! Kafka). Needs the local stack (`deploy/local/stack up`).
 //!
 //! cargo bench -p persister --bench throughput -- [--events N] [--batch B] [--runs R]
+//!     [--statements S] [--parallel 0|1]
+//!
+//! `--statements` and `--parallel` set `mongodb.max_statements_per_command`
+//! and `mongodb.parallel_collections` (default: the config's defaults).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -35,6 +39,9 @@ async fn main() {
     let events = arg("--events", 50_000);
     let batch = arg("--batch", 1000);
     let runs = arg("--runs", 3);
+    let defaults = persister::Config::default().mongodb;
+    let statements = arg("--statements", defaults.max_statements_per_command);
+    let parallel = arg("--parallel", usize::from(defaults.parallel_collections)) != 0;
     let players = 100;
     let questions = 20;
     let per_quiz = players * (questions + 1) + questions + 3;
@@ -47,6 +54,8 @@ async fn main() {
         config.batch.max_wait_ms = 100;
         config.kafka.statistics_interval_ms = 60_000;
         config.mongodb.command_timeout_ms = 5_000;
+        config.mongodb.max_statements_per_command = statements;
+        config.mongodb.parallel_collections = parallel;
         let records: Vec<common::Rec> = (0..quizzes)
             .flat_map(|_| common::scenario(&testkit::unique_quiz_id(), players, questions).records)
             .collect();
@@ -113,7 +122,7 @@ async fn main() {
         let a_rate = n as f64 / anchor.as_secs_f64();
         let ratio = p_rate / a_rate;
         println!(
-            "run {run}: {n} events, batch {batch}: pipeline {p_rate:.0} ev/s ({pipeline:.2?}), anchor {a_rate:.0} ev/s ({anchor:.2?}), ratio {ratio:.3}"
+            "run {run}: {n} events, batch {batch}, statements {statements}, parallel {parallel}: pipeline {p_rate:.0} ev/s ({pipeline:.2?}), anchor {a_rate:.0} ev/s ({anchor:.2?}), ratio {ratio:.3}"
         );
         ratios.push((ratio, p_rate, a_rate));
     }

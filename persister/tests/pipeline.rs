@@ -4,7 +4,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bson::doc;
 use common::*;
@@ -503,4 +503,63 @@ async fn a_wrong_sasl_password_consumes_nothing() {
     );
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), running.wait()).await;
+}
+
+/// FerretDB 1.24 holds one backend connection for every statement of an
+/// `update` command that matched an existing document until the command ends,
+/// so a command with more such statements than its pool (SQLite: 100,
+/// PostgreSQL: `pool_max_conns`, 50 by default, 200 in the local stack) waits
+/// for itself forever and wedges every later command: the hang behind
+/// `mongodb.max_statements_per_command` (measured on the local stack: 100
+/// answer, 1000 never do). Commands of the persister's default size and of
+/// 100 statements of its shape (upserts by `_id`, `ordered: false`,
+/// `$setOnInsert`, `$max`, `$set`) answer when they insert every document and
+/// when they modify every one of them, and the database answers afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_commands_of_default_and_100_statements_modifying_documents_answer() {
+    let db = testkit::require_mongodb()
+        .await
+        .database(&testkit::unique_db("persister_big"));
+    let default = persister::Config::default()
+        .mongodb
+        .max_statements_per_command;
+    for n in [default, 100] {
+        let collection = format!("big{n}");
+        for round in 0..3i64 {
+            let updates: Vec<bson::Bson> = (0..n)
+                .map(|i| {
+                    bson::Bson::Document(doc! {
+                        "q": { "_id": format!("doc-{i}") },
+                        "u": {
+                            "$setOnInsert": { "n": i as i64 },
+                            "$max": { "round": round },
+                            "$set": { "last": round },
+                        },
+                        "upsert": true,
+                    })
+                })
+                .collect();
+            let command = doc! { "update": &collection, "updates": updates, "ordered": false };
+            let t0 = Instant::now();
+            let reply = tokio::time::timeout(Duration::from_secs(60), db.run_command(command))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("an update of {n} statements (round {round}) did not answer in 60 s")
+                })
+                .expect("update");
+            eprintln!(
+                "update of {n} statements, round {round}: {:?}",
+                t0.elapsed()
+            );
+            assert!(reply.get("writeErrors").is_none(), "{reply}");
+            assert_eq!(int(&reply, "n"), n as i64, "{reply}");
+            let modified = if round == 0 { 0 } else { n as i64 };
+            assert_eq!(int(&reply, "nModified"), modified, "{reply}");
+        }
+        assert_eq!(count(&db, &collection, doc! { "round": 2 }).await, n as u64);
+    }
+    tokio::time::timeout(Duration::from_secs(10), db.run_command(doc! { "ping": 1 }))
+        .await
+        .expect("a ping after the large commands answers")
+        .expect("ping");
 }

@@ -1,12 +1,14 @@
-//! The MongoDB store (tested against FerretDB 1.24, which speaks the wire
-//! protocol but has no transactions and no `bulkWrite` command).
+//! The MongoDB store (tested against FerretDB 1.24 on PostgreSQL, which
+//! speaks the wire protocol but has no transactions and no `bulkWrite`
+//! command).
 //!
-//! Hot path: one raw `update` command per collection per batch, with every
-//! statement an upsert and `ordered: false`. That is the fewest round trips
-//! the server allows (one per collection; sent one after the other by
-//! default, concurrently with `mongodb.parallel_collections`), and unordered
-//! lets the server report each bad statement in `writeErrors` instead of
-//! stopping at the first.
+//! Hot path: one raw `update` command per collection per batch (split at
+//! `max_statements_per_command`), with every statement an upsert and
+//! `ordered: false`. That is the fewest round trips the server allows (sent
+//! one after the other by default; with `mongodb.parallel_collections` the
+//! four collections concurrently, each one's commands in turn), and
+//! unordered lets the server report each bad statement in `writeErrors`
+//! instead of stopping at the first.
 
 use std::time::Duration;
 
@@ -92,10 +94,15 @@ impl MongoStore {
         self
     }
 
-    /// Statements per `update` command. FerretDB 1.24 (SQLite) deadlocks
-    /// the database on a command of about 100 statements that modify
-    /// existing documents (measured: 50 fine, 100 hangs for good), so the
-    /// default is 25; MongoDB accepts 100 000.
+    /// Statements per `update` command. FerretDB 1.24 keeps one backend
+    /// connection per statement that matched an existing document until the
+    /// command ends (`msg_update.go` closes each statement's query iterator
+    /// only on return), so a command with more such statements than its
+    /// pool never answers and wedges every later command until FerretDB
+    /// restarts: on SQLite (pool 100) 50 answered and 100 hung; on
+    /// PostgreSQL (`pool_max_conns`, 50 by default, 200 in the local stack)
+    /// 100 answer and 1000 hang with the pool of 200. Hence 25 by default,
+    /// below both pools with one command in flight; MongoDB accepts 100 000.
     pub fn with_max_statements(mut self, n: usize) -> MongoStore {
         self.max_statements = n.max(1);
         self
@@ -218,32 +225,41 @@ impl Store for MongoStore {
     }
 
     async fn apply(&self, plan: &WritePlan) -> Result<Vec<Rejection>, StoreError> {
-        let mut commands = Vec::new();
-        // Transitions are few (one per quiz start or end); one command.
-        for (c, upserts) in plan.upserts.iter().enumerate() {
-            for (command, members) in self.commands(COLLECTIONS[c], upserts) {
-                commands.push((c, command, members));
-            }
-        }
-        // Sequential by default: FerretDB's SQLite backend keeps one file
-        // per database, and concurrent write commands on it wait for each
-        // other's locks (we measured stalls of seconds). A real MongoDB
-        // gains from `mongodb.parallel_collections = true`.
-        let results = if self.parallel {
-            try_join_all(
-                commands
-                    .into_iter()
-                    .map(|(c, command, members)| async move {
-                        let errors = self.run(command).await?;
-                        Ok::<_, StoreError>((c, members, errors))
-                    }),
-            )
-            .await?
-        } else {
+        // One list of commands per collection. Transitions are few (one per
+        // quiz start or end); one command after the upserts.
+        let per_collection: Vec<(usize, Vec<(Document, Vec<usize>)>)> = plan
+            .upserts
+            .iter()
+            .enumerate()
+            .map(|(c, upserts)| (c, self.commands(COLLECTIONS[c], upserts)))
+            .collect();
+        // Sequential by default. With `parallel_collections`, the
+        // collections are written concurrently but each one's commands in
+        // turn: at most one command per collection in flight. That bound
+        // matters on FerretDB 1.24, which holds a backend connection for
+        // every statement that matched an existing document until its
+        // command ends: in-flight statements beyond its pool (PostgreSQL
+        // `pool_max_conns`, 50 by default; SQLite 100) wait for each other
+        // forever. On SQLite concurrent writers also wait for each other's
+        // locks (we measured stalls of seconds).
+        let run_collection = |(c, commands): (usize, Vec<(Document, Vec<usize>)>)| async move {
             let mut results = Vec::with_capacity(commands.len());
-            for (c, command, members) in commands {
+            for (command, members) in commands {
                 let errors = self.run(command).await?;
                 results.push((c, members, errors));
+            }
+            Ok::<_, StoreError>(results)
+        };
+        let results: Vec<(usize, Vec<usize>, Vec<(usize, i32, String)>)> = if self.parallel {
+            try_join_all(per_collection.into_iter().map(run_collection))
+                .await?
+                .into_iter()
+                .flatten()
+                .collect()
+        } else {
+            let mut results = Vec::new();
+            for collection in per_collection {
+                results.extend(run_collection(collection).await?);
             }
             results
         };
