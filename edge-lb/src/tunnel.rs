@@ -529,7 +529,10 @@ async fn run_tunnel<C, K>(
             })
             .await;
         }
-        End::Closed | End::Cancelled { .. } => {}
+        End::Cancelled { at_boundary: false } => {
+            tracing::debug!("tunnel closed mid-frame: no 1012 appended");
+        }
+        End::Closed => {}
     }
     drop(guard);
     drop(backend);
