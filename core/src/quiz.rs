@@ -846,9 +846,24 @@ impl QuizService {
                     continue;
                 }
                 Window::NotOpen => {
+                    // A re-send of an answer that was recorded (its client
+                    // lost the result with a connection, possibly because
+                    // a node died between the store and the event log) is
+                    // a duplicate wherever the quiz is now: self-paced
+                    // after the player's last question or after the end,
+                    // where nothing is presented to this connection. Only
+                    // an existing answer turns `not_open` into
+                    // `duplicate`; a new one is refused as before.
+                    if let Some(original) = self
+                        .store
+                        .get_answer(quiz_id, player_id, question_id)
+                        .await?
+                    {
+                        return self.resent_duplicate(quiz_id, original).await;
+                    }
                     return self
                         .with_standing(quiz_id, player_id, reject("not_open"))
-                        .await
+                        .await;
                 }
                 Window::Open {
                     opens_at,
@@ -953,6 +968,28 @@ impl QuizService {
             }
         }
         Ok(res)
+    }
+
+    /// A re-sent answer the window would refuse (`not_open`) but the store
+    /// holds: answered like any duplicate (the original's event re-published
+    /// first, then `reason:"duplicate"` with the original's result).
+    async fn resent_duplicate(
+        &self,
+        quiz_id: &str,
+        original: AnswerRecord,
+    ) -> Result<AnswerResult, QuizError> {
+        let (score, rank) = self
+            .store
+            .standing(quiz_id, &original.player_id)
+            .await?
+            .map_or((0, 0), |s| (s.score, s.rank));
+        let record = original.clone();
+        let outcome = ApplyOutcome::Duplicate {
+            original,
+            score,
+            rank,
+        };
+        self.finish_answer(quiz_id, record, outcome).await
     }
 
     async fn with_standing(
@@ -1172,6 +1209,51 @@ pub(crate) mod tests {
         let r = svc.answer(&def, &caller, 0, &[0], None).await.unwrap();
         assert_eq!(r.reason.as_deref(), Some("duplicate"));
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
+    }
+
+    /// A re-send of a recorded answer where the window says `not_open`
+    /// (self-paced: nothing presented to the connection, as after the
+    /// player's last question or a reconnect after the end) is a duplicate
+    /// with the original's result, and its event is published again; a new
+    /// answer there is still `not_open`.
+    #[tokio::test]
+    async fn resent_answer_outside_the_window_is_a_duplicate() {
+        let svc = test_service();
+        let req: CreateQuizReq = serde_json::from_value(serde_json::json!({
+            "title": "t", "mode": "self_paced", "quiz_id": "resend1",
+            "questions": [{"text": "q", "options": ["a","b"], "correct": [0],
+                           "time_limit_ms": 5000, "points": 1000},
+                          {"text": "r", "options": ["a","b"], "correct": [0],
+                           "time_limit_ms": 5000, "points": 1000}]
+        }))
+        .unwrap();
+        let (def, _) = svc.create_quiz(req).await.unwrap();
+        let (_, _, p, token, _) = svc.join("resend1", "ann").await.unwrap();
+        let caller = Caller {
+            claims: svc.tokens.verify(&token).unwrap(),
+            nickname: p.nickname.clone(),
+        };
+        svc.host_action("resend1", HostAction::Start).await.unwrap();
+        let shown = svc
+            .self_paced_current(&def, &p.player_id, 0, now_ms())
+            .await
+            .unwrap();
+        assert_eq!(shown.map(|(q, _)| q), Some(0));
+        let first = svc.answer(&def, &caller, 0, &[0], shown).await.unwrap();
+        assert!(first.accepted && first.points > 0, "{first:?}");
+        for presented in [None, shown] {
+            let again = svc.answer(&def, &caller, 0, &[0], presented).await.unwrap();
+            assert_eq!(again.reason.as_deref(), Some("duplicate"), "{again:?}");
+            assert_eq!((again.correct, again.points), (true, first.points));
+            assert_eq!(again.score, first.score);
+        }
+        // A new answer outside the window is refused as before.
+        let r = svc.answer(&def, &caller, 1, &[0], None).await.unwrap();
+        assert_eq!(r.reason.as_deref(), Some("not_open"));
+        // The original's event is in the log three times, one id.
+        let log = std::fs::read_to_string(&svc.config.event_log).unwrap();
+        let id = format!("resend1:answer:{}:0", p.player_id);
+        assert_eq!(log.matches(&id).count(), 3, "{log}");
     }
 
     /// An event sink that is down: never ready, every publish fails.

@@ -1065,6 +1065,155 @@ async fn idempotent_join(f: Factory) {
     }
 }
 
+/// A `duplicate` answer to a re-send: the original's `correct` and `points`.
+#[track_caller]
+fn assert_duplicate_of(r: &Value, original: &Value) {
+    assert_eq!(r["accepted"], false, "{r}");
+    assert_eq!(r["reason"], "duplicate", "{r}");
+    assert_eq!(r["correct"], original["correct"], "{r} vs {original}");
+    assert_eq!(r["points"], original["points"], "{r} vs {original}");
+    assert_eq!(r["question_id"], original["question_id"], "{r}");
+}
+
+/// Sends an answer identical to `original`'s again, checks the duplicate.
+async fn resend(w: &mut Ws, q: u64, choices: &[u64], original: &Value) {
+    let r = answer(w, q, choices).await;
+    assert_duplicate_of(&r, original);
+}
+
+/// The client rule (CONTRACT.md extension): a client re-sends an answer
+/// whose `answer_result` it never got, after reconnecting. Whatever the
+/// quiz did meanwhile, a re-send of an answer that was recorded reaches the
+/// store and comes back `duplicate` with the original's result, and the
+/// original's `answer_scored` event is published again (same event id):
+/// this is what repairs a node killed between the store and Kafka. Live:
+/// question open, next question open, question closed by time, quiz ended,
+/// each also on a new connection. Self-paced: an earlier question, the
+/// last question, a new connection after the last question (nothing is
+/// presented to it), the quiz ended.
+async fn resent_answer_is_a_duplicate(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    // ---- live
+    let (id, host_token) = create(a, "live", 2).await;
+    let (pa, t) = join(a, &id, "ann").await;
+    let mut w = ws(a, &id, &t).await;
+    expect(&mut w, "welcome").await;
+    host(a, &id, "start", &host_token).await;
+    expect(&mut w, "question").await;
+    let r0 = answer(&mut w, 0, &[1]).await;
+    assert_eq!(
+        (r0["accepted"].as_bool(), r0["correct"].as_bool()),
+        (Some(true), Some(true)),
+        "{r0}"
+    );
+    resend(&mut w, 0, &[1], &r0).await; // still open
+    let (s, v) = host(a, &id, "next", &host_token).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(expect(&mut w, "question").await["question"]["id"], 1);
+    resend(&mut w, 0, &[1], &r0).await; // the next question is open
+    let r1 = answer(&mut w, 1, &[0]).await;
+    assert_eq!(
+        (r1["accepted"].as_bool(), r1["correct"].as_bool()),
+        (Some(true), Some(false)),
+        "{r1}"
+    );
+    // Question 1 closes by time (5 s), still the current one.
+    loop {
+        let c = expect(&mut w, "question_closed").await;
+        if c["question_id"] == 1 {
+            break;
+        }
+    }
+    resend(&mut w, 1, &[0], &r1).await;
+    resend(&mut w, 0, &[1], &r0).await;
+    drop(w);
+    let mut w = ws(a, &id, &t).await;
+    assert_eq!(expect(&mut w, "welcome").await["score"], r0["score"]);
+    resend(&mut w, 0, &[1], &r0).await;
+    resend(&mut w, 1, &[0], &r1).await;
+    let (s, v) = host(a, &id, "end", &host_token).await;
+    assert_eq!(s, 200, "{v}");
+    expect(&mut w, "quiz_ended").await;
+    resend(&mut w, 0, &[1], &r0).await;
+    resend(&mut w, 1, &[0], &r1).await;
+    drop(w);
+    let mut w = ws(a, &id, &t).await;
+    expect(&mut w, "welcome").await;
+    resend(&mut w, 0, &[1], &r0).await;
+    resend(&mut w, 1, &[0], &r1).await;
+    drop(w);
+    // ---- self-paced
+    let (sid, shost, st, mut sw, _) = started_self_paced(a).await;
+    let (_, v) = http(
+        a,
+        "GET",
+        &format!("/v1/quizzes/{sid}/leaderboard"),
+        &[],
+        None,
+    )
+    .await;
+    let sp = v["top"][0]["player_id"].as_str().unwrap().to_string();
+    let s0 = answer(&mut sw, 0, &[1]).await;
+    assert_eq!(s0["accepted"], true, "{s0}");
+    assert_eq!(expect(&mut sw, "question").await["question"]["id"], 1);
+    resend(&mut sw, 0, &[1], &s0).await; // an earlier question
+    let s1 = answer(&mut sw, 1, &[1]).await;
+    assert_eq!(s1["accepted"], true, "{s1}");
+    resend(&mut sw, 1, &[1], &s1).await; // the last question
+    drop(sw);
+    // A new connection after the last question: nothing is presented to
+    // it (this re-send used to be refused `not_open`, without re-publish).
+    let mut sw = ws(a, &sid, &st).await;
+    let wel = expect(&mut sw, "welcome").await;
+    assert!(wel["question"].is_null(), "{wel}");
+    resend(&mut sw, 1, &[1], &s1).await;
+    resend(&mut sw, 0, &[1], &s0).await;
+    let (s, v) = host(a, &sid, "end", &shost).await;
+    assert_eq!(s, 200, "{v}");
+    expect(&mut sw, "quiz_ended").await;
+    drop(sw);
+    let mut sw = ws(a, &sid, &st).await;
+    expect(&mut sw, "welcome").await;
+    resend(&mut sw, 0, &[1], &s0).await;
+    resend(&mut sw, 1, &[1], &s1).await;
+    drop(sw);
+    n.stop().await;
+    // Every re-send published the original's event again, same id: the
+    // original once plus once per re-send.
+    let want = [
+        (id.clone(), format!("{id}:answer:{pa}:0"), 7),
+        (id.clone(), format!("{id}:answer:{pa}:1"), 5),
+        (sid.clone(), format!("{sid}:answer:{sp}:0"), 4),
+        (sid.clone(), format!("{sid}:answer:{sp}:1"), 4),
+    ];
+    match f.kind {
+        Kind::Embedded => {
+            let log = std::fs::read_to_string(f.dir.join("events.jsonl")).unwrap();
+            for (_, event_id, times) in &want {
+                let quoted = format!("\"{event_id}\"");
+                assert_eq!(log.matches(&quoted).count(), *times, "{event_id}");
+            }
+        }
+        Kind::Distributed => {
+            for (quiz, event_id, times) in &want {
+                let seen =
+                    consume_quiz_events_n(&f.topic, quiz, &[(event_id.clone(), *times)]).await;
+                let same: Vec<&Value> = seen
+                    .iter()
+                    .filter(|e| e["event_id"] == event_id.as_str())
+                    .collect();
+                assert!(same.len() >= *times, "{event_id}: {same:?}");
+                // The same record each time (score_after may grow).
+                for e in &same {
+                    assert_eq!(e["points"], same[0]["points"], "{e}");
+                    assert_eq!(e["answered_at_ms"], same[0]["answered_at_ms"], "{e}");
+                }
+            }
+        }
+    }
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -1097,6 +1246,7 @@ contract!(
     drain_then_close_with_1001,
     tiers,
     idempotent_join,
+    resent_answer_is_a_duplicate,
 );
 
 // ------------------------------------------------------------- two nodes
@@ -1206,6 +1356,14 @@ async fn distributed_two_nodes_share_a_quiz() {
 
 /// Reads `topic` from the start until every id of `want` for `quiz` was seen.
 async fn consume_quiz_events(topic: &str, quiz: &str, want: &[String]) -> Vec<Value> {
+    let want: Vec<(String, usize)> = want.iter().map(|id| (id.clone(), 1)).collect();
+    consume_quiz_events_n(topic, quiz, &want).await
+}
+
+/// Reads `topic` from the start until each id of `want` for `quiz` was seen
+/// at least its number of times; returns `quiz`'s events read. Every
+/// message is keyed by its own quiz id.
+async fn consume_quiz_events_n(topic: &str, quiz: &str, want: &[(String, usize)]) -> Vec<Value> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::Message;
     let kafka = testkit::require_kafka().await;
@@ -1220,17 +1378,22 @@ async fn consume_quiz_events(topic: &str, quiz: &str, want: &[String]) -> Vec<Va
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let have = |id: &String| seen.iter().any(|e: &Value| e["event_id"] == id.as_str());
-        if want.iter().all(have) {
+        let have = |(id, n): &&(String, usize)| {
+            seen.iter()
+                .filter(|e: &&Value| e["event_id"] == id.as_str())
+                .count()
+                >= *n
+        };
+        if want.iter().all(|w| have(&w)) {
             return seen;
         }
-        let missing: Vec<&String> = want.iter().filter(|id| !have(id)).collect();
+        let missing: Vec<&(String, usize)> = want.iter().filter(|w| !have(w)).collect();
         let msg = tokio::time::timeout_at(deadline, consumer.recv())
             .await
             .unwrap_or_else(|_| panic!("events missing from {topic}: {missing:?}"))
             .unwrap();
-        assert_eq!(msg.key(), Some(quiz.as_bytes()));
         let v: Value = serde_json::from_slice(msg.payload().unwrap_or_default()).unwrap();
+        assert_eq!(msg.key(), v["quiz_id"].as_str().map(str::as_bytes), "{v}");
         if v["quiz_id"] == quiz {
             seen.push(v);
         }

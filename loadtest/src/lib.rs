@@ -14,7 +14,9 @@
 //! - [`player`]: one simulated player (join, WebSocket, answers, record); the
 //!   hot path.
 //! - [`net`]: TCP from a chosen source address (IP_BIND_ADDRESS_NO_PORT), a
-//!   minimal HTTP/1.1 client and a minimal WebSocket client.
+//!   minimal HTTP/1.1 client and a minimal WebSocket client whose sockets a
+//!   per-worker hub reads (one epoll; boards handled without waking the
+//!   player's task).
 //! - [`protocol`]: the platform's messages.
 //! - [`metrics`]: HdrHistograms measured from the scheduled time (no
 //!   coordinated omission), counters, per-second aggregation across workers.

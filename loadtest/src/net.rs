@@ -2,20 +2,26 @@
 //! HTTP/1.1 client, and a minimal WebSocket client.
 //!
 //! Why hand-written: a simulated player must cost the generator almost
-//! nothing while idle. A general client keeps an 8 KiB read buffer and a write
-//! buffer per connection; here an idle connection owns only its socket and an
-//! empty `Vec`. Reads go into one per-thread scratch buffer inside a
-//! synchronous `recv` (never held across an `.await`), complete frames are
-//! handed out as slices, and only a partial frame's tail is copied to the
-//! heap. Waiting is `TcpStream::readable()`, which is cancel-safe, so a player
-//! can `select!` between the socket and its answer timer.
+//! nothing, idle or per frame. A general client keeps an 8 KiB read buffer
+//! and a write buffer per connection, and a task per connection is woken for
+//! every frame. Here every WebSocket of a worker is read by one [`Hub`]: one
+//! epoll, one 64 KiB read buffer, frames parsed in place, and each message
+//! offered first to the connection's [`FastPath`] (the player's leaderboard
+//! handler), so the player's task is woken only for what it must act on. An
+//! idle connection owns its socket and empty `Vec`s; only a partial frame's
+//! tail is copied to the heap. [`WsConn::readable`] is cancel-safe, so a
+//! player can `select!` between its messages and its answer timer.
 
-use std::io;
+use std::cell::{Cell, RefCell};
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use thiserror::Error;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -293,22 +299,26 @@ pub enum ReadState {
     Eof,
 }
 
-/// A client WebSocket on a plain TCP stream.
+/// Handles complete text messages in the hub, before the connection's task
+/// would be woken for them.
+pub trait FastPath {
+    /// `payload` arrived at `now` (wall µs); true = handled, false = hand it
+    /// to the task ([`WsConn::read_available`]).
+    fn on_text(&self, payload: &[u8], now: u64) -> bool;
+}
+
+/// A client WebSocket on a plain TCP stream, read by the worker's [`Hub`].
 pub struct WsConn {
-    stream: TcpStream,
-    /// Tail of a partial frame, normally empty (no capacity).
-    partial: Vec<u8>,
-    /// Payload of a fragmented message being assembled, normally empty.
-    fragments: Vec<u8>,
-    /// Control replies (pong, close echo) to write after a read pass.
-    pending_out: Vec<u8>,
-    mask_seed: u32,
-    closed: bool,
+    /// Declared first so that it drops first: the socket leaves the hub's
+    /// epoll while its fd is still open.
+    reg: HubReg,
+    /// Non-blocking, registered with the hub only (not with tokio's reactor).
+    stream: std::net::TcpStream,
 }
 
 /// Open a WebSocket at `path_and_query` (e.g. `/v1/quizzes/x/ws?token=...`).
-/// Returns the connection with any bytes that arrived with the 101 response
-/// already buffered.
+/// Any frames that arrived with the 101 response are already buffered.
+/// Needs the worker's `LocalSet` (the hub's loop is a local task).
 pub async fn ws_connect(
     target: &Target,
     source: Option<IpAddr>,
@@ -338,15 +348,12 @@ pub async fn ws_connect(
                 if status != 101 {
                     return Err(NetError::Handshake(status));
                 }
-                let partial = buf.split_off(end + 4);
-                return Ok(WsConn {
-                    stream,
-                    partial,
-                    fragments: Vec::new(),
-                    pending_out: Vec::new(),
-                    mask_seed: seed | 1,
-                    closed: false,
-                });
+                let buffered = buf.split_off(end + 4);
+                // From here on the hub reads this socket: leave tokio's
+                // reactor (into_std deregisters; the socket stays
+                // non-blocking), or both epolls would report every frame.
+                let stream = stream.into_std()?;
+                return Ok(Hub::current()?.attach(stream, &buffered, seed | 1)?);
             }
             if buf.len() > 16 * 1024 {
                 return Err(NetError::Http("handshake headers too large".into()));
@@ -357,15 +364,507 @@ pub async fn ws_connect(
     .map_err(|_| NetError::Timeout)?
 }
 
-/// Size of the per-thread read buffer: large enough that a burst of frames
-/// (a question plus a board) is taken in one `recv`.
+// ---- The hub: one epoll for every WebSocket of a worker --------------------
+//
+// Why: with a tokio task per player, every received frame cost a readiness
+// wake in tokio's driver, a task notification, a `LocalSet` poll of the
+// player's future and its `select!`, each touching cold per-player memory,
+// before the one `recv` that matters. Here one local task owns an epoll of
+// its own (itself one `AsyncFd` in tokio's reactor), takes ready sockets in
+// batches, reads and parses their frames in place and hands each complete
+// text message to the connection's [`FastPath`] (the player's leaderboard
+// handler: most of the traffic). Only what the fast path declines (welcome,
+// question, answer result, the end), a close, EOF or an error, and a control
+// reply to write wake the player's task. Order is kept: once a message is
+// queued for the task, later ones queue behind it.
+
+/// Sockets taken from one `epoll_wait`.
+const EVENTS: usize = 1024;
+
+/// Size of the hub's read buffer: large enough that a burst of frames (a
+/// question plus a board) is taken in one `recv`.
 const SCRATCH_BYTES: usize = 64 * 1024;
 
+/// `recv` calls per socket and readiness event before the hub serves the
+/// others (a socket still full after that is revisited on the next turn).
+const READS_PER_TURN: usize = 16;
+
+/// Messages queued for one connection's task, in bytes. The task runs right
+/// after the hub's round, so this is never near in a healthy run; at the
+/// limit the connection ends with a protocol error (`error.read.ws_protocol`,
+/// then the player reconnects) rather than the hub buffering without bound.
+const MAX_INBOX: usize = 4 << 20;
+
 thread_local! {
-    /// The read buffer shared by every connection of a worker thread. Reads
-    /// are synchronous (never held across an `.await`), so one suffices.
-    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
-        std::cell::RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice());
+    /// The worker's hub, created on the first WebSocket.
+    static HUB: RefCell<Option<Rc<Hub>>> = const { RefCell::new(None) };
+}
+
+/// The worker thread's WebSocket reader (see the section comment above).
+pub struct Hub {
+    epfd: AsyncFd<OwnedFd>,
+    slots: RefCell<Slots>,
+}
+
+/// Registered connections by epoll key (`generation << 32 | index`): a key
+/// of a freed slot never reaches its next tenant.
+#[derive(Default)]
+struct Slots {
+    entries: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Slot {
+    gen: u32,
+    entry: Option<Rc<Entry>>,
+    /// Here rather than in the entry so that the hub can prefetch both
+    /// from the slot (see [`Hub::prefetch`]).
+    fast: Option<Rc<dyn FastPath>>,
+}
+
+impl Slots {
+    fn get(&self, key: u64) -> Option<&Slot> {
+        self.entries
+            .get(key as u32 as usize)
+            .filter(|s| s.gen == (key >> 32) as u32 && s.entry.is_some())
+    }
+}
+
+/// The part of a connection that the hub and the connection's task share.
+struct Entry {
+    fd: RawFd,
+    key: Cell<u64>,
+    rd: RefCell<WsRead>,
+    /// The task waiting for this connection (to read or to write).
+    waker: Cell<Option<Waker>>,
+    /// False after a write met a full send buffer, until EPOLLOUT.
+    writable: Cell<bool>,
+    /// xorshift32 state for masking keys (need not be secret towards our
+    /// own server).
+    mask: Cell<u32>,
+}
+
+/// Read-side state of one connection; every buffer is normally empty (no
+/// capacity).
+#[derive(Default)]
+struct WsRead {
+    /// Tail of a partial frame.
+    partial: Vec<u8>,
+    /// Payload of a fragmented message being assembled.
+    fragments: Vec<u8>,
+    /// Control replies (pong, close echo) for the task to write.
+    pending_out: Vec<u8>,
+    /// Messages for the task, in order: receipt µs (u64 LE), length (u32
+    /// LE), payload.
+    inbox: Vec<u8>,
+    /// How the read side ended; nothing is read after it.
+    end: Option<ReadEnd>,
+}
+
+enum ReadEnd {
+    Closed(Option<u16>),
+    Eof,
+    Io(io::ErrorKind),
+    Protocol(&'static str),
+}
+
+impl Hub {
+    /// This thread's hub, started on first use (its loop is a local task).
+    fn current() -> io::Result<Rc<Hub>> {
+        HUB.with(|h| {
+            if let Some(hub) = &*h.borrow() {
+                return Ok(hub.clone());
+            }
+            // SAFETY: plain syscall; the fd is owned below.
+            let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a fresh fd that nothing else owns.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: the `AsyncFd` owns the fd and nothing closes or
+            // replaces it while registered.
+            let epfd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE)? };
+            let hub = Rc::new(Hub {
+                epfd,
+                slots: RefCell::new(Slots::default()),
+            });
+            tokio::task::spawn_local(hub.clone().run());
+            *h.borrow_mut() = Some(hub.clone());
+            Ok(hub)
+        })
+    }
+
+    fn attach(
+        self: Rc<Self>,
+        stream: std::net::TcpStream,
+        buffered: &[u8],
+        mask: u32,
+    ) -> io::Result<WsConn> {
+        let entry = Rc::new(Entry {
+            fd: stream.as_raw_fd(),
+            key: Cell::new(0),
+            rd: RefCell::new(WsRead::default()),
+            waker: Cell::new(None),
+            writable: Cell::new(true),
+            mask: Cell::new(mask),
+        });
+        if !buffered.is_empty() {
+            entry.consume(buffered, crate::player::wall_us(), None);
+        }
+        let key = {
+            let mut s = self.slots.borrow_mut();
+            let idx = match s.free.pop() {
+                Some(i) => i,
+                None => {
+                    s.entries.push(Slot::default());
+                    (s.entries.len() - 1) as u32
+                }
+            };
+            let slot = &mut s.entries[idx as usize];
+            slot.entry = Some(entry.clone());
+            (u64::from(slot.gen) << 32) | u64::from(idx)
+        };
+        entry.key.set(key);
+        let reg = HubReg { hub: self, entry };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: key,
+        };
+        // SAFETY: valid fds and a valid event struct.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                reg.hub.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                reg.entry.fd,
+                &mut ev,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()); // `reg` frees the slot
+        }
+        Ok(WsConn { reg, stream })
+    }
+
+    fn detach(&self, entry: &Entry) {
+        let key = entry.key.get();
+        // SAFETY: the fd is still open (see `WsConn`'s field order); a
+        // failure only means it was not registered.
+        unsafe {
+            libc::epoll_ctl(
+                self.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                entry.fd,
+                std::ptr::null_mut(),
+            );
+        }
+        let mut s = self.slots.borrow_mut();
+        if s.get(key).is_some() {
+            let slot = &mut s.entries[key as u32 as usize];
+            slot.gen = slot.gen.wrapping_add(1);
+            slot.entry = None;
+            slot.fast = None;
+            s.free.push(key as u32);
+        }
+    }
+
+    /// The hub's loop: wait for the epoll fd, take ready sockets in batches
+    /// until it is drained, serve each one.
+    async fn run(self: Rc<Self>) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        let mut scratch = vec![0u8; SCRATCH_BYTES].into_boxed_slice();
+        let mut again: Vec<u64> = Vec::new();
+        loop {
+            if again.is_empty() {
+                match self.epfd.readable().await {
+                    // Cleared before draining: an event arriving meanwhile
+                    // makes the epoll fd readable again.
+                    Ok(mut guard) => guard.clear_ready(),
+                    Err(e) => {
+                        eprintln!("loadtest: WebSocket hub stopped: {e}");
+                        return;
+                    }
+                }
+            } else {
+                tokio::task::yield_now().await;
+                for key in std::mem::take(&mut again) {
+                    self.dispatch(key, libc::EPOLLIN as u32, &mut scratch, &mut again);
+                }
+            }
+            loop {
+                // SAFETY: a valid epoll fd and a buffer of EVENTS entries.
+                let n = unsafe {
+                    libc::epoll_wait(
+                        self.epfd.as_raw_fd(),
+                        events.as_mut_ptr(),
+                        EVENTS as libc::c_int,
+                        0,
+                    )
+                };
+                if n <= 0 {
+                    break; // nothing ready (or EINTR: the fd stays readable)
+                }
+                let n = n as usize;
+                self.prefetch_slots(&events[..n]);
+                for i in 0..n {
+                    self.prefetch(&events[..n], i);
+                    let (key, flags) = (events[i].u64, events[i].events);
+                    self.dispatch(key, flags, &mut scratch, &mut again);
+                }
+                if n < EVENTS {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Warm the slots of a whole batch before serving it, and (see
+    /// [`Hub::prefetch`]) what each slot points to one event ahead: with
+    /// 10 000 connections every entry is cold, and each cache miss cost
+    /// about as much as the parse (the profile's top user-space lines were
+    /// the first touch of the slot, the entry and the fast path's state).
+    fn prefetch_slots(&self, events: &[libc::epoll_event]) {
+        let s = self.slots.borrow();
+        for ev in events {
+            if let Some(slot) = s.entries.get(ev.u64 as u32 as usize) {
+                prefetch((slot as *const Slot).cast());
+            }
+        }
+    }
+
+    /// Warm the entry and the fast path's state of event `i + 1` while
+    /// event `i` is served: a `recv` worth of time for them to land.
+    fn prefetch(&self, events: &[libc::epoll_event], i: usize) {
+        let s = self.slots.borrow();
+        if let Some(slot) = events.get(i + 1).and_then(|ev| s.get(ev.u64)) {
+            if let Some(e) = &slot.entry {
+                let p: *const u8 = Rc::as_ptr(e).cast();
+                prefetch(p.wrapping_sub(16)); // the counts
+                prefetch(p.wrapping_add(48));
+                prefetch(p.wrapping_add(112));
+            }
+            if let Some(f) = &slot.fast {
+                prefetch(Rc::as_ptr(f).cast());
+            }
+        }
+    }
+
+    fn dispatch(&self, key: u64, flags: u32, scratch: &mut [u8], again: &mut Vec<u64>) {
+        let (entry, fast) = {
+            let s = self.slots.borrow();
+            match s.get(key) {
+                Some(slot) => (slot.entry.clone(), slot.fast.clone()),
+                None => return, // deregistered meanwhile
+            }
+        };
+        let Some(entry) = entry else { return };
+        if entry.on_event(flags, scratch, fast.as_deref()) {
+            again.push(key);
+        }
+    }
+}
+
+/// A connection's place in the hub; leaving it on drop.
+struct HubReg {
+    hub: Rc<Hub>,
+    entry: Rc<Entry>,
+}
+
+impl Drop for HubReg {
+    fn drop(&mut self) {
+        self.hub.detach(&self.entry);
+    }
+}
+
+const READ_FLAGS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+const WRITE_FLAGS: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+
+impl Entry {
+    /// Serve one readiness event; wakes the task when it has something to
+    /// do. Returns whether the socket may still hold data (read cap hit).
+    fn on_event(&self, flags: u32, scratch: &mut [u8], fast: Option<&dyn FastPath>) -> bool {
+        let mut wake = false;
+        if flags & WRITE_FLAGS != 0 && !self.writable.get() {
+            self.writable.set(true);
+            wake = true;
+        }
+        let mut more = false;
+        if flags & READ_FLAGS != 0 {
+            more = self.read_ready(scratch, fast);
+            let rd = self.rd.borrow();
+            wake |= !rd.inbox.is_empty() || rd.end.is_some() || !rd.pending_out.is_empty();
+        }
+        if wake {
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+        more
+    }
+
+    /// Read until the socket is drained (a short read: epoll is
+    /// edge-triggered, so one `recv` per frame burst and no `recv` that only
+    /// says EAGAIN), at most [`READS_PER_TURN`] times.
+    fn read_ready(&self, scratch: &mut [u8], fast: Option<&dyn FastPath>) -> bool {
+        for _ in 0..READS_PER_TURN {
+            if self.rd.borrow().end.is_some() {
+                return false;
+            }
+            // SAFETY: a valid socket fd and a writable buffer of its length.
+            let n = unsafe { libc::recv(self.fd, scratch.as_mut_ptr().cast(), scratch.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => return false,
+                    io::ErrorKind::Interrupted => continue,
+                    kind => {
+                        self.rd.borrow_mut().end = Some(ReadEnd::Io(kind));
+                        return false;
+                    }
+                }
+            }
+            let n = n as usize;
+            if n == 0 {
+                self.rd.borrow_mut().end = Some(ReadEnd::Eof);
+                return false;
+            }
+            self.consume(&scratch[..n], crate::player::wall_us(), fast);
+            if n < scratch.len() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Parse complete frames from `data` (after any partial tail), deliver
+    /// messages, keep the new tail. Sets `end` on a close frame or a
+    /// protocol error.
+    fn consume(&self, data: &[u8], now: u64, fast: Option<&dyn FastPath>) {
+        let mut rd = self.rd.borrow_mut();
+        let joined;
+        let data = if rd.partial.is_empty() {
+            data
+        } else {
+            let mut j = std::mem::take(&mut rd.partial);
+            j.extend_from_slice(data);
+            joined = j;
+            &joined[..]
+        };
+        let mut off = 0;
+        while rd.end.is_none() {
+            let h = match parse_head(&data[off..]) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(NetError::Protocol(why)) => {
+                    rd.end = Some(ReadEnd::Protocol(why));
+                    return;
+                }
+                Err(_) => {
+                    rd.end = Some(ReadEnd::Protocol("bad frame"));
+                    return;
+                }
+            };
+            let s = off + h.start;
+            let mut owned;
+            let payload: &[u8] = if let Some(m) = h.mask {
+                owned = data[s..s + h.len].to_vec();
+                for (i, b) in owned.iter_mut().enumerate() {
+                    *b ^= m[i & 3];
+                }
+                &owned
+            } else {
+                &data[s..s + h.len]
+            };
+            off = s + h.len;
+            match h.opcode {
+                0x1 | 0x2 if h.fin && rd.fragments.is_empty() => {
+                    deliver(&mut rd, payload, now, fast)
+                }
+                0x1 | 0x2 => rd.fragments.extend_from_slice(payload),
+                0x0 => {
+                    rd.fragments.extend_from_slice(payload);
+                    if h.fin {
+                        let msg = std::mem::take(&mut rd.fragments);
+                        deliver(&mut rd, &msg, now, fast);
+                    }
+                }
+                0x8 => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    let echo = code.unwrap_or(1000).to_be_bytes();
+                    encode_frame(&self.mask, 0x8, &echo, &mut rd.pending_out);
+                    rd.end = Some(ReadEnd::Closed(code));
+                    return;
+                }
+                0x9 => {
+                    owned = payload.to_vec();
+                    encode_frame(&self.mask, 0xA, &owned, &mut rd.pending_out);
+                }
+                0xA => {}
+                _ => {
+                    rd.end = Some(ReadEnd::Protocol("unknown opcode"));
+                    return;
+                }
+            }
+        }
+        if off < data.len() {
+            rd.partial.extend_from_slice(&data[off..]);
+        }
+    }
+}
+
+/// A complete message: the fast path if nothing is queued before it, else
+/// (or if it declines) the task's inbox.
+fn deliver(rd: &mut WsRead, payload: &[u8], now: u64, fast: Option<&dyn FastPath>) {
+    if rd.inbox.is_empty() && fast.is_some_and(|f| f.on_text(payload, now)) {
+        return;
+    }
+    if rd.inbox.len() + 12 + payload.len() > MAX_INBOX {
+        rd.end = Some(ReadEnd::Protocol(
+            "backlog for the player's task over 4 MiB",
+        ));
+        return;
+    }
+    rd.inbox.extend_from_slice(&now.to_le_bytes());
+    rd.inbox
+        .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    rd.inbox.extend_from_slice(payload);
+}
+
+/// A hint to load the cache line at `p` (nothing elsewhere than x86-64).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Append one masked client frame to `out`.
+fn encode_frame(mask: &Cell<u32>, opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len < 65536 {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    let mut x = mask.get();
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    mask.set(x);
+    let m = x.to_be_bytes();
+    out.extend_from_slice(&m);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i & 3]));
 }
 
 /// One parsed frame header: (fin, opcode, payload start, payload len, mask).
@@ -428,210 +927,127 @@ fn parse_head(data: &[u8]) -> Result<Option<FrameHead>, NetError> {
 }
 
 impl WsConn {
-    /// Wait until the socket has data (cancel-safe).
-    pub async fn readable(&self) -> io::Result<()> {
-        if !self.partial.is_empty() && self.has_complete_frame() {
-            return Ok(());
+    /// Handle messages in the hub from now on (see [`FastPath`]); messages
+    /// already queued for the task stay queued, in order.
+    pub fn set_fast_path(&self, fast: Rc<dyn FastPath>) {
+        let key = self.reg.entry.key.get();
+        let mut s = self.reg.hub.slots.borrow_mut();
+        if s.get(key).is_some() {
+            s.entries[key as u32 as usize].fast = Some(fast);
         }
-        self.stream.readable().await
     }
 
-    fn has_complete_frame(&self) -> bool {
-        matches!(parse_head(&self.partial), Ok(Some(_)))
+    /// Wait until the hub has something for the task: a message the fast
+    /// path declined, a control reply to write, or the end of the read side
+    /// (cancel-safe).
+    pub async fn readable(&self) -> io::Result<()> {
+        let entry = &self.reg.entry;
+        std::future::poll_fn(|cx| {
+            let rd = entry.rd.borrow();
+            if !rd.inbox.is_empty() || rd.end.is_some() || !rd.pending_out.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            entry.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
     }
 
-    /// Read everything available without blocking and call `on_text` for
-    /// each complete text message. Returns whether the socket is still open.
-    ///
-    /// Reads go into one per-thread scratch buffer (no per-connection buffer,
-    /// no zeroing per read). A read that fills less than the buffer drained
-    /// the socket (epoll is edge-triggered), so it also clears tokio's cached
-    /// readiness, as tokio's own `poll_read` does: otherwise the next
-    /// `readable()` would return at once and cost a second task poll and a
-    /// second `recv` that only says `EAGAIN`, for every frame.
+    /// Call `on_text(payload, receipt µs)` for each message the hub queued
+    /// for the task, in order; then say whether the socket is still open.
     pub fn read_available(
         &mut self,
-        mut on_text: impl FnMut(&[u8]),
+        mut on_text: impl FnMut(&[u8], u64),
     ) -> Result<ReadState, NetError> {
-        // Frames already buffered (e.g. arrived with the handshake).
-        if !self.partial.is_empty() {
-            let buffered = std::mem::take(&mut self.partial);
-            if let Some(st) = self.consume(&buffered, &mut on_text)? {
-                return Ok(st);
-            }
+        let entry = &self.reg.entry;
+        let inbox = std::mem::take(&mut entry.rd.borrow_mut().inbox);
+        let mut i = 0;
+        while i + 12 <= inbox.len() {
+            let now = u64::from_le_bytes(inbox[i..i + 8].try_into().unwrap_or_default());
+            let len = u32::from_le_bytes(inbox[i + 8..i + 12].try_into().unwrap_or_default());
+            let start = i + 12;
+            i = start + len as usize;
+            on_text(&inbox[start..i], now);
         }
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            let chunk = &mut scratch[..];
-            for _ in 0..16 {
-                let (n, drained) = match self.recv_once(chunk) {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(NetError::Io(e)),
-                };
-                if n == 0 {
-                    return Ok(ReadState::Eof);
-                }
-                let st = if self.partial.is_empty() {
-                    self.consume(&chunk[..n], &mut on_text)?
-                } else {
-                    let mut joined = std::mem::take(&mut self.partial);
-                    joined.extend_from_slice(&chunk[..n]);
-                    self.consume(&joined, &mut on_text)?
-                };
-                if let Some(st) = st {
-                    return Ok(st);
-                }
-                if drained {
-                    break;
-                }
+        let mut rd = entry.rd.borrow_mut();
+        match &rd.end {
+            None => Ok(ReadState::Open),
+            Some(ReadEnd::Closed(code)) => Ok(ReadState::Closed(*code)),
+            Some(ReadEnd::Eof) => Ok(ReadState::Eof),
+            Some(ReadEnd::Io(kind)) => {
+                let kind = *kind;
+                rd.end = Some(ReadEnd::Eof);
+                Err(NetError::Io(kind.into()))
             }
-            Ok(ReadState::Open)
-        })
-    }
-
-    /// One `recv` into `buf`: (bytes, drained). A short read clears the
-    /// stream's readiness (see [`WsConn::read_available`]); 0 bytes is EOF.
-    fn recv_once(&self, buf: &mut [u8]) -> io::Result<(usize, bool)> {
-        let fd = self.stream.as_raw_fd();
-        let mut got = 0usize;
-        let res = self.stream.try_io(Interest::READABLE, || {
-            // SAFETY: a valid socket fd and a writable buffer of buf.len() bytes.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
+            Some(ReadEnd::Protocol(why)) => {
+                let why = *why;
+                rd.end = Some(ReadEnd::Eof);
+                Err(NetError::Protocol(why))
             }
-            got = n as usize;
-            if got > 0 && got < buf.len() {
-                // Drained: report WouldBlock so that tokio clears readiness.
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(())
-            }
-        });
-        match res {
-            Ok(()) => Ok((got, false)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok((got, true)),
-            Err(e) => Err(e),
         }
     }
 
-    /// Parse complete frames from `data`; keep the tail in `self.partial`.
-    fn consume(
-        &mut self,
-        data: &[u8],
-        on_text: &mut impl FnMut(&[u8]),
-    ) -> Result<Option<ReadState>, NetError> {
-        let mut off = 0;
-        while let Some(h) = parse_head(&data[off..])? {
-            let s = off + h.start;
-            let mut owned;
-            let payload: &[u8] = if let Some(m) = h.mask {
-                owned = data[s..s + h.len].to_vec();
-                for (i, b) in owned.iter_mut().enumerate() {
-                    *b ^= m[i & 3];
+    /// Write all of `buf` on the non-blocking socket, waiting for the hub's
+    /// EPOLLOUT when the send buffer is full.
+    async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        let entry = &self.reg.entry;
+        while !buf.is_empty() {
+            match (&self.stream).write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    entry.writable.set(false);
+                    std::future::poll_fn(|cx| {
+                        if entry.writable.get() {
+                            return Poll::Ready(());
+                        }
+                        entry.waker.set(Some(cx.waker().clone()));
+                        Poll::Pending
+                    })
+                    .await;
                 }
-                &owned
-            } else {
-                &data[s..s + h.len]
-            };
-            off = s + h.len;
-            match h.opcode {
-                0x1 | 0x2 if h.fin && self.fragments.is_empty() => on_text(payload),
-                0x1 | 0x2 => self.fragments.extend_from_slice(payload),
-                0x0 => {
-                    self.fragments.extend_from_slice(payload);
-                    if h.fin {
-                        let msg = std::mem::take(&mut self.fragments);
-                        on_text(&msg);
-                    }
-                }
-                0x8 => {
-                    let code =
-                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                    if !self.closed {
-                        let echo = code.unwrap_or(1000).to_be_bytes();
-                        self.queue_frame(0x8, &echo);
-                    }
-                    self.closed = true;
-                    return Ok(Some(ReadState::Closed(code)));
-                }
-                0x9 => {
-                    owned = payload.to_vec();
-                    self.queue_frame(0xA, &owned);
-                }
-                0xA => {}
-                _ => return Err(NetError::Protocol("unknown opcode")),
+                Err(e) => return Err(e),
             }
         }
-        if off < data.len() {
-            self.partial.extend_from_slice(&data[off..]);
-        } else if self.partial.capacity() > 0 {
-            self.partial = Vec::new();
-        }
-        Ok(None)
-    }
-
-    fn next_mask(&mut self) -> [u8; 4] {
-        // xorshift32: masking keys need not be secret towards our own server.
-        let mut x = self.mask_seed;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.mask_seed = x;
-        x.to_be_bytes()
-    }
-
-    fn encode(&mut self, opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
-        out.push(0x80 | opcode);
-        let len = payload.len();
-        if len < 126 {
-            out.push(0x80 | len as u8);
-        } else if len < 65536 {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        let m = self.next_mask();
-        out.extend_from_slice(&m);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i & 3]));
-    }
-
-    fn queue_frame(&mut self, opcode: u8, payload: &[u8]) {
-        let mut out = std::mem::take(&mut self.pending_out);
-        self.encode(opcode, payload, &mut out);
-        self.pending_out = out;
+        Ok(())
     }
 
     /// Write queued control replies (pong, close echo).
     pub async fn flush_pending(&mut self) -> Result<(), NetError> {
-        if !self.pending_out.is_empty() {
-            let out = std::mem::take(&mut self.pending_out);
-            self.stream.write_all(&out).await?;
+        let out = std::mem::take(&mut self.reg.entry.rd.borrow_mut().pending_out);
+        if !out.is_empty() {
+            self.write_all(&out).await?;
         }
         Ok(())
     }
 
     pub async fn send_text(&mut self, payload: &[u8]) -> Result<(), NetError> {
         let mut out = Vec::with_capacity(payload.len() + 8);
-        self.encode(0x1, payload, &mut out);
-        self.stream.write_all(&out).await?;
+        encode_frame(&self.reg.entry.mask, 0x1, payload, &mut out);
+        self.write_all(&out).await?;
         Ok(())
     }
 
     /// Send a close frame (best effort) and drop the connection.
-    pub async fn close(mut self, code: u16) {
-        if !self.closed {
-            let mut out = Vec::with_capacity(8);
-            self.encode(0x8, &code.to_be_bytes(), &mut out);
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                let _ = self.stream.write_all(&out).await;
-                let _ = self.stream.shutdown().await;
-            })
-            .await;
+    pub async fn close(self, code: u16) {
+        let entry = self.reg.entry.clone();
+        let closed = matches!(entry.rd.borrow().end, Some(ReadEnd::Closed(_)));
+        let WsConn { reg, stream } = self;
+        drop(reg); // leaves the hub; the write below waits in tokio's reactor
+        if closed {
+            return;
         }
+        let mut out = Vec::with_capacity(8);
+        encode_frame(&entry.mask, 0x8, &code.to_be_bytes(), &mut out);
+        let Ok(mut stream) = TcpStream::from_std(stream) else {
+            return;
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            let _ = stream.write_all(&out).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
     }
 
     /// Drop the TCP connection abruptly, with no close frame (a network drop).
@@ -657,6 +1073,89 @@ mod tests {
         let h = parse_head(&f).unwrap().unwrap();
         assert_eq!((h.start, h.len), (4, 256));
         assert!(parse_head(&f[..100]).unwrap().is_none());
+    }
+
+    /// A server frame (unmasked).
+    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode, payload.len() as u8];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Takes messages starting with `b`, declines the rest.
+    struct Boards(RefCell<Vec<(Vec<u8>, u64)>>);
+
+    impl FastPath for Boards {
+        fn on_text(&self, payload: &[u8], now: u64) -> bool {
+            let mine = payload.starts_with(b"b");
+            if mine {
+                self.0.borrow_mut().push((payload.to_vec(), now));
+            }
+            mine
+        }
+    }
+
+    fn drain(entry: &Entry) -> Vec<(Vec<u8>, u64)> {
+        let inbox = std::mem::take(&mut entry.rd.borrow_mut().inbox);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < inbox.len() {
+            let now = u64::from_le_bytes(inbox[i..i + 8].try_into().unwrap());
+            let len = u32::from_le_bytes(inbox[i + 8..i + 12].try_into().unwrap()) as usize;
+            out.push((inbox[i + 12..i + 12 + len].to_vec(), now));
+            i += 12 + len;
+        }
+        out
+    }
+
+    #[test]
+    fn hub_fast_path_keeps_order_and_splits_frames() {
+        let entry = Entry {
+            fd: -1,
+            key: Cell::new(0),
+            rd: RefCell::new(WsRead::default()),
+            waker: Cell::new(None),
+            writable: Cell::new(true),
+            mask: Cell::new(1),
+        };
+        let fast = Boards(RefCell::new(Vec::new()));
+        let f: Option<&dyn FastPath> = Some(&fast);
+        // A board is taken by the fast path; a welcome is queued, and the
+        // board after it queues behind it (order), even in another read.
+        let mut data = frame(1, b"b1");
+        data.extend(frame(1, b"welcome"));
+        data.extend(frame(1, b"b2"));
+        entry.consume(&data, 10, f);
+        let split = frame(1, b"b3");
+        entry.consume(&split[..2], 11, f);
+        assert!(!entry.rd.borrow().partial.is_empty());
+        entry.consume(&split[2..], 12, f);
+        assert_eq!(*fast.0.borrow(), vec![(b"b1".to_vec(), 10)]);
+        assert_eq!(
+            drain(&entry),
+            vec![
+                (b"welcome".to_vec(), 10),
+                (b"b2".to_vec(), 10),
+                (b"b3".to_vec(), 12)
+            ]
+        );
+        assert_eq!(entry.rd.borrow().partial.capacity(), 0);
+        // Drained: boards go to the fast path again.
+        entry.consume(&frame(1, b"b4"), 13, f);
+        assert_eq!(fast.0.borrow().len(), 2);
+        assert!(entry.rd.borrow().inbox.is_empty());
+        // A ping queues a pong; a close frame ends the read side and
+        // queues its echo; nothing after it is delivered.
+        entry.consume(&frame(9, b"p"), 14, f);
+        assert!(!entry.rd.borrow().pending_out.is_empty());
+        let mut data = frame(8, &4001u16.to_be_bytes());
+        data.extend(frame(1, b"late"));
+        entry.consume(&data, 15, f);
+        assert!(matches!(
+            entry.rd.borrow().end,
+            Some(ReadEnd::Closed(Some(4001)))
+        ));
+        assert!(drain(&entry).is_empty());
     }
 
     #[test]

@@ -2,15 +2,17 @@
 //! record of everything it was told.
 //!
 //! The hot path is [`session`]: one task per player, one `select!` between
-//! "the socket is readable" and "the next timer" (answer due, storm drop,
-//! hard deadline). Frames are parsed in place from the read buffer and
-//! applied synchronously to the player's state; nothing is queued between
-//! tasks, and an idle player owns only its socket, its record and a sleeping
-//! task. Times are wall-clock microseconds so that they compare with the
-//! server's `opens_at_ms` on the same machine; every latency starts at the
-//! scheduled instant (see `metrics.rs`).
+//! "the worker's hub has a message for me" and "the next timer" (answer due,
+//! storm drop, hard deadline). Leaderboard frames, most of the traffic, never
+//! reach the task: the hub (`net::Hub`) hands them to `board_frame` where it
+//! reads them. Other messages are applied synchronously to the player's
+//! state when the task wakes, in order, with their receipt time; an idle
+//! player owns only its socket, its record and a sleeping task. Times are
+//! wall-clock microseconds so that they compare with the server's
+//! `opens_at_ms` on the same machine; every latency starts at the scheduled
+//! instant (see `metrics.rs`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
 use crate::metrics::{Metrics, H};
-use crate::net::{http_request, ws_connect, NetError, ReadState, WsConn};
+use crate::net::{http_request, ws_connect, FastPath, NetError, ReadState, WsConn};
 use crate::protocol::{
     encode_answer, scan_leaderboard, BoardHead, Joined, OpenQuestion, ServerMsg,
 };
@@ -232,7 +234,6 @@ struct Pending {
 }
 
 /// Per-connection-independent state of a running player.
-#[derive(Default)]
 struct Live {
     pending: Option<Pending>,
     drop_at_us: Option<u64>,
@@ -242,9 +243,38 @@ struct Live {
     due: Vec<u64>,
     ended: bool,
     results: u32,
+    /// Questions this player chose not to answer (`share_answering`): in
+    /// self-paced mode a player is done when results + skipped cover them all.
+    skipped: u32,
+    /// Re-sends after a reconnect (see [`plan_resends`]): the welcome asked
+    /// for them (sent once the frames at hand are handled), how many still
+    /// wait for their reply, and the welcome's score for the fallback.
+    resend_now: bool,
+    resends_outstanding: u32,
+    welcome_score: u64,
+    /// Answers sent before this connection (`rec.answers[..n]`): only
+    /// those can have lost their result with a connection. One sent on
+    /// this connection before its welcome is read gets its reply after it.
+    sent_before_conn: u32,
+    /// Shared with the connection's fast path, which handles boards in the
+    /// hub.
+    boards: Rc<Boards>,
+}
+
+/// What a player's leaderboard frames need, in one allocation: the hub
+/// handles them without waking the player's task (`board_frame`).
+struct Boards {
+    ctx: Rc<Ctx>,
+    quiz_idx: usize,
     /// A leaderboard arrived since the last welcome (the first one after a
     /// welcome is the current board re-sent on connect, not a tick).
-    lb_since_welcome: bool,
+    since_welcome: Cell<bool>,
+}
+
+impl FastPath for Boards {
+    fn on_text(&self, payload: &[u8], now: u64) -> bool {
+        board_frame(&self.ctx, payload, &self.since_welcome, self.quiz_idx, now)
+    }
 }
 
 enum SessionEnd {
@@ -291,7 +321,25 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
     rec.answers.reserve_exact(questions);
 
     // ---- hold the WebSocket, reconnecting when it is lost
-    let mut live = Live::default();
+    let mut live = Live {
+        pending: None,
+        drop_at_us: None,
+        storm_done: false,
+        decided: Vec::new(),
+        due: Vec::new(),
+        ended: false,
+        results: 0,
+        skipped: 0,
+        resend_now: false,
+        resends_outstanding: 0,
+        welcome_score: 0,
+        sent_before_conn: 0,
+        boards: Rc::new(Boards {
+            ctx: ctx.clone(),
+            quiz_idx,
+            since_welcome: Cell::new(false),
+        }),
+    };
     live.decided.reserve_exact(questions);
     live.due.reserve_exact(questions);
     let mut lost_at_us = join_done;
@@ -322,6 +370,9 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
                     s.connected += 1;
                     s.max_connected = s.max_connected.max(s.connected);
                 }
+                // Boards are handled where they are read, without waking
+                // this task (see `board_frame`).
+                conn.set_fast_path(live.boards.clone());
                 let end = Box::pin(session(
                     &ctx, &mut conn, &mut rec, &mut live, &mut rng, quiz_idx, lost_at_us, first,
                 ))
@@ -471,6 +522,7 @@ async fn session(
 ) -> SessionEnd {
     let deadline = ctx.deadline();
     let mut welcomed = false;
+    live.sent_before_conn = rec.answers.len() as u32;
     // One timer for the whole session, re-armed only when its instant
     // changes: a fresh `sleep_until` per loop turn registered and removed a
     // timer-wheel entry for every frame received.
@@ -496,11 +548,18 @@ async fn session(
                     ctx.count(&format!("error.read.{}", e.kind()));
                     return SessionEnd::Lost(None, "read");
                 }
-                let st = conn.read_available(|bytes| {
-                    on_frame(ctx, bytes, rec, live, rng, quiz_idx, lost_at_us, first, &mut welcomed)
+                let st = conn.read_available(|bytes, now| {
+                    on_frame(ctx, bytes, now, rec, live, rng, quiz_idx, lost_at_us, first, &mut welcomed)
                 });
                 if conn.flush_pending().await.is_err() {
                     return SessionEnd::Lost(None, "write");
+                }
+                if live.resend_now {
+                    live.resend_now = false;
+                    // Boxed: only alive right after a reconnect's welcome.
+                    if Box::pin(resend_open(ctx, conn, rec)).await.is_err() {
+                        return SessionEnd::Lost(None, "write");
+                    }
                 }
                 if live.ended {
                     return SessionEnd::Ended;
@@ -542,6 +601,8 @@ async fn session(
                             max_points: p.points,
                             result: None,
                             inferred: false,
+                            choice: p.choice,
+                            resent: false,
                         });
                         live.due.push(p.due_us);
                         if conn.send_text(&payload).await.is_err() {
@@ -559,6 +620,7 @@ async fn session(
 fn on_frame(
     ctx: &Ctx,
     bytes: &[u8],
+    now: u64,
     rec: &mut PlayerRecord,
     live: &mut Live,
     rng: &mut Rng,
@@ -567,14 +629,12 @@ fn on_frame(
     first: bool,
     welcomed: &mut bool,
 ) {
-    let now = wall_us();
+    if board_frame(ctx, bytes, &live.boards.since_welcome, quiz_idx, now) {
+        return;
+    }
     let mut sh = ctx.shared.borrow_mut();
     sh.frames_total += 1;
     sh.hot.frames_in += 1;
-    if let Some(head) = scan_leaderboard(bytes) {
-        on_board(&mut sh, head, live, quiz_idx, now);
-        return;
-    }
     let msg = match ServerMsg::parse(bytes) {
         Ok(m) => m,
         Err(_) => {
@@ -584,7 +644,7 @@ fn on_frame(
     };
     match msg.ty.as_ref() {
         "welcome" => {
-            live.lb_since_welcome = false;
+            live.boards.since_welcome.set(false);
             if !*welcomed {
                 *welcomed = true;
                 let h = if first { H::Connect } else { H::Reconnect };
@@ -592,7 +652,7 @@ fn on_frame(
             }
             drop(sh);
             if let Some(s) = msg.score {
-                reconcile_welcome(rec, s, first);
+                plan_resends(rec, live, s, first);
             }
             if let Some(q) = msg.open_question() {
                 if msg.answered == Some(true) && !live.decided.contains(&q.id) {
@@ -632,6 +692,21 @@ fn on_frame(
             };
             sh.m.record(H::Answer, now.saturating_sub(live.due[pos]));
             drop(sh);
+            // Replies before the last re-send's: to the re-sends and to
+            // answers sent on this connection before its welcome was read.
+            let during_resends = live.resends_outstanding > 0;
+            let resent = rec.answers[pos].resent && during_resends;
+            if resent {
+                live.resends_outstanding -= 1;
+                if !accepted && !matches!(msg.reason.as_deref(), Some("duplicate" | "late")) {
+                    // Refused (an older core says `not_open` once the
+                    // question moved on): the welcome's score decides.
+                    ctx.count("answers_resent_refused");
+                    live.results += 1;
+                    settle_resends(rec, live);
+                    return;
+                }
+            }
             let r = ResultRec {
                 accepted,
                 reason: msg.reason.as_deref().map(str::to_string),
@@ -642,15 +717,30 @@ fn on_frame(
             };
             let reported = r.score;
             let has_score = msg.score.is_some();
+            let points = r.points;
             rec.answers[pos].result = Some(r);
             live.results += 1;
+            if during_resends && accepted {
+                // Scored after the welcome (a re-send whose first attempt
+                // never reached the store, or an answer sent before the
+                // welcome was read): not in the welcome's score, which the
+                // fallback compares with the acknowledged sum.
+                live.welcome_score += points;
+            }
+            if resent {
+                settle_resends(rec, live);
+            }
             let expected = rec.acknowledged_points();
-            if accepted && has_score && reported != expected {
+            // While re-sends are outstanding a reported score may include
+            // their originals' points (not acknowledged yet): checked at
+            // the last one.
+            let acked = rec.answers[pos].acked().is_some();
+            if acked && has_score && live.resends_outstanding == 0 && reported != expected {
                 rec.live_issues.push(format!(
                     "answer_result for question {qid} says score {reported}, acknowledged points sum to {expected}"
                 ));
             }
-            if !ctx.sc.mode_is_live() && live.results >= ctx.sc.quiz.questions {
+            if !ctx.sc.mode_is_live() && live.results + live.skipped >= ctx.sc.quiz.questions {
                 live.ended = true;
             }
         }
@@ -660,7 +750,7 @@ fn on_frame(
                 version: msg.version,
                 ts_ms: msg.ts_ms,
             };
-            on_board(&mut sh, head, live, quiz_idx, now);
+            on_board(&mut sh, head, &live.boards.since_welcome, quiz_idx, now);
         }
         "quiz_ended" => {
             sh.m.count("quiz_ended", 1);
@@ -669,18 +759,54 @@ fn on_frame(
         "error" => {
             let code = msg.code.as_deref().unwrap_or("unknown");
             sh.m.count(&format!("error.server.{code}"), 1);
+            if live.resends_outstanding > 0 {
+                // Replies come in order, and re-sends go first after a
+                // welcome: this refuses the next outstanding re-send.
+                sh.m.count("answers_resent_refused", 1);
+                drop(sh);
+                live.resends_outstanding -= 1;
+                settle_resends(rec, live);
+            }
         }
         "pong" => {}
         _ => sh.m.count("unknown_message", 1),
     }
 }
 
+/// A `leaderboard` frame in core's layout (most of the traffic), received
+/// at `now` µs: counted and timed without deserializing it. The worker's
+/// hub calls this as the connection's fast path (`WsConn::set_fast_path`),
+/// so a board costs no wake-up of the player's task; false = not such a
+/// frame (then `on_frame` gets it).
+fn board_frame(
+    ctx: &Ctx,
+    bytes: &[u8],
+    lb_since_welcome: &Cell<bool>,
+    quiz_idx: usize,
+    now: u64,
+) -> bool {
+    let Some(head) = scan_leaderboard(bytes) else {
+        return false;
+    };
+    let mut sh = ctx.shared.borrow_mut();
+    sh.frames_total += 1;
+    sh.hot.frames_in += 1;
+    on_board(&mut sh, head, lb_since_welcome, quiz_idx, now);
+    true
+}
+
 /// A `leaderboard` frame: count it and time it (see `metrics.rs`).
-fn on_board(sh: &mut Shared, head: BoardHead, live: &mut Live, quiz_idx: usize, now: u64) {
+fn on_board(
+    sh: &mut Shared,
+    head: BoardHead,
+    lb_since_welcome: &Cell<bool>,
+    quiz_idx: usize,
+    now: u64,
+) {
     sh.hot.leaderboards += 1;
     if let Some(ts) = head.ts_ms {
         sh.m.record(H::Leaderboard, now.saturating_sub(ts * 1000));
-    } else if let (Some(v), true) = (head.version, live.lb_since_welcome) {
+    } else if let (Some(v), true) = (head.version, lb_since_welcome.get()) {
         // No server stamp: measure the fan-out delay from the first receipt
         // of the same version by any player of this worker.
         if sh.lb_first.len() <= quiz_idx {
@@ -691,12 +817,71 @@ fn on_board(sh: &mut Shared, head: BoardHead, live: &mut Live, quiz_idx: usize, 
         }
         sh.hot.leaderboard_unstamped += 1;
     }
-    live.lb_since_welcome = true;
+    lb_since_welcome.set(true);
+}
+
+/// A welcome (after a reconnect): answers sent whose `answer_result` never
+/// came are sent again, identical (the client rule of CONTRACT.md): core
+/// answers `duplicate` with the original's result if the first attempt was
+/// recorded (and publishes its event again, which repairs a node killed
+/// between the store and Kafka), or scores it now if it never arrived. The
+/// reply is then the acknowledgement ([`AnswerRec::acked`]). Nothing open:
+/// the welcome's score is checked at once, as before.
+fn plan_resends(rec: &mut PlayerRecord, live: &mut Live, score: u64, first: bool) {
+    let mut open = 0;
+    let before = live.sent_before_conn as usize;
+    for a in rec.answers.iter_mut().take(before) {
+        if a.result.is_none() && !a.inferred {
+            a.resent = true;
+            open += 1;
+        }
+    }
+    live.resends_outstanding = open;
+    live.resend_now = open > 0;
+    live.welcome_score = score;
+    if open == 0 {
+        reconcile_welcome(rec, score, first, before);
+    }
+}
+
+/// Sends every open answer again (right after the welcome that asked for it).
+async fn resend_open(ctx: &Ctx, conn: &mut WsConn, rec: &PlayerRecord) -> Result<(), NetError> {
+    for a in rec.answers.iter() {
+        if a.resent && a.result.is_none() && !a.inferred {
+            conn.send_text(&encode_answer(a.question_id, a.choice))
+                .await?;
+            ctx.count("answers_resent");
+        }
+    }
+    Ok(())
+}
+
+/// Once every re-send has its reply: answers still open (their re-send was
+/// refused: an `error`, or a rejection other than `duplicate` / `late`) are
+/// resolved from the welcome's score, the fallback that was the only rule
+/// before re-sends. That score is still the platform's minus what the
+/// re-sends scored afresh (added to it): replies come in order, and nothing
+/// new is acknowledged before the re-sends' replies.
+fn settle_resends(rec: &mut PlayerRecord, live: &Live) {
+    if live.resends_outstanding == 0
+        && rec
+            .answers
+            .iter()
+            .any(|a| a.resent && a.result.is_none() && !a.inferred)
+    {
+        reconcile_welcome(
+            rec,
+            live.welcome_score,
+            false,
+            live.sent_before_conn as usize,
+        );
+    }
 }
 
 /// After a reconnect the welcome carries the platform's score. Answers whose
-/// ack was lost with the old connection are resolved from it.
-fn reconcile_welcome(rec: &mut PlayerRecord, score: u64, first: bool) {
+/// ack was lost with the old connection (among `rec.answers[..before]`, those
+/// sent before this connection) are resolved from it.
+fn reconcile_welcome(rec: &mut PlayerRecord, score: u64, first: bool, before: usize) {
     let acked = rec.acknowledged_points();
     if score == acked {
         return;
@@ -704,6 +889,7 @@ fn reconcile_welcome(rec: &mut PlayerRecord, score: u64, first: bool) {
     let unacked: Vec<usize> = rec
         .answers
         .iter()
+        .take(before)
         .enumerate()
         .filter(|(_, a)| a.result.is_none() && !a.inferred)
         .map(|(i, _)| i)
@@ -748,6 +934,12 @@ fn consider_question(
         }
     }
     if rng.f64() >= sc.answers.share_answering {
+        // Self-paced: the next question comes when this one's time runs out;
+        // a player that skips the last one has nothing left to wait for.
+        live.skipped += 1;
+        if !sc.mode_is_live() && live.results + live.skipped >= sc.quiz.questions {
+            live.ended = true;
+        }
         return;
     }
     let intended_correct = rng.f64() < sc.answers.share_correct;
@@ -845,17 +1037,26 @@ mod tests {
     fn welcome_reconciles_lost_ack() {
         let mut rec = PlayerRecord {
             player_id: "p".into(),
-            answers: vec![AnswerRec {
-                question_id: 0,
-                ..Default::default()
-            }],
+            answers: vec![
+                AnswerRec {
+                    question_id: 0,
+                    ..Default::default()
+                },
+                // Sent on the new connection before its welcome was read:
+                // its reply is still to come, nothing to infer.
+                AnswerRec {
+                    question_id: 1,
+                    ..Default::default()
+                },
+            ],
             ..Default::default()
         };
-        reconcile_welcome(&mut rec, 900, false);
+        reconcile_welcome(&mut rec, 900, false, 1);
         assert_eq!(rec.acknowledged_points(), 900);
         assert!(rec.answers[0].inferred);
+        assert!(!rec.answers[1].inferred);
         assert!(rec.live_issues.is_empty());
-        reconcile_welcome(&mut rec, 100, false);
+        reconcile_welcome(&mut rec, 100, false, 1);
         assert_eq!(rec.live_issues.len(), 1);
     }
 

@@ -94,6 +94,7 @@ pub fn summary(r: &RunResult) -> String {
             k.starts_with("error.")
                 || k.starts_with("close.")
                 || k.starts_with("answers_rejected.")
+                || k.starts_with("answers_resent")
                 || k.as_str() == "reconnects"
                 || k.as_str() == "storm_drops"
         })

@@ -50,6 +50,27 @@ pub struct AnswerRec {
     /// The ack was lost with a connection; its points were inferred from the
     /// score in the next `welcome`.
     pub inferred: bool,
+    /// The option sent (the tool sends one), for a re-send.
+    #[serde(default)]
+    pub choice: u32,
+    /// Sent again, identical, after a reconnect because its `answer_result`
+    /// never came (the client rule of CONTRACT.md): a `duplicate` result is
+    /// then the acknowledgement of this answer (see [`AnswerRec::acked`]).
+    #[serde(default)]
+    pub resent: bool,
+}
+
+impl AnswerRec {
+    /// The result if it acknowledges this answer as scored: accepted, or
+    /// `duplicate` to the tool's re-send (the first attempt counted; the
+    /// result carries that attempt's `correct` and `points`). Its points are
+    /// in the player's acknowledged sum and it is checked like an accepted
+    /// answer. `late` and other rejections are not acknowledgements.
+    pub fn acked(&self) -> Option<&ResultRec> {
+        self.result
+            .as_ref()
+            .filter(|r| r.accepted || (self.resent && r.reason.as_deref() == Some("duplicate")))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -77,8 +98,7 @@ impl PlayerRecord {
     pub fn acknowledged_points(&self) -> u64 {
         self.answers
             .iter()
-            .filter_map(|a| a.result.as_ref())
-            .filter(|r| r.accepted)
+            .filter_map(AnswerRec::acked)
             .map(|r| r.points)
             .sum::<u64>()
             + self.inferred_points
@@ -192,7 +212,7 @@ pub fn check_player(
             continue;
         };
         let q = a.question_id;
-        if r.accepted {
+        if a.acked().is_some() {
             if r.correct != a.intended_correct {
                 out.mismatches.push(mm(
                     "correctness",
@@ -435,7 +455,7 @@ mod tests {
                 score,
                 at_us: 1_000_000_000 + 400_000,
             }),
-            inferred: false,
+            ..Default::default()
         }
     }
 
@@ -571,6 +591,39 @@ mod tests {
             ..Default::default()
         };
         assert!(!r.reconcile_final_score());
+    }
+
+    #[test]
+    fn duplicate_to_a_resend_is_the_acknowledgement() {
+        // Question 2's ack was lost; the tool re-sent it and got a duplicate
+        // carrying the original's result.
+        let mut p = player();
+        let mut a = ans(2, true, 1000, 2000);
+        a.resent = true;
+        let r = a.result.as_mut().unwrap();
+        r.accepted = false;
+        r.reason = Some("duplicate".into());
+        r.at_us += 3_000_000; // after the reconnect
+        p.answers.push(a);
+        p.server_score = Some(2000);
+        assert_eq!(p.acknowledged_points(), 2000);
+        let c = check_player("q", &p, CrossCheck::Fail, true);
+        assert!(c.mismatches.is_empty(), "{:?}", c.mismatches);
+        // Checked like an accepted answer: a wrong correctness fails.
+        p.answers[2].result.as_mut().unwrap().correct = false;
+        let c = check_player("q", &p, CrossCheck::Off, true);
+        let kinds: Vec<_> = c.mismatches.iter().map(|m| m.kind.as_str()).collect();
+        assert!(kinds.contains(&"correctness"), "{kinds:?}");
+        // Not re-sent: the same duplicate is a false duplicate, no points.
+        p.answers[2].resent = false;
+        p.answers[2].result.as_mut().unwrap().correct = true;
+        assert_eq!(p.acknowledged_points(), 1000);
+        let c = check_player("q", &p, CrossCheck::Off, true);
+        let kinds: Vec<_> = c.mismatches.iter().map(|m| m.kind.as_str()).collect();
+        assert!(
+            kinds.contains(&"duplicate") && kinds.contains(&"final_score"),
+            "{kinds:?}"
+        );
     }
 
     #[test]

@@ -59,7 +59,10 @@ pub struct PlayerSummary {
     pub quiz: u32,
     pub player_id: String,
     pub score: u64,
-    /// Accepted answers acknowledged to the player.
+    /// Answers acknowledged to the player as scored ([`AnswerRec::acked`]:
+    /// accepted, or the `duplicate` answering a re-send).
+    ///
+    /// [`AnswerRec::acked`]: crate::verify::AnswerRec::acked
     #[serde(default)]
     pub accepted: u64,
     pub ended: bool,
@@ -209,6 +212,16 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
             Err(e) => eprintln!("worker {worker}: player task failed: {e}"),
         }
     }
+    {
+        // Close the steady phase here if the ticker has not yet: when every
+        // player ends within the same second and verification is quick, the
+        // next tick comes after the ticker is stopped and the run would
+        // report no steady figure at all.
+        let mut st = steady.borrow_mut();
+        if st.start.is_some() && st.end.is_none() {
+            st.end = Some((sample_self().cpu_us, ctx.shared.borrow().frames_total));
+        }
+    }
 
     // Verification: the platform's view of each (sampled) player's score.
     let verify_deadline = ctx.at_wall(plan.verify_deadline_wall_us);
@@ -342,11 +355,7 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
             quiz: r.quiz,
             player_id: r.player_id.clone(),
             score: r.acknowledged_points(),
-            accepted: r
-                .answers
-                .iter()
-                .filter(|a| a.result.as_ref().map(|x| x.accepted).unwrap_or(false))
-                .count() as u64,
+            accepted: r.answers.iter().filter(|a| a.acked().is_some()).count() as u64,
             ended: r.ended,
         });
     }

@@ -83,6 +83,51 @@ async fn reconnect_storm_players_reconnect_and_scores_still_match() {
     assert_eq!(r.latency_ms["reconnect"].count, drops);
 }
 
+/// Answer sent, connection dropped before its result (the platform had
+/// recorded it), reconnect, re-send, `duplicate`: acknowledged once, with
+/// the original's points, and every check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_ack_is_resent_and_the_duplicate_counts_once() {
+    let addr = support::start(Bug::LosesAck).await;
+    let (r, _) = run(opts(addr.port(), "loadtest-e2e-resend")).await.unwrap();
+    assert!(r.passed, "{}", loadtest::report::summary(&r));
+    let count = |k: &str| r.counters.get(k).copied().unwrap_or(0);
+    // Every player answers question 1 and loses that ack once.
+    assert_eq!(count("answers_resent"), 12, "{:?}", r.counters);
+    assert_eq!(count("answers_rejected.duplicate"), 12, "{:?}", r.counters);
+    assert_eq!(count("answers_resent_refused"), 0, "{:?}", r.counters);
+    assert_eq!(count("close.none_eof"), 12, "{:?}", r.counters);
+    assert_eq!(r.counts.answers_acked, r.counts.answers_sent);
+    assert_eq!(r.counts.unacknowledged, 0);
+    assert_eq!(count("final_score_inferred"), 0, "{:?}", r.counters);
+}
+
+/// The fallback: a platform that refuses the re-send (`not_open`, as core
+/// did once the question had moved on) leaves no mismatch: a lost answer
+/// that scored is resolved from the welcome's score; a lost wrong one
+/// (0 points: nothing to infer) stays unacknowledged, as before re-sends
+/// (the strict smoke scenario fails on that, and only on that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_resend_falls_back_to_the_welcome_score() {
+    let addr = support::start(Bug::LosesAckRefusesResend).await;
+    let (r, _) = run(opts(addr.port(), "loadtest-e2e-resend-refused"))
+        .await
+        .unwrap();
+    let summary = loadtest::report::summary(&r);
+    assert_eq!(r.mismatch_count, 0, "{summary}");
+    assert!(
+        r.failure_reasons
+            .iter()
+            .all(|w| w.contains("never acknowledged")),
+        "{summary}"
+    );
+    let count = |k: &str| r.counters.get(k).copied().unwrap_or(0);
+    assert_eq!(count("answers_resent"), 12, "{:?}", r.counters);
+    assert_eq!(count("answers_resent_refused"), 12, "{:?}", r.counters);
+    assert_eq!(r.counts.answers_acked + 12, r.counts.answers_sent);
+    assert!(r.counts.unacknowledged < 12, "{summary}");
+}
+
 #[tokio::test]
 async fn non_loopback_target_is_refused_before_any_traffic() {
     let mut o = opts(80, "loadtest-e2e-refuse");

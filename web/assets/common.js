@@ -425,3 +425,17 @@ export function resultsCsv(top) {
 }
 
 export const OPTION_LABELS = ['A', 'B', 'C', 'D', 'E', 'F'];
+
+/**
+ * The answers to send again after a reconnect's welcome (the client rule of
+ * CONTRACT.md): those sent (`answered[qid].choices`) whose `answer_result`
+ * never came, lost with the old connection. Core answers a re-send with
+ * `duplicate` and the original's result (and makes sure the answer's event is
+ * recorded), or scores it if the first attempt never arrived. Entries only
+ * known from a welcome's `answered: true` (no choices) are not ours to send.
+ */
+export function unackedAnswers(answered) {
+  return Object.entries(answered || {})
+    .filter(([, a]) => a && !a.result && !a.known && Array.isArray(a.choices) && a.choices.length > 0)
+    .map(([qid, a]) => ({ question_id: Number(qid), choices: a.choices }));
+}

@@ -4,7 +4,7 @@
 import {
   $, h, showScreen, api, ApiError, quizPath, checkQuizId, checkNickname, fieldOfMessage, FieldErrors,
   QuizSocket, clock, remainingMs, renderLeaderboard, renderPodium, ordinal, OPTION_LABELS,
-  isAmbiguous, newIdempotencyKey,
+  isAmbiguous, newIdempotencyKey, unackedAnswers,
 } from './common.js';
 
 const S = {
@@ -223,6 +223,11 @@ function onWelcome(m) {
   if (typeof m.score === 'number') S.score = m.score;
   if (m.rank !== undefined) S.rank = m.rank;
   updateMe();
+  // An answer whose result was lost with the old connection is sent again,
+  // identical; its `duplicate` result stands for the original's.
+  for (const a of unackedAnswers(S.answered)) {
+    if (S.socket && S.socket.send({ type: 'answer', ...a })) S.answered[a.question_id].resent = true;
+  }
   if (m.state === 'ended') {
     onEnded({ top: S.top });
     return;
@@ -388,6 +393,10 @@ function showAnsweredBefore() {
 
 function onAnswerResult(m) {
   const entry = S.answered[m.question_id] || { choices: [] };
+  // The duplicate answering a re-send carries the original's verdict.
+  if (entry.resent && !entry.result && !m.accepted && m.reason === 'duplicate') {
+    m = { ...m, accepted: true, reason: undefined };
+  }
   entry.result = m;
   S.answered[m.question_id] = entry;
   saveSession();

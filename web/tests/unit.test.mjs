@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   checkQuiz, checkNickname, checkQuizId, fieldOfMessage, csvCell, resultsCsv, ordinal,
-  ApiError, isAmbiguous, newIdempotencyKey,
+  ApiError, isAmbiguous, newIdempotencyKey, unackedAnswers,
 } from '../assets/common.js';
 
 const good = {
@@ -89,4 +89,19 @@ test('join idempotency keys are fresh and valid header values; only ambiguous fa
   for (const s of [0, 502, 503, 504]) assert.equal(isAmbiguous(new ApiError(s, 'x', 'm')), true, `${s}`);
   for (const s of [400, 404, 409, 429]) assert.equal(isAmbiguous(new ApiError(s, 'x', 'm')), false, `${s}`);
   assert.equal(isAmbiguous(new Error('x')), false);
+});
+
+test('answers sent without a result are the ones re-sent after a reconnect', () => {
+  const answered = {
+    0: { choices: [1], result: { type: 'answer_result', accepted: true } },
+    1: { choices: [0, 2] },
+    2: { choices: [], known: true },
+    3: { choices: [3], resent: true },
+  };
+  assert.deepEqual(unackedAnswers(answered), [
+    { question_id: 1, choices: [0, 2] },
+    { question_id: 3, choices: [3] },
+  ]);
+  assert.deepEqual(unackedAnswers({}), []);
+  assert.deepEqual(unackedAnswers(undefined), []);
 });

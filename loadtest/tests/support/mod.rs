@@ -3,7 +3,7 @@
 //! be tested without core. `Bug` makes it lie in a chosen way, to prove the
 //! checker catches it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,6 +20,15 @@ pub enum Bug {
     ScoreOffByOne,
     /// The leaderboard omits the first player.
     LeaderboardDropsPlayer,
+    /// Not a lie, a crash: each player's first answer to question 1 is
+    /// recorded and scored, then the connection drops before its
+    /// `answer_result` (a node killed between the store and the reply).
+    /// A re-send of a recorded answer gets `duplicate` with the original's
+    /// result, as core does.
+    LosesAck,
+    /// [`Bug::LosesAck`], and a re-send is refused with `not_open` (an
+    /// older core, once the question was no longer open to it).
+    LosesAckRefusesResend,
 }
 
 fn now_ms() -> u64 {
@@ -39,7 +48,10 @@ struct P {
     id: String,
     nick: String,
     score: u64,
-    answered: HashSet<u32>,
+    /// Question → the recorded answer's (correct, points).
+    answered: HashMap<u32, (bool, u64)>,
+    /// [`Bug::LosesAck`]: this player's ack was dropped already.
+    lost_ack: bool,
     tx: Option<mpsc::UnboundedSender<Vec<u8>>>,
 }
 
@@ -228,7 +240,8 @@ async fn conn(mut s: TcpStream, st: Shared, bug: Bug) -> std::io::Result<()> {
                             id: pid.clone(),
                             nick,
                             score: 0,
-                            answered: HashSet::new(),
+                            answered: HashMap::new(),
+                            lost_ack: false,
                             tx: None,
                         });
                         Some(pid)
@@ -347,7 +360,7 @@ async fn conn(mut s: TcpStream, st: Shared, bug: Bug) -> std::io::Result<()> {
                 let mut w = json!({"type":"welcome","role":"player","player_id":p.id,"score":p.score,"rank":rank(q, p.score),"state":q.state});
                 if let (Some(c), "running") = (q.current, q.state) {
                     w["question"] = question_msg(&q.questions[c], c, q.opens_at, q.closes_at);
-                    w["answered"] = json!(p.answered.contains(&(c as u32)));
+                    w["answered"] = json!(p.answered.contains_key(&(c as u32)));
                 }
                 w
             };
@@ -376,7 +389,10 @@ async fn conn(mut s: TcpStream, st: Shared, bug: Bug) -> std::io::Result<()> {
                             if op == 8 { return Ok(()); }
                             let v: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
                             if v["type"] == "answer" {
-                                let reply = answer(&st, &qid, &pid, &v);
+                                let reply = answer(&st, &qid, &pid, &v, bug);
+                                if reply.is_null() {
+                                    return Ok(()); // the ack is lost with the connection
+                                }
                                 s.write_all(&frame(reply.to_string().as_bytes(), 1)).await?;
                             }
                         }
@@ -395,7 +411,8 @@ async fn conn(mut s: TcpStream, st: Shared, bug: Bug) -> std::io::Result<()> {
     }
 }
 
-fn answer(st: &Shared, qid: &str, pid: &str, v: &Value) -> Value {
+/// Applies one answer; `Value::Null` = drop the connection without a reply.
+fn answer(st: &Shared, qid: &str, pid: &str, v: &Value, bug: Bug) -> Value {
     let now = now_ms();
     let qn = v["question_id"].as_u64().unwrap_or(999) as u32;
     let choices: Vec<u32> = v["choices"]
@@ -412,13 +429,24 @@ fn answer(st: &Shared, qid: &str, pid: &str, v: &Value) -> Value {
     let (opens, closes, current) = (q.opens_at, q.closes_at, q.current);
     let pi = q.players.iter().position(|p| p.id == pid).unwrap();
     let mut r = json!({"type":"answer_result","question_id":qn,"accepted":false,"correct":false,"points":0});
-    if current != Some(qn as usize) {
+    let loses_ack = matches!(bug, Bug::LosesAck | Bug::LosesAckRefusesResend);
+    if let Some(&(correct, points)) = q.players[pi].answered.get(&qn) {
+        // Recorded before, wherever the quiz is now: a duplicate with the
+        // original's result (an older core refused it once closed).
+        if bug == Bug::LosesAckRefusesResend {
+            r["reason"] = json!("not_open");
+        } else {
+            r["reason"] = json!("duplicate");
+            r["correct"] = json!(correct);
+            r["points"] = json!(points);
+        }
+    } else if current != Some(qn as usize) {
         r["reason"] = json!("not_open");
-    } else if q.players[pi].answered.contains(&qn) {
-        r["reason"] = json!("duplicate");
     } else if now >= closes {
-        q.players[pi].answered.insert(qn);
+        let correct = choices == q.questions[qn as usize].correct;
+        q.players[pi].answered.insert(qn, (correct, 0));
         r["reason"] = json!("late");
+        r["correct"] = json!(correct);
     } else {
         let qq = &q.questions[qn as usize];
         let correct = choices == qq.correct;
@@ -430,11 +458,15 @@ fn answer(st: &Shared, qid: &str, pid: &str, v: &Value) -> Value {
             0
         };
         let p = &mut q.players[pi];
-        p.answered.insert(qn);
+        p.answered.insert(qn, (correct, pts));
         p.score += pts;
         r["accepted"] = json!(true);
         r["correct"] = json!(correct);
         r["points"] = json!(pts);
+        if loses_ack && qn == 1 && !p.lost_ack {
+            p.lost_ack = true;
+            return Value::Null;
+        }
     }
     let score = q.players[pi].score;
     r["score"] = json!(score);
