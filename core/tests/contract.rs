@@ -887,6 +887,19 @@ async fn tiers(f: Factory) {
 }
 
 /// `POST …/players` with an `Idempotency-Key` header.
+/// `GET /v1/quizzes/{id}/leaderboard`'s body.
+async fn leaderboard(addr: SocketAddr, id: &str) -> Value {
+    http(
+        addr,
+        "GET",
+        &format!("/v1/quizzes/{id}/leaderboard"),
+        &[],
+        None,
+    )
+    .await
+    .1
+}
+
 async fn join_keyed(addr: SocketAddr, quiz: &str, nick: &str, key: &str) -> (u16, Value) {
     http(
         addr,
@@ -970,15 +983,7 @@ async fn idempotent_join(f: Factory) {
     assert_eq!((s, error_of(&v).0), (400, Some("invalid")), "{v}");
     let (s, v) = join_keyed(a, &id, "cid", &"k".repeat(64)).await;
     assert_eq!(s, 201, "a 64-character key is fine: {v}");
-    let lb = http(
-        a,
-        "GET",
-        &format!("/v1/quizzes/{id}/leaderboard"),
-        &[],
-        None,
-    )
-    .await
-    .1;
+    let lb = leaderboard(a, &id).await;
     assert_eq!(lb["total_players"], 3, "{lb}");
     // Score kept across a replay: ann scores, then her join is replayed.
     let mut wa = ws(a, &id, &token).await;
@@ -1032,15 +1037,7 @@ async fn idempotent_join(f: Factory) {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
-    let lb = http(
-        b,
-        "GET",
-        &format!("/v1/quizzes/{id}/leaderboard"),
-        &[],
-        None,
-    )
-    .await
-    .1;
+    let lb = leaderboard(b, &id).await;
     assert_eq!(lb["total_players"], 4, "{lb}");
     // The replayed token reconnects to the same player and score.
     let mut wa2 = ws(b, &id, replay["player_token"].as_str().unwrap()).await;

@@ -650,23 +650,11 @@ impl Cluster {
             return;
         }
         let rate = self.config().drain.close_rate_per_sec.max(1);
-        let period = Duration::from_secs_f64(1.0 / f64::from(rate));
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            for (_, t) in victims {
-                t.cancel();
-            }
-            return;
-        };
-        handle.spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            for (_, t) in victims {
-                tick.tick().await;
-                if !t.is_cancelled() {
-                    t.cancel();
-                    counter.inc();
-                }
-            }
-        });
+        cancel_paced(
+            victims,
+            Duration::from_secs_f64(1.0 / f64::from(rate)),
+            counter,
+        );
     }
 
     /// Graceful stop (SIGTERM, or SIGQUIT once the listening sockets went to the new process):
@@ -692,30 +680,7 @@ impl Cluster {
             .with_label_values(&[CloseReason::Shutdown.as_str()]);
         let floor =
             Duration::from_secs_f64(1.0 / f64::from(self.config().drain.close_rate_per_sec.max(1)));
-        let period = (within / n as u32).min(floor);
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            for (_, t) in victims {
-                t.cancel();
-            }
-            return n;
-        };
-        handle.spawn(async move {
-            if period.is_zero() {
-                for (_, t) in victims {
-                    t.cancel();
-                    counter.inc();
-                }
-                return;
-            }
-            let mut tick = tokio::time::interval(period);
-            for (_, t) in victims {
-                tick.tick().await;
-                if !t.is_cancelled() {
-                    t.cancel();
-                    counter.inc();
-                }
-            }
-        });
+        cancel_paced(victims, (within / n as u32).min(floor), counter);
         n
     }
 
@@ -941,4 +906,32 @@ impl Cluster {
             .values()
             .all(|b| b.eligible && b.up == Some(true) && !b.draining)
     }
+}
+
+/// Cancel `victims` in order, one per `period` (all at once when it is zero), counting each in
+/// `counter`. Paced on the current runtime; at once when there is none.
+fn cancel_paced(
+    victims: Vec<(String, CancellationToken)>,
+    period: Duration,
+    counter: prometheus::IntCounter,
+) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        for (_, t) in victims {
+            t.cancel();
+            counter.inc();
+        }
+        return;
+    };
+    handle.spawn(async move {
+        let mut tick = (!period.is_zero()).then(|| tokio::time::interval(period));
+        for (_, t) in victims {
+            if let Some(tick) = tick.as_mut() {
+                tick.tick().await;
+            }
+            if !t.is_cancelled() {
+                t.cancel();
+                counter.inc();
+            }
+        }
+    });
 }

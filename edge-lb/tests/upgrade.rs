@@ -51,6 +51,23 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid}");
 }
 
+/// SIGKILLs the edge-lb processes this test started if it panics, so a failed run leaves no
+/// process behind (the normal path stops them with [`stop`]).
+struct KillOnPanic(Vec<u32>);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for pid in &self.0 {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
+}
+
 /// Stop a child we started: SIGINT (pingora's fast shutdown), SIGKILL if it lingers.
 fn stop(child: &mut Child) {
     if child.try_wait().unwrap().is_none() {
@@ -224,6 +241,7 @@ edge_lb:
     let (old_log, new_log) = (dir.join("old.log"), dir.join("new.log"));
     let mut old = spawn_edge(&conf, &old_log, false);
     let old_pid = old.id();
+    let mut reaper = KillOnPanic(vec![old_pid]);
     let t = Instant::now();
     while probe(proxy, 0, &[]).await.is_err() {
         assert!(
@@ -267,6 +285,7 @@ edge_lb:
     // for 5 s), so it is started first and the old one is told to hand over once it listens.
     let mut new = spawn_edge(&conf, &new_log, true);
     let new_pid = new.id();
+    reaper.0.push(new_pid);
     pids.lock().push(new_pid);
     let t = Instant::now();
     while !sock.exists() {
