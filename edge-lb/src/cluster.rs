@@ -82,6 +82,14 @@ struct Backend {
     last_error: Option<String>,
 }
 
+impl Backend {
+    /// Failing its checks (`failure_threshold` in a row) but not marked down: the verdict was
+    /// deferred by `health.panic_threshold`.
+    fn deferred(&self, failure_threshold: u32) -> bool {
+        self.up != Some(false) && self.consecutive_fail >= failure_threshold
+    }
+}
+
 #[derive(Debug, Default)]
 struct Activity {
     tunnels: usize,
@@ -534,9 +542,7 @@ impl Cluster {
                 weight: b.weight,
                 health: match b.up {
                     // Failing its checks, but the verdict is deferred (panic threshold).
-                    _ if b.up != Some(false) && b.consecutive_fail >= failure_threshold => {
-                        "failing"
-                    }
+                    _ if b.deferred(failure_threshold) => "failing",
                     None => "unknown",
                     Some(true) => "up",
                     Some(false) => "down",
@@ -623,7 +629,7 @@ impl Cluster {
         reason: CloseReason,
         immediate: bool,
     ) {
-        let mut victims: Vec<(String, CancellationToken)> = {
+        let victims: Vec<(String, CancellationToken)> = {
             let t = self.tunnels.lock();
             t.get(&backend)
                 .map(|m| {
@@ -634,6 +640,29 @@ impl Cluster {
                 })
                 .unwrap_or_default()
         };
+        let period = if immediate {
+            Duration::ZERO
+        } else {
+            self.drain_period()
+        };
+        self.cancel_in_order(victims, reason, period);
+    }
+
+    /// One tunnel close per this period at `drain.close_rate_per_sec`.
+    fn drain_period(&self) -> Duration {
+        let rate = self.config().drain.close_rate_per_sec.max(1);
+        Duration::from_secs_f64(1.0 / f64::from(rate))
+    }
+
+    /// Cancel `victims` sorted by quiz (a quiz's tunnels close together), one per `period` on
+    /// the current runtime, or all at once (here) when it is zero or there is no runtime; each
+    /// counted under `reason`.
+    fn cancel_in_order(
+        &self,
+        mut victims: Vec<(String, CancellationToken)>,
+        reason: CloseReason,
+        period: Duration,
+    ) {
         if victims.is_empty() {
             return;
         }
@@ -642,19 +671,26 @@ impl Cluster {
             .metrics
             .tunnels_closed
             .with_label_values(&[reason.as_str()]);
-        if immediate {
-            for (_, t) in victims {
-                t.cancel();
-                counter.inc();
+        let handle = match tokio::runtime::Handle::try_current() {
+            Ok(h) if !period.is_zero() => h,
+            _ => {
+                for (_, t) in victims {
+                    t.cancel();
+                    counter.inc();
+                }
+                return;
             }
-            return;
-        }
-        let rate = self.config().drain.close_rate_per_sec.max(1);
-        cancel_paced(
-            victims,
-            Duration::from_secs_f64(1.0 / f64::from(rate)),
-            counter,
-        );
+        };
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            for (_, t) in victims {
+                tick.tick().await;
+                if !t.is_cancelled() {
+                    t.cancel();
+                    counter.inc();
+                }
+            }
+        });
     }
 
     /// Graceful stop (SIGTERM, or SIGQUIT once the listening sockets went to the new process):
@@ -663,24 +699,17 @@ impl Cluster {
     /// another replica — in a trickle instead of all at once when this process exits. Returns
     /// how many were scheduled.
     pub fn close_all_tunnels_within(self: &Arc<Self>, within: Duration) -> usize {
-        let mut victims: Vec<(String, CancellationToken)> = self
+        let victims: Vec<(String, CancellationToken)> = self
             .tunnels
             .lock()
             .values()
             .flat_map(|m| m.values().map(|e| (e.quiz.clone(), e.token.clone())))
             .collect();
         let n = victims.len();
-        if n == 0 {
-            return 0;
+        if n > 0 {
+            let period = (within / n as u32).min(self.drain_period());
+            self.cancel_in_order(victims, CloseReason::Shutdown, period);
         }
-        victims.sort_by(|a, b| a.0.cmp(&b.0));
-        let counter = self
-            .metrics
-            .tunnels_closed
-            .with_label_values(&[CloseReason::Shutdown.as_str()]);
-        let floor =
-            Duration::from_secs_f64(1.0 / f64::from(self.config().drain.close_rate_per_sec.max(1)));
-        cancel_paced(victims, (within / n as u32).min(floor), counter);
         n
     }
 
@@ -800,12 +829,10 @@ impl Cluster {
 
     /// Publish whether `pool` is in panic: some backend failing its checks but not marked down.
     fn set_panic(&self, inner: &Inner, pool: &str, failure_threshold: u32) {
-        let panic = inner.backends.values().any(|b| {
-            b.pool.as_ref() == pool
-                && !b.draining
-                && b.up != Some(false)
-                && b.consecutive_fail >= failure_threshold
-        });
+        let panic = inner
+            .backends
+            .values()
+            .any(|b| b.pool.as_ref() == pool && !b.draining && b.deferred(failure_threshold));
         let gauge = self.metrics.pool_panic.with_label_values(&[pool]);
         if panic && gauge.get() == 0 {
             tracing::warn!(
@@ -906,32 +933,4 @@ impl Cluster {
             .values()
             .all(|b| b.eligible && b.up == Some(true) && !b.draining)
     }
-}
-
-/// Cancel `victims` in order, one per `period` (all at once when it is zero), counting each in
-/// `counter`. Paced on the current runtime; at once when there is none.
-fn cancel_paced(
-    victims: Vec<(String, CancellationToken)>,
-    period: Duration,
-    counter: prometheus::IntCounter,
-) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        for (_, t) in victims {
-            t.cancel();
-            counter.inc();
-        }
-        return;
-    };
-    handle.spawn(async move {
-        let mut tick = (!period.is_zero()).then(|| tokio::time::interval(period));
-        for (_, t) in victims {
-            if let Some(tick) = tick.as_mut() {
-                tick.tick().await;
-            }
-            if !t.is_cancelled() {
-                t.cancel();
-                counter.inc();
-            }
-        }
-    });
 }

@@ -375,6 +375,25 @@ async fn read_response_head(b: &mut TcpStream, max: usize) -> io::Result<Vec<u8>
     }
 }
 
+/// Refuse an upgrade before any backend answered it: count the error `kind` and the upgrade
+/// `outcome` (`(kind, outcome)`), answer `status` with the contract's `unavailable` body and
+/// `Retry-After: 1`.
+async fn refuse<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    cluster: &Cluster,
+    (kind, outcome): (&str, &str),
+    status: u16,
+    msg: &str,
+) {
+    let m = &cluster.metrics;
+    m.error(kind);
+    m.upgrades.with_label_values(&[outcome]).inc();
+    let _ = client
+        .write_all(&error_response(status, "unavailable", msg, Some(1)))
+        .await;
+    let _ = client.flush().await;
+}
+
 /// Proxy one WebSocket upgrade for `quiz`; on success hand the tunnel to its own task.
 ///
 /// The handshake runs in the connection task pingora spawned (its future is large: pingora's
@@ -400,17 +419,14 @@ pub async fn serve_upgrade<C, K>(
     let pool = &cfg.routes.websocket;
     let m = &cluster.metrics;
     let Some(target) = cluster.route_quiz(pool, quiz) else {
-        m.error("no_backend");
-        m.upgrades.with_label_values(&["no_backend"]).inc();
-        let _ = client
-            .write_all(&error_response(
-                503,
-                "unavailable",
-                "no healthy backend for this quiz",
-                Some(1),
-            ))
-            .await;
-        let _ = client.flush().await;
+        refuse(
+            &mut client,
+            cluster,
+            ("no_backend", "no_backend"),
+            503,
+            "no healthy backend for this quiz",
+        )
+        .await;
         return;
     };
     let forward = forward_head(&head, peer);
@@ -420,17 +436,14 @@ pub async fn serve_upgrade<C, K>(
     {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => {
-            m.error("connect");
-            m.upgrades.with_label_values(&["backend_error"]).inc();
-            let _ = client
-                .write_all(&error_response(
-                    503,
-                    "unavailable",
-                    "backend unreachable, retry shortly",
-                    Some(1),
-                ))
-                .await;
-            let _ = client.flush().await;
+            refuse(
+                &mut client,
+                cluster,
+                ("connect", "backend_error"),
+                503,
+                "backend unreachable, retry shortly",
+            )
+            .await;
             return;
         }
     };
@@ -441,17 +454,14 @@ pub async fn serve_upgrade<C, K>(
     let resp = match tokio::time::timeout(cfg.tunnel.handshake_timeout, handshake).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) | Err(_) => {
-            m.error("handshake");
-            m.upgrades.with_label_values(&["backend_error"]).inc();
-            let _ = client
-                .write_all(&error_response(
-                    502,
-                    "unavailable",
-                    "backend failed the upgrade",
-                    Some(1),
-                ))
-                .await;
-            let _ = client.flush().await;
+            refuse(
+                &mut client,
+                cluster,
+                ("handshake", "backend_error"),
+                502,
+                "backend failed the upgrade",
+            )
+            .await;
             return;
         }
     };

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use edge_lb::testing::{http_get, ws_connect, Backend, Client};
+use edge_lb::testing::{http_get, Backend, Client};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::{A, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -240,13 +240,6 @@ async fn routes(admin: SocketAddr, quizzes: &[String]) -> Vec<String> {
 }
 
 /// Open a tunnel for `q` and return the serving node.
-async fn tunnel(addr: SocketAddr, q: &str) -> (String, Client) {
-    let mut c = ws_connect(addr, &format!("/v1/quizzes/{q}/ws"))
-        .await
-        .unwrap();
-    (c.node().await.unwrap(), c)
-}
-
 async fn echoes(c: &mut Client) -> bool {
     c.send_text("ping").await.is_ok()
         && matches!(

@@ -105,15 +105,7 @@ async fn panic_threshold_defers_losing_most_of_a_pool_at_once() {
         },
     )
     .await;
-    let mut clients = Vec::new();
-    for i in 0..60 {
-        let q = format!("panic{i}");
-        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
-            .await
-            .unwrap();
-        let n = c.node().await.unwrap();
-        clients.push((q, n, c));
-    }
+    let mut clients = tunnels(e.addr, "panic", 60).await;
     let health = |name: &str| {
         e.cluster()
             .backends()
@@ -176,15 +168,7 @@ async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_
         },
     )
     .await;
-    let mut clients = Vec::new();
-    for i in 0..60 {
-        let q = format!("loss{i}");
-        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
-            .await
-            .unwrap();
-        let n = c.node().await.unwrap();
-        clients.push((q, n, c));
-    }
+    let mut clients = tunnels(e.addr, "loss", 60).await;
     let lost = "core-1";
     let lost_count = clients.iter().filter(|(_, n, _)| n == lost).count();
     assert!(lost_count > 5, "core-1 owns only {lost_count}");
@@ -202,10 +186,7 @@ async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_
                 "tunnel to lost node not closed with 1012: {r:?}"
             );
             // Reconnect: lands on a new owner.
-            let mut c2 = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
-                .await
-                .unwrap();
-            let n2 = c2.node().await.unwrap();
+            let (n2, c2) = tunnel(e.addr, q).await;
             assert_ne!(n2, lost);
             moved_to.insert(q.clone(), n2);
             *c = c2;
@@ -267,10 +248,8 @@ async fn crashed_node_tunnels_close_and_clients_land_elsewhere() {
     let mut on0 = Vec::new();
     for i in 0..40 {
         let q = format!("crash{i}");
-        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
-            .await
-            .unwrap();
-        if c.node().await.unwrap() == "core-0" {
+        let (n, c) = tunnel(e.addr, &q).await;
+        if n == "core-0" {
             on0.push((q, c));
         }
     }
@@ -312,10 +291,8 @@ async fn drain_stops_new_quizzes_and_closes_tunnels_gradually() {
     while on0.len() < 30 {
         let q = format!("drain{i}");
         i += 1;
-        let mut c = ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws"))
-            .await
-            .unwrap();
-        if c.node().await.unwrap() == "core-0" {
+        let (n, c) = tunnel(e.addr, &q).await;
+        if n == "core-0" {
             on0.push((q, c));
         }
     }

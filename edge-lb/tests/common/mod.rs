@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use edge_lb::testing::{http_get, Backend};
+use edge_lb::testing::{http_get, ws_connect, Backend, Client};
 use edge_lb::Running;
 
 pub fn free_port() -> u16 {
@@ -186,4 +186,23 @@ pub async fn admin_json(admin: SocketAddr, method: &str, path: &str) -> serde_js
 pub async fn admin_route(admin: SocketAddr, q: &str) -> String {
     let v = admin_json(admin, "GET", &format!("/admin/route/{q}")).await;
     v["websocket"]["backend"].as_str().unwrap_or("").to_string()
+}
+
+/// Open a WebSocket for quiz `q` through `addr`; returns the node that answered and the client.
+pub async fn tunnel(addr: SocketAddr, q: &str) -> (String, Client) {
+    let mut c = ws_connect(addr, &format!("/v1/quizzes/{q}/ws"))
+        .await
+        .unwrap();
+    (c.node().await.unwrap(), c)
+}
+
+/// `n` tunnels for the quizzes `{prefix}0..`: (quiz, node, client) each.
+pub async fn tunnels(addr: SocketAddr, prefix: &str, n: usize) -> Vec<(String, String, Client)> {
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        let q = format!("{prefix}{i}");
+        let (node, c) = tunnel(addr, &q).await;
+        v.push((q, node, c));
+    }
+    v
 }
