@@ -71,7 +71,7 @@ impl TokenKey {
     /// (secret, quiz, key), unpredictable without the secret, and never a
     /// token body (those contain no NUL), so the MAC is not reusable as one.
     pub fn derive_player_id(&self, quiz_id: &str, key: &str) -> String {
-        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        use crate::quiz::ID_ALPHABET;
         let mut mac = self.mac.clone();
         mac.update(b"join\0");
         mac.update(quiz_id.as_bytes());
@@ -85,9 +85,10 @@ impl TokenKey {
         let mut n = u128::from_be_bytes(first);
         (0..12)
             .map(|_| {
-                let d = (n % 36) as usize;
-                n /= 36;
-                ALPHABET[d] as char
+                let base = ID_ALPHABET.len() as u128;
+                let d = (n % base) as usize;
+                n /= base;
+                ID_ALPHABET[d] as char
             })
             .collect()
     }

@@ -683,7 +683,7 @@ fn on_frame(
             let pos = rec
                 .answers
                 .iter()
-                .position(|a| a.question_id == qid && a.result.is_none() && !a.inferred);
+                .position(|a| a.question_id == qid && a.is_open());
             let Some(pos) = pos else {
                 rec.live_issues.push(format!(
                     "answer_result for question {qid} that has no outstanding answer"
@@ -831,7 +831,7 @@ fn plan_resends(rec: &mut PlayerRecord, live: &mut Live, score: u64, first: bool
     let mut open = 0;
     let before = live.sent_before_conn as usize;
     for a in rec.answers.iter_mut().take(before) {
-        if a.result.is_none() && !a.inferred {
+        if a.is_open() {
             a.resent = true;
             open += 1;
         }
@@ -847,7 +847,7 @@ fn plan_resends(rec: &mut PlayerRecord, live: &mut Live, score: u64, first: bool
 /// Sends every open answer again (right after the welcome that asked for it).
 async fn resend_open(ctx: &Ctx, conn: &mut WsConn, rec: &PlayerRecord) -> Result<(), NetError> {
     for a in rec.answers.iter() {
-        if a.resent && a.result.is_none() && !a.inferred {
+        if a.resent && a.is_open() {
             conn.send_text(&encode_answer(a.question_id, a.choice))
                 .await?;
             ctx.count("answers_resent");
@@ -863,12 +863,7 @@ async fn resend_open(ctx: &Ctx, conn: &mut WsConn, rec: &PlayerRecord) -> Result
 /// re-sends scored afresh (added to it): replies come in order, and nothing
 /// new is acknowledged before the re-sends' replies.
 fn settle_resends(rec: &mut PlayerRecord, live: &Live) {
-    if live.resends_outstanding == 0
-        && rec
-            .answers
-            .iter()
-            .any(|a| a.resent && a.result.is_none() && !a.inferred)
-    {
+    if live.resends_outstanding == 0 && rec.answers.iter().any(|a| a.resent && a.is_open()) {
         reconcile_welcome(
             rec,
             live.welcome_score,
@@ -891,7 +886,7 @@ fn reconcile_welcome(rec: &mut PlayerRecord, score: u64, first: bool, before: us
         .iter()
         .take(before)
         .enumerate()
-        .filter(|(_, a)| a.result.is_none() && !a.inferred)
+        .filter(|(_, a)| a.is_open())
         .map(|(i, _)| i)
         .collect();
     if score > acked && !unacked.is_empty() {

@@ -61,6 +61,11 @@ pub struct AnswerRec {
 }
 
 impl AnswerRec {
+    /// Sent, no result yet, and not resolved from a `welcome` either.
+    pub fn is_open(&self) -> bool {
+        self.result.is_none() && !self.inferred
+    }
+
     /// The result if it acknowledges this answer as scored: accepted, or
     /// `duplicate` to the tool's re-send (the first attempt counted; the
     /// result carries that attempt's `correct` and `points`). Its points are
@@ -110,9 +115,7 @@ impl PlayerRecord {
 
     /// Answers sent whose result never arrived and were not resolved yet.
     pub fn has_open_answers(&self) -> bool {
-        self.answers
-            .iter()
-            .any(|a| a.result.is_none() && !a.inferred)
+        self.answers.iter().any(AnswerRec::is_open)
     }
 
     /// Resolve answers whose ack was lost and never reconciled by a later
@@ -128,7 +131,7 @@ impl PlayerRecord {
         };
         let acked = self.acknowledged_points();
         let open: Vec<usize> = (0..self.answers.len())
-            .filter(|&i| self.answers[i].result.is_none() && !self.answers[i].inferred)
+            .filter(|&i| self.answers[i].is_open())
             .collect();
         let room: u64 = open.iter().map(|&i| self.answers[i].max_points).sum();
         if server <= acked || open.is_empty() || server - acked > room {
