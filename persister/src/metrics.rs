@@ -28,6 +28,9 @@ pub struct Inner {
     pub commits: IntCounter,
     pub commit_failures: IntCounter,
     pub rebalances: IntCounterVec,
+    /// Times the consumer had forgotten every broker and was given
+    /// `bootstrap.servers` again (see `pipeline::rebootstrap`).
+    pub kafka_rebootstraps: IntCounter,
     pub assigned_partitions: IntGauge,
     pub ready: IntGauge,
     mongo_ok: AtomicBool,
@@ -101,6 +104,10 @@ impl Metrics {
             ),
             &["kind"],
         ));
+        let kafka_rebootstraps = must(IntCounter::new(
+            "persister_kafka_rebootstraps_total",
+            "Times the Kafka consumer had no broker left and was given its bootstrap servers again",
+        ));
         let assigned_partitions = must(IntGauge::new(
             "persister_assigned_partitions",
             "Partitions currently assigned to this instance",
@@ -120,6 +127,7 @@ impl Metrics {
             Box::new(commits.clone()),
             Box::new(commit_failures.clone()),
             Box::new(rebalances.clone()),
+            Box::new(kafka_rebootstraps.clone()),
             Box::new(assigned_partitions.clone()),
             Box::new(ready.clone()),
         ] {
@@ -138,6 +146,7 @@ impl Metrics {
                 commits,
                 commit_failures,
                 rebalances,
+                kafka_rebootstraps,
                 assigned_partitions,
                 ready,
                 mongo_ok: AtomicBool::new(false),

@@ -19,6 +19,8 @@
 //! it changes nothing (`writes.rs`). A crash after 4 loses nothing.
 
 use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -99,6 +101,9 @@ pub struct Shared {
     pending: Mutex<Pending>,
     /// Written to MongoDB, not yet known committed: next offset per partition.
     uncommitted: Mutex<HashMap<Partition, i64>>,
+    /// Set by the statistics callback when the client knows no broker at
+    /// all (only its logical coordinator handle); see [`rebootstrap`].
+    brokerless: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -135,6 +140,11 @@ impl ClientContext for Context {
             .values()
             .any(|b| b.nodeid >= 0 && b.state == "UP");
         metrics.set_kafka_ok(up);
+        let known = stats
+            .brokers
+            .values()
+            .any(|b| b.source != "logical" && b.source != "internal");
+        self.shared.brokerless.store(!known, Ordering::Relaxed);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -163,9 +173,8 @@ impl ConsumerContext for Context {
                 info!(partitions = ?revoked, "partitions revoked: flushing the pending batch");
                 let deadline = Instant::now()
                     + Duration::from_millis(shared.config.retry.revoke_flush_timeout_ms);
-                let written = shared.flush(Some(deadline));
-                if !written {
-                    warn!("pending batch not written before the revocation deadline; the new owner re-reads it");
+                if let Err(unwritten) = shared.try_flush(deadline) {
+                    shared.requeue_kept(unwritten, &revoked);
                 }
                 shared.commit(consumer, CommitMode::Sync);
                 // Whatever is still uncommitted for revoked partitions now
@@ -222,20 +231,70 @@ impl ConsumerContext for Context {
 }
 
 impl Shared {
-    /// Writes the pending batch; `true` when written (its offsets are then
-    /// in `uncommitted`), `false` when `deadline` passed first (the batch is
-    /// dropped uncommitted, so it will be read again).
-    fn flush(&self, deadline: Option<Instant>) -> bool {
-        let records = {
-            let mut pending = lock(&self.pending);
-            pending.started = None;
-            std::mem::take(&mut pending.records)
-        };
+    /// Writes the pending batch, retrying until it is written or, on
+    /// shutdown, until the grace period ends. `true` when written (its
+    /// offsets are then in `uncommitted`); `false` when the grace period
+    /// ended first: the batch is dropped uncommitted and read again by
+    /// whoever consumes the partitions next.
+    fn flush(&self) -> bool {
+        let records = self.take_pending();
+        records.is_empty() || self.write_and_track(records, None).is_ok()
+    }
+
+    /// Like [`Shared::flush`], but gives up at `deadline` and hands the
+    /// records back unwritten instead of dropping them.
+    fn try_flush(&self, deadline: Instant) -> Result<(), Vec<Record>> {
+        let records = self.take_pending();
         if records.is_empty() {
-            return true;
+            return Ok(());
         }
+        self.write_and_track(records, Some(deadline))
+    }
+
+    /// After a revocation whose flush missed its deadline: the records of
+    /// revoked partitions are dropped (their new owner re-reads them from
+    /// the last committed offset), those of partitions this process keeps go
+    /// back in front of the pending batch. Dropping those too would lose
+    /// them: this process goes on reading the kept partitions after them
+    /// and commits the later offsets once it writes the later records.
+    fn requeue_kept(&self, unwritten: Vec<Record>, revoked: &[Partition]) {
+        let revoked_now = |r: &Record| {
+            revoked
+                .iter()
+                .any(|(topic, partition)| *partition == r.partition && *topic == r.topic)
+        };
+        let (dropped, kept): (Vec<Record>, Vec<Record>) =
+            unwritten.into_iter().partition(revoked_now);
+        warn!(
+            dropped = dropped.len(),
+            kept = kept.len(),
+            "pending batch not written before the revocation deadline; \
+             revoked partitions are re-read by their new owner, kept ones stay pending"
+        );
+        if kept.is_empty() {
+            return;
+        }
+        let mut pending = lock(&self.pending);
+        let newer = std::mem::replace(&mut pending.records, kept);
+        pending.records.extend(newer);
+        pending.started.get_or_insert_with(Instant::now);
+    }
+
+    fn take_pending(&self) -> Vec<Record> {
+        let mut pending = lock(&self.pending);
+        pending.started = None;
+        std::mem::take(&mut pending.records)
+    }
+
+    /// Writes `records` and records their offsets as written, not yet
+    /// committed; hands them back if `write` gave up.
+    fn write_and_track(
+        &self,
+        records: Vec<Record>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Vec<Record>> {
         if !self.write(&records, deadline) {
-            return false;
+            return Err(records);
         }
         let mut uncommitted = lock(&self.uncommitted);
         for r in &records {
@@ -244,7 +303,7 @@ impl Shared {
                 .or_insert(r.offset + 1);
             *next = (*next).max(r.offset + 1);
         }
-        true
+        Ok(())
     }
 
     /// Writes records to MongoDB and poison to the dead-letter topic,
@@ -408,6 +467,38 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// How often a consumer that knows no broker is given its bootstrap servers
+/// again while it stays that way.
+const REBOOTSTRAP_EVERY: Duration = Duration::from_secs(5);
+
+/// Gives the consumer its `bootstrap.servers` again.
+///
+/// Why: since librdkafka 2.10 a client forgets every broker a Metadata
+/// response leaves out, and a Kafka broker in controlled shutdown can answer
+/// without itself. When the whole cluster restarts (the one broker of the
+/// local stack; every broker in a full restart) the consumer can be left
+/// knowing no broker at all. librdkafka's own recovery
+/// (`metadata.recovery.rebootstrap.trigger.ms`) starts its timer when a
+/// Metadata request is sent, which needs a broker, so it never fires: the
+/// consumer cannot find its group coordinator, never rejoins and consumes
+/// nothing, for good (2 of 5 runs of `tests/kafka_outage.rs` before this).
+/// Adding the configured brokers is what librdkafka's re-bootstrap does.
+fn rebootstrap(consumer: &BaseConsumer<Context>, brokers: &str) {
+    let Ok(list) = CString::new(brokers) else {
+        return;
+    };
+    // SAFETY: the client handle lives as long as `consumer`, which is
+    // borrowed for the call; `rd_kafka_brokers_add` is thread-safe and
+    // copies the string it is given.
+    let added = unsafe {
+        rdkafka::bindings::rd_kafka_brokers_add(consumer.client().native_ptr(), list.as_ptr())
+    };
+    warn!(
+        added,
+        brokers, "the Kafka client knows no broker any more: bootstrap servers added again"
+    );
+}
+
 /// Runs the loop on the current (blocking) thread until `shutdown`.
 pub fn consume(
     config: Config,
@@ -426,6 +517,7 @@ pub fn consume(
         shutdown: shutdown.clone(),
         pending: Mutex::new(Pending::default()),
         uncommitted: Mutex::new(HashMap::new()),
+        brokerless: AtomicBool::new(false),
     });
     let consumer: BaseConsumer<Context> =
         consumer_config(&config).create_with_context(Context {
@@ -438,7 +530,15 @@ pub fn consume(
     let max_events = config.batch.max_events;
     let mut last_commit = Instant::now();
     let mut last_poll_error: Option<Instant> = None;
+    let mut last_rebootstrap: Option<Instant> = None;
     while !shutdown.is_cancelled() {
+        if shared.brokerless.load(Ordering::Relaxed)
+            && last_rebootstrap.is_none_or(|t| t.elapsed() >= REBOOTSTRAP_EVERY)
+        {
+            rebootstrap(&consumer, &config.kafka.brokers);
+            metrics.kafka_rebootstraps.inc();
+            last_rebootstrap = Some(Instant::now());
+        }
         let timeout = match lock(&shared.pending).started {
             Some(t) => max_wait.saturating_sub(t.elapsed()),
             None => Duration::from_millis(100),
@@ -470,7 +570,7 @@ pub fn consume(
                     || pending.started.is_some_and(|t| t.elapsed() >= max_wait))
         };
         if due {
-            if shared.flush(None) {
+            if shared.flush() {
                 shared.commit(&consumer, CommitMode::Async);
                 last_commit = Instant::now();
             }
@@ -483,25 +583,41 @@ pub fn consume(
     }
 
     info!("shutting down: finishing the pending batch");
-    if !shared.flush(None) {
+    if !shared.flush() {
         warn!("pending batch not written within the grace period; it will be read again");
     }
     shared.commit(&consumer, CommitMode::Sync);
-    consumer.unsubscribe();
-    // Serve the revocation that unsubscribe triggers, then close (dropping
-    // the consumer leaves the group cleanly).
-    let until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < until {
-        if consumer.poll(Duration::from_millis(100)).is_none()
-            && consumer
-                .assignment()
-                .map(|a| a.count() == 0)
-                .unwrap_or(true)
-        {
-            break;
+    close(consumer, Duration::from_millis(config.shutdown_grace_ms));
+    Ok(())
+}
+
+/// Leaves the group and closes the consumer, serving the revocation that
+/// closing triggers, for at most `limit`.
+///
+/// Why not simply drop it: `BaseConsumer`'s `Drop` polls until librdkafka
+/// says the consumer is closed, with no time limit, and a consumer that lost
+/// its brokers or its group coordinator (Kafka down at shutdown) may never
+/// get there, which hung the process (and a test's teardown with it). Past
+/// `limit` the handle is leaked instead: the process is exiting, and the
+/// broker expires the membership after `session.timeout.ms`.
+fn close(consumer: BaseConsumer<Context>, limit: Duration) {
+    let until = Instant::now() + limit;
+    if let Err(e) = consumer.close_queue() {
+        warn!(error = %e, "cannot close the consumer queue; leaving the group by session timeout");
+        std::mem::forget(consumer);
+        return;
+    }
+    while !consumer.closed() {
+        if Instant::now() >= until {
+            warn!(
+                limit_ms = limit.as_millis() as u64,
+                "consumer not closed in time (Kafka unreachable?); leaving the group by session timeout"
+            );
+            std::mem::forget(consumer);
+            return;
         }
+        let _ = consumer.poll(Duration::from_millis(100));
     }
     drop(consumer);
     debug!("consumer closed");
-    Ok(())
 }

@@ -19,7 +19,13 @@ async fn ready_status(http: std::net::SocketAddr) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_down_for_15s_then_the_persister_resumes() {
-    let config = test_config("kafka-outage", 3).await;
+    let mut config = test_config("kafka-outage", 3).await;
+    if std::env::var_os("RUST_LOG").is_some() {
+        persister::init_logging(&config.log);
+    }
+    if let Ok(debug) = std::env::var("TEST_KAFKA_DEBUG") {
+        config.kafka.properties.insert("debug".into(), debug);
+    }
     let before = scenario(&testkit::unique_quiz_id(), 5, 4);
     // Big enough (about 860 events, several seconds of FerretDB writes) to
     // be still in flight when Kafka goes away.

@@ -95,6 +95,45 @@ async fn every_event_kind_lands() {
     running.wait().await.expect("clean stop");
 }
 
+/// `w=majority` in `mongodb.uri` is sent with every write command (the
+/// driver's `run_command` does not add the client's write concern itself),
+/// and the server accepts it: the events land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_majority_write_concern_in_the_uri_is_used_and_accepted() {
+    let mut config = test_config("write-concern", 1).await;
+    let separator = if config.mongodb.uri.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    config.mongodb.uri = format!(
+        "{}{separator}w=majority&wtimeoutMS=10000",
+        config.mongodb.uri
+    );
+    let store = persister::store::mongo::MongoStore::from_config(&config)
+        .await
+        .expect("store");
+    assert_eq!(
+        store
+            .update_command("scores", Vec::new())
+            .get_document("writeConcern")
+            .ok()
+            .and_then(|wc| wc.get_str("w").ok()),
+        Some("majority")
+    );
+    let s = scenario(&testkit::unique_quiz_id(), 3, 2);
+    produce(&config.kafka.brokers, &config.kafka.topic, &s.records).await;
+    let shutdown = CancellationToken::new();
+    let running = persister::start(config.clone(), shutdown.clone())
+        .await
+        .expect("start");
+    let _stop = shutdown.clone().drop_guard();
+    let db = database(&config).await;
+    wait_complete(&db, &s, WAIT).await;
+    assert_invariant(&db, &s).await;
+    assert_eq!(running.metrics.dead_lettered_total(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_and_replayed_events_change_nothing() {
     let config = test_config("redeliver", 3).await;

@@ -23,6 +23,11 @@ use crate::writes::{Upsert, WritePlan, ANSWERS, COLLECTIONS, PLAYERS, QUIZZES, S
 
 pub struct MongoStore {
     db: Database,
+    /// The URI's write concern (`w`, `j`, `wtimeoutMS`) as the
+    /// `writeConcern` field of every write command: `run_command` sends a
+    /// command as it is given and ignores the client's write concern, so
+    /// without this `w=majority` in the URI would be silently ignored.
+    write_concern: Option<Document>,
     max_command_bytes: usize,
     parallel: bool,
     command_timeout: Duration,
@@ -60,9 +65,17 @@ impl MongoStore {
         // FerretDB has no sessions; every statement is idempotent and the
         // pipeline retries whole batches itself.
         options.retry_writes = Some(false);
+        let write_concern = options
+            .write_concern
+            .as_ref()
+            .map(bson::to_document)
+            .transpose()
+            .map_err(|e| StoreError(format!("mongodb.uri write concern: {e}")))?
+            .filter(|wc| !wc.is_empty());
         let client = Client::with_options(options).map_err(|e| StoreError(e.to_string()))?;
         Ok(MongoStore {
             db: client.database(database),
+            write_concern,
             max_command_bytes,
             parallel: false,
             command_timeout: Duration::from_secs(30),
@@ -126,7 +139,7 @@ impl MongoStore {
                     || statements.len() >= self.max_statements)
             {
                 out.push((
-                    update_command(collection, std::mem::take(&mut statements)),
+                    self.update_command(collection, std::mem::take(&mut statements)),
                     std::mem::take(&mut members),
                 ));
                 bytes = 0;
@@ -140,9 +153,18 @@ impl MongoStore {
             bytes += size;
         }
         if !statements.is_empty() {
-            out.push((update_command(collection, statements), members));
+            out.push((self.update_command(collection, statements), members));
         }
         out
+    }
+
+    /// An unordered `update` command carrying the URI's write concern.
+    pub fn update_command(&self, collection: &str, statements: Vec<Bson>) -> Document {
+        let mut command = doc! { "update": collection, "updates": statements, "ordered": false };
+        if let Some(wc) = &self.write_concern {
+            command.insert("writeConcern", wc.clone());
+        }
+        command
     }
 
     async fn run(&self, command: Document) -> Result<Vec<(usize, i32, String)>, StoreError> {
@@ -171,10 +193,6 @@ impl MongoStore {
         }
         Ok(errors)
     }
-}
-
-fn update_command(collection: &str, statements: Vec<Bson>) -> Document {
-    doc! { "update": collection, "updates": statements, "ordered": false }
 }
 
 fn int_field(doc: &Document, key: &str) -> Option<i64> {
@@ -289,7 +307,8 @@ impl Store for MongoStore {
                     })
                 })
                 .collect();
-            for (index, code, message) in self.run(update_command(QUIZZES, statements)).await? {
+            for (index, code, message) in self.run(self.update_command(QUIZZES, statements)).await?
+            {
                 if let Some(t) = plan.transitions.get(index) {
                     rejections.push(Rejection {
                         events: t.events.clone(),
@@ -324,5 +343,45 @@ impl Store for MongoStore {
                 .map_err(|e| StoreError(e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lazy_store(uri: &str) -> MongoStore {
+        // Connecting is lazy: no server is needed to build commands.
+        MongoStore::connect(uri, "quiz", 1 << 20)
+            .await
+            .expect("store")
+    }
+
+    #[tokio::test]
+    async fn the_uri_write_concern_is_in_every_update_command() {
+        let store =
+            lazy_store("mongodb://127.0.0.1:1/?w=majority&wtimeoutMS=5000&journal=true").await;
+        let command = store.update_command(PLAYERS, Vec::new());
+        assert_eq!(
+            command.get_document("writeConcern").expect("writeConcern"),
+            &doc! { "w": "majority", "wtimeout": 5000, "j": true }
+        );
+        let numbered = lazy_store("mongodb://127.0.0.1:1/?w=2").await;
+        assert_eq!(
+            numbered
+                .update_command(SCORES, Vec::new())
+                .get_document("writeConcern")
+                .expect("writeConcern")
+                .get("w"),
+            Some(&Bson::Int32(2))
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_write_concern_the_server_default_applies() {
+        let store = lazy_store("mongodb://127.0.0.1:1/").await;
+        assert!(!store
+            .update_command(ANSWERS, Vec::new())
+            .contains_key("writeConcern"));
     }
 }
