@@ -24,20 +24,20 @@
 //!   (`failure_is_an_error_never_a_silent_drop`, on a sink whose log
 //!   cannot be written: `/dev/full`, a broker address nobody listens on).
 
-mod sample_events;
+mod event_support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use event_support::{answer_event, quiz_created, unreachable_kafka};
 use quiz_core::events::file::FileSink;
 use quiz_core::events::kafka::{KafkaOptions, KafkaSink};
 use quiz_core::events::{Event, EventKind, EventSink};
-use quiz_core::model::{LeaderboardEntry, Mode, Question};
+use quiz_core::model::LeaderboardEntry;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
-use sample_events::answer_event;
 
 /// How long a consumer may take to see what the broker acknowledged.
 const READ_BACK: Duration = Duration::from_secs(30);
@@ -146,18 +146,7 @@ async fn broken_file() -> Arc<dyn EventSink> {
 /// A Kafka sink whose brokers never answer (nothing listens on port 1), with
 /// short timeouts so the failure comes quickly.
 async fn broken_kafka() -> Arc<dyn EventSink> {
-    Arc::new(
-        KafkaSink::new(KafkaOptions {
-            brokers: "127.0.0.1:1".into(),
-            topic: "nowhere".into(),
-            message_timeout_ms: 800,
-            delivery_attempts: 2,
-            retry_backoff: Duration::from_millis(50),
-            unhealthy_after_failures: 1,
-            ..KafkaOptions::default()
-        })
-        .expect("sink"),
-    )
+    Arc::new(KafkaSink::new(unreachable_kafka()).expect("sink"))
 }
 
 // ---- events ----
@@ -170,23 +159,7 @@ fn quiz_id(name: &str) -> String {
 fn every_kind(quiz: &str) -> Vec<Event> {
     let at = 1_700_000_000_000;
     vec![
-        Event::new(
-            quiz,
-            at,
-            EventKind::QuizCreated {
-                title: "Capitals — «ünïcode» \"quoted\"".into(),
-                mode: Mode::Live,
-                questions: vec![Question {
-                    id: 0,
-                    index: 0,
-                    text: "Capital of France?\nOne line more.".into(),
-                    options: vec!["Paris".into(), "Lyon".into()],
-                    correct: vec![0],
-                    time_limit_ms: 20_000,
-                    points: 1000,
-                }],
-            },
-        ),
+        quiz_created(quiz, at),
         Event::new(
             quiz,
             at + 1,

@@ -8,20 +8,19 @@
 //! `event_sink_conformance.rs`; here: what is Kafka's own (the record's key,
 //! headers and JSON, the producer queue's bound, SASL, librdkafka settings).
 
-mod sample_events;
+mod event_support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use event_support::{answer_event, quiz_created, unreachable_kafka};
 use quiz_core::events::kafka::{Compression, KafkaOptions, KafkaSink};
-use quiz_core::events::{Event, EventError, EventKind, EventSink};
-use quiz_core::model::{Mode, Question};
+use quiz_core::events::{Event, EventError, EventSink};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use sample_events::answer_event;
 
 fn brokers() -> String {
     std::env::var("QUIZ_KAFKA_BROKERS")
@@ -120,23 +119,7 @@ async fn events_round_trip_with_key_headers_and_json() {
     let topic = fresh_topic("roundtrip").await;
     let sink = sink(&topic);
     let quiz = format!("kq-{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let created = Event::new(
-        &quiz,
-        1_700_000_000_000,
-        EventKind::QuizCreated {
-            title: "Capitals".into(),
-            mode: Mode::Live,
-            questions: vec![Question {
-                id: 0,
-                index: 0,
-                text: "Capital of France?".into(),
-                options: vec!["Paris".into(), "Lyon".into()],
-                correct: vec![0],
-                time_limit_ms: 20_000,
-                points: 1000,
-            }],
-        },
-    );
+    let created = quiz_created(&quiz, 1_700_000_000_000);
     let scored = answer_event(&quiz, 0);
     sink.publish(&created).await.expect("publish created");
     sink.publish(&scored).await.expect("publish scored");
@@ -166,14 +149,8 @@ async fn unreachable_broker_gives_backpressure_then_delivery_error() {
     // Nothing listens on 127.0.0.1:1: deliveries time out.
     let sink = std::sync::Arc::new(
         KafkaSink::new(KafkaOptions {
-            brokers: "127.0.0.1:1".into(),
-            topic: "nowhere".into(),
             max_buffered_messages: 1,
-            message_timeout_ms: 800,
-            delivery_attempts: 2,
-            retry_backoff: Duration::from_millis(50),
-            unhealthy_after_failures: 1,
-            ..KafkaOptions::default()
+            ..unreachable_kafka()
         })
         .expect("sink"),
     );
