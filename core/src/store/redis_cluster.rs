@@ -18,15 +18,20 @@
 //! | `quiz:{X}:sent` | hash | `player_id:question_id` → ms the question was sent |
 //!
 //! # Where things are
-//! - this file: the key layout, [`RedisOptions`], [`RedisClusterStore`] and
-//!   its [`QuizStore`] methods (which script, which keys, retry or not);
+//! - this file: the key layout, [`RedisClusterStore`] and its [`QuizStore`]
+//!   methods (which script, which keys, retry or not);
 //! - `scripts.rs` and `lua/*.lua`: the Lua scripts, one file each, each
 //!   opening with what it does and its KEYS / ARGV / reply;
 //! - `batcher.rs`: the hot path's queue and batcher (answers and self-paced
 //!   presentations coalesced per quiz);
 //! - `pipeline.rs`: the cluster client and one pipeline round trip (EVALSHA,
 //!   NOSCRIPT → EVAL, WAIT);
-//! - `codec.rs`: the compact answer record and the decoding of replies.
+//! - `codec.rs`: the compact answer record and the decoding of replies;
+//! - `shared.rs`: what they all share: [`RedisOptions`], the connection,
+//!   the naming of keys and failures.
+//!
+//! Imports run one way, from this file down: store → batcher → pipeline →
+//! shared → scripts (and codec beside them).
 //!
 //! # The hot path: `apply_answer`
 //! Answers from many connections are coalesced: each call sends a job into a
@@ -58,13 +63,12 @@ mod batcher;
 mod codec;
 mod pipeline;
 mod scripts;
+mod shared;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::cluster_async::ClusterConnection;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -75,84 +79,20 @@ use self::codec::{
 };
 use self::pipeline::{cluster_client, run_one, Call};
 pub(crate) use self::pipeline::{node_url, tls_certificates};
-use self::scripts::{scripts, Scripts};
+use self::scripts::scripts;
+pub use self::shared::RedisOptions;
+use self::shared::{key, unavailable, Shared};
 use super::memory::normalize_nickname;
 use super::{QuizStore, StoreError};
 use crate::model::{
     AnswerRecord, ApplyOutcome, Leaderboard, Millis, Player, QuizDef, QuizState, Standing,
 };
 
-/// Tuning of [`RedisClusterStore`]. `Default` suits a 3-master, 3-replica
-/// cluster on a local network.
-#[derive(Debug, Clone)]
-pub struct RedisOptions {
-    /// Most answers in one pipeline.
-    pub max_batch: usize,
-    /// Bound of the answer queue in front of the batcher. A caller finding
-    /// it full waits (up to `command_timeout`), then gets `Unavailable`.
-    pub queue_capacity: usize,
-    /// Batches in flight at once; while all are out, answers accumulate
-    /// into bigger batches.
-    pub max_in_flight: usize,
-    /// Replicas that must acknowledge a write before it is answered
-    /// (`WAIT n`). 0 disables WAIT (faster, but a master failure may lose
-    /// acknowledged writes).
-    pub wait_replicas: u32,
-    /// How long WAIT may block.
-    pub wait_timeout: Duration,
-    /// Deadline of one round trip, the cluster client's retries included.
-    pub command_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// Attempts of one write (`apply_answer` and the other writes) on
-    /// `Unavailable` before giving up; each re-run is idempotent.
-    pub max_attempts: u32,
-    /// First back-off between attempts, doubled each time.
-    pub retry_backoff: Duration,
-    /// PEM of the CA that signed the servers' certificates, for `rediss://`
-    /// nodes with a private CA (public CAs are trusted without it).
-    pub tls_ca: Option<Vec<u8>>,
-}
-
-impl Default for RedisOptions {
-    fn default() -> Self {
-        RedisOptions {
-            max_batch: 256,
-            queue_capacity: 8192,
-            max_in_flight: 8,
-            wait_replicas: 1,
-            wait_timeout: Duration::from_millis(200),
-            command_timeout: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(2),
-            max_attempts: 5,
-            retry_backoff: Duration::from_millis(50),
-            tls_ca: None,
-        }
-    }
-}
-
 /// The Redis Cluster store. Cheap to share behind an `Arc`; dropping it ends
 /// its batcher task once queued answers are answered.
 pub struct RedisClusterStore {
     shared: Arc<Shared>,
     jobs: mpsc::Sender<Job>,
-}
-
-/// What the store's methods and its batcher share.
-struct Shared {
-    conn: ClusterConnection,
-    opts: RedisOptions,
-    scripts: &'static Scripts,
-    /// Bounds the batches in flight (see [`RedisOptions::max_in_flight`]).
-    in_flight: Arc<Semaphore>,
-}
-
-/// The key `quiz:{<quiz_id>}:<suffix>` (see the key layout above).
-fn key(quiz_id: &str, suffix: &str) -> String {
-    format!("quiz:{{{quiz_id}}}:{suffix}")
-}
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
 }
 
 impl RedisClusterStore {

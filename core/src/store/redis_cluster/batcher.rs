@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{bad_reply, write_choices};
 use super::pipeline::{run_pipeline, Call};
-use super::{key, unavailable, Shared};
+use super::shared::{key, unavailable, Shared};
 use crate::model::Millis;
 use crate::store::StoreError;
 

@@ -9,7 +9,7 @@ use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{ServerErrorKind, Value};
 
 use super::scripts::Lua;
-use super::{unavailable, RedisOptions, Shared};
+use super::shared::{unavailable, RedisOptions, Shared};
 use crate::store::StoreError;
 
 /// One script call, routed by the slot of its keys.
