@@ -1,9 +1,10 @@
 //! The `ControlBus` conformance suite: one set of checks of the trait's
 //! contract (`core/src/bus.rs`), run against every implementation: the
-//! in-process `MemoryBus` and `RedisBus` on the local Redis Cluster from
+//! in-process `MemoryBus`, and `RedisBus` on the local Redis Cluster from
 //! `deploy/local/stack up` (`QUIZ_REDIS_NODES`, default
-//! `127.0.0.1:7000..7005`; it fails loudly when the cluster is missing, it
-//! never skips).
+//! `127.0.0.1:7000..7005`) and on its TLS node with an ACL user
+//! (`QUIZ_REDIS_TLS_NODE`, default `127.0.0.1:7010`). The Redis halves fail
+//! loudly when Redis is missing, they never skip.
 //!
 //! A check asks its factory for the buses of several core nodes of one
 //! deployment: `RedisBus` gives each node its own connection and
@@ -25,7 +26,7 @@
 //!   fan-out is bounded) and then goes on receiving, while a receiver that
 //!   keeps up misses nothing of it (`a_lagging_receiver_sees_lagged`).
 
-mod bus_wait;
+mod tls_node;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,14 +37,18 @@ use quiz_core::bus::redis::RedisBus;
 use quiz_core::bus::{Changed, ControlBus};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use bus_wait::{expect, DELIVERY};
+use tls_node::tls_urls;
 
 /// A deployment's nodes, as a check sees them.
 enum Nodes {
     /// One process: every node is this bus.
     Memory(Arc<MemoryBus>),
-    /// A Redis Cluster: each node connects on its own.
-    Redis(Vec<String>),
+    /// Redis: each node connects on its own, through these URLs (with this
+    /// CA for `rediss://`).
+    Redis {
+        urls: Vec<String>,
+        tls_ca: Option<Vec<u8>>,
+    },
 }
 
 impl Nodes {
@@ -51,12 +56,14 @@ impl Nodes {
     async fn node(&self) -> Arc<dyn ControlBus> {
         match self {
             Nodes::Memory(bus) => Arc::clone(bus) as Arc<dyn ControlBus>,
-            Nodes::Redis(nodes) => match RedisBus::connect(nodes).await {
-                Ok(bus) => Arc::new(bus),
-                Err(e) => {
-                    panic!("Redis Cluster at {nodes:?} is required (deploy/local/stack up): {e}")
+            Nodes::Redis { urls, tls_ca } => {
+                match RedisBus::connect_with(urls, tls_ca.clone()).await {
+                    Ok(bus) => Arc::new(bus),
+                    Err(e) => {
+                        panic!("Redis at {urls:?} is required (deploy/local/stack up): {e}")
+                    }
                 }
-            },
+            }
         }
     }
 }
@@ -65,8 +72,45 @@ async fn memory() -> Nodes {
     Nodes::Memory(Arc::new(MemoryBus::new()))
 }
 
+/// The local Redis Cluster (ports 7000-7005).
 async fn redis() -> Nodes {
-    Nodes::Redis(testkit::Settings::from_env().redis_nodes)
+    Nodes::Redis {
+        urls: testkit::Settings::from_env().redis_nodes,
+        tls_ca: None,
+    }
+}
+
+/// The local stack's `redis-tls` node: TLS with a private CA and an ACL
+/// user, as managed Redis services run (a one-node cluster).
+async fn redis_tls() -> Nodes {
+    let (urls, ca) = tls_urls(testkit::REDIS_TLS_PASSWORD);
+    Nodes::Redis {
+        urls,
+        tls_ca: Some(ca),
+    }
+}
+
+/// How long a notification may take to reach a subscriber.
+const DELIVERY: Duration = Duration::from_secs(5);
+
+/// Waits for `want` on `rx`, skipping everything else (other quizzes'
+/// messages: other tests share the channel; `Lagged`); panics after
+/// [`DELIVERY`].
+async fn expect(rx: &mut broadcast::Receiver<Changed>, want: &Changed) {
+    let found = tokio::time::timeout(DELIVERY, async {
+        loop {
+            match rx.recv().await {
+                Ok(c) if &c == want => return,
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(e) => panic!("bus closed: {e}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "did not receive {want:?} within {DELIVERY:?}"
+    );
 }
 
 fn changed(quiz_id: &str, version: u64) -> Changed {
@@ -251,3 +295,4 @@ macro_rules! conformance {
 
 conformance!(memory_bus, memory);
 conformance!(redis_bus, redis);
+conformance!(redis_tls_bus, redis_tls);
