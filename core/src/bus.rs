@@ -10,6 +10,9 @@
 //! - [`memory::MemoryBus`]: in-process (one node).
 //! - [`redis::RedisBus`]: Redis Cluster pub/sub (`PUBLISH` is broadcast to every
 //!   node of a cluster, so one subscription on any node sees every message).
+//!
+//! Both must pass the conformance suite in
+//! `core/tests/control_bus_conformance.rs`, which checks [`ControlBus`]'s contract.
 
 pub mod memory;
 pub mod redis;

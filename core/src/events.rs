@@ -4,6 +4,9 @@
 //! - [`file::FileSink`]: a local append-only JSON-lines file, the embedded
 //!   mode's default.
 //! - [`kafka::KafkaSink`]: the `quiz-events` Kafka topic, keyed by quiz id.
+//!
+//! Both must pass the conformance suite in
+//! `core/tests/event_sink_conformance.rs`, which checks [`EventSink`]'s contract.
 
 pub mod file;
 pub mod kafka;

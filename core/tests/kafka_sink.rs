@@ -2,13 +2,20 @@
 //! `QUIZ_KAFKA_BROKERS`, default `127.0.0.1:9092`). Each test produces to its
 //! own fresh topic, so runs never see each other's records. Fails loudly when
 //! Kafka is missing, never skips.
+//!
+//! The `EventSink` contract itself (durable on `Ok`, each quiz's order,
+//! failures reported) is checked for every sink by
+//! `event_sink_conformance.rs`; here: what is Kafka's own (the record's key,
+//! headers and JSON, the producer queue's bound, SASL, librdkafka settings).
+
+mod event_support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use event_support::{answer_event, quiz_created, unreachable_kafka};
 use quiz_core::events::kafka::{Compression, KafkaOptions, KafkaSink};
-use quiz_core::events::{Event, EventError, EventKind, EventSink};
-use quiz_core::model::{AnswerRecord, Mode, Question};
+use quiz_core::events::{Event, EventError, EventSink};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -66,27 +73,6 @@ fn sink(topic: &str) -> KafkaSink {
     .expect("sink")
 }
 
-fn answer_event(quiz: &str, n: u32) -> Event {
-    Event::new(
-        quiz,
-        1_700_000_000_000 + u64::from(n),
-        EventKind::AnswerScored {
-            answer: AnswerRecord {
-                player_id: format!("p{n}"),
-                nickname: format!("nick {n}"),
-                question_id: n,
-                choices: vec![0, 2],
-                correct: true,
-                late: false,
-                points: 900,
-                response_ms: 1500,
-                answered_at_ms: 1_700_000_000_000 + u64::from(n),
-            },
-            score_after: 900 * u64::from(n + 1),
-        },
-    )
-}
-
 struct Received {
     key: String,
     headers: HashMap<String, String>,
@@ -133,23 +119,7 @@ async fn events_round_trip_with_key_headers_and_json() {
     let topic = fresh_topic("roundtrip").await;
     let sink = sink(&topic);
     let quiz = format!("kq-{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let created = Event::new(
-        &quiz,
-        1_700_000_000_000,
-        EventKind::QuizCreated {
-            title: "Capitals".into(),
-            mode: Mode::Live,
-            questions: vec![Question {
-                id: 0,
-                index: 0,
-                text: "Capital of France?".into(),
-                options: vec!["Paris".into(), "Lyon".into()],
-                correct: vec![0],
-                time_limit_ms: 20_000,
-                points: 1000,
-            }],
-        },
-    );
+    let created = quiz_created(&quiz, 1_700_000_000_000);
     let scored = answer_event(&quiz, 0);
     sink.publish(&created).await.expect("publish created");
     sink.publish(&scored).await.expect("publish scored");
@@ -175,61 +145,12 @@ async fn events_round_trip_with_key_headers_and_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_of_a_quiz_keep_their_order() {
-    const PER_QUIZ: u32 = 60;
-    let topic = fresh_topic("order").await;
-    let sink = std::sync::Arc::new(sink(&topic));
-    let quizzes: Vec<String> = (0..4)
-        .map(|i| format!("ko{i}-{:06x}", rand::random::<u32>() & 0xff_ffff))
-        .collect();
-    // One task per quiz, publishing in sequence (the contract's unit of order),
-    // all quizzes at once.
-    let tasks: Vec<_> = quizzes
-        .iter()
-        .cloned()
-        .map(|q| {
-            let sink = std::sync::Arc::clone(&sink);
-            tokio::spawn(async move {
-                for n in 0..PER_QUIZ {
-                    sink.publish(&answer_event(&q, n)).await.expect("publish");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("task");
-    }
-    let got = consume(&topic, quizzes.len() * PER_QUIZ as usize).await;
-    let mut per_quiz: HashMap<&str, Vec<u64>> = HashMap::new();
-    for r in &got {
-        assert_eq!(r.key, r.event.quiz_id);
-        per_quiz
-            .entry(&r.event.quiz_id)
-            .or_default()
-            .push(r.event.at_ms);
-    }
-    for q in &quizzes {
-        let seen = per_quiz.get(q.as_str()).expect("quiz's events");
-        let want: Vec<u64> = (0..PER_QUIZ)
-            .map(|n| 1_700_000_000_000 + u64::from(n))
-            .collect();
-        assert_eq!(seen, &want, "order of {q}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_gives_backpressure_then_delivery_error() {
     // Nothing listens on 127.0.0.1:1: deliveries time out.
     let sink = std::sync::Arc::new(
         KafkaSink::new(KafkaOptions {
-            brokers: "127.0.0.1:1".into(),
-            topic: "nowhere".into(),
             max_buffered_messages: 1,
-            message_timeout_ms: 800,
-            delivery_attempts: 2,
-            retry_backoff: Duration::from_millis(50),
-            unhealthy_after_failures: 1,
-            ..KafkaOptions::default()
+            ..unreachable_kafka()
         })
         .expect("sink"),
     );

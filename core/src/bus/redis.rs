@@ -27,8 +27,9 @@ use crate::store::redis_cluster::{node_url, tls_certificates};
 pub const CHANNEL: &str = "quiz-control";
 
 /// Bound of the node-local fan-out; a subscriber further behind sees
-/// `Lagged` and reconciles all its rooms.
-const LOCAL_CAPACITY: usize = 1024;
+/// `Lagged` and reconciles all its rooms. The same bound as the in-process
+/// bus's.
+const LOCAL_CAPACITY: usize = super::memory::DEFAULT_CAPACITY;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,0 +1,146 @@
+-- apply_batch: dedupe, record, score, distribution, version bump, rank, for a
+-- batch of answers to one quiz, in one atomic script (`apply_answer`,
+-- `apply_answer_at_state`).
+--
+-- Why it is shaped this way (measured, see docs/core-backends.md): what a
+-- script costs the Redis main thread is dominated by its *write commands*
+-- (each one is propagated to the replica and the AOF as its own command
+-- inside the script's MULTI/EXEC), then by the bytes written. So:
+-- - one script per batch, not per answer (the EVALSHA call itself costs);
+-- - reads in bulk: one HMGET of the batch's records (the dedupe) and one
+--   ZMSCORE of its players' scores ("is a player", and the base of the new
+--   score); the batch's own records and scores are tracked in Lua tables so
+--   answers in the same batch see each other; per answer only the ZCOUNT of
+--   its rank remains (one per distinct score);
+-- - the writes issued once per batch: one HSET of every new record, one
+--   ZADD XX of every changed score (absolute values, computed under the
+--   script's atomicity), one HINCRBY per (question, option) counted, one
+--   INCRBY of the version;
+-- - the record is a compact string (see `codec::encode_record`), not JSON.
+--
+-- Ranks are computed after the batch's writes, so they are the ranks in the
+-- state the script leaves (for an answer followed in the same batch by a
+-- later answer of the same player, that player is counted at the score this
+-- answer gave).
+--
+-- Retries: the record is stored as `<token>|<record>`, the token (16 hex
+-- digits) drawn once per `apply_answer` call. A record with my token is my
+-- own earlier attempt (`A`, nothing added), one with another token a
+-- duplicate (`D`).
+--
+-- The state guard (`apply_answer_at_state`): when ARGV[2] is not empty, the
+-- script first compares it with the `version` of the quiz's state (read with
+-- a pattern, not a JSON decode: one GET and one match per batch) and returns
+-- {'S'} without writing anything if they differ: the node scored the batch
+-- against a state that has moved on, and re-scores it.
+--
+-- KEYS: players answers leaderboard lbver state dist_1 .. dist_k (players is
+-- unused by the script but keeps the key list self-describing).
+-- ARGV: n, the expected state version or '' (no guard), then ONE PACKED
+-- ARGUMENT PER ANSWER (each argument costs Redis a RESP parse, an object and
+-- a Lua string; one per answer instead of six cut ~1.6 us of Redis CPU per
+-- answer, see docs/core-backends.md):
+--   `<dist> <points> <choices> <token>|<record> <player_id>:<question_id>`
+-- where `dist` is the index in KEYS of the question's distribution (0 for a
+-- late answer: not counted), `choices` like `0,2`, the token 16 hex digits
+-- and the record `encode_record`'s (no spaces in any of the first four). The
+-- player id is last and taken as everything up to the final `:<digits>`, so
+-- any player id (spaces and colons included) round-trips.
+-- Returns a flat array, 3 entries per answer: `A` score higher |
+-- `D<original record>` score higher | `N` 0 0 (not a player: nothing
+-- written); or {'S'} (stale state).
+local n = tonumber(ARGV[1])
+if ARGV[2] ~= '' then
+  local st = redis.call('GET', KEYS[5])
+  if not st or string.match(st, '"version":(%d+)') ~= ARGV[2] then return {'S'} end
+end
+-- One pattern match per answer unpacks its argument.
+local pids, fields, vs, pts, dks, chs = {}, {}, {}, {}, {}, {}
+for a = 1, n do
+  local dk, pt, ch, v, field, pid =
+    string.match(ARGV[a + 2], '^(%d+) (%d+) ([%d,]*) (%S+) ((.*):%d+)$')
+  if not pid then return redis.error_reply('apply_batch: bad argument ' .. a) end
+  pids[a], fields[a], vs[a], pts[a], dks[a], chs[a] = pid, field, v, pt, dk, ch
+end
+-- Two bulk reads for the whole batch: the stored records and the scores.
+local prevs, zs = {}, {}
+for j = 1, n, 400 do
+  local k = math.min(j + 399, n)
+  local r = redis.call('HMGET', KEYS[2], unpack(fields, j, k))
+  local z = redis.call('ZMSCORE', KEYS[3], unpack(pids, j, k))
+  for m = j, k do prevs[m] = r[m - j + 1]; zs[m] = z[m - j + 1] end
+end
+local out, who, ss = {}, {}, {}
+local seen, score, changed, order = {}, {}, {}, {}
+local recs, dist, dists = {}, {}, {}
+local applied = 0
+for a = 1, n do
+  local pid, field, v = pids[a], fields[a], vs[a]
+  local s = score[pid]
+  if s == nil and zs[a] then s = tonumber(zs[a]); score[pid] = s end
+  local prev = seen[field] or prevs[a]
+  local o = 3 * a - 2
+  if prev then
+    -- A record exists: my own earlier attempt (same token) or a duplicate.
+    if string.sub(prev, 1, 17) == string.sub(v, 1, 17) then
+      out[o] = 'A'
+    else
+      out[o] = 'D' .. string.sub(prev, 18)
+    end
+    s = s or 0
+    who[a], ss[a], out[o + 1] = pid, s, s
+  elseif not s then
+    -- Not a player of this quiz: nothing is written.
+    out[o], out[o + 1], out[o + 2] = 'N', 0, 0
+  else
+    s = s + tonumber(pts[a])
+    score[pid] = s
+    if not changed[pid] then changed[pid] = true; order[#order + 1] = pid end
+    seen[field] = v
+    recs[#recs + 1] = field
+    recs[#recs + 1] = v
+    local dk = tonumber(dks[a])
+    if dk > 0 then
+      local d = dist[dk]
+      if not d then d = {}; dist[dk] = d; dists[#dists + 1] = dk end
+      for c in string.gmatch(chs[a], '%d+') do d[c] = (d[c] or 0) + 1 end
+    end
+    applied = applied + 1
+    out[o] = 'A'
+    who[a], ss[a], out[o + 1] = pid, s, s
+  end
+end
+-- The batch's writes: a few commands whatever its size (chunked to stay
+-- far below Lua's stack limit for unpack).
+for j = 1, #recs, 400 do
+  redis.call('HSET', KEYS[2], unpack(recs, j, math.min(j + 399, #recs)))
+end
+local z = {}
+for j = 1, #order do
+  local pid = order[j]
+  z[#z + 1] = string.format('%d', score[pid])
+  z[#z + 1] = pid
+  if #z >= 400 then redis.call('ZADD', KEYS[3], 'XX', unpack(z)); z = {} end
+end
+if #z > 0 then redis.call('ZADD', KEYS[3], 'XX', unpack(z)) end
+for j = 1, #dists do
+  local dk = dists[j]
+  for c, cnt in pairs(dist[dk]) do redis.call('HINCRBY', KEYS[dk], c, cnt) end
+end
+if applied > 0 then redis.call('INCRBY', KEYS[4], applied) end
+-- Ranks, in the state just written (one ZCOUNT per distinct score).
+local higher = {}
+for a = 1, n do
+  local pid = who[a]
+  if pid then
+    local s = ss[a]
+    local h = higher[s]
+    if not h then
+      h = redis.call('ZCOUNT', KEYS[3], string.format('(%d', s), '+inf')
+      higher[s] = h
+    end
+    if (score[pid] or 0) > s then h = h - 1 end
+    out[3 * a] = h
+  end
+end
+return out

@@ -1,0 +1,91 @@
+//! The store's Lua scripts, one `.lua` file each under `lua/` (each file's
+//! header says what it does, its KEYS, ARGV and reply), loaded at compile
+//! time and hashed once per process.
+
+/// A Lua script with its SHA1, sent as EVALSHA and re-sent as EVAL when the
+/// node answers NOSCRIPT (a freshly promoted replica, a restarted node).
+pub(super) struct Lua {
+    pub(super) body: &'static str,
+    pub(super) sha: String,
+}
+
+impl Lua {
+    fn new(body: &'static str) -> Lua {
+        Lua {
+            body,
+            sha: redis::Script::new(body).get_hash().to_string(),
+        }
+    }
+}
+
+/// Every script of the store.
+pub(super) struct Scripts {
+    /// `lua/apply_batch.lua`: a batch of answers to one quiz (the hot path).
+    pub(super) apply: Lua,
+    /// `lua/create_quiz.lua`.
+    pub(super) create: Lua,
+    /// `lua/set_state.lua`: compare-and-set on the state's version.
+    pub(super) set_state: Lua,
+    /// `lua/add_player.lua`.
+    pub(super) add_player: Lua,
+    /// `lua/leaderboard.lua`.
+    pub(super) leaderboard: Lua,
+    /// `lua/standing.lua`.
+    pub(super) standing: Lua,
+    /// `lua/distribution.lua`.
+    pub(super) distribution: Lua,
+    /// `lua/sent_at.lua`: self-paced send time, set once.
+    pub(super) sent_at: Lua,
+    /// `lua/present_batch.lua`: self-paced presentations, batched like answers.
+    pub(super) present: Lua,
+}
+
+/// The scripts, hashed on first use and shared by every store of the process.
+pub(super) fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        apply: Lua::new(include_str!("lua/apply_batch.lua")),
+        create: Lua::new(include_str!("lua/create_quiz.lua")),
+        set_state: Lua::new(include_str!("lua/set_state.lua")),
+        add_player: Lua::new(include_str!("lua/add_player.lua")),
+        leaderboard: Lua::new(include_str!("lua/leaderboard.lua")),
+        standing: Lua::new(include_str!("lua/standing.lua")),
+        distribution: Lua::new(include_str!("lua/distribution.lua")),
+        sent_at: Lua::new(include_str!("lua/sent_at.lua")),
+        present: Lua::new(include_str!("lua/present_batch.lua")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scripts;
+
+    #[test]
+    fn every_script_opens_with_its_contract() {
+        let s = scripts();
+        for lua in [
+            &s.apply,
+            &s.create,
+            &s.set_state,
+            &s.add_player,
+            &s.leaderboard,
+            &s.standing,
+            &s.distribution,
+            &s.sent_at,
+            &s.present,
+        ] {
+            let header: Vec<&str> = lua
+                .body
+                .lines()
+                .take_while(|l| l.starts_with("--"))
+                .collect();
+            let header = header.join("\n");
+            assert!(
+                header.contains("KEYS:") && header.contains("ARGV:"),
+                "a script's header names its KEYS and ARGV:\n{}",
+                lua.body
+            );
+            assert_eq!(lua.sha.len(), 40);
+        }
+    }
+}
