@@ -1257,6 +1257,40 @@ contract!(
     resent_answer_is_a_duplicate,
 );
 
+/// The schema check has teeth: live values, deliberately broken, fail it
+/// (a response, a server message, an event-log record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broken_live_values_fail_the_schema_check() {
+    let f = Factory::new(Kind::Embedded).await;
+    let n = f.start().await;
+    let c = testkit::api::contract();
+    let (id, _) = create(n.addr, "live", 1).await;
+    let path = format!("/v1/quizzes/{id}");
+    let (s, v) = http(n.addr, "GET", &path, &[], None).await;
+    assert_eq!(s, 200, "{v}");
+    let mut broken = v.clone();
+    broken.as_object_mut().unwrap().remove("state");
+    assert!(c
+        .check_http("GET", &path, 200, &broken.to_string())
+        .is_err());
+    broken = v.clone();
+    broken["mode"] = json!("self-paced");
+    assert!(c
+        .check_http("GET", &path, 200, &broken.to_string())
+        .is_err());
+    let (_, token) = join(n.addr, &id, "ann").await;
+    let mut w = ws(n.addr, &id, &token).await;
+    let mut welcome = expect(&mut w, "welcome").await;
+    welcome["score"] = json!(-1);
+    assert!(c.check_ws_server(&welcome).is_err());
+    let log = std::fs::read_to_string(f.dir.join("events.jsonl")).unwrap();
+    let mut created: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    c.check_event(&created).unwrap();
+    created.as_object_mut().unwrap().remove("event_id");
+    assert!(c.check_event(&created).is_err());
+    n.stop().await;
+}
+
 // ------------------------------------------------------------- two nodes
 
 /// Two core instances on the same Redis Cluster and Kafka share one quiz:
