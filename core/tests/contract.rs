@@ -1,8 +1,10 @@
-//! The contract suite (`/work/shared/CONTRACT.md`), run against both modes:
+//! The contract suite (`docs/api/`), run against both modes:
 //! every scenario is an async fn taking a [`Factory`], instantiated by the
 //! `contract!` macro as `embedded::<name>` and `distributed::<name>`.
 //! Distributed tests need `deploy/local/stack up` (Redis Cluster + Kafka);
 //! they fail loudly (testkit's `require_*`) when it is not running.
+//! Every response, server message, close code and event record the suite
+//! sees is also checked against `docs/api/` (`testkit::api`): a drift fails.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -163,6 +165,9 @@ async fn http_full(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    if status != 0 {
+        testkit::api::check_http(method, path, status, body);
+    }
     let v = serde_json::from_str(body).unwrap_or(Value::Null);
     (status, head.to_string(), v)
 }
@@ -275,13 +280,18 @@ async fn recv(ws: &mut Ws) -> Got {
             return Got::Closed(0);
         };
         match f.opcode {
-            OpCode::Text => return Got::Msg(serde_json::from_slice(&f.payload).unwrap()),
+            OpCode::Text => {
+                let v = serde_json::from_slice(&f.payload).unwrap();
+                testkit::api::check_ws_server(&v);
+                return Got::Msg(v);
+            }
             OpCode::Close => {
                 let code = if f.payload.len() >= 2 {
                     u16::from_be_bytes([f.payload[0], f.payload[1]])
                 } else {
                     1005
                 };
+                testkit::api::check_close_code(code);
                 return Got::Closed(code);
             }
             _ => continue,
@@ -320,11 +330,9 @@ async fn send_raw(ws: &mut Ws, bytes: Vec<u8>) {
 }
 
 async fn answer(ws: &mut Ws, q: u64, choices: &[u64]) -> Value {
-    send(
-        ws,
-        json!({"type": "answer", "question_id": q, "choices": choices}),
-    )
-    .await;
+    let msg = json!({"type": "answer", "question_id": q, "choices": choices});
+    testkit::api::check_ws_client(&msg);
+    send(ws, msg).await;
     expect(ws, "answer_result").await
 }
 
@@ -921,7 +929,7 @@ fn error_of(v: &Value) -> (Option<&str>, &str) {
     )
 }
 
-/// Idempotent joins (CONTRACT.md extension): a join retried with the same
+/// Idempotent joins (contract extension, docs/core.md): a join retried with the same
 /// `Idempotency-Key` gets the same player (id, token, score) instead of 409.
 async fn idempotent_join(f: Factory) {
     let n = f.start().await;
@@ -1078,7 +1086,7 @@ async fn resend(w: &mut Ws, q: u64, choices: &[u64], original: &Value) {
     assert_duplicate_of(&r, original);
 }
 
-/// The client rule (CONTRACT.md extension): a client re-sends an answer
+/// The client rule (contract extension, docs/api/README.md): a client re-sends an answer
 /// whose `answer_result` it never got, after reconnecting. Whatever the
 /// quiz did meanwhile, a re-send of an answer that was recorded reaches the
 /// store and comes back `duplicate` with the original's result, and the
@@ -1187,6 +1195,9 @@ async fn resent_answer_is_a_duplicate(f: Factory) {
     match f.kind {
         Kind::Embedded => {
             let log = std::fs::read_to_string(f.dir.join("events.jsonl")).unwrap();
+            for line in log.lines() {
+                testkit::api::check_event(&serde_json::from_str(line).unwrap());
+            }
             for (_, event_id, times) in &want {
                 let quoted = format!("\"{event_id}\"");
                 assert_eq!(log.matches(&quoted).count(), *times, "{event_id}");
@@ -1245,6 +1256,40 @@ contract!(
     idempotent_join,
     resent_answer_is_a_duplicate,
 );
+
+/// The schema check has teeth: live values, deliberately broken, fail it
+/// (a response, a server message, an event-log record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broken_live_values_fail_the_schema_check() {
+    let f = Factory::new(Kind::Embedded).await;
+    let n = f.start().await;
+    let c = testkit::api::contract();
+    let (id, _) = create(n.addr, "live", 1).await;
+    let path = format!("/v1/quizzes/{id}");
+    let (s, v) = http(n.addr, "GET", &path, &[], None).await;
+    assert_eq!(s, 200, "{v}");
+    let mut broken = v.clone();
+    broken.as_object_mut().unwrap().remove("state");
+    assert!(c
+        .check_http("GET", &path, 200, &broken.to_string())
+        .is_err());
+    broken = v.clone();
+    broken["mode"] = json!("self-paced");
+    assert!(c
+        .check_http("GET", &path, 200, &broken.to_string())
+        .is_err());
+    let (_, token) = join(n.addr, &id, "ann").await;
+    let mut w = ws(n.addr, &id, &token).await;
+    let mut welcome = expect(&mut w, "welcome").await;
+    welcome["score"] = json!(-1);
+    assert!(c.check_ws_server(&welcome).is_err());
+    let log = std::fs::read_to_string(f.dir.join("events.jsonl")).unwrap();
+    let mut created: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    c.check_event(&created).unwrap();
+    created.as_object_mut().unwrap().remove("event_id");
+    assert!(c.check_event(&created).is_err());
+    n.stop().await;
+}
 
 // ------------------------------------------------------------- two nodes
 
@@ -1390,6 +1435,7 @@ async fn consume_quiz_events_n(topic: &str, quiz: &str, want: &[(String, usize)]
             .unwrap_or_else(|_| panic!("events missing from {topic}: {missing:?}"))
             .unwrap();
         let v: Value = serde_json::from_slice(msg.payload().unwrap_or_default()).unwrap();
+        testkit::api::check_event(&v);
         assert_eq!(msg.key(), v["quiz_id"].as_str().map(str::as_bytes), "{v}");
         if v["quiz_id"] == quiz {
             seen.push(v);

@@ -11,7 +11,7 @@ CONNS=${1:-5000}
 MSGS=${2:-20}
 RUNS=${3:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-BIN=${CARGO_TARGET_DIR:-/root/.cache/quiz-target}/release
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 ulimit -n 20000
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }

@@ -17,11 +17,16 @@
 //! - [`unique_name`], [`unique_topic`], [`unique_db`], [`unique_quiz_id`]:
 //!   names that no other test, test binary or earlier run uses, so tests run
 //!   in parallel against one shared stack without seeing each other's data.
+//! - [`api`]: the wire contract of `docs/api/` (OpenAPI, AsyncAPI, JSON
+//!   Schemas) as a test oracle: validate live responses, WebSocket messages
+//!   and event records, so a drift between server and documents fails.
 //! - [`eventually`]: poll until a condition holds or panic after a timeout,
 //!   for effects that arrive asynchronously (a consumer draining a topic).
 //!
 //! Plain unit tests must not use this crate's `require_*` helpers: they need
 //! no service. Tests that do are integration tests (`tests/*.rs`).
+
+pub mod api;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
