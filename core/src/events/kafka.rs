@@ -196,7 +196,36 @@ async fn probe(inner: Weak<Inner>) {
         .unwrap_or(false);
         if ok {
             inner.failures.store(0, Ordering::Relaxed);
+        } else {
+            add_bootstrap_brokers(&inner);
         }
+    }
+}
+
+/// Gives the producer its `bootstrap.servers` again while the metadata
+/// probe fails.
+///
+/// Why: since librdkafka 2.10 a client forgets every broker a Metadata
+/// response leaves out, and a broker in controlled shutdown can answer
+/// without itself, so a full Kafka restart can leave the producer knowing
+/// no broker at all. Its own re-bootstrap timer starts only when a Metadata
+/// request is sent, which needs a broker, so it never fires and every
+/// publish would fail until core restarts (the persister's consumer was seen
+/// stuck that way: docs/persister.md). Adding brokers that are already
+/// configured is a no-op in librdkafka, so calling this every probe is
+/// harmless.
+fn add_bootstrap_brokers(inner: &Inner) {
+    let Ok(list) = std::ffi::CString::new(inner.opts.brokers.as_str()) else {
+        return;
+    };
+    // SAFETY: the client handle lives as long as `inner.producer`, which is
+    // borrowed for the call; `rd_kafka_brokers_add` is thread-safe and
+    // copies the string.
+    unsafe {
+        rdkafka::bindings::rd_kafka_brokers_add(
+            inner.producer.client().native_ptr(),
+            list.as_ptr(),
+        );
     }
 }
 
