@@ -13,7 +13,7 @@ use crate::config::KafkaConfig;
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::event::Poison;
 
@@ -31,6 +31,7 @@ pub struct DeadRecord<'a> {
 pub struct DeadLetter {
     producer: FutureProducer,
     topic: String,
+    brokers: String,
 }
 
 impl DeadLetter {
@@ -43,7 +44,11 @@ impl DeadLetter {
             .set("message.timeout.ms", "30000")
             .set("client.id", "quiz-persister-dlq")
             .create()?;
-        Ok(DeadLetter { producer, topic })
+        Ok(DeadLetter {
+            producer,
+            topic,
+            brokers: kafka.brokers.clone(),
+        })
     }
 
     pub fn topic(&self) -> &str {
@@ -95,9 +100,18 @@ impl DeadLetter {
             }
             self.producer.send(record, Duration::from_secs(10))
         });
-        for result in join_all(sends).await {
-            result.map_err(|(e, _)| e)?;
+        let failed = join_all(sends)
+            .await
+            .into_iter()
+            .find_map(|r| r.err().map(|(e, _)| e));
+        match failed {
+            None => Ok(()),
+            Some(e) => {
+                // The producer may have forgotten every broker in a full
+                // Kafka restart; the caller retries the batch after this.
+                crate::rebootstrap::add_bootstrap_brokers(self.producer.client(), &self.brokers);
+                Err(e)
+            }
         }
-        Ok(())
     }
 }

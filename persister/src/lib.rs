@@ -16,6 +16,8 @@
 //!   sends one unordered `update` command per collection, `store/memory.rs`
 //!   models it for tests.
 //! - [`dlq`]: the dead-letter producer.
+//! - [`rebootstrap`]: gives a Kafka client its bootstrap servers again when
+//!   librdkafka has forgotten every broker (a full Kafka restart).
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/metrics`, `/healthz`,
 //!   `/readyz`.
 //! - [`replay`]: rebuilds MongoDB from the topic.
@@ -29,6 +31,7 @@ pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod rebootstrap;
 pub mod replay;
 pub mod store;
 pub mod writes;

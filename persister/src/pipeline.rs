@@ -19,7 +19,6 @@
 //! it changes nothing (`writes.rs`). A crash after 4 loses nothing.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -39,6 +38,7 @@ use crate::config::Config;
 use crate::dlq::{DeadLetter, DeadRecord};
 use crate::event::{Event, Poison};
 use crate::metrics::Metrics;
+use crate::rebootstrap::add_bootstrap_brokers;
 use crate::store::{write_batch, BatchEvent, Store};
 
 /// One record read from the topic, owned, parsed once.
@@ -102,7 +102,7 @@ pub struct Shared {
     /// Written to MongoDB, not yet known committed: next offset per partition.
     uncommitted: Mutex<HashMap<Partition, i64>>,
     /// Set by the statistics callback when the client knows no broker at
-    /// all (only its logical coordinator handle); see [`rebootstrap`].
+    /// all (only its logical coordinator handle); see `rebootstrap.rs`.
     brokerless: AtomicBool,
 }
 
@@ -468,36 +468,8 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
 }
 
 /// How often a consumer that knows no broker is given its bootstrap servers
-/// again while it stays that way.
+/// again while it stays that way (see `rebootstrap.rs`).
 const REBOOTSTRAP_EVERY: Duration = Duration::from_secs(5);
-
-/// Gives the consumer its `bootstrap.servers` again.
-///
-/// Why: since librdkafka 2.10 a client forgets every broker a Metadata
-/// response leaves out, and a Kafka broker in controlled shutdown can answer
-/// without itself. When the whole cluster restarts (the one broker of the
-/// local stack; every broker in a full restart) the consumer can be left
-/// knowing no broker at all. librdkafka's own recovery
-/// (`metadata.recovery.rebootstrap.trigger.ms`) starts its timer when a
-/// Metadata request is sent, which needs a broker, so it never fires: the
-/// consumer cannot find its group coordinator, never rejoins and consumes
-/// nothing, for good (2 of 5 runs of `tests/kafka_outage.rs` before this).
-/// Adding the configured brokers is what librdkafka's re-bootstrap does.
-fn rebootstrap(consumer: &BaseConsumer<Context>, brokers: &str) {
-    let Ok(list) = CString::new(brokers) else {
-        return;
-    };
-    // SAFETY: the client handle lives as long as `consumer`, which is
-    // borrowed for the call; `rd_kafka_brokers_add` is thread-safe and
-    // copies the string it is given.
-    let added = unsafe {
-        rdkafka::bindings::rd_kafka_brokers_add(consumer.client().native_ptr(), list.as_ptr())
-    };
-    warn!(
-        added,
-        brokers, "the Kafka client knows no broker any more: bootstrap servers added again"
-    );
-}
 
 /// Runs the loop on the current (blocking) thread until `shutdown`.
 pub fn consume(
@@ -535,7 +507,7 @@ pub fn consume(
         if shared.brokerless.load(Ordering::Relaxed)
             && last_rebootstrap.is_none_or(|t| t.elapsed() >= REBOOTSTRAP_EVERY)
         {
-            rebootstrap(&consumer, &config.kafka.brokers);
+            add_bootstrap_brokers(consumer.client(), &config.kafka.brokers);
             metrics.kafka_rebootstraps.inc();
             last_rebootstrap = Some(Instant::now());
         }

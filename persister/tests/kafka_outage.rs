@@ -20,10 +20,15 @@ async fn ready_status(http: std::net::SocketAddr) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_down_for_15s_then_the_persister_resumes() {
     let mut config = test_config("kafka-outage", 3).await;
+    // Diagnosing a failure: RUST_LOG=info prints the persister's log (JSON on
+    // stderr), TEST_KAFKA_DEBUG=cgrp,consumer adds librdkafka's own.
     if std::env::var_os("RUST_LOG").is_some() {
         persister::init_logging(&config.log);
     }
-    if let Ok(debug) = std::env::var("TEST_KAFKA_DEBUG") {
+    if let Some(debug) = std::env::var("TEST_KAFKA_DEBUG")
+        .ok()
+        .filter(|d| !d.is_empty())
+    {
         config.kafka.properties.insert("debug".into(), debug);
     }
     let before = scenario(&testkit::unique_quiz_id(), 5, 4);
