@@ -330,7 +330,13 @@ fn probes_use_the_real_endpoints_on_the_configured_ports() {
         let admin = port_of(t["edge_lb"]["admin_listen"].as_str().unwrap());
         probe(c, "readinessProbe", "/readyz", admin, n);
         probe(c, "livenessProbe", "/healthz", admin, n);
-        let proxy = port_of(t["edge_lb"]["listen"][0].as_str().unwrap());
+        // The public port: the plain listener, or the TLS one where there is none
+        // (production, HTTPS only).
+        let proxy = t["edge_lb"]["listen"][0]
+            .as_str()
+            .or_else(|| t["edge_lb"]["tls"]["listen"][0].as_str())
+            .map(port_of)
+            .expect("a plain or a TLS listener");
         let lb = ov.get("Service", "edge-lb");
         assert_eq!(
             container_port(c, &lb["spec"]["ports"][0]["targetPort"]),
@@ -732,4 +738,78 @@ fn humantime_ms(s: &str) -> u64 {
         "m" => n * 60_000,
         _ => panic!("duration {s:?}: unknown unit"),
     }
+}
+
+/// Production is HTTPS/WSS only: the public Service exposes 443 alone, aimed at the
+/// container port edge-lb's TLS listener binds; edge-lb has no plain listener; the
+/// certificate and key it reads are on the mounted `edge-lb-tls` Secret (cert-manager's
+/// `tls.crt` / `tls.key`), which docs/deploy.md tells the operator to create; the
+/// NetworkPolicy admits clients on that port.
+#[test]
+fn production_serves_https_only() {
+    let ov = overlays()
+        .into_iter()
+        .find(|o| o.name == "production")
+        .expect("production overlay");
+    let service = ov.get("Service", "edge-lb");
+    let ports = service["spec"]["ports"].as_array().expect("ports");
+    assert_eq!(ports.len(), 1, "production exposes one port: {ports:?}");
+    assert_eq!(ports[0]["port"], 443);
+    let e = ov.get("Deployment", "edge-lb");
+    let c = container(e, "edge-lb");
+    let target = container_port(c, &ports[0]["targetPort"]);
+
+    let text = mounted_file(&ov, e, c, "/etc/edge-lb/edge-lb.yaml");
+    let (_server, edge) = edge_lb::parse_config(&text).expect("edge-lb config");
+    assert!(
+        edge.listen.is_empty(),
+        "no plain listener: {:?}",
+        edge.listen
+    );
+    let tls = edge.tls.as_ref().expect("a TLS listener");
+    assert!(
+        tls.listen.iter().any(|l| port_of(l) == target),
+        "the Service's target port {target} is a TLS listener: {:?}",
+        tls.listen
+    );
+    let spec = pod_spec(e);
+    for file in [&tls.cert, &tls.key] {
+        let file = file.to_str().expect("utf-8 path");
+        let mount = c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| {
+                m["mountPath"]
+                    .as_str()
+                    .is_some_and(|p| file.starts_with(&format!("{p}/")))
+            })
+            .unwrap_or_else(|| panic!("{file} is on no mounted volume"));
+        let volume = spec["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == mount["name"])
+            .expect("the mount's volume");
+        assert_eq!(volume["secret"]["secretName"], "edge-lb-tls", "{file}");
+        let key = file.rsplit('/').next().unwrap_or_default();
+        assert!(
+            ["tls.crt", "tls.key"].contains(&key),
+            "{file}: a kubernetes.io/tls key"
+        );
+    }
+    let deploy_md = read("docs/deploy.md");
+    assert!(
+        deploy_md.contains("edge-lb-tls") && deploy_md.contains("cert-manager"),
+        "docs/deploy.md documents the edge-lb-tls Secret"
+    );
+    let policy = ov.get("NetworkPolicy", "edge-lb");
+    assert!(
+        policy["spec"]["ingress"][0]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["port"] == target),
+        "clients may reach port {target}"
+    );
 }
