@@ -725,3 +725,91 @@ macro_rules! conformance {
 conformance!(memory_store, memory);
 conformance!(redis_cluster_store, redis);
 conformance!(redis_tls_store, redis_tls);
+
+/// Retention (Redis only: the embedded store lives and dies with its
+/// process): every key of a quiz has a lifetime from the moment it exists,
+/// the live retention while the quiz runs (also when its host abandons it
+/// mid-question), the ended retention once it ends. Nothing of a quiz stays
+/// in Redis for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_of_a_quiz_expire_live_and_after_the_end() {
+    use redis::AsyncCommands;
+    let live = std::time::Duration::from_secs(3600);
+    let ended = std::time::Duration::from_secs(120);
+    let opts = RedisOptions {
+        retention_live: live,
+        retention_ended: ended,
+        ..RedisOptions::default()
+    };
+    let store: Store = Arc::new(
+        RedisClusterStore::connect(&redis_nodes(), opts)
+            .await
+            .expect("the Redis Cluster is required (deploy/local/stack up)"),
+    );
+    let mut redis = testkit::require_redis_cluster().await;
+    let id = new_quiz(&store, "retention", 2).await;
+    join(&store, &id, "p1").await;
+    join(&store, &id, "p2").await;
+    let running = QuizState {
+        version: 2,
+        phase: Phase::Running,
+        current_question: Some(0),
+        opens_at_ms: Some(1_700_000_000_000),
+        closes_at_ms: Some(1_700_000_020_000),
+    };
+    assert!(store.set_state(&id, 1, &running).await.expect("start"));
+    // Written after the last state change: these keys must inherit a
+    // lifetime when they are created (an abandoned quiz stops here).
+    store
+        .apply_answer(&id, &answer("p1", 0, &[0], 900))
+        .await
+        .expect("answer");
+    store
+        .present_question(&id, "p2", 0, 1_700_000_000_100)
+        .await
+        .expect("present");
+    let keys: Vec<String> = [
+        "def",
+        "state",
+        "players",
+        "nicks",
+        "leaderboard",
+        "answers",
+        "lbver",
+        "sent",
+        "dist:0",
+    ]
+    .iter()
+    .map(|s| format!("quiz:{{{id}}}:{s}"))
+    .collect();
+    let ttls = async |redis: &mut redis::cluster_async::ClusterConnection| {
+        let mut out = Vec::new();
+        for k in &keys {
+            let ttl: i64 = redis.ttl(k).await.expect("TTL");
+            out.push((k.clone(), ttl));
+        }
+        out
+    };
+    for (k, ttl) in ttls(&mut redis).await {
+        assert!(
+            ttl > (live.as_secs() as i64) - 60 && ttl <= live.as_secs() as i64,
+            "{k}: TTL {ttl} s, expected the live retention ({} s)",
+            live.as_secs()
+        );
+    }
+    let ended_state = QuizState {
+        version: 3,
+        phase: Phase::Ended,
+        current_question: Some(0),
+        opens_at_ms: None,
+        closes_at_ms: None,
+    };
+    assert!(store.set_state(&id, 2, &ended_state).await.expect("end"));
+    for (k, ttl) in ttls(&mut redis).await {
+        assert!(
+            ttl > 0 && ttl <= ended.as_secs() as i64,
+            "{k}: TTL {ttl} s after the end, expected at most {} s",
+            ended.as_secs()
+        );
+    }
+}

@@ -17,6 +17,15 @@
 //! | `quiz:{X}:lbver` | string | leaderboard version (INCR per join and answer) |
 //! | `quiz:{X}:sent` | hash | `player_id:question_id` → ms the question was sent |
 //!
+//! # Retention
+//! Every key of a quiz expires ([`RedisOptions::retention_live`] after the
+//! quiz's creation or last state change, [`RedisOptions::retention_ended`]
+//! after its end): `create_quiz` and `set_state` set the lifetime of the
+//! quiz's keys, and a key created later (players, answers, a question's
+//! distribution, sent times) inherits what is left of it in the script that
+//! creates it. Nothing of a quiz stays in Redis for ever, also when its host
+//! abandons it.
+//!
 //! # Where things are
 //! - this file: the key layout, [`RedisClusterStore`] and its [`QuizStore`]
 //!   methods (which script, which keys, retry or not);
@@ -85,7 +94,7 @@ use self::shared::{key, unavailable, Shared};
 use super::memory::normalize_nickname;
 use super::{QuizStore, StoreError};
 use crate::model::{
-    AnswerRecord, ApplyOutcome, Leaderboard, Millis, Player, QuizDef, QuizState, Standing,
+    AnswerRecord, ApplyOutcome, Leaderboard, Millis, Phase, Player, QuizDef, QuizState, Standing,
 };
 
 /// The Redis Cluster store. Cheap to share behind an `Arc`; dropping it ends
@@ -231,6 +240,11 @@ impl RedisClusterStore {
     }
 }
 
+/// A retention as the whole seconds `EX`/`EXPIRE` take (at least 1).
+fn seconds(d: std::time::Duration) -> String {
+    d.as_secs().max(1).to_string()
+}
+
 #[async_trait]
 impl QuizStore for RedisClusterStore {
     async fn create_quiz(&self, quiz: &QuizDef, state: &QuizState) -> Result<(), StoreError> {
@@ -238,7 +252,11 @@ impl QuizStore for RedisClusterStore {
         let call = Call {
             script: &self.shared.scripts.create,
             keys: vec![key(id, "def"), key(id, "state")],
-            args: vec![to_json(quiz)?, to_json(state)?],
+            args: vec![
+                to_json(quiz)?,
+                to_json(state)?,
+                seconds(self.shared.opts.retention_live),
+            ],
         };
         match decode_int("create_quiz", &self.write("create_quiz", id, call).await?)? {
             1 => Ok(()),
@@ -273,10 +291,40 @@ impl QuizStore for RedisClusterStore {
         next: &QuizState,
     ) -> Result<bool, StoreError> {
         super::check_next_version(expected_version, next)?;
+        // Every key of the quiz, for its retention: the distributions are
+        // named after the question ids, which only the definition knows.
+        let questions: Vec<u32> = match self.get_quiz(quiz_id).await? {
+            Some(def) => def.questions.iter().map(|q| q.id).collect(),
+            None => Vec::new(),
+        };
+        let mut keys = vec![key(quiz_id, "state")];
+        keys.extend(
+            [
+                "def",
+                "players",
+                "nicks",
+                "leaderboard",
+                "answers",
+                "lbver",
+                "sent",
+            ]
+            .iter()
+            .map(|suffix| key(quiz_id, suffix)),
+        );
+        keys.extend(questions.iter().map(|q| key(quiz_id, &format!("dist:{q}"))));
+        let retention = if next.phase == Phase::Ended {
+            self.shared.opts.retention_ended
+        } else {
+            self.shared.opts.retention_live
+        };
         let call = Call {
             script: &self.shared.scripts.set_state,
-            keys: vec![key(quiz_id, "state")],
-            args: vec![expected_version.to_string(), to_json(next)?],
+            keys,
+            args: vec![
+                expected_version.to_string(),
+                to_json(next)?,
+                seconds(retention),
+            ],
         };
         // Not retried internally: a re-run after an applied-but-unconfirmed
         // first run would report `false` for our own write. One attempt; the

@@ -40,6 +40,15 @@ pub struct RedisOptions {
     /// PEM of the CA that signed the servers' certificates, for `rediss://`
     /// nodes with a private CA (public CAs are trusted without it).
     pub tls_ca: Option<Vec<u8>>,
+    /// Retention of a quiz that has not ended: every key of the quiz expires
+    /// this long after its creation or its last state change (start, next
+    /// question), so an abandoned quiz does not fill Redis for ever (with
+    /// `noeviction` a full Redis refuses every write of the platform).
+    pub retention_live: Duration,
+    /// Retention of an ended quiz: its keys expire this long after the end.
+    /// Its events are on Kafka by then (the end is published right after
+    /// the state change); the long-term record is MongoDB.
+    pub retention_ended: Duration,
 }
 
 impl Default for RedisOptions {
@@ -55,6 +64,8 @@ impl Default for RedisOptions {
             max_attempts: 5,
             retry_backoff: Duration::from_millis(50),
             tls_ca: None,
+            retention_live: Duration::from_secs(48 * 3600),
+            retention_ended: Duration::from_secs(24 * 3600),
         }
     }
 }

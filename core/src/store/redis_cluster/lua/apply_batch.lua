@@ -127,7 +127,20 @@ for j = 1, #dists do
   local dk = dists[j]
   for c, cnt in pairs(dist[dk]) do redis.call('HINCRBY', KEYS[dk], c, cnt) end
 end
-if applied > 0 then redis.call('INCRBY', KEYS[4], applied) end
+if applied > 0 then
+  redis.call('INCRBY', KEYS[4], applied)
+  -- Retention: the answers hash and a question's distribution are created
+  -- by the first answers; they inherit the state's remaining lifetime (two
+  -- reads per batch, a write only the first time).
+  local ttl = redis.call('PTTL', KEYS[5])
+  if ttl > 0 then
+    if redis.call('PTTL', KEYS[2]) == -1 then redis.call('PEXPIRE', KEYS[2], ttl) end
+    for j = 1, #dists do
+      local dk = tonumber(dists[j])
+      if redis.call('PTTL', KEYS[dk]) == -1 then redis.call('PEXPIRE', KEYS[dk], ttl) end
+    end
+  end
+end
 -- Ranks, in the state just written (one ZCOUNT per distinct score).
 local higher = {}
 for a = 1, n do

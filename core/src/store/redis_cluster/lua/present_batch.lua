@@ -35,4 +35,9 @@ end
 for j = 1, #set, 400 do
   redis.call('HSET', KEYS[3], unpack(set, j, math.min(j + 399, #set)))
 end
+-- Retention: the sent hash inherits the remaining lifetime of `def`.
+if #set > 0 and redis.call('PTTL', KEYS[3]) == -1 then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+end
 return out

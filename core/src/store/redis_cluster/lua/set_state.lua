@@ -1,8 +1,17 @@
--- set_state: compare-and-set of the quiz state on its `version`.
--- KEYS: state. ARGV: expected_version next_json.
+-- set_state: compare-and-set of the quiz state on its `version`, and the
+-- quiz's retention from now on.
+-- KEYS: state, then every other key of the quiz (def players nicks
+-- leaderboard answers lbver sent dist:Q…). ARGV: expected_version next_json
+-- retention_seconds.
+-- On success every key of the quiz expires after `retention_seconds` (the
+-- caller passes the ended quiz's retention when `next` is the end); keys
+-- that do not exist yet are skipped and inherit the lifetime when created.
 -- Returns -1 no quiz, 0 lost (another writer got there first), 1 set.
 local cur = redis.call('GET', KEYS[1])
 if not cur then return -1 end
 if cjson.decode(cur)['version'] ~= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+for i = 2, #KEYS do
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
 return 1
