@@ -128,26 +128,8 @@ pub async fn serve(
             catch_up(&svc, &def, &caller, &outbox, &presented, &seen, &now_state).await;
         }
     }
-    // Self-paced players only: a task of its own rather than a third branch
-    // of the join below, whose state every idle connection would carry
-    // (~380 bytes more per connection, measured, live quizzes included).
     if def.mode == Mode::SelfPaced && !is_host {
-        tokio::spawn({
-            let (svc, def, outbox, presented) = (
-                Arc::clone(&svc),
-                Arc::clone(&def),
-                Arc::clone(&outbox),
-                Arc::clone(&presented),
-            );
-            let player_id = caller.claims.player_id.clone();
-            async move {
-                let send = |frame| {
-                    outbox.push_text(frame);
-                };
-                let stop = outbox.cancelled();
-                self_paced::expire_presented(&svc, &def, &player_id, &presented, stop, send).await
-            }
-        });
+        spawn_expiry(&svc, &def, &caller.claims.player_id, &outbox, &presented);
     }
     let write_timeout = Duration::from_millis(svc.config.ws_write_timeout_ms);
     let mut rd = BufReader::with_capacity(READ_BUF, rd);
@@ -168,6 +150,34 @@ pub async fn serve(
     if outbox.close_reason().is_some_and(|c| c.code != close::NONE) {
         linger(&mut rd).await;
     }
+}
+
+/// Self-paced players only: the expiry timer
+/// ([`self_paced::expire_presented`]) in a task of its own rather than a
+/// third branch of the connection's join, whose state every idle
+/// connection would carry (~380 bytes more per connection, measured, live
+/// quizzes included). Ends with the connection.
+fn spawn_expiry(
+    svc: &Arc<QuizService>,
+    def: &Arc<QuizDef>,
+    player_id: &str,
+    outbox: &Arc<Outbox>,
+    presented: &Arc<Presented>,
+) {
+    let (svc, def, outbox, presented) = (
+        Arc::clone(svc),
+        Arc::clone(def),
+        Arc::clone(outbox),
+        Arc::clone(presented),
+    );
+    let player_id = player_id.to_string();
+    tokio::spawn(async move {
+        let send = |frame| {
+            outbox.push_text(frame);
+        };
+        let stop = outbox.cancelled();
+        self_paced::expire_presented(&svc, &def, &player_id, &presented, stop, send).await
+    });
 }
 
 /// Token → (quiz, caller), or the close code to send.

@@ -512,8 +512,7 @@ async fn announce_closed(svc: &QuizService, room: &Room, q: u32) -> bool {
 mod tests {
     use super::*;
     use crate::model::AnswerRecord;
-    use crate::protocol::CreateQuizReq;
-    use crate::service::tests::test_service;
+    use crate::service::tests::{test_player, test_quiz, test_service};
 
     /// The leaderboard throttle with deterministic time: at most one board
     /// per 500 ms, and none when nothing changed.
@@ -521,14 +520,8 @@ mod tests {
     async fn leaderboard_throttle() {
         let svc = test_service();
         let rooms = Rooms::new(Arc::clone(&svc));
-        let req: CreateQuizReq = serde_json::from_value(serde_json::json!({
-            "title": "t", "mode": "live", "quiz_id": "thr",
-            "questions": [{"text": "q", "options": ["a","b"], "correct": [0],
-                           "time_limit_ms": 5000, "points": 1000}]
-        }))
-        .unwrap();
-        let (def, _) = svc.create_quiz(req).await.unwrap();
-        let (_, _, p, _, _) = svc.join("thr", "ann").await.unwrap();
+        let def = test_quiz(&svc, "thr", "live", 1).await;
+        let (p, _) = test_player(&svc, "thr", "ann").await;
         let outbox = Arc::new(Outbox::new(16, CancellationToken::new()));
         let st = svc.state("thr").await.unwrap();
         let m = rooms.join(

@@ -209,10 +209,9 @@ pub async fn expire_presented(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{AnswerReason, CreateQuizReq};
+    use crate::protocol::AnswerReason;
     use crate::rules::HostAction;
-    use crate::service::tests::test_service;
-    use crate::service::Caller;
+    use crate::service::tests::{test_player, test_quiz, test_service};
 
     /// Regression: the question presented only moves forward, and only the
     /// caller that moved it sends it. A late presentation of question 0 by
@@ -237,20 +236,8 @@ mod tests {
     #[tokio::test]
     async fn resent_answer_outside_the_window_is_a_duplicate() {
         let svc = test_service();
-        let req: CreateQuizReq = serde_json::from_value(serde_json::json!({
-            "title": "t", "mode": "self_paced", "quiz_id": "resend1",
-            "questions": [{"text": "q", "options": ["a","b"], "correct": [0],
-                           "time_limit_ms": 5000, "points": 1000},
-                          {"text": "r", "options": ["a","b"], "correct": [0],
-                           "time_limit_ms": 5000, "points": 1000}]
-        }))
-        .unwrap();
-        let (def, _) = svc.create_quiz(req).await.unwrap();
-        let (_, _, p, token, _) = svc.join("resend1", "ann").await.unwrap();
-        let caller = Caller {
-            claims: svc.tokens.verify(&token).unwrap(),
-            nickname: p.nickname.clone(),
-        };
+        let def = test_quiz(&svc, "resend1", "self_paced", 2).await;
+        let (p, caller) = test_player(&svc, "resend1", "ann").await;
         svc.host_action("resend1", HostAction::Start).await.unwrap();
         let shown = current(&svc, &def, &p.player_id, 0, now_ms())
             .await

@@ -13,18 +13,8 @@ use crate::protocol::AnswerReason;
 #[tokio::test(start_paused = true)]
 async fn late_answer_is_recorded_with_zero_points() {
     let svc = test_service();
-    let req: CreateQuizReq = serde_json::from_value(serde_json::json!({
-        "title": "t", "mode": "live", "quiz_id": "late1",
-        "questions": [{"text": "q", "options": ["a","b"], "correct": [0],
-                       "time_limit_ms": 5000, "points": 1000}]
-    }))
-    .unwrap();
-    let (def, _) = svc.create_quiz(req).await.unwrap();
-    let (_, _, p, token, _) = svc.join("late1", "ann").await.unwrap();
-    let caller = Caller {
-        claims: svc.tokens.verify(&token).unwrap(),
-        nickname: p.nickname.clone(),
-    };
+    let def = test_quiz(&svc, "late1", "live", 1).await;
+    let (_, caller) = test_player(&svc, "late1", "ann").await;
     let r = svc.answer(&def, &caller, 0, &[0], None).await.unwrap();
     assert_eq!(r.reason, Some(AnswerReason::NotOpen));
     // Open the question with a window already in the past.
@@ -68,14 +58,8 @@ impl EventSink for DownSink {
 #[tokio::test]
 async fn sink_down_refuses_before_the_store() {
     let ok = test_service();
-    let req: CreateQuizReq = serde_json::from_value(serde_json::json!({
-        "title": "t", "mode": "live", "quiz_id": "down1",
-        "questions": [{"text": "q", "options": ["a","b"], "correct": [0],
-                       "time_limit_ms": 5000, "points": 1000}]
-    }))
-    .unwrap();
-    let (def, _) = ok.create_quiz(req).await.unwrap();
-    let (_, _, p, token, _) = ok.join("down1", "ann").await.unwrap();
+    let def = test_quiz(&ok, "down1", "live", 1).await;
+    let (p, caller) = test_player(&ok, "down1", "ann").await;
     ok.host_action("down1", HostAction::Start).await.unwrap();
     // The same store behind a service whose sink is down.
     let down = QuizService::with_backends(
@@ -85,10 +69,6 @@ async fn sink_down_refuses_before_the_store() {
         Arc::clone(&ok.bus),
         Arc::new(Metrics::new("down")),
     );
-    let caller = Caller {
-        claims: ok.tokens.verify(&token).unwrap(),
-        nickname: p.nickname.clone(),
-    };
     let e = down.answer(&def, &caller, 0, &[0], None).await.unwrap_err();
     assert_eq!(e.code(), "unavailable");
     assert!(down
@@ -113,6 +93,41 @@ async fn sink_down_refuses_before_the_store() {
     // The working node still scores the answer.
     let r = ok.answer(&def, &caller, 0, &[0], None).await.unwrap();
     assert!(r.accepted);
+}
+
+/// Creates quiz `quiz_id` (`mode` as on the wire) with `questions`
+/// questions: two options, the first correct, 5 s, 1000 points.
+pub(crate) async fn test_quiz(
+    svc: &QuizService,
+    quiz_id: &str,
+    mode: &str,
+    questions: usize,
+) -> Arc<QuizDef> {
+    let q = |i| {
+        serde_json::json!({"text": format!("q{i}"), "options": ["a","b"], "correct": [0],
+                           "time_limit_ms": 5000, "points": 1000})
+    };
+    let req: CreateQuizReq = serde_json::from_value(serde_json::json!({
+        "title": "t", "mode": mode, "quiz_id": quiz_id,
+        "questions": (0..questions).map(q).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    svc.create_quiz(req).await.unwrap().0
+}
+
+/// Joins `nickname` to `quiz_id`: the player, and the caller behind their
+/// token.
+pub(crate) async fn test_player(
+    svc: &QuizService,
+    quiz_id: &str,
+    nickname: &str,
+) -> (Player, Caller) {
+    let (_, _, p, token, _) = svc.join(quiz_id, nickname).await.unwrap();
+    let caller = Caller {
+        claims: svc.tokens.verify(&token).unwrap(),
+        nickname: p.nickname.clone(),
+    };
+    (p, caller)
 }
 
 pub(crate) fn test_service() -> Arc<QuizService> {
