@@ -8,11 +8,11 @@
 //! (`ReadHalf::after_handshake`), which we cannot shrink through its API.
 //! So after the handshake we take the raw stream back (`into_inner`), split
 //! it, write with a `WebSocketWrite` (writev for every frame, so it keeps no
-//! copy buffer) and read with the small frame parser (`frame.rs`) over a 256-byte
-//! `BufReader`. A frame's payload is allocated only while it is being
-//! handled, and never above `ws_max_frame_bytes` (4 KiB): the length is
-//! checked from the header *before* reading the payload, and a larger frame
-//! closes the socket with 1009.
+//! copy buffer) and read with the small frame parser (`frame.rs`) over a
+//! 256-byte `BufReader`. A frame's payload is allocated only while it is
+//! being handled, and never above `ws_max_frame_bytes` (4 KiB): the length
+//! is checked from the header *before* reading the payload, and a larger
+//! frame closes the socket with 1009.
 //!
 //! Both halves run in one task (`join!`), so a connection costs one task.
 //! The reader never writes to the socket: replies go through the outbox like
