@@ -8,8 +8,8 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use quiz_core::protocol::{self, ClientMsg};
-use quiz_core::quiz::{normalize_choices, score};
 use quiz_core::room::fan_out_board_to;
+use quiz_core::rules::{normalize_choices, score};
 use std::hint::black_box;
 
 fn answer(c: &mut Criterion) {

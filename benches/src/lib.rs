@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use quiz_core::model::{Leaderboard, LeaderboardEntry, Question};
-use quiz_core::room::Outbox;
+use quiz_core::outbox::Outbox;
 use tokio_util::sync::CancellationToken;
 
 /// An inbound answer frame as a client sends it.

@@ -4,14 +4,14 @@
 //! call [`QuizService`] and render JSON. Errors always have the contract's
 //! shape `{"error":{"code","message"}}`. Bodies are capped at
 //! `http_max_body_bytes` (1 MiB → 413) before they are read into memory.
+//! A host action wakes this node's room once the service has applied it.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -21,13 +21,24 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::config::Tier;
-use crate::model::Mode;
+use crate::error::QuizError;
+use crate::limit::IpLimiter;
+use crate::model::{Mode, Standing};
 use crate::protocol::{self, CreateQuizReq, JoinReq, JoinResp, JoinedQuiz, PlayerView, QuizView};
-use crate::quiz::{HostAction, QuizError, QuizService};
 use crate::room::Rooms;
+use crate::rules::HostAction;
+use crate::service::QuizService;
 use crate::shutdown::Shutdown;
 
 type Resp = Response<Full<Bytes>>;
+
+/// What the routes work with: the service, this node's rooms, and the
+/// per-IP POST limiter.
+struct Node {
+    svc: Arc<QuizService>,
+    rooms: Arc<Rooms>,
+    post_limiter: IpLimiter,
+}
 
 /// Serves `listener` until shutdown; then drains connections and flushes
 /// the event sink within `shutdown_grace_ms`.
@@ -36,7 +47,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    Rooms::spawn_bus_listener(&svc, shutdown.token().clone());
+    let rooms = Rooms::new(Arc::clone(&svc));
+    rooms.spawn_bus_listener(shutdown.token().clone());
+    let node = Arc::new(Node {
+        post_limiter: IpLimiter::new(
+            svc.config.http_post_rate_per_sec,
+            svc.config.http_post_burst,
+        ),
+        svc: Arc::clone(&svc),
+        rooms,
+    });
     let limit = Arc::new(tokio::sync::Semaphore::new(svc.config.max_connections));
     tracing::info!(
         addr = %listener.local_addr()?,
@@ -64,15 +84,15 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = Arc::clone(&svc);
+        let node = Arc::clone(&node);
         let sd = shutdown.clone();
         shutdown.spawn(async move {
             let _permit = permit;
             let sd2 = sd.clone();
             let service = hyper::service::service_fn(move |req| {
-                let svc = Arc::clone(&svc);
+                let node = Arc::clone(&node);
                 let sd = sd2.clone();
-                async move { Ok::<_, Infallible>(handle(svc, req, peer, sd).await) }
+                async move { Ok::<_, Infallible>(handle(node, req, peer, sd).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -101,17 +121,13 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(
-    svc: Arc<QuizService>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    sd: Shutdown,
-) -> Resp {
-    let resp = match route(&svc, req, peer, &sd).await {
+async fn handle(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, sd: Shutdown) -> Resp {
+    let resp = match route(&node, req, peer, &sd).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
-    svc.metrics
+    node.svc
+        .metrics
         .http_responses
         .with_label_values(&[resp.status().as_str()])
         .inc();
@@ -119,11 +135,12 @@ async fn handle(
 }
 
 async fn route(
-    svc: &Arc<QuizService>,
+    node: &Node,
     req: Request<Incoming>,
     peer: SocketAddr,
     sd: &Shutdown,
 ) -> Result<Resp, QuizError> {
+    let svc = &node.svc;
     let path = req.uri().path().to_string();
     if let Some(r) = crate::web::response(req.method(), &path) {
         return Ok(r);
@@ -142,16 +159,7 @@ async fn route(
             StatusCode::OK,
             &serde_json::json!({"status": "ok", "node": svc.config.node_name}),
         )),
-        (["readyz"], &Method::GET) if sd.is_draining() => Err(QuizError::Unavailable(
-            "not ready: draining before shutdown".into(),
-        )),
-        (["readyz"], &Method::GET) => match svc.ready().await {
-            Ok(()) => Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({"status": "ready"}),
-            )),
-            Err(why) => Err(QuizError::Unavailable(format!("not ready: {why}"))),
-        },
+        (["readyz"], &Method::GET) => readyz(svc, sd).await,
         (["metrics"], &Method::GET) => Ok(Response::builder()
             .header(CONTENT_TYPE, "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(svc.metrics.render())))
@@ -160,30 +168,11 @@ async fn route(
             if tier == Tier::Api {
                 return not_served("the WebSocket route");
             }
-            ws_upgrade(svc, req, id, sd)
+            ws_upgrade(node, req, id, sd)
         }
         (["v1", "quizzes"], &Method::POST) if api => {
-            rate_limit(svc, peer)?;
-            if let Some(key) = &svc.config.admin_key {
-                let given = req
-                    .headers()
-                    .get("x-admin-key")
-                    .and_then(|v| v.to_str().ok());
-                if given != Some(key.as_str()) {
-                    return Err(QuizError::Unauthorized(
-                        "x-admin-key: this node requires the admin key to create quizzes".into(),
-                    ));
-                }
-            }
-            let body: CreateQuizReq = read_json(svc, req).await?;
-            let (def, host_token) = svc.create_quiz(body).await?;
-            Ok(json(
-                StatusCode::CREATED,
-                &protocol::CreateQuizResp {
-                    quiz_id: def.quiz_id.clone(),
-                    host_token,
-                },
-            ))
+            rate_limit(node, peer)?;
+            create_quiz(svc, req).await
         }
         (["v1", "quizzes", id], &Method::GET) if api => {
             let def = svc.def(id).await?;
@@ -191,97 +180,15 @@ async fn route(
             Ok(json(StatusCode::OK, &QuizView::new(&def, &state)))
         }
         (["v1", "quizzes", id, "players"], &Method::POST) if api => {
-            rate_limit(svc, peer)?;
-            let id = id.to_string();
-            svc.def(&id).await?;
-            // Optional: a retried join with the same key gets the same
-            // player back (see `QuizService::join_with_key`).
-            let mut keys = req.headers().get_all("idempotency-key").iter();
-            let key = keys.next().map(|v| v.as_bytes().to_vec());
-            if keys.next().is_some() {
-                return Err(QuizError::Invalid(
-                    "Idempotency-Key: must be given at most once".into(),
-                ));
-            }
-            let body: JoinReq = read_json(svc, req).await?;
-            let (def, state, player, token, lb) = svc
-                .join_with_key(&id, &body.nickname, key.as_deref())
-                .await?;
-            let released = match (def.mode, state.current_question) {
-                (Mode::Live, Some(c)) => def
-                    .questions
-                    .iter()
-                    .take(c as usize + 1)
-                    .map(Into::into)
-                    .collect(),
-                _ => Vec::new(),
-            };
-            Ok(json(
-                StatusCode::CREATED,
-                &JoinResp {
-                    player_id: &player.player_id,
-                    player_token: &token,
-                    quiz: JoinedQuiz {
-                        view: QuizView::new(&def, &state),
-                        questions: released,
-                    },
-                    leaderboard: &lb,
-                },
-            ))
+            rate_limit(node, peer)?;
+            join(svc, req, id).await
         }
-        (["v1", "quizzes", id, "players", pid], &Method::GET) if api => {
-            svc.def(id).await?;
-            let player = svc
-                .store
-                .get_player(id, pid)
-                .await?
-                .ok_or_else(|| QuizError::NotFound(format!("player_id: no player {pid:?}")))?;
-            let standing = svc
-                .store
-                .standing(id, pid)
-                .await?
-                .unwrap_or(crate::model::Standing { score: 0, rank: 0 });
-            Ok(json(
-                StatusCode::OK,
-                &PlayerView {
-                    player_id: &player.player_id,
-                    nickname: &player.nickname,
-                    score: standing.score,
-                    rank: standing.rank,
-                },
-            ))
-        }
+        (["v1", "quizzes", id, "players", pid], &Method::GET) if api => player(svc, id, pid).await,
         (["v1", "quizzes", id, "leaderboard"], &Method::GET) if api => {
-            let limit = match query_param(req.uri().query(), "limit") {
-                None => svc.config.leaderboard_top,
-                Some(v) => match v.parse::<usize>() {
-                    Ok(n) if (1..=100).contains(&n) => n,
-                    _ => return Err(QuizError::Invalid("limit: must be an integer 1–100".into())),
-                },
-            };
-            svc.def(id).await?;
-            let lb = svc.store.leaderboard(id, limit).await?;
-            Ok(json(StatusCode::OK, &lb))
+            leaderboard(svc, &req, id).await
         }
         (["v1", "quizzes", id, action @ ("start" | "next" | "end")], &Method::POST) if api => {
-            let action = match *action {
-                "start" => HostAction::Start,
-                "next" => HostAction::Next,
-                _ => HostAction::End,
-            };
-            let bearer = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim);
-            svc.def(id).await?;
-            svc.authorize_host(id, bearer)?;
-            let (def, state) = svc.host_action(id, action).await?;
-            Ok(json(StatusCode::OK, &QuizView::new(&def, &state)))
+            host_action(node, &req, id, action).await
         }
         (["v1", "quizzes", ..], _) if !api => not_served("the HTTP API"),
         (["v1", "quizzes"], _)
@@ -297,8 +204,158 @@ async fn route(
     }
 }
 
+async fn readyz(svc: &QuizService, sd: &Shutdown) -> Result<Resp, QuizError> {
+    if sd.is_draining() {
+        return Err(QuizError::Unavailable(
+            "not ready: draining before shutdown".into(),
+        ));
+    }
+    match svc.ready().await {
+        Ok(()) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready"}),
+        )),
+        Err(why) => Err(QuizError::Unavailable(format!("not ready: {why}"))),
+    }
+}
+
+/// `POST /v1/quizzes`.
+async fn create_quiz(svc: &QuizService, req: Request<Incoming>) -> Result<Resp, QuizError> {
+    if let Some(key) = &svc.config.admin_key {
+        let given = req
+            .headers()
+            .get("x-admin-key")
+            .and_then(|v| v.to_str().ok());
+        if given != Some(key.as_str()) {
+            return Err(QuizError::Unauthorized(
+                "x-admin-key: this node requires the admin key to create quizzes".into(),
+            ));
+        }
+    }
+    let body: CreateQuizReq = read_json(svc, req).await?;
+    let (def, host_token) = svc.create_quiz(body).await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &protocol::CreateQuizResp {
+            quiz_id: def.quiz_id.clone(),
+            host_token,
+        },
+    ))
+}
+
+/// `POST /v1/quizzes/{id}/players`.
+async fn join(svc: &QuizService, req: Request<Incoming>, id: &str) -> Result<Resp, QuizError> {
+    svc.def(id).await?;
+    // Optional: a retried join with the same key gets the same
+    // player back (see `QuizService::join_with_key`).
+    let mut keys = req.headers().get_all("idempotency-key").iter();
+    let key = keys.next().map(|v| v.as_bytes().to_vec());
+    if keys.next().is_some() {
+        return Err(QuizError::Invalid(
+            "Idempotency-Key: must be given at most once".into(),
+        ));
+    }
+    let body: JoinReq = read_json(svc, req).await?;
+    let (def, state, player, token, lb) = svc
+        .join_with_key(id, &body.nickname, key.as_deref())
+        .await?;
+    let released = match (def.mode, state.current_question) {
+        (Mode::Live, Some(c)) => def
+            .questions
+            .iter()
+            .take(c as usize + 1)
+            .map(Into::into)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(json(
+        StatusCode::CREATED,
+        &JoinResp {
+            player_id: &player.player_id,
+            player_token: &token,
+            quiz: JoinedQuiz {
+                view: QuizView::new(&def, &state),
+                questions: released,
+            },
+            leaderboard: &lb,
+        },
+    ))
+}
+
+/// `GET /v1/quizzes/{id}/players/{pid}`.
+async fn player(svc: &QuizService, id: &str, pid: &str) -> Result<Resp, QuizError> {
+    svc.def(id).await?;
+    let player = svc
+        .store
+        .get_player(id, pid)
+        .await?
+        .ok_or_else(|| QuizError::NotFound(format!("player_id: no player {pid:?}")))?;
+    let standing = svc
+        .store
+        .standing(id, pid)
+        .await?
+        .unwrap_or(Standing { score: 0, rank: 0 });
+    Ok(json(
+        StatusCode::OK,
+        &PlayerView {
+            player_id: &player.player_id,
+            nickname: &player.nickname,
+            score: standing.score,
+            rank: standing.rank,
+        },
+    ))
+}
+
+/// `GET /v1/quizzes/{id}/leaderboard[?limit=n]`.
+async fn leaderboard(
+    svc: &QuizService,
+    req: &Request<Incoming>,
+    id: &str,
+) -> Result<Resp, QuizError> {
+    let limit = match query_param(req.uri().query(), "limit") {
+        None => svc.config.leaderboard_top,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => return Err(QuizError::Invalid("limit: must be an integer 1–100".into())),
+        },
+    };
+    svc.def(id).await?;
+    let lb = svc.store.leaderboard(id, limit).await?;
+    Ok(json(StatusCode::OK, &lb))
+}
+
+/// `POST /v1/quizzes/{id}/{start|next|end}` with the host's bearer token.
+async fn host_action(
+    node: &Node,
+    req: &Request<Incoming>,
+    id: &str,
+    action: &str,
+) -> Result<Resp, QuizError> {
+    let svc = &node.svc;
+    let action = match action {
+        "start" => HostAction::Start,
+        "next" => HostAction::Next,
+        _ => HostAction::End,
+    };
+    let bearer = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    svc.def(id).await?;
+    svc.authorize_host(id, bearer)?;
+    let (def, state) = svc.host_action(id, action).await?;
+    // The room re-reads the state now (other nodes' rooms hear it on the bus).
+    node.rooms.wake(id);
+    Ok(json(StatusCode::OK, &QuizView::new(&def, &state)))
+}
+
 fn ws_upgrade(
-    svc: &Arc<QuizService>,
+    node: &Node,
     mut req: Request<Incoming>,
     quiz_id: &str,
     sd: &Shutdown,
@@ -314,7 +371,8 @@ fn ws_upgrade(
     // The handshake always succeeds; a bad token or unknown quiz is then
     // reported with a close code (4001 / 4004), as the contract says.
     sd.spawn(crate::connection::serve(
-        Arc::clone(svc),
+        Arc::clone(&node.svc),
+        Arc::clone(&node.rooms),
         fut,
         quiz_id.to_string(),
         token,
@@ -409,8 +467,8 @@ fn error_response(e: &QuizError) -> Resp {
     r
 }
 
-fn rate_limit(svc: &QuizService, peer: SocketAddr) -> Result<(), QuizError> {
-    if svc.post_limiter.allow(peer.ip()) {
+fn rate_limit(node: &Node, peer: SocketAddr) -> Result<(), QuizError> {
+    if node.post_limiter.allow(peer.ip()) {
         Ok(())
     } else {
         Err(QuizError::RateLimited(
@@ -419,56 +477,9 @@ fn rate_limit(svc: &QuizService, peer: SocketAddr) -> Result<(), QuizError> {
     }
 }
 
-/// Per-client-IP token bucket for HTTP POSTs. Bounded: past 100 000
-/// addresses the map is cleared (everyone gets a fresh bucket).
-pub struct IpLimiter {
-    map: DashMap<IpAddr, (f64, Instant)>,
-    rate: f64,
-    burst: f64,
-}
-
-const LIMITER_MAX: usize = 100_000;
-
-impl IpLimiter {
-    pub fn new(rate: u32, burst: u32) -> IpLimiter {
-        IpLimiter {
-            map: DashMap::new(),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-        }
-    }
-
-    pub fn allow(&self, ip: IpAddr) -> bool {
-        if self.map.len() > LIMITER_MAX {
-            self.map.clear();
-        }
-        let now = Instant::now();
-        let mut e = self.map.entry(ip).or_insert((self.burst, now));
-        let (tokens, last) = *e;
-        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
-        if tokens >= 1.0 {
-            *e = (tokens - 1.0, now);
-            true
-        } else {
-            *e = (tokens, now);
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ip_limiter_refuses_past_the_burst() {
-        let l = IpLimiter::new(1, 3);
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        assert!((0..3).all(|_| l.allow(ip)));
-        assert!(!l.allow(ip));
-        // Another address has its own bucket.
-        assert!(l.allow("10.0.0.2".parse().unwrap()));
-    }
 
     #[test]
     fn statuses_and_codes() {

@@ -1,27 +1,41 @@
 //! quiz-core: the quiz service.
 //!
-//! Map of the crate (requests flow top to bottom):
+//! Where things are. Data flows one way, top to bottom; a module imports
+//! only modules below it (`tests/layering.rs` fails on an import cycle):
 //!
-//! - [`http`]: the TCP accept loop and the small hand router over hyper 1.
-//!   Every HTTP route of the contract lives here; it parses a request, calls
-//!   [`quiz::QuizService`] and renders JSON (or the contract's error shape).
-//!   `GET /v1/quizzes/{id}/ws` is handed to [`connection`].
-//! - [`connection`]: one WebSocket. A reader task (the read loop: frame
-//!   limits, rate limit, message dispatch) and a writer task draining the
-//!   connection's bounded [`room::Outbox`].
-//! - [`room`]: one room per quiz with members on this node, in a `DashMap`.
-//!   A room task encodes each leaderboard once and fans the same bytes out,
-//!   and turns quiz state changes (seen on the [`bus`] or by periodic
-//!   reconcile) into `question` / `question_closed` / `quiz_ended` messages.
-//! - [`quiz`]: the rules: validation, the live / self-paced state machine,
-//!   scoring, and the answer flow (store, then event, then acknowledgement).
-//! - [`protocol`]: every message in and out, parsed in one place.
-//! - [`token`]: HMAC-signed player and host tokens (any node verifies them).
-//! - Backends, chosen by [`config::Config`]: [`store`] (`QuizStore`: memory
-//!   or Redis Cluster), [`events`] (`EventSink`: file or Kafka), [`bus`]
-//!   (`ControlBus`: memory or Redis pub/sub). [`model`] holds the shared nouns.
-//! - [`metrics`] (Prometheus), [`shutdown`] (signal, task tracking, flush),
-//!   [`web`] (the player and host pages, compiled in).
+//! - Transport. [`http`]: the accept loop and the hand router over hyper 1;
+//!   every HTTP route of the contract, JSON in and out, the contract's
+//!   error shape; `GET /v1/quizzes/{id}/ws` is handed to [`connection`]:
+//!   one WebSocket, authentication, the welcome and **the read loop**
+//!   (frame limits, rate limit, message dispatch). [`frame`] reads client
+//!   frames; [`outbox`] is the writer's side: each connection's bounded
+//!   [`outbox::Outbox`], the writer that drains it, the close codes.
+//!   [`limit`]: the token bucket of both rate limits (per connection, per
+//!   client IP).
+//! - [`room`]: one room per quiz with members on this node. A room task
+//!   encodes each leaderboard once and fans the same bytes out, and turns
+//!   quiz state changes (seen on the [`bus`], on a wake from this node's
+//!   callers, or by periodic reconcile) into `question` /
+//!   `question_closed` / `quiz_ended`.
+//! - [`self_paced`]: the self-paced walk: which question a player is on,
+//!   what their connection presented, the next question on an answer or
+//!   an expiry.
+//! - [`service`]: [`service::QuizService`], what a request does: create,
+//!   join, host action, answer (store, then event, then acknowledgement),
+//!   over the engines and two caches. No rooms, no HTTP: a caller that
+//!   changed what a room shows wakes (or touches) the room after the call.
+//! - [`rules`]: pure rules: validation, ids, the state machine, answer
+//!   windows, scoring. [`error`]: [`error::QuizError`], one variant per
+//!   HTTP status. [`token`]: HMAC-signed player and host tokens (any node
+//!   verifies them). [`protocol`]: every message in and out, parsed in one
+//!   place.
+//! - Engines, chosen by [`config::Config`] in [`backends`]: [`store`]
+//!   (`QuizStore`: memory or Redis Cluster), [`events`] (`EventSink`: file
+//!   or Kafka), [`bus`] (`ControlBus`: memory or Redis pub/sub);
+//!   [`metrics`] (Prometheus, and the store's timing decorator).
+//! - [`model`]: the shared nouns, at the bottom.
+//! - Beside the flow: [`config`], [`shutdown`] (signal, task tracking,
+//!   flush), [`web`] (the player and host pages, compiled in).
 //!
 //! The binary is `main.rs`; everything it does is [`run`].
 
@@ -30,20 +44,25 @@ pub mod events;
 pub mod model;
 pub mod store;
 
+pub mod backends;
 pub mod config;
 pub mod connection;
+pub mod error;
+pub mod frame;
 pub mod http;
+pub mod limit;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
-pub mod quiz;
 pub mod room;
+pub mod rules;
+pub mod self_paced;
+pub mod service;
 pub mod shutdown;
 pub mod token;
 pub mod web;
 
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -54,7 +73,7 @@ pub use shutdown::Shutdown;
 /// fires; then closes WebSockets with 1001 and flushes the event sink.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let service = quiz::QuizService::build(Arc::clone(&config)).await?;
+    let service = service::QuizService::build(Arc::clone(&config)).await?;
     if config.is_embedded() && config.demo_quiz {
         service.create_demo_quiz().await?;
     }
@@ -73,71 +92,4 @@ pub fn init_tracing(config: &Config) {
         config::LogFormat::Json => builder.json().try_init(),
         config::LogFormat::Text => builder.try_init(),
     };
-}
-
-type Backends = (
-    Arc<dyn store::QuizStore>,
-    Arc<dyn events::EventSink>,
-    Arc<dyn bus::ControlBus>,
-);
-
-/// Embedded mode: memory store, memory bus, file sink. Distributed mode
-/// (Redis and Kafka configured): Redis Cluster store, Redis pub/sub bus,
-/// Kafka sink.
-pub async fn backends(config: &Config) -> anyhow::Result<Backends> {
-    if config.is_embedded() {
-        let sink = events::file::FileSink::open(&config.event_log)
-            .await
-            .map_err(|e| anyhow::anyhow!("event_log {}: {e}", config.event_log.display()))?;
-        tracing::info!(event_log = %config.event_log.display(), "embedded mode");
-        return Ok((
-            Arc::new(store::memory::MemoryStore::new()),
-            Arc::new(sink),
-            Arc::new(bus::memory::MemoryBus::new()),
-        ));
-    }
-    distributed_backends(config).await
-}
-
-async fn distributed_backends(config: &Config) -> anyhow::Result<Backends> {
-    let tls_ca = match &config.redis_tls_ca_file {
-        Some(path) => Some(
-            std::fs::read(path)
-                .map_err(|e| anyhow::anyhow!("redis_tls_ca_file {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
-    let urls = config.redis_urls();
-    let store = store::redis_cluster::RedisClusterStore::connect(
-        &urls,
-        store::redis_cluster::RedisOptions {
-            wait_replicas: config.redis_wait_replicas,
-            wait_timeout: Duration::from_millis(config.redis_wait_timeout_ms),
-            command_timeout: Duration::from_millis(config.redis_command_timeout_ms),
-            max_batch: config.redis_max_batch,
-            tls_ca: tls_ca.clone(),
-            ..store::redis_cluster::RedisOptions::default()
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("redis_nodes {:?}: {e}", config.redis_nodes))?;
-    let bus = bus::redis::RedisBus::connect_with(&urls, tls_ca)
-        .await
-        .map_err(|e| anyhow::anyhow!("redis_nodes {:?} (control bus): {e}", config.redis_nodes))?;
-    let sink = events::kafka::KafkaSink::new(events::kafka::KafkaOptions {
-        brokers: config.kafka_brokers.clone(),
-        topic: config.kafka_topic.clone(),
-        max_buffered_messages: config.kafka_max_buffered_events,
-        message_timeout_ms: config.kafka_message_timeout_ms,
-        properties: config.kafka_client_properties(),
-        ..events::kafka::KafkaOptions::default()
-    })
-    .map_err(|e| anyhow::anyhow!("kafka_brokers {:?}: {e}", config.kafka_brokers))?;
-    tracing::info!(
-        redis = ?config.redis_nodes,
-        kafka = %config.kafka_brokers,
-        topic = %config.kafka_topic,
-        "distributed mode"
-    );
-    Ok((Arc::new(store), Arc::new(sink), Arc::new(bus)))
 }

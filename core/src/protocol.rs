@@ -163,6 +163,32 @@ pub struct Welcome<'a> {
     pub answered: bool,
 }
 
+/// Why an answer was not accepted (`answer_result.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerReason {
+    /// No such question, or choices empty or out of range: not recorded.
+    Invalid,
+    /// The question is not open to this player (yet): not recorded.
+    NotOpen,
+    /// Received at or after `closes_at`: recorded with 0 points.
+    Late,
+    /// The player had answered: the original's result.
+    Duplicate,
+}
+
+impl AnswerReason {
+    /// The wire string (also the `quiz_answers_total` outcome label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerReason::Invalid => "invalid",
+            AnswerReason::NotOpen => "not_open",
+            AnswerReason::Late => "late",
+            AnswerReason::Duplicate => "duplicate",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnswerResult {
     #[serde(rename = "type")]
@@ -170,7 +196,7 @@ pub struct AnswerResult {
     pub question_id: u32,
     pub accepted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<AnswerReason>,
     pub correct: bool,
     pub points: u32,
     pub score: u64,
@@ -189,6 +215,27 @@ impl AnswerResult {
             score: 0,
             rank: 0,
         }
+    }
+
+    /// A refusal with `reason`, nothing recorded (score and rank are
+    /// filled in by the caller).
+    pub fn rejected(question_id: u32, reason: AnswerReason) -> AnswerResult {
+        AnswerResult {
+            reason: Some(reason),
+            ..AnswerResult::new(question_id)
+        }
+    }
+
+    /// The answer was recorded just now (accepted or late): the scores
+    /// changed.
+    pub fn applied(&self) -> bool {
+        self.accepted || self.reason == Some(AnswerReason::Late)
+    }
+
+    /// The player's answer to the question is recorded (now or before), so
+    /// a self-paced player moves on.
+    pub fn recorded(&self) -> bool {
+        self.applied() || self.reason == Some(AnswerReason::Duplicate)
     }
 }
 
@@ -385,6 +432,29 @@ pub struct PlayerView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reasons' wire strings are the contract's, and `as_str` agrees.
+    #[test]
+    fn answer_reasons_on_the_wire() {
+        for (r, s) in [
+            (AnswerReason::Invalid, "invalid"),
+            (AnswerReason::NotOpen, "not_open"),
+            (AnswerReason::Late, "late"),
+            (AnswerReason::Duplicate, "duplicate"),
+        ] {
+            assert_eq!(r.as_str(), s);
+            let res = AnswerResult::rejected(3, r);
+            let wire = String::from_utf8(encode(&res).to_vec()).unwrap();
+            assert_eq!(
+                wire,
+                format!(
+                    r#"{{"type":"answer_result","question_id":3,"accepted":false,"reason":"{s}","correct":false,"points":0,"score":0,"rank":0}}"#
+                )
+            );
+        }
+        let ok = String::from_utf8(encode(&AnswerResult::new(1)).to_vec()).unwrap();
+        assert!(!ok.contains("reason"), "{ok}");
+    }
 
     #[test]
     fn parses_messages() {

@@ -13,12 +13,8 @@
 //!   into `question`, `question_closed` (with the store's distribution) and
 //!   `quiz_ended`. The store is the truth; the bus only makes it prompt.
 //!
-//! Each member owns an [`Outbox`]: a bounded queue of must-deliver frames
-//! plus a one-slot mailbox for the leaderboard. Pushing never blocks and
-//! never awaits, so one slow player can never delay the others; a newer
-//! leaderboard overwrites an unsent one (a slow player skips stale boards);
-//! a member whose must-deliver queue is full is closed with 4008 and
-//! counted (`quiz_slow_consumer_closes_total`).
+//! Each member owns an [`Outbox`] (`outbox.rs`): pushing never blocks and
+//! never awaits, so one slow player can never delay the others.
 //!
 //! Locking: the member map is a `parking_lot::Mutex` held only for
 //! synchronous loops (push is non-blocking), never across an `.await`; the
@@ -26,7 +22,7 @@
 //! `.await` either (a held shard guard would block every other room that
 //! hashes to the same shard, and could deadlock a task that re-enters it).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,170 +33,11 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Presented;
-use crate::metrics::Metrics;
 use crate::model::{now_ms, Mode, Phase, QuizDef, QuizState};
+use crate::outbox::{Outbox, Pushed};
 use crate::protocol;
-use crate::quiz::QuizService;
-
-/// Close codes the server uses (documented in `docs/core.md`).
-pub mod close {
-    /// Internal: close the socket without sending a close frame (the peer
-    /// is gone).
-    pub const NONE: u16 = 0;
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL: u16 = 1002;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const BAD_TOKEN: u16 = 4001;
-    pub const UNKNOWN_QUIZ: u16 = 4004;
-    pub const SLOW_CONSUMER: u16 = 4008;
-}
-
-// ------------------------------------------------------------------ outbox
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutFrame {
-    Text(Bytes),
-    Pong(Bytes),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseReason {
-    pub code: u16,
-    pub reason: &'static str,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum Next {
-    Frame(OutFrame),
-    Close(CloseReason),
-}
-
-#[derive(Default)]
-struct OutState {
-    /// Must-deliver frames, in order. Empty `VecDeque`s do not allocate, so
-    /// an idle connection pays nothing for it.
-    queue: VecDeque<OutFrame>,
-    /// The latest leaderboard not yet written.
-    board: Option<Bytes>,
-    close: Option<CloseReason>,
-}
-
-/// What a connection's writer drains. See the module doc.
-pub struct Outbox {
-    state: Mutex<OutState>,
-    notify: Notify,
-    /// Fired when the outbox closes, to stop the connection's reader too.
-    /// A child of the shutdown token, so shutdown fires it as well.
-    cancel: CancellationToken,
-    cap: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
-    Queued,
-    /// The queue was full: the outbox is now closing with 4008.
-    Overflowed,
-    /// Already closing; dropped.
-    Closed,
-}
-
-impl Outbox {
-    pub fn new(cap: usize, cancel: CancellationToken) -> Outbox {
-        Outbox {
-            state: Mutex::new(OutState::default()),
-            notify: Notify::new(),
-            cancel,
-            cap,
-        }
-    }
-
-    /// Queues a must-deliver frame. Never blocks.
-    pub fn push(&self, frame: OutFrame) -> Pushed {
-        let mut s = self.state.lock();
-        if s.close.is_some() {
-            return Pushed::Closed;
-        }
-        if s.queue.len() >= self.cap {
-            s.close = Some(CloseReason {
-                code: close::SLOW_CONSUMER,
-                reason: "slow consumer",
-            });
-            s.queue.clear();
-            drop(s);
-            self.notify.notify_one();
-            self.cancel.cancel();
-            return Pushed::Overflowed;
-        }
-        s.queue.push_back(frame);
-        drop(s);
-        self.notify.notify_one();
-        Pushed::Queued
-    }
-
-    pub fn push_text(&self, bytes: Bytes) -> Pushed {
-        self.push(OutFrame::Text(bytes))
-    }
-
-    /// Replaces the pending leaderboard. Returns true if an unsent one was
-    /// dropped (a stale board the slow reader will never see).
-    pub fn set_board(&self, bytes: Bytes) -> bool {
-        let mut s = self.state.lock();
-        if s.close.is_some() {
-            return false;
-        }
-        let replaced = s.board.replace(bytes).is_some();
-        drop(s);
-        self.notify.notify_one();
-        replaced
-    }
-
-    /// Starts closing (first reason wins). Pending frames are dropped.
-    pub fn close(&self, code: u16, reason: &'static str) {
-        let mut s = self.state.lock();
-        if s.close.is_none() {
-            s.close = Some(CloseReason { code, reason });
-            s.queue.clear();
-            s.board = None;
-        }
-        drop(s);
-        self.notify.notify_one();
-        self.cancel.cancel();
-    }
-
-    pub fn close_reason(&self) -> Option<CloseReason> {
-        self.state.lock().close
-    }
-
-    pub fn cancelled(&self) -> &CancellationToken {
-        &self.cancel
-    }
-
-    /// The next thing to write: must-deliver frames first, in order, then
-    /// the latest leaderboard. Cancel-safe.
-    pub async fn next(&self) -> Next {
-        loop {
-            {
-                let mut s = self.state.lock();
-                if let Some(c) = s.close {
-                    return Next::Close(c);
-                }
-                if let Some(f) = s.queue.pop_front() {
-                    return Next::Frame(f);
-                }
-                if let Some(b) = s.board.take() {
-                    return Next::Frame(OutFrame::Text(b));
-                }
-            }
-            // `notify_one` stores a permit when nobody waits, so a push
-            // between the check above and this await is not lost.
-            self.notify.notified().await;
-        }
-    }
-}
+use crate::self_paced::{self, Presented};
+use crate::service::QuizService;
 
 // ------------------------------------------------------------------- rooms
 
@@ -271,10 +108,10 @@ pub fn fan_out_board_to<'a>(outboxes: impl Iterator<Item = &'a Outbox>, frame: &
     outboxes.filter(|o| o.set_board(frame.clone())).count()
 }
 
-/// All rooms of this node.
+/// All rooms of this node, over the service they read from.
 pub struct Rooms {
     map: DashMap<String, Arc<Room>>,
-    metrics: Arc<Metrics>,
+    svc: Arc<QuizService>,
 }
 
 /// A connection's place in a room; leaving is explicit (`Rooms::leave`).
@@ -284,11 +121,11 @@ pub struct Membership {
 }
 
 impl Rooms {
-    pub fn new(metrics: Arc<Metrics>) -> Rooms {
-        Rooms {
+    pub fn new(svc: Arc<QuizService>) -> Arc<Rooms> {
+        Arc::new(Rooms {
             map: DashMap::new(),
-            metrics,
-        }
+            svc,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -308,12 +145,12 @@ impl Rooms {
     /// what changed after that welcome (reading the state again in the
     /// room task would race with a host action in between).
     pub fn join(
-        svc: &Arc<QuizService>,
+        self: &Arc<Self>,
         def: Arc<QuizDef>,
         member: Member,
         seen_state: &QuizState,
     ) -> Membership {
-        let rooms = &svc.rooms;
+        let rooms = self;
         let outbox = Arc::clone(&member.outbox);
         let (room, id, created) = {
             let mut created = false;
@@ -337,9 +174,9 @@ impl Rooms {
             (room, id, created)
         };
         if created {
-            rooms.metrics.rooms.set(rooms.map.len() as i64);
+            rooms.svc.metrics.rooms.set(rooms.map.len() as i64);
             let seen = Seen::from_state(seen_state);
-            tokio::spawn(run_room(Arc::clone(svc), Arc::clone(&room), seen));
+            tokio::spawn(run_room(Arc::clone(rooms), Arc::clone(&room), seen));
         } else if let Some(b) = room.last_board.lock().clone() {
             outbox.set_board(b);
         }
@@ -373,17 +210,18 @@ impl Rooms {
             .remove_if(&room.quiz_id, |_, r| Arc::ptr_eq(r, room) && r.is_empty())
             .is_some();
         if removed {
-            self.metrics.rooms.set(self.map.len() as i64);
+            self.svc.metrics.rooms.set(self.map.len() as i64);
         }
         removed
     }
 
     /// One node-wide bus subscription wakes the rooms it concerns (cheaper
     /// than one subscription per room). A lagged receiver wakes every room.
-    pub fn spawn_bus_listener(svc: &Arc<QuizService>, stop: CancellationToken) {
-        let mut rx = svc.bus.subscribe();
-        let svc = Arc::clone(svc);
+    pub fn spawn_bus_listener(self: &Arc<Self>, stop: CancellationToken) {
+        let mut rx = self.svc.bus.subscribe();
+        let rooms = Arc::clone(self);
         tokio::spawn(async move {
+            let svc = &rooms.svc;
             use tokio::sync::broadcast::error::RecvError;
             loop {
                 let msg = tokio::select! {
@@ -393,11 +231,11 @@ impl Rooms {
                 match msg {
                     Ok(changed) => {
                         svc.state_changed(Some(&changed.quiz_id), Some(changed.version));
-                        svc.rooms.wake(&changed.quiz_id);
+                        rooms.wake(&changed.quiz_id);
                     }
                     Err(RecvError::Lagged(_)) => {
                         svc.state_changed(None, None);
-                        for r in svc.rooms.map.iter() {
+                        for r in rooms.map.iter() {
                             r.wake.notify_one();
                         }
                     }
@@ -451,7 +289,8 @@ impl Seen {
 }
 
 /// The room task. Exits when the room is empty.
-async fn run_room(svc: Arc<QuizService>, room: Arc<Room>, mut seen: Seen) {
+async fn run_room(rooms: Arc<Rooms>, room: Arc<Room>, mut seen: Seen) {
+    let svc = &rooms.svc;
     let cfg = Arc::clone(&svc.config);
     let mut board_tick = tokio::time::interval(Duration::from_millis(cfg.leaderboard_interval_ms));
     board_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -469,14 +308,14 @@ async fn run_room(svc: Arc<QuizService>, room: Arc<Room>, mut seen: Seen) {
                 ticks_since_read = ticks_since_read.saturating_add(1);
                 if room.dirty.swap(false, Ordering::Relaxed) || ticks_since_read >= 2 {
                     ticks_since_read = 0;
-                    board_version = broadcast_board(&svc, &room, board_version).await;
+                    board_version = broadcast_board(svc, &room, board_version).await;
                 }
             }
-            _ = reconcile_tick.tick() => reconcile(&svc, &room, &mut seen).await,
-            _ = room.wake.notified() => reconcile(&svc, &room, &mut seen).await,
-            _ = sleep_until_opt(deadline) => reconcile(&svc, &room, &mut seen).await,
+            _ = reconcile_tick.tick() => reconcile(svc, &room, &mut seen).await,
+            _ = room.wake.notified() => reconcile(svc, &room, &mut seen).await,
+            _ = sleep_until_opt(deadline) => reconcile(svc, &room, &mut seen).await,
         }
-        if room.is_empty() && svc.rooms.remove_if_empty(&room) {
+        if room.is_empty() && rooms.remove_if_empty(&room) {
             return;
         }
     }
@@ -590,33 +429,7 @@ async fn reconcile(svc: &QuizService, room: &Room, seen: &mut Seen) {
         }
     }
     if def.mode == Mode::SelfPaced && state.phase == Phase::Running && !seen.started {
-        // Each player's clock starts when *they* get the question, so each
-        // gets their own question message (not a shared frame).
-        let players: Vec<(String, Arc<Outbox>, Arc<Presented>)> = room
-            .members
-            .lock()
-            .map
-            .values()
-            .filter_map(|m| {
-                let pid = m.player_id.clone()?;
-                Some((pid, Arc::clone(&m.outbox), Arc::clone(&m.presented)))
-            })
-            .collect();
-        // All at once: the store coalesces the presentations into a few
-        // pipelines (one at a time, 500 players took seconds, while the
-        // first ones were already answering). A failed presentation is not
-        // skipped: `started` stays false and the next reconcile presents
-        // again (idempotent: a player who got the question gets nothing).
-        let sends = players.iter().map(|(pid, outbox, presented)| {
-            crate::connection::present_next(svc, def, pid, outbox, presented, 0)
-        });
-        let failed = futures::future::join_all(sends)
-            .await
-            .into_iter()
-            .filter(Result::is_err)
-            .count();
-        if failed > 0 {
-            tracing::warn!(quiz_id = %room.quiz_id, failed, "self-paced start: presentations failed; retrying");
+        if !present_first(svc, room).await {
             return;
         }
         seen.started = true;
@@ -635,6 +448,42 @@ async fn reconcile(svc: &QuizService, room: &Room, seen: &mut Seen) {
         }
     }
     seen.version = state.version;
+}
+
+/// Self-paced start: every player member gets their first question. Each
+/// player's clock starts when *they* get the question, so each gets their
+/// own question message (not a shared frame). All at once: the store
+/// coalesces the presentations into a few pipelines (one at a time, 500
+/// players took seconds, while the first ones were already answering).
+/// False if a presentation failed: the next reconcile presents again
+/// (idempotent: a player who got the question gets nothing).
+async fn present_first(svc: &QuizService, room: &Room) -> bool {
+    let players: Vec<(String, Arc<Outbox>, Arc<Presented>)> = room
+        .members
+        .lock()
+        .map
+        .values()
+        .filter_map(|m| {
+            let pid = m.player_id.clone()?;
+            Some((pid, Arc::clone(&m.outbox), Arc::clone(&m.presented)))
+        })
+        .collect();
+    let sends = players.iter().map(|(pid, outbox, presented)| async move {
+        let frame = self_paced::present_next(svc, &room.def, pid, presented, 0).await?;
+        if let Some(frame) = frame {
+            outbox.push_text(frame);
+        }
+        Ok::<(), crate::error::QuizError>(())
+    });
+    let failed = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .filter(Result::is_err)
+        .count();
+    if failed > 0 {
+        tracing::warn!(quiz_id = %room.quiz_id, failed, "self-paced start: presentations failed; retrying");
+    }
+    failed == 0
 }
 
 async fn announce_closed(svc: &QuizService, room: &Room, q: u32) -> bool {
@@ -663,55 +512,19 @@ async fn announce_closed(svc: &QuizService, room: &Room, q: u32) -> bool {
 mod tests {
     use super::*;
     use crate::model::AnswerRecord;
-    use crate::protocol::CreateQuizReq;
-
-    #[test]
-    fn outbox_overwrites_stale_board_and_closes_slow_consumer() {
-        let o = Outbox::new(2, CancellationToken::new());
-        assert!(!o.set_board(Bytes::from_static(b"b1")));
-        assert!(o.set_board(Bytes::from_static(b"b2")));
-        assert_eq!(o.push_text(Bytes::from_static(b"m1")), Pushed::Queued);
-        assert_eq!(o.push_text(Bytes::from_static(b"m2")), Pushed::Queued);
-        assert_eq!(o.push_text(Bytes::from_static(b"m3")), Pushed::Overflowed);
-        assert!(o.cancelled().is_cancelled());
-        assert_eq!(o.push_text(Bytes::from_static(b"m4")), Pushed::Closed);
-        assert_eq!(o.close_reason().map(|c| c.code), Some(close::SLOW_CONSUMER));
-    }
-
-    #[tokio::test]
-    async fn outbox_order_must_deliver_then_board() {
-        let o = Outbox::new(8, CancellationToken::new());
-        o.set_board(Bytes::from_static(b"b"));
-        o.push_text(Bytes::from_static(b"m"));
-        assert_eq!(
-            o.next().await,
-            Next::Frame(OutFrame::Text(Bytes::from_static(b"m")))
-        );
-        assert_eq!(
-            o.next().await,
-            Next::Frame(OutFrame::Text(Bytes::from_static(b"b")))
-        );
-        o.close(close::GOING_AWAY, "bye");
-        assert!(matches!(o.next().await, Next::Close(c) if c.code == 1001));
-    }
+    use crate::service::tests::{test_player, test_quiz, test_service};
 
     /// The leaderboard throttle with deterministic time: at most one board
     /// per 500 ms, and none when nothing changed.
     #[tokio::test(start_paused = true)]
     async fn leaderboard_throttle() {
-        let svc = crate::quiz::tests::test_service();
-        let req: CreateQuizReq = serde_json::from_value(serde_json::json!({
-            "title": "t", "mode": "live", "quiz_id": "thr",
-            "questions": [{"text": "q", "options": ["a","b"], "correct": [0],
-                           "time_limit_ms": 5000, "points": 1000}]
-        }))
-        .unwrap();
-        let (def, _) = svc.create_quiz(req).await.unwrap();
-        let (_, _, p, _, _) = svc.join("thr", "ann").await.unwrap();
+        let svc = test_service();
+        let rooms = Rooms::new(Arc::clone(&svc));
+        let def = test_quiz(&svc, "thr", "live", 1).await;
+        let (p, _) = test_player(&svc, "thr", "ann").await;
         let outbox = Arc::new(Outbox::new(16, CancellationToken::new()));
         let st = svc.state("thr").await.unwrap();
-        let m = Rooms::join(
-            &svc,
+        let m = rooms.join(
             Arc::clone(&def),
             Member {
                 outbox: Arc::clone(&outbox),
@@ -721,7 +534,7 @@ mod tests {
             },
             &st,
         );
-        let boards = |o: &Outbox| o.state.lock().board.take();
+        let boards = |o: &Outbox| o.take_board();
         // First tick fires at once: one board.
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(boards(&outbox).is_some());
@@ -745,7 +558,7 @@ mod tests {
             // Only the first counts; bump the version with joins instead.
             let _ = svc.store.apply_answer("thr", &rec).await;
             svc.join("thr", &format!("p{i}")).await.unwrap();
-            svc.rooms.touch("thr");
+            rooms.touch("thr");
             tokio::time::sleep(Duration::from_millis(50)).await;
             if let Some(b) = boards(&outbox) {
                 version_seen += 1;
@@ -762,8 +575,8 @@ mod tests {
         // Extension: the tick's server time, for staleness measurements.
         let ts = v["ts_ms"].as_u64().expect("ts_ms");
         assert!(ts.abs_diff(now_ms()) < 60_000, "{ts}");
-        svc.rooms.leave(&m);
+        rooms.leave(&m);
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(svc.rooms.is_empty());
+        assert!(rooms.is_empty());
     }
 }

@@ -71,7 +71,7 @@ impl TokenKey {
     /// (secret, quiz, key), unpredictable without the secret, and never a
     /// token body (those contain no NUL), so the MAC is not reusable as one.
     pub fn derive_player_id(&self, quiz_id: &str, key: &str) -> String {
-        use crate::quiz::ID_ALPHABET;
+        use crate::rules::ID_ALPHABET;
         let mut mac = self.mac.clone();
         mac.update(b"join\0");
         mac.update(quiz_id.as_bytes());

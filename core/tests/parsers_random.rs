@@ -1,6 +1,6 @@
 //! Randomized tests of the two parsers of client data, the WebSocket message
 //! parser (`protocol::parse_client`) and the frame reader
-//! (`connection::read_frame`): the stable, bounded counterpart of the
+//! (`frame::read_frame`): the stable, bounded counterpart of the
 //! cargo-fuzz targets in `core/fuzz`, so that every `cargo test` throws a few
 //! hundred thousand random and mutated inputs at them.
 //!
@@ -10,7 +10,7 @@
 //! input.
 
 use futures::executor::block_on;
-use quiz_core::connection::{read_frame, InFrame, ReadError};
+use quiz_core::frame::{read_frame, InFrame, ReadError};
 use quiz_core::protocol::{parse_client, ClientMsg};
 
 /// xorshift64*: small, fast, good enough to generate test inputs.
@@ -155,8 +155,8 @@ fn check_message(input: &[u8], ctx: &str) {
                 }),
                 "{ctx}: re-encoded answer does not parse back: {again}"
             );
-            let _ = quiz_core::quiz::normalize_choices(&choices, 6);
-            let _ = quiz_core::quiz::score(1000, 5000, u64::from(question_id));
+            let _ = quiz_core::rules::normalize_choices(&choices, 6);
+            let _ = quiz_core::rules::score(1000, 5000, u64::from(question_id));
         }
         Ok(ClientMsg::Ping) => {}
         Err(e) => {

@@ -1,9 +1,9 @@
-//! The WebSocket frame reader (connection.rs) over arbitrary bytes: never a
+//! The WebSocket frame reader (frame.rs) over arbitrary bytes: never a
 //! panic, never a payload above the limit.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use quiz_core::connection::{read_frame, InFrame};
+use quiz_core::frame::{read_frame, InFrame};
 
 fuzz_target!(|data: &[u8]| {
     let mut rd = data;

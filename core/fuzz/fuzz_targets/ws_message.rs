@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
             format!(r#"{{"type":"answer","question_id":{question_id},"choices":{choices:?}}}"#);
         assert!(parse_client(again.as_bytes()).is_ok());
         // Normalisation and scoring on whatever came in.
-        let _ = quiz_core::quiz::normalize_choices(&choices, 6);
-        let _ = quiz_core::quiz::score(1000, 5000, u64::from(question_id));
+        let _ = quiz_core::rules::normalize_choices(&choices, 6);
+        let _ = quiz_core::rules::score(1000, 5000, u64::from(question_id));
     }
 });
