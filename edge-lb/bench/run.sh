@@ -3,6 +3,7 @@
 # backends and the same load, plus the no-proxy anchor (client straight to the backends).
 # Every process started here is stopped here, by pid. Bounded: each load run has --max-seconds.
 #
+#   cargo build --release -p edge-lb -p edge-lb-bench   (edge-lb-bench: the crate in this folder)
 #   edge-lb/bench/run.sh [CONNS] [MSGS] [RUNS]     (defaults 5000 20 3)
 #
 # Prints one JSON line per run; the median table is written by hand into docs/edge-lb.md.

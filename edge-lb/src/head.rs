@@ -1,6 +1,7 @@
 //! The request head as edge-lb reads it before deciding between the WebSocket tunnel and the
-//! pingora HTTP proxy: bounded read, quiz-id extraction, contract-shaped error responses, and
-//! [`Rewound`], which hands the bytes already read back to pingora.
+//! pingora HTTP proxy: bounded read, quiz-id extraction, and [`Rewound`], which hands the
+//! bytes already read back to pingora. What is answered to a head that fails is in
+//! [`crate::refusal`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -164,56 +165,22 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     })
 }
 
-/// A complete HTTP/1.1 error response in the contract's JSON shape; closes the connection.
-pub fn error_response(status: u16, code: &str, message: &str, retry_after: Option<u32>) -> Vec<u8> {
-    let reason = match status {
-        400 => "Bad Request",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Error",
-    };
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-        body.len()
-    );
-    if let Some(s) = retry_after {
-        out.push_str(&format!("retry-after: {s}\r\n"));
-    }
-    out.push_str("\r\n");
-    out.push_str(&body);
-    out.into_bytes()
+/// A stream with bytes already read put back in front: they are read again before the
+/// stream's own. The buffer is freed once read.
+#[derive(Debug)]
+pub struct Prefixed<S> {
+    pre: Vec<u8>,
+    pos: usize,
+    pub inner: S,
 }
 
 /// A pingora stream with bytes already read put back in front, so pingora's HTTP session
 /// parses the head edge-lb inspected. Reused across keep-alive requests (never nested).
-#[derive(Debug)]
-pub struct Rewound {
-    pre: Vec<u8>,
-    pos: usize,
-    pub inner: Stream,
-}
+pub type Rewound = Prefixed<Stream>;
 
-impl Rewound {
-    pub fn new(inner: Stream, pre: Vec<u8>) -> Rewound {
-        Rewound { pre, pos: 0, inner }
-    }
-
-    /// Unwrap a stream pingora handed back after a keep-alive request.
-    pub fn from_stream(s: Stream) -> Rewound {
-        if s.as_any().is::<Rewound>() {
-            match s.into_any().downcast::<Rewound>() {
-                Ok(r) => *r,
-                Err(_) => unreachable!("type checked above"),
-            }
-        } else {
-            Rewound::new(s, Vec::new())
-        }
+impl<S> Prefixed<S> {
+    pub fn new(inner: S, pre: Vec<u8>) -> Prefixed<S> {
+        Prefixed { pre, pos: 0, inner }
     }
 
     /// Put `pre` in front of what is still to be read (bytes of an earlier `pre` not read yet
@@ -227,7 +194,21 @@ impl Rewound {
     }
 }
 
-impl AsyncRead for Rewound {
+impl Rewound {
+    /// Unwrap a stream pingora handed back after a keep-alive request.
+    pub fn from_stream(s: Stream) -> Rewound {
+        if s.as_any().is::<Rewound>() {
+            match s.into_any().downcast::<Rewound>() {
+                Ok(r) => *r,
+                Err(_) => unreachable!("type checked above"),
+            }
+        } else {
+            Rewound::new(s, Vec::new())
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -248,7 +229,7 @@ impl AsyncRead for Rewound {
     }
 }
 
-impl AsyncWrite for Rewound {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -3,23 +3,30 @@
 //! Map of the crate (a request flows top to bottom):
 //!
 //! - [`proxy`]: `EdgeApp`, the pingora `ServerApp` behind every listener. Reads the request
-//!   head ([`head`]), rejects bad input with contract-shaped 4xx/503, sends WebSocket upgrades
-//!   to [`tunnel`] and plain HTTP to pingora's `HttpProxy` running `Router` (`ProxyHttp`).
+//!   head ([`head`]), sends WebSocket upgrades to [`tunnel`] and plain HTTP to pingora's
+//!   `HttpProxy` running `Router` (`ProxyHttp`).
+//! - [`refusal`]: every answer given before a backend answered (connection limit, bad head,
+//!   bad route, no node, node unreachable): one `Refusal` per cause, one `refuse` that sends it.
 //! - [`tunnel`]: WebSocket upgrades and the long-lived byte splice (idle timeout, close
 //!   propagation, cancellation; the workarounds for pingora issues #946 and #571).
-//! - [`cluster`]: shared state: backends, health verdicts, drain, one placement per pool,
-//!   quiz activity, the per-backend tunnel registry. Every routing decision goes through it.
+//! - [`cluster`]: shared state: backends, one placement per pool, quiz activity. Every routing
+//!   decision goes through it; inside, one module per concern: where backends come from
+//!   (configuration merged with discovery), routing, health verdicts and drain, and the
+//!   per-backend registry of open tunnels with their paced closing.
 //! - [`ring`]: pure consistent hashing with bounded loads per quiz, keyed by node name.
-//! - [`discovery`]: pools whose backends come from DNS SRV records (a Kubernetes headless
-//!   Service), resolved periodically and fed to `Cluster::set_discovered`, the reload path.
-//! - [`health`]: active checks (pingora-load-balancing `HttpHealthCheck` on `/readyz`) feeding
-//!   `Cluster::report_health`, plus the idle-quiz sweep.
+//! - [`upkeep`]: the background service: runs [`health`] (active checks on `/readyz` feeding
+//!   `Cluster::report_health`, plus the idle-quiz sweep) and [`discovery`] (DNS SRV pools fed to
+//!   `Cluster::set_discovered`, the reload path), refreshes certificates, reloads on SIGHUP,
+//!   and closes the tunnels at a graceful stop.
 //! - [`admin`]: admin API (route explanation, backends, drain, reload) and `/metrics`.
 //! - [`config`]: the typed `edge_lb:` section of the pingora YAML file; [`metrics`]: Prometheus;
-//!   [`tls`]: certificate store reloaded without restart.
+//!   [`tls`]: certificate store reloaded without restart; [`speculative`]: the first read and
+//!   the backend connect done before waiting for readiness.
 //!
 //! [`build`] assembles a pingora `Server` from configuration; [`start`] runs one on a thread
-//! (tests, benchmarks); `main.rs` calls [`build`] and `run_forever`.
+//! (tests, benchmarks); `main.rs` calls [`build`] and `run_forever`. Test support (a real echo
+//! backend, a WebSocket client) is the dev-only crate `edge-lb-testing` (`edge-lb/testing`);
+//! the load tool of the benchmark against HAProxy is `edge-lb-bench` (`edge-lb/bench`).
 
 pub mod admin;
 pub mod cluster;
@@ -29,11 +36,12 @@ pub mod head;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod refusal;
 pub mod ring;
 pub mod speculative;
-pub mod testing;
 pub mod tls;
 pub mod tunnel;
+mod upkeep;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,10 +51,9 @@ use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
-use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
-use tokio_util::sync::CancellationToken;
 
 pub use cluster::Cluster;
 pub use config::EdgeConfig;
@@ -59,82 +66,6 @@ pub enum BuildError {
     Pingora(String),
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
-}
-
-/// Background work: health checks, sweep, discovery, certificate refresh, SIGHUP reload.
-struct Upkeep {
-    cluster: Arc<Cluster>,
-    certs: Option<Arc<tls::CertStore>>,
-    config_path: Option<PathBuf>,
-    handle_sighup: bool,
-    /// pingora's `grace_period_seconds`: how long the process lives on after it stops
-    /// accepting; its tunnels are closed within it.
-    grace: std::time::Duration,
-}
-
-#[async_trait]
-impl BackgroundService for Upkeep {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let stop = CancellationToken::new();
-        let health = tokio::spawn(health::run(self.cluster.clone(), stop.clone()));
-        let discovery = tokio::spawn(discovery::run(self.cluster.clone(), stop.clone()));
-        if let Some(store) = self.certs.clone() {
-            let every = self
-                .cluster
-                .config()
-                .tls
-                .as_ref()
-                .map(|t| t.reload_check_interval)
-                .unwrap_or(std::time::Duration::from_secs(5));
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                    match store.refresh() {
-                        Ok(true) => tracing::info!("tls certificate reloaded"),
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!("tls certificate not reloaded: {e}"),
-                    }
-                }
-            });
-        }
-        if let (true, Some(path)) = (self.handle_sighup, self.config_path.clone()) {
-            let cluster = self.cluster.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let Ok(mut hup) =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                else {
-                    return;
-                };
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = hup.recv() => {
-                            match admin::reload(&cluster, &path) {
-                                Ok(removed) => tracing::info!(?removed, "configuration reloaded (SIGHUP)"),
-                                Err(e) => tracing::error!("reload failed, keeping the old configuration: {e}"),
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        let _ = shutdown.changed().await;
-        // Listeners stopped accepting (SIGTERM, or SIGQUIT after the sockets went to the new
-        // process). Close the tunnels within the first 80 % of the grace period, each with a
-        // 1012, rather than letting them all end in one TCP close when the runtime stops.
-        let n = self
-            .cluster
-            .close_all_tunnels_within(self.grace.mul_f64(0.8));
-        tracing::info!(tunnels = n, grace = ?self.grace, "graceful stop: closing tunnels (1012)");
-        stop.cancel();
-        let _ = health.await;
-        let _ = discovery.await;
-    }
 }
 
 /// How to build an instance.
@@ -208,7 +139,7 @@ pub fn build(o: BuildOptions) -> Result<(Server, Arc<Cluster>), BuildError> {
     admin_svc.threads = Some(1);
     let mut upkeep = background_service(
         "edge-lb-upkeep",
-        Upkeep {
+        upkeep::Upkeep {
             cluster: cluster.clone(),
             certs,
             config_path: o.config_path,

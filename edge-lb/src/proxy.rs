@@ -17,10 +17,10 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
-use tokio::io::AsyncWriteExt;
 
 use crate::cluster::Cluster;
-use crate::head::{error_response, quiz_path, read_head, HeadError, QuizPath, Rewound};
+use crate::head::{quiz_path, read_head, Head, QuizPath, Rewound};
+use crate::refusal::{error_body, refuse, Refusal};
 
 /// Per-request context of the HTTP proxy.
 #[derive(Default)]
@@ -56,7 +56,7 @@ impl ProxyHttp for Router {
         };
         let Some(t) = target else {
             ctx.no_backend = true;
-            self.cluster.metrics.error("no_backend");
+            self.cluster.metrics.error(Refusal::NoHttpBackend.kind());
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 "no healthy backend",
@@ -104,9 +104,10 @@ impl ProxyHttp for Router {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let (code, kind, msg) = if ctx.no_backend {
-            (503, "unavailable", "no healthy backend, retry shortly")
+            let r = Refusal::NoHttpBackend;
+            (r.status(), r.code(), r.message())
         } else {
-            match e.etype() {
+            let (code, kind, msg) = match e.etype() {
                 ErrorType::ConnectTimedout
                 | ErrorType::ConnectRefused
                 | ErrorType::ConnectError => {
@@ -117,14 +118,15 @@ impl ProxyHttp for Router {
                     pingora_core::ErrorSource::Downstream => (400, "invalid", "malformed request"),
                     _ => (502, "unavailable", "backend error"),
                 },
-            }
+            };
+            (code, kind, msg.into())
         };
         if !matches!(
             e.etype(),
             ErrorType::WriteError | ErrorType::ConnectionClosed
         ) || e.esource() != &pingora_core::ErrorSource::Downstream
         {
-            let body = serde_json::json!({"error": {"code": kind, "message": msg}}).to_string();
+            let body = error_body(kind, &msg);
             let mut resp =
                 pingora_http::ResponseHeader::build(code, Some(4)).expect("static status");
             let _ = resp.insert_header("content-type", "application/json");
@@ -194,23 +196,6 @@ impl Drop for ConnCount {
     }
 }
 
-async fn reject(
-    stream: &mut Rewound,
-    cluster: &Cluster,
-    status: u16,
-    code: &str,
-    kind: &str,
-    msg: &str,
-) {
-    cluster.metrics.error(kind);
-    let retry = (status == 503).then_some(1);
-    let _ = stream
-        .write_all(&error_response(status, code, msg, retry))
-        .await;
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-}
-
 #[async_trait]
 impl ServerApp for EdgeApp {
     async fn process_new(
@@ -228,15 +213,7 @@ impl ServerApp for EdgeApp {
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|i| i.ip())));
         let mut stream = Rewound::from_stream(stream);
         if n >= cfg.limits.max_connections {
-            reject(
-                &mut stream,
-                cluster,
-                503,
-                "unavailable",
-                "connection_limit",
-                "edge-lb at its connection limit",
-            )
-            .await;
+            refuse(&mut stream, &cluster.metrics, Refusal::ConnectionLimit).await;
             return None;
         }
         // The request is usually in the socket already when the connection is accepted: read
@@ -265,89 +242,26 @@ impl ServerApp for EdgeApp {
             .await
             {
                 Ok(h) => h,
-                Err(HeadError::TooLarge(max)) => {
-                    let msg = format!("request head exceeds {max} bytes");
-                    reject(
-                        &mut stream,
-                        cluster,
-                        431,
-                        "too_large",
-                        "header_too_large",
-                        &msg,
-                    )
-                    .await;
-                    return None;
-                }
-                Err(HeadError::Malformed(m)) => {
-                    let msg = format!("malformed request: {m}");
-                    reject(&mut stream, cluster, 400, "invalid", "malformed", &msg).await;
-                    return None;
-                }
-                Err(HeadError::Timeout) => {
-                    reject(
-                        &mut stream,
-                        cluster,
-                        408,
-                        "invalid",
-                        "header_timeout",
-                        "request head not received in time",
-                    )
-                    .await;
-                    return None;
-                }
-                Err(HeadError::Closed) | Err(HeadError::Io(_)) => return None,
-            };
-            let qp = quiz_path(&head.path);
-            match (&qp, head.upgrade_websocket) {
-                (QuizPath::Invalid(why), _) => {
-                    reject(&mut stream, cluster, 400, "invalid", "bad_quiz_id", why).await;
-                    return None;
-                }
-                (QuizPath::Quiz { ws: true, .. }, false) => {
-                    reject(
-                        &mut stream,
-                        cluster,
-                        400,
-                        "invalid",
-                        "not_websocket",
-                        "this route needs a WebSocket upgrade (Upgrade: websocket, Connection: Upgrade)",
-                    )
-                    .await;
-                    return None;
-                }
-                (QuizPath::Quiz { id, .. }, true) => {
-                    if head.method != "GET" {
-                        reject(
-                            &mut stream,
-                            cluster,
-                            400,
-                            "invalid",
-                            "not_websocket",
-                            "WebSocket upgrade must be a GET",
-                        )
-                        .await;
-                        return None;
+                Err(e) => {
+                    if let Some(r) = Refusal::of_head(e) {
+                        refuse(&mut stream, &cluster.metrics, r).await;
                     }
-                    let id = id.clone();
+                    return None;
+                }
+            };
+            match tunnel_for(&head) {
+                Err(r) => {
+                    refuse(&mut stream, &cluster.metrics, r).await;
+                    return None;
+                }
+                Ok(Some(quiz)) => {
                     Box::pin(crate::tunnel::serve_upgrade(
-                        cluster, stream, head, &id, peer_ip, count,
+                        cluster, stream, head, &quiz, peer_ip, count,
                     ))
                     .await;
                     return None;
                 }
-                (QuizPath::None, true) => {
-                    reject(
-                        &mut stream,
-                        cluster,
-                        400,
-                        "invalid",
-                        "not_websocket",
-                        "WebSocket upgrades are only routed under /v1/quizzes/{quiz_id}/",
-                    )
-                    .await;
-                    return None;
-                }
-                _ => {}
+                Ok(None) => {}
             }
             // Plain HTTP: give pingora the bytes we read and let it proxy the request.
             stream.set_pre(head.buf);
@@ -365,5 +279,18 @@ impl ServerApp for EdgeApp {
 
     async fn cleanup(&self) {
         self.http.http_cleanup().await;
+    }
+}
+
+/// Where a request head goes: the quiz whose tunnel it opens (a WebSocket upgrade under
+/// `/v1/quizzes/{id}/`), None for plain HTTP, or the refusal of a bad route.
+fn tunnel_for(head: &Head) -> Result<Option<String>, Refusal> {
+    match (quiz_path(&head.path), head.upgrade_websocket) {
+        (QuizPath::Invalid(why), _) => Err(Refusal::BadQuizId(why)),
+        (QuizPath::Quiz { ws: true, .. }, false) => Err(Refusal::UpgradeRequired),
+        (QuizPath::Quiz { .. }, true) if head.method != "GET" => Err(Refusal::UpgradeNotGet),
+        (QuizPath::Quiz { id, .. }, true) => Ok(Some(id)),
+        (QuizPath::None, true) => Err(Refusal::UpgradeOutsideQuiz),
+        _ => Ok(None),
     }
 }

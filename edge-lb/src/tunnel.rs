@@ -28,7 +28,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::cluster::{Cluster, TunnelGuard};
-use crate::head::{error_response, Head};
+use crate::head::Head;
+use crate::refusal::{refuse, Refusal};
 
 const SCRATCH: usize = 16 * 1024;
 
@@ -375,25 +376,6 @@ async fn read_response_head(b: &mut TcpStream, max: usize) -> io::Result<Vec<u8>
     }
 }
 
-/// Refuse an upgrade before any backend answered it: count the error `kind` and the upgrade
-/// `outcome` (`(kind, outcome)`), answer `status` with the contract's `unavailable` body and
-/// `Retry-After: 1`.
-async fn refuse<C: AsyncWrite + Unpin>(
-    client: &mut C,
-    cluster: &Cluster,
-    (kind, outcome): (&str, &str),
-    status: u16,
-    msg: &str,
-) {
-    let m = &cluster.metrics;
-    m.error(kind);
-    m.upgrades.with_label_values(&[outcome]).inc();
-    let _ = client
-        .write_all(&error_response(status, "unavailable", msg, Some(1)))
-        .await;
-    let _ = client.flush().await;
-}
-
 /// Proxy one WebSocket upgrade for `quiz`; on success hand the tunnel to its own task.
 ///
 /// The handshake runs in the connection task pingora spawned (its future is large: pingora's
@@ -419,14 +401,7 @@ pub async fn serve_upgrade<C, K>(
     let pool = &cfg.routes.websocket;
     let m = &cluster.metrics;
     let Some(target) = cluster.route_quiz(pool, quiz) else {
-        refuse(
-            &mut client,
-            cluster,
-            ("no_backend", "no_backend"),
-            503,
-            "no healthy backend for this quiz",
-        )
-        .await;
+        refuse(&mut client, m, Refusal::NoBackend).await;
         return;
     };
     let forward = forward_head(&head, peer);
@@ -436,14 +411,7 @@ pub async fn serve_upgrade<C, K>(
     {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => {
-            refuse(
-                &mut client,
-                cluster,
-                ("connect", "backend_error"),
-                503,
-                "backend unreachable, retry shortly",
-            )
-            .await;
+            refuse(&mut client, m, Refusal::BackendUnreachable).await;
             return;
         }
     };
@@ -454,14 +422,7 @@ pub async fn serve_upgrade<C, K>(
     let resp = match tokio::time::timeout(cfg.tunnel.handshake_timeout, handshake).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) | Err(_) => {
-            refuse(
-                &mut client,
-                cluster,
-                ("handshake", "backend_error"),
-                502,
-                "backend failed the upgrade",
-            )
-            .await;
+            refuse(&mut client, m, Refusal::HandshakeFailed).await;
             return;
         }
     };

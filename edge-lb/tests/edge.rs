@@ -1,4 +1,4 @@
-//! Integration tests: real backends (WebSocket + HTTP, `edge_lb::testing::Backend`) and a real
+//! Integration tests: real backends (WebSocket + HTTP, `edge_lb_testing::Backend`) and a real
 //! edge-lb (pingora server) on loopback.
 
 mod common;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use edge_lb::ring::{Placement, RingConfig, RingNode};
-use edge_lb::testing::{http_get, http_request, ws_connect};
+use edge_lb_testing::{http_get, http_request, ws_connect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_for_thousands_of_quizzes_http_and_ws_agree() {
@@ -343,7 +343,7 @@ async fn reload_changes_backends_and_balance_without_dropping_tunnels() {
         cs.push((q, n, c));
     }
     // Reload with a 4th backend and another balance factor.
-    let extra = edge_lb::testing::Backend::start("core-3", "127.0.0.1:0")
+    let extra = edge_lb_testing::Backend::start("core-3", "127.0.0.1:0")
         .await
         .unwrap();
     let mut all = named(&bs);
@@ -604,18 +604,18 @@ async fn admin_explains_routes_and_serves_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_pools_for_api_and_websocket_each_sticky() {
     let api = [
-        edge_lb::testing::Backend::start("api-0", "127.0.0.1:0")
+        edge_lb_testing::Backend::start("api-0", "127.0.0.1:0")
             .await
             .unwrap(),
-        edge_lb::testing::Backend::start("api-1", "127.0.0.1:0")
+        edge_lb_testing::Backend::start("api-1", "127.0.0.1:0")
             .await
             .unwrap(),
     ];
     let ws = [
-        edge_lb::testing::Backend::start("ws-0", "127.0.0.1:0")
+        edge_lb_testing::Backend::start("ws-0", "127.0.0.1:0")
             .await
             .unwrap(),
-        edge_lb::testing::Backend::start("ws-1", "127.0.0.1:0")
+        edge_lb_testing::Backend::start("ws-1", "127.0.0.1:0")
             .await
             .unwrap(),
     ];

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{backends, free_port, named};
-use edge_lb::testing::{ws_connect, Client};
+use edge_lb_testing::{ws_connect, Client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

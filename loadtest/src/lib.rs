@@ -6,9 +6,9 @@
 //! - [`scenario`]: typed scenario files (`scenarios/*.toml`), validation
 //!   errors naming the key; caps on players, duration and connections.
 //! - [`target`]: the loopback-only guard every address passes through.
-//! - [`coordinator`]: creates the quizzes (it is their host), spawns the
-//!   workers, drives start/next/end, injects faults, aggregates, checks the
-//!   leaderboards, writes the [`coordinator::RunResult`].
+//! - [`coordinator`]: one run, phase by phase: creates the quizzes and hosts
+//!   them (start/next/end), spawns the workers, collects their progress and
+//!   results, injects faults, checks the leaderboards, writes the result.
 //! - [`worker`]: one process with up to 19 000 players from its own source
 //!   address; progress and results as JSON lines on stdout.
 //! - [`player`]: one simulated player (join, WebSocket, answers, record); the
@@ -23,7 +23,10 @@
 //! - [`verify`]: the correctness checker (platform vs the tool's record).
 //! - [`mongo`]: the optional durable-record check in MongoDB.
 //! - [`procmon`]: CPU and RSS of processes from /proc.
-//! - [`report`]: summary table, self-contained HTML with SVG plots, compare.
+//! - [`result`]: the [`result::RunResult`] (the JSON result file), assembled
+//!   from the workers' results and judged pass/fail.
+//! - [`report`]: renders results: summary table, self-contained HTML with SVG
+//!   plots, compare.
 
 pub mod coordinator;
 pub mod metrics;
@@ -33,6 +36,7 @@ pub mod player;
 pub mod procmon;
 pub mod protocol;
 pub mod report;
+pub mod result;
 pub mod scenario;
 pub mod target;
 pub mod verify;

@@ -119,10 +119,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
         Cmd::Compare { results } => {
             let mut loaded = Vec::new();
             for p in results {
-                loaded.push((
-                    p.display().to_string(),
-                    loadtest::coordinator::load_result(&p)?,
-                ));
+                loaded.push((p.display().to_string(), loadtest::result::load_result(&p)?));
             }
             print!("{}", loadtest::report::compare(&loaded));
             Ok(ok)

@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::coordinator::RunResult;
 use crate::metrics::HISTS;
+use crate::result::RunResult;
 
 fn fmt_ms(v: f64) -> String {
     if v >= 100.0 {

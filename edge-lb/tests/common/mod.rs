@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use edge_lb::testing::{http_get, ws_connect, Backend, Client};
 use edge_lb::Running;
+use edge_lb_testing::{http_get, ws_connect, Backend, Client};
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -171,7 +171,7 @@ pub async fn http_node(addr: SocketAddr, q: &str) -> String {
 }
 
 pub async fn admin_json(admin: SocketAddr, method: &str, path: &str) -> serde_json::Value {
-    let (status, _h, body) = edge_lb::testing::http_request(
+    let (status, _h, body) = edge_lb_testing::http_request(
         admin,
         &format!(
             "{method} {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

@@ -1,5 +1,6 @@
-//! Support for the integration tests and the `edge-lb-bench` load tool: a real WebSocket/HTTP
-//! backend that reports its node name, and a minimal WebSocket client. Not used by the proxy.
+//! edge-lb-testing: support for edge-lb's integration tests and the `edge-lb-bench` load tool
+//! (a dev-only crate, not linked into the proxy): a real WebSocket/HTTP backend that reports
+//! its node name, and a minimal WebSocket client.
 //!
 //! The backend answers the upgrade with its `101` head *and* a first text frame
 //! (`node=<name>`) in a single write, the exact shape of pingora issue #946, then echoes every
@@ -7,66 +8,21 @@
 //! by [`Backend::set_ready`]; any other HTTP request gets `{"node": name, "path": path}`.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::head::read_head;
+use edge_lb::head::read_head;
 
 /// A TCP stream with bytes already read put back in front.
-pub struct Prefixed {
-    pre: Vec<u8>,
-    pos: usize,
-    pub inner: TcpStream,
-}
-
-impl Prefixed {
-    pub fn new(inner: TcpStream, pre: Vec<u8>) -> Self {
-        Prefixed { pre, pos: 0, inner }
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.pos < self.pre.len() {
-            let n = (self.pre.len() - self.pos).min(buf.remaining());
-            let p = self.pos;
-            buf.put_slice(&self.pre[p..p + n]);
-            self.pos += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+pub type Prefixed = edge_lb::head::Prefixed<TcpStream>;
 
 fn accept_key(key: &str) -> String {
     let mut h = Sha1::new();

@@ -1,7 +1,7 @@
 //! edge-lb-bench: a bounded load tool for the side-by-side benchmark against HAProxy.
 //!
 //! `edge-lb-bench backends --base-port 7101 --count 3 --seconds 600` runs echo backends
-//! (`edge_lb::testing::Backend`, named core-1..N). `edge-lb-bench ws --target ADDR[,ADDR…]
+//! (`edge_lb_testing::Backend`, named core-1..N). `edge-lb-bench ws --target ADDR[,ADDR…]
 //! --conns N --quizzes Q --msgs M --pid PID` opens N WebSocket connections (Q quizzes, bounded
 //! concurrency), measures setups per second, the proxy's RSS growth per connection (`--pid`),
 //! then measures round-trip latency at light load (10 connections × 200 sequential echoes:
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use edge_lb::testing::{ws_connect, Backend, Client};
+use edge_lb_testing::{ws_connect, Backend, Client};
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 
@@ -146,32 +146,8 @@ async fn run_ws(
     let rss0 = pid.and_then(rss_kib);
     let cpu0 = pid.and_then(cpu_ns);
     // Phase 1: set up connections with bounded concurrency.
-    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let t0 = Instant::now();
-    let mut tasks = Vec::with_capacity(conns);
-    for i in 0..conns {
-        let permit = sem.clone().acquire_owned().await?;
-        let q = i % quizzes;
-        let addr = targets[q % targets.len()];
-        tasks.push(tokio::spawn(async move {
-            let r = async {
-                let mut c = ws_connect(addr, &format!("/v1/quizzes/q{q}/ws?token=bench")).await?;
-                c.node().await?;
-                Ok::<Client, String>(c)
-            }
-            .await;
-            drop(permit);
-            r
-        }));
-    }
-    let mut clients = Vec::with_capacity(conns);
-    let mut failed = 0usize;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(c)) => clients.push(c),
-            _ => failed += 1,
-        }
-    }
+    let (mut clients, failed) = connect_all(&targets, conns, quizzes, concurrency).await?;
     let setup = t0.elapsed();
     let cpu1 = pid.and_then(cpu_ns);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -180,61 +156,12 @@ async fn run_ws(
     let lat_n = clients.len().min(10);
     let rest = clients.split_off(lat_n);
     let payload = "x".repeat(size);
-    let mut tasks = Vec::new();
-    for mut c in clients {
-        let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-            for _ in 0..200 {
-                let s = Instant::now();
-                if c.send_text(&payload).await.is_err() || c.recv_text().await.is_err() {
-                    break;
-                }
-                let _ = h.record(s.elapsed().as_micros().max(1) as u64);
-            }
-            (c, h)
-        }));
-    }
-    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut clients = Vec::new();
-    for t in tasks {
-        if let Ok((c, h)) = t.await {
-            lat.add(h)?;
-            clients.push(c);
-        }
-    }
+    let (mut clients, lat) = round_trips(clients, 200, &payload).await?;
     clients.extend(rest);
     // Phase 3, throughput: every connection does `msgs` round trips, all at once.
     let t1 = Instant::now();
     let cpu2 = pid.and_then(cpu_ns);
-    let mut tasks = Vec::with_capacity(clients.len());
-    for mut c in clients {
-        let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-            for _ in 0..msgs {
-                let s = Instant::now();
-                if c.send_text(&payload).await.is_err() {
-                    break;
-                }
-                match c.recv_text().await {
-                    Ok(_) => {
-                        let _ = h.record(s.elapsed().as_micros().max(1) as u64);
-                    }
-                    Err(_) => break,
-                }
-            }
-            (c, h)
-        }));
-    }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut clients = Vec::new();
-    for t in tasks {
-        if let Ok((c, h)) = t.await {
-            hist.add(h)?;
-            clients.push(c);
-        }
-    }
+    let (mut clients, hist) = round_trips(clients, msgs, &payload).await?;
     let msg_time = t1.elapsed();
     let cpu3 = pid.and_then(cpu_ns);
     for c in clients.iter_mut() {
@@ -270,4 +197,74 @@ async fn run_ws(
         "rss_after_kib": rss1,
         "bytes_per_conn": per_conn,
     }))
+}
+
+/// Open `conns` WebSockets (quiz i % `quizzes`, to target quiz % targets), at most
+/// `concurrency` handshakes at a time, each waiting for its backend's greeting. Returns the
+/// clients and how many failed.
+async fn connect_all(
+    targets: &[SocketAddr],
+    conns: usize,
+    quizzes: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<Client>, usize)> {
+    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let permit = sem.clone().acquire_owned().await?;
+        let q = i % quizzes;
+        let addr = targets[q % targets.len()];
+        tasks.push(tokio::spawn(async move {
+            let r = async {
+                let mut c = ws_connect(addr, &format!("/v1/quizzes/q{q}/ws?token=bench")).await?;
+                c.node().await?;
+                Ok::<Client, String>(c)
+            }
+            .await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut clients = Vec::with_capacity(conns);
+    let mut failed = 0usize;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(c)) => clients.push(c),
+            _ => failed += 1,
+        }
+    }
+    Ok((clients, failed))
+}
+
+/// Every client does `n` sequential echoes of `payload`, all clients at once; a client stops
+/// at its first failure. Returns the clients and the round-trip times (µs) of them all.
+async fn round_trips(
+    clients: Vec<Client>,
+    n: usize,
+    payload: &str,
+) -> anyhow::Result<(Vec<Client>, Histogram<u64>)> {
+    let mut tasks = Vec::with_capacity(clients.len());
+    for mut c in clients {
+        let payload = payload.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            for _ in 0..n {
+                let s = Instant::now();
+                if c.send_text(&payload).await.is_err() || c.recv_text().await.is_err() {
+                    break;
+                }
+                let _ = h.record(s.elapsed().as_micros().max(1) as u64);
+            }
+            (c, h)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut clients = Vec::new();
+    for t in tasks {
+        if let Ok((c, h)) = t.await {
+            all.add(h)?;
+            clients.push(c);
+        }
+    }
+    Ok((clients, all))
 }

@@ -1,0 +1,266 @@
+//! The registry of open tunnels, per backend, and their closing (pingora issue #571: a proxied
+//! upgrade cannot be closed from outside, so edge-lb keeps a cancellation token per tunnel).
+//!
+//! A tunnel is registered before its client hears the `101` ([`Cluster::register_tunnel`]) and
+//! deregistered by its [`TunnelGuard`]; both also keep the quiz's activity, which the idle-quiz
+//! sweep reads. Closing cancels tokens in quiz order (a quiz's tunnels move together), at once
+//! (node lost, backend removed) or paced at `drain.close_rate_per_sec` (drain, rebalance,
+//! graceful stop). The registry has its own lock, never held across an `.await`; lock order:
+//! the routing lock may be held when it is taken (a rebalance closes tunnels), never the
+//! other way round.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::Cluster;
+
+/// Why edge-lb closed a tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    NodeLost,
+    Drain,
+    Rebalance,
+    Removed,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::NodeLost => "node_lost",
+            CloseReason::Drain => "drain",
+            CloseReason::Rebalance => "rebalance",
+            CloseReason::Removed => "removed",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+struct Entry {
+    quiz: String,
+    token: CancellationToken,
+}
+
+/// A tunnel to close: its quiz (the closing order) and its token.
+type Victim = (String, CancellationToken);
+
+/// Open tunnels by backend, then by id.
+pub(super) struct Tunnels {
+    open: Mutex<HashMap<Arc<str>, HashMap<u64, Entry>>>,
+    next: AtomicU64,
+}
+
+impl Tunnels {
+    pub(super) fn new() -> Tunnels {
+        Tunnels {
+            open: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn insert(&self, backend: &Arc<str>, quiz: &str) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let entry = Entry {
+            quiz: quiz.to_string(),
+            token: token.clone(),
+        };
+        self.open
+            .lock()
+            .entry(backend.clone())
+            .or_default()
+            .insert(id, entry);
+        (id, token)
+    }
+
+    fn remove(&self, backend: &str, id: u64) {
+        if let Some(m) = self.open.lock().get_mut(backend) {
+            m.remove(&id);
+        }
+    }
+
+    fn count(&self, backend: &str) -> usize {
+        self.open.lock().get(backend).map_or(0, |m| m.len())
+    }
+
+    /// Open tunnels per backend.
+    pub(super) fn counts(&self) -> HashMap<Arc<str>, usize> {
+        self.open
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+
+    /// The tunnels of `backend`, only those of `quizzes` when given.
+    fn of(&self, backend: &str, quizzes: Option<&[String]>) -> Vec<Victim> {
+        let open = self.open.lock();
+        open.get(backend)
+            .map(|m| {
+                m.values()
+                    .filter(|e| quizzes.is_none_or(|q| q.contains(&e.quiz)))
+                    .map(|e| (e.quiz.clone(), e.token.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn all(&self) -> Vec<Victim> {
+        self.open
+            .lock()
+            .values()
+            .flat_map(|m| m.values().map(|e| (e.quiz.clone(), e.token.clone())))
+            .collect()
+    }
+}
+
+/// Deregisters a tunnel when dropped.
+pub struct TunnelGuard {
+    cluster: Arc<Cluster>,
+    backend: Arc<str>,
+    pool: Arc<str>,
+    quiz: String,
+    id: u64,
+    pub token: CancellationToken,
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.cluster.tunnels.remove(&self.backend, self.id);
+        self.cluster
+            .metrics
+            .tunnels_active
+            .with_label_values(&[&self.backend])
+            .dec();
+        let mut inner = self.cluster.inner.lock();
+        if let Some(p) = inner.pools.get_mut(&self.pool) {
+            let a = p.activity.entry(self.quiz.clone()).or_default();
+            a.tunnels = a.tunnels.saturating_sub(1);
+            a.last_seen = Some(Instant::now());
+        }
+    }
+}
+
+impl Cluster {
+    /// Register an open tunnel; the guard deregisters it.
+    pub fn register_tunnel(
+        self: &Arc<Self>,
+        pool: &str,
+        backend: Arc<str>,
+        quiz: &str,
+    ) -> TunnelGuard {
+        let (id, token) = self.tunnels.insert(&backend, quiz);
+        self.metrics
+            .tunnels_active
+            .with_label_values(&[&backend])
+            .inc();
+        {
+            let mut inner = self.inner.lock();
+            if let Some(p) = inner.pools.get_mut(pool) {
+                let a = p.activity.entry(quiz.to_string()).or_default();
+                a.tunnels += 1;
+                a.last_seen = Some(Instant::now());
+            }
+        }
+        TunnelGuard {
+            cluster: self.clone(),
+            backend,
+            pool: pool.into(),
+            quiz: quiz.to_string(),
+            id,
+            token,
+        }
+    }
+
+    pub fn tunnel_count(&self, backend: &str) -> usize {
+        self.tunnels.count(backend)
+    }
+
+    /// Close the tunnels of `backend` (optionally only those of `quizzes`): at once when
+    /// `immediate`, else gradually at `drain.close_rate_per_sec`, grouped by quiz so a quiz
+    /// moves together.
+    pub(super) fn close_tunnels(
+        self: &Arc<Self>,
+        backend: Arc<str>,
+        quizzes: Option<Vec<String>>,
+        reason: CloseReason,
+        immediate: bool,
+    ) {
+        let victims = self.tunnels.of(&backend, quizzes.as_deref());
+        let period = if immediate {
+            Duration::ZERO
+        } else {
+            self.drain_period()
+        };
+        self.cancel_in_order(victims, reason, period);
+    }
+
+    pub fn close_tunnels_of(
+        self: &Arc<Self>,
+        backend: Arc<str>,
+        reason: CloseReason,
+        immediate: bool,
+    ) {
+        self.close_tunnels(backend, None, reason, immediate);
+    }
+
+    /// Graceful stop (SIGTERM, or SIGQUIT once the listening sockets went to the new process):
+    /// close every tunnel (1012), spread evenly over `within` and never slower than
+    /// `drain.close_rate_per_sec`, grouped by quiz, so clients reconnect — to the new process or
+    /// another replica — in a trickle instead of all at once when this process exits. Returns
+    /// how many were scheduled.
+    pub fn close_all_tunnels_within(self: &Arc<Self>, within: Duration) -> usize {
+        let victims = self.tunnels.all();
+        let n = victims.len();
+        if n > 0 {
+            let period = (within / n as u32).min(self.drain_period());
+            self.cancel_in_order(victims, CloseReason::Shutdown, period);
+        }
+        n
+    }
+
+    /// One tunnel close per this period at `drain.close_rate_per_sec`.
+    fn drain_period(&self) -> Duration {
+        let rate = self.config().drain.close_rate_per_sec.max(1);
+        Duration::from_secs_f64(1.0 / f64::from(rate))
+    }
+
+    /// Cancel `victims` sorted by quiz (a quiz's tunnels close together), one per `period` on
+    /// the current runtime, or all at once (here) when it is zero or there is no runtime; each
+    /// counted under `reason`.
+    fn cancel_in_order(&self, mut victims: Vec<Victim>, reason: CloseReason, period: Duration) {
+        if victims.is_empty() {
+            return;
+        }
+        victims.sort_by(|a, b| a.0.cmp(&b.0));
+        let counter = self
+            .metrics
+            .tunnels_closed
+            .with_label_values(&[reason.as_str()]);
+        let handle = match tokio::runtime::Handle::try_current() {
+            Ok(h) if !period.is_zero() => h,
+            _ => {
+                for (_, t) in victims {
+                    t.cancel();
+                    counter.inc();
+                }
+                return;
+            }
+        };
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            for (_, t) in victims {
+                tick.tick().await;
+                if !t.is_cancelled() {
+                    t.cancel();
+                    counter.inc();
+                }
+            }
+        });
+    }
+}
