@@ -48,6 +48,8 @@ async fn distributed_backends(config: &Config) -> anyhow::Result<Backends> {
             wait_timeout: Duration::from_millis(config.redis_wait_timeout_ms),
             command_timeout: Duration::from_millis(config.redis_command_timeout_ms),
             max_batch: config.redis_max_batch,
+            retention_live: Duration::from_secs(config.redis_retention_live_s),
+            retention_ended: Duration::from_secs(config.redis_retention_ended_s),
             tls_ca: tls_ca.clone(),
             ..store::redis_cluster::RedisOptions::default()
         },

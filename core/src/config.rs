@@ -63,6 +63,11 @@ pub struct Config {
     pub redis_command_timeout_ms: u64,
     /// Most answers in one pipeline to one cluster node.
     pub redis_max_batch: usize,
+    /// A quiz's Redis keys expire this long after its creation or last
+    /// state change while it has not ended (an abandoned quiz goes away).
+    pub redis_retention_live_s: u64,
+    /// An ended quiz's Redis keys expire this long after the end.
+    pub redis_retention_ended_s: u64,
     /// Kafka bootstrap servers, comma separated. Empty = embedded mode.
     pub kafka_brokers: String,
     pub kafka_topic: String,
@@ -138,6 +143,8 @@ impl Default for Config {
             redis_wait_timeout_ms: 200,
             redis_command_timeout_ms: 2_000,
             redis_max_batch: 256,
+            redis_retention_live_s: 48 * 3600,
+            redis_retention_ended_s: 24 * 3600,
             kafka_brokers: String::new(),
             kafka_topic: "quiz-events".into(),
             kafka_properties: BTreeMap::new(),
@@ -426,6 +433,12 @@ impl Config {
         }
         if self.redis_max_batch == 0 {
             return bad("redis_max_batch", "must be > 0");
+        }
+        if self.redis_retention_live_s == 0 {
+            return bad("redis_retention_live_s", "must be > 0");
+        }
+        if self.redis_retention_ended_s == 0 {
+            return bad("redis_retention_ended_s", "must be > 0");
         }
         if self.redis_password.is_empty() && !self.redis_username.is_empty() {
             return bad("redis_username", "needs a password (QUIZ_REDIS_PASSWORD)");
