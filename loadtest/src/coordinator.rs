@@ -36,13 +36,14 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
 
+use crate::clock::wall_us;
 use crate::net::http_request;
-use crate::player::wall_us;
+use crate::plan::WorkerPlan;
 use crate::result::{judge, utc_string, RunResult};
 use crate::scenario::Scenario;
 use crate::target::{worker_sources, Target};
 use crate::verify::Mismatch;
-use crate::worker::{WorkerMsg, WorkerPlan};
+use crate::worker::WorkerMsg;
 use collect::{Collected, Collector, FromWorker};
 
 /// Command-line overrides of a scenario.

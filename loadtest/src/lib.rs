@@ -11,6 +11,7 @@
 //!   results, injects faults, checks the leaderboards, writes the result.
 //! - [`worker`]: one process with up to 19 000 players from its own source
 //!   address; progress and results as JSON lines on stdout.
+//! - [`plan`]: the [`plan::WorkerPlan`] the coordinator hands a worker.
 //! - [`player`]: one simulated player (join, WebSocket, answers, record); the
 //!   hot path.
 //! - [`net`]: TCP from a chosen source address (IP_BIND_ADDRESS_NO_PORT), a
@@ -23,15 +24,18 @@
 //! - [`verify`]: the correctness checker (platform vs the tool's record).
 //! - [`mongo`]: the optional durable-record check in MongoDB.
 //! - [`procmon`]: CPU and RSS of processes from /proc.
+//! - [`clock`]: the wall clock in microseconds every part of the tool uses.
 //! - [`result`]: the [`result::RunResult`] (the JSON result file), assembled
 //!   from the workers' results and judged pass/fail.
 //! - [`report`]: renders results: summary table, self-contained HTML with SVG
 //!   plots, compare.
 
+pub mod clock;
 pub mod coordinator;
 pub mod metrics;
 pub mod mongo;
 pub mod net;
+pub mod plan;
 pub mod player;
 pub mod procmon;
 pub mod protocol;

@@ -511,7 +511,7 @@ impl Hub {
             mask: Cell::new(mask),
         });
         if !buffered.is_empty() {
-            entry.consume(buffered, crate::player::wall_us(), None);
+            entry.consume(buffered, crate::clock::wall_us(), None);
         }
         let key = {
             let mut s = self.slots.borrow_mut();
@@ -729,7 +729,7 @@ impl Entry {
                 self.rd.borrow_mut().end = Some(ReadEnd::Eof);
                 return false;
             }
-            self.consume(&scratch[..n], crate::player::wall_us(), fast);
+            self.consume(&scratch[..n], crate::clock::wall_us(), fast);
             if n < scratch.len() {
                 return false;
             }

@@ -19,23 +19,16 @@ use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
 
+use crate::clock::wall_us;
 use crate::metrics::{Metrics, H};
 use crate::net::{http_request, ws_connect, FastPath, NetError, ReadState, WsConn};
+use crate::plan::WorkerPlan;
 use crate::protocol::{
     encode_answer, scan_leaderboard, BoardHead, Joined, OpenQuestion, ServerMsg,
 };
 use crate::scenario::Scenario;
 use crate::target::Target;
 use crate::verify::{AnswerRec, PlayerRecord, ResultRec};
-use crate::worker::WorkerPlan;
-
-/// Wall clock in microseconds since the Unix epoch.
-pub fn wall_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
 
 /// The correct option of question `q` of quiz `quiz`: deterministic, so the
 /// coordinator (which creates the quizzes) and every worker agree.

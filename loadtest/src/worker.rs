@@ -12,46 +12,20 @@
 //! scales out with processes rather than threads.
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::wall_us;
 use crate::metrics::{Metrics, WireMetrics};
 use crate::net::{http_request, raise_nofile_limit};
-use crate::player::{player_share, run_player, wall_us, Ctx};
+use crate::plan::WorkerPlan;
+use crate::player::{player_share, run_player, Ctx};
 use crate::procmon::{sample_self, ProcSample};
 use crate::protocol::PlayerView;
-use crate::scenario::Scenario;
 use crate::target::Target;
 use crate::verify::{check_player, Mismatch};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerPlan {
-    pub worker: u64,
-    pub workers: u64,
-    /// Loopback source addresses; players are spread over them in blocks of
-    /// `load.players_per_source_ip`.
-    pub sources: Vec<IpAddr>,
-    pub target: String,
-    pub scenario: Scenario,
-    pub quiz_ids: Vec<String>,
-    /// Wall clock (µs) of the ramp start.
-    pub t0_wall_us: u64,
-    /// Hard end of the load phase.
-    pub deadline_wall_us: u64,
-    /// Hard end of verification; the worker exits by then.
-    pub verify_deadline_wall_us: u64,
-    pub seed: u64,
-}
-
-impl WorkerPlan {
-    /// Global indices of this worker's players.
-    pub fn players(&self) -> impl Iterator<Item = u64> + '_ {
-        (self.worker..self.scenario.load.players).step_by(self.workers as usize)
-    }
-}
 
 /// One joined player, as the coordinator needs it for the leaderboard check.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,8 +11,8 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 
 use super::host::{kill_node, Gauges, HostEvent};
+use crate::clock::wall_us;
 use crate::metrics::{Aggregator, Metrics};
-use crate::player::wall_us;
 use crate::procmon::Monitor;
 use crate::scenario::Scenario;
 use crate::worker::{WorkerMsg, WorkerResult};
