@@ -563,33 +563,33 @@ pub fn consume(
     Ok(())
 }
 
-/// Leaves the group and closes the consumer, serving the revocation that
-/// closing triggers, for at most `limit`.
+/// Leaves the group and closes the consumer, waiting at most `limit`.
 ///
-/// Why not simply drop it: `BaseConsumer`'s `Drop` polls until librdkafka
-/// says the consumer is closed, with no time limit, and a consumer that lost
-/// its brokers or its group coordinator (Kafka down at shutdown) may never
-/// get there, which hung the process (and a test's teardown with it). Past
-/// `limit` the handle is leaked instead: the process is exiting, and the
-/// broker expires the membership after `session.timeout.ms`.
+/// Why not simply drop it here: `BaseConsumer`'s `Drop` polls until
+/// librdkafka says the consumer is closed, with no time limit, and a consumer
+/// that lost its brokers or its group coordinator (Kafka down at shutdown)
+/// may never get there, which hung the process (and a test's teardown with
+/// it). So the drop runs on a thread of its own: the normal close (leave the
+/// group, serve the revocation) is unchanged, and past `limit` that thread is
+/// left behind while the process exits; the broker then expires the
+/// membership after `session.timeout.ms`.
 fn close(consumer: BaseConsumer<Context>, limit: Duration) {
-    let until = Instant::now() + limit;
-    if let Err(e) = consumer.close_queue() {
-        warn!(error = %e, "cannot close the consumer queue; leaving the group by session timeout");
-        std::mem::forget(consumer);
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let closing = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = closed_tx.send(());
+        });
+    if let Err(e) = closing {
+        warn!(error = %e, "cannot start the closing thread; the consumer was closed in place");
         return;
     }
-    while !consumer.closed() {
-        if Instant::now() >= until {
-            warn!(
-                limit_ms = limit.as_millis() as u64,
-                "consumer not closed in time (Kafka unreachable?); leaving the group by session timeout"
-            );
-            std::mem::forget(consumer);
-            return;
-        }
-        let _ = consumer.poll(Duration::from_millis(100));
+    match closed_rx.recv_timeout(limit) {
+        Ok(()) => debug!("consumer closed"),
+        Err(_) => warn!(
+            limit_ms = limit.as_millis() as u64,
+            "consumer not closed in time (Kafka unreachable?); leaving the group by session timeout"
+        ),
     }
-    drop(consumer);
-    debug!("consumer closed");
 }
