@@ -73,6 +73,8 @@ pub struct RunOptions {
     pub mongo_db: Option<String>,
     /// How long to wait for the persister to drain.
     pub mongo_drain_s: Option<u64>,
+    /// Run the scenario without its `[attack]` (the baseline of a hostile run).
+    pub no_attack: bool,
 }
 
 /// Load a scenario and apply the CLI overrides, validating the result.
@@ -103,6 +105,9 @@ pub fn prepare(opts: &RunOptions) -> anyhow::Result<Scenario> {
     }
     if let Some(r) = opts.ramp_per_sec {
         sc.load.ramp_per_sec = r;
+    }
+    if opts.no_attack {
+        sc.attack = None;
     }
     sc.target.watch_pids.extend(&opts.watch_pids);
     sc.target
@@ -179,6 +184,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     let deadline = Clock::instant(base, clock.deadline_us);
     let hosts = host::spawn_hosts(target, &sc, &quizzes, start_by, deadline);
     let kill_pid = node_to_kill(&sc, &opts)?;
+    let attack = match &sc.attack {
+        Some(a) => {
+            let quiz = attack_quiz(&target, &sc, &opts, &quiz_ids).await?;
+            log(&format!(
+                "attack: {:?} from {} in {} s for {} s",
+                a.kind, a.source_ip, a.start_after_s, a.duration_s
+            ));
+            Some(tokio::spawn(crate::attack::run(
+                target,
+                a.clone(),
+                quiz,
+                deadline,
+            )))
+        }
+        None => None,
+    };
 
     let collector = Collector::new(
         &sc,
@@ -195,6 +216,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     for h in hosts.handles {
         h.abort();
     }
+    // The attack ends by the load's deadline (plus a 5 s grace of its own).
+    let attack_report = match attack {
+        Some(h) => tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .ok()
+            .and_then(Result::ok),
+        None => None,
+    };
     for c in &mut children {
         let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
     }
@@ -218,7 +247,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
             Err(e) => mongo_failed = Some(e),
         }
     }
-    let result = conclude(
+    let mut result = conclude(
         &sc,
         &opts,
         &target,
@@ -227,8 +256,34 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         mismatches,
         mongo_failed,
     );
+    result.attack = attack_report;
     let json_path = write_outputs(&opts.out_dir, &sc, started, &result)?;
     Ok((result, json_path))
+}
+
+/// The attacker's own quiz (when its attack needs one), so the legitimate
+/// quizzes' checks stay exact.
+async fn attack_quiz(
+    target: &Target,
+    sc: &Scenario,
+    opts: &RunOptions,
+    quiz_ids: &[String],
+) -> anyhow::Result<Option<crate::attack::AttackQuiz>> {
+    let Some(a) = &sc.attack else { return Ok(None) };
+    if !a.kind.needs_quiz() {
+        return Ok(None);
+    }
+    let mut one = sc.clone();
+    one.name = format!("{}-attacker", sc.name);
+    one.load.quizzes = 1;
+    let created = host::create_quizzes(target, &one, opts.admin_key.as_deref()).await?;
+    let (quiz_id, host_token) = created.into_iter().next().context("no attacker quiz")?;
+    Ok(Some(crate::attack::AttackQuiz {
+        quiz_id,
+        host_token,
+        other_quiz_id: quiz_ids.first().cloned().unwrap_or_default(),
+        questions: sc.quiz.questions,
+    }))
 }
 
 /// `GET /healthz` on the target: unreachable is an error, any answer but 200 a warning.

@@ -9,6 +9,8 @@
 //! - [`coordinator`]: one run, phase by phase: creates the quizzes and hosts
 //!   them (start/next/end), spawns the workers, collects their progress and
 //!   results, injects faults, checks the leaderboards, writes the result.
+//! - [`attack`]: a hostile client beside the load (`[attack]`), its
+//!   outcomes counted by reason.
 //! - [`worker`]: one process with up to 19 000 players from its own source
 //!   address; progress and results as JSON lines on stdout.
 //! - [`plan`]: the [`plan::WorkerPlan`] the coordinator hands a worker.
@@ -30,6 +32,7 @@
 //! - [`report`]: renders results: summary table, self-contained HTML with SVG
 //!   plots, compare.
 
+pub mod attack;
 pub mod clock;
 pub mod coordinator;
 pub mod metrics;

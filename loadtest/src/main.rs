@@ -64,6 +64,9 @@ struct RunArgs {
     #[arg(long, default_value_t = 60)]
     mongo_drain: u64,
     /// Sent as X-Admin-Key when creating quizzes (core's admin_key).
+    /// Run without the scenario's `[attack]`: the baseline of a hostile run.
+    #[arg(long)]
+    no_attack: bool,
     #[arg(long, env = "LOADTEST_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
 }
@@ -144,6 +147,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 mongo_uri,
                 mongo_db,
                 mongo_drain,
+                no_attack,
             } = *args;
             let opts = loadtest::coordinator::RunOptions {
                 scenario,
@@ -165,6 +169,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 mongo_uri,
                 mongo_db: Some(mongo_db),
                 mongo_drain_s: Some(mongo_drain),
+                no_attack,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

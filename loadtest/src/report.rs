@@ -103,6 +103,22 @@ pub fn summary(r: &RunResult) -> String {
     if !notable.is_empty() {
         let _ = writeln!(s, "errors/closes: {}", notable.join(" "));
     }
+    if let Some(a) = &r.attack {
+        let outcomes: Vec<String> = a.outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let held = match (a.held_ms_p50, a.held_ms_max) {
+            (Some(p50), Some(max)) => format!(" | held by the server p50 {p50} ms max {max} ms"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "attack {} from {}: {} attempts, {} frames{held} | {}",
+            a.kind,
+            a.source_ip,
+            a.attempts,
+            a.frames_sent,
+            outcomes.join(" ")
+        );
+    }
     for e in r.host_errors.iter().take(10) {
         let _ = writeln!(s, "host error: {e}");
     }

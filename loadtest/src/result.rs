@@ -130,6 +130,9 @@ pub struct RunResult {
     pub proc_series: ProcSeries,
     /// Whole-run histograms (V2, base64), for exact re-aggregation.
     pub histograms: WireMetrics,
+    /// What the scenario's `[attack]` did (outcomes by reason), if it had one.
+    #[serde(default)]
+    pub attack: Option<crate::attack::AttackReport>,
 }
 
 /// Format a Unix time as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -182,6 +185,7 @@ impl RunResult {
             machine: Machine::detect(),
             counters: agg.total.counters.clone(),
             histograms: agg.total.to_wire(),
+            attack: None,
             series: agg.series(),
             ..Default::default()
         };

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::attack::AttackConfig;
 use crate::target::{Target, TargetError};
 
 /// Most connections one worker process may hold: the hard open-file limit of
@@ -60,6 +61,9 @@ pub struct Scenario {
     pub reconnect_storm: Option<StormConfig>,
     #[serde(default)]
     pub node_failure: Option<NodeFailureConfig>,
+    /// A hostile client beside the load (the `hostile/` scenarios).
+    #[serde(default)]
+    pub attack: Option<AttackConfig>,
     #[serde(default)]
     pub checks: CheckConfig,
 }
@@ -532,6 +536,10 @@ impl Scenario {
                 ));
             }
         }
+        if let Some(a) = &self.attack {
+            a.check(l.duration_s)
+                .map_err(|(key, message)| invalid(key, message))?;
+        }
         share("checks.verify_players", self.checks.verify_players)?;
         Ok(())
     }
@@ -716,13 +724,22 @@ answers:
 
     #[test]
     fn shipped_scenarios_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-        let mut n = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let p = entry.unwrap().path();
-            Scenario::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            n += 1;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut dirs = vec![root];
+        let (mut n, mut attacks) = (0, 0);
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let p = entry.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                    continue;
+                }
+                let sc = Scenario::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+                attacks += usize::from(sc.attack.is_some());
+            }
         }
-        assert!(n >= 7);
+        assert!(n >= 13, "{n} scenarios");
+        assert_eq!(attacks, 6, "one scenario per attack kind under hostile/");
     }
 }
