@@ -137,6 +137,13 @@ pub struct MongoConfig {
     /// Statements per `update` command (FerretDB 1.24 hangs when a command
     /// modifies more existing documents than its connection pool holds).
     pub max_statements_per_command: usize,
+    /// Write documents that never change once written (answers, players, a
+    /// join's score) as unordered inserts, a duplicate key counting as
+    /// written, instead of upserts. `false` is the upsert-only path of
+    /// before, kept to measure against.
+    pub insert_immutable: bool,
+    /// Documents per `insert` command.
+    pub max_documents_per_insert: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -214,6 +221,8 @@ impl Default for MongoConfig {
             parallel_collections: false,
             command_timeout_ms: 30_000,
             max_statements_per_command: 25,
+            insert_immutable: true,
+            max_documents_per_insert: 1000,
         }
     }
 }
@@ -412,6 +421,16 @@ impl Config {
             "PERSISTER_MAX_STATEMENTS_PER_COMMAND",
             &mut self.mongodb.max_statements_per_command,
         )?;
+        boolean(
+            &lookup,
+            "PERSISTER_INSERT_IMMUTABLE",
+            &mut self.mongodb.insert_immutable,
+        )?;
+        number(
+            &lookup,
+            "PERSISTER_MAX_DOCUMENTS_PER_INSERT",
+            &mut self.mongodb.max_documents_per_insert,
+        )?;
         number(
             &lookup,
             "PERSISTER_BATCH_MAX_EVENTS",
@@ -552,6 +571,12 @@ impl Config {
         if !(1..=100_000).contains(&self.mongodb.max_statements_per_command) {
             return Err(invalid(
                 "mongodb.max_statements_per_command",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(1..=100_000).contains(&self.mongodb.max_documents_per_insert) {
+            return Err(invalid(
+                "mongodb.max_documents_per_insert",
                 "must be between 1 and 100000",
             ));
         }

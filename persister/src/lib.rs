@@ -11,10 +11,12 @@
 //! - [`event`]: parses and validates one record value into an [`event::Event`]
 //!   or a [`event::Poison`] reason.
 //! - [`writes`]: folds a batch of events into one idempotent upsert per
-//!   document (`$setOnInsert`/`$max`/`$min`, never `$inc`).
+//!   document (`$setOnInsert`/`$max`/`$min`, never `$inc`), and says which
+//!   of them can be plain inserts (documents that never change).
 //! - [`store`]: `trait Store` and [`store::write_batch`]; `store/mongo.rs`
-//!   sends one unordered `update` command per collection, `store/memory.rs`
-//!   models it for tests.
+//!   sends unordered `insert` commands for immutable documents (a duplicate
+//!   key counts as written) beside unordered `update` commands for the rest,
+//!   `store/memory.rs` models it for tests.
 //! - [`dlq`]: the dead-letter producer.
 //! - [`rebootstrap`]: gives a Kafka client its bootstrap servers again when
 //!   librdkafka has forgotten every broker (a full Kafka restart).

@@ -16,6 +16,14 @@
 //! into one statement ([`Upsert`]), so a batch sends one `update` command per
 //! collection whatever its size, and statement order inside that (unordered)
 //! command does not matter.
+//!
+//! A statement that cannot change a document that already exists (only
+//! `$setOnInsert`, plus `$max` at the floor of its field) is the same as an
+//! insert of the document it would create, where "duplicate key" means
+//! "already there, nothing to do": [`Upsert::insert_doc`]. Answers, players
+//! and a join's score are such statements; the store may send them as
+//! unordered inserts (far cheaper than an upsert on FerretDB, which scans
+//! the collection for every upsert's `_id`, see `docs/persister.md`).
 
 use std::collections::HashMap;
 
@@ -80,6 +88,33 @@ impl Upsert {
         self.set.insert(key, value);
     }
 
+    /// The document this statement would create, when applying it to a
+    /// document that exists changes nothing, so that inserting it, with a
+    /// duplicate key counted as success, has the same effect as the upsert:
+    /// no `$set`, no `$min`, and every `$max` at [`MAX_FLOOR`] (a `$max` of
+    /// the least value its field can hold changes no existing document).
+    pub fn insert_doc(&self) -> Option<Document> {
+        if !self.set.is_empty() || !self.min.is_empty() {
+            return None;
+        }
+        let at_floor = self
+            .max
+            .iter()
+            .all(|(_, v)| matches!(v, Bson::Int64(n) if *n <= MAX_FLOOR));
+        if !at_floor {
+            return None;
+        }
+        let mut d = Document::new();
+        d.insert("_id", self.id.as_str());
+        for (k, v) in self.set_on_insert.iter().chain(self.max.iter()) {
+            if k.contains('.') || d.contains_key(k) {
+                return None;
+            }
+            d.insert(k, v.clone());
+        }
+        Some(d)
+    }
+
     /// The update document: only the operators that have fields.
     pub fn update_doc(&self) -> Document {
         let mut u = Document::new();
@@ -98,6 +133,12 @@ impl Upsert {
         u
     }
 }
+
+/// The least value of every `$max` field of the schema: `scores.score`
+/// (`score_after` ≥ `points` ≥ 0 and 0 on join) and
+/// `quizzes.current_question` (question ids ≥ 0), both checked in
+/// `event.rs`. A `$max` of this value changes no existing document.
+pub const MAX_FLOOR: i64 = 0;
 
 /// A forward-only move of a quiz's `state`.
 #[derive(Debug, Clone, PartialEq)]
@@ -331,5 +372,50 @@ mod tests {
         assert_eq!(score.events, vec![0, 1, 2]);
         assert_eq!(plan.transitions.len(), 1);
         assert_eq!(plan.transitions[0].state, "ended");
+    }
+
+    #[test]
+    fn immutable_documents_are_insertable_and_the_rest_is_not() {
+        let join = ev(
+            r#"{"v":1,"event_id":"q:joined:p","type":"player_joined","quiz_id":"q","at_ms":1,"player_id":"p","nickname":"n"}"#,
+        );
+        let answer = ev(
+            r#"{"v":1,"event_id":"q:answer:p:0","type":"answer_scored","quiz_id":"q","at_ms":2,"player_id":"p","nickname":"n","question_id":0,"choices":[1],"correct":true,"late":false,"points":900,"response_ms":1,"answered_at_ms":2,"score_after":900}"#,
+        );
+        let opened = ev(
+            r#"{"v":1,"event_id":"q:question:0","type":"question_opened","quiz_id":"q","at_ms":1,"question_id":0,"opens_at_ms":1,"closes_at_ms":9}"#,
+        );
+        let planned = |events: &[&Event]| {
+            plan(events.iter().enumerate().map(|(index, event)| PlanInput {
+                index,
+                event,
+                bytes: 100,
+            }))
+        };
+
+        // A join alone: the player and a score of 0, both plain inserts.
+        let p = planned(&[&join]);
+        let player = p.upserts[1][0].insert_doc().expect("player insertable");
+        assert_eq!(player.get_str("_id").ok(), Some("q:p"));
+        assert_eq!(player.get_i64("joined_at_ms").ok(), Some(1));
+        let score = p.upserts[3][0].insert_doc().expect("join score insertable");
+        assert_eq!(score.get_i64("score").ok(), Some(0));
+        assert_eq!(score.get_str("nickname").ok(), Some("n"));
+
+        // An answer: the answer is an insert, its score change is not.
+        let p = planned(&[&answer]);
+        let a = p.upserts[2][0].insert_doc().expect("answer insertable");
+        assert_eq!(a.get_str("_id").ok(), Some("q:p:0"));
+        assert_eq!(a.get_i64("points").ok(), Some(900));
+        assert_eq!(p.upserts[3][0].insert_doc(), None, "a score above 0");
+
+        // A join folded with an answer: still one update of the score.
+        let p = planned(&[&join, &answer]);
+        assert_eq!(p.upserts[3].len(), 1);
+        assert_eq!(p.upserts[3][0].insert_doc(), None);
+
+        // Quiz documents carry `$set`/`$min`/`$max` above the floor.
+        let p = planned(&[&opened]);
+        assert_eq!(p.upserts[0][0].insert_doc(), None);
     }
 }

@@ -12,8 +12,14 @@
 //! - applying a batch again changes nothing (redelivery after a crash);
 //! - the final state does not depend on the order batches arrive in
 //!   (partitions and retries reorder them);
+//! - a batch of which some documents are already written (a redelivery
+//!   overlapping new events: on MongoDB, inserts of which some are
+//!   duplicate keys) writes the new ones and changes nothing else;
 //! - `clear(Some(quiz))` removes that quiz only, `clear(None)` everything;
 //! - `ping` answers while the store is up.
+//!
+//! And for MongoDB only, which command carries which document: immutable
+//! documents go in unordered `insert`s, score changes in `update`s.
 
 mod common;
 
@@ -204,6 +210,22 @@ async fn conformance(name: &str, make: impl AsyncFn() -> Subject) -> Contents {
         "{name}: the order of batches changed the state"
     );
 
+    // Some documents already there, others new, in one batch: the new
+    // ones are written, the old ones stay as they were.
+    let overlapping = make().await;
+    let third = overlapping.store();
+    third.ensure_schema().await.expect("schema");
+    apply(third.as_ref(), &ea[..ea.len() / 2]).await;
+    apply(third.as_ref(), &eb[eb.len() / 3..]).await;
+    let mut mixed: Vec<Event> = ea.clone();
+    mixed.extend(eb.iter().cloned());
+    apply(third.as_ref(), &mixed).await;
+    assert_eq!(
+        overlapping.contents().await,
+        once,
+        "{name}: a batch overlapping what was written"
+    );
+
     // Clearing one quiz leaves the other; clearing all leaves nothing.
     other.clear(Some("conf-quiz-a")).await.expect("clear a");
     let left = shuffled.contents().await;
@@ -232,5 +254,119 @@ async fn every_store_keeps_the_contract_and_they_agree() {
     assert_eq!(
         in_memory, in_mongo,
         "the in-memory model and MongoDB hold different documents"
+    );
+}
+
+/// Command names and statement counts per collection, as the driver sent
+/// them.
+type Sent = Arc<std::sync::Mutex<Vec<(String, String, usize)>>>;
+
+async fn monitored_mongo(sent: &Sent) -> MongoStore {
+    use mongodb::event::command::CommandEvent;
+    use mongodb::event::EventHandler;
+    let settings = testkit::Settings::from_env();
+    testkit::require_mongodb().await;
+    let mut options = mongodb::options::ClientOptions::parse(&settings.mongodb_uri)
+        .await
+        .expect("uri");
+    let log = sent.clone();
+    options.command_event_handler = Some(EventHandler::callback(move |e: CommandEvent| {
+        let CommandEvent::Started(e) = e else { return };
+        let (list, name) = match e.command_name.as_str() {
+            "insert" => ("documents", "insert"),
+            "update" => ("updates", "update"),
+            _ => return,
+        };
+        let collection = e.command.get_str(name).unwrap_or_default().to_string();
+        let n = e.command.get_array(list).map_or(0, Vec::len);
+        if let Ok(mut log) = log.lock() {
+            log.push((name.to_string(), collection, n));
+        }
+    }));
+    MongoStore::connect_with(options, &testkit::unique_db("store_commands"), 16 << 20)
+        .expect("mongodb store")
+}
+
+/// Statements sent per (command, collection) since the last call.
+fn drain(sent: &Sent) -> BTreeMap<(String, String), usize> {
+    let mut out = BTreeMap::new();
+    for (command, collection, n) in sent.lock().expect("log").drain(..) {
+        *out.entry((command, collection)).or_insert(0) += n;
+    }
+    out
+}
+
+fn count(sent: &BTreeMap<(String, String), usize>, command: &str, collection: &str) -> usize {
+    sent.get(&(command.to_string(), collection.to_string()))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Answers, players and a join's score are inserted (cheap on FerretDB:
+/// one multi-row `INSERT`, where every upsert scans its collection); only
+/// score changes and quiz documents are upserts. Redelivered, the inserts
+/// meet duplicate keys, which count as written: nothing is rejected and
+/// nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immutable_documents_are_inserted_and_duplicate_keys_count_as_written() {
+    let sent: Sent = Arc::default();
+    let store = Arc::new(monitored_mongo(&sent).await);
+    store.ensure_schema().await.expect("schema");
+    let s = scenario("cmd-quiz", 5, 3);
+    let all = events(&s);
+    let (joins, rest): (Vec<Event>, Vec<Event>) = all
+        .iter()
+        .cloned()
+        .partition(|e| e.type_name() == "player_joined");
+    let answers = rest
+        .iter()
+        .filter(|e| e.type_name() == "answer_scored")
+        .count();
+    drain(&sent);
+
+    apply(store.as_ref(), &joins).await;
+    let joined = drain(&sent);
+    assert_eq!(
+        count(&joined, "insert", "players"),
+        joins.len(),
+        "{joined:?}"
+    );
+    assert_eq!(
+        count(&joined, "insert", "scores"),
+        joins.len(),
+        "{joined:?}"
+    );
+    assert_eq!(count(&joined, "update", "players"), 0, "{joined:?}");
+    assert_eq!(count(&joined, "update", "scores"), 0, "{joined:?}");
+
+    apply(store.as_ref(), &rest).await;
+    let answered = drain(&sent);
+    assert_eq!(
+        count(&answered, "insert", "answers"),
+        answers,
+        "{answered:?}"
+    );
+    assert_eq!(count(&answered, "update", "answers"), 0, "{answered:?}");
+    // One folded statement per player: an update when the score moved
+    // above 0, else (a $max of 0 changes nothing) an insert.
+    let scored = s.expected_scores.values().filter(|&&v| v > 0).count();
+    assert!(scored > 0);
+    assert_eq!(count(&answered, "update", "scores"), scored, "{answered:?}");
+    assert_eq!(
+        count(&answered, "insert", "scores"),
+        s.expected_scores.len() - scored,
+        "{answered:?}"
+    );
+    let subject = Subject::Mongo(store.clone());
+    let once = subject.contents().await;
+    assert_invariant_in(&once, &s);
+
+    // Redelivered whole: every insert is a duplicate key, none is rejected
+    // (`apply` asserts it), the contents are the same.
+    apply(store.as_ref(), &all).await;
+    assert_eq!(
+        subject.contents().await,
+        once,
+        "redelivery changed the state"
     );
 }
