@@ -196,6 +196,15 @@ impl QuizService {
         }
         let now = now_ms();
         let mut def = validate_quiz(req, supplied.clone().unwrap_or_else(|| random_id(8)), now)?;
+        // The definition travels whole in the `quiz_created` event: past
+        // Kafka's message size limit it could be stored but never published.
+        let size = serde_json::to_vec(&def).map_or(usize::MAX, |v| v.len());
+        if size > self.config.quiz_max_bytes {
+            return Err(QuizError::TooLarge(format!(
+                "questions: the quiz definition is {size} bytes of JSON, over quiz_max_bytes ({})",
+                self.config.quiz_max_bytes
+            )));
+        }
         let state = QuizState::new_lobby();
         let mut attempt = 0;
         loop {
@@ -305,7 +314,8 @@ impl QuizService {
         // stored player is identical), before looking at the nickname, and
         // never overwrite an existing player: a replay cannot create a
         // second player or reset a score.
-        let player = match self.store.add_player(quiz_id, &player).await {
+        let max = self.config.max_players_per_quiz;
+        let player = match self.store.add_player(quiz_id, &player, max).await {
             Ok(()) => player,
             Err(StoreError::Conflict(_)) if key.is_some() => {
                 self.replayed_join(quiz_id, &player).await?

@@ -10,7 +10,7 @@
 //! input.
 
 use futures::executor::block_on;
-use quiz_core::frame::{read_frame, InFrame, ReadError};
+use quiz_core::frame::{read_frame, InFrame, Partial, ReadError};
 use quiz_core::protocol::{parse_client, ClientMsg};
 
 /// xorshift64*: small, fast, good enough to generate test inputs.
@@ -274,8 +274,8 @@ fn build_stream(rng: &mut Rng, max: usize) -> (Vec<u8>, Vec<Expect>) {
             }
             _ => {
                 // A text message, sometimes in fragments, with control frames
-                // between the fragments (answered after the message, or not
-                // at all: pings inside a fragmented message are skipped).
+                // between the fragments: each is returned when read (so the
+                // read loop answers and rate-limits it), the fragments join.
                 let total = if rng.chance(10) {
                     max + 1 + rng.below(64)
                 } else {
@@ -292,9 +292,13 @@ fn build_stream(rng: &mut Rng, max: usize) -> (Vec<u8>, Vec<Expect>) {
                     bytes.extend(frame(rng, k == parts - 1, op, &p[start..end]));
                     start = end;
                     if k < parts - 1 && rng.chance(3) {
-                        let op = if rng.chance(2) { 0x9 } else { 0xA };
+                        let ping = rng.chance(2);
                         let c = rng.bytes(10);
-                        bytes.extend(frame(rng, true, op, &c));
+                        bytes.extend(frame(rng, true, if ping { 0x9 } else { 0xA }, &c));
+                        // Read only if the fragments so far fit the limit.
+                        if end <= max {
+                            expect.push(if ping { Expect::Ping(c) } else { Expect::Pong });
+                        }
                     }
                 }
                 expect.push(if total > max {
@@ -319,8 +323,9 @@ fn build_stream(rng: &mut Rng, max: usize) -> (Vec<u8>, Vec<Expect>) {
 fn read_all(input: &[u8], max: usize, ctx: &str) -> Vec<Result<InFrame, ReadError>> {
     let mut rd = input;
     let mut out = Vec::new();
+    let mut partial = Partial::default();
     for _ in 0..64 {
-        let r = block_on(read_frame(&mut rd, max));
+        let r = block_on(read_frame(&mut rd, max, &mut partial));
         if let Ok(InFrame::Text(p)) = &r {
             assert!(p.len() <= max, "{ctx}: text of {} bytes > {max}", p.len());
         }
@@ -399,7 +404,7 @@ fn huge_declared_lengths_are_refused_before_reading() {
         f.extend_from_slice(&[1, 2, 3, 4]);
         let mut rd = &f[..];
         assert_eq!(
-            block_on(read_frame(&mut rd, 4096)).err(),
+            block_on(read_frame(&mut rd, 4096, &mut Partial::default())).err(),
             Some(ReadError::TooBig)
         );
     }
@@ -409,7 +414,7 @@ fn huge_declared_lengths_are_refused_before_reading() {
     f.extend(frame(&mut rng, true, 0x0, &[b'b'; 97]));
     let mut rd = &f[..];
     assert_eq!(
-        block_on(read_frame(&mut rd, 4096)).err(),
+        block_on(read_frame(&mut rd, 4096, &mut Partial::default())).err(),
         Some(ReadError::TooBig)
     );
 }

@@ -232,19 +232,25 @@ export class FieldErrors {
 // ---- WebSocket with reconnect ---------------------------------------------
 
 const FATAL = { 4001: 'unauthorized', 4004: 'not_found', 4003: 'forbidden' };
+/** The same token opened a newer connection (another tab or device). */
+export const REPLACED = 4009;
 
 /**
  * A quiz WebSocket that reconnects by itself with exponential backoff and
  * jitter (0.5 s doubling to 10 s). Callbacks: onmessage(msg), onstatus(state,
  * info) with state 'connecting' | 'open' | 'reconnecting' | 'closed',
- * onfatal(code, reason) when the server refuses us (bad token, unknown quiz).
+ * onfatal(code, reason) when the server refuses us (bad token, unknown quiz),
+ * onreplaced() when a newer connection with the same token took over (4009):
+ * the socket stops instead of reconnecting (two tabs would otherwise replace
+ * each other in a loop); resume() takes the session back here.
  */
 export class QuizSocket {
-  constructor(quizId, token, { onmessage, onstatus, onfatal } = {}) {
+  constructor(quizId, token, { onmessage, onstatus, onfatal, onreplaced } = {}) {
     this.url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${quizPath(quizId)}/ws?token=${encodeURIComponent(token)}`;
     this.onmessage = onmessage || (() => {});
     this.onstatus = onstatus || (() => {});
     this.onfatal = onfatal || (() => {});
+    this.onreplaced = onreplaced || (() => {});
     this.attempt = 0;
     this.stopped = false;
     this.ws = null;
@@ -298,6 +304,12 @@ export class QuizSocket {
         this.onfatal(ev.code, ev.reason || FATAL[ev.code]);
         return;
       }
+      if (ev.code === REPLACED) {
+        this.stopped = true;
+        this.onstatus('closed', { code: ev.code });
+        this.onreplaced();
+        return;
+      }
       this.scheduleRetry();
     };
     ws.onerror = () => {}; // onclose follows
@@ -327,6 +339,14 @@ export class QuizSocket {
     }
     clearTimeout(this.timer);
     this.quiet = true;
+    this.connect();
+  }
+
+  /** After a 4009: connect again here (this replaces the other tab). */
+  resume() {
+    if (!this.stopped || this.ws) return;
+    this.stopped = false;
+    this.attempt = 0;
     this.connect();
   }
 
