@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -37,12 +38,61 @@ type Resp = Response<Full<Bytes>>;
 /// A connection's `max_connections` permit, until an upgrade takes it.
 type PermitSlot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
 
-/// What the routes work with: the service, this node's rooms, and the
-/// per-IP POST limiter.
+/// What the routes work with: the service, this node's rooms, the
+/// per-IP POST limiter and the leaderboard cache.
 struct Node {
     svc: Arc<QuizService>,
     rooms: Arc<Rooms>,
     post_limiter: IpLimiter,
+    boards: BoardCache,
+}
+
+/// `GET …/leaderboard` reads the store at most once per quiz and limit per
+/// `leaderboard_interval_ms` (the WebSocket boards' tick): the route is
+/// public, and every read runs a script on the quiz's master. Concurrent
+/// requests of one tick share one read (a `OnceCell` per slot; a failed
+/// read leaves it empty for the next request). Bounded like the IP
+/// limiter: past 10 000 slots the map is cleared.
+struct BoardCache {
+    map: DashMap<(String, usize), BoardSlot>,
+    ttl: Duration,
+}
+
+type BoardSlot = Arc<(tokio::time::Instant, tokio::sync::OnceCell<Bytes>)>;
+
+const BOARD_CACHE_MAX: usize = 10_000;
+
+impl BoardCache {
+    async fn get(
+        &self,
+        svc: &QuizService,
+        quiz_id: &str,
+        limit: usize,
+    ) -> Result<Bytes, QuizError> {
+        if self.map.len() > BOARD_CACHE_MAX {
+            self.map.clear();
+        }
+        let now = tokio::time::Instant::now();
+        let fresh = || Arc::new((now, tokio::sync::OnceCell::new()));
+        // The shard guard is dropped before the await.
+        let slot: BoardSlot = {
+            let mut e = self
+                .map
+                .entry((quiz_id.to_string(), limit))
+                .or_insert_with(fresh);
+            if now.duration_since(e.0) >= self.ttl {
+                *e = fresh();
+            }
+            Arc::clone(&e)
+        };
+        slot.1
+            .get_or_try_init(|| async {
+                let lb = svc.store.leaderboard(quiz_id, limit).await?;
+                Ok::<_, QuizError>(Bytes::from(serde_json::to_vec(&lb).unwrap_or_default()))
+            })
+            .await
+            .cloned()
+    }
 }
 
 /// Serves `listener` until shutdown; then drains connections and flushes
@@ -59,6 +109,10 @@ pub async fn serve(
             svc.config.http_post_rate_per_sec,
             svc.config.http_post_burst,
         ),
+        boards: BoardCache {
+            map: DashMap::new(),
+            ttl: Duration::from_millis(svc.config.leaderboard_interval_ms),
+        },
         svc: Arc::clone(&svc),
         rooms,
     });
@@ -201,7 +255,7 @@ async fn route(
         }
         (["v1", "quizzes", id, "players", pid], &Method::GET) if api => player(svc, id, pid).await,
         (["v1", "quizzes", id, "leaderboard"], &Method::GET) if api => {
-            leaderboard(svc, &req, id).await
+            leaderboard(node, &req, id).await
         }
         (["v1", "quizzes", id, action @ ("start" | "next" | "end")], &Method::POST) if api => {
             host_action(node, &req, id, action).await
@@ -345,12 +399,9 @@ async fn player(svc: &QuizService, id: &str, pid: &str) -> Result<Resp, QuizErro
     ))
 }
 
-/// `GET /v1/quizzes/{id}/leaderboard[?limit=n]`.
-async fn leaderboard(
-    svc: &QuizService,
-    req: &Request<Incoming>,
-    id: &str,
-) -> Result<Resp, QuizError> {
+/// `GET /v1/quizzes/{id}/leaderboard[?limit=n]`, from the per-tick cache.
+async fn leaderboard(node: &Node, req: &Request<Incoming>, id: &str) -> Result<Resp, QuizError> {
+    let svc = &node.svc;
     let limit = match query_param(req.uri().query(), "limit") {
         None => svc.config.leaderboard_top,
         Some(v) => match v.parse::<usize>() {
@@ -359,8 +410,11 @@ async fn leaderboard(
         },
     };
     svc.def(id).await?;
-    let lb = svc.store.leaderboard(id, limit).await?;
-    Ok(json(StatusCode::OK, &lb))
+    let body = node.boards.get(svc, id, limit).await?;
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
 }
 
 /// `POST /v1/quizzes/{id}/{start|next|end}` with the host's bearer token.

@@ -1463,6 +1463,59 @@ async fn crowd_limits(f: Factory) {
     n.stop().await;
 }
 
+/// The count of store leaderboard reads in `/metrics`.
+async fn store_leaderboard_reads(addr: SocketAddr) -> u64 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+        .await
+        .expect("metrics within 10 s")
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("quiz_store_seconds_count{") && l.contains("op=\"leaderboard\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `GET …/leaderboard` is public: the store is read at most once per quiz
+/// and limit per `leaderboard_interval_ms`, however many ask; a change
+/// shows up by the next tick.
+async fn leaderboard_route_reads_the_store_once_per_tick(f: Factory) {
+    let n = f
+        .start_with(Config {
+            leaderboard_interval_ms: 2000,
+            ..f.config()
+        })
+        .await;
+    let a = n.addr;
+    let (id, _) = create(a, "live", 1).await;
+    join(a, &id, "one").await;
+    let before = store_leaderboard_reads(a).await;
+    let path = format!("/v1/quizzes/{id}/leaderboard");
+    for _ in 0..30 {
+        let (s, v) = http(a, "GET", &path, &[], None).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["total_players"], 1);
+    }
+    let reads = store_leaderboard_reads(a).await - before;
+    // One per 2 s tick: 30 requests on loopback span one or two ticks.
+    assert!(reads <= 3, "{reads} store reads for 30 requests");
+    join(a, &id, "two").await;
+    testkit::eventually(
+        "the new player on the cached board",
+        Duration::from_secs(10),
+        || async {
+            let (_, v) = http(a, "GET", &path, &[], None).await;
+            (v["total_players"] == 2).then_some(())
+        },
+    )
+    .await;
+    n.stop().await;
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -1501,6 +1554,7 @@ contract!(
     server_pings_and_closes_idle_connections,
     control_frames_are_rate_limited,
     crowd_limits,
+    leaderboard_route_reads_the_store_once_per_tick,
 );
 
 /// The schema check has teeth: live values, deliberately broken, fail it

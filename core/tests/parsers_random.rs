@@ -12,6 +12,7 @@
 use futures::executor::block_on;
 use quiz_core::frame::{read_frame, InFrame, Partial, ReadError};
 use quiz_core::protocol::{parse_client, ClientMsg};
+use quiz_core::rules::{check_nickname, is_invisible};
 
 /// xorshift64*: small, fast, good enough to generate test inputs.
 struct Rng(u64);
@@ -416,5 +417,95 @@ fn huge_declared_lengths_are_refused_before_reading() {
     assert_eq!(
         block_on(read_frame(&mut rd, 4096, &mut Partial::default())).err(),
         Some(ReadError::TooBig)
+    );
+}
+
+/// Characters a nickname is built from: visible ones, spaces, and what must
+/// be refused (controls, bidi controls, zero-width and other invisible ones).
+const NICK_CHARS: &[char] = &[
+    'a',
+    'Z',
+    '0',
+    ' ',
+    'é',
+    'ß',
+    '東',
+    '🦀',
+    '\'',
+    '-',
+    '\u{7}',
+    '\u{1b}',
+    '\u{7f}',
+    '\u{85}',
+    '\u{00AD}',
+    '\u{034F}',
+    '\u{061C}',
+    '\u{180E}',
+    '\u{200B}',
+    '\u{200C}',
+    '\u{200D}',
+    '\u{200E}',
+    '\u{200F}',
+    '\u{2028}',
+    '\u{2029}',
+    '\u{202A}',
+    '\u{202B}',
+    '\u{202C}',
+    '\u{202D}',
+    '\u{202E}',
+    '\u{2060}',
+    '\u{2066}',
+    '\u{2067}',
+    '\u{2068}',
+    '\u{2069}',
+    '\u{3164}',
+    '\u{FE0F}',
+    '\u{FEFF}',
+    '\u{FFA0}',
+    '\u{E0001}',
+    '\u{E007F}',
+];
+
+/// Random nicknames: one is accepted exactly when, trimmed, it is 1–24
+/// characters with no control and no invisible character; an accepted one
+/// never carries a bidi control or a zero-width character.
+#[test]
+fn nickname_check_refuses_invisible_and_bidi_characters() {
+    let seed = seed();
+    let mut rng = Rng::new(seed ^ 0x2a7e);
+    let mut accepted = 0;
+    for it in 0..20_000 * scale() {
+        let n = rng.below(30);
+        let raw: String = (0..n)
+            .map(|_| {
+                if rng.chance(4) {
+                    NICK_CHARS[10 + rng.below(NICK_CHARS.len() - 10)]
+                } else {
+                    NICK_CHARS[rng.below(10)]
+                }
+            })
+            .collect();
+        let trimmed = raw.trim();
+        let want = !trimmed.is_empty()
+            && trimmed.chars().count() <= 24
+            && !trimmed.chars().any(|c| c.is_control() || is_invisible(c));
+        let got = check_nickname(&raw);
+        assert_eq!(
+            got.is_ok(),
+            want,
+            "seed {seed} iteration {it}: {raw:?} → {got:?}"
+        );
+        if let Ok(nick) = got {
+            accepted += 1;
+            assert!(
+                !nick.chars().any(|c| matches!(c,
+                    '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')),
+                "seed {seed} iteration {it}: {nick:?}"
+            );
+        }
+    }
+    assert!(
+        accepted > 1000,
+        "{accepted}: the generator must also build valid nicknames"
     );
 }

@@ -112,11 +112,17 @@ export function checkQuizId(id) {
 
 const chars = (s) => [...s].length;
 
+const INVISIBLE = /[\u00AD\u034F\u061C\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200F\u2028-\u202E\u2060-\u206F\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8\u{1BCA0}-\u{1BCA3}\u{1D173}-\u{1D17A}\u{E0000}-\u{E0FFF}]/u;
+
 export function checkNickname(raw) {
   const n = (raw || '').trim();
   if (!n || chars(n) > LIMITS.nicknameMax) return `nickname: must be 1–${LIMITS.nicknameMax} characters after trimming`;
   // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f\u007f-\u009f]/.test(n)) return 'nickname: must not contain control characters';
+  // The same set as core's rules::is_invisible (Default_Ignorable_Code_Point,
+  // bidi controls, line/paragraph separators).
+  // (JS's trim() removes U+FEFF, core's does not: look at the raw text too.)
+  if (INVISIBLE.test(n) || /\uFEFF/.test(raw || '')) return 'nickname: must not contain invisible characters (zero-width, bidirectional controls, joiners, fillers, variation selectors)';
   return null;
 }
 

@@ -138,3 +138,10 @@ test('a socket replaced by a newer one (4009) stops instead of reconnecting; res
     Object.assign(globalThis, saved);
   }
 });
+
+test('nicknames with invisible or bidi characters are refused like the API does', () => {
+  for (const bad of ['evil\u202Egnp.exe', '\u2066admin\u2069', 'Al\u200Bice', 'Al\u200Dice', '\uFEFFbob', '\u3164', 'x\u{E0041}']) {
+    assert.match(checkNickname(bad) || '', /invisible/, JSON.stringify(bad));
+  }
+  for (const ok of ['Zoë', '東京', 'Ana María', '🦀 crab']) assert.equal(checkNickname(ok), null, ok);
+});
