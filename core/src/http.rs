@@ -26,7 +26,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::config::Tier;
 use crate::error::QuizError;
 use crate::limit::IpLimiter;
-use crate::model::{Mode, Standing};
+use crate::model::{Leaderboard, Mode, Standing};
 use crate::protocol::{self, CreateQuizReq, JoinReq, JoinResp, JoinedQuiz, PlayerView, QuizView};
 use crate::room::Rooms;
 use crate::rules::HostAction;
@@ -47,28 +47,30 @@ struct Node {
     boards: BoardCache,
 }
 
-/// `GET …/leaderboard` reads the store at most once per quiz and limit per
+/// `GET …/leaderboard` reads the store at most once per quiz per
 /// `leaderboard_interval_ms` (the WebSocket boards' tick): the route is
-/// public, and every read runs a script on the quiz's master. Concurrent
-/// requests of one tick share one read (a `OnceCell` per slot; a failed
-/// read leaves it empty for the next request). Bounded like the IP
-/// limiter: past 10 000 slots the map is cleared.
+/// public, and every read runs a script on the quiz's master. One read of
+/// the top 100 serves every `limit` (the top is sorted: a smaller limit is
+/// a prefix). Concurrent requests of one tick share one read (a
+/// `OnceCell` per slot; a failed read leaves it empty for the next
+/// request). A join or host action through this node drops the quiz's
+/// slot, so its caller reads its own write; other nodes' changes show up
+/// within a tick. Bounded like the IP limiter: past 10 000 quizzes the map
+/// is cleared.
 struct BoardCache {
-    map: DashMap<(String, usize), BoardSlot>,
+    map: DashMap<String, BoardSlot>,
     ttl: Duration,
 }
 
-type BoardSlot = Arc<(tokio::time::Instant, tokio::sync::OnceCell<Bytes>)>;
+type BoardSlot = Arc<(
+    tokio::time::Instant,
+    tokio::sync::OnceCell<Arc<Leaderboard>>,
+)>;
 
 const BOARD_CACHE_MAX: usize = 10_000;
 
 impl BoardCache {
-    async fn get(
-        &self,
-        svc: &QuizService,
-        quiz_id: &str,
-        limit: usize,
-    ) -> Result<Bytes, QuizError> {
+    async fn get(&self, svc: &QuizService, quiz_id: &str) -> Result<Arc<Leaderboard>, QuizError> {
         if self.map.len() > BOARD_CACHE_MAX {
             self.map.clear();
         }
@@ -76,10 +78,7 @@ impl BoardCache {
         let fresh = || Arc::new((now, tokio::sync::OnceCell::new()));
         // The shard guard is dropped before the await.
         let slot: BoardSlot = {
-            let mut e = self
-                .map
-                .entry((quiz_id.to_string(), limit))
-                .or_insert_with(fresh);
+            let mut e = self.map.entry(quiz_id.to_string()).or_insert_with(fresh);
             if now.duration_since(e.0) >= self.ttl {
                 *e = fresh();
             }
@@ -87,11 +86,15 @@ impl BoardCache {
         };
         slot.1
             .get_or_try_init(|| async {
-                let lb = svc.store.leaderboard(quiz_id, limit).await?;
-                Ok::<_, QuizError>(Bytes::from(serde_json::to_vec(&lb).unwrap_or_default()))
+                Ok::<_, QuizError>(Arc::new(svc.store.leaderboard(quiz_id, 100).await?))
             })
             .await
             .cloned()
+    }
+
+    /// This node changed the quiz: the next request reads the store.
+    fn invalidate(&self, quiz_id: &str) {
+        self.map.remove(quiz_id);
     }
 }
 
@@ -251,7 +254,9 @@ async fn route(
         }
         (["v1", "quizzes", id, "players"], &Method::POST) if api => {
             rate_limit(node, peer)?;
-            join(svc, req, id).await
+            let r = join(svc, req, id).await;
+            node.boards.invalidate(id);
+            r
         }
         (["v1", "quizzes", id, "players", pid], &Method::GET) if api => player(svc, id, pid).await,
         (["v1", "quizzes", id, "leaderboard"], &Method::GET) if api => {
@@ -410,11 +415,16 @@ async fn leaderboard(node: &Node, req: &Request<Incoming>, id: &str) -> Result<R
         },
     };
     svc.def(id).await?;
-    let body = node.boards.get(svc, id, limit).await?;
-    let mut r = Response::new(Full::new(body));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(r)
+    let lb = node.boards.get(svc, id).await?;
+    Ok(json(
+        StatusCode::OK,
+        &Leaderboard {
+            quiz_id: lb.quiz_id.clone(),
+            version: lb.version,
+            total_players: lb.total_players,
+            top: lb.top.iter().take(limit).cloned().collect(),
+        },
+    ))
 }
 
 /// `POST /v1/quizzes/{id}/{start|next|end}` with the host's bearer token.
@@ -442,6 +452,7 @@ async fn host_action(
     svc.def(id).await?;
     svc.authorize_host(id, bearer)?;
     let (def, state) = svc.host_action(id, action).await?;
+    node.boards.invalidate(id);
     // The room re-reads the state now (other nodes' rooms hear it on the bus).
     node.rooms.wake(id);
     Ok(json(StatusCode::OK, &QuizView::new(&def, &state)))

@@ -82,7 +82,15 @@ impl QuizService {
         };
         let store: Arc<dyn QuizStore> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
         Arc::new(QuizService {
-            tokens: TokenKey::new(secret.as_bytes()),
+            // A token lives as long as its quiz can: the quiz's keys expire
+            // `redis_retention_live_s` after its last change, then
+            // `redis_retention_ended_s` after the end.
+            tokens: TokenKey::new(
+                secret.as_bytes(),
+                config
+                    .redis_retention_live_s
+                    .saturating_add(config.redis_retention_ended_s),
+            ),
             defs: DashMap::new(),
             states: DashMap::new(),
             config,
@@ -233,11 +241,14 @@ impl QuizService {
             },
         ))
         .await?;
-        let host_token = self.tokens.sign(&Claims {
-            quiz_id: def.quiz_id.clone(),
-            role: Role::Host,
-            player_id: String::new(),
-        });
+        let host_token = self.tokens.sign(
+            &Claims {
+                quiz_id: def.quiz_id.clone(),
+                role: Role::Host,
+                player_id: String::new(),
+            },
+            def.created_at_ms,
+        );
         let def = Arc::new(def);
         self.defs.insert(def.quiz_id.clone(), Arc::clone(&def));
         Ok((def, host_token))
@@ -332,11 +343,15 @@ impl QuizService {
             },
         ))
         .await?;
-        let token = self.tokens.sign(&Claims {
-            quiz_id: quiz_id.to_string(),
-            role: Role::Player,
-            player_id: player.player_id.clone(),
-        });
+        // Issued at the join time: a replayed join gets the same token.
+        let token = self.tokens.sign(
+            &Claims {
+                quiz_id: quiz_id.to_string(),
+                role: Role::Player,
+                player_id: player.player_id.clone(),
+            },
+            player.joined_at_ms,
+        );
         let lb = self
             .store
             .leaderboard(quiz_id, self.config.leaderboard_top)

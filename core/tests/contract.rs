@@ -1557,6 +1557,42 @@ contract!(
     leaderboard_route_reads_the_store_once_per_tick,
 );
 
+/// Tokens expire with their quiz's retention (`redis_retention_live_s +
+/// redis_retention_ended_s` after the join or the creation): then the
+/// WebSocket closes with 4001 and host actions answer 401. (Embedded: the
+/// memory store keeps the quiz, so only the token's expiry is at play.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_tokens_expire_with_the_quiz_retention() {
+    let f = Factory::new(Kind::Embedded).await;
+    let n = f
+        .start_with(Config {
+            redis_retention_live_s: 1,
+            redis_retention_ended_s: 1,
+            ..f.config()
+        })
+        .await;
+    let (id, host_token) = create(n.addr, "live", 1).await;
+    let (_, token) = join(n.addr, &id, "brief").await;
+    let mut w = ws(n.addr, &id, &token).await;
+    expect(&mut w, "welcome").await;
+    drop(w);
+    // Past the 2 s lifetime (whole seconds: at most 3 s).
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let mut w = ws(n.addr, &id, &token).await;
+    assert_eq!(expect_close(&mut w).await, 4001);
+    let (s, v) = host(n.addr, &id, "start", &host_token).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
+    n.stop().await;
+}
+
 /// The schema check has teeth: live values, deliberately broken, fail it
 /// (a response, a server message, an event-log record).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
