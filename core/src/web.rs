@@ -129,6 +129,18 @@ mod tests {
             assert!(!page.contains("<style"), "{path}: inline style element");
             assert!(!page.contains(" onclick="), "{path}: inline handler");
         }
+        // Nor may the modules build style attributes (the CSSOM is fine).
+        for (path, _, body) in FILES.iter().filter(|f| f.1 == JS) {
+            let js = std::str::from_utf8(body).unwrap();
+            for bad in [
+                "{ style:",
+                ", style:",
+                "setAttribute('style'",
+                ".style.cssText",
+            ] {
+                assert!(!js.contains(bad), "{path}: {bad} is blocked by the CSP");
+            }
+        }
     }
 
     #[test]
