@@ -96,6 +96,7 @@ async fn new_quiz(store: &RedisClusterStore, id: &str, players: usize) -> anyhow
                     nickname: format!("n{p}"),
                     joined_at_ms: 1,
                 },
+                u64::MAX,
             )
             .await?;
     }

@@ -91,8 +91,20 @@ pub struct Config {
     pub event_log: PathBuf,
     /// Embedded mode: create the quiz `demo` at start.
     pub demo_quiz: bool,
-    /// Operators may require `X-Admin-Key` on `POST /v1/quizzes`.
+    /// Operators may require `X-Admin-Key` on `POST /v1/quizzes`. Required
+    /// in distributed mode unless `admin_open` says otherwise.
     pub admin_key: Option<String>,
+    /// Distributed mode without an admin key: anyone may create quizzes.
+    /// Must be said explicitly (a public deployment would otherwise be open
+    /// by omission).
+    pub admin_open: bool,
+    /// Players one quiz may have; past it, joins answer 409 `quiz_full`
+    /// (checked atomically with the join in the store).
+    pub max_players_per_quiz: u64,
+    /// Largest quiz definition (its JSON, as stored and as carried by the
+    /// `quiz_created` event) accepted by `POST /v1/quizzes` (413 past it).
+    /// Must stay below Kafka's message size limit.
+    pub quiz_max_bytes: usize,
     /// Leaderboard entries in the `leaderboard` message.
     pub leaderboard_top: usize,
     /// Minimum time between two `leaderboard` messages of one quiz.
@@ -111,7 +123,14 @@ pub struct Config {
     /// A single frame write taking longer than this closes the connection as
     /// a slow consumer.
     pub ws_write_timeout_ms: u64,
-    /// Cap on concurrently open TCP connections; past it, new ones are
+    /// The server pings every WebSocket this often (one sweep per room).
+    pub ws_ping_interval_ms: u64,
+    /// A WebSocket with no inbound frame (pongs included) for this long is
+    /// closed with 4010 (checked at each ping sweep).
+    pub ws_idle_timeout_ms: u64,
+    /// Cap on concurrently open TCP connections, upgraded WebSockets
+    /// included (the permit moves to the socket at the upgrade); past it,
+    /// new ones are
     /// closed at once.
     pub max_connections: usize,
     pub http_max_body_bytes: usize,
@@ -154,6 +173,9 @@ impl Default for Config {
             event_log: PathBuf::from("quiz-events.jsonl"),
             demo_quiz: true,
             admin_key: None,
+            admin_open: false,
+            max_players_per_quiz: 1_000_000,
+            quiz_max_bytes: 512 * 1024,
             leaderboard_top: 10,
             leaderboard_interval_ms: 500,
             reconcile_interval_ms: 1000,
@@ -162,6 +184,8 @@ impl Default for Config {
             ws_rate_burst: 40,
             ws_queue_capacity: 64,
             ws_write_timeout_ms: 10_000,
+            ws_ping_interval_ms: 20_000,
+            ws_idle_timeout_ms: 60_000,
             max_connections: 19_000,
             http_max_body_bytes: 1 << 20,
             http_post_rate_per_sec: 200,
@@ -172,6 +196,14 @@ impl Default for Config {
         }
     }
 }
+
+/// librdkafka's default `message.max.bytes` (the producer refuses a larger
+/// record; brokers default to about the same).
+pub const KAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room left in a Kafka message for the `quiz_created` event around the
+/// quiz definition (ids, title, times; JSON escaping may grow the text).
+pub const EVENT_ENVELOPE_BYTES: usize = 64 * 1024;
 
 /// librdkafka properties `kafka_properties` may not set, and why: the
 /// producer's delivery guarantee (idempotence, all replicas) is what "an
@@ -266,6 +298,10 @@ pub struct Cli {
     pub demo_quiz: Option<bool>,
     #[arg(long, env = "QUIZ_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    #[arg(long, env = "QUIZ_ADMIN_OPEN")]
+    pub admin_open: Option<bool>,
+    #[arg(long, env = "QUIZ_MAX_PLAYERS_PER_QUIZ")]
+    pub max_players_per_quiz: Option<u64>,
     #[arg(long, env = "QUIZ_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     #[arg(long, env = "QUIZ_LOG_FORMAT", value_enum)]
@@ -315,6 +351,8 @@ impl Config {
         set(&mut self.event_log, &cli.event_log);
         set(&mut self.demo_quiz, &cli.demo_quiz);
         set(&mut self.max_connections, &cli.max_connections);
+        set(&mut self.admin_open, &cli.admin_open);
+        set(&mut self.max_players_per_quiz, &cli.max_players_per_quiz);
         set(&mut self.log_format, &cli.log_format);
         if cli.admin_key.is_some() {
             self.admin_key = cli.admin_key.clone();
@@ -405,6 +443,35 @@ impl Config {
                 "distributed mode needs a secret of at least 16 bytes shared by all nodes",
             );
         }
+        if redis && self.admin_key.is_none() && !self.admin_open {
+            return bad(
+                "admin_key",
+                "distributed mode needs an admin key (QUIZ_ADMIN_KEY) for POST /v1/quizzes, \
+                 or admin_open = true (QUIZ_ADMIN_OPEN=true) to let anyone create quizzes",
+            );
+        }
+        if self.admin_key.as_deref().is_some_and(|k| k.len() < 16) {
+            return bad("admin_key", "must be at least 16 bytes");
+        }
+        if self.max_players_per_quiz == 0 {
+            return bad("max_players_per_quiz", "must be > 0");
+        }
+        let kafka_max = self
+            .kafka_properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(KAFKA_MESSAGE_MAX_BYTES);
+        if self.quiz_max_bytes == 0
+            || self.quiz_max_bytes.saturating_add(EVENT_ENVELOPE_BYTES) > kafka_max
+        {
+            return bad(
+                "quiz_max_bytes",
+                format!(
+                    "must be > 0 and leave {EVENT_ENVELOPE_BYTES} bytes of the Kafka message \
+                     limit ({kafka_max}, message.max.bytes) for the event's envelope"
+                ),
+            );
+        }
         if kafka && self.kafka_topic.trim().is_empty() {
             return bad("kafka_topic", "must not be empty");
         }
@@ -469,6 +536,15 @@ impl Config {
         if self.ws_queue_capacity == 0 {
             return bad("ws_queue_capacity", "must be > 0");
         }
+        if self.ws_ping_interval_ms < 100 {
+            return bad("ws_ping_interval_ms", "must be >= 100");
+        }
+        if self.ws_idle_timeout_ms <= self.ws_ping_interval_ms {
+            return bad(
+                "ws_idle_timeout_ms",
+                "must be longer than ws_ping_interval_ms (a pong needs a ping first)",
+            );
+        }
         if self.max_connections == 0 {
             return bad("max_connections", "must be > 0");
         }
@@ -515,6 +591,7 @@ mod tests {
             redis_nodes: vec!["127.0.0.1:7000".into()],
             kafka_brokers: "k:9092".into(),
             token_secret: "0123456789abcdef".into(),
+            admin_open: true,
             ..Config::default()
         };
         let mut c = base.clone();
@@ -584,6 +661,7 @@ mod tests {
             redis_nodes: Some("x:1, y:2".into()),
             kafka_brokers: Some("k:9092".into()),
             token_secret: Some("0123456789abcdef".into()),
+            admin_open: Some(true),
             ..Cli::default()
         };
         let c = Config::load(&cli).unwrap();
@@ -591,6 +669,61 @@ mod tests {
         assert_eq!(c.node_name, "b");
         assert_eq!(c.redis_nodes, vec!["x:1", "y:2"]);
         assert!(!c.is_embedded());
+    }
+
+    /// Distributed mode is closed by default: an admin key, or an explicit
+    /// `admin_open`.
+    #[test]
+    fn distributed_mode_needs_an_admin_key_or_admin_open() {
+        let base = Config {
+            redis_nodes: vec!["127.0.0.1:7000".into()],
+            kafka_brokers: "k:9092".into(),
+            token_secret: "0123456789abcdef".into(),
+            ..Config::default()
+        };
+        let e = base.validate().unwrap_err().to_string();
+        assert!(e.contains("admin_key") && e.contains("admin_open"), "{e}");
+        let keyed = Config {
+            admin_key: Some("an-admin-key-of-16+".into()),
+            ..base.clone()
+        };
+        keyed.validate().unwrap();
+        let short = Config {
+            admin_key: Some("short".into()),
+            ..base.clone()
+        };
+        assert!(short
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("admin_key"));
+        let open = Config {
+            admin_open: true,
+            ..base.clone()
+        };
+        open.validate().unwrap();
+        // Embedded mode stays open by default (the local demo).
+        Config::default().validate().unwrap();
+    }
+
+    /// A quiz definition must fit a Kafka message with its event envelope.
+    #[test]
+    fn quiz_max_bytes_stays_below_the_kafka_message_limit() {
+        let c = Config {
+            quiz_max_bytes: 1 << 20,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("quiz_max_bytes"));
+        let mut raised = c.clone();
+        raised
+            .kafka_properties
+            .insert("message.max.bytes".into(), "4000000".into());
+        raised.validate().unwrap();
+        Config::default().validate().unwrap();
     }
 
     #[test]

@@ -25,14 +25,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use fastwebsockets::Frame;
 use tokio::io::{AsyncRead, BufReader};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::QuizError;
-use crate::frame::{linger, read_frame, InFrame, ReadError};
+use crate::frame::{linger, read_frame, InFrame, Partial, ReadError};
 use crate::limit::Rate;
 use crate::model::{now_ms, Mode, Phase, QuizDef, QuizState};
-use crate::outbox::{close, write_loop, OutFrame, Outbox};
+use crate::outbox::{close, uptime_s, write_loop, OutFrame, Outbox};
 use crate::protocol::{self, ClientMsg, QuestionMsg, Welcome};
 use crate::room::{Member, Membership, Rooms};
 use crate::self_paced::{self, Presented};
@@ -61,7 +62,10 @@ pub async fn serve(
     quiz_id: String,
     token: Option<String>,
     shutdown: CancellationToken,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
+    // This socket's place under `max_connections`, until it closes.
+    let _permit = permit;
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(e) => {
@@ -325,6 +329,7 @@ async fn read_loop<R: AsyncRead + Unpin>(s: &Session<'_>, rd: &mut R) {
     let rate = Rate::new(svc.config.ws_rate_per_sec, svc.config.ws_rate_burst);
     let mut bucket = rate.full(Instant::now());
     let mut allow = || rate.allow(&mut bucket, Instant::now());
+    let mut partial = Partial::default();
     loop {
         let frame = tokio::select! {
             // Closed by the writer / room (slow consumer) or by shutdown.
@@ -334,8 +339,11 @@ async fn read_loop<R: AsyncRead + Unpin>(s: &Session<'_>, rd: &mut R) {
                 }
                 return;
             }
-            f = read_frame(rd, max) => f,
+            f = read_frame(rd, max, &mut partial) => f,
         };
+        // Anything from the client, pongs included, keeps it alive for the
+        // room's keepalive sweep.
+        outbox.saw_inbound(uptime_s());
         let payload = match frame {
             Ok(InFrame::Text(p)) => p,
             Ok(InFrame::Binary) => {
@@ -355,7 +363,14 @@ async fn read_loop<R: AsyncRead + Unpin>(s: &Session<'_>, rd: &mut R) {
                 outbox.push(OutFrame::Pong(Bytes::from(p)));
                 continue;
             }
-            Ok(InFrame::Pong) => continue,
+            // Pongs count against the rate like everything else (one
+            // answers the server's ping every `ws_ping_interval_ms`).
+            Ok(InFrame::Pong) => {
+                if !allow() {
+                    return outbox.close(close::POLICY, "rate limit exceeded");
+                }
+                continue;
+            }
             Ok(InFrame::Close) => return outbox.close(close::NORMAL, ""),
             Err(ReadError::TooBig) => return outbox.close(close::TOO_BIG, "frame too large"),
             Err(ReadError::Protocol(why)) => return outbox.close(close::PROTOCOL, why),

@@ -23,6 +23,9 @@ pub enum QuizError {
     RateLimited(String),
     #[error("{0}")]
     Unavailable(String),
+    /// 409 with its own code: the quiz has `max_players_per_quiz` players.
+    #[error("{0}")]
+    QuizFull(String),
 }
 
 impl QuizError {
@@ -36,6 +39,7 @@ impl QuizError {
             QuizError::TooLarge(_) => "too_large",
             QuizError::RateLimited(_) => "rate_limited",
             QuizError::Unavailable(_) => "unavailable",
+            QuizError::QuizFull(_) => "quiz_full",
         }
     }
 }
@@ -46,6 +50,9 @@ impl From<StoreError> for QuizError {
             StoreError::Conflict(m) => QuizError::Conflict(m),
             StoreError::NotFound(m) => QuizError::NotFound(m),
             StoreError::Unavailable(m) => QuizError::Unavailable(format!("store: {m}")),
+            StoreError::Full(m) => QuizError::QuizFull(format!(
+                "{m}: no more players can join (max_players_per_quiz)"
+            )),
         }
     }
 }

@@ -29,13 +29,22 @@ pub enum ReadError {
     Closed,
 }
 
-/// Reads one client message (RFC 6455 §5; client frames must be masked).
-/// Fragmented messages are reassembled, their total bounded by `max`.
+/// A fragmented message being reassembled (opcode, payload so far). The
+/// caller keeps it between calls, so a control frame between fragments is
+/// returned at once (answered, rate-limited, counted as inbound) without
+/// losing the fragments read so far.
+#[derive(Debug, Default)]
+pub struct Partial(Option<(u8, Vec<u8>)>);
+
+/// Reads one client frame (RFC 6455 §5; client frames must be masked):
+/// a control frame, or a complete data message. Fragmented messages are
+/// reassembled in `partial`, their total bounded by `max`.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
     max: usize,
+    partial: &mut Partial,
 ) -> Result<InFrame, ReadError> {
-    let mut partial: Option<(u8, Vec<u8>)> = None;
+    let partial = &mut partial.0;
     loop {
         let mut head = [0u8; 2];
         rd.read_exact(&mut head)
@@ -81,7 +90,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
                 if fin {
                     return Ok(finish(opcode, payload));
                 }
-                partial = Some((opcode, payload));
+                *partial = Some((opcode, payload));
             }
             0x0 => {
                 let Some((op, mut acc)) = partial.take() else {
@@ -91,18 +100,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
                 if fin {
                     return Ok(finish(op, acc));
                 }
-                partial = Some((op, acc));
+                *partial = Some((op, acc));
             }
             0x8 => return Ok(InFrame::Close),
-            // A ping inside a fragmented message is not answered: returning
-            // it would lose the fragments read so far.
-            0x9 if partial.is_none() => return Ok(InFrame::Ping(payload)),
-            0x9 => {}
-            0xA => {
-                if partial.is_none() {
-                    return Ok(InFrame::Pong);
-                }
-            }
+            // Also between fragments: `partial` keeps them for the next call.
+            0x9 => return Ok(InFrame::Ping(payload)),
+            0xA => return Ok(InFrame::Pong),
             _ => return Err(ReadError::Protocol("unknown opcode")),
         }
     }
@@ -156,6 +159,26 @@ mod tests {
         out
     }
 
+    /// Every pong is returned, inside a fragmented message too (the read
+    /// loop rate-limits and counts each one).
+    #[tokio::test]
+    async fn control_frames_between_fragments_are_returned() {
+        let mut bytes = client_frame(false, 1, b"a");
+        for _ in 0..3 {
+            bytes.extend(client_frame(true, 0xA, b""));
+        }
+        bytes.extend(client_frame(true, 0, b"b"));
+        let mut rd = &bytes[..];
+        let p = &mut Partial::default();
+        for _ in 0..3 {
+            assert_eq!(read_frame(&mut rd, 4096, p).await, Ok(InFrame::Pong));
+        }
+        assert_eq!(
+            read_frame(&mut rd, 4096, p).await,
+            Ok(InFrame::Text(b"ab".to_vec()))
+        );
+    }
+
     #[tokio::test]
     async fn reads_frames() {
         let mut bytes = client_frame(true, 1, br#"{"type":"ping"}"#);
@@ -164,26 +187,36 @@ mod tests {
         bytes.extend(client_frame(true, 0, b"cd"));
         bytes.extend(client_frame(true, 1, &vec![b'x'; 5000]));
         let mut rd = &bytes[..];
+        let p = &mut Partial::default();
         assert_eq!(
-            read_frame(&mut rd, 4096).await,
+            read_frame(&mut rd, 4096, p).await,
             Ok(InFrame::Text(br#"{"type":"ping"}"#.to_vec()))
         );
-        // A ping inside a fragmented message is skipped; fragments join.
+        // A ping inside a fragmented message is returned (so the caller
+        // answers and rate-limits it); the fragments still join.
         assert_eq!(
-            read_frame(&mut rd, 4096).await,
+            read_frame(&mut rd, 4096, p).await,
+            Ok(InFrame::Ping(b"p".to_vec()))
+        );
+        assert_eq!(
+            read_frame(&mut rd, 4096, p).await,
             Ok(InFrame::Text(b"abcd".to_vec()))
         );
         let mut rd = &client_frame(true, 1, &vec![b'x'; 5000])[..];
-        assert_eq!(read_frame(&mut rd, 4096).await, Err(ReadError::TooBig));
+        let p = &mut Partial::default();
+        assert_eq!(read_frame(&mut rd, 4096, p).await, Err(ReadError::TooBig));
         let unmasked = [0x81u8, 0x01, b'x'];
         assert!(matches!(
-            read_frame(&mut &unmasked[..], 4096).await,
+            read_frame(&mut &unmasked[..], 4096, p).await,
             Err(ReadError::Protocol(_))
         ));
-        assert_eq!(read_frame(&mut &[][..], 4096).await, Err(ReadError::Closed));
+        assert_eq!(
+            read_frame(&mut &[][..], 4096, p).await,
+            Err(ReadError::Closed)
+        );
         let huge = [0x81u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
         assert_eq!(
-            read_frame(&mut &huge[..], 4096).await,
+            read_frame(&mut &huge[..], 4096, p).await,
             Err(ReadError::TooBig)
         );
     }

@@ -12,18 +12,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::Tier;
 use crate::error::QuizError;
 use crate::limit::IpLimiter;
-use crate::model::{Mode, Standing};
+use crate::model::{Leaderboard, Mode, Standing};
 use crate::protocol::{self, CreateQuizReq, JoinReq, JoinResp, JoinedQuiz, PlayerView, QuizView};
 use crate::room::Rooms;
 use crate::rules::HostAction;
@@ -32,12 +35,67 @@ use crate::shutdown::Shutdown;
 
 type Resp = Response<Full<Bytes>>;
 
-/// What the routes work with: the service, this node's rooms, and the
-/// per-IP POST limiter.
+/// A connection's `max_connections` permit, until an upgrade takes it.
+type PermitSlot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
+
+/// What the routes work with: the service, this node's rooms, the
+/// per-IP POST limiter and the leaderboard cache.
 struct Node {
     svc: Arc<QuizService>,
     rooms: Arc<Rooms>,
     post_limiter: IpLimiter,
+    boards: BoardCache,
+}
+
+/// `GET …/leaderboard` reads the store at most once per quiz per
+/// `leaderboard_interval_ms` (the WebSocket boards' tick): the route is
+/// public, and every read runs a script on the quiz's master. One read of
+/// the top 100 serves every `limit` (the top is sorted: a smaller limit is
+/// a prefix). Concurrent requests of one tick share one read (a
+/// `OnceCell` per slot; a failed read leaves it empty for the next
+/// request). A join or host action through this node drops the quiz's
+/// slot, so its caller reads its own write; other nodes' changes show up
+/// within a tick. Bounded like the IP limiter: past 10 000 quizzes the map
+/// is cleared.
+struct BoardCache {
+    map: DashMap<String, BoardSlot>,
+    ttl: Duration,
+}
+
+type BoardSlot = Arc<(
+    tokio::time::Instant,
+    tokio::sync::OnceCell<Arc<Leaderboard>>,
+)>;
+
+const BOARD_CACHE_MAX: usize = 10_000;
+
+impl BoardCache {
+    async fn get(&self, svc: &QuizService, quiz_id: &str) -> Result<Arc<Leaderboard>, QuizError> {
+        if self.map.len() > BOARD_CACHE_MAX {
+            self.map.clear();
+        }
+        let now = tokio::time::Instant::now();
+        let fresh = || Arc::new((now, tokio::sync::OnceCell::new()));
+        // The shard guard is dropped before the await.
+        let slot: BoardSlot = {
+            let mut e = self.map.entry(quiz_id.to_string()).or_insert_with(fresh);
+            if now.duration_since(e.0) >= self.ttl {
+                *e = fresh();
+            }
+            Arc::clone(&e)
+        };
+        slot.1
+            .get_or_try_init(|| async {
+                Ok::<_, QuizError>(Arc::new(svc.store.leaderboard(quiz_id, 100).await?))
+            })
+            .await
+            .cloned()
+    }
+
+    /// This node changed the quiz: the next request reads the store.
+    fn invalidate(&self, quiz_id: &str) {
+        self.map.remove(quiz_id);
+    }
 }
 
 /// Serves `listener` until shutdown; then drains connections and flushes
@@ -54,6 +112,10 @@ pub async fn serve(
             svc.config.http_post_rate_per_sec,
             svc.config.http_post_burst,
         ),
+        boards: BoardCache {
+            map: DashMap::new(),
+            ttl: Duration::from_millis(svc.config.leaderboard_interval_ms),
+        },
         svc: Arc::clone(&svc),
         rooms,
     });
@@ -86,13 +148,17 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let node = Arc::clone(&node);
         let sd = shutdown.clone();
+        // The connection's place under `max_connections`. An upgrade takes
+        // it out of the slot into the WebSocket's task (hyper's connection
+        // ends at the upgrade; the socket lives on and still counts).
+        let permit: PermitSlot = Arc::new(Mutex::new(Some(permit)));
         shutdown.spawn(async move {
-            let _permit = permit;
             let sd2 = sd.clone();
             let service = hyper::service::service_fn(move |req| {
                 let node = Arc::clone(&node);
                 let sd = sd2.clone();
-                async move { Ok::<_, Infallible>(handle(node, req, peer, sd).await) }
+                let permit = Arc::clone(&permit);
+                async move { Ok::<_, Infallible>(handle(node, req, peer, sd, permit).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -121,8 +187,14 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, sd: Shutdown) -> Resp {
-    let resp = match route(&node, req, peer, &sd).await {
+async fn handle(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    sd: Shutdown,
+    permit: PermitSlot,
+) -> Resp {
+    let resp = match route(&node, req, peer, &sd, &permit).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
@@ -139,6 +211,7 @@ async fn route(
     req: Request<Incoming>,
     peer: SocketAddr,
     sd: &Shutdown,
+    permit: &PermitSlot,
 ) -> Result<Resp, QuizError> {
     let svc = &node.svc;
     let path = req.uri().path().to_string();
@@ -168,7 +241,7 @@ async fn route(
             if tier == Tier::Api {
                 return not_served("the WebSocket route");
             }
-            ws_upgrade(node, req, id, sd)
+            ws_upgrade(node, req, id, sd, permit)
         }
         (["v1", "quizzes"], &Method::POST) if api => {
             rate_limit(node, peer)?;
@@ -181,11 +254,13 @@ async fn route(
         }
         (["v1", "quizzes", id, "players"], &Method::POST) if api => {
             rate_limit(node, peer)?;
-            join(svc, req, id).await
+            let r = join(svc, req, id).await;
+            node.boards.invalidate(id);
+            r
         }
         (["v1", "quizzes", id, "players", pid], &Method::GET) if api => player(svc, id, pid).await,
         (["v1", "quizzes", id, "leaderboard"], &Method::GET) if api => {
-            leaderboard(svc, &req, id).await
+            leaderboard(node, &req, id).await
         }
         (["v1", "quizzes", id, action @ ("start" | "next" | "end")], &Method::POST) if api => {
             host_action(node, &req, id, action).await
@@ -210,13 +285,36 @@ async fn readyz(svc: &QuizService, sd: &Shutdown) -> Result<Resp, QuizError> {
             "not ready: draining before shutdown".into(),
         ));
     }
-    match svc.ready().await {
+    readiness(svc.ready().await)
+}
+
+/// `/readyz`'s answer: the status only. Why the node is not ready (a store
+/// or broker error, with addresses and names in it) goes to the log, not
+/// to whoever asks on the public port.
+fn readiness(ready: Result<(), String>) -> Result<Resp, QuizError> {
+    match ready {
         Ok(()) => Ok(json(
             StatusCode::OK,
             &serde_json::json!({"status": "ready"}),
         )),
-        Err(why) => Err(QuizError::Unavailable(format!("not ready: {why}"))),
+        Err(why) => {
+            tracing::warn!(reason = %why, "not ready");
+            Err(QuizError::Unavailable(
+                "not ready: a backend is unavailable (see the node's log)".into(),
+            ))
+        }
     }
+}
+
+/// Compares two secrets in time that depends only on their lengths (the
+/// admin key: an early exit at the first differing byte would let a
+/// client find it byte by byte from response times).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 /// `POST /v1/quizzes`.
@@ -225,8 +323,8 @@ async fn create_quiz(svc: &QuizService, req: Request<Incoming>) -> Result<Resp, 
         let given = req
             .headers()
             .get("x-admin-key")
-            .and_then(|v| v.to_str().ok());
-        if given != Some(key.as_str()) {
+            .map_or(&b""[..], |v| v.as_bytes());
+        if !constant_time_eq(given, key.as_bytes()) {
             return Err(QuizError::Unauthorized(
                 "x-admin-key: this node requires the admin key to create quizzes".into(),
             ));
@@ -306,12 +404,9 @@ async fn player(svc: &QuizService, id: &str, pid: &str) -> Result<Resp, QuizErro
     ))
 }
 
-/// `GET /v1/quizzes/{id}/leaderboard[?limit=n]`.
-async fn leaderboard(
-    svc: &QuizService,
-    req: &Request<Incoming>,
-    id: &str,
-) -> Result<Resp, QuizError> {
+/// `GET /v1/quizzes/{id}/leaderboard[?limit=n]`, from the per-tick cache.
+async fn leaderboard(node: &Node, req: &Request<Incoming>, id: &str) -> Result<Resp, QuizError> {
+    let svc = &node.svc;
     let limit = match query_param(req.uri().query(), "limit") {
         None => svc.config.leaderboard_top,
         Some(v) => match v.parse::<usize>() {
@@ -320,8 +415,16 @@ async fn leaderboard(
         },
     };
     svc.def(id).await?;
-    let lb = svc.store.leaderboard(id, limit).await?;
-    Ok(json(StatusCode::OK, &lb))
+    let lb = node.boards.get(svc, id).await?;
+    Ok(json(
+        StatusCode::OK,
+        &Leaderboard {
+            quiz_id: lb.quiz_id.clone(),
+            version: lb.version,
+            total_players: lb.total_players,
+            top: lb.top.iter().take(limit).cloned().collect(),
+        },
+    ))
 }
 
 /// `POST /v1/quizzes/{id}/{start|next|end}` with the host's bearer token.
@@ -349,6 +452,7 @@ async fn host_action(
     svc.def(id).await?;
     svc.authorize_host(id, bearer)?;
     let (def, state) = svc.host_action(id, action).await?;
+    node.boards.invalidate(id);
     // The room re-reads the state now (other nodes' rooms hear it on the bus).
     node.rooms.wake(id);
     Ok(json(StatusCode::OK, &QuizView::new(&def, &state)))
@@ -359,6 +463,7 @@ fn ws_upgrade(
     mut req: Request<Incoming>,
     quiz_id: &str,
     sd: &Shutdown,
+    permit: &PermitSlot,
 ) -> Result<Resp, QuizError> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return Err(QuizError::Invalid(
@@ -370,6 +475,9 @@ fn ws_upgrade(
         .map_err(|e| QuizError::Invalid(format!("upgrade: {e}")))?;
     // The handshake always succeeds; a bad token or unknown quiz is then
     // reported with a close code (4001 / 4004), as the contract says.
+    // The socket keeps the connection's permit until it closes (passed in,
+    // not held by a wrapping future: one that awaits `serve` would carry
+    // its state twice, ~1.8 KB per idle socket, measured).
     sd.spawn(crate::connection::serve(
         Arc::clone(&node.svc),
         Arc::clone(&node.rooms),
@@ -377,6 +485,7 @@ fn ws_upgrade(
         quiz_id.to_string(),
         token,
         sd.token().clone(),
+        permit.lock().take(),
     ));
     let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, Full::new(Bytes::new())))
@@ -444,7 +553,7 @@ pub fn status_of(e: &QuizError) -> StatusCode {
         QuizError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         QuizError::Forbidden(_) => StatusCode::FORBIDDEN,
         QuizError::NotFound(_) => StatusCode::NOT_FOUND,
-        QuizError::Conflict(_) => StatusCode::CONFLICT,
+        QuizError::Conflict(_) | QuizError::QuizFull(_) => StatusCode::CONFLICT,
         QuizError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         QuizError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         QuizError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -482,6 +591,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"admin-key-123456", b"admin-key-123456"));
+        assert!(!constant_time_eq(b"admin-key-123456", b"admin-key-123457"));
+        assert!(!constant_time_eq(b"admin-key-12345", b"admin-key-123456"));
+        assert!(!constant_time_eq(b"", b"admin-key-123456"));
+    }
+
+    /// `/readyz` keeps its status but not the backend's error text.
+    #[tokio::test]
+    async fn readyz_does_not_expose_the_reason() {
+        let why = "store unavailable: Connection refused (os error 111) 10.1.2.3:7000";
+        let r = readiness(Err(why.into())).unwrap_err();
+        assert_eq!(status_of(&r), StatusCode::SERVICE_UNAVAILABLE);
+        let body = error_response(&r)
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            !body.contains("10.1.2.3") && !body.contains("refused"),
+            "{body}"
+        );
+        assert!(body.contains("not ready"), "{body}");
+        assert!(readiness(Ok(())).is_ok());
+    }
+
+    #[test]
     fn statuses_and_codes() {
         for (e, s, c) in [
             (QuizError::Invalid("x".into()), 400, "invalid"),
@@ -492,6 +630,7 @@ mod tests {
             (QuizError::TooLarge("x".into()), 413, "too_large"),
             (QuizError::RateLimited("x".into()), 429, "rate_limited"),
             (QuizError::Unavailable("x".into()), 503, "unavailable"),
+            (QuizError::QuizFull("x".into()), 409, "quiz_full"),
         ] {
             let r = error_response(&e);
             assert_eq!(r.status().as_u16(), s);

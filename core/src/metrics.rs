@@ -214,9 +214,17 @@ impl QuizStore for MeteredStore {
         )
         .await
     }
-    async fn add_player(&self, quiz_id: &str, player: &Player) -> Result<(), StoreError> {
-        self.timed("add_player", self.inner.add_player(quiz_id, player))
-            .await
+    async fn add_player(
+        &self,
+        quiz_id: &str,
+        player: &Player,
+        max_players: u64,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            "add_player",
+            self.inner.add_player(quiz_id, player, max_players),
+        )
+        .await
     }
     async fn get_player(
         &self,

@@ -11,10 +11,12 @@
 //! awaits the client.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, Payload, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
 use parking_lot::Mutex;
 use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
@@ -36,12 +38,21 @@ pub mod close {
     pub const BAD_TOKEN: u16 = 4001;
     pub const UNKNOWN_QUIZ: u16 = 4004;
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// The same player opened a newer connection: this one is closed
+    /// (a client must not reconnect with it, or the two would replace
+    /// each other in a loop).
+    pub const REPLACED: u16 = 4009;
+    /// Nothing came from the client (no frame, no pong to the server's
+    /// pings) for `ws_idle_timeout_ms`.
+    pub const IDLE: u16 = 4010;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutFrame {
     Text(Bytes),
     Pong(Bytes),
+    /// A server ping (empty payload), from the room's keepalive sweep.
+    Ping,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +74,9 @@ struct OutState {
     queue: VecDeque<OutFrame>,
     /// The latest leaderboard not yet written.
     board: Option<Bytes>,
+    /// A server ping is due (a flag, not a queued frame: queuing it would
+    /// make every idle connection's `VecDeque` allocate).
+    ping: bool,
     close: Option<CloseReason>,
 }
 
@@ -74,6 +88,20 @@ pub struct Outbox {
     /// A child of the shutdown token, so shutdown fires it as well.
     cancel: CancellationToken,
     cap: usize,
+    /// When the reader last got a frame from the client (pongs included),
+    /// in seconds of [`uptime_s`]; read by the room's keepalive sweep.
+    last_inbound_s: AtomicU32,
+}
+
+/// Seconds since this process's first call (tokio's clock, so tests with
+/// paused time control it). Coarse on purpose: the idle timeout is tens of
+/// seconds, and 4 bytes per connection are enough.
+pub fn uptime_s() -> u32 {
+    static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    tokio::time::Instant::now()
+        .saturating_duration_since(epoch)
+        .as_secs() as u32
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +120,29 @@ impl Outbox {
             notify: Notify::new(),
             cancel,
             cap,
+            last_inbound_s: AtomicU32::new(uptime_s()),
         }
+    }
+
+    /// The reader got a frame from the client (any frame, pongs included).
+    pub fn saw_inbound(&self, now_s: u32) {
+        self.last_inbound_s.store(now_s, Ordering::Relaxed);
+    }
+
+    /// Seconds since the client last sent anything.
+    pub fn idle_s(&self, now_s: u32) -> u32 {
+        now_s.saturating_sub(self.last_inbound_s.load(Ordering::Relaxed))
+    }
+
+    /// Asks the writer to send a ping (at most one pending). Never blocks.
+    pub fn ping(&self) {
+        let mut s = self.state.lock();
+        if s.close.is_some() || s.ping {
+            return;
+        }
+        s.ping = true;
+        drop(s);
+        self.notify.notify_one();
     }
 
     /// Queues a must-deliver frame. Never blocks.
@@ -142,6 +192,7 @@ impl Outbox {
             s.close = Some(CloseReason { code, reason });
             s.queue.clear();
             s.board = None;
+            s.ping = false;
         }
         drop(s);
         self.notify.notify_one();
@@ -167,6 +218,9 @@ impl Outbox {
                 }
                 if let Some(f) = s.queue.pop_front() {
                     return Next::Frame(f);
+                }
+                if std::mem::take(&mut s.ping) {
+                    return Next::Frame(OutFrame::Ping);
                 }
                 if let Some(b) = s.board.take() {
                     return Next::Frame(OutFrame::Text(b));
@@ -196,9 +250,10 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
 ) {
     loop {
         // The frame borrows the shared `Bytes`: no per-connection copy.
-        let (text, bytes) = match outbox.next().await {
-            Next::Frame(OutFrame::Text(b)) => (true, b),
-            Next::Frame(OutFrame::Pong(b)) => (false, b),
+        let (op, bytes) = match outbox.next().await {
+            Next::Frame(OutFrame::Text(b)) => (OpCode::Text, b),
+            Next::Frame(OutFrame::Pong(b)) => (OpCode::Pong, b),
+            Next::Frame(OutFrame::Ping) => (OpCode::Ping, Bytes::new()),
             Next::Close(c) => {
                 if c.code != close::NONE {
                     metrics
@@ -214,11 +269,7 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
                 return;
             }
         };
-        let frame = if text {
-            Frame::text(Payload::Borrowed(&bytes))
-        } else {
-            Frame::pong(Payload::Borrowed(&bytes))
-        };
+        let frame = Frame::new(true, op, None, Payload::Borrowed(&bytes));
         match tokio::time::timeout(write_timeout, ws.write_frame(frame)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return outbox.close(close::NONE, ""),

@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{now_ms, Mode, Phase, QuizDef, QuizState};
-use crate::outbox::{Outbox, Pushed};
+use crate::outbox::{close, uptime_s, Outbox, Pushed};
 use crate::protocol;
 use crate::self_paced::{self, Presented};
 use crate::service::QuizService;
@@ -54,6 +54,11 @@ pub struct Member {
 struct Members {
     next_id: u64,
     map: HashMap<u64, Member>,
+    /// Player id → that player's one live member here: a newer connection
+    /// replaces the older (close 4009), so a phone that reconnects before
+    /// the server noticed its old socket die is never refused by its ghost,
+    /// and one token cannot hold thousands of sockets.
+    players: HashMap<String, u64>,
 }
 
 pub struct Room {
@@ -98,6 +103,21 @@ impl Room {
 
     fn has_hosts(&self) -> bool {
         self.members.lock().map.values().any(|m| m.host)
+    }
+
+    /// The keepalive sweep: closes members silent for `idle_s` (4010) and
+    /// asks every other member's writer for a ping, whose pong counts as
+    /// inbound. One pass per room per `ws_ping_interval_ms` instead of a
+    /// timer per connection.
+    fn keepalive(&self, now_s: u32, idle_s: u32) {
+        let members = self.members.lock();
+        for m in members.map.values() {
+            if m.outbox.idle_s(now_s) >= idle_s {
+                m.outbox.close(close::IDLE, "idle timeout");
+            } else {
+                m.outbox.ping();
+            }
+        }
     }
 }
 
@@ -169,8 +189,20 @@ impl Rooms {
             let mut m = room.members.lock();
             m.next_id += 1;
             let id = m.next_id;
+            let replaced = match &member.player_id {
+                Some(pid) => m
+                    .players
+                    .insert(pid.clone(), id)
+                    .and_then(|old| m.map.remove(&old)),
+                None => None,
+            };
             m.map.insert(id, member);
             drop(m);
+            if let Some(old) = replaced {
+                // Counted by its writer in `quiz_ws_closes_total{code="4009"}`.
+                old.outbox
+                    .close(close::REPLACED, "replaced by a newer connection");
+            }
             (room, id, created)
         };
         if created {
@@ -184,7 +216,17 @@ impl Rooms {
     }
 
     pub fn leave(&self, m: &Membership) {
-        m.room.members.lock().map.remove(&m.id);
+        let mut members = m.room.members.lock();
+        if let Some(Member {
+            player_id: Some(pid),
+            ..
+        }) = members.map.remove(&m.id)
+        {
+            if members.players.get(&pid) == Some(&m.id) {
+                members.players.remove(&pid);
+            }
+        }
+        drop(members);
         // The room task notices the room is empty and removes it.
         m.room.wake.notify_one();
     }
@@ -297,6 +339,11 @@ async fn run_room(rooms: Arc<Rooms>, room: Arc<Room>, mut seen: Seen) {
     let mut reconcile_tick =
         tokio::time::interval(Duration::from_millis(cfg.reconcile_interval_ms));
     reconcile_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ping_every = Duration::from_millis(cfg.ws_ping_interval_ms);
+    let mut ping_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle_s = cfg.ws_idle_timeout_ms.div_ceil(1000) as u32;
     let mut board_version = 0u64;
     let mut ticks_since_read = u32::MAX;
     loop {
@@ -312,6 +359,8 @@ async fn run_room(rooms: Arc<Rooms>, room: Arc<Room>, mut seen: Seen) {
                 }
             }
             _ = reconcile_tick.tick() => reconcile(svc, &room, &mut seen).await,
+            // Idle closes are counted by their writers (code 4010).
+            _ = ping_tick.tick() => room.keepalive(uptime_s(), idle_s),
             _ = room.wake.notified() => reconcile(svc, &room, &mut seen).await,
             _ = sleep_until_opt(deadline) => reconcile(svc, &room, &mut seen).await,
         }

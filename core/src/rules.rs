@@ -231,7 +231,43 @@ pub fn check_nickname(nickname: &str) -> Result<&str, QuizError> {
             "nickname: must not contain control characters".into(),
         ));
     }
+    if nickname.chars().any(is_invisible) {
+        return Err(QuizError::Invalid(
+            "nickname: must not contain invisible characters (zero-width, bidirectional \
+             controls, joiners, fillers, variation selectors)"
+                .into(),
+        ));
+    }
     Ok(nickname)
+}
+
+/// Characters that change how a nickname reads without being seen: bidi
+/// overrides and isolates ("Trojan Source" text that renders reversed),
+/// zero-width spaces and joiners ("Alice" and "Al\u{200B}ice" would
+/// be two players who look the same), and the rest of Unicode's
+/// Default_Ignorable_Code_Point set, plus the line and paragraph
+/// separators.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Self-paced: the window of a question first sent to the player at
@@ -474,5 +510,23 @@ mod tests {
         assert!(check_nickname("   ").is_err());
         assert!(check_nickname("a\u{7}b").is_err());
         assert!(check_nickname(&"x".repeat(25)).is_err());
+        // Bidi overrides and isolates, zero-width characters, fillers.
+        for bad in [
+            "evil\u{202E}gnp.exe",
+            "\u{2066}admin\u{2069}",
+            "Al\u{200B}ice",
+            "Al\u{200D}ice",
+            "\u{FEFF}bob",
+            "\u{3164}",
+            "a\u{2028}b",
+            "x\u{E0041}",
+        ] {
+            let e = check_nickname(bad).unwrap_err();
+            assert!(e.to_string().contains("invisible"), "{bad:?}: {e}");
+        }
+        // Letters, accents, CJK, emoji without a joiner stay welcome.
+        for ok in ["Zoë", "東京", "Ana María", "🦀 crab", "O'Brien-Smith"] {
+            assert_eq!(check_nickname(ok), Ok(ok));
+        }
     }
 }

@@ -82,7 +82,15 @@ impl QuizService {
         };
         let store: Arc<dyn QuizStore> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
         Arc::new(QuizService {
-            tokens: TokenKey::new(secret.as_bytes()),
+            // A token lives as long as its quiz can: the quiz's keys expire
+            // `redis_retention_live_s` after its last change, then
+            // `redis_retention_ended_s` after the end.
+            tokens: TokenKey::new(
+                secret.as_bytes(),
+                config
+                    .redis_retention_live_s
+                    .saturating_add(config.redis_retention_ended_s),
+            ),
             defs: DashMap::new(),
             states: DashMap::new(),
             config,
@@ -196,6 +204,15 @@ impl QuizService {
         }
         let now = now_ms();
         let mut def = validate_quiz(req, supplied.clone().unwrap_or_else(|| random_id(8)), now)?;
+        // The definition travels whole in the `quiz_created` event: past
+        // Kafka's message size limit it could be stored but never published.
+        let size = serde_json::to_vec(&def).map_or(usize::MAX, |v| v.len());
+        if size > self.config.quiz_max_bytes {
+            return Err(QuizError::TooLarge(format!(
+                "questions: the quiz definition is {size} bytes of JSON, over quiz_max_bytes ({})",
+                self.config.quiz_max_bytes
+            )));
+        }
         let state = QuizState::new_lobby();
         let mut attempt = 0;
         loop {
@@ -224,11 +241,14 @@ impl QuizService {
             },
         ))
         .await?;
-        let host_token = self.tokens.sign(&Claims {
-            quiz_id: def.quiz_id.clone(),
-            role: Role::Host,
-            player_id: String::new(),
-        });
+        let host_token = self.tokens.sign(
+            &Claims {
+                quiz_id: def.quiz_id.clone(),
+                role: Role::Host,
+                player_id: String::new(),
+            },
+            def.created_at_ms,
+        );
         let def = Arc::new(def);
         self.defs.insert(def.quiz_id.clone(), Arc::clone(&def));
         Ok((def, host_token))
@@ -305,7 +325,8 @@ impl QuizService {
         // stored player is identical), before looking at the nickname, and
         // never overwrite an existing player: a replay cannot create a
         // second player or reset a score.
-        let player = match self.store.add_player(quiz_id, &player).await {
+        let max = self.config.max_players_per_quiz;
+        let player = match self.store.add_player(quiz_id, &player, max).await {
             Ok(()) => player,
             Err(StoreError::Conflict(_)) if key.is_some() => {
                 self.replayed_join(quiz_id, &player).await?
@@ -322,11 +343,15 @@ impl QuizService {
             },
         ))
         .await?;
-        let token = self.tokens.sign(&Claims {
-            quiz_id: quiz_id.to_string(),
-            role: Role::Player,
-            player_id: player.player_id.clone(),
-        });
+        // Issued at the join time: a replayed join gets the same token.
+        let token = self.tokens.sign(
+            &Claims {
+                quiz_id: quiz_id.to_string(),
+                role: Role::Player,
+                player_id: player.player_id.clone(),
+            },
+            player.joined_at_ms,
+        );
         let lb = self
             .store
             .leaderboard(quiz_id, self.config.leaderboard_top)

@@ -30,6 +30,9 @@ pub enum StoreError {
     /// have been applied only where the method's doc says so. Maps to 503.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The quiz has as many players as the caller allows.
+    #[error("full: {0}")]
+    Full(String),
 }
 
 /// Where quizzes, players, answers and scores live.
@@ -68,8 +71,16 @@ pub trait QuizStore: Send + Sync + 'static {
 
     /// Adds a player with score 0 (so they count in `total_players` and have
     /// a rank). `Conflict` if the nickname (compared case-insensitively after
-    /// trimming) is taken in this quiz.
-    async fn add_player(&self, quiz_id: &str, player: &Player) -> Result<(), StoreError>;
+    /// trimming) is taken in this quiz. `Full` if the quiz already has
+    /// `max_players` players: checked in the same atomic step as the insert,
+    /// so concurrent joins on any number of nodes never exceed it. (The very
+    /// same player again is a retried join and succeeds, full or not.)
+    async fn add_player(
+        &self,
+        quiz_id: &str,
+        player: &Player,
+        max_players: u64,
+    ) -> Result<(), StoreError>;
 
     async fn get_player(
         &self,

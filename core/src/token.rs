@@ -1,7 +1,16 @@
-//! Player and host tokens: `v1.<role>.<quiz_id>.<player_id>.<mac>`.
+//! Player and host tokens: `v2.<role>.<quiz_id>.<player_id>.<expires>.<mac>`.
 //!
-//! `role` is `p` (player) or `h` (host, empty player id); `mac` is
-//! base64url(HMAC-SHA256(secret, everything before the last dot)). Every
+//! `role` is `p` (player) or `h` (host, empty player id); `expires` is the
+//! end of the token's life in Unix seconds: issue time (the player's join
+//! time, the quiz's creation) plus the key's lifetime, which the service
+//! ties to the quiz's retention (`redis_retention_live_s +
+//! redis_retention_ended_s`), so a token does not outlive its quiz by much
+//! and cannot drive a later quiz that reuses the id. Derived from the issue
+//! time, not the clock, so a replayed join gets the very same token. `mac`
+//! is base64url(HMAC-SHA256(secret, everything before the last dot)).
+//! Tokens of the earlier format `v1.<role>.<quiz_id>.<player_id>.<mac>`
+//! (no expiry), issued before this version, are still accepted so sessions
+//! survive the upgrade; they stop mattering once their quizzes expire. Every
 //! core node holds the same secret (`token_secret`), so any node verifies a
 //! token issued by any other, e.g. after a failover. Quiz ids and player ids
 //! never contain a dot, so the format is unambiguous; the token only uses
@@ -38,27 +47,38 @@ pub enum TokenError {
     Malformed,
     #[error("bad token signature")]
     BadSignature,
+    #[error("token expired")]
+    Expired,
 }
 
 /// The signing key. Cheap to share behind an `Arc`.
 #[derive(Clone)]
 pub struct TokenKey {
     mac: HmacSha256,
+    /// A token's lifetime, from its issue time.
+    ttl_s: u64,
 }
 
 impl TokenKey {
-    pub fn new(secret: &[u8]) -> TokenKey {
+    /// A key whose tokens live `ttl_s` seconds from their issue time.
+    pub fn new(secret: &[u8], ttl_s: u64) -> TokenKey {
         // HMAC accepts keys of any length; this cannot fail.
         let mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
-        TokenKey { mac }
+        TokenKey { mac, ttl_s }
     }
 
-    pub fn sign(&self, claims: &Claims) -> String {
+    /// A token for `claims`, issued at `issued_at_ms` (the join or creation
+    /// time: the same claims and time give the same token).
+    pub fn sign(&self, claims: &Claims, issued_at_ms: u64) -> String {
         let role = match claims.role {
             Role::Player => "p",
             Role::Host => "h",
         };
-        let body = format!("v1.{role}.{}.{}", claims.quiz_id, claims.player_id);
+        let expires = (issued_at_ms / 1000).saturating_add(self.ttl_s);
+        let body = format!(
+            "v2.{role}.{}.{}.{expires}",
+            claims.quiz_id, claims.player_id
+        );
         let mut mac = self.mac.clone();
         mac.update(body.as_bytes());
         let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
@@ -93,8 +113,17 @@ impl TokenKey {
             .collect()
     }
 
-    /// Checks the signature (in constant time) and returns the claims.
+    /// Checks the signature (in constant time) and the expiry, and returns
+    /// the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.verify_at(token, now_s)
+    }
+
+    /// [`TokenKey::verify`] as of `now_s` (Unix seconds).
+    pub fn verify_at(&self, token: &str, now_s: u64) -> Result<Claims, TokenError> {
         if token.len() > 256 {
             return Err(TokenError::Malformed);
         }
@@ -106,15 +135,18 @@ impl TokenKey {
         mac.update(body.as_bytes());
         mac.verify_slice(&sig)
             .map_err(|_| TokenError::BadSignature)?;
-        let mut parts = body.split('.');
-        let (Some("v1"), Some(role), Some(quiz_id), Some(player_id), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return Err(TokenError::Malformed);
+        let parts: Vec<&str> = body.split('.').collect();
+        let (role, quiz_id, player_id) = match parts.as_slice() {
+            ["v2", role, quiz_id, player_id, expires] => {
+                let expires: u64 = expires.parse().map_err(|_| TokenError::Malformed)?;
+                if now_s >= expires {
+                    return Err(TokenError::Expired);
+                }
+                (*role, *quiz_id, *player_id)
+            }
+            // Issued before tokens expired (see the module doc).
+            ["v1", role, quiz_id, player_id] => (*role, *quiz_id, *player_id),
+            _ => return Err(TokenError::Malformed),
         };
         let role = match role {
             "p" if !player_id.is_empty() => Role::Player,
@@ -132,39 +164,68 @@ impl TokenKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::now_ms;
 
     #[test]
     fn round_trip_and_tamper() {
-        let k = TokenKey::new(b"secret-secret-secret");
+        let k = TokenKey::new(b"secret-secret-secret", 3600);
         let c = Claims {
             quiz_id: "abc_-1".into(),
             role: Role::Player,
             player_id: "p123".into(),
         };
-        let t = k.sign(&c);
+        let t = k.sign(&c, now_ms());
         assert_eq!(k.verify(&t).unwrap(), c);
         let h = Claims {
             quiz_id: "abc".into(),
             role: Role::Host,
             player_id: String::new(),
         };
-        assert_eq!(k.verify(&k.sign(&h)).unwrap(), h);
+        assert_eq!(k.verify(&k.sign(&h, now_ms())).unwrap(), h);
         // Another quiz id under the same signature fails.
         let forged = t.replacen("abc_-1", "abc_-2", 1);
         assert_eq!(k.verify(&forged), Err(TokenError::BadSignature));
         // Another key fails.
         assert_eq!(
-            TokenKey::new(b"other").verify(&t),
+            TokenKey::new(b"other", 3600).verify(&t),
             Err(TokenError::BadSignature)
         );
-        for junk in ["", ".", "v1.p.a.b.", "abc", "v1.p.a.b.!!!"] {
+        for junk in ["", ".", "v1.p.a.b.", "abc", "v1.p.a.b.!!!", "v2.p.a.b.x."] {
             assert!(k.verify(junk).is_err(), "{junk}");
         }
     }
 
+    /// A token lives `ttl_s` from its issue time, then is refused; the
+    /// same claims and issue time give the same token (replayed joins).
+    #[test]
+    fn tokens_expire() {
+        let k = TokenKey::new(b"secret-secret-secret", 100);
+        let c = Claims {
+            quiz_id: "q".into(),
+            role: Role::Player,
+            player_id: "p1".into(),
+        };
+        let t = k.sign(&c, 1_000_000);
+        assert_eq!(t, k.sign(&c, 1_000_999));
+        assert_eq!(k.verify_at(&t, 1_000).unwrap(), c);
+        assert_eq!(k.verify_at(&t, 1_099).unwrap(), c);
+        assert_eq!(k.verify_at(&t, 1_100), Err(TokenError::Expired));
+        // The expiry is under the signature.
+        let extended = t.replacen(".1100.", ".9999.", 1);
+        assert_eq!(k.verify_at(&extended, 1_100), Err(TokenError::BadSignature));
+        // Tokens issued before expiry existed (v1) still verify.
+        let mut mac = k.mac.clone();
+        mac.update(b"v1.p.q.p1");
+        let v1 = format!(
+            "v1.p.q.p1.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
+        assert_eq!(k.verify_at(&v1, u64::MAX).unwrap(), c);
+    }
+
     #[test]
     fn derived_player_ids() {
-        let k = TokenKey::new(b"secret-secret-secret");
+        let k = TokenKey::new(b"secret-secret-secret", 3600);
         let id = k.derive_player_id("quiz1", "key-1");
         assert_eq!(id.len(), 12);
         assert!(id
@@ -175,7 +236,7 @@ mod tests {
         assert_ne!(k.derive_player_id("quiz1", "key-2"), id);
         assert_ne!(k.derive_player_id("quiz2", "key-1"), id);
         assert_ne!(
-            TokenKey::new(b"other").derive_player_id("quiz1", "key-1"),
+            TokenKey::new(b"other", 3600).derive_player_id("quiz1", "key-1"),
             id
         );
         // The separator keeps (quiz, key) pairs apart.

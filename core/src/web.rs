@@ -29,6 +29,16 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("/assets/qr.js", JS, file!("assets/qr.js")),
 ];
 
+/// The pages' Content-Security-Policy: everything from this origin only
+/// (scripts are ES modules, no inline script or style attribute; the QR
+/// code is inline SVG, the results CSV a `blob:` download), the WebSocket
+/// to this origin (`'self'` covers `ws:`/`wss:` of the same host), and no
+/// framing (`frame-ancestors 'none'`: no clickjacking of the host's
+/// buttons).
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+form-action 'self'; frame-ancestors 'none'";
+
 /// Suggested `Cache-Control` for these responses: the files change with the
 /// binary and carry no version in their names, so clients revalidate.
 pub const CACHE_CONTROL: &str = "no-cache";
@@ -58,6 +68,11 @@ pub fn response(
         .header(hyper::header::CONTENT_TYPE, content_type)
         .header(hyper::header::CACHE_CONTROL, CACHE_CONTROL)
         .header("x-content-type-options", "nosniff")
+        .header("content-security-policy", CSP)
+        // For browsers older than CSP's frame-ancestors.
+        .header("x-frame-options", "DENY")
+        // The page's URL (quiz id) is nobody else's business.
+        .header("referrer-policy", "no-referrer")
         .body(http_body_util::Full::new(bytes::Bytes::from_static(body)))
         .ok()
 }
@@ -90,6 +105,42 @@ mod tests {
         assert!(response(&hyper::Method::HEAD, "/assets/qr.js").is_some());
         assert!(response(&hyper::Method::POST, "/").is_none());
         assert!(response(&hyper::Method::GET, "/v1/quizzes/x").is_none());
+    }
+
+    /// The pages cannot be framed and load nothing from elsewhere; nothing
+    /// in them needs what the policy forbids (no inline script or style).
+    #[test]
+    fn pages_carry_a_content_security_policy() {
+        for path in ["/", "/host"] {
+            let r = response(&hyper::Method::GET, path).expect("page");
+            let csp = r.headers()["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+            assert!(csp.contains("default-src 'self'"), "{csp}");
+            assert_eq!(r.headers()["x-frame-options"], "DENY");
+            assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+        }
+        for (path, _, body) in FILES.iter().filter(|f| f.1 == HTML) {
+            let page = std::str::from_utf8(body).unwrap();
+            for (i, _) in page.match_indices("<script") {
+                let tag = &page[i..i + page[i..].find('>').unwrap()];
+                assert!(tag.contains("src="), "{path}: inline script {tag}");
+            }
+            assert!(!page.contains("style=\""), "{path}: inline style attribute");
+            assert!(!page.contains("<style"), "{path}: inline style element");
+            assert!(!page.contains(" onclick="), "{path}: inline handler");
+        }
+        // Nor may the modules build style attributes (the CSSOM is fine).
+        for (path, _, body) in FILES.iter().filter(|f| f.1 == JS) {
+            let js = std::str::from_utf8(body).unwrap();
+            for bad in [
+                "{ style:",
+                ", style:",
+                "setAttribute('style'",
+                ".style.cssText",
+            ] {
+                assert!(!js.contains(bad), "{path}: {bad} is blocked by the CSP");
+            }
+        }
     }
 
     #[test]

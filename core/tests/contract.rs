@@ -1222,6 +1222,300 @@ async fn resent_answer_is_a_duplicate(f: Factory) {
     }
 }
 
+/// Upgraded WebSockets count against `max_connections`: the connection's
+/// permit moves to the socket at the upgrade (it used to be released there,
+/// so any number of sockets escaped the cap).
+async fn websockets_count_against_max_connections(f: Factory) {
+    let n = f
+        .start_with(Config {
+            max_connections: 3,
+            ..f.config()
+        })
+        .await;
+    let (id, _) = create(n.addr, "live", 1).await;
+    let mut tokens = Vec::new();
+    for i in 0..3 {
+        tokens.push(join(n.addr, &id, &format!("cap{i}")).await.1);
+    }
+    // The HTTP connections above have given their places back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut socks = Vec::new();
+    for t in &tokens {
+        let mut w = ws(n.addr, &id, t).await;
+        expect(&mut w, "welcome").await;
+        socks.push(w);
+    }
+    // Three sockets hold the three places: a fourth connection is closed
+    // at once, without a response.
+    let (s, _) = http(n.addr, "GET", "/healthz", &[], None).await;
+    assert_eq!(s, 0, "a connection past max_connections was served");
+    // One socket closes: its place frees up.
+    drop(socks.pop());
+    testkit::eventually(
+        "a place under max_connections",
+        Duration::from_secs(10),
+        || async { (http(n.addr, "GET", "/healthz", &[], None).await.0 == 200).then_some(()) },
+    )
+    .await;
+    drop(socks);
+    n.stop().await;
+}
+
+/// One live connection per player: a newer one replaces the older, which
+/// is closed with 4009 (a phone that reconnects is never refused by its
+/// own ghost). Hosts are not limited.
+async fn newer_connection_replaces_older(f: Factory) {
+    let n = f.start().await;
+    let (id, host_token) = create(n.addr, "live", 1).await;
+    let (_, token) = join(n.addr, &id, "twice").await;
+    let mut old = ws(n.addr, &id, &token).await;
+    expect(&mut old, "welcome").await;
+    let mut new = ws(n.addr, &id, &token).await;
+    expect(&mut new, "welcome").await;
+    assert_eq!(expect_close(&mut old).await, 4009);
+    // The newer one is served.
+    send(&mut new, json!({"type": "ping"})).await;
+    expect(&mut new, "pong").await;
+    // And replaced in turn by a third.
+    let mut third = ws(n.addr, &id, &token).await;
+    expect(&mut third, "welcome").await;
+    assert_eq!(expect_close(&mut new).await, 4009);
+    send(&mut third, json!({"type": "ping"})).await;
+    expect(&mut third, "pong").await;
+    // Two host connections (host page and a projector) both stay open.
+    let mut h1 = ws(n.addr, &id, &host_token).await;
+    expect(&mut h1, "welcome").await;
+    let mut h2 = ws(n.addr, &id, &host_token).await;
+    expect(&mut h2, "welcome").await;
+    for h in [&mut h1, &mut h2] {
+        send(h, json!({"type": "ping"})).await;
+        expect(h, "pong").await;
+    }
+    n.stop().await;
+}
+
+/// The server pings every `ws_ping_interval_ms`; a client that answers
+/// (pongs count as inbound) stays, one that sends nothing for
+/// `ws_idle_timeout_ms` is closed with 4010.
+async fn server_pings_and_closes_idle_connections(f: Factory) {
+    let n = f
+        .start_with(Config {
+            ws_ping_interval_ms: 300,
+            ws_idle_timeout_ms: 1500,
+            ..f.config()
+        })
+        .await;
+    let (id, _) = create(n.addr, "live", 1).await;
+    let (_, live_token) = join(n.addr, &id, "answers").await;
+    let (_, mute_token) = join(n.addr, &id, "mute").await;
+    // Answers pings (fastwebsockets' auto-pong, on every read).
+    let mut live = ws(n.addr, &id, &live_token).await;
+    expect(&mut live, "welcome").await;
+    // Reads, but never answers a ping.
+    let mut mute = ws(n.addr, &id, &mute_token).await;
+    mute.set_auto_pong(false);
+    expect(&mut mute, "welcome").await;
+    let reader = tokio::spawn(async move {
+        let mut pings = 0;
+        loop {
+            let f = tokio::time::timeout(Duration::from_secs(10), mute.read_frame())
+                .await
+                .expect("a frame within 10 s");
+            let Ok(f) = f else { return (pings, 0) };
+            match f.opcode {
+                OpCode::Ping => pings += 1,
+                OpCode::Close => {
+                    let code = u16::from_be_bytes([f.payload[0], f.payload[1]]);
+                    testkit::api::check_close_code(code);
+                    return (pings, code);
+                }
+                _ => {}
+            }
+        }
+    });
+    // The answering client outlives the idle timeout several times over.
+    let until = tokio::time::Instant::now() + Duration::from_millis(4000);
+    loop {
+        match tokio::time::timeout_at(until, live.read_frame()).await {
+            Err(_) => break,
+            Ok(Ok(f)) => assert_ne!(f.opcode, OpCode::Close, "the answering client was closed"),
+            Ok(Err(e)) => panic!("the answering client lost its socket: {e}"),
+        }
+    }
+    let (pings, code) = reader.await.unwrap();
+    assert!(pings >= 2, "{pings} pings before the idle close");
+    assert_eq!(code, 4010);
+    send(&mut live, json!({"type": "ping"})).await;
+    expect(&mut live, "pong").await;
+    n.stop().await;
+}
+
+/// Pongs are rate-limited like every other frame, inside a fragmented
+/// message too (they used to be skipped there, unlimited).
+async fn control_frames_are_rate_limited(f: Factory) {
+    let n = f.start().await;
+    let (id, _) = create(n.addr, "live", 1).await;
+    let (_, token) = join(n.addr, &id, "flood").await;
+    let mut w = ws(n.addr, &id, &token).await;
+    expect(&mut w, "welcome").await;
+    // The first fragment of a text message, then pongs only.
+    w.write_frame(Frame::new(
+        false,
+        OpCode::Text,
+        None,
+        Payload::Owned(b"{\"type\":".to_vec()),
+    ))
+    .await
+    .unwrap();
+    for _ in 0..200 {
+        if w.write_frame(Frame::pong(Payload::Owned(Vec::new())))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(expect_close(&mut w).await, 1008);
+    n.stop().await;
+}
+
+/// Limits a crowd cannot push past: players per quiz (409 `quiz_full`,
+/// exactly the cap under concurrent joins), the size of a quiz definition
+/// (413, below Kafka's message limit), and the admin key.
+async fn crowd_limits(f: Factory) {
+    let n = f
+        .start_with(Config {
+            max_players_per_quiz: 5,
+            quiz_max_bytes: 4096,
+            admin_key: Some("contract-admin-key-0123".into()),
+            ..f.config()
+        })
+        .await;
+    let a = n.addr;
+    let admin = [
+        ("Content-Type", "application/json"),
+        ("X-Admin-Key", "contract-admin-key-0123"),
+    ];
+    // The admin key: missing or wrong → 401; right → 201.
+    let id = testkit::unique_quiz_id();
+    let body = quiz_body(&id, "live", 1).to_string();
+    let (s, v) = post(a, "/v1/quizzes", &quiz_body(&id, "live", 1)).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let wrong = [
+        ("Content-Type", "application/json"),
+        ("X-Admin-Key", "contract-admin-key-0124"),
+    ];
+    let (s, _) = http(a, "POST", "/v1/quizzes", &wrong, Some(body.as_bytes())).await;
+    assert_eq!(s, 401);
+    let (s, v) = http(a, "POST", "/v1/quizzes", &admin, Some(body.as_bytes())).await;
+    assert_eq!(s, 201, "{v}");
+    // A definition over quiz_max_bytes → 413 naming the key.
+    let mut big = quiz_body(&testkit::unique_quiz_id(), "live", 5);
+    for q in big["questions"].as_array_mut().unwrap() {
+        q["text"] = json!("x".repeat(900));
+    }
+    let big = big.to_string();
+    let (s, v) = http(a, "POST", "/v1/quizzes", &admin, Some(big.as_bytes())).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("too_large")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("quiz_max_bytes"),
+        "{v}"
+    );
+    // 12 concurrent joins into a quiz capped at 5: exactly 5 get in.
+    let joins: Vec<_> = (0..12)
+        .map(|i| {
+            let id = id.clone();
+            tokio::spawn(async move {
+                post(
+                    a,
+                    &format!("/v1/quizzes/{id}/players"),
+                    &json!({"nickname": format!("crowd{i}")}),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for j in joins {
+        let (s, v) = j.await.unwrap();
+        if s == 409 {
+            assert_eq!(v["error"]["code"], "quiz_full", "{v}");
+        }
+        statuses.push(s);
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [201, 201, 201, 201, 201, 409, 409, 409, 409, 409, 409, 409]
+    );
+    let lb = leaderboard(a, &id).await;
+    assert_eq!(lb["total_players"], 5);
+    n.stop().await;
+}
+
+/// The count of store leaderboard reads in `/metrics`.
+async fn store_leaderboard_reads(addr: SocketAddr) -> u64 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+        .await
+        .expect("metrics within 10 s")
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("quiz_store_seconds_count{") && l.contains("op=\"leaderboard\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `GET …/leaderboard` is public: the store is read at most once per quiz
+/// and limit per `leaderboard_interval_ms`, however many ask; a change
+/// shows up by the next tick.
+async fn leaderboard_route_reads_the_store_once_per_tick(f: Factory) {
+    let n = f
+        .start_with(Config {
+            leaderboard_interval_ms: 2000,
+            ..f.config()
+        })
+        .await;
+    let a = n.addr;
+    let (id, _) = create(a, "live", 1).await;
+    join(a, &id, "one").await;
+    let before = store_leaderboard_reads(a).await;
+    let path = format!("/v1/quizzes/{id}/leaderboard");
+    for _ in 0..30 {
+        let (s, v) = http(a, "GET", &path, &[], None).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["total_players"], 1);
+    }
+    let reads = store_leaderboard_reads(a).await - before;
+    // One per 2 s tick: 30 requests on loopback span one or two ticks.
+    assert!(reads <= 3, "{reads} store reads for 30 requests");
+    join(a, &id, "two").await;
+    testkit::eventually(
+        "the new player on the cached board",
+        Duration::from_secs(10),
+        || async {
+            let (_, v) = http(a, "GET", &path, &[], None).await;
+            (v["total_players"] == 2).then_some(())
+        },
+    )
+    .await;
+    n.stop().await;
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -1255,7 +1549,49 @@ contract!(
     tiers,
     idempotent_join,
     resent_answer_is_a_duplicate,
+    websockets_count_against_max_connections,
+    newer_connection_replaces_older,
+    server_pings_and_closes_idle_connections,
+    control_frames_are_rate_limited,
+    crowd_limits,
+    leaderboard_route_reads_the_store_once_per_tick,
 );
+
+/// Tokens expire with their quiz's retention (`redis_retention_live_s +
+/// redis_retention_ended_s` after the join or the creation): then the
+/// WebSocket closes with 4001 and host actions answer 401. (Embedded: the
+/// memory store keeps the quiz, so only the token's expiry is at play.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_tokens_expire_with_the_quiz_retention() {
+    let f = Factory::new(Kind::Embedded).await;
+    let n = f
+        .start_with(Config {
+            redis_retention_live_s: 1,
+            redis_retention_ended_s: 1,
+            ..f.config()
+        })
+        .await;
+    let (id, host_token) = create(n.addr, "live", 1).await;
+    let (_, token) = join(n.addr, &id, "brief").await;
+    let mut w = ws(n.addr, &id, &token).await;
+    expect(&mut w, "welcome").await;
+    drop(w);
+    // Past the 2 s lifetime (whole seconds: at most 3 s).
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let mut w = ws(n.addr, &id, &token).await;
+    assert_eq!(expect_close(&mut w).await, 4001);
+    let (s, v) = host(n.addr, &id, "start", &host_token).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
+    n.stop().await;
+}
 
 /// The schema check has teeth: live values, deliberately broken, fail it
 /// (a response, a server message, an event-log record).

@@ -66,6 +66,14 @@ async fn idle_websocket_memory() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let dir = std::env::temp_dir().join(testkit::unique_name("core-mem"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The joins below come from one address: lift the per-IP POST limit.
+    let config = dir.join("core.toml");
+    std::fs::write(
+        &config,
+        "http_post_rate_per_sec = 100000\nhttp_post_burst = 100000\n",
+    )
+    .unwrap();
     // QUIZ_CORE_BIN measures another build (e.g. target/release/quiz-core).
     let bin = std::env::var("QUIZ_CORE_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_quiz-core").to_string());
@@ -76,6 +84,7 @@ async fn idle_websocket_memory() {
         .env("QUIZ_EVENT_LOG", dir.join("events.jsonl"))
         .env("QUIZ_TOKEN_SECRET", "memory-test-secret-0123")
         .env("QUIZ_DEMO_QUIZ", "false")
+        .env("QUIZ_CONFIG", &config)
         .env("RUST_LOG", "warn,quiz_core::http=info")
         .stderr(Stdio::piped())
         .spawn()
@@ -100,27 +109,33 @@ async fn idle_websocket_memory() {
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 201"), "{r}");
-    let join = r#"{"nickname":"m"}"#;
-    let r = request(
-        &addr,
-        format!(
-            "POST /v1/quizzes/mem/players HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{join}",
-            join.len()
-        ),
-    )
-    .await;
-    let v: serde_json::Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    let token = v["player_token"].as_str().unwrap().to_string();
+    // One player per connection: a player's newer connection replaces the
+    // older. Joined before measuring (the players live in the store).
+    let mut tokens = Vec::with_capacity(N + 100);
+    for i in 0..N + 100 {
+        let join = format!(r#"{{"nickname":"m{i}"}}"#);
+        let r = request(
+            &addr,
+            format!(
+                "POST /v1/quizzes/mem/players HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{join}",
+                join.len()
+            ),
+        )
+        .await;
+        let v: serde_json::Value =
+            serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        tokens.push(v["player_token"].as_str().unwrap().to_string());
+    }
 
     // Warm up: the first connections create the room, tasks, allocator arenas.
     let mut conns = Vec::with_capacity(N + 100);
-    for _ in 0..100 {
-        conns.push(open_ws(&addr, "mem", &token).await);
+    for token in &tokens[..100] {
+        conns.push(open_ws(&addr, "mem", token).await);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = rss_kb(pid);
-    for _ in 0..N {
-        conns.push(open_ws(&addr, "mem", &token).await);
+    for token in &tokens[100..] {
+        conns.push(open_ws(&addr, "mem", token).await);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = rss_kb(pid);

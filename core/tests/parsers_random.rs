@@ -10,8 +10,9 @@
 //! input.
 
 use futures::executor::block_on;
-use quiz_core::frame::{read_frame, InFrame, ReadError};
+use quiz_core::frame::{read_frame, InFrame, Partial, ReadError};
 use quiz_core::protocol::{parse_client, ClientMsg};
+use quiz_core::rules::{check_nickname, is_invisible};
 
 /// xorshift64*: small, fast, good enough to generate test inputs.
 struct Rng(u64);
@@ -274,8 +275,8 @@ fn build_stream(rng: &mut Rng, max: usize) -> (Vec<u8>, Vec<Expect>) {
             }
             _ => {
                 // A text message, sometimes in fragments, with control frames
-                // between the fragments (answered after the message, or not
-                // at all: pings inside a fragmented message are skipped).
+                // between the fragments: each is returned when read (so the
+                // read loop answers and rate-limits it), the fragments join.
                 let total = if rng.chance(10) {
                     max + 1 + rng.below(64)
                 } else {
@@ -292,9 +293,13 @@ fn build_stream(rng: &mut Rng, max: usize) -> (Vec<u8>, Vec<Expect>) {
                     bytes.extend(frame(rng, k == parts - 1, op, &p[start..end]));
                     start = end;
                     if k < parts - 1 && rng.chance(3) {
-                        let op = if rng.chance(2) { 0x9 } else { 0xA };
+                        let ping = rng.chance(2);
                         let c = rng.bytes(10);
-                        bytes.extend(frame(rng, true, op, &c));
+                        bytes.extend(frame(rng, true, if ping { 0x9 } else { 0xA }, &c));
+                        // Read only if the fragments so far fit the limit.
+                        if end <= max {
+                            expect.push(if ping { Expect::Ping(c) } else { Expect::Pong });
+                        }
                     }
                 }
                 expect.push(if total > max {
@@ -319,8 +324,9 @@ fn build_stream(rng: &mut Rng, max: usize) -> (Vec<u8>, Vec<Expect>) {
 fn read_all(input: &[u8], max: usize, ctx: &str) -> Vec<Result<InFrame, ReadError>> {
     let mut rd = input;
     let mut out = Vec::new();
+    let mut partial = Partial::default();
     for _ in 0..64 {
-        let r = block_on(read_frame(&mut rd, max));
+        let r = block_on(read_frame(&mut rd, max, &mut partial));
         if let Ok(InFrame::Text(p)) = &r {
             assert!(p.len() <= max, "{ctx}: text of {} bytes > {max}", p.len());
         }
@@ -399,7 +405,7 @@ fn huge_declared_lengths_are_refused_before_reading() {
         f.extend_from_slice(&[1, 2, 3, 4]);
         let mut rd = &f[..];
         assert_eq!(
-            block_on(read_frame(&mut rd, 4096)).err(),
+            block_on(read_frame(&mut rd, 4096, &mut Partial::default())).err(),
             Some(ReadError::TooBig)
         );
     }
@@ -409,7 +415,97 @@ fn huge_declared_lengths_are_refused_before_reading() {
     f.extend(frame(&mut rng, true, 0x0, &[b'b'; 97]));
     let mut rd = &f[..];
     assert_eq!(
-        block_on(read_frame(&mut rd, 4096)).err(),
+        block_on(read_frame(&mut rd, 4096, &mut Partial::default())).err(),
         Some(ReadError::TooBig)
+    );
+}
+
+/// Characters a nickname is built from: visible ones, spaces, and what must
+/// be refused (controls, bidi controls, zero-width and other invisible ones).
+const NICK_CHARS: &[char] = &[
+    'a',
+    'Z',
+    '0',
+    ' ',
+    'é',
+    'ß',
+    '東',
+    '🦀',
+    '\'',
+    '-',
+    '\u{7}',
+    '\u{1b}',
+    '\u{7f}',
+    '\u{85}',
+    '\u{00AD}',
+    '\u{034F}',
+    '\u{061C}',
+    '\u{180E}',
+    '\u{200B}',
+    '\u{200C}',
+    '\u{200D}',
+    '\u{200E}',
+    '\u{200F}',
+    '\u{2028}',
+    '\u{2029}',
+    '\u{202A}',
+    '\u{202B}',
+    '\u{202C}',
+    '\u{202D}',
+    '\u{202E}',
+    '\u{2060}',
+    '\u{2066}',
+    '\u{2067}',
+    '\u{2068}',
+    '\u{2069}',
+    '\u{3164}',
+    '\u{FE0F}',
+    '\u{FEFF}',
+    '\u{FFA0}',
+    '\u{E0001}',
+    '\u{E007F}',
+];
+
+/// Random nicknames: one is accepted exactly when, trimmed, it is 1–24
+/// characters with no control and no invisible character; an accepted one
+/// never carries a bidi control or a zero-width character.
+#[test]
+fn nickname_check_refuses_invisible_and_bidi_characters() {
+    let seed = seed();
+    let mut rng = Rng::new(seed ^ 0x2a7e);
+    let mut accepted = 0;
+    for it in 0..20_000 * scale() {
+        let n = rng.below(30);
+        let raw: String = (0..n)
+            .map(|_| {
+                if rng.chance(4) {
+                    NICK_CHARS[10 + rng.below(NICK_CHARS.len() - 10)]
+                } else {
+                    NICK_CHARS[rng.below(10)]
+                }
+            })
+            .collect();
+        let trimmed = raw.trim();
+        let want = !trimmed.is_empty()
+            && trimmed.chars().count() <= 24
+            && !trimmed.chars().any(|c| c.is_control() || is_invisible(c));
+        let got = check_nickname(&raw);
+        assert_eq!(
+            got.is_ok(),
+            want,
+            "seed {seed} iteration {it}: {raw:?} → {got:?}"
+        );
+        if let Ok(nick) = got {
+            accepted += 1;
+            assert!(
+                !nick.chars().any(|c| matches!(c,
+                    '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')),
+                "seed {seed} iteration {it}: {nick:?}"
+            );
+        }
+    }
+    assert!(
+        accepted > 1000,
+        "{accepted}: the generator must also build valid nicknames"
     );
 }

@@ -130,7 +130,7 @@ async fn new_quiz(store: &Store, name: &str, questions: u32) -> String {
 
 async fn join(store: &Store, quiz: &str, pid: &str) {
     store
-        .add_player(quiz, &player(pid, &format!("nick-{pid}")))
+        .add_player(quiz, &player(pid, &format!("nick-{pid}")), u64::MAX)
         .await
         .expect("add_player");
 }
@@ -217,22 +217,22 @@ mod suite {
     pub async fn add_player_nicknames(store: Store) {
         let id = new_quiz(&store, "join", 1).await;
         store
-            .add_player(&id, &player("p1", "Alice"))
+            .add_player(&id, &player("p1", "Alice"), u64::MAX)
             .await
             .expect("join");
         for taken in ["alice", "  ALICE ", "Alice"] {
-            match store.add_player(&id, &player("p2", taken)).await {
+            match store.add_player(&id, &player("p2", taken), u64::MAX).await {
                 Err(StoreError::Conflict(_)) => {}
                 r => panic!("nickname {taken:?}: expected Conflict, got {r:?}"),
             }
         }
         store
-            .add_player(&id, &player("p2", "Bob"))
+            .add_player(&id, &player("p2", "Bob"), u64::MAX)
             .await
             .expect("join");
         // The very same player again is a retried join: accepted.
         store
-            .add_player(&id, &player("p2", "Bob"))
+            .add_player(&id, &player("p2", "Bob"), u64::MAX)
             .await
             .expect("retried join");
         assert_eq!(
@@ -247,7 +247,9 @@ mod suite {
         assert_eq!(s.map(|s| (s.score, s.rank)), Some((0, 1)));
         assert!(store.standing(&id, "p9").await.expect("standing").is_none());
         assert!(matches!(
-            store.add_player(&unique("nope"), &player("p1", "x")).await,
+            store
+                .add_player(&unique("nope"), &player("p1", "x"), u64::MAX)
+                .await,
             Err(StoreError::NotFound(_))
         ));
     }
@@ -271,14 +273,14 @@ mod suite {
             ..original.clone()
         };
         for again in [later, player("p1", "Other")] {
-            match store.add_player(&id, &again).await {
+            match store.add_player(&id, &again, u64::MAX).await {
                 Err(StoreError::Conflict(_)) => {}
                 r => panic!("{again:?}: expected Conflict, got {r:?}"),
             }
         }
         // The identical record is a no-op success.
         store
-            .add_player(&id, &original)
+            .add_player(&id, &original, u64::MAX)
             .await
             .expect("identical record");
         assert_eq!(
@@ -293,7 +295,7 @@ mod suite {
         );
         // "Other" was not reserved by the refused add.
         store
-            .add_player(&id, &player("p2", "Other"))
+            .add_player(&id, &player("p2", "Other"), u64::MAX)
             .await
             .expect("nickname still free");
         assert_eq!(
@@ -639,6 +641,43 @@ mod suite {
         );
     }
 
+    /// `max_players` holds under concurrent joins: exactly the cap gets in,
+    /// every other join is `Full`; a retried join of a player who got in
+    /// still succeeds at the cap.
+    pub async fn max_players_is_atomic(store: Store) {
+        const CAP: u64 = 7;
+        let id = new_quiz(&store, "full", 1).await;
+        let tasks: Vec<_> = (0..40)
+            .map(|p| {
+                let store = Arc::clone(&store);
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let pl = player(&format!("p{p:02}"), &format!("nick{p:02}"));
+                    (pl.clone(), store.add_player(&id, &pl, CAP).await)
+                })
+            })
+            .collect();
+        let (mut ok, mut full) = (Vec::new(), 0);
+        for t in tasks {
+            match t.await.expect("join") {
+                (pl, Ok(())) => ok.push(pl),
+                (_, Err(StoreError::Full(_))) => full += 1,
+                (_, Err(e)) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!((ok.len() as u64, full), (CAP, 40 - CAP as usize));
+        let lb = store.leaderboard(&id, 100).await.expect("lb");
+        assert_eq!(lb.total_players, CAP);
+        store
+            .add_player(&id, &ok[0], CAP)
+            .await
+            .expect("a retried join of a player who is in");
+        assert!(matches!(
+            store.add_player(&id, &player("late", "late"), CAP).await,
+            Err(StoreError::Full(_))
+        ));
+    }
+
     pub async fn many_players_concurrent_totals(store: Store) {
         const PLAYERS: u32 = 40;
         const QUESTIONS: u32 = 10;
@@ -718,6 +757,7 @@ macro_rules! conformance {
             check!(concurrent_same_answer_counts_once);
             check!(odd_player_ids);
             check!(many_players_concurrent_totals);
+            check!(max_players_is_atomic);
         }
     };
 }

@@ -399,7 +399,10 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
                     Some(c) => ctx.count(&format!("close.{c}")),
                     None => ctx.count(&format!("close.none_{why}")),
                 }
-                if matches!(code, Some(4001) | Some(4004)) {
+                // 4009: another session of this player took over (one live
+                // connection per player); reconnecting would replace it in
+                // turn. Never happens in a normal run (one session per token).
+                if matches!(code, Some(4001) | Some(4004) | Some(4009)) {
                     rec.failure = Some(format!("closed with {code:?}"));
                     break;
                 }

@@ -112,11 +112,17 @@ export function checkQuizId(id) {
 
 const chars = (s) => [...s].length;
 
+const INVISIBLE = /[\u00AD\u034F\u061C\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200F\u2028-\u202E\u2060-\u206F\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8\u{1BCA0}-\u{1BCA3}\u{1D173}-\u{1D17A}\u{E0000}-\u{E0FFF}]/u;
+
 export function checkNickname(raw) {
   const n = (raw || '').trim();
   if (!n || chars(n) > LIMITS.nicknameMax) return `nickname: must be 1–${LIMITS.nicknameMax} characters after trimming`;
   // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f\u007f-\u009f]/.test(n)) return 'nickname: must not contain control characters';
+  // The same set as core's rules::is_invisible (Default_Ignorable_Code_Point,
+  // bidi controls, line/paragraph separators).
+  // (JS's trim() removes U+FEFF, core's does not: look at the raw text too.)
+  if (INVISIBLE.test(n) || /\uFEFF/.test(raw || '')) return 'nickname: must not contain invisible characters (zero-width, bidirectional controls, joiners, fillers, variation selectors)';
   return null;
 }
 
@@ -232,19 +238,25 @@ export class FieldErrors {
 // ---- WebSocket with reconnect ---------------------------------------------
 
 const FATAL = { 4001: 'unauthorized', 4004: 'not_found', 4003: 'forbidden' };
+/** The same token opened a newer connection (another tab or device). */
+export const REPLACED = 4009;
 
 /**
  * A quiz WebSocket that reconnects by itself with exponential backoff and
  * jitter (0.5 s doubling to 10 s). Callbacks: onmessage(msg), onstatus(state,
  * info) with state 'connecting' | 'open' | 'reconnecting' | 'closed',
- * onfatal(code, reason) when the server refuses us (bad token, unknown quiz).
+ * onfatal(code, reason) when the server refuses us (bad token, unknown quiz),
+ * onreplaced() when a newer connection with the same token took over (4009):
+ * the socket stops instead of reconnecting (two tabs would otherwise replace
+ * each other in a loop); resume() takes the session back here.
  */
 export class QuizSocket {
-  constructor(quizId, token, { onmessage, onstatus, onfatal } = {}) {
+  constructor(quizId, token, { onmessage, onstatus, onfatal, onreplaced } = {}) {
     this.url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${quizPath(quizId)}/ws?token=${encodeURIComponent(token)}`;
     this.onmessage = onmessage || (() => {});
     this.onstatus = onstatus || (() => {});
     this.onfatal = onfatal || (() => {});
+    this.onreplaced = onreplaced || (() => {});
     this.attempt = 0;
     this.stopped = false;
     this.ws = null;
@@ -298,6 +310,12 @@ export class QuizSocket {
         this.onfatal(ev.code, ev.reason || FATAL[ev.code]);
         return;
       }
+      if (ev.code === REPLACED) {
+        this.stopped = true;
+        this.onstatus('closed', { code: ev.code });
+        this.onreplaced();
+        return;
+      }
       this.scheduleRetry();
     };
     ws.onerror = () => {}; // onclose follows
@@ -327,6 +345,14 @@ export class QuizSocket {
     }
     clearTimeout(this.timer);
     this.quiet = true;
+    this.connect();
+  }
+
+  /** After a 4009: connect again here (this replaces the other tab). */
+  resume() {
+    if (!this.stopped || this.ws) return;
+    this.stopped = false;
+    this.attempt = 0;
     this.connect();
   }
 

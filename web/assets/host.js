@@ -423,10 +423,14 @@ function renderDist() {
   $('#answer-count').textContent = `${c.answered || 0} of ${C.totalPlayers} answered${closed ? ' · closed' : ''}`;
   $('#dist').replaceChildren(...q.options.map((text, i) => {
     const n = (c.distribution && c.distribution[i]) || 0;
+    // The width through the CSSOM: a style attribute is blocked by the
+    // page's Content-Security-Policy (style-src 'self').
+    const fill = h('span');
+    fill.style.width = `${(100 * n) / total}%`;
     return h('li', { class: `dist-row opt-${i}${closed && correct.has(i) ? ' correct' : ''}${closed && !correct.has(i) ? ' dim' : ''}` },
       h('span', { class: 'opt-key', 'aria-hidden': 'true', text: OPTION_LABELS[i] }),
       h('span', { class: 'dist-text', text: `${text}${closed && correct.has(i) ? ' ✓' : ''}` }),
-      h('span', { class: 'dist-bar', 'aria-hidden': 'true' }, h('span', { style: `width:${(100 * n) / total}%` })),
+      h('span', { class: 'dist-bar', 'aria-hidden': 'true' }, fill),
       h('span', { class: 'dist-n', text: String(n), 'aria-label': `${n} answers` }));
   }));
 }

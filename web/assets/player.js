@@ -161,6 +161,17 @@ function startSession() {
         ? 'This quiz no longer exists.'
         : 'Your session is no longer valid. Join again with a nickname.');
     },
+    onreplaced: () => {
+      clearInterval(connTimer);
+      clearTimeout(connHide);
+      document.body.dataset.conn = 'replaced';
+      conn.className = 'conn warn';
+      conn.replaceChildren(
+        'This quiz is open in another tab or on another device. ',
+        h('button', { type: 'button', id: 'conn-resume', onclick: () => S.socket && S.socket.resume() }, 'Continue here'),
+      );
+      conn.hidden = false;
+    },
   });
 }
 

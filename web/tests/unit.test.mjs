@@ -105,3 +105,43 @@ test('answers sent without a result are the ones re-sent after a reconnect', () 
   assert.deepEqual(unackedAnswers({}), []);
   assert.deepEqual(unackedAnswers(undefined), []);
 });
+
+test('a socket replaced by a newer one (4009) stops instead of reconnecting; resume() reconnects', async () => {
+  const made = [];
+  class FakeWs {
+    static OPEN = 1;
+    constructor(url) { this.url = url; this.readyState = 0; made.push(this); }
+    close() {}
+  }
+  const saved = { window: globalThis.window, location: globalThis.location, WebSocket: globalThis.WebSocket };
+  globalThis.window = { addEventListener() {}, removeEventListener() {} };
+  globalThis.location = { protocol: 'http:', host: 'test' };
+  globalThis.WebSocket = FakeWs;
+  try {
+    const { QuizSocket, REPLACED } = await import('../assets/common.js');
+    assert.equal(REPLACED, 4009);
+    let replaced = 0;
+    const statuses = [];
+    const s = new QuizSocket('q1', 't', { onreplaced: () => { replaced++; }, onstatus: (st) => statuses.push(st) });
+    assert.equal(made.length, 1);
+    made[0].onclose({ code: 4009, reason: 'replaced by a newer connection' });
+    assert.equal(replaced, 1);
+    assert.equal(s.timer, null, 'no reconnect scheduled after 4009');
+    assert.equal(statuses.at(-1), 'closed');
+    s.resume();
+    assert.equal(made.length, 2, 'resume() connects again');
+    // Any other close still reconnects (with back-off).
+    made[1].onclose({ code: 1006, reason: '' });
+    assert.notEqual(s.timer, null);
+    s.close();
+  } finally {
+    Object.assign(globalThis, saved);
+  }
+});
+
+test('nicknames with invisible or bidi characters are refused like the API does', () => {
+  for (const bad of ['evil\u202Egnp.exe', '\u2066admin\u2069', 'Al\u200Bice', 'Al\u200Dice', '\uFEFFbob', '\u3164', 'x\u{E0041}']) {
+    assert.match(checkNickname(bad) || '', /invisible/, JSON.stringify(bad));
+  }
+  for (const ok of ['Zoë', '東京', 'Ana María', '🦀 crab']) assert.equal(checkNickname(ok), null, ok);
+});

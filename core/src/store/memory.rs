@@ -203,7 +203,12 @@ impl QuizStore for MemoryStore {
         }
     }
 
-    async fn add_player(&self, quiz_id: &str, player: &Player) -> Result<(), StoreError> {
+    async fn add_player(
+        &self,
+        quiz_id: &str,
+        player: &Player,
+        max_players: u64,
+    ) -> Result<(), StoreError> {
         let cell = self.cell_or_not_found(quiz_id)?;
         let nick = normalize_nickname(&player.nickname);
         let mut inner = cell.inner.lock();
@@ -215,6 +220,11 @@ impl QuizStore for MemoryStore {
             return Err(StoreError::Conflict(format!(
                 "player_id {} exists",
                 player.player_id
+            )));
+        }
+        if inner.players.len() as u64 >= max_players {
+            return Err(StoreError::Full(format!(
+                "quiz {quiz_id} has {max_players} players"
             )));
         }
         if inner.nicks.contains_key(&nick) {

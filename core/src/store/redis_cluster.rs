@@ -337,7 +337,12 @@ impl QuizStore for RedisClusterStore {
         }
     }
 
-    async fn add_player(&self, quiz_id: &str, player: &Player) -> Result<(), StoreError> {
+    async fn add_player(
+        &self,
+        quiz_id: &str,
+        player: &Player,
+        max_players: u64,
+    ) -> Result<(), StoreError> {
         let call = Call {
             script: &self.shared.scripts.add_player,
             keys: vec![
@@ -351,6 +356,7 @@ impl QuizStore for RedisClusterStore {
                 normalize_nickname(&player.nickname),
                 player.player_id.clone(),
                 to_json(player)?,
+                max_players.to_string(),
             ],
         };
         match decode_int(
@@ -365,6 +371,9 @@ impl QuizStore for RedisClusterStore {
             -2 => Err(StoreError::Conflict(format!(
                 "player_id {} exists",
                 player.player_id
+            ))),
+            -3 => Err(StoreError::Full(format!(
+                "quiz {quiz_id} has {max_players} players"
             ))),
             _ => Err(StoreError::NotFound(format!("quiz {quiz_id}"))),
         }

@@ -226,6 +226,7 @@ pub async fn quiz_with_players(
                     nickname: pid.clone(),
                     joined_at_ms: 1,
                 },
+                u64::MAX,
             )
             .await
             .expect("join");
