@@ -107,6 +107,13 @@ pub struct Config {
     pub quiz_max_bytes: usize,
     /// Leaderboard entries in the `leaderboard` message.
     pub leaderboard_top: usize,
+    /// The event outbox's repair sweep (`event_outbox.rs`): a pending event
+    /// older than this is published again by the sweep.
+    pub event_repair_grace_ms: u64,
+    /// How often the sweep visits the quizzes this node serves.
+    pub event_repair_interval_ms: u64,
+    /// Most pending events one quiz's sweep reads and publishes per pass.
+    pub event_repair_batch: usize,
     /// Minimum time between two `leaderboard` messages of one quiz.
     pub leaderboard_interval_ms: u64,
     /// Rooms re-read their quiz state at least this often (bus messages
@@ -177,6 +184,9 @@ impl Default for Config {
             max_players_per_quiz: 1_000_000,
             quiz_max_bytes: 512 * 1024,
             leaderboard_top: 10,
+            event_repair_grace_ms: 10_000,
+            event_repair_interval_ms: 2_000,
+            event_repair_batch: 256,
             leaderboard_interval_ms: 500,
             reconcile_interval_ms: 1000,
             ws_max_frame_bytes: 4096,
@@ -520,6 +530,12 @@ impl Config {
         }
         if !(1..=100).contains(&self.leaderboard_top) {
             return bad("leaderboard_top", "must be 1..=100");
+        }
+        if self.event_repair_interval_ms == 0 {
+            return bad("event_repair_interval_ms", "must be > 0");
+        }
+        if !(1..=10_000).contains(&self.event_repair_batch) {
+            return bad("event_repair_batch", "must be 1..=10000");
         }
         if self.leaderboard_interval_ms == 0 {
             return bad("leaderboard_interval_ms", "must be > 0");

@@ -330,8 +330,11 @@ async fn create_quiz(svc: &QuizService, req: Request<Incoming>) -> Result<Resp, 
             ));
         }
     }
+    // Optional: a retried create with the same key gets the same quiz
+    // back (see `QuizService::create_quiz_with_key`).
+    let key = idempotency_key(&req)?;
     let body: CreateQuizReq = read_json(svc, req).await?;
-    let (def, host_token) = svc.create_quiz(body).await?;
+    let (def, host_token) = svc.create_quiz_with_key(body, key.as_deref()).await?;
     Ok(json(
         StatusCode::CREATED,
         &protocol::CreateQuizResp {
@@ -341,11 +344,8 @@ async fn create_quiz(svc: &QuizService, req: Request<Incoming>) -> Result<Resp, 
     ))
 }
 
-/// `POST /v1/quizzes/{id}/players`.
-async fn join(svc: &QuizService, req: Request<Incoming>, id: &str) -> Result<Resp, QuizError> {
-    svc.def(id).await?;
-    // Optional: a retried join with the same key gets the same
-    // player back (see `QuizService::join_with_key`).
+/// The optional `Idempotency-Key` header (at most once).
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<Vec<u8>>, QuizError> {
     let mut keys = req.headers().get_all("idempotency-key").iter();
     let key = keys.next().map(|v| v.as_bytes().to_vec());
     if keys.next().is_some() {
@@ -353,6 +353,15 @@ async fn join(svc: &QuizService, req: Request<Incoming>, id: &str) -> Result<Res
             "Idempotency-Key: must be given at most once".into(),
         ));
     }
+    Ok(key)
+}
+
+/// `POST /v1/quizzes/{id}/players`.
+async fn join(svc: &QuizService, req: Request<Incoming>, id: &str) -> Result<Resp, QuizError> {
+    svc.def(id).await?;
+    // Optional: a retried join with the same key gets the same
+    // player back (see `QuizService::join_with_key`).
+    let key = idempotency_key(&req)?;
     let body: JoinReq = read_json(svc, req).await?;
     let (def, state, player, token, lb) = svc
         .join_with_key(id, &body.nickname, key.as_deref())

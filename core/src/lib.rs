@@ -24,6 +24,10 @@
 //!   join, host action, answer (store, then event, then acknowledgement),
 //!   over the engines and two caches. No rooms, no HTTP: a caller that
 //!   changed what a room shows wakes (or touches) the room after the call.
+//! - [`event_outbox`]: no event lost on any path: removes the events the
+//!   log acknowledged from the store's pending events (recorded with each
+//!   write) and sweeps the quizzes this node serves to publish again what
+//!   was left behind.
 //! - [`rules`]: pure rules: validation, ids, the state machine, answer
 //!   windows, scoring. [`error`]: [`error::QuizError`], one variant per
 //!   HTTP status. [`token`]: HMAC-signed player and host tokens (any node
@@ -48,6 +52,7 @@ pub mod backends;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod event_outbox;
 pub mod frame;
 pub mod http;
 pub mod limit;

@@ -11,6 +11,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::events::Event;
 use crate::model::{
     AnswerRecord, ApplyOutcome, Leaderboard, Millis, Player, QuizDef, QuizState, Standing,
 };
@@ -46,6 +47,15 @@ pub struct Metrics {
     /// Joins answered as a replay of an earlier join with the same
     /// `Idempotency-Key` (its response was lost).
     pub joins_replayed: IntCounter,
+    /// Pending events published again by the repair sweep (their first
+    /// publish failed, or its node died before the event log had them).
+    pub events_repaired: IntCounter,
+    /// Acknowledged events whose removal from the pending events was
+    /// dropped (the removal queue was full): each costs one re-publish.
+    pub event_acks_dropped: IntCounter,
+    /// Duplicate answers not published again: the original's event was
+    /// already acknowledged.
+    pub duplicates_not_republished: IntCounter,
 }
 
 impl Metrics {
@@ -147,6 +157,27 @@ impl Metrics {
                     "Joins answered as a replay of an earlier join with the same Idempotency-Key",
                 ),
             ),
+            events_repaired: reg(
+                &registry,
+                c(
+                    "events_repaired_total",
+                    "Pending events published again by the repair sweep",
+                ),
+            ),
+            event_acks_dropped: reg(
+                &registry,
+                c(
+                    "event_acks_dropped_total",
+                    "Acknowledged events left pending because the removal queue was full",
+                ),
+            ),
+            duplicates_not_republished: reg(
+                &registry,
+                c(
+                    "duplicates_not_republished_total",
+                    "Duplicate answers whose original event was already acknowledged",
+                ),
+            ),
             registry,
         }
     }
@@ -192,9 +223,17 @@ impl MeteredStore {
 
 #[async_trait]
 impl QuizStore for MeteredStore {
-    async fn create_quiz(&self, quiz: &QuizDef, state: &QuizState) -> Result<(), StoreError> {
-        self.timed("create_quiz", self.inner.create_quiz(quiz, state))
-            .await
+    async fn create_quiz_with_event(
+        &self,
+        quiz: &QuizDef,
+        state: &QuizState,
+        event: Option<&Event>,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            "create_quiz",
+            self.inner.create_quiz_with_event(quiz, state, event),
+        )
+        .await
     }
     async fn get_quiz(&self, quiz_id: &str) -> Result<Option<Arc<QuizDef>>, StoreError> {
         self.timed("get_quiz", self.inner.get_quiz(quiz_id)).await
@@ -202,29 +241,48 @@ impl QuizStore for MeteredStore {
     async fn get_state(&self, quiz_id: &str) -> Result<Option<QuizState>, StoreError> {
         self.timed("get_state", self.inner.get_state(quiz_id)).await
     }
-    async fn set_state(
+    async fn set_state_with_events(
         &self,
         quiz_id: &str,
         expected_version: u64,
         next: &QuizState,
+        events: &[Event],
     ) -> Result<bool, StoreError> {
         self.timed(
             "set_state",
-            self.inner.set_state(quiz_id, expected_version, next),
+            self.inner
+                .set_state_with_events(quiz_id, expected_version, next, events),
         )
         .await
     }
-    async fn add_player(
+    async fn add_player_with_event(
         &self,
         quiz_id: &str,
         player: &Player,
         max_players: u64,
+        event: Option<&Event>,
     ) -> Result<(), StoreError> {
         self.timed(
             "add_player",
-            self.inner.add_player(quiz_id, player, max_players),
+            self.inner
+                .add_player_with_event(quiz_id, player, max_players, event),
         )
         .await
+    }
+    async fn pending_events(&self, quiz_id: &str, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.timed("pending_events", self.inner.pending_events(quiz_id, limit))
+            .await
+    }
+    async fn clear_pending(&self, quiz_id: &str, event_ids: &[String]) -> Result<(), StoreError> {
+        self.timed(
+            "clear_pending",
+            self.inner.clear_pending(quiz_id, event_ids),
+        )
+        .await
+    }
+    async fn is_pending(&self, quiz_id: &str, event_id: &str) -> Result<bool, StoreError> {
+        self.timed("is_pending", self.inner.is_pending(quiz_id, event_id))
+            .await
     }
     async fn get_player(
         &self,

@@ -110,10 +110,15 @@ pub enum ApplyOutcome {
     Applied { score: u64, rank: u64 },
     /// The player had already answered: nothing changed. `original` is the
     /// answer that counted (so its event can be produced again, idempotently).
+    /// `pending`: the original's `answer_scored` event is still in the
+    /// quiz's pending events (not yet acknowledged by the event log), so a
+    /// re-publish is useful; when false the event is known to be on the log
+    /// and a re-publish would only cost a write.
     Duplicate {
         original: AnswerRecord,
         score: u64,
         rank: u64,
+        pending: bool,
     },
 }
 

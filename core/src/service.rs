@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use crate::bus::{Changed, ControlBus};
 use crate::config::Config;
 use crate::error::QuizError;
+use crate::event_outbox::{EventOutbox, RepairOptions};
 use crate::events::{Event, EventKind, EventSink};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::model::{now_ms, Leaderboard, Mode, Phase, Player, QuizDef, QuizState};
@@ -44,6 +45,9 @@ pub struct QuizService {
     pub bus: Arc<dyn ControlBus>,
     pub tokens: TokenKey,
     pub metrics: Arc<Metrics>,
+    /// The event outbox's node side: removes acknowledged events from the
+    /// store's pending events and repairs the ones left behind.
+    pub event_outbox: Arc<EventOutbox>,
     /// Immutable quiz definitions, cached (bounded: cleared past 10 000).
     defs: DashMap<String, Arc<QuizDef>>,
     /// The answer path's view of each quiz's state, so that an answer does
@@ -81,7 +85,18 @@ impl QuizService {
             config.token_secret.clone()
         };
         let store: Arc<dyn QuizStore> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
+        let event_outbox = EventOutbox::new(
+            Arc::clone(&store),
+            Arc::clone(&sink),
+            Arc::clone(&metrics),
+            RepairOptions {
+                grace: std::time::Duration::from_millis(config.event_repair_grace_ms),
+                interval: std::time::Duration::from_millis(config.event_repair_interval_ms),
+                batch: config.event_repair_batch,
+            },
+        );
         Arc::new(QuizService {
+            event_outbox,
             // A token lives as long as its quiz can: the quiz's keys expire
             // `redis_retention_live_s` after its last change, then
             // `redis_retention_ended_s` after the end.
@@ -101,14 +116,20 @@ impl QuizService {
         })
     }
 
-    /// Publishes an event and waits for it to be durable.
+    /// Publishes an event and waits for it to be durable. Once it is, its
+    /// pending entry in the store is removed (queued, off this path); if it
+    /// fails the entry stays and the repair sweep publishes it later.
     pub async fn publish(&self, event: Event) -> Result<(), QuizError> {
         let start = std::time::Instant::now();
         let r = self.sink.publish(&event).await;
         self.metrics
             .sink_seconds
             .observe(start.elapsed().as_secs_f64());
+        if r.is_ok() {
+            self.event_outbox.delivered(&event);
+        }
         r.map_err(|e| {
+            self.event_outbox.touch(&event.quiz_id);
             self.metrics.sink_errors.inc();
             tracing::warn!(event_id = %event.event_id, error = %e, "event publish failed");
             QuizError::Unavailable(format!("event log: {e}"))
@@ -123,9 +144,25 @@ impl QuizService {
         }
     }
 
-    /// A quiz definition (cached: definitions never change).
+    /// Publishes `event` only if it is still pending in the store (a replay
+    /// of a write whose first attempt may have died before the event log
+    /// had it); an event the log acknowledged is not written again.
+    async fn republish_if_pending(&self, event: Event) -> Result<(), QuizError> {
+        if self
+            .store
+            .is_pending(&event.quiz_id, &event.event_id)
+            .await?
+        {
+            self.publish(event).await?;
+        }
+        Ok(())
+    }
+
+    /// A quiz definition (cached: definitions never change). Marks the quiz
+    /// as served by this node (the repair sweep visits it).
     pub async fn def(&self, quiz_id: &str) -> Result<Arc<QuizDef>, QuizError> {
         if let Some(d) = self.defs.get(quiz_id) {
+            self.event_outbox.touch(quiz_id);
             return Ok(Arc::clone(d.value()));
         }
         if !valid_quiz_id(quiz_id) {
@@ -140,6 +177,7 @@ impl QuizService {
             self.defs.clear();
         }
         self.defs.insert(quiz_id.to_string(), Arc::clone(&def));
+        self.event_outbox.touch(quiz_id);
         Ok(def)
     }
 
@@ -193,7 +231,24 @@ impl QuizService {
         &self,
         req: CreateQuizReq,
     ) -> Result<(Arc<QuizDef>, String), QuizError> {
+        self.create_quiz_with_key(req, None).await
+    }
+
+    /// Creates a quiz. With an idempotency key (the `Idempotency-Key`
+    /// header, only without a `quiz_id` in the request), the quiz id is
+    /// derived from the key instead of drawn at random, so a retry of a
+    /// create whose response was lost, or whose event could not be
+    /// published (503), finds the quiz the first attempt created and
+    /// answers like that first create (same id, same host token); its
+    /// `quiz_created` event is published again only if still pending. The
+    /// same key with another definition is a conflict.
+    pub async fn create_quiz_with_key(
+        &self,
+        req: CreateQuizReq,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<(Arc<QuizDef>, String), QuizError> {
         self.require_sink_ready()?;
+        let key = idempotency_key.map(check_idempotency_key).transpose()?;
         let supplied = req.quiz_id.clone();
         if let Some(id) = &supplied {
             if !valid_quiz_id(id) {
@@ -201,9 +256,21 @@ impl QuizService {
                     "quiz_id: must be 1–64 characters of [A-Za-z0-9_-]".into(),
                 ));
             }
+            if key.is_some() {
+                return Err(QuizError::Invalid(
+                    "Idempotency-Key: not with a quiz_id (the key chooses the id)".into(),
+                ));
+            }
         }
         let now = now_ms();
-        let mut def = validate_quiz(req, supplied.clone().unwrap_or_else(|| random_id(8)), now)?;
+        let id = match (&supplied, key) {
+            (Some(id), _) => id.clone(),
+            // Same derivation as a keyed join's player id, in a domain no
+            // join uses (the empty quiz id is invalid).
+            (None, Some(k)) => self.tokens.derive_player_id("", k),
+            (None, None) => random_id(8),
+        };
+        let mut def = validate_quiz(req, id, now)?;
         // The definition travels whole in the `quiz_created` event: past
         // Kafka's message size limit it could be stored but never published.
         let size = serde_json::to_vec(&def).map_or(usize::MAX, |v| v.len());
@@ -215,9 +282,28 @@ impl QuizService {
         }
         let state = QuizState::new_lobby();
         let mut attempt = 0;
-        loop {
-            match self.store.create_quiz(&def, &state).await {
-                Ok(()) => break,
+        let event = |def: &QuizDef| {
+            Event::new(
+                &def.quiz_id,
+                def.created_at_ms,
+                EventKind::QuizCreated {
+                    title: def.title.clone(),
+                    mode: def.mode,
+                    questions: def.questions.clone(),
+                },
+            )
+        };
+        let replayed = loop {
+            let created = event(&def);
+            match self
+                .store
+                .create_quiz_with_event(&def, &state, Some(&created))
+                .await
+            {
+                Ok(()) => break None,
+                Err(StoreError::Conflict(_)) if key.is_some() => {
+                    break Some(self.replayed_create(&def).await?);
+                }
                 Err(StoreError::Conflict(_)) if supplied.is_none() && attempt < 5 => {
                     attempt += 1;
                     def.quiz_id = random_id(8);
@@ -230,17 +316,17 @@ impl QuizService {
                 }
                 Err(e) => return Err(e.into()),
             }
-        }
-        self.publish(Event::new(
-            &def.quiz_id,
-            now,
-            EventKind::QuizCreated {
-                title: def.title.clone(),
-                mode: def.mode,
-                questions: def.questions.clone(),
-            },
-        ))
-        .await?;
+        };
+        let def = match replayed {
+            Some(stored) => {
+                self.republish_if_pending(event(&stored)).await?;
+                stored
+            }
+            None => {
+                self.publish(event(&def)).await?;
+                Arc::new(def)
+            }
+        };
         let host_token = self.tokens.sign(
             &Claims {
                 quiz_id: def.quiz_id.clone(),
@@ -249,9 +335,26 @@ impl QuizService {
             },
             def.created_at_ms,
         );
-        let def = Arc::new(def);
         self.defs.insert(def.quiz_id.clone(), Arc::clone(&def));
         Ok((def, host_token))
+    }
+
+    /// A keyed create hit a conflict: the quiz this key created before (same
+    /// derived id, same definition but for its creation time) is a replay
+    /// and is returned as stored; anything else is a 409.
+    async fn replayed_create(&self, attempt: &QuizDef) -> Result<Arc<QuizDef>, QuizError> {
+        match self.store.get_quiz(&attempt.quiz_id).await? {
+            Some(stored)
+                if stored.title == attempt.title
+                    && stored.mode == attempt.mode
+                    && stored.questions == attempt.questions =>
+            {
+                Ok(stored)
+            }
+            _ => Err(QuizError::Conflict(
+                "Idempotency-Key: already used by a create with another definition".into(),
+            )),
+        }
     }
 
     /// Embedded mode: the quiz `demo` (live, three questions); logs its host
@@ -295,8 +398,8 @@ impl QuizService {
     /// attempt created and answers exactly like that first join (same id,
     /// same token; the store is not written again, so the score is kept).
     /// The `PlayerJoined` event is published again on a replay (same event
-    /// id): the first attempt may have died between the store write and the
-    /// publish. The same key with another nickname, or another key with a
+    /// id) while it is still pending in the store: the first attempt may
+    /// have died between the store write and the publish. The same key with another nickname, or another key with a
     /// taken nickname, is a conflict.
     pub async fn join_with_key(
         &self,
@@ -316,7 +419,7 @@ impl QuizService {
             Some(k) => self.tokens.derive_player_id(quiz_id, k),
             None => random_id(12),
         };
-        let player = Player {
+        let mut player = Player {
             player_id,
             nickname: nickname.to_string(),
             joined_at_ms: now_ms(),
@@ -325,24 +428,38 @@ impl QuizService {
         // stored player is identical), before looking at the nickname, and
         // never overwrite an existing player: a replay cannot create a
         // second player or reset a score.
-        let max = self.config.max_players_per_quiz;
-        let player = match self.store.add_player(quiz_id, &player, max).await {
-            Ok(()) => player,
+        let joined = |p: &Player| {
+            Event::new(
+                quiz_id,
+                p.joined_at_ms,
+                EventKind::PlayerJoined {
+                    player_id: p.player_id.clone(),
+                    nickname: p.nickname.clone(),
+                },
+            )
+        };
+        // The event is recorded as pending with the player (the event
+        // outbox): if the publish below fails, the repair sweep publishes it.
+        let event = joined(&player);
+        match self
+            .store
+            .add_player_with_event(
+                quiz_id,
+                &player,
+                self.config.max_players_per_quiz,
+                Some(&event),
+            )
+            .await
+        {
+            Ok(()) => self.publish(event).await?,
             Err(StoreError::Conflict(_)) if key.is_some() => {
-                self.replayed_join(quiz_id, &player).await?
+                let existing = self.replayed_join(quiz_id, &player).await?;
+                self.republish_if_pending(joined(&existing)).await?;
+                player = existing;
             }
             Err(StoreError::Conflict(_)) => return Err(nickname_taken(nickname)),
             Err(e) => return Err(e.into()),
         };
-        self.publish(Event::new(
-            quiz_id,
-            player.joined_at_ms,
-            EventKind::PlayerJoined {
-                player_id: player.player_id.clone(),
-                nickname: player.nickname.clone(),
-            },
-        ))
-        .await?;
         // Issued at the join time: a replayed join gets the same token.
         let token = self.tokens.sign(
             &Claims {
@@ -407,22 +524,21 @@ impl QuizService {
         let state = self.state(quiz_id).await?;
         let now = now_ms();
         let next = transition(&def, &state, action, now)?;
-        if !self.store.set_state(quiz_id, state.version, &next).await? {
-            return Err(QuizError::Conflict(
-                "state: changed concurrently; retry".into(),
-            ));
-        }
-        self.remember_state(quiz_id, &next);
+        // The change's events, recorded as pending with the state itself
+        // (the event outbox): a publish that fails below is repaired by the
+        // sweep, so a retried action's 409 loses nothing. The end's top is
+        // read just before the end (answers still landing in between are in
+        // the players' scores, which is what the persister keeps).
+        let mut events = Vec::with_capacity(2);
         if action == HostAction::Start {
-            self.publish(Event::new(quiz_id, now, EventKind::QuizStarted))
-                .await?;
+            events.push(Event::new(quiz_id, now, EventKind::QuizStarted));
         }
         match action {
             HostAction::Start | HostAction::Next if def.mode == Mode::Live => {
                 if let (Some(q), Some(o), Some(c)) =
                     (next.current_question, next.opens_at_ms, next.closes_at_ms)
                 {
-                    self.publish(Event::new(
+                    events.push(Event::new(
                         quiz_id,
                         now,
                         EventKind::QuestionOpened {
@@ -430,8 +546,7 @@ impl QuizService {
                             opens_at_ms: o,
                             closes_at_ms: c,
                         },
-                    ))
-                    .await?;
+                    ));
                 }
             }
             HostAction::End => {
@@ -440,12 +555,31 @@ impl QuizService {
                     .leaderboard(quiz_id, self.config.leaderboard_top)
                     .await?
                     .top;
-                self.publish(Event::new(quiz_id, now, EventKind::QuizEnded { top }))
-                    .await?;
+                events.push(Event::new(quiz_id, now, EventKind::QuizEnded { top }));
             }
             _ => {}
         }
+        if !self
+            .store
+            .set_state_with_events(quiz_id, state.version, &next, &events)
+            .await?
+        {
+            return Err(QuizError::Conflict(
+                "state: changed concurrently; retry".into(),
+            ));
+        }
+        self.remember_state(quiz_id, &next);
+        let mut published = Ok(());
+        for event in events {
+            published = self.publish(event).await;
+            if published.is_err() {
+                break;
+            }
+        }
+        // The state changed whatever the event log said: every node hears of
+        // it (the events follow through the sweep if the publish failed).
         self.announce(quiz_id, next.version).await;
+        published?;
         Ok((def, next))
     }
 

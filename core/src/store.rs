@@ -6,6 +6,18 @@
 //!   a quiz lives in one slot and multi-key operations on it are atomic Lua.
 //!
 //! Both must pass the conformance suite in `core/tests/store_conformance.rs`.
+//!
+//! # Pending events (the event outbox)
+//! Every write that produces an event records that event as *pending* in
+//! the same atomic step: `create_quiz_with_event`, `add_player_with_event`,
+//! `set_state_with_events` take the event(s), and an applied answer records
+//! its own `answer_scored` (with the score it gave). An entry is keyed by the
+//! event's deterministic `event_id`, written only when the write itself
+//! applies (a replay writes nothing), and removed by
+//! [`QuizStore::clear_pending`] once the event log acknowledged the event.
+//! [`QuizStore::pending_events`] gives what is left, for the repair sweep
+//! (`crate::event_outbox`). Pending entries are keys of the quiz: they
+//! expire with it.
 
 pub mod memory;
 pub mod redis_cluster;
@@ -14,6 +26,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::events::Event;
 use crate::model::{
     AnswerRecord, ApplyOutcome, Leaderboard, Millis, Player, QuizDef, QuizState, Standing,
 };
@@ -53,7 +66,19 @@ pub enum StoreError {
 pub trait QuizStore: Send + Sync + 'static {
     /// Stores a new quiz with its initial lobby state. `Conflict` if the id
     /// is taken.
-    async fn create_quiz(&self, quiz: &QuizDef, state: &QuizState) -> Result<(), StoreError>;
+    async fn create_quiz(&self, quiz: &QuizDef, state: &QuizState) -> Result<(), StoreError> {
+        self.create_quiz_with_event(quiz, state, None).await
+    }
+
+    /// [`QuizStore::create_quiz`] that also records `event` as pending, in
+    /// the same atomic step (only if the quiz is created now: the very same
+    /// definition stored again is a retry and records nothing).
+    async fn create_quiz_with_event(
+        &self,
+        quiz: &QuizDef,
+        state: &QuizState,
+        event: Option<&Event>,
+    ) -> Result<(), StoreError>;
 
     async fn get_quiz(&self, quiz_id: &str) -> Result<Option<Arc<QuizDef>>, StoreError>;
 
@@ -67,6 +92,19 @@ pub trait QuizStore: Send + Sync + 'static {
         quiz_id: &str,
         expected_version: u64,
         next: &QuizState,
+    ) -> Result<bool, StoreError> {
+        self.set_state_with_events(quiz_id, expected_version, next, &[])
+            .await
+    }
+
+    /// [`QuizStore::set_state`] that also records `events` as pending, in
+    /// the same atomic step, only when the state is set (returns true).
+    async fn set_state_with_events(
+        &self,
+        quiz_id: &str,
+        expected_version: u64,
+        next: &QuizState,
+        events: &[Event],
     ) -> Result<bool, StoreError>;
 
     /// Adds a player with score 0 (so they count in `total_players` and have
@@ -80,6 +118,20 @@ pub trait QuizStore: Send + Sync + 'static {
         quiz_id: &str,
         player: &Player,
         max_players: u64,
+    ) -> Result<(), StoreError> {
+        self.add_player_with_event(quiz_id, player, max_players, None)
+            .await
+    }
+
+    /// [`QuizStore::add_player`] that also records `event` as pending, in
+    /// the same atomic step, only when the player is added now (the very
+    /// same player again is a retry and records nothing).
+    async fn add_player_with_event(
+        &self,
+        quiz_id: &str,
+        player: &Player,
+        max_players: u64,
+        event: Option<&Event>,
     ) -> Result<(), StoreError>;
 
     async fn get_player(
@@ -89,7 +141,8 @@ pub trait QuizStore: Send + Sync + 'static {
     ) -> Result<Option<Player>, StoreError>;
 
     /// Atomically records the first answer of a player to a question and
-    /// adds its points. See the trait doc.
+    /// adds its points, and records its `answer_scored` event (with the
+    /// score it gave) as pending. See the trait doc.
     async fn apply_answer(
         &self,
         quiz_id: &str,
@@ -173,6 +226,19 @@ pub trait QuizStore: Send + Sync + 'static {
             .map(Some)
     }
 
+    /// Up to about `limit` pending events of the quiz (see the module doc),
+    /// rebuilt exactly as they were recorded (same `event_id`, same JSON),
+    /// in no particular order. Empty for an unknown quiz.
+    async fn pending_events(&self, quiz_id: &str, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    /// Removes these events from the quiz's pending events (the event log
+    /// acknowledged them). Unknown ids are ignored. Losing a removal is
+    /// harmless: the sweep publishes the event again (same `event_id`).
+    async fn clear_pending(&self, quiz_id: &str, event_ids: &[String]) -> Result<(), StoreError>;
+
+    /// Whether the event `event_id` of the quiz is still pending.
+    async fn is_pending(&self, quiz_id: &str, event_id: &str) -> Result<bool, StoreError>;
+
     /// Liveness of the backend, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }
@@ -191,4 +257,30 @@ pub(crate) fn check_next_version(
         )));
     }
     Ok(())
+}
+
+/// Where a pending event lives: answers in their own map keyed by the
+/// answer's field `player_id:question_id` (the event is rebuilt from the
+/// stored answer and the score it gave), every other event by its id.
+pub(crate) enum PendingKey<'a> {
+    Answer(&'a str),
+    Other(&'a str),
+}
+
+/// Splits an event id of quiz `quiz_id` into its [`PendingKey`].
+pub(crate) fn pending_key<'a>(quiz_id: &str, event_id: &'a str) -> PendingKey<'a> {
+    match event_id
+        .strip_prefix(quiz_id)
+        .and_then(|r| r.strip_prefix(":answer:"))
+    {
+        Some(field) => PendingKey::Answer(field),
+        None => PendingKey::Other(event_id),
+    }
+}
+
+/// Splits an answer field back into player id and question id (the player
+/// id is everything up to the last `:`).
+pub(crate) fn split_answer_field(field: &str) -> Option<(&str, u32)> {
+    let (pid, q) = field.rsplit_once(':')?;
+    Some((pid, q.parse().ok()?))
 }

@@ -1184,8 +1184,12 @@ async fn resent_answer_is_a_duplicate(f: Factory) {
     resend(&mut sw, 1, &[1], &s1).await;
     drop(sw);
     n.stop().await;
-    // Every re-send published the original's event again, same id: the
-    // original once plus once per re-send.
+    // The original's event is on the log, same id, same record each time.
+    // A re-send publishes it again only while it is still pending (the
+    // event outbox: its acknowledgement's removal is queued, so a re-send
+    // right after may still see it pending): at least once, at most the
+    // original plus once per re-send (`event_repair.rs` checks that a
+    // re-send of an acknowledged answer writes nothing).
     let want = [
         (id.clone(), format!("{id}:answer:{pa}:0"), 7),
         (id.clone(), format!("{id}:answer:{pa}:1"), 5),
@@ -1200,18 +1204,18 @@ async fn resent_answer_is_a_duplicate(f: Factory) {
             }
             for (_, event_id, times) in &want {
                 let quoted = format!("\"{event_id}\"");
-                assert_eq!(log.matches(&quoted).count(), *times, "{event_id}");
+                let n = log.matches(&quoted).count();
+                assert!((1..=*times).contains(&n), "{event_id}: {n} times");
             }
         }
         Kind::Distributed => {
             for (quiz, event_id, times) in &want {
-                let seen =
-                    consume_quiz_events_n(&f.topic, quiz, &[(event_id.clone(), *times)]).await;
+                let seen = consume_quiz_events_n(&f.topic, quiz, &[(event_id.clone(), 1)]).await;
                 let same: Vec<&Value> = seen
                     .iter()
                     .filter(|e| e["event_id"] == event_id.as_str())
                     .collect();
-                assert!(same.len() >= *times, "{event_id}: {same:?}");
+                assert!((1..=*times).contains(&same.len()), "{event_id}: {same:?}");
                 // The same record each time (score_after may grow).
                 for e in &same {
                     assert_eq!(e["points"], same[0]["points"], "{e}");

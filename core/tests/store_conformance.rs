@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use quiz_core::events::{Event, EventKind};
 use quiz_core::model::{
     AnswerRecord, ApplyOutcome, Mode, Phase, Player, Question, QuizDef, QuizState,
 };
@@ -318,6 +319,7 @@ mod suite {
                 original,
                 score,
                 rank,
+                ..
             } => {
                 assert_eq!(original, first);
                 assert_eq!((score, rank), (900, 1));
@@ -678,6 +680,135 @@ mod suite {
         ));
     }
 
+    /// The event outbox: each write that produces an event records it as
+    /// pending in the same step (only when the write applies), the
+    /// pending events come back exactly as recorded, an answer's with the
+    /// score it gave, a duplicate says whether the original's event is
+    /// still pending, and `clear_pending` removes acknowledged ones.
+    pub async fn pending_events_outbox(store: Store) {
+        let id = unique("pending");
+        let d = def(&id, 2);
+        let created = Event::new(
+            &id,
+            d.created_at_ms,
+            EventKind::QuizCreated {
+                title: d.title.clone(),
+                mode: d.mode,
+                questions: d.questions.clone(),
+            },
+        );
+        store
+            .create_quiz_with_event(&d, &QuizState::new_lobby(), Some(&created))
+            .await
+            .expect("create");
+        let p1 = player("p1", "nick-p1");
+        let joined = Event::new(
+            &id,
+            p1.joined_at_ms,
+            EventKind::PlayerJoined {
+                player_id: "p1".into(),
+                nickname: "nick-p1".into(),
+            },
+        );
+        store
+            .add_player_with_event(&id, &p1, u64::MAX, Some(&joined))
+            .await
+            .expect("join");
+        // A replayed join records nothing new (and nothing twice).
+        store
+            .add_player_with_event(&id, &p1, u64::MAX, Some(&joined))
+            .await
+            .expect("join again");
+        let running = QuizState {
+            version: 2,
+            phase: Phase::Running,
+            current_question: Some(0),
+            opens_at_ms: Some(1_700_000_000_000),
+            closes_at_ms: Some(1_700_000_020_000),
+        };
+        let started = Event::new(&id, 1_700_000_000_000, EventKind::QuizStarted);
+        let opened = Event::new(
+            &id,
+            1_700_000_000_000,
+            EventKind::QuestionOpened {
+                question_id: 0,
+                opens_at_ms: 1_700_000_000_000,
+                closes_at_ms: 1_700_000_020_000,
+            },
+        );
+        assert!(store
+            .set_state_with_events(&id, 1, &running, &[started.clone(), opened.clone()])
+            .await
+            .expect("start"));
+        // A lost compare-and-set records nothing.
+        let lost = Event::new(&id, 1, EventKind::QuizEnded { top: vec![] });
+        assert!(!store
+            .set_state_with_events(&id, 1, &running, std::slice::from_ref(&lost))
+            .await
+            .expect("lost cas"));
+        let first = answer("p1", 0, &[0], 900);
+        applied(store.apply_answer(&id, &first).await.expect("apply"));
+        let scored = Event::new(
+            &id,
+            first.answered_at_ms,
+            EventKind::AnswerScored {
+                answer: first.clone(),
+                score_after: 900,
+            },
+        );
+        let sorted = |mut v: Vec<Event>| {
+            v.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+            v
+        };
+        let all = vec![
+            created.clone(),
+            joined.clone(),
+            started.clone(),
+            opened.clone(),
+            scored.clone(),
+        ];
+        assert_eq!(
+            sorted(store.pending_events(&id, 100).await.expect("pending")),
+            sorted(all.clone())
+        );
+        assert!(store.pending_events(&id, 2).await.expect("pending").len() <= 5);
+        assert!(!store.is_pending(&id, &lost.event_id).await.expect("is"));
+        assert!(store.is_pending(&id, &scored.event_id).await.expect("is"));
+        // The original's event is pending: a duplicate says so.
+        match store.apply_answer(&id, &answer("p1", 0, &[1], 0)).await {
+            Ok(ApplyOutcome::Duplicate { pending: true, .. }) => {}
+            other => panic!("expected a duplicate with a pending event, got {other:?}"),
+        }
+        // The log acknowledged the answer and the creation.
+        store
+            .clear_pending(
+                &id,
+                &[
+                    scored.event_id.clone(),
+                    created.event_id.clone(),
+                    "x".into(),
+                ],
+            )
+            .await
+            .expect("clear");
+        assert!(!store.is_pending(&id, &scored.event_id).await.expect("is"));
+        assert!(!store.is_pending(&id, &created.event_id).await.expect("is"));
+        assert!(store.is_pending(&id, &joined.event_id).await.expect("is"));
+        match store.apply_answer(&id, &answer("p1", 0, &[1], 0)).await {
+            Ok(ApplyOutcome::Duplicate { pending: false, .. }) => {}
+            other => panic!("expected a duplicate with no pending event, got {other:?}"),
+        }
+        assert_eq!(
+            sorted(store.pending_events(&id, 100).await.expect("pending")),
+            sorted(vec![joined, started, opened])
+        );
+        assert!(store
+            .pending_events(&unique("none"), 10)
+            .await
+            .expect("unknown quiz")
+            .is_empty());
+    }
+
     pub async fn many_players_concurrent_totals(store: Store) {
         const PLAYERS: u32 = 40;
         const QUESTIONS: u32 = 10;
@@ -758,6 +889,7 @@ macro_rules! conformance {
             check!(odd_player_ids);
             check!(many_players_concurrent_totals);
             check!(max_players_is_atomic);
+            check!(pending_events_outbox);
         }
     };
 }
@@ -808,6 +940,20 @@ async fn redis_keys_of_a_quiz_expire_live_and_after_the_end() {
         .present_question(&id, "p2", 0, 1_700_000_000_100)
         .await
         .expect("present");
+    // A join's pending event (the event outbox): its hash is created now.
+    let late = player("p3", "nick-p3");
+    let joined = Event::new(
+        &id,
+        late.joined_at_ms,
+        EventKind::PlayerJoined {
+            player_id: "p3".into(),
+            nickname: "nick-p3".into(),
+        },
+    );
+    store
+        .add_player_with_event(&id, &late, u64::MAX, Some(&joined))
+        .await
+        .expect("join with event");
     let keys: Vec<String> = [
         "def",
         "state",
@@ -818,6 +964,8 @@ async fn redis_keys_of_a_quiz_expire_live_and_after_the_end() {
         "lbver",
         "sent",
         "dist:0",
+        "pending",
+        "pending_answers",
     ]
     .iter()
     .map(|s| format!("quiz:{{{id}}}:{s}"))

@@ -1,9 +1,11 @@
 //! The answer flow, ordered for durability: sink readiness check →
 //! validate → compute points on the server clock → `store.apply_answer`
 //! (atomic dedupe + score) → publish the event and wait for it → only then
-//! acknowledge. A duplicate re-publishes the original answer's event (same
-//! event id), which closes the window where core crashed after the store
-//! write and before Kafka acknowledged.
+//! acknowledge. The store records the answer's event as pending with the
+//! answer (the event outbox, `event_outbox.rs`): if the publish fails, the
+//! repair sweep publishes it, the client need not re-send. A duplicate
+//! re-publishes the original answer's event (same event id) only while it
+//! is still pending: one the event log has acknowledged costs no write.
 
 use crate::error::QuizError;
 use crate::events::{Event, EventKind};
@@ -217,22 +219,30 @@ impl QuizService {
                 original,
                 score,
                 rank,
+                pending,
             } => {
-                // Idempotent re-publish of the answer that counted: if an
-                // earlier node crashed between the store and the event log,
-                // this is what puts the event in the log.
+                // Idempotent re-publish of the answer that counted, only
+                // while its event is pending (an earlier attempt's publish
+                // failed or its node crashed): the client's re-send then
+                // gets its acknowledgement only once the event is durable.
+                // An acknowledged event is not written again (a client
+                // re-sending one answer cannot amplify Kafka writes).
                 res.correct = original.correct;
                 res.points = original.points;
                 let at = original.answered_at_ms;
-                self.publish(Event::new(
-                    quiz_id,
-                    at,
-                    EventKind::AnswerScored {
-                        answer: original,
-                        score_after: score,
-                    },
-                ))
-                .await?;
+                if pending {
+                    self.publish(Event::new(
+                        quiz_id,
+                        at,
+                        EventKind::AnswerScored {
+                            answer: original,
+                            score_after: score,
+                        },
+                    ))
+                    .await?;
+                } else {
+                    self.metrics.duplicates_not_republished.inc();
+                }
                 res.reason = Some(AnswerReason::Duplicate);
                 res.score = score;
                 res.rank = rank;
@@ -255,10 +265,21 @@ impl QuizService {
             .await?
             .map_or((0, 0), |s| (s.score, s.rank));
         let record = original.clone();
+        let event_id = Event::new(
+            quiz_id,
+            original.answered_at_ms,
+            EventKind::AnswerScored {
+                answer: original.clone(),
+                score_after: score,
+            },
+        )
+        .event_id;
+        let pending = self.store.is_pending(quiz_id, &event_id).await?;
         let outcome = ApplyOutcome::Duplicate {
             original,
             score,
             rank,
+            pending,
         };
         self.finish_answer(quiz_id, record, outcome).await
     }

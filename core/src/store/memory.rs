@@ -17,7 +17,9 @@
 //! - the distribution counts the choices of recorded answers that were not
 //!   late, so it no longer changes once a question has closed;
 //! - mutating calls and `leaderboard`/`distribution` on an unknown quiz are
-//!   `NotFound`; getters return `None`.
+//!   `NotFound`; getters return `None`;
+//! - pending events (see `store.rs`) are recorded under the same quiz lock
+//!   as the write that produces them.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -27,7 +29,8 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use super::{QuizStore, StoreError};
+use super::{pending_key, PendingKey, QuizStore, StoreError};
+use crate::events::{Event, EventKind};
 use crate::model::{
     AnswerRecord, ApplyOutcome, Leaderboard, LeaderboardEntry, Millis, Player, QuizDef, QuizState,
     Standing,
@@ -60,6 +63,11 @@ struct QuizInner {
     dist: HashMap<u32, HashMap<u32, u64>>,
     lb_version: u64,
     sent: HashMap<(String, u32), Millis>,
+    /// Pending events other than answers, by event id.
+    pending: HashMap<String, Event>,
+    /// Pending `answer_scored` events: (player id, question id) → the score
+    /// the answer gave (the record is in `answers`).
+    pending_answers: HashMap<(String, u32), u64>,
 }
 
 /// The nickname key used for uniqueness: trimmed and lowercased.
@@ -98,10 +106,12 @@ impl QuizInner {
                 original: original.clone(),
                 score: current,
                 rank: self.rank_of(current),
+                pending: self.pending_answers.contains_key(&key),
             });
         }
-        self.answers.insert(key, answer.clone());
         let score = current.saturating_add(u64::from(answer.points));
+        self.pending_answers.insert(key.clone(), score);
+        self.answers.insert(key, answer.clone());
         self.set_score(&answer.player_id, score);
         if !answer.late {
             let dist = self.dist.entry(answer.question_id).or_default();
@@ -152,7 +162,12 @@ impl QuizInner {
 
 #[async_trait]
 impl QuizStore for MemoryStore {
-    async fn create_quiz(&self, quiz: &QuizDef, state: &QuizState) -> Result<(), StoreError> {
+    async fn create_quiz_with_event(
+        &self,
+        quiz: &QuizDef,
+        state: &QuizState,
+        event: Option<&Event>,
+    ) -> Result<(), StoreError> {
         use dashmap::mapref::entry::Entry;
         match self.quizzes.entry(quiz.quiz_id.clone()) {
             // The very same definition again is a retried create: succeed,
@@ -167,6 +182,10 @@ impl QuizStore for MemoryStore {
                     def: Arc::new(quiz.clone()),
                     inner: Mutex::new(QuizInner {
                         state: Some(state.clone()),
+                        pending: event
+                            .map(|e| (e.event_id.clone(), e.clone()))
+                            .into_iter()
+                            .collect(),
                         ..QuizInner::default()
                     }),
                 }));
@@ -185,11 +204,12 @@ impl QuizStore for MemoryStore {
             .and_then(|c| c.inner.lock().state.clone()))
     }
 
-    async fn set_state(
+    async fn set_state_with_events(
         &self,
         quiz_id: &str,
         expected_version: u64,
         next: &QuizState,
+        events: &[Event],
     ) -> Result<bool, StoreError> {
         super::check_next_version(expected_version, next)?;
         let cell = self.cell_or_not_found(quiz_id)?;
@@ -197,17 +217,21 @@ impl QuizStore for MemoryStore {
         match &inner.state {
             Some(cur) if cur.version == expected_version => {
                 inner.state = Some(next.clone());
+                for e in events {
+                    inner.pending.insert(e.event_id.clone(), e.clone());
+                }
                 Ok(true)
             }
             _ => Ok(false),
         }
     }
 
-    async fn add_player(
+    async fn add_player_with_event(
         &self,
         quiz_id: &str,
         player: &Player,
         max_players: u64,
+        event: Option<&Event>,
     ) -> Result<(), StoreError> {
         let cell = self.cell_or_not_found(quiz_id)?;
         let nick = normalize_nickname(&player.nickname);
@@ -239,6 +263,9 @@ impl QuizStore for MemoryStore {
             .insert(player.player_id.clone(), player.clone());
         inner.set_score(&player.player_id, 0);
         inner.lb_version += 1;
+        if let Some(e) = event {
+            inner.pending.insert(e.event_id.clone(), e.clone());
+        }
         Ok(())
     }
 
@@ -365,6 +392,58 @@ impl QuizStore for MemoryStore {
             .sent
             .entry((player_id.to_string(), question_id))
             .or_insert(now))
+    }
+
+    async fn pending_events(&self, quiz_id: &str, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let Some(cell) = self.cell(quiz_id) else {
+            return Ok(Vec::new());
+        };
+        let inner = cell.inner.lock();
+        let others = inner.pending.values().cloned();
+        let answers = inner.pending_answers.iter().filter_map(|(key, &score)| {
+            let answer = inner.answers.get(key)?.clone();
+            Some(Event::new(
+                quiz_id,
+                answer.answered_at_ms,
+                EventKind::AnswerScored {
+                    answer,
+                    score_after: score,
+                },
+            ))
+        });
+        Ok(others.chain(answers).take(limit).collect())
+    }
+
+    async fn clear_pending(&self, quiz_id: &str, event_ids: &[String]) -> Result<(), StoreError> {
+        let Some(cell) = self.cell(quiz_id) else {
+            return Ok(());
+        };
+        let mut inner = cell.inner.lock();
+        for id in event_ids {
+            match pending_key(quiz_id, id) {
+                PendingKey::Answer(field) => {
+                    if let Some((pid, q)) = super::split_answer_field(field) {
+                        inner.pending_answers.remove(&(pid.to_string(), q));
+                    }
+                }
+                PendingKey::Other(id) => {
+                    inner.pending.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn is_pending(&self, quiz_id: &str, event_id: &str) -> Result<bool, StoreError> {
+        let Some(cell) = self.cell(quiz_id) else {
+            return Ok(false);
+        };
+        let inner = cell.inner.lock();
+        Ok(match pending_key(quiz_id, event_id) {
+            PendingKey::Answer(field) => super::split_answer_field(field)
+                .is_some_and(|(pid, q)| inner.pending_answers.contains_key(&(pid.to_string(), q))),
+            PendingKey::Other(id) => inner.pending.contains_key(id),
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

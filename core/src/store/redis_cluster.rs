@@ -16,6 +16,8 @@
 //! | `quiz:{X}:dist:Q` | hash | option index → count (on-time answers) |
 //! | `quiz:{X}:lbver` | string | leaderboard version (INCR per join and answer) |
 //! | `quiz:{X}:sent` | hash | `player_id:question_id` → ms the question was sent |
+//! | `quiz:{X}:pending` | hash | event id → event JSON: pending events other than answers (the event outbox, see `store.rs`) |
+//! | `quiz:{X}:pending_answers` | hash | `player_id:question_id` → the score the answer gave: pending `answer_scored` events (rebuilt from `answers` and `players`) |
 //!
 //! # Retention
 //! Every key of a quiz expires ([`RedisOptions::retention_live`] after the
@@ -92,7 +94,8 @@ use self::scripts::scripts;
 pub use self::shared::RedisOptions;
 use self::shared::{key, unavailable, Shared};
 use super::memory::normalize_nickname;
-use super::{QuizStore, StoreError};
+use super::{pending_key, split_answer_field, PendingKey, QuizStore, StoreError};
+use crate::events::{Event, EventKind};
 use crate::model::{
     AnswerRecord, ApplyOutcome, Leaderboard, Millis, Phase, Player, QuizDef, QuizState, Standing,
 };
@@ -240,6 +243,64 @@ impl RedisClusterStore {
     }
 }
 
+/// Appends an event's id and JSON to a script's arguments (the pending
+/// entry the script records with its write).
+fn push_event(args: &mut Vec<String>, event: Option<&Event>) -> Result<(), StoreError> {
+    if let Some(e) = event {
+        args.push(e.event_id.clone());
+        args.push(to_json(e)?);
+    }
+    Ok(())
+}
+
+/// The `pending_read` script's reply: the pending events, rebuilt. An
+/// entry that cannot be read (an answer or player gone, corrupt JSON) is
+/// skipped with a warning: the sweep must not stall on it.
+fn decode_pending(quiz_id: &str, v: &Value, limit: usize) -> Result<Vec<Event>, StoreError> {
+    let Value::Array(parts) = v else {
+        return Err(bad_reply("pending_read", v));
+    };
+    let (Some(Value::Array(plain)), Some(Value::Array(answers))) = (parts.first(), parts.get(1))
+    else {
+        return Err(bad_reply("pending_read", v));
+    };
+    let mut out = Vec::new();
+    for e in plain {
+        match codec::as_str(e).map(|s| parse_json::<Event>("pending event", s)) {
+            Some(Ok(e)) => out.push(e),
+            _ => tracing::warn!(quiz_id, "unreadable pending event skipped"),
+        }
+    }
+    for entry in answers.chunks_exact(4) {
+        let field = codec::as_str(&entry[0]).unwrap_or_default();
+        let rebuilt = (|| {
+            let (pid, q) = split_answer_field(field)?;
+            let score = as_u64(&entry[1])?;
+            let stored = codec::as_str(&entry[2])?;
+            let nickname = codec::as_str(&entry[3])
+                .and_then(|p| parse_json::<Player>("player", p).ok())
+                .map(|p| p.nickname)
+                .unwrap_or_default();
+            let rec = stored.split_once('|').map_or(stored, |(_, r)| r);
+            let answer = decode_record(rec, pid, &nickname, q).ok()?;
+            Some(Event::new(
+                quiz_id,
+                answer.answered_at_ms,
+                EventKind::AnswerScored {
+                    answer,
+                    score_after: score,
+                },
+            ))
+        })();
+        match rebuilt {
+            Some(e) => out.push(e),
+            None => tracing::warn!(quiz_id, field, "unreadable pending answer skipped"),
+        }
+    }
+    out.truncate(limit);
+    Ok(out)
+}
+
 /// A retention as the whole seconds `EX`/`EXPIRE` take (at least 1).
 fn seconds(d: std::time::Duration) -> String {
     d.as_secs().max(1).to_string()
@@ -247,16 +308,23 @@ fn seconds(d: std::time::Duration) -> String {
 
 #[async_trait]
 impl QuizStore for RedisClusterStore {
-    async fn create_quiz(&self, quiz: &QuizDef, state: &QuizState) -> Result<(), StoreError> {
+    async fn create_quiz_with_event(
+        &self,
+        quiz: &QuizDef,
+        state: &QuizState,
+        event: Option<&Event>,
+    ) -> Result<(), StoreError> {
         let id = &quiz.quiz_id;
+        let mut args = vec![
+            to_json(quiz)?,
+            to_json(state)?,
+            seconds(self.shared.opts.retention_live),
+        ];
+        push_event(&mut args, event)?;
         let call = Call {
             script: &self.shared.scripts.create,
-            keys: vec![key(id, "def"), key(id, "state")],
-            args: vec![
-                to_json(quiz)?,
-                to_json(state)?,
-                seconds(self.shared.opts.retention_live),
-            ],
+            keys: vec![key(id, "def"), key(id, "state"), key(id, "pending")],
+            args,
         };
         match decode_int("create_quiz", &self.write("create_quiz", id, call).await?)? {
             1 => Ok(()),
@@ -284,11 +352,12 @@ impl QuizStore for RedisClusterStore {
         }
     }
 
-    async fn set_state(
+    async fn set_state_with_events(
         &self,
         quiz_id: &str,
         expected_version: u64,
         next: &QuizState,
+        events: &[Event],
     ) -> Result<bool, StoreError> {
         super::check_next_version(expected_version, next)?;
         // Every key of the quiz, for its retention: the distributions are
@@ -297,7 +366,7 @@ impl QuizStore for RedisClusterStore {
             Some(def) => def.questions.iter().map(|q| q.id).collect(),
             None => Vec::new(),
         };
-        let mut keys = vec![key(quiz_id, "state")];
+        let mut keys = vec![key(quiz_id, "state"), key(quiz_id, "pending")];
         keys.extend(
             [
                 "def",
@@ -307,6 +376,7 @@ impl QuizStore for RedisClusterStore {
                 "answers",
                 "lbver",
                 "sent",
+                "pending_answers",
             ]
             .iter()
             .map(|suffix| key(quiz_id, suffix)),
@@ -320,11 +390,17 @@ impl QuizStore for RedisClusterStore {
         let call = Call {
             script: &self.shared.scripts.set_state,
             keys,
-            args: vec![
-                expected_version.to_string(),
-                to_json(next)?,
-                seconds(retention),
-            ],
+            args: {
+                let mut args = vec![
+                    expected_version.to_string(),
+                    to_json(next)?,
+                    seconds(retention),
+                ];
+                for e in events {
+                    push_event(&mut args, Some(e))?;
+                }
+                args
+            },
         };
         // Not retried internally: a re-run after an applied-but-unconfirmed
         // first run would report `false` for our own write. One attempt; the
@@ -337,12 +413,20 @@ impl QuizStore for RedisClusterStore {
         }
     }
 
-    async fn add_player(
+    async fn add_player_with_event(
         &self,
         quiz_id: &str,
         player: &Player,
         max_players: u64,
+        event: Option<&Event>,
     ) -> Result<(), StoreError> {
+        let mut args = vec![
+            normalize_nickname(&player.nickname),
+            player.player_id.clone(),
+            to_json(player)?,
+            max_players.to_string(),
+        ];
+        push_event(&mut args, event)?;
         let call = Call {
             script: &self.shared.scripts.add_player,
             keys: vec![
@@ -351,13 +435,9 @@ impl QuizStore for RedisClusterStore {
                 key(quiz_id, "players"),
                 key(quiz_id, "leaderboard"),
                 key(quiz_id, "lbver"),
+                key(quiz_id, "pending"),
             ],
-            args: vec![
-                normalize_nickname(&player.nickname),
-                player.player_id.clone(),
-                to_json(player)?,
-                max_players.to_string(),
-            ],
+            args,
         };
         match decode_int(
             "add_player",
@@ -547,6 +627,64 @@ impl QuizStore for RedisClusterStore {
             Value::Nil => Err(StoreError::NotFound(format!("quiz {quiz_id}"))),
             v => as_u64(&v).ok_or_else(|| bad_reply("question_sent_at", &v)),
         }
+    }
+
+    async fn pending_events(&self, quiz_id: &str, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let call = Call {
+            script: &self.shared.scripts.pending_read,
+            keys: vec![
+                key(quiz_id, "pending"),
+                key(quiz_id, "pending_answers"),
+                key(quiz_id, "answers"),
+                key(quiz_id, "players"),
+            ],
+            args: vec![limit.max(1).to_string()],
+        };
+        let v = self.read(call).await?;
+        decode_pending(quiz_id, &v, limit)
+    }
+
+    async fn clear_pending(&self, quiz_id: &str, event_ids: &[String]) -> Result<(), StoreError> {
+        let mut plain = Vec::new();
+        let mut answers = Vec::new();
+        for id in event_ids {
+            match pending_key(quiz_id, id) {
+                PendingKey::Answer(field) => answers.push(field.to_string()),
+                PendingKey::Other(id) => plain.push(id.to_string()),
+            }
+        }
+        if plain.is_empty() && answers.is_empty() {
+            return Ok(());
+        }
+        let mut args = Vec::with_capacity(1 + plain.len() + answers.len());
+        args.push(plain.len().to_string());
+        args.extend(plain);
+        args.extend(answers);
+        let call = Call {
+            script: &self.shared.scripts.pending_clear,
+            keys: vec![key(quiz_id, "pending"), key(quiz_id, "pending_answers")],
+            args,
+        };
+        // No WAIT: a removal lost with a master only costs a re-publish.
+        run_one(&self.shared, &call, false).await.map(|_| ())
+    }
+
+    async fn is_pending(&self, quiz_id: &str, event_id: &str) -> Result<bool, StoreError> {
+        let (k, field) = match pending_key(quiz_id, event_id) {
+            PendingKey::Answer(field) => (key(quiz_id, "pending_answers"), field),
+            PendingKey::Other(id) => (key(quiz_id, "pending"), id),
+        };
+        let mut conn = self.shared.conn.clone();
+        let exists: bool = self
+            .timed(
+                "redis command timed out",
+                redis::cmd("HEXISTS")
+                    .arg(k)
+                    .arg(field)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(exists)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -207,6 +207,7 @@ fn apply_call(
         key(quiz_id, "leaderboard"),
         key(quiz_id, "lbver"),
         key(quiz_id, "state"),
+        key(quiz_id, "pending_answers"),
     ];
     let mut dist_index: HashMap<u32, usize> = HashMap::new();
     let mut args = Vec::with_capacity(2 + group.len());

@@ -75,10 +75,11 @@ pub(super) fn decode_apply(
             Ok(Some(ApplyOutcome::Applied { score, rank }))
         }
         Some("S") => Ok(None),
-        Some(t) if t.starts_with('D') => {
+        Some(t) if t.starts_with('D') || t.starts_with('E') => {
             let (score, rank) = score_rank()?;
             let rec = &t[1..];
             Ok(Some(ApplyOutcome::Duplicate {
+                pending: t.starts_with('D'),
                 original: decode_record(
                     rec,
                     &answer.player_id,

@@ -38,6 +38,10 @@ pub(super) struct Scripts {
     pub(super) sent_at: Lua,
     /// `lua/present_batch.lua`: self-paced presentations, batched like answers.
     pub(super) present: Lua,
+    /// `lua/pending_read.lua`: the pending events, for the repair sweep.
+    pub(super) pending_read: Lua,
+    /// `lua/pending_clear.lua`: removes acknowledged pending events.
+    pub(super) pending_clear: Lua,
 }
 
 /// The scripts, hashed on first use and shared by every store of the process.
@@ -53,6 +57,8 @@ pub(super) fn scripts() -> &'static Scripts {
         distribution: Lua::new(include_str!("lua/distribution.lua")),
         sent_at: Lua::new(include_str!("lua/sent_at.lua")),
         present: Lua::new(include_str!("lua/present_batch.lua")),
+        pending_read: Lua::new(include_str!("lua/pending_read.lua")),
+        pending_clear: Lua::new(include_str!("lua/pending_clear.lua")),
     })
 }
 
@@ -73,6 +79,8 @@ mod tests {
             &s.distribution,
             &s.sent_at,
             &s.present,
+            &s.pending_read,
+            &s.pending_clear,
         ] {
             let header: Vec<&str> = lua
                 .body

@@ -34,8 +34,16 @@
 -- {'S'} without writing anything if they differ: the node scored the batch
 -- against a state that has moved on, and re-scores it.
 --
--- KEYS: players answers leaderboard lbver state dist_1 .. dist_k (players is
--- unused by the script but keeps the key list self-describing).
+-- The event outbox (see store.rs): every applied answer's field is recorded
+-- in `pending_answers` with the score it gave (one HSET per batch), so its
+-- `answer_scored` event can be rebuilt and published again until the event
+-- log acknowledged it. A duplicate says whether the original's event is
+-- still pending (`D`) or already acknowledged (`E`): only the first is worth
+-- publishing again (one HMGET per batch, only when it has duplicates).
+--
+-- KEYS: players answers leaderboard lbver state pending_answers dist_1 ..
+-- dist_k (players is unused by the script but keeps the key list
+-- self-describing).
 -- ARGV: n, the expected state version or '' (no guard), then ONE PACKED
 -- ARGUMENT PER ANSWER (each argument costs Redis a RESP parse, an object and
 -- a Lua string; one per answer instead of six cut ~1.6 us of Redis CPU per
@@ -47,8 +55,9 @@
 -- player id is last and taken as everything up to the final `:<digits>`, so
 -- any player id (spaces and colons included) round-trips.
 -- Returns a flat array, 3 entries per answer: `A` score higher |
--- `D<original record>` score higher | `N` 0 0 (not a player: nothing
--- written); or {'S'} (stale state).
+-- `D<original record>` score higher (duplicate, event pending) |
+-- `E<original record>` score higher (duplicate, event delivered) | `N` 0 0
+-- (not a player: nothing written); or {'S'} (stale state).
 local n = tonumber(ARGV[1])
 if ARGV[2] ~= '' then
   local st = redis.call('GET', KEYS[5])
@@ -73,6 +82,7 @@ end
 local out, who, ss = {}, {}, {}
 local seen, score, changed, order = {}, {}, {}, {}
 local recs, dist, dists = {}, {}, {}
+local pend, dups = {}, {}
 local applied = 0
 for a = 1, n do
   local pid, field, v = pids[a], fields[a], vs[a]
@@ -86,6 +96,7 @@ for a = 1, n do
       out[o] = 'A'
     else
       out[o] = 'D' .. string.sub(prev, 18)
+      dups[#dups + 1] = a
     end
     s = s or 0
     who[a], ss[a], out[o + 1] = pid, s, s
@@ -99,6 +110,8 @@ for a = 1, n do
     seen[field] = v
     recs[#recs + 1] = field
     recs[#recs + 1] = v
+    pend[#pend + 1] = field
+    pend[#pend + 1] = string.format('%d', s)
     local dk = tonumber(dks[a])
     if dk > 0 then
       local d = dist[dk]
@@ -114,6 +127,7 @@ end
 -- far below Lua's stack limit for unpack).
 for j = 1, #recs, 400 do
   redis.call('HSET', KEYS[2], unpack(recs, j, math.min(j + 399, #recs)))
+  redis.call('HSET', KEYS[6], unpack(pend, j, math.min(j + 399, #pend)))
 end
 local z = {}
 for j = 1, #order do
@@ -135,9 +149,25 @@ if applied > 0 then
   local ttl = redis.call('PTTL', KEYS[5])
   if ttl > 0 then
     if redis.call('PTTL', KEYS[2]) == -1 then redis.call('PEXPIRE', KEYS[2], ttl) end
+    if redis.call('PTTL', KEYS[6]) == -1 then redis.call('PEXPIRE', KEYS[6], ttl) end
     for j = 1, #dists do
       local dk = tonumber(dists[j])
       if redis.call('PTTL', KEYS[dk]) == -1 then redis.call('PEXPIRE', KEYS[dk], ttl) end
+    end
+  end
+end
+-- Duplicates: is the original's event still pending (written above for an
+-- original in this very batch)?
+if #dups > 0 then
+  local fs = {}
+  for j = 1, #dups do fs[j] = fields[dups[j]] end
+  for j = 1, #fs, 400 do
+    local p = redis.call('HMGET', KEYS[6], unpack(fs, j, math.min(j + 399, #fs)))
+    for m = j, math.min(j + 399, #fs) do
+      if not p[m - j + 1] then
+        local o = 3 * dups[m] - 2
+        out[o] = 'E' .. string.sub(out[o], 2)
+      end
     end
   end
 end
