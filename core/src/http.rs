@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::client_addr::TrustedProxies;
 use crate::config::Tier;
 use crate::error::QuizError;
 use crate::limit::IpLimiter;
@@ -33,11 +34,12 @@ use crate::shutdown::Shutdown;
 type Resp = Response<Full<Bytes>>;
 
 /// What the routes work with: the service, this node's rooms, and the
-/// per-IP POST limiter.
+/// per-IP POST limiter (keyed by the client address `trusted` yields).
 struct Node {
     svc: Arc<QuizService>,
     rooms: Arc<Rooms>,
     post_limiter: IpLimiter,
+    trusted: TrustedProxies,
 }
 
 /// Serves `listener` until shutdown; then drains connections and flushes
@@ -54,6 +56,8 @@ pub async fn serve(
             svc.config.http_post_rate_per_sec,
             svc.config.http_post_burst,
         ),
+        // `Config::validate` checked the list.
+        trusted: TrustedProxies::parse(&svc.config.trusted_proxies).unwrap_or_default(),
         svc: Arc::clone(&svc),
         rooms,
     });
@@ -122,6 +126,8 @@ pub async fn serve(
 }
 
 async fn handle(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, sd: Shutdown) -> Resp {
+    // The client behind a trusted proxy (edge-lb), else the TCP peer.
+    let peer = SocketAddr::new(node.trusted.client_ip(peer.ip(), req.headers()), peer.port());
     let resp = match route(&node, req, peer, &sd).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -471,6 +477,7 @@ fn rate_limit(node: &Node, peer: SocketAddr) -> Result<(), QuizError> {
     if node.post_limiter.allow(peer.ip()) {
         Ok(())
     } else {
+        tracing::debug!(client = %peer.ip(), "POST rate limited");
         Err(QuizError::RateLimited(
             "too many requests from this address; retry after a second".into(),
         ))
