@@ -46,8 +46,12 @@ impl TrustedProxies {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.0.iter().any(|(net, len)| match (canonical(*net), ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => masked(u32::from(n).into(), *len, 32) == masked(u32::from(a).into(), *len, 32),
-            (IpAddr::V6(n), IpAddr::V6(a)) => masked(n.into(), *len, 128) == masked(a.into(), *len, 128),
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                masked(u32::from(n).into(), *len, 32) == masked(u32::from(a).into(), *len, 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                masked(n.into(), *len, 128) == masked(a.into(), *len, 128)
+            }
             _ => false,
         })
     }
@@ -102,9 +106,15 @@ mod tests {
         let h = headers(&["6.6.6.6, 203.0.113.7"]);
         let edge: IpAddr = "10.1.2.3".parse().unwrap();
         let other: IpAddr = "10.2.0.1".parse().unwrap();
-        assert_eq!(t.client_ip(edge, &h), "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            t.client_ip(edge, &h),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(t.client_ip(other, &h), other);
-        assert_eq!(t.client_ip("::1".parse().unwrap(), &headers(&["1.2.3.4"])), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            t.client_ip("::1".parse().unwrap(), &headers(&["1.2.3.4"])),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         // Mapped IPv4 peers match IPv4 networks; garbage falls back to the peer.
         assert!(t.contains("::ffff:10.1.9.9".parse().unwrap()));
         assert_eq!(t.client_ip(edge, &headers(&["nonsense"])), edge);

@@ -127,7 +127,10 @@ pub async fn serve(
 
 async fn handle(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, sd: Shutdown) -> Resp {
     // The client behind a trusted proxy (edge-lb), else the TCP peer.
-    let peer = SocketAddr::new(node.trusted.client_ip(peer.ip(), req.headers()), peer.port());
+    let peer = SocketAddr::new(
+        node.trusted.client_ip(peer.ip(), req.headers()),
+        peer.port(),
+    );
     let resp = match route(&node, req, peer, &sd).await {
         Ok(r) => r,
         Err(e) => error_response(&e),

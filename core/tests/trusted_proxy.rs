@@ -12,7 +12,13 @@ use quiz_core::shutdown::Shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn start(trusted: &[&str]) -> (SocketAddr, Shutdown, tokio::task::JoinHandle<anyhow::Result<()>>) {
+async fn start(
+    trusted: &[&str],
+) -> (
+    SocketAddr,
+    Shutdown,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let config = Config {
         listen: "127.0.0.1:0".into(),
         node_name: "trusted-proxy-test".into(),

@@ -226,8 +226,7 @@ impl Cluster {
                 p.placement.release(&q);
             }
         }
-        self.node_rate
-            .retain(|n| inner.backends.contains_key(n));
+        self.node_rate.retain(|n| inner.backends.contains_key(n));
         for (n, b) in &inner.backends {
             let load = inner
                 .pools

@@ -668,11 +668,17 @@ edge_lb:
         assert_eq!(c.limits.per_client.ipv6_prefix, 56);
         assert_eq!(c.limits.per_client.requests_per_sec, 400);
         for (bad, key) in [
-            ("  limits: {request_timeout: 0s}", "edge_lb.limits.request_timeout"),
+            (
+                "  limits: {request_timeout: 0s}",
+                "edge_lb.limits.request_timeout",
+            ),
             ("  limits: {per_client: {max_clients: 0}}", "max_clients"),
             ("  limits: {per_client: {ipv6_prefix: 129}}", "ipv6_prefix"),
             ("  admin_token: ' '", "edge_lb.admin_token"),
-            ("  admin_token: a\n  admin_token_file: /x", "edge_lb.admin_token_file"),
+            (
+                "  admin_token: a\n  admin_token_file: /x",
+                "edge_lb.admin_token_file",
+            ),
         ] {
             let e = EdgeConfig::from_yaml(&with(bad)).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");
@@ -682,10 +688,13 @@ edge_lb:
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("token");
         std::fs::write(&f, "s3cret\n").unwrap();
-        let c = EdgeConfig::from_yaml(&with(&format!("  admin_token_file: {}", f.display())))
-            .unwrap();
+        let c =
+            EdgeConfig::from_yaml(&with(&format!("  admin_token_file: {}", f.display()))).unwrap();
         assert_eq!(c.admin_token, None);
-        assert_eq!(c.read_admin_token().unwrap().admin_token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            c.read_admin_token().unwrap().admin_token.as_deref(),
+            Some("s3cret")
+        );
         let c = EdgeConfig::from_yaml(&with("  admin_token_file: /nonexistent/token")).unwrap();
         assert!(c.read_admin_token().is_err());
     }

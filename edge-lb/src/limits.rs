@@ -197,9 +197,7 @@ impl ClientTable {
         match shard.get_mut(&guard.key) {
             Some(e) => {
                 e.last = now;
-                e.req_rate
-                    .take(r, now)
-                    .map_err(Refusal::ClientRequestRate)
+                e.req_rate.take(r, now).map_err(Refusal::ClientRequestRate)
             }
             None => Ok(()),
         }

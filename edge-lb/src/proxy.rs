@@ -173,7 +173,9 @@ impl ProxyHttp for Router {
             (r.status(), r.code(), r.message())
         } else {
             let (code, kind, msg) = match e.etype() {
-                ErrorType::ReadTimedout if e.esource() == &pingora_core::ErrorSource::Downstream => {
+                ErrorType::ReadTimedout
+                    if e.esource() == &pingora_core::ErrorSource::Downstream =>
+                {
                     (408, "invalid", "request not received in time")
                 }
                 ErrorType::ConnectTimedout

@@ -271,7 +271,10 @@ mod tests {
     #[test]
     fn limits_answer_429_or_503_with_their_wait() {
         let text = String::from_utf8(Refusal::ClientRequestRate(3).response()).unwrap();
-        assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+            "{text}"
+        );
         assert!(text.contains("retry-after: 3\r\n"), "{text}");
         assert!(text.contains(r#""code":"rate_limited""#), "{text}");
         let text = String::from_utf8(Refusal::ClientConnections.response()).unwrap();

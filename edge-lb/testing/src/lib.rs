@@ -48,7 +48,9 @@ fn header_all(head: &[u8], name: &str) -> String {
     text.split("\r\n")
         .filter_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
         .collect::<Vec<_>>()
         .join(", ")

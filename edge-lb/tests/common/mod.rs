@@ -67,8 +67,9 @@ impl Default for Opts {
             close_rate: 1000,
             panic_threshold: 0.0,
             listen: Vec::new(),
-            limits: "{per_client: {max_connections: 0, connections_per_sec: 0, requests_per_sec: 0}}"
-                .into(),
+            limits:
+                "{per_client: {max_connections: 0, connections_per_sec: 0, requests_per_sec: 0}}"
+                    .into(),
             node_rate: (0, 0),
             extra: String::new(),
         }
