@@ -144,6 +144,10 @@ pub struct Config {
     /// Per-client-IP rate of HTTP POSTs before 429.
     pub http_post_rate_per_sec: u32,
     pub http_post_burst: u32,
+    /// Peers whose `X-Forwarded-For` names the client (edge-lb's addresses or
+    /// networks: `10.0.0.0/8`, `fd00::/8`, `127.0.0.1`), for the per-IP POST
+    /// limiter and the logs. Empty (the default): never trust the header.
+    pub trusted_proxies: Vec<String>,
     /// Drain phase on SIGTERM before the sockets close: `/readyz` answers
     /// 503 meanwhile so edge-lb moves this node's quizzes first (set it to
     /// edge-lb's `health.interval × failure_threshold` plus a margin).
@@ -200,6 +204,7 @@ impl Default for Config {
             http_max_body_bytes: 1 << 20,
             http_post_rate_per_sec: 200,
             http_post_burst: 400,
+            trusted_proxies: Vec::new(),
             shutdown_drain_ms: 0,
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
@@ -316,6 +321,9 @@ pub struct Cli {
     pub max_connections: Option<usize>,
     #[arg(long, env = "QUIZ_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Comma-separated `trusted_proxies`.
+    #[arg(long, env = "QUIZ_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 impl Config {
@@ -364,6 +372,7 @@ impl Config {
         set(&mut self.admin_open, &cli.admin_open);
         set(&mut self.max_players_per_quiz, &cli.max_players_per_quiz);
         set(&mut self.log_format, &cli.log_format);
+        set(&mut self.trusted_proxies, &cli.trusted_proxies);
         if cli.admin_key.is_some() {
             self.admin_key = cli.admin_key.clone();
         }
@@ -438,6 +447,9 @@ impl Config {
         }
         if self.node_name.trim().is_empty() {
             return bad("node_name", "must not be empty");
+        }
+        if let Err(e) = crate::client_addr::TrustedProxies::parse(&self.trusted_proxies) {
+            return bad("trusted_proxies", e);
         }
         let redis = !self.redis_nodes.is_empty();
         let kafka = !self.kafka_brokers.trim().is_empty();

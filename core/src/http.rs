@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::client_addr::TrustedProxies;
 use crate::config::Tier;
 use crate::error::QuizError;
 use crate::limit::IpLimiter;
@@ -39,12 +40,14 @@ type Resp = Response<Full<Bytes>>;
 type PermitSlot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
 
 /// What the routes work with: the service, this node's rooms, the
-/// per-IP POST limiter and the leaderboard cache.
+/// per-IP POST limiter (keyed by the client address `trusted` yields) and
+/// the leaderboard cache.
 struct Node {
     svc: Arc<QuizService>,
     rooms: Arc<Rooms>,
     post_limiter: IpLimiter,
     boards: BoardCache,
+    trusted: TrustedProxies,
 }
 
 /// `GET …/leaderboard` reads the store at most once per quiz per
@@ -116,6 +119,8 @@ pub async fn serve(
             map: DashMap::new(),
             ttl: Duration::from_millis(svc.config.leaderboard_interval_ms),
         },
+        // `Config::validate` checked the list.
+        trusted: TrustedProxies::parse(&svc.config.trusted_proxies).unwrap_or_default(),
         svc: Arc::clone(&svc),
         rooms,
     });
@@ -194,6 +199,11 @@ async fn handle(
     sd: Shutdown,
     permit: PermitSlot,
 ) -> Resp {
+    // The client behind a trusted proxy (edge-lb), else the TCP peer.
+    let peer = SocketAddr::new(
+        node.trusted.client_ip(peer.ip(), req.headers()),
+        peer.port(),
+    );
     let resp = match route(&node, req, peer, &sd, &permit).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -589,6 +599,7 @@ fn rate_limit(node: &Node, peer: SocketAddr) -> Result<(), QuizError> {
     if node.post_limiter.allow(peer.ip()) {
         Ok(())
     } else {
+        tracing::debug!(client = %peer.ip(), "POST rate limited");
         Err(QuizError::RateLimited(
             "too many requests from this address; retry after a second".into(),
         ))

@@ -11,7 +11,8 @@
 //!   frames; [`outbox`] is the writer's side: each connection's bounded
 //!   [`outbox::Outbox`], the writer that drains it, the close codes.
 //!   [`limit`]: the token bucket of both rate limits (per connection, per
-//!   client IP).
+//!   client IP); [`client_addr`]: which IP that is (the peer, or a trusted
+//!   proxy's `X-Forwarded-For`).
 //! - [`room`]: one room per quiz with members on this node. A room task
 //!   encodes each leaderboard once and fans the same bytes out, and turns
 //!   quiz state changes (seen on the [`bus`], on a wake from this node's
@@ -49,6 +50,7 @@ pub mod model;
 pub mod store;
 
 pub mod backends;
+pub mod client_addr;
 pub mod config;
 pub mod connection;
 pub mod error;

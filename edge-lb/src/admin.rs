@@ -1,5 +1,8 @@
 //! Admin API and Prometheus metrics, served by pingora's `ServeHttp` on `edge_lb.admin_listen`
-//! (bind it to loopback or a private network: it can drain nodes and reload configuration).
+//! (loopback by default: it can drain nodes and reload configuration). With `admin_token`
+//! (or `admin_token_file`) set, every `/admin/…` route requires `Authorization: Bearer
+//! <token>` (compared in constant time) and answers 401 otherwise; `/metrics`, `/healthz` and
+//! `/readyz` stay open for probes and Prometheus (read-only, and edge-lb's own).
 //!
 //! | method | path | answer |
 //! |---|---|---|
@@ -49,9 +52,21 @@ fn err(status: u16, code: &str, msg: &str) -> Response<Vec<u8>> {
 
 /// Reload configuration from `path` into `cluster`.
 pub fn reload(cluster: &Arc<Cluster>, path: &std::path::Path) -> Result<Vec<String>, String> {
-    let cfg = EdgeConfig::load(path).map_err(|e| e.to_string())?;
+    let cfg = EdgeConfig::load(path)
+        .and_then(EdgeConfig::read_admin_token)
+        .map_err(|e| e.to_string())?;
     let removed = cluster.apply_config(cfg);
     Ok(removed.iter().map(|s| s.to_string()).collect())
+}
+
+/// Compare a presented token with the configured one in time that depends only on their
+/// lengths, never on where they first differ.
+fn token_eq(given: &[u8], want: &[u8]) -> bool {
+    let mut diff = given.len() ^ want.len();
+    for (i, w) in want.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ w);
+    }
+    diff == 0
 }
 
 impl AdminApp {
@@ -87,6 +102,26 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.as_str().to_string();
         let path = session.req_header().uri.path().to_string();
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if parts.first() == Some(&"admin") {
+            let cfg = self.cluster.config();
+            if let Some(token) = &cfg.admin_token {
+                let given = session
+                    .req_header()
+                    .headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if !token_eq(given.trim().as_bytes(), token.as_bytes()) {
+                    let mut r = err(401, "unauthorized", "admin API: bearer token required");
+                    r.headers_mut().insert(
+                        "www-authenticate",
+                        hyper::header::HeaderValue::from_static("Bearer"),
+                    );
+                    return r;
+                }
+            }
+        }
         match (method.as_str(), parts.as_slice()) {
             ("GET", ["healthz"]) => json(200, serde_json::json!({"ok": true})),
             ("GET", ["readyz"]) => self.readiness(),
@@ -141,5 +176,19 @@ impl ServeHttp for AdminApp {
             },
             _ => err(404, "not_found", "unknown admin route"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_eq;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_eq(b"s3cret", b"s3cret"));
+        assert!(!token_eq(b"s3cre", b"s3cret"));
+        assert!(!token_eq(b"s3cretx", b"s3cret"));
+        assert!(!token_eq(b"", b"s3cret"));
+        assert!(!token_eq(b"s3creT", b"s3cret"));
     }
 }

@@ -34,6 +34,7 @@ pub use sources::{Discovered, DiscoveryDiff};
 pub use tunnels::{CloseReason, TunnelGuard};
 
 use crate::config::EdgeConfig;
+use crate::limits::{ClientTable, NodeRate};
 use crate::metrics::Metrics;
 use crate::ring::Placement;
 use sources::Sources;
@@ -129,6 +130,10 @@ pub struct Cluster {
     rr: AtomicUsize,
     pub metrics: Metrics,
     pub connections: AtomicUsize,
+    /// Per-client-address limits (`limits.per_client`; set at start, not reloaded).
+    pub clients: Arc<ClientTable>,
+    /// New tunnels per backend per second (`tunnel.new_per_node_per_sec`; set at start).
+    pub node_rate: NodeRate,
 }
 
 impl Cluster {
@@ -144,6 +149,8 @@ impl Cluster {
             rr: AtomicUsize::new(0),
             metrics: Metrics::new(),
             connections: AtomicUsize::new(0),
+            clients: ClientTable::new(&config.limits.per_client),
+            node_rate: NodeRate::new(&config.tunnel),
         });
         c.apply_config(config);
         c
@@ -198,8 +205,10 @@ impl Cluster {
             .collect()
     }
 
-    /// Periodic upkeep: expire idle quizzes, refresh gauges.
+    /// Periodic upkeep: expire idle quizzes and idle client entries, refresh gauges.
     pub fn sweep(&self) {
+        let clients = self.clients.sweep();
+        self.metrics.client_table_entries.set(clients as i64);
         let ttl = self.config().quiz_idle_ttl;
         let mut inner = self.inner.lock();
         let now = Instant::now();
@@ -217,6 +226,7 @@ impl Cluster {
                 p.placement.release(&q);
             }
         }
+        self.node_rate.retain(|n| inner.backends.contains_key(n));
         for (n, b) in &inner.backends {
             let load = inner
                 .pools

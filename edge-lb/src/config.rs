@@ -52,6 +52,14 @@ pub struct EdgeConfig {
     /// Admin API and Prometheus `/metrics`.
     #[serde(default = "d_admin")]
     pub admin_listen: String,
+    /// Bearer token the admin API's `/admin/…` routes require (`Authorization: Bearer …`).
+    /// Unset: no token (keep `admin_listen` on loopback then).
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token (a mounted Secret); read at start and on reload, trimmed.
+    /// Exclusive with `admin_token`.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// Bounded-load factor `c`; a node owns at most `ceil(c × average)` active quizzes.
     #[serde(default = "d_balance")]
     pub balance_factor: f64,
@@ -218,6 +226,11 @@ pub struct TunnelConfig {
     /// Time allowed for the backend's upgrade response.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// New tunnels per second admitted to one backend (token bucket per node; 0 = no limit).
+    /// Past it the upgrade is answered 503 with a jittered `Retry-After`.
+    pub new_per_node_per_sec: u32,
+    /// Burst of that bucket.
+    pub new_per_node_burst: u32,
     /// After one side closes, wait at most this long for the other to finish.
     #[serde(with = "humantime_serde")]
     pub close_linger: Duration,
@@ -229,6 +242,8 @@ impl Default for TunnelConfig {
             idle_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
+            new_per_node_per_sec: 1_000,
+            new_per_node_burst: 2_000,
             close_linger: Duration::from_secs(5),
         }
     }
@@ -262,6 +277,49 @@ pub struct LimitsConfig {
     /// Idle time allowed between keep-alive HTTP requests.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// Whole-request deadline: from a request's first byte to the end of its body (head and
+    /// body); a client still sending then is answered 408 and closed (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Limits per client address.
+    pub per_client: PerClientConfig,
+}
+
+/// `edge_lb.limits.per_client`: limits per client address (see `limits.rs` and the reasoning
+/// for the defaults in `docs/edge-lb.md`). A limit of 0 is off.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerClientConfig {
+    /// Connections one address holds open at once (429 past it).
+    pub max_connections: u32,
+    /// New connections per second from one address (token bucket), and its burst.
+    pub connections_per_sec: u32,
+    pub connections_burst: u32,
+    /// Requests (plain HTTP and upgrades) per second from one address, and the burst.
+    pub requests_per_sec: u32,
+    pub requests_burst: u32,
+    /// Addresses tracked at once (memory bound: about 100 bytes each).
+    pub max_clients: usize,
+    /// An address with no open connection is forgotten this long after its last request.
+    #[serde(with = "humantime_serde")]
+    pub idle_ttl: Duration,
+    /// IPv6 clients are keyed by this prefix length (one subscriber gets a /64).
+    pub ipv6_prefix: u8,
+}
+
+impl Default for PerClientConfig {
+    fn default() -> Self {
+        PerClientConfig {
+            max_connections: 2_000,
+            connections_per_sec: 200,
+            connections_burst: 2_000,
+            requests_per_sec: 400,
+            requests_burst: 4_000,
+            max_clients: 200_000,
+            idle_ttl: Duration::from_secs(60),
+            ipv6_prefix: 64,
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -271,6 +329,8 @@ impl Default for LimitsConfig {
             max_connections: 9_900,
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            per_client: PerClientConfig::default(),
         }
     }
 }
@@ -342,6 +402,24 @@ impl EdgeConfig {
     pub fn from_yaml(text: &str) -> Result<EdgeConfig, ConfigError> {
         let f: FileConf = serde_yaml::from_str(text)?;
         f.edge_lb.validate()
+    }
+
+    /// Resolve `admin_token_file` into `admin_token` (at start and on reload: parsing a
+    /// configuration alone, as deploy-check does, reads no secret).
+    pub fn read_admin_token(mut self) -> Result<EdgeConfig, ConfigError> {
+        if let Some(path) = &self.admin_token_file {
+            let t = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let t = t.trim();
+            if t.is_empty() {
+                return Err(invalid("edge_lb.admin_token_file", "the file is empty"));
+            }
+            self.admin_token = Some(t.to_string());
+            self.admin_token_file = None;
+        }
+        Ok(self)
     }
 
     pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
@@ -468,6 +546,33 @@ impl EdgeConfig {
         if self.tunnel.idle_timeout.is_zero() {
             return Err(invalid("edge_lb.tunnel.idle_timeout", "must be > 0"));
         }
+        if self.limits.request_timeout.is_zero() {
+            return Err(invalid("edge_lb.limits.request_timeout", "must be > 0"));
+        }
+        if self.limits.per_client.max_clients == 0 {
+            return Err(invalid(
+                "edge_lb.limits.per_client.max_clients",
+                "must be >= 1",
+            ));
+        }
+        if self.limits.per_client.ipv6_prefix > 128 {
+            return Err(invalid(
+                "edge_lb.limits.per_client.ipv6_prefix",
+                "must be 0..=128",
+            ));
+        }
+        match (&self.admin_token, &self.admin_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "edge_lb.admin_token_file",
+                    "set admin_token or admin_token_file, not both",
+                ))
+            }
+            (Some(t), None) if t.trim().is_empty() => {
+                return Err(invalid("edge_lb.admin_token", "must not be empty"))
+            }
+            _ => {}
+        }
         Ok(self)
     }
 
@@ -546,6 +651,53 @@ edge_lb:
       backends:
         - {name: core-1, addr: '127.0.0.1:7001'}
 ";
+
+    #[test]
+    fn limit_keys_parse_and_errors_name_the_key() {
+        let c = EdgeConfig::from_yaml(MIN).unwrap();
+        assert_eq!(c.limits.per_client.max_connections, 2_000);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.tunnel.new_per_node_per_sec, 1_000);
+        assert_eq!(c.admin_token, None);
+        let with = |extra: &str| MIN.replace("  pools:", &format!("{extra}\n  pools:"));
+        let c = EdgeConfig::from_yaml(&with(
+            "  limits: {request_timeout: 5s, per_client: {max_connections: 3, ipv6_prefix: 56}}",
+        ))
+        .unwrap();
+        assert_eq!(c.limits.per_client.max_connections, 3);
+        assert_eq!(c.limits.per_client.ipv6_prefix, 56);
+        assert_eq!(c.limits.per_client.requests_per_sec, 400);
+        for (bad, key) in [
+            (
+                "  limits: {request_timeout: 0s}",
+                "edge_lb.limits.request_timeout",
+            ),
+            ("  limits: {per_client: {max_clients: 0}}", "max_clients"),
+            ("  limits: {per_client: {ipv6_prefix: 129}}", "ipv6_prefix"),
+            ("  admin_token: ' '", "edge_lb.admin_token"),
+            (
+                "  admin_token: a\n  admin_token_file: /x",
+                "edge_lb.admin_token_file",
+            ),
+        ] {
+            let e = EdgeConfig::from_yaml(&with(bad)).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        // The token file is read when the instance starts, not when a file is only parsed.
+        let dir = std::env::temp_dir().join(format!("edge-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let c =
+            EdgeConfig::from_yaml(&with(&format!("  admin_token_file: {}", f.display()))).unwrap();
+        assert_eq!(c.admin_token, None);
+        assert_eq!(
+            c.read_admin_token().unwrap().admin_token.as_deref(),
+            Some("s3cret")
+        );
+        let c = EdgeConfig::from_yaml(&with("  admin_token_file: /nonexistent/token")).unwrap();
+        assert!(c.read_admin_token().is_err());
+    }
 
     #[test]
     fn minimal_config_parses_with_defaults() {

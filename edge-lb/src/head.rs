@@ -69,6 +69,8 @@ pub struct Head {
     pub method: String,
     pub path: String,
     pub upgrade_websocket: bool,
+    /// When the head's first byte arrived (the whole-request deadline counts from it).
+    pub started: tokio::time::Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +113,8 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     if n == 0 {
         return Err(HeadError::Closed);
     }
-    let deadline = tokio::time::Instant::now() + timeout;
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
     let mut scanned = 0;
     let len = loop {
         if let Some(end) = find_end(&buf, scanned) {
@@ -162,6 +165,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
         method,
         path,
         upgrade_websocket: upgrade && conn_upgrade,
+        started,
     })
 }
 

@@ -5,8 +5,12 @@
 //! - [`proxy`]: `EdgeApp`, the pingora `ServerApp` behind every listener. Reads the request
 //!   head ([`head`]), sends WebSocket upgrades to [`tunnel`] and plain HTTP to pingora's
 //!   `HttpProxy` running `Router` (`ProxyHttp`).
-//! - [`refusal`]: every answer given before a backend answered (connection limit, bad head,
-//!   bad route, no node, node unreachable): one `Refusal` per cause, one `refuse` that sends it.
+//! - [`limits`]: admission per client address (open connections, new connections/s,
+//!   requests/s; a bounded table) and per backend (new tunnels/s), checked by [`proxy`] and
+//!   [`tunnel`].
+//! - [`refusal`]: every answer given before a backend answered (connection limit, per-client
+//!   limits, bad head, bad route, no node, node unreachable): one `Refusal` per cause, one
+//!   `refuse` that sends it.
 //! - [`tunnel`]: WebSocket upgrades and the long-lived byte splice (idle timeout, close
 //!   propagation, cancellation; the workarounds for pingora issues #946 and #571).
 //! - [`cluster`]: shared state: backends, one placement per pool, quiz activity. Every routing
@@ -34,6 +38,7 @@ pub mod config;
 pub mod discovery;
 pub mod head;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod refusal;
@@ -83,7 +88,7 @@ pub struct BuildOptions {
 /// Assemble the pingora server: proxy listeners (plain and TLS, SO_REUSEPORT), the admin
 /// service, and the upkeep background service.
 pub fn build(o: BuildOptions) -> Result<(Server, Arc<Cluster>), BuildError> {
-    let edge = o.edge;
+    let edge = o.edge.read_admin_token()?;
     let conf = Arc::new(
         ServerConf::from_yaml(&o.server_conf.to_yaml())
             .map_err(|e| BuildError::Pingora(e.to_string()))?,

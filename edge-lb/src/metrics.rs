@@ -21,7 +21,9 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Health transitions by backend and new state (up, down, eligible).
     pub health_transitions: IntCounterVec,
-    /// Errors by kind (bad_quiz_id, header_too_large, not_websocket, no_backend, connect, ...).
+    /// Errors and refusals by kind (bad_quiz_id, header_too_large, not_websocket, no_backend,
+    /// connect, client_connections, client_connection_rate, client_request_rate,
+    /// node_tunnel_rate, not_public, client_table_full, request_timeout, ...).
     pub errors: IntCounterVec,
     /// Tunnels closed by edge-lb, by reason (node_lost, drain, rebalance, idle, shutdown).
     pub tunnels_closed: IntCounterVec,
@@ -30,6 +32,8 @@ pub struct Metrics {
     /// 1 while a pool's failing verdicts are deferred by `health.panic_threshold`.
     pub pool_panic: IntGaugeVec,
     pub downstream_connections: IntGauge,
+    /// Client addresses tracked by the per-client limits.
+    pub client_table_entries: IntGauge,
     pub upgrade_seconds: HistogramVec,
     /// Discovery resolutions by pool and outcome (ok, empty, error).
     pub discovery_resolutions: IntCounterVec,
@@ -109,6 +113,14 @@ impl Metrics {
         registry
             .register(Box::new(downstream_connections.clone()))
             .expect("unique");
+        let client_table_entries = IntGauge::new(
+            "edge_lb_client_table_entries",
+            "Client addresses tracked by the per-client limits",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(client_table_entries.clone()))
+            .expect("unique");
         let upgrade_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "edge_lb_upgrade_seconds",
@@ -155,6 +167,7 @@ impl Metrics {
             quizzes_active,
             pool_panic,
             downstream_connections,
+            client_table_entries,
             upgrade_seconds,
         }
     }

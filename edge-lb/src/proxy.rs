@@ -8,6 +8,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ServerApp};
@@ -20,6 +21,7 @@ use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 
 use crate::cluster::Cluster;
 use crate::head::{quiz_path, read_head, Head, QuizPath, Rewound};
+use crate::limits::ClientGuard;
 use crate::refusal::{error_body, refuse, Refusal};
 
 /// Per-request context of the HTTP proxy.
@@ -28,7 +30,12 @@ pub struct Ctx {
     backend: Option<Arc<str>>,
     tries: u32,
     no_backend: bool,
+    /// The whole-request deadline (`limits.request_timeout`), set by `request_filter`.
+    deadline: Option<Instant>,
 }
+
+/// pingora's own per-read downstream timeout, restored once the request body is in.
+const PINGORA_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `ProxyHttp` for plain HTTP: sticky by quiz id through the bounded-load ring, any eligible
 /// node for quiz-less requests.
@@ -42,6 +49,64 @@ impl ProxyHttp for Router {
 
     fn new_ctx(&self) -> Ctx {
         Ctx::default()
+    }
+
+    /// The whole-request deadline: [`EdgeApp`] set the session's read timeout to what is
+    /// left of `limits.request_timeout` after the head; it becomes this request's deadline.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let left = session
+            .get_read_timeout()
+            .unwrap_or(self.cluster.config().limits.request_timeout);
+        ctx.deadline = Some(Instant::now() + left);
+        Ok(false)
+    }
+
+    /// Each body read may wait only for what is left of the deadline, so a client trickling
+    /// its body (slowloris) is cut at the deadline, not 60 s after its last byte.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if end_of_stream {
+            session.set_read_timeout(Some(PINGORA_READ_TIMEOUT));
+            return Ok(());
+        }
+        let Some(deadline) = ctx.deadline else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "request body not received in time",
+            )
+            .into_down());
+        }
+        session.set_read_timeout(Some(left));
+        Ok(())
+    }
+
+    /// The client address core sees: `X-Forwarded-For` is exactly the TCP peer; whatever the
+    /// client sent in `X-Forwarded-For`, `Forwarded` or `X-Real-IP` is dropped.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora_http::RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        for h in CLIENT_ADDRESS_HEADERS {
+            upstream_request.remove_header(*h);
+        }
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet().map(|i| i.ip()))
+        {
+            upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -108,6 +173,11 @@ impl ProxyHttp for Router {
             (r.status(), r.code(), r.message())
         } else {
             let (code, kind, msg) = match e.etype() {
+                ErrorType::ReadTimedout
+                    if e.esource() == &pingora_core::ErrorSource::Downstream =>
+                {
+                    (408, "invalid", "request not received in time")
+                }
                 ErrorType::ConnectTimedout
                 | ErrorType::ConnectRefused
                 | ErrorType::ConnectError => {
@@ -140,6 +210,7 @@ impl ProxyHttp for Router {
                 .await;
         }
         self.cluster.metrics.error(match code {
+            408 => "request_timeout",
             503 => "unavailable",
             504 => "upstream_timeout",
             400 => "bad_request",
@@ -185,9 +256,14 @@ pub struct EdgeApp {
     pub http: Arc<HttpProxy<Router>>,
 }
 
-/// One client connection counted against `limits.max_connections`; a WebSocket tunnel takes it
-/// into its own task, so the count lasts as long as the connection.
-struct ConnCount(Arc<Cluster>);
+/// Request headers that carry a client address: edge-lb drops the client's and sets
+/// `X-Forwarded-For` to the TCP peer (plain HTTP here, upgrades in [`crate::tunnel`]).
+pub const CLIENT_ADDRESS_HEADERS: &[&str] = &["x-forwarded-for", "forwarded", "x-real-ip"];
+
+/// One client connection counted against `limits.max_connections` (and, in its guard, against
+/// its address's `limits.per_client`); a WebSocket tunnel takes it into its own task, so the
+/// count lasts as long as the connection.
+struct ConnCount(Arc<Cluster>, Option<ClientGuard>);
 
 impl Drop for ConnCount {
     fn drop(&mut self) {
@@ -207,7 +283,7 @@ impl ServerApp for EdgeApp {
         let cfg = cluster.config();
         let n = cluster.connections.fetch_add(1, Ordering::Relaxed);
         cluster.metrics.downstream_connections.inc();
-        let count = ConnCount(cluster.clone());
+        let mut count = ConnCount(cluster.clone(), None);
         let peer_ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|i| i.ip())));
@@ -215,6 +291,15 @@ impl ServerApp for EdgeApp {
         if n >= cfg.limits.max_connections {
             refuse(&mut stream, &cluster.metrics, Refusal::ConnectionLimit).await;
             return None;
+        }
+        if let Some(ip) = peer_ip {
+            match cluster.clients.connect(ip, &cluster.metrics) {
+                Ok(guard) => count.1 = guard,
+                Err(r) => {
+                    refuse(&mut stream, &cluster.metrics, r).await;
+                    return None;
+                }
+            }
         }
         // The request is usually in the socket already when the connection is accepted: read
         // it now instead of waiting a turn of the event loop for the socket's first readiness.
@@ -237,7 +322,9 @@ impl ServerApp for EdgeApp {
                 &mut stream,
                 cfg.limits.max_header_bytes,
                 idle,
-                cfg.limits.header_read_timeout,
+                cfg.limits
+                    .header_read_timeout
+                    .min(cfg.limits.request_timeout),
             ))
             .await
             {
@@ -249,6 +336,12 @@ impl ServerApp for EdgeApp {
                     return None;
                 }
             };
+            if let Some(guard) = &count.1 {
+                if let Err(r) = cluster.clients.request(guard) {
+                    refuse(&mut stream, &cluster.metrics, r).await;
+                    return None;
+                }
+            }
             match tunnel_for(&head) {
                 Err(r) => {
                     refuse(&mut stream, &cluster.metrics, r).await;
@@ -263,9 +356,16 @@ impl ServerApp for EdgeApp {
                 }
                 Ok(None) => {}
             }
-            // Plain HTTP: give pingora the bytes we read and let it proxy the request.
+            // Plain HTTP: give pingora the bytes we read and let it proxy the request, with what
+            // is left of the whole-request deadline as its read timeout (see `Router`).
+            let left = cfg
+                .limits
+                .request_timeout
+                .saturating_sub(head.started.elapsed())
+                .max(Duration::from_millis(1));
             stream.set_pre(head.buf);
             let mut session = ServerSession::new_http1(Box::new(stream));
+            session.set_read_timeout(Some(left));
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             } else {
@@ -285,6 +385,9 @@ impl ServerApp for EdgeApp {
 /// Where a request head goes: the quiz whose tunnel it opens (a WebSocket upgrade under
 /// `/v1/quizzes/{id}/`), None for plain HTTP, or the refusal of a bad route.
 fn tunnel_for(head: &Head) -> Result<Option<String>, Refusal> {
+    if operator_only(&head.path) {
+        return Err(Refusal::NotPublic);
+    }
     match (quiz_path(&head.path), head.upgrade_websocket) {
         (QuizPath::Invalid(why), _) => Err(Refusal::BadQuizId(why)),
         (QuizPath::Quiz { ws: true, .. }, false) => Err(Refusal::UpgradeRequired),
@@ -292,5 +395,39 @@ fn tunnel_for(head: &Head) -> Result<Option<String>, Refusal> {
         (QuizPath::Quiz { id, .. }, true) => Ok(Some(id)),
         (QuizPath::None, true) => Err(Refusal::UpgradeOutsideQuiz),
         _ => Ok(None),
+    }
+}
+
+/// A node's operator endpoints: `/metrics` (every counter of the node) and `/readyz` (its
+/// stores' error text). edge-lb checks nodes itself on their own address; through the public
+/// listener these are not routed. Matched the way core matches routes (slashes trimmed), in
+/// origin or absolute form.
+fn operator_only(target: &str) -> bool {
+    let path = match target.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("", |i| &rest[i..]),
+        None => target,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    matches!(path.trim_matches('/'), "metrics" | "readyz")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::operator_only;
+
+    #[test]
+    fn operator_paths_are_recognised_in_every_spelling() {
+        for p in [
+            "/metrics",
+            "/readyz",
+            "/readyz/",
+            "//metrics?x=1",
+            "http://core:8080/metrics",
+        ] {
+            assert!(operator_only(p), "{p}");
+        }
+        for p in ["/healthz", "/v1/quizzes/metrics", "/metricsx", "/"] {
+            assert!(!operator_only(p), "{p}");
+        }
     }
 }

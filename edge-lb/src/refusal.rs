@@ -2,9 +2,10 @@
 //! with its status, the contract's error code and message, and the metric it counts under,
 //! and one way to send it, [`refuse`] (count, answer, close the connection).
 //!
-//! The front door refuses what it reads ([`crate::proxy`]: connection limit, bad request
-//! head, bad route); the tunnel refuses an upgrade no backend took ([`crate::tunnel`]: no
-//! node, node unreachable, handshake failed). The HTTP proxy's one refusal before a backend
+//! The front door refuses what it reads ([`crate::proxy`]: connection limit, the per-client
+//! limits of [`crate::limits`], bad request head, bad route, a node's operator endpoint); the
+//! tunnel refuses an upgrade no backend took ([`crate::tunnel`]: no node, the node's new-tunnel
+//! rate, node unreachable, handshake failed). The HTTP proxy's one refusal before a backend
 //! (no node for the request) is written by pingora's session in `Router::fail_to_proxy`, from
 //! the same [`Refusal`] and [`error_body`].
 
@@ -42,6 +43,16 @@ pub enum Refusal {
     BackendUnreachable,
     /// The node picked for an upgrade did not answer it in time.
     HandshakeFailed,
+    /// `limits.per_client.max_connections` open from this address.
+    ClientConnections,
+    /// `limits.per_client.connections_per_sec` exceeded (seconds until a token is back).
+    ClientConnectionRate(u32),
+    /// `limits.per_client.requests_per_sec` exceeded (seconds until a token is back).
+    ClientRequestRate(u32),
+    /// `tunnel.new_per_node_per_sec` exceeded for the quiz's node (jittered `Retry-After`).
+    NodeTunnelRate(u32),
+    /// A node's operator endpoint (`/metrics`, `/readyz`) asked from outside: not routed.
+    NotPublic,
 }
 
 impl Refusal {
@@ -66,7 +77,12 @@ impl Refusal {
             | Refusal::UpgradeNotGet
             | Refusal::UpgradeOutsideQuiz => 400,
             Refusal::HandshakeFailed => 502,
+            Refusal::NotPublic => 404,
+            Refusal::ClientConnections
+            | Refusal::ClientConnectionRate(_)
+            | Refusal::ClientRequestRate(_) => 429,
             Refusal::ConnectionLimit
+            | Refusal::NodeTunnelRate(_)
             | Refusal::NoBackend
             | Refusal::NoHttpBackend
             | Refusal::BackendUnreachable => 503,
@@ -83,7 +99,12 @@ impl Refusal {
             | Refusal::UpgradeRequired
             | Refusal::UpgradeNotGet
             | Refusal::UpgradeOutsideQuiz => "invalid",
+            Refusal::NotPublic => "not_found",
+            Refusal::ClientConnections
+            | Refusal::ClientConnectionRate(_)
+            | Refusal::ClientRequestRate(_) => "rate_limited",
             Refusal::ConnectionLimit
+            | Refusal::NodeTunnelRate(_)
             | Refusal::NoBackend
             | Refusal::NoHttpBackend
             | Refusal::BackendUnreachable
@@ -105,6 +126,11 @@ impl Refusal {
             Refusal::NoBackend | Refusal::NoHttpBackend => "no_backend",
             Refusal::BackendUnreachable => "connect",
             Refusal::HandshakeFailed => "handshake",
+            Refusal::ClientConnections => "client_connections",
+            Refusal::ClientConnectionRate(_) => "client_connection_rate",
+            Refusal::ClientRequestRate(_) => "client_request_rate",
+            Refusal::NodeTunnelRate(_) => "node_tunnel_rate",
+            Refusal::NotPublic => "not_public",
         }
     }
 
@@ -114,6 +140,7 @@ impl Refusal {
         match self {
             Refusal::NoBackend => Some("no_backend"),
             Refusal::BackendUnreachable | Refusal::HandshakeFailed => Some("backend_error"),
+            Refusal::NodeTunnelRate(_) => Some("node_rate"),
             _ => None,
         }
     }
@@ -137,12 +164,30 @@ impl Refusal {
             Refusal::NoHttpBackend => "no healthy backend, retry shortly".into(),
             Refusal::BackendUnreachable => "backend unreachable, retry shortly".into(),
             Refusal::HandshakeFailed => "backend failed the upgrade".into(),
+            Refusal::ClientConnections => "too many open connections from this address".into(),
+            Refusal::ClientConnectionRate(_) => {
+                "too many new connections from this address; retry after the given delay".into()
+            }
+            Refusal::ClientRequestRate(_) => {
+                "too many requests from this address; retry after the given delay".into()
+            }
+            Refusal::NodeTunnelRate(_) => {
+                "this quiz's node is taking too many new connections; retry after the given delay"
+                    .into()
+            }
+            Refusal::NotPublic => "no such route".into(),
         }
     }
 
-    /// `Retry-After` in seconds: every `unavailable` answer asks for a retry in a second.
+    /// `Retry-After` in seconds: a rate limit's wait (jittered for a node's tunnel rate), a
+    /// second for the other `unavailable` and `rate_limited` answers.
     pub fn retry_after(&self) -> Option<u32> {
-        (self.code() == "unavailable").then_some(1)
+        match self {
+            Refusal::ClientConnectionRate(s)
+            | Refusal::ClientRequestRate(s)
+            | Refusal::NodeTunnelRate(s) => Some((*s).max(1)),
+            _ => matches!(self.code(), "unavailable" | "rate_limited").then_some(1),
+        }
     }
 
     /// The whole HTTP/1.1 response.
@@ -180,6 +225,7 @@ fn error_response(status: u16, code: &str, message: &str, retry_after: Option<u3
         404 => "Not Found",
         408 => "Request Timeout",
         413 => "Payload Too Large",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
@@ -220,5 +266,24 @@ mod tests {
         assert!(text.ends_with(
             r#"{"error":{"code":"too_large","message":"request head exceeds 16 bytes"}}"#
         ));
+    }
+
+    #[test]
+    fn limits_answer_429_or_503_with_their_wait() {
+        let text = String::from_utf8(Refusal::ClientRequestRate(3).response()).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("retry-after: 3\r\n"), "{text}");
+        assert!(text.contains(r#""code":"rate_limited""#), "{text}");
+        let text = String::from_utf8(Refusal::ClientConnections.response()).unwrap();
+        assert!(text.contains("retry-after: 1\r\n"), "{text}");
+        let text = String::from_utf8(Refusal::NodeTunnelRate(2).response()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        assert!(text.contains("retry-after: 2\r\n"), "{text}");
+        let text = String::from_utf8(Refusal::NotPublic.response()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
+        assert!(!text.contains("retry-after"), "{text}");
     }
 }

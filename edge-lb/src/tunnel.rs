@@ -29,6 +29,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::cluster::{Cluster, TunnelGuard};
 use crate::head::Head;
+use crate::proxy::CLIENT_ADDRESS_HEADERS;
 use crate::refusal::{refuse, Refusal};
 
 const SCRATCH: usize = 16 * 1024;
@@ -337,17 +338,34 @@ fn status_of(head: &[u8]) -> Option<u16> {
     std::str::from_utf8(parts.next()?).ok()?.trim().parse().ok()
 }
 
-/// Request head with `X-Forwarded-For` appended.
+/// The upgrade request as the node gets it: the head without the client's own
+/// client-address headers (`X-Forwarded-For`, `Forwarded`, `X-Real-IP`), and `X-Forwarded-For`
+/// set to exactly the TCP peer. Bytes the client sent after its head are not included: they
+/// reach the node only once it has answered `101` (see [`serve_upgrade`]).
 fn forward_head(head: &Head, peer: Option<std::net::IpAddr>) -> Vec<u8> {
     use std::io::Write as _;
-    let mut out = Vec::with_capacity(head.buf.len() + 64);
-    out.extend_from_slice(&head.buf[..head.len - 2]);
+    let mut out = Vec::with_capacity(head.len + 64);
+    // Every line of the head but the final empty one, each with its CRLF.
+    let mut lines = head.buf[..head.len - 2].split_inclusive(|b| *b == b'\n');
+    if let Some(request_line) = lines.next() {
+        out.extend_from_slice(request_line);
+    }
+    for line in lines {
+        let name = line.split(|b| *b == b':').next().unwrap_or(b"");
+        let name = name.trim_ascii();
+        if CLIENT_ADDRESS_HEADERS
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        {
+            continue;
+        }
+        out.extend_from_slice(line);
+    }
     if let Some(ip) = peer {
         // Writing into a Vec cannot fail.
         let _ = write!(out, "X-Forwarded-For: {ip}\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&head.buf[head.len..]);
     out
 }
 
@@ -404,7 +422,14 @@ pub async fn serve_upgrade<C, K>(
         refuse(&mut client, m, Refusal::NoBackend).await;
         return;
     };
+    // A reconnect storm (a node lost, its quizzes moved) must not re-overload the node it
+    // lands on: new tunnels per node are paced, the rest told to come back (jittered).
+    if let Err(r) = cluster.node_rate.admit(&target.backend) {
+        refuse(&mut client, m, r).await;
+        return;
+    }
     let forward = forward_head(&head, peer);
+    let early = head.buf[head.len..].to_vec();
     drop(head);
     let connect = crate::speculative::connect_and_send(target.addr, &forward);
     let (mut backend, sent) = match tokio::time::timeout(cfg.tunnel.connect_timeout, connect).await
@@ -438,18 +463,26 @@ pub async fn serve_upgrade<C, K>(
     }
     let Some(guard) = guard else {
         m.upgrades.with_label_values(&["rejected"]).inc();
-        // Let the backend finish its refusal, then close.
-        let _ = Splice::new(
-            &mut client,
-            &mut backend,
+        // The node refused the upgrade: pass its answer on and nothing more. No byte of the
+        // client's reaches the node after the refused request (otherwise a client could send
+        // further requests — `GET /metrics`, say — over a raw connection to the node, past
+        // every check of edge-lb's). Half-close toward the node so it ends the connection once
+        // its answer is out, and copy the rest of that answer, bounded in time.
+        let _ = backend.shutdown().await;
+        let _ = tokio::time::timeout(
             cfg.tunnel.handshake_timeout,
-            cfg.tunnel.close_linger,
-            None,
+            tokio::io::copy(&mut backend, &mut client),
         )
         .await;
+        let _ = client.flush().await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), client.shutdown()).await;
         return;
     };
     drop(resp);
+    // What the client sent behind its upgrade request goes to the node now that it said 101.
+    if !early.is_empty() && backend.write_all(&early).await.is_err() {
+        return;
+    }
     m.upgrades.with_label_values(&["ok"]).inc();
     m.upgrade_seconds
         .with_label_values(&[&target.backend])

@@ -5,7 +5,10 @@
 //! The backend answers the upgrade with its `101` head *and* a first text frame
 //! (`node=<name>`) in a single write, the exact shape of pingora issue #946, then echoes every
 //! frame (fastwebsockets, close handshake included). `GET /readyz` answers 200 or 503 as set
-//! by [`Backend::set_ready`]; any other HTTP request gets `{"node": name, "path": path}`.
+//! by [`Backend::set_ready`]; any other HTTP request gets `{"node": name, "path": path, "xff":
+//! …}` (`xff`: every `X-Forwarded-For` value it received, joined). An upgrade's `101` carries
+//! the same as `X-Seen-Forwarded-For`; an upgrade whose path contains `refuse` is answered
+//! `403` on a kept-alive connection (how core refuses a bad token).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,6 +40,20 @@ fn header<'a>(head: &'a [u8], name: &str) -> Option<&'a str> {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
+}
+
+/// Every value of header `name`, joined with ", " (how a proxy chain would read them).
+fn header_all(head: &[u8], name: &str) -> String {
+    let text = String::from_utf8_lossy(head);
+    text.split("\r\n")
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A test backend (one "core node").
@@ -130,11 +147,23 @@ async fn serve_conn(
         else {
             return;
         };
+        let xff = header_all(&head.buf[..head.len], "x-forwarded-for");
+        if head.upgrade_websocket && head.path.contains("refuse") {
+            let body = "{\"error\":{\"code\":\"forbidden\",\"message\":\"refused\"}}";
+            let resp = format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         if head.upgrade_websocket {
             let key = header(&head.buf[..head.len], "sec-websocket-key").unwrap_or("");
             let hello = format!("node={name}");
             let mut out = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nX-Node: {name}\r\n\r\n",
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nX-Node: {name}\r\nX-Seen-Forwarded-For: {xff}\r\n\r\n",
                 accept_key(key)
             )
             .into_bytes();
@@ -195,7 +224,7 @@ async fn serve_conn(
         } else {
             (
                 "200 OK",
-                serde_json::json!({"node": &*name, "path": path}).to_string(),
+                serde_json::json!({"node": &*name, "path": path, "xff": xff}).to_string(),
             )
         };
         let resp = format!(

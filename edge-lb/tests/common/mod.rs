@@ -50,6 +50,11 @@ pub struct Opts {
     pub close_rate: u32,
     pub panic_threshold: f64,
     pub listen: Vec<String>,
+    /// The `limits:` value (flow YAML). The default turns the per-client limits off: the
+    /// tests open thousands of connections from 127.0.0.1.
+    pub limits: String,
+    /// `tunnel.new_per_node_per_sec` and its burst (0: off).
+    pub node_rate: (u32, u32),
     pub extra: String,
 }
 
@@ -62,6 +67,10 @@ impl Default for Opts {
             close_rate: 1000,
             panic_threshold: 0.0,
             listen: Vec::new(),
+            limits:
+                "{per_client: {max_connections: 0, connections_per_sec: 0, requests_per_sec: 0}}"
+                    .into(),
+            node_rate: (0, 0),
             extra: String::new(),
         }
     }
@@ -96,14 +105,18 @@ edge_lb:
     - name: core
       backends:
 {b}  health: {{interval: 100ms, timeout: 300ms, success_threshold: 2, failure_threshold: 2, hold_down: {hd}ms, panic_threshold: {panic}}}
-  tunnel: {{idle_timeout: {idle}ms, connect_timeout: 1s, handshake_timeout: 2s, close_linger: 1s}}
+  tunnel: {{idle_timeout: {idle}ms, connect_timeout: 1s, handshake_timeout: 2s, close_linger: 1s, new_per_node_per_sec: {nr}, new_per_node_burst: {nb}}}
   drain: {{close_rate_per_sec: {rate}}}
+  limits: {limits}
 {extra}",
         bf = o.balance_factor,
         hd = o.hold_down_ms,
         panic = o.panic_threshold,
         idle = o.idle_timeout_ms,
         rate = o.close_rate,
+        nr = o.node_rate.0,
+        nb = o.node_rate.1,
+        limits = o.limits,
         extra = o.extra,
     )
 }
