@@ -104,7 +104,7 @@ pub struct Config {
     /// Largest quiz definition (its JSON, as stored and as carried by the
     /// `quiz_created` event) accepted by `POST /v1/quizzes` (413 past it).
     /// Must stay below Kafka's message size limit.
-    pub quiz_max_bytes: usize,
+    pub max_quiz_bytes: usize,
     /// Leaderboard entries in the `leaderboard` message.
     pub leaderboard_top: usize,
     /// The event outbox's repair sweep (`event_outbox.rs`): a pending event
@@ -186,7 +186,7 @@ impl Default for Config {
             admin_key: None,
             admin_open: false,
             max_players_per_quiz: 1_000_000,
-            quiz_max_bytes: 512 * 1024,
+            max_quiz_bytes: 512 * 1024,
             leaderboard_top: 10,
             event_repair_grace_ms: 10_000,
             event_repair_interval_ms: 2_000,
@@ -483,11 +483,11 @@ impl Config {
             .get("message.max.bytes")
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(KAFKA_MESSAGE_MAX_BYTES);
-        if self.quiz_max_bytes == 0
-            || self.quiz_max_bytes.saturating_add(EVENT_ENVELOPE_BYTES) > kafka_max
+        if self.max_quiz_bytes == 0
+            || self.max_quiz_bytes.saturating_add(EVENT_ENVELOPE_BYTES) > kafka_max
         {
             return bad(
-                "quiz_max_bytes",
+                "max_quiz_bytes",
                 format!(
                     "must be > 0 and leave {EVENT_ENVELOPE_BYTES} bytes of the Kafka message \
                      limit ({kafka_max}, message.max.bytes) for the event's envelope"
@@ -736,16 +736,16 @@ mod tests {
 
     /// A quiz definition must fit a Kafka message with its event envelope.
     #[test]
-    fn quiz_max_bytes_stays_below_the_kafka_message_limit() {
+    fn max_quiz_bytes_stays_below_the_kafka_message_limit() {
         let c = Config {
-            quiz_max_bytes: 1 << 20,
+            max_quiz_bytes: 1 << 20,
             ..Config::default()
         };
         assert!(c
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("quiz_max_bytes"));
+            .contains("max_quiz_bytes"));
         let mut raised = c.clone();
         raised
             .kafka_properties

@@ -274,10 +274,10 @@ impl QuizService {
         // The definition travels whole in the `quiz_created` event: past
         // Kafka's message size limit it could be stored but never published.
         let size = serde_json::to_vec(&def).map_or(usize::MAX, |v| v.len());
-        if size > self.config.quiz_max_bytes {
+        if size > self.config.max_quiz_bytes {
             return Err(QuizError::TooLarge(format!(
-                "questions: the quiz definition is {size} bytes of JSON, over quiz_max_bytes ({})",
-                self.config.quiz_max_bytes
+                "questions: the quiz definition is {size} bytes of JSON, over max_quiz_bytes ({})",
+                self.config.max_quiz_bytes
             )));
         }
         let state = QuizState::new_lobby();

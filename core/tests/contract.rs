@@ -1390,7 +1390,7 @@ async fn crowd_limits(f: Factory) {
     let n = f
         .start_with(Config {
             max_players_per_quiz: 5,
-            quiz_max_bytes: 4096,
+            max_quiz_bytes: 4096,
             admin_key: Some("contract-admin-key-0123".into()),
             ..f.config()
         })
@@ -1416,7 +1416,7 @@ async fn crowd_limits(f: Factory) {
     assert_eq!(s, 401);
     let (s, v) = http(a, "POST", "/v1/quizzes", &admin, Some(body.as_bytes())).await;
     assert_eq!(s, 201, "{v}");
-    // A definition over quiz_max_bytes → 413 naming the key.
+    // A definition over max_quiz_bytes → 413 naming the key.
     let mut big = quiz_body(&testkit::unique_quiz_id(), "live", 5);
     for q in big["questions"].as_array_mut().unwrap() {
         q["text"] = json!("x".repeat(900));
@@ -1432,7 +1432,7 @@ async fn crowd_limits(f: Factory) {
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("quiz_max_bytes"),
+            .contains("max_quiz_bytes"),
         "{v}"
     );
     // 12 concurrent joins into a quiz capped at 5: exactly 5 get in.

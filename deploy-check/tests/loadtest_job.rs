@@ -45,7 +45,9 @@ fn renderer_agrees_with_kubectl_kustomize_when_installed() {
 }
 
 /// The load test's edge-lb runs the release's configuration: the file is the base's except
-/// `limits.max_connections` (so its discovery of the core pods is the Deployment's too).
+/// `limits.max_connections` and the per-client and per-node rate limits, which the load
+/// generator (every player behind one pod address) must not trip (so its discovery of the
+/// core pods is the Deployment's too).
 #[test]
 fn its_edge_lb_is_the_production_edge_lb() {
     let ov = job();
@@ -57,6 +59,16 @@ fn its_edge_lb_is_the_production_edge_lb() {
             .as_object_mut()
             .unwrap()
             .remove("max_connections");
+        v["edge_lb"]["limits"]
+            .as_object_mut()
+            .unwrap()
+            .remove("per_client");
+        // Its admin API stays inside the Job's pod: no token file mounted.
+        v["edge_lb"].as_object_mut().unwrap().remove("admin_token_file");
+        if let Some(t) = v["edge_lb"]["tunnel"].as_object_mut() {
+            t.remove("new_per_node_per_sec");
+            t.remove("new_per_node_burst");
+        }
         v
     };
     assert_eq!(

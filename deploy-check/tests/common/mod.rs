@@ -64,6 +64,7 @@ impl Overlay {
 /// values of the documented form, used to check what the binaries would load.
 pub const EXTERNAL_SECRETS: &[(&str, &str, &str)] = &[
     ("quiz-secrets", "token-secret", "0123456789abcdef0123456789abcdef"),
+    ("quiz-secrets", "admin-key", "fedcba9876543210fedcba9876543210"),
     (
         "quiz-secrets",
         "redis-nodes",
