@@ -64,7 +64,10 @@ fn its_edge_lb_is_the_production_edge_lb() {
             .unwrap()
             .remove("per_client");
         // Its admin API stays inside the Job's pod: no token file mounted.
-        v["edge_lb"].as_object_mut().unwrap().remove("admin_token_file");
+        v["edge_lb"]
+            .as_object_mut()
+            .unwrap()
+            .remove("admin_token_file");
         if let Some(t) = v["edge_lb"]["tunnel"].as_object_mut() {
             t.remove("new_per_node_per_sec");
             t.remove("new_per_node_burst");

@@ -251,7 +251,7 @@ impl NodeRate {
 
     /// Forget backends no longer configured.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.buckets.lock().retain(|k, _| keep(&**k));
+        self.buckets.lock().retain(|k, _| keep(k));
     }
 }
 

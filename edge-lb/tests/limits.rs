@@ -240,9 +240,11 @@ async fn trickle(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_head_is_closed_at_the_request_deadline() {
     let bs = backends(1).await;
-    let mut o = Opts::default();
-    o.extra = String::new();
-    o.limits = "{request_timeout: 2s, header_read_timeout: 10s, per_client: {max_connections: 0, connections_per_sec: 0, requests_per_sec: 0}}".into();
+    let o = Opts {
+        extra: String::new(),
+        limits: "{request_timeout: 2s, header_read_timeout: 10s, per_client: {max_connections: 0, connections_per_sec: 0, requests_per_sec: 0}}".into(),
+        ..Default::default()
+    };
     let e = edge(&bs, o).await;
     let (took, said) = trickle(
         e.addr,
@@ -258,8 +260,10 @@ async fn slowloris_head_is_closed_at_the_request_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_body_is_closed_at_the_request_deadline() {
     let bs = backends(1).await;
-    let mut o = Opts::default();
-    o.limits = "{request_timeout: 2s, per_client: {max_connections: 0, connections_per_sec: 0, requests_per_sec: 0}}".into();
+    let o = Opts {
+        limits: "{request_timeout: 2s, per_client: {max_connections: 0, connections_per_sec: 0, requests_per_sec: 0}}".into(),
+        ..Default::default()
+    };
     let e = edge(&bs, o).await;
     let (took, said) = trickle(
         e.addr,
