@@ -231,7 +231,9 @@ mod tests {
     /// A re-send of a recorded answer where the window says `not_open`
     /// (self-paced: nothing presented to the connection, as after the
     /// player's last question or a reconnect after the end) is a duplicate
-    /// with the original's result, and its event is published again; a new
+    /// with the original's result, and its event is published again only
+    /// while it is still pending in the store (the event outbox: the ack's
+    /// clearing runs in the background, so 0 to 2 re-publications); a new
     /// answer there is still `not_open`.
     #[tokio::test]
     async fn resent_answer_outside_the_window_is_a_duplicate() {
@@ -254,9 +256,11 @@ mod tests {
         // A new answer outside the window is refused as before.
         let r = svc.answer(&def, &caller, 1, &[0], None).await.unwrap();
         assert_eq!(r.reason, Some(AnswerReason::NotOpen));
-        // The original's event is in the log three times, one id.
+        // The original's event is in the log at least once and at most once
+        // per attempt, always under one id.
         let log = std::fs::read_to_string(&svc.config.event_log).unwrap();
         let id = format!("resend1:answer:{}:0", p.player_id);
-        assert_eq!(log.matches(&id).count(), 3, "{log}");
+        let copies = log.matches(&id).count();
+        assert!((1..=3).contains(&copies), "{copies} copies: {log}");
     }
 }
