@@ -33,7 +33,8 @@ pub use routing::Target;
 pub use sources::{Discovered, DiscoveryDiff};
 pub use tunnels::{CloseReason, TunnelGuard};
 
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, HealthConfig};
+use crate::health::Outcome;
 use crate::limits::{ClientTable, NodeRate};
 use crate::metrics::Metrics;
 use crate::ring::Placement;
@@ -56,6 +57,13 @@ pub struct BackendView {
     pub tunnels: usize,
     pub consecutive_ok: u32,
     pub consecutive_fail: u32,
+    /// The latest probe's outcome (`ready`, `not_ready`, `gone`, `slow`); none before the first.
+    pub last_outcome: Option<Outcome>,
+    /// The latest probe timed out: busy, kept up (with its quizzes and tunnels) until it has
+    /// not answered ready for `health.unresponsive_after`.
+    pub slow: bool,
+    /// Milliseconds since the node last answered ready; none if it never has.
+    pub last_ready_ms_ago: Option<u64>,
     pub last_error: Option<String>,
 }
 
@@ -79,20 +87,39 @@ struct Backend {
     unverified: bool,
     eligible: bool,
     last_error: Option<String>,
+    last_outcome: Option<Outcome>,
+    /// When the node last answered ready; None if it never has (since `watched_since`).
+    last_ready: Option<Instant>,
+    /// When this edge-lb began checking the node: the slowness clock of a node that has not
+    /// answered ready yet starts here.
+    watched_since: Instant,
 }
 
 impl Backend {
-    /// Failing its checks (`failure_threshold` in a row) but not marked down: the verdict was
-    /// deferred by `health.panic_threshold`.
-    fn deferred(&self, failure_threshold: u32) -> bool {
-        self.up != Some(false) && self.consecutive_fail >= failure_threshold
+    /// The latest probe timed out (see [`Outcome::Slow`]).
+    fn slow(&self) -> bool {
+        self.last_outcome == Some(Outcome::Slow)
+    }
+
+    /// No ready answer for `health.unresponsive_after`: a slow node is lost after this.
+    fn unresponsive(&self, h: &HealthConfig) -> bool {
+        self.last_ready.unwrap_or(self.watched_since).elapsed() >= h.unresponsive_after
+    }
+
+    /// Lost by its checks (`failure_threshold` failures in a row, or slow past
+    /// `unresponsive_after`) but not marked down: the verdict was deferred by
+    /// `health.panic_threshold`.
+    fn deferred(&self, h: &HealthConfig) -> bool {
+        self.up != Some(false)
+            && (self.consecutive_fail >= h.failure_threshold
+                || (self.slow() && self.unresponsive(h)))
     }
 
     /// `up`, `down`, `unknown` or `failing` (see [`BackendView::health`]).
-    fn health(&self, failure_threshold: u32) -> &'static str {
+    fn health(&self, h: &HealthConfig) -> &'static str {
         match self.up {
             // Failing its checks, but the verdict is deferred (panic threshold).
-            _ if self.deferred(failure_threshold) => "failing",
+            _ if self.deferred(h) => "failing",
             None => "unknown",
             Some(true) => "up",
             Some(false) => "down",
@@ -168,7 +195,7 @@ impl Cluster {
 
     pub fn backends(&self) -> Vec<BackendView> {
         let tunnels = self.tunnels.counts();
-        let failure_threshold = self.config().health.failure_threshold;
+        let cfg = self.config();
         let inner = self.inner.lock();
         let mut v: Vec<BackendView> = inner
             .backends
@@ -178,7 +205,7 @@ impl Cluster {
                 pool: b.pool.to_string(),
                 addr: b.addr,
                 weight: b.weight,
-                health: b.health(failure_threshold),
+                health: b.health(&cfg.health),
                 eligible: b.eligible,
                 draining: b.draining,
                 active_quizzes: inner
@@ -189,6 +216,9 @@ impl Cluster {
                 tunnels: tunnels.get(n).copied().unwrap_or(0),
                 consecutive_ok: b.consecutive_ok,
                 consecutive_fail: b.consecutive_fail,
+                last_outcome: b.last_outcome,
+                slow: b.slow(),
+                last_ready_ms_ago: b.last_ready.map(|t| t.elapsed().as_millis() as u64),
                 last_error: b.last_error.clone(),
             })
             .collect();

@@ -188,8 +188,15 @@ pub struct HealthConfig {
     pub timeout: Duration,
     /// Consecutive successes to mark a node healthy.
     pub success_threshold: u32,
-    /// Consecutive failures to mark a node unhealthy.
+    /// Consecutive failures to mark a node unhealthy. A check that times out is not a failure
+    /// (busy is not dead): see `unresponsive_after`.
     pub failure_threshold: u32,
+    /// A node whose checks time out (connected, no answer within `timeout`) keeps its quizzes
+    /// and tunnels; it is lost only after this long without a ready answer. Long enough to
+    /// ride out a CPU-starved machine, short enough that a hung process does not hold its
+    /// quizzes for ever.
+    #[serde(with = "humantime_serde")]
+    pub unresponsive_after: Duration,
     /// A node that was lost must stay healthy this long before it gets quizzes again.
     #[serde(with = "humantime_serde")]
     pub hold_down: Duration,
@@ -209,6 +216,7 @@ impl Default for HealthConfig {
             timeout: Duration::from_millis(500),
             success_threshold: 2,
             failure_threshold: 2,
+            unresponsive_after: Duration::from_secs(30),
             hold_down: Duration::from_secs(10),
             panic_threshold: 0.0,
         }
@@ -522,6 +530,12 @@ impl EdgeConfig {
         if self.health.interval.is_zero() {
             return Err(invalid("edge_lb.health.interval", "must be > 0"));
         }
+        if self.health.unresponsive_after <= self.health.interval {
+            return Err(invalid(
+                "edge_lb.health.unresponsive_after",
+                "must be longer than edge_lb.health.interval",
+            ));
+        }
         if !(0.0..=1.0).contains(&self.health.panic_threshold) {
             return Err(invalid(
                 "edge_lb.health.panic_threshold",
@@ -697,6 +711,25 @@ edge_lb:
         );
         let c = EdgeConfig::from_yaml(&with("  admin_token_file: /nonexistent/token")).unwrap();
         assert!(c.read_admin_token().is_err());
+    }
+
+    #[test]
+    fn unresponsive_after_defaults_parses_and_must_exceed_the_interval() {
+        let c = EdgeConfig::from_yaml(MIN).unwrap();
+        assert_eq!(c.health.unresponsive_after, Duration::from_secs(30));
+        let with = |h: &str| MIN.replace("  pools:", &format!("  health: {h}\n  pools:"));
+        let c = EdgeConfig::from_yaml(&with("{unresponsive_after: 3s, interval: 100ms}")).unwrap();
+        assert_eq!(c.health.unresponsive_after, Duration::from_secs(3));
+        for bad in [
+            "{unresponsive_after: 1s}",
+            "{unresponsive_after: 2s, interval: 5s}",
+        ] {
+            let e = EdgeConfig::from_yaml(&with(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("edge_lb.health.unresponsive_after"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -19,8 +19,13 @@ pub struct Metrics {
     /// Routing decisions by pool and reason (sticky, primary, overflow, any, none).
     pub routing: IntCounterVec,
     pub retries: IntCounterVec,
-    /// Health transitions by backend and new state (up, down, eligible).
+    /// Health transitions by backend and new state (up, down, eligible, slow).
     pub health_transitions: IntCounterVec,
+    /// Health checks by backend and outcome (ready, not_ready, gone, slow).
+    pub health_checks: IntCounterVec,
+    /// 1 while a backend's latest check timed out (busy: kept up, see
+    /// `health.unresponsive_after`).
+    pub backend_slow: IntGaugeVec,
     /// Errors and refusals by kind (bad_quiz_id, header_too_large, not_websocket, no_backend,
     /// connect, client_connections, client_connection_rate, client_request_rate,
     /// node_tunnel_rate, not_public, client_table_full, request_timeout, ...).
@@ -90,6 +95,16 @@ impl Metrics {
             "edge_lb_health_transitions_total",
             "Backend health transitions",
             &["backend", "to"],
+        );
+        let health_checks = cv(
+            "edge_lb_health_checks_total",
+            "Backend health checks by outcome",
+            &["backend", "outcome"],
+        );
+        let backend_slow = gv(
+            "edge_lb_backend_slow",
+            "1 while the backend's latest health check timed out (busy, kept up)",
+            &["backend"],
         );
         let errors = cv("edge_lb_errors_total", "Errors by kind", &["kind"]);
         let tunnels_closed = cv(
@@ -162,6 +177,8 @@ impl Metrics {
             routing,
             retries,
             health_transitions,
+            health_checks,
+            backend_slow,
             errors,
             tunnels_closed,
             quizzes_active,

@@ -265,6 +265,9 @@ impl Backend {
             // (scale-up): it may well be still starting, so it waits for its checks.
             eligible: !unverified,
             last_error: None,
+            last_outcome: None,
+            last_ready: None,
+            watched_since: std::time::Instant::now(),
         }
     }
 }

@@ -1,7 +1,12 @@
 //! What a backend's health and drain state mean for routing: health-check verdicts with their
-//! thresholds and hold-down, the panic threshold that defers a verdict, the admin drain, and
-//! the rebalance toward a node that returns. Acting on a transition is closing tunnels: at
-//! once for a lost node, paced for a drained one or for quizzes moving back.
+//! thresholds and hold-down, the slowness bound, the panic threshold that defers a verdict,
+//! the admin drain, and the rebalance toward a node that returns. Acting on a transition is
+//! closing tunnels: at once for a lost node, paced for a drained one or for quizzes moving
+//! back.
+//!
+//! Busy is not dead: a probe that times out ([`Outcome::Slow`]) does not count toward
+//! `failure_threshold`. A slow node stays up with its quizzes and tunnels; it is lost only
+//! once it has not answered ready for `health.unresponsive_after`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +15,7 @@ use std::time::Instant;
 use super::tunnels::CloseReason;
 use super::{Backend, Cluster, Inner};
 use crate::config::HealthConfig;
+use crate::health::Outcome;
 
 /// What one verdict changed.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,21 +32,28 @@ enum Change {
 }
 
 impl Cluster {
-    /// Record one health-check verdict; applies thresholds and hold-down, and acts on
-    /// transitions (close the tunnels of a lost node at once, rebalance toward a returned one).
-    pub fn report_health(self: &Arc<Self>, name: &str, ok: bool, err: Option<String>) {
+    /// Record one probe's outcome; applies thresholds, the slowness bound and hold-down, and
+    /// acts on transitions (close the tunnels of a lost node at once, rebalance toward a
+    /// returned one).
+    pub fn report_health(self: &Arc<Self>, name: &str, outcome: Outcome, err: Option<String>) {
         let cfg = self.config();
         let h = &cfg.health;
+        self.metrics
+            .health_checks
+            .with_label_values(&[name, outcome.as_str()])
+            .inc();
         {
             let mut inner = self.inner.lock();
             let Some(key) = inner.backends.get_key_value(name).map(|(k, _)| k.clone()) else {
                 return;
             };
-            let change = if ok {
-                let b = inner.backends.get_mut(&key).expect("present");
-                self.passed(b, name, h)
-            } else {
-                self.failed(&mut inner, &key, h, err)
+            let change = match outcome {
+                Outcome::Ready => {
+                    let b = inner.backends.get_mut(&key).expect("present");
+                    self.passed(b, name, h)
+                }
+                Outcome::NotReady | Outcome::Gone => self.failed(&mut inner, &key, h, outcome, err),
+                Outcome::Slow => self.slow(&mut inner, &key, h, err),
             };
             if change == Change::Deferred {
                 // The node keeps its quizzes and tunnels; its next failing verdict is weighed
@@ -53,7 +66,7 @@ impl Cluster {
             }
             if let Some(b) = inner.backends.get(&key) {
                 let pool = b.pool.clone();
-                self.set_panic(&inner, &pool, h.failure_threshold);
+                self.set_panic(&inner, &pool, h);
             }
             if change != Change::Lost {
                 return;
@@ -63,9 +76,36 @@ impl Cluster {
         self.close_tunnels_of(name.into(), CloseReason::NodeLost, true);
     }
 
+    /// Record the latest outcome, and publish whether the node is slow (with a transition
+    /// counted when it turns slow, which a scrape may miss on the gauge alone).
+    fn observe(&self, b: &mut Backend, name: &str, outcome: Outcome) {
+        let was_slow = b.slow();
+        b.last_outcome = Some(outcome);
+        let slow = b.slow();
+        if slow == was_slow {
+            return;
+        }
+        self.metrics
+            .backend_slow
+            .with_label_values(&[name])
+            .set(i64::from(slow));
+        if slow {
+            self.metrics
+                .health_transitions
+                .with_label_values(&[name, "slow"])
+                .inc();
+            tracing::info!(
+                backend = name,
+                "backend slow: no answer within health.timeout; keeping its quizzes and tunnels"
+            );
+        }
+    }
+
     /// A passing check: up after `success_threshold` in a row, eligible once held down long
     /// enough if it was lost.
     fn passed(&self, b: &mut Backend, name: &str, h: &HealthConfig) -> Change {
+        self.observe(b, name, Outcome::Ready);
+        b.last_ready = Some(Instant::now());
         b.consecutive_ok += 1;
         b.consecutive_fail = 0;
         b.last_error = None;
@@ -102,9 +142,32 @@ impl Cluster {
         }
     }
 
-    /// A failing check: down after `failure_threshold` in a row, unless that would leave too
-    /// little of the pool up (`health.panic_threshold`).
+    /// A failing check (`NotReady`, `Gone`): down after `failure_threshold` in a row, unless
+    /// that would leave too little of the pool up (`health.panic_threshold`).
     fn failed(
+        &self,
+        inner: &mut Inner,
+        key: &Arc<str>,
+        h: &HealthConfig,
+        outcome: Outcome,
+        err: Option<String>,
+    ) -> Change {
+        let b = inner.backends.get_mut(key).expect("present");
+        self.observe(b, key, outcome);
+        b.consecutive_fail += 1;
+        b.consecutive_ok = 0;
+        b.last_error = err;
+        if b.up == Some(false) || b.consecutive_fail < h.failure_threshold {
+            return Change::None;
+        }
+        self.lose(inner, key, h)
+    }
+
+    /// A check that timed out (`Slow`): not a failure, and it leaves `consecutive_fail` as it
+    /// was (a slow probe between two refusals neither adds nor forgives one). The node is lost
+    /// only once it has not answered ready for `unresponsive_after`, as for a failure unless
+    /// the panic threshold defers it.
+    fn slow(
         &self,
         inner: &mut Inner,
         key: &Arc<str>,
@@ -112,15 +175,27 @@ impl Cluster {
         err: Option<String>,
     ) -> Change {
         let b = inner.backends.get_mut(key).expect("present");
-        b.consecutive_fail += 1;
+        self.observe(b, key, Outcome::Slow);
+        // Not a pass: a node coming back needs `success_threshold` ready answers in a row.
         b.consecutive_ok = 0;
         b.last_error = err;
-        if b.up == Some(false) || b.consecutive_fail < h.failure_threshold {
+        if b.up == Some(false) || !b.unresponsive(h) {
             return Change::None;
         }
-        let pool = b.pool.clone();
+        tracing::warn!(
+            backend = %key,
+            after = ?h.unresponsive_after,
+            "backend unresponsive: slow with no ready answer for health.unresponsive_after"
+        );
+        self.lose(inner, key, h)
+    }
+
+    /// The checks say `key` is lost: mark it down, unless that would leave too little of the
+    /// pool up (`health.panic_threshold`), then the verdict is deferred.
+    fn lose(&self, inner: &mut Inner, key: &Arc<str>, h: &HealthConfig) -> Change {
+        let pool = inner.backends.get(key).expect("present").pool.clone();
         if Self::panics(inner, &pool, key, h.panic_threshold) {
-            self.set_panic(inner, &pool, h.failure_threshold);
+            self.set_panic(inner, &pool, h);
             return Change::Deferred;
         }
         let b = inner.backends.get_mut(key).expect("present");
@@ -157,11 +232,11 @@ impl Cluster {
     }
 
     /// Publish whether `pool` is in panic: some backend failing its checks but not marked down.
-    fn set_panic(&self, inner: &Inner, pool: &str, failure_threshold: u32) {
+    fn set_panic(&self, inner: &Inner, pool: &str, h: &HealthConfig) {
         let panic = inner
             .backends
             .values()
-            .any(|b| b.pool.as_ref() == pool && !b.draining && b.deferred(failure_threshold));
+            .any(|b| b.pool.as_ref() == pool && !b.draining && b.deferred(h));
         let gauge = self.metrics.pool_panic.with_label_values(&[pool]);
         if panic && gauge.get() == 0 {
             tracing::warn!(
@@ -233,5 +308,173 @@ impl Cluster {
         if let Some(p) = inner.pools.get_mut(&pool) {
             p.placement.set_eligible(name, eligible);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::EdgeConfig;
+
+    const UNRESPONSIVE: Duration = Duration::from_secs(30);
+
+    /// A cluster of `n` backends (`n0`, `n1`, …) never probed: the tests report outcomes.
+    fn cluster(n: usize, panic_threshold: f64) -> Arc<Cluster> {
+        let backends: String = (0..n)
+            .map(|i| format!("        - {{name: n{i}, addr: '127.0.0.1:{}'}}\n", 1 + i))
+            .collect();
+        let text = format!(
+            "edge_lb:
+  listen: ['127.0.0.1:0']
+  health: {{interval: 1s, success_threshold: 1, failure_threshold: 2, unresponsive_after: 30s, panic_threshold: {panic_threshold}}}
+  pools:
+    - name: core
+      backends:
+{backends}"
+        );
+        let c = Cluster::new(EdgeConfig::from_yaml(&text).unwrap());
+        for i in 0..n {
+            c.report_health(&format!("n{i}"), Outcome::Ready, None);
+        }
+        c
+    }
+
+    fn view(c: &Cluster, name: &str) -> crate::cluster::BackendView {
+        c.backends().into_iter().find(|b| b.name == name).unwrap()
+    }
+
+    /// Pretend `name` last answered ready `ago` (and was first watched then).
+    fn last_ready_ago(c: &Cluster, name: &str, ago: Duration) {
+        let mut inner = c.inner.lock();
+        let b = inner.backends.get_mut(name).unwrap();
+        let t = Instant::now() - ago;
+        b.last_ready = Some(t);
+        b.watched_since = t;
+    }
+
+    fn slow_gauge(c: &Cluster, name: &str) -> i64 {
+        c.metrics.backend_slow.with_label_values(&[name]).get()
+    }
+
+    fn transitions(c: &Cluster, name: &str, to: &str) -> u64 {
+        c.metrics
+            .health_transitions
+            .with_label_values(&[name, to])
+            .get()
+    }
+
+    #[test]
+    fn slow_never_counts_toward_failure_threshold() {
+        let c = cluster(2, 0.0);
+        for _ in 0..20 {
+            c.report_health("n0", Outcome::Slow, Some("read timeout".into()));
+        }
+        let b = view(&c, "n0");
+        assert_eq!(b.health, "up");
+        assert!(b.eligible && b.slow);
+        assert_eq!(b.consecutive_fail, 0);
+        assert_eq!(b.last_outcome, Some(Outcome::Slow));
+        assert!(b.last_ready_ms_ago.is_some());
+        assert_eq!(slow_gauge(&c, "n0"), 1);
+        // Counted once when it turned slow, not per probe.
+        assert_eq!(transitions(&c, "n0", "slow"), 1);
+        assert_eq!(transitions(&c, "n0", "down"), 0);
+    }
+
+    #[test]
+    fn failures_still_count_and_slow_between_them_neither_adds_nor_forgives() {
+        let c = cluster(2, 0.0);
+        c.report_health("n0", Outcome::Gone, Some("refused".into()));
+        c.report_health("n0", Outcome::Slow, None);
+        assert_eq!(view(&c, "n0").health, "up");
+        c.report_health("n0", Outcome::NotReady, Some("503".into()));
+        let b = view(&c, "n0");
+        assert_eq!(b.health, "down");
+        assert!(!b.eligible && !b.slow);
+        assert_eq!(slow_gauge(&c, "n0"), 0);
+        assert_eq!(transitions(&c, "n0", "down"), 1);
+        // Two refusals in a row: down as before.
+        c.report_health("n1", Outcome::Gone, None);
+        c.report_health("n1", Outcome::Gone, None);
+        assert_eq!(view(&c, "n1").health, "down");
+    }
+
+    #[test]
+    fn unresponsive_after_loses_a_slow_node() {
+        let c = cluster(2, 0.0);
+        last_ready_ago(&c, "n0", UNRESPONSIVE - Duration::from_secs(1));
+        c.report_health("n0", Outcome::Slow, None);
+        assert_eq!(
+            view(&c, "n0").health,
+            "up",
+            "lost before unresponsive_after"
+        );
+        last_ready_ago(&c, "n0", UNRESPONSIVE + Duration::from_millis(1));
+        c.report_health("n0", Outcome::Slow, None);
+        let b = view(&c, "n0");
+        assert_eq!(b.health, "down");
+        assert!(!b.eligible);
+        assert_eq!(transitions(&c, "n0", "down"), 1);
+        // Still slow, still down; returning takes ready answers (and the hold-down).
+        c.report_health("n0", Outcome::Slow, None);
+        assert_eq!(view(&c, "n0").health, "down");
+        c.report_health("n0", Outcome::Ready, None);
+        let b = view(&c, "n0");
+        assert_eq!(b.health, "up");
+        assert!(!b.slow && !b.eligible, "eligible before the hold-down");
+    }
+
+    #[test]
+    fn a_ready_answer_resets_the_slowness_clock() {
+        let c = cluster(2, 0.0);
+        last_ready_ago(&c, "n0", UNRESPONSIVE * 2);
+        c.report_health("n0", Outcome::Ready, None);
+        assert_eq!(slow_gauge(&c, "n0"), 0);
+        c.report_health("n0", Outcome::Slow, None);
+        let b = view(&c, "n0");
+        assert_eq!(b.health, "up");
+        assert!(b.slow && b.last_ready_ms_ago.unwrap() < 1000);
+        c.report_health("n0", Outcome::Ready, None);
+        let b = view(&c, "n0");
+        assert!(!b.slow);
+        assert_eq!(b.consecutive_ok, 1);
+        assert_eq!(slow_gauge(&c, "n0"), 0);
+    }
+
+    #[test]
+    fn a_node_that_never_answers_ready_is_lost_after_unresponsive_after_from_first_watch() {
+        let c = cluster(2, 0.0);
+        {
+            let mut inner = c.inner.lock();
+            let b = inner.backends.get_mut("n1").unwrap();
+            b.last_ready = None;
+            b.watched_since = Instant::now() - UNRESPONSIVE;
+        }
+        c.report_health("n1", Outcome::Slow, None);
+        let b = view(&c, "n1");
+        assert_eq!(b.health, "down");
+        assert_eq!(b.last_ready_ms_ago, None);
+    }
+
+    #[test]
+    fn panic_threshold_defers_losing_an_unresponsive_node() {
+        let c = cluster(3, 0.5);
+        c.report_health("n0", Outcome::Gone, None);
+        c.report_health("n0", Outcome::Gone, None);
+        assert_eq!(view(&c, "n0").health, "down");
+        // Losing n1 too would leave 1 of 3 up: deferred, n1 keeps its place.
+        last_ready_ago(&c, "n1", UNRESPONSIVE * 2);
+        c.report_health("n1", Outcome::Slow, None);
+        let b = view(&c, "n1");
+        assert_eq!(b.health, "failing");
+        assert!(b.eligible && b.slow);
+        assert_eq!(c.metrics.pool_panic.with_label_values(&["core"]).get(), 1);
+        // Once n0 is back, n1's next slow verdict is acted on.
+        c.report_health("n0", Outcome::Ready, None);
+        c.report_health("n1", Outcome::Slow, None);
+        assert_eq!(view(&c, "n1").health, "down");
+        assert_eq!(c.metrics.pool_panic.with_label_values(&["core"]).get(), 0);
     }
 }
