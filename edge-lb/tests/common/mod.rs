@@ -49,6 +49,8 @@ pub struct Opts {
     pub idle_timeout_ms: u64,
     pub close_rate: u32,
     pub panic_threshold: f64,
+    /// `health.unresponsive_after`.
+    pub unresponsive_after_ms: u64,
     pub listen: Vec<String>,
     /// The `limits:` value (flow YAML). The default turns the per-client limits off: the
     /// tests open thousands of connections from 127.0.0.1.
@@ -66,6 +68,7 @@ impl Default for Opts {
             idle_timeout_ms: 600_000,
             close_rate: 1000,
             panic_threshold: 0.0,
+            unresponsive_after_ms: 30_000,
             listen: Vec::new(),
             limits:
                 "{per_client: {max_connections: 0, connections_per_sec: 0, requests_per_sec: 0}}"
@@ -104,7 +107,7 @@ edge_lb:
   pools:
     - name: core
       backends:
-{b}  health: {{interval: 100ms, timeout: 300ms, success_threshold: 2, failure_threshold: 2, hold_down: {hd}ms, panic_threshold: {panic}}}
+{b}  health: {{interval: 100ms, timeout: 300ms, success_threshold: 2, failure_threshold: 2, hold_down: {hd}ms, panic_threshold: {panic}, unresponsive_after: {ua}ms}}
   tunnel: {{idle_timeout: {idle}ms, connect_timeout: 1s, handshake_timeout: 2s, close_linger: 1s, new_per_node_per_sec: {nr}, new_per_node_burst: {nb}}}
   drain: {{close_rate_per_sec: {rate}}}
   limits: {limits}
@@ -112,6 +115,7 @@ edge_lb:
         bf = o.balance_factor,
         hd = o.hold_down_ms,
         panic = o.panic_threshold,
+        ua = o.unresponsive_after_ms,
         idle = o.idle_timeout_ms,
         rate = o.close_rate,
         nr = o.node_rate.0,
@@ -127,6 +131,12 @@ pub fn named(bs: &[Backend]) -> Vec<(String, SocketAddr)> {
 
 /// Start an edge-lb for `bs` and wait until every backend is eligible.
 pub async fn edge(bs: &[Backend], o: Opts) -> Edge {
+    edge_for(&named(bs), o).await
+}
+
+/// Start an edge-lb for backends given by name and address (e.g. served by another process)
+/// and wait until every backend is eligible.
+pub async fn edge_for(backends: &[(String, SocketAddr)], o: Opts) -> Edge {
     let port = free_port();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut listen = o.listen.clone();
@@ -134,7 +144,7 @@ pub async fn edge(bs: &[Backend], o: Opts) -> Edge {
         listen.push(format!("127.0.0.1:{port}"));
     }
     let addr: SocketAddr = listen[0].parse().unwrap();
-    let text = yaml(&named(bs), &listen, admin, &o);
+    let text = yaml(backends, &listen, admin, &o);
     let dir = std::env::temp_dir().join(format!(
         "edge-lb-test-{}-{}",
         std::process::id(),
