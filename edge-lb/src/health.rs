@@ -286,8 +286,15 @@ mod tests {
     #[tokio::test]
     async fn a_listener_that_never_accepts_is_slow() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = probe_once(l.local_addr().unwrap()).await;
+        let addr = l.local_addr().unwrap();
+        let p = probe_once(addr).await;
         assert_eq!(p.outcome, Outcome::Slow, "{:?}", p.error);
+        // Without the probe's own deadline, pingora itself says why: the connect succeeded
+        // (the kernel's backlog) and the answer did not come.
+        let check = build_check("/readyz", TIMEOUT);
+        let backend = Backend::new(&addr.to_string()).unwrap();
+        let e = check.check(&backend).await.unwrap_err();
+        assert_eq!(e.etype(), &ErrorType::ReadTimedout, "{e}");
         drop(l);
     }
 
