@@ -38,15 +38,15 @@ impl Cluster {
     pub fn report_health(self: &Arc<Self>, name: &str, outcome: Outcome, err: Option<String>) {
         let cfg = self.config();
         let h = &cfg.health;
-        self.metrics
-            .health_checks
-            .with_label_values(&[name, outcome.as_str()])
-            .inc();
         {
             let mut inner = self.inner.lock();
             let Some(key) = inner.backends.get_key_value(name).map(|(k, _)| k.clone()) else {
                 return;
             };
+            self.metrics
+                .health_checks
+                .with_label_values(&[name, outcome.as_str()])
+                .inc();
             let change = match outcome {
                 Outcome::Ready => {
                     let b = inner.backends.get_mut(&key).expect("present");
