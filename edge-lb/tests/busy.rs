@@ -238,8 +238,9 @@ async fn a_node_stopped_past_unresponsive_after_is_lost() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let lost_after = t.elapsed();
+    // Counted from its last ready answer, up to one check round (~0.1-0.4 s) before the stop.
     assert!(
-        lost_after >= Duration::from_millis(2700),
+        lost_after >= Duration::from_millis(2500),
         "lost after {lost_after:?}, before unresponsive_after"
     );
     for (i, c) in busy.iter_mut().enumerate() {
