@@ -85,6 +85,7 @@ async fn new_quiz(store: &RedisClusterStore, id: &str, players: usize) -> anyhow
         mode: Mode::SelfPaced,
         questions: Vec::new(),
         created_at_ms: 1,
+        layout: Default::default(),
     };
     store.create_quiz(&def, &QuizState::new_lobby()).await?;
     for p in 0..players {

@@ -101,6 +101,15 @@ pub struct Config {
     /// Players one quiz may have; past it, joins answer 409 `quiz_full`
     /// (checked atomically with the join in the store).
     pub max_players_per_quiz: u64,
+    /// A quiz created with `expected_players` is spread over
+    /// `ceil(expected_players / players_per_node)` core nodes (at most
+    /// `max_spread`): edge-lb sends each player's WebSocket to one of them.
+    pub players_per_node: u64,
+    pub max_spread: u32,
+    /// ... and its scoring over `ceil(expected_players / players_per_shard)`
+    /// Redis hash slots (at most `max_shards`).
+    pub players_per_shard: u64,
+    pub max_shards: u32,
     /// Largest quiz definition (its JSON, as stored and as carried by the
     /// `quiz_created` event) accepted by `POST /v1/quizzes` (413 past it).
     /// Must stay below Kafka's message size limit.
@@ -186,6 +195,10 @@ impl Default for Config {
             admin_key: None,
             admin_open: false,
             max_players_per_quiz: 1_000_000,
+            players_per_node: 5000,
+            max_spread: 64,
+            players_per_shard: 50_000,
+            max_shards: 64,
             max_quiz_bytes: 512 * 1024,
             leaderboard_top: 10,
             event_repair_grace_ms: 10_000,
@@ -317,6 +330,10 @@ pub struct Cli {
     pub admin_open: Option<bool>,
     #[arg(long, env = "QUIZ_MAX_PLAYERS_PER_QUIZ")]
     pub max_players_per_quiz: Option<u64>,
+    #[arg(long, env = "QUIZ_PLAYERS_PER_NODE")]
+    pub players_per_node: Option<u64>,
+    #[arg(long, env = "QUIZ_PLAYERS_PER_SHARD")]
+    pub players_per_shard: Option<u64>,
     #[arg(long, env = "QUIZ_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     #[arg(long, env = "QUIZ_LOG_FORMAT", value_enum)]
@@ -371,6 +388,8 @@ impl Config {
         set(&mut self.max_connections, &cli.max_connections);
         set(&mut self.admin_open, &cli.admin_open);
         set(&mut self.max_players_per_quiz, &cli.max_players_per_quiz);
+        set(&mut self.players_per_node, &cli.players_per_node);
+        set(&mut self.players_per_shard, &cli.players_per_shard);
         set(&mut self.log_format, &cli.log_format);
         set(&mut self.trusted_proxies, &cli.trusted_proxies);
         if cli.admin_key.is_some() {
@@ -477,6 +496,21 @@ impl Config {
         }
         if self.max_players_per_quiz == 0 {
             return bad("max_players_per_quiz", "must be > 0");
+        }
+        for (key, v) in [
+            ("players_per_node", self.players_per_node),
+            ("players_per_shard", self.players_per_shard),
+        ] {
+            if v == 0 {
+                return bad(key, "must be > 0");
+            }
+        }
+        // A token carries the spread as 1–64 (edge-lb's reading of it).
+        if !(1..=64).contains(&self.max_spread) {
+            return bad("max_spread", "must be 1–64");
+        }
+        if !(1..=1024).contains(&self.max_shards) {
+            return bad("max_shards", "must be 1–1024");
         }
         let kafka_max = self
             .kafka_properties

@@ -45,6 +45,44 @@ pub struct QuizDef {
     pub mode: Mode,
     pub questions: Vec<Question>,
     pub created_at_ms: Millis,
+    /// How the quiz is laid out over the cluster, fixed at creation from
+    /// its `expected_players` hint. Absent (and not written) for an
+    /// ordinary quiz, so their stored JSON and events are as before.
+    #[serde(default, skip_serializing_if = "Layout::is_single")]
+    pub layout: Layout,
+}
+
+/// Where a quiz's players and scores live (see docs/capacity.md, "One quiz
+/// over several nodes"). Immutable like the rest of a [`QuizDef`], so
+/// every node and every edge-lb process agrees on it without asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// Core nodes whose rooms serve the quiz's players: edge-lb spreads
+    /// player WebSockets over the first `spread` nodes of the quiz's ring
+    /// walk (player tokens carry it, see `token.rs`). 1: one node.
+    pub spread: u32,
+    /// Scoring shards: each player's answers and score live in one of
+    /// `shards` hash slots (spread over the Redis masters), so one quiz's
+    /// answer burst is not capped by one master. 1: one slot, as before.
+    pub shards: u32,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout::SINGLE
+    }
+}
+
+impl Layout {
+    /// One node, one slot: every quiz without a size hint.
+    pub const SINGLE: Layout = Layout {
+        spread: 1,
+        shards: 1,
+    };
+
+    pub fn is_single(&self) -> bool {
+        *self == Layout::SINGLE
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

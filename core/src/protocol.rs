@@ -352,6 +352,11 @@ pub struct CreateQuizReq {
     #[serde(default)]
     pub quiz_id: Option<String>,
     pub questions: Vec<QuestionReq>,
+    /// A size hint: how many players the host expects. A quiz expecting
+    /// more than one node's share is spread over several core nodes and
+    /// its scoring over several Redis hash slots (see `rules::layout_for`).
+    #[serde(default)]
+    pub expected_players: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,7 +6,7 @@
 use rand::Rng;
 
 use crate::error::QuizError;
-use crate::model::{Millis, Mode, Phase, Question, QuizDef, QuizState};
+use crate::model::{Layout, Millis, Mode, Phase, Question, QuizDef, QuizState};
 use crate::protocol::CreateQuizReq;
 
 /// `1–64` chars of `[A-Za-z0-9_-]`.
@@ -75,13 +75,55 @@ pub fn normalize_choices(choices: &[u32], option_count: usize) -> Option<Vec<u32
     Some(v)
 }
 
+/// How a quiz's `expected_players` hint becomes its [`Layout`] (the
+/// config keys of the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    /// Players one core node should serve of one quiz: the spread is
+    /// `ceil(expected_players / players_per_node)`, at most `max_spread`.
+    pub players_per_node: u64,
+    /// Players per scoring shard: the shards are
+    /// `ceil(expected_players / players_per_shard)`, at most `max_shards`.
+    pub players_per_shard: u64,
+    pub max_spread: u32,
+    pub max_shards: u32,
+}
+
+/// The largest `expected_players` a create request may state.
+pub const MAX_EXPECTED_PLAYERS: u64 = 10_000_000;
+
+/// The layout of a quiz expecting `expected` players (none: one node, one
+/// slot). Deterministic, so a replayed create gets the same layout.
+pub fn layout_for(expected: Option<u64>, sizing: &Sizing) -> Layout {
+    let Some(n) = expected else {
+        return Layout::SINGLE;
+    };
+    let parts = |per: u64, max: u32| -> u32 {
+        let want = n.div_ceil(per.max(1)).max(1);
+        want.min(u64::from(max.max(1))) as u32
+    };
+    Layout {
+        spread: parts(sizing.players_per_node, sizing.max_spread),
+        shards: parts(sizing.players_per_shard, sizing.max_shards),
+    }
+}
+
 /// Validates a create request into a definition (named-field errors).
 pub fn validate_quiz(
     req: CreateQuizReq,
     quiz_id: String,
     now: Millis,
+    sizing: &Sizing,
 ) -> Result<QuizDef, QuizError> {
     let inv = |m: String| Err(QuizError::Invalid(m));
+    if let Some(n) = req.expected_players {
+        if !(1..=MAX_EXPECTED_PLAYERS).contains(&n) {
+            return inv(format!(
+                "expected_players: must be 1–{MAX_EXPECTED_PLAYERS}"
+            ));
+        }
+    }
+    let layout = layout_for(req.expected_players, sizing);
     let title = req.title.trim().to_string();
     if title.is_empty() || title.chars().count() > 200 {
         return inv("title: must be 1–200 characters".into());
@@ -133,6 +175,7 @@ pub fn validate_quiz(
         mode: req.mode,
         questions,
         created_at_ms: now,
+        layout,
     })
 }
 
@@ -328,6 +371,13 @@ mod tests {
     use super::*;
     use crate::protocol::QuestionReq;
 
+    const SIZING: Sizing = Sizing {
+        players_per_node: 5000,
+        players_per_shard: 50_000,
+        max_spread: 16,
+        max_shards: 16,
+    };
+
     fn def(mode: Mode) -> QuizDef {
         let q = |i| QuestionReq {
             text: format!("q{i}"),
@@ -342,9 +392,11 @@ mod tests {
                 mode,
                 quiz_id: None,
                 questions: vec![q(0), q(1)],
+                expected_players: None,
             },
             "qz".into(),
             0,
+            &SIZING,
         )
         .unwrap()
     }
@@ -377,12 +429,48 @@ mod tests {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
     }
 
+    /// The size hint: none or small is one node and one slot; the issue's
+    /// demonstration (12 000 players, 5 000 per node) is three nodes; the
+    /// caps hold; out of range is a 400 naming the field.
+    #[test]
+    fn layouts_from_size_hints() {
+        let at = |n| layout_for(n, &SIZING);
+        assert_eq!(at(None), Layout::SINGLE);
+        assert_eq!(at(Some(1)), Layout::SINGLE);
+        assert_eq!(at(Some(5000)), Layout::SINGLE);
+        assert_eq!(at(Some(5001)).spread, 2);
+        let l = at(Some(12_000));
+        assert_eq!((l.spread, l.shards), (3, 1));
+        let l = at(Some(1_000_000));
+        assert_eq!((l.spread, l.shards), (16, 16));
+        let l = at(Some(120_000));
+        assert_eq!((l.spread, l.shards), (16, 3));
+        for bad in [0, MAX_EXPECTED_PLAYERS + 1] {
+            let req = CreateQuizReq {
+                title: "t".into(),
+                mode: Mode::Live,
+                quiz_id: None,
+                expected_players: Some(bad),
+                questions: vec![QuestionReq {
+                    text: "x".into(),
+                    options: vec!["a".into(), "b".into()],
+                    correct: vec![0],
+                    time_limit_ms: 5000,
+                    points: 1000,
+                }],
+            };
+            let e = validate_quiz(req, "q".into(), 0, &SIZING).unwrap_err();
+            assert!(e.to_string().contains("expected_players"), "{e}");
+        }
+    }
+
     #[test]
     fn validation_names_fields() {
         let mut req = CreateQuizReq {
             title: "t".into(),
             mode: Mode::Live,
             quiz_id: None,
+            expected_players: None,
             questions: vec![QuestionReq {
                 text: "x".into(),
                 options: vec!["a".into()],
@@ -391,12 +479,13 @@ mod tests {
                 points: 1000,
             }],
         };
-        let e = validate_quiz(req, "q".into(), 0).unwrap_err();
+        let e = validate_quiz(req, "q".into(), 0, &SIZING).unwrap_err();
         assert!(e.to_string().contains("questions[0].options"), "{e}");
         req = CreateQuizReq {
             title: "t".into(),
             mode: Mode::Live,
             quiz_id: None,
+            expected_players: None,
             questions: vec![QuestionReq {
                 text: "x".into(),
                 options: vec!["a".into(), "b".into()],
@@ -405,7 +494,7 @@ mod tests {
                 points: 1000,
             }],
         };
-        let e = validate_quiz(req, "q".into(), 0).unwrap_err();
+        let e = validate_quiz(req, "q".into(), 0, &SIZING).unwrap_err();
         assert!(e.to_string().contains("time_limit_ms"), "{e}");
     }
 

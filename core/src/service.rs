@@ -20,7 +20,7 @@ use crate::model::{now_ms, Leaderboard, Mode, Phase, Player, QuizDef, QuizState}
 use crate::protocol::CreateQuizReq;
 use crate::rules::{
     check_idempotency_key, check_nickname, nickname_taken, random_id, transition, valid_quiz_id,
-    validate_quiz, HostAction,
+    validate_quiz, HostAction, Sizing,
 };
 use crate::store::{QuizStore, StoreError};
 use crate::token::{Claims, Role, TokenKey};
@@ -270,7 +270,13 @@ impl QuizService {
             (None, Some(k)) => self.tokens.derive_player_id("", k),
             (None, None) => random_id(8),
         };
-        let mut def = validate_quiz(req, id, now)?;
+        let sizing = Sizing {
+            players_per_node: self.config.players_per_node,
+            players_per_shard: self.config.players_per_shard,
+            max_spread: self.config.max_spread,
+            max_shards: self.config.max_shards,
+        };
+        let mut def = validate_quiz(req, id, now, &sizing)?;
         // The definition travels whole in the `quiz_created` event: past
         // Kafka's message size limit it could be stored but never published.
         let size = serde_json::to_vec(&def).map_or(usize::MAX, |v| v.len());
@@ -332,6 +338,7 @@ impl QuizService {
                 quiz_id: def.quiz_id.clone(),
                 role: Role::Host,
                 player_id: String::new(),
+                spread: def.layout.spread,
             },
             def.created_at_ms,
         );
@@ -466,6 +473,7 @@ impl QuizService {
                 quiz_id: quiz_id.to_string(),
                 role: Role::Player,
                 player_id: player.player_id.clone(),
+                spread: def.layout.spread,
             },
             player.joined_at_ms,
         );

@@ -1,4 +1,6 @@
-//! Player and host tokens: `v2.<role>.<quiz_id>.<player_id>.<expires>.<mac>`.
+//! Player and host tokens: `v2.<role>.<quiz_id>.<player_id>.<expires>.<mac>`,
+//! or, for a quiz spread over several nodes,
+//! `v3.<role>.<quiz_id>.<player_id>.<expires>.<spread>.<mac>`.
 //!
 //! `role` is `p` (player) or `h` (host, empty player id); `expires` is the
 //! end of the token's life in Unix seconds: issue time (the player's join
@@ -8,6 +10,13 @@
 //! and cannot drive a later quiz that reuses the id. Derived from the issue
 //! time, not the clock, so a replayed join gets the very same token. `mac`
 //! is base64url(HMAC-SHA256(secret, everything before the last dot)).
+//! `spread` (v3 only, 2–64) is the quiz's number of core nodes
+//! ([`crate::model::Layout::spread`]): edge-lb reads it, and the player id,
+//! from the token (without verifying it) to send the player's WebSocket to
+//! one node of the spread, so every edge-lb process agrees with no shared
+//! state. A forged spread only lands a client on another node of the same
+//! quiz, which verifies the MAC and refuses it (4001). Quizzes on one node
+//! keep v2 tokens, exactly as before.
 //! Tokens of the earlier format `v1.<role>.<quiz_id>.<player_id>.<mac>`
 //! (no expiry), issued before this version, are still accepted so sessions
 //! survive the upgrade; they stop mattering once their quizzes expire. Every
@@ -39,6 +48,8 @@ pub struct Claims {
     pub role: Role,
     /// Empty for hosts.
     pub player_id: String,
+    /// The quiz's spread (1: one node; then the token is v2).
+    pub spread: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,10 +86,17 @@ impl TokenKey {
             Role::Host => "h",
         };
         let expires = (issued_at_ms / 1000).saturating_add(self.ttl_s);
-        let body = format!(
-            "v2.{role}.{}.{}.{expires}",
-            claims.quiz_id, claims.player_id
-        );
+        let body = if claims.spread > 1 {
+            format!(
+                "v3.{role}.{}.{}.{expires}.{}",
+                claims.quiz_id, claims.player_id, claims.spread
+            )
+        } else {
+            format!(
+                "v2.{role}.{}.{}.{expires}",
+                claims.quiz_id, claims.player_id
+            )
+        };
         let mut mac = self.mac.clone();
         mac.update(body.as_bytes());
         let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
@@ -136,16 +154,25 @@ impl TokenKey {
         mac.verify_slice(&sig)
             .map_err(|_| TokenError::BadSignature)?;
         let parts: Vec<&str> = body.split('.').collect();
-        let (role, quiz_id, player_id) = match parts.as_slice() {
+        let unexpired = |expires: &str| -> Result<(), TokenError> {
+            let expires: u64 = expires.parse().map_err(|_| TokenError::Malformed)?;
+            if now_s >= expires {
+                return Err(TokenError::Expired);
+            }
+            Ok(())
+        };
+        let (role, quiz_id, player_id, spread) = match parts.as_slice() {
+            ["v3", role, quiz_id, player_id, expires, spread] => {
+                unexpired(expires)?;
+                let spread: u32 = spread.parse().map_err(|_| TokenError::Malformed)?;
+                (*role, *quiz_id, *player_id, spread)
+            }
             ["v2", role, quiz_id, player_id, expires] => {
-                let expires: u64 = expires.parse().map_err(|_| TokenError::Malformed)?;
-                if now_s >= expires {
-                    return Err(TokenError::Expired);
-                }
-                (*role, *quiz_id, *player_id)
+                unexpired(expires)?;
+                (*role, *quiz_id, *player_id, 1)
             }
             // Issued before tokens expired (see the module doc).
-            ["v1", role, quiz_id, player_id] => (*role, *quiz_id, *player_id),
+            ["v1", role, quiz_id, player_id] => (*role, *quiz_id, *player_id, 1),
             _ => return Err(TokenError::Malformed),
         };
         let role = match role {
@@ -157,6 +184,7 @@ impl TokenKey {
             quiz_id: quiz_id.to_string(),
             role,
             player_id: player_id.to_string(),
+            spread,
         })
     }
 }
@@ -173,6 +201,7 @@ mod tests {
             quiz_id: "abc_-1".into(),
             role: Role::Player,
             player_id: "p123".into(),
+            spread: 1,
         };
         let t = k.sign(&c, now_ms());
         assert_eq!(k.verify(&t).unwrap(), c);
@@ -180,6 +209,7 @@ mod tests {
             quiz_id: "abc".into(),
             role: Role::Host,
             player_id: String::new(),
+            spread: 1,
         };
         assert_eq!(k.verify(&k.sign(&h, now_ms())).unwrap(), h);
         // Another quiz id under the same signature fails.
@@ -204,6 +234,7 @@ mod tests {
             quiz_id: "q".into(),
             role: Role::Player,
             player_id: "p1".into(),
+            spread: 1,
         };
         let t = k.sign(&c, 1_000_000);
         assert_eq!(t, k.sign(&c, 1_000_999));
@@ -221,6 +252,27 @@ mod tests {
             URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
         );
         assert_eq!(k.verify_at(&v1, u64::MAX).unwrap(), c);
+    }
+
+    /// A spread quiz's tokens are v3 and carry the spread under the MAC;
+    /// an ordinary quiz's stay v2.
+    #[test]
+    fn spread_tokens() {
+        let k = TokenKey::new(b"secret-secret-secret", 100);
+        let c = Claims {
+            quiz_id: "big".into(),
+            role: Role::Player,
+            player_id: "p1".into(),
+            spread: 3,
+        };
+        let t = k.sign(&c, 1_000_000);
+        assert!(t.starts_with("v3.p.big.p1.1100.3."), "{t}");
+        assert_eq!(k.verify_at(&t, 1_000).unwrap(), c);
+        assert_eq!(k.verify_at(&t, 1_100), Err(TokenError::Expired));
+        let moved = t.replacen(".1100.3.", ".1100.2.", 1);
+        assert_eq!(k.verify_at(&moved, 1_000), Err(TokenError::BadSignature));
+        let one = Claims { spread: 1, ..c };
+        assert!(k.sign(&one, 1_000_000).starts_with("v2."));
     }
 
     #[test]

@@ -95,6 +95,7 @@ fn def(quiz_id: &str, questions: u32) -> QuizDef {
             })
             .collect(),
         created_at_ms: 1_700_000_000_000,
+        layout: Default::default(),
     }
 }
 

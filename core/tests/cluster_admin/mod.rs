@@ -211,6 +211,7 @@ pub async fn quiz_with_players(
             })
             .collect(),
         created_at_ms: 1,
+        layout: Default::default(),
     };
     store
         .create_quiz(&def, &QuizState::new_lobby())
