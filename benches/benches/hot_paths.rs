@@ -39,17 +39,17 @@ fn leaderboard(c: &mut Criterion) {
     let mut g = c.benchmark_group("leaderboard");
     for n in [10usize, 100] {
         let lb = quiz_benches::leaderboard(n);
-        let size = protocol::encode_leaderboard(&lb).len() as u64;
+        let size = protocol::encode_leaderboard(&lb, 0).len() as u64;
         g.throughput(Throughput::Bytes(size));
         g.bench_with_input(BenchmarkId::new("encode", n), &lb, |b, lb| {
-            b.iter(|| black_box(protocol::encode_leaderboard(black_box(lb))))
+            b.iter(|| black_box(protocol::encode_leaderboard(black_box(lb), 0)))
         });
     }
     g.finish();
 }
 
 fn fan_out(c: &mut Criterion) {
-    let frame: Bytes = protocol::encode_leaderboard(&quiz_benches::leaderboard(10));
+    let frame: Bytes = protocol::encode_leaderboard(&quiz_benches::leaderboard(10), 0);
     let mut g = c.benchmark_group("fan_out");
     for n in [1_000usize, 10_000] {
         let outboxes = quiz_benches::outboxes(n);

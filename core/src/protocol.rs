@@ -306,15 +306,16 @@ pub fn encode_error(code: &str, message: &str) -> Bytes {
 }
 
 /// A board is encoded once per tick and the same bytes go to every member,
-/// so `ts_ms` is the tick's time: stamped here, at encoding.
-pub fn encode_leaderboard(lb: &crate::model::Leaderboard) -> Bytes {
+/// so `ts_ms` is the tick's time (`room.rs` chooses it: for a quiz spread
+/// over several nodes, the wall-clock tick every node shares).
+pub fn encode_leaderboard(lb: &crate::model::Leaderboard, ts_ms: Millis) -> Bytes {
     to_bytes(&LeaderboardMsg {
         ty: "leaderboard",
         quiz_id: &lb.quiz_id,
         version: lb.version,
         total_players: lb.total_players,
         top: &lb.top,
-        ts_ms: crate::model::now_ms(),
+        ts_ms,
     })
 }
 

@@ -334,7 +334,19 @@ impl Seen {
 async fn run_room(rooms: Arc<Rooms>, room: Arc<Room>, mut seen: Seen) {
     let svc = &rooms.svc;
     let cfg = Arc::clone(&svc.config);
-    let mut board_tick = tokio::time::interval(Duration::from_millis(cfg.leaderboard_interval_ms));
+    let board_every = cfg.leaderboard_interval_ms.max(1);
+    // A quiz spread over several nodes has a room on each: they tick on the
+    // wall clock's multiples of the interval and stamp the board with that
+    // tick, so every node sends its board at the same instants, stamped the
+    // same (the bytes match when the version read does), and each reads the
+    // store every tick: its own answers are only a share of the quiz's.
+    let spread = room.def.layout.spread > 1;
+    let first_board = if spread {
+        tokio::time::Instant::now() + Duration::from_millis(board_every - now_ms() % board_every)
+    } else {
+        tokio::time::Instant::now()
+    };
+    let mut board_tick = tokio::time::interval_at(first_board, Duration::from_millis(board_every));
     board_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile_tick =
         tokio::time::interval(Duration::from_millis(cfg.reconcile_interval_ms));
@@ -353,9 +365,11 @@ async fn run_room(rooms: Arc<Rooms>, room: Arc<Room>, mut seen: Seen) {
                 // Read the store when something happened here, and at least
                 // once a second for answers applied on other nodes.
                 ticks_since_read = ticks_since_read.saturating_add(1);
-                if room.dirty.swap(false, Ordering::Relaxed) || ticks_since_read >= 2 {
+                if spread || room.dirty.swap(false, Ordering::Relaxed) || ticks_since_read >= 2 {
                     ticks_since_read = 0;
-                    board_version = broadcast_board(svc, &room, board_version).await;
+                    let now = now_ms();
+                    let stamp = if spread { now - now % board_every } else { now };
+                    board_version = broadcast_board(svc, &room, board_version, stamp).await;
                 }
             }
             _ = reconcile_tick.tick() => reconcile(svc, &room, &mut seen).await,
@@ -379,7 +393,7 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 
 /// Reads the leaderboard; if its version moved past `sent`, encodes it once
 /// and fans it out. Returns the version now sent.
-async fn broadcast_board(svc: &QuizService, room: &Room, sent: u64) -> u64 {
+async fn broadcast_board(svc: &QuizService, room: &Room, sent: u64, ts_ms: u64) -> u64 {
     let lb = match svc
         .store
         .leaderboard(&room.quiz_id, svc.config.leaderboard_top)
@@ -395,7 +409,7 @@ async fn broadcast_board(svc: &QuizService, room: &Room, sent: u64) -> u64 {
         return sent;
     }
     let start = Instant::now();
-    let frame = protocol::encode_leaderboard(&lb);
+    let frame = protocol::encode_leaderboard(&lb, ts_ms);
     *room.last_board.lock() = Some(frame.clone());
     let dropped = room.fan_out_board(&frame);
     svc.metrics

@@ -1736,6 +1736,90 @@ async fn distributed_two_nodes_share_a_quiz() {
     assert_eq!(a0["choices"], json!([1]));
 }
 
+/// A quiz created with a size hint is spread: its tokens are v3 and carry
+/// the spread (edge-lb reads it), and every node runs its room: players on
+/// three nodes see the same question, the same boards (stamped on the
+/// shared wall-clock tick) and exact ranks. A hint out of range is a 400
+/// naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_spread_quiz_runs_on_every_node() {
+    let f = Factory::new(Kind::Distributed).await;
+    let nodes = [f.start().await, f.start().await, f.start().await];
+    let id = testkit::unique_quiz_id();
+    let mut body = quiz_body(&id, "live", 2);
+    for bad in [json!(0), json!(10_000_001)] {
+        body["expected_players"] = bad;
+        let (s, v) = post(nodes[0].addr, "/v1/quizzes", &body).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v.to_string().contains("expected_players"), "{v}");
+    }
+    // 15 000 players at the default 5 000 per node: three nodes.
+    body["expected_players"] = json!(15_000);
+    let (s, v) = post(nodes[0].addr, "/v1/quizzes", &body).await;
+    assert_eq!(s, 201, "{v}");
+    let host_token = v["host_token"].as_str().unwrap().to_string();
+    assert!(
+        host_token.starts_with(&format!("v3.h.{id}..")),
+        "{host_token}"
+    );
+    let mut players = Vec::new();
+    let mut sockets = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let (pid, token) = join(n.addr, &id, &format!("p{i}")).await;
+        let spread = token.rsplit('.').nth(1);
+        assert_eq!(spread, Some("3"), "{token}");
+        let mut w = ws(n.addr, &id, &token).await;
+        expect(&mut w, "welcome").await;
+        players.push(pid);
+        sockets.push(w);
+    }
+    let (s, _) = host(nodes[0].addr, &id, "start", &host_token).await;
+    assert_eq!(s, 200);
+    for w in &mut sockets {
+        assert_eq!(expect(w, "question").await["question"]["id"], 0);
+    }
+    // p0 right (1000 points at once), p1 right later, p2 wrong: ranks 1, 2, 3
+    // although each node applied one answer.
+    let r0 = answer(&mut sockets[0], 0, &[1]).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r1 = answer(&mut sockets[1], 0, &[1]).await;
+    let r2 = answer(&mut sockets[2], 0, &[0]).await;
+    assert_eq!(
+        (r0["rank"].as_u64(), r1["rank"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(r2["rank"], 3, "{r2}");
+    // Every node's board reaches the final version with the same content,
+    // stamped on a shared 500 ms tick.
+    let mut finals = Vec::new();
+    for w in &mut sockets {
+        let lb = loop {
+            let lb = expect(w, "leaderboard").await;
+            if lb["top"].as_array().map(Vec::len) == Some(3)
+                && lb["top"][2]["score"] == 0
+                && lb["top"][1]["score"] == r1["score"]
+            {
+                break lb;
+            }
+        };
+        assert_eq!(lb["ts_ms"].as_u64().unwrap() % 500, 0, "{lb}");
+        finals.push((
+            lb["version"].clone(),
+            lb["total_players"].clone(),
+            lb["top"].clone(),
+        ));
+    }
+    assert!(finals.windows(2).all(|w| w[0] == w[1]), "{finals:?}");
+    assert_eq!(finals[0].2[0]["player_id"], players[0].as_str());
+    host(nodes[0].addr, &id, "end", &host_token).await;
+    for w in &mut sockets {
+        expect(w, "quiz_ended").await;
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// Reads `topic` from the start until every id of `want` for `quiz` was seen.
 async fn consume_quiz_events(topic: &str, quiz: &str, want: &[String]) -> Vec<Value> {
     let want: Vec<(String, usize)> = want.iter().map(|id| (id.clone(), 1)).collect();

@@ -54,6 +54,8 @@ pub struct RunOptions {
     /// `edge_lb`, `core` or `proxy`.
     pub target_kind: Option<String>,
     pub players: Option<u64>,
+    /// Override quiz.expected_players (the size hint that spreads a quiz).
+    pub expected_players: Option<u64>,
     pub quizzes: Option<u64>,
     pub duration_s: Option<u64>,
     pub workers: Option<u64>,
@@ -86,6 +88,9 @@ pub fn prepare(opts: &RunOptions) -> anyhow::Result<Scenario> {
     if let Some(k) = &opts.target_kind {
         sc.target.kind = serde_json::from_value(serde_json::Value::String(k.clone()))
             .map_err(|_| anyhow::anyhow!("--kind: one of edge_lb, core, proxy, got `{k}`"))?;
+    }
+    if let Some(e) = opts.expected_players {
+        sc.quiz.expected_players = Some(e);
     }
     if let Some(p) = opts.players {
         sc.load.players = p;

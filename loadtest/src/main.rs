@@ -27,6 +27,10 @@ struct RunArgs {
     kind: Option<String>,
     #[arg(long)]
     players: Option<u64>,
+    /// Override quiz.expected_players: the size hint that spreads one quiz
+    /// over several core nodes.
+    #[arg(long)]
+    expected_players: Option<u64>,
     #[arg(long)]
     quizzes: Option<u64>,
     /// Override load.duration_s (the hard cap of the load phase).
@@ -133,6 +137,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 target,
                 kind,
                 players,
+                expected_players,
                 quizzes,
                 duration,
                 workers,
@@ -154,6 +159,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 target,
                 target_kind: kind,
                 players,
+                expected_players,
                 quizzes,
                 duration_s: duration,
                 workers,

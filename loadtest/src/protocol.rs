@@ -218,6 +218,9 @@ pub struct CreateQuiz<'a> {
     pub title: &'a str,
     pub mode: &'a str,
     pub questions: Vec<NewQuestion>,
+    /// The size hint that spreads a big quiz over several core nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_players: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]

@@ -150,6 +150,10 @@ pub struct QuizConfig {
     /// Live mode: the host calls `/next` (or `/end`) this long after a
     /// question opened.
     pub advance_after_ms: u64,
+    /// Sent as the quiz's `expected_players` size hint: a quiz expecting
+    /// more than core's `players_per_node` is spread over several nodes.
+    #[serde(default)]
+    pub expected_players: Option<u64>,
 }
 
 fn default_options() -> u32 {

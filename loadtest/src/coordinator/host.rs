@@ -42,6 +42,7 @@ pub(super) async fn create_quizzes(
                 Mode::SelfPaced => "self_paced",
             },
             questions,
+            expected_players: sc.quiz.expected_players,
         })?;
         let target = *target;
         let sem = sem.clone();
