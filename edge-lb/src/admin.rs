@@ -6,7 +6,8 @@
 //!
 //! | method | path | answer |
 //! |---|---|---|
-//! | GET | `/admin/route/{quiz_id}` | where the quiz goes, per route, and why (ring walk, caps, load) |
+//! | GET | `/admin/route/{quiz_id}` | where the quiz goes, per route, and why (ring walk, caps, load); the WebSocket route's spread (k, nodes, open tunnels per node) |
+//! | GET | `/admin/route/{quiz_id}?player={id}&spread={k}` | the same, plus the node that player's WebSocket would go to (`spread` defaults to k as last seen) |
 //! | GET | `/admin/backends` | backends with health, eligibility, drain state, quizzes, tunnels |
 //! | POST | `/admin/backends/{name}/drain` | stop new quizzes, close tunnels at `drain.close_rate_per_sec` |
 //! | POST | `/admin/backends/{name}/undrain` | make it eligible again; its quizzes return |
@@ -26,6 +27,7 @@ use pingora_core::protocols::http::ServerSession;
 use crate::cluster::Cluster;
 use crate::config::EdgeConfig;
 use crate::head::valid_quiz_id;
+use crate::spread;
 
 pub struct AdminApp {
     pub cluster: Arc<Cluster>,
@@ -101,6 +103,7 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.as_str().to_string();
         let path = session.req_header().uri.path().to_string();
+        let query = format!("?{}", session.req_header().uri.query().unwrap_or(""));
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         if parts.first() == Some(&"admin") {
             let cfg = self.cluster.config();
@@ -142,7 +145,15 @@ impl ServeHttp for AdminApp {
                         "quiz_id must be 1-64 chars of [A-Za-z0-9_-]",
                     );
                 }
-                json(200, self.cluster.explain(quiz))
+                let player = spread::query_param(&query, "player");
+                let k = match spread::query_param(&query, "spread") {
+                    None => None,
+                    Some(k) => match k.parse::<usize>() {
+                        Ok(k) if (1..=spread::MAX_SPREAD).contains(&k) => Some(k),
+                        _ => return err(400, "invalid", "spread must be 1-64"),
+                    },
+                };
+                json(200, self.cluster.explain_player(quiz, player.as_deref(), k))
             }
             ("GET", ["admin", "backends"]) => {
                 let cfg = self.cluster.config();

@@ -10,10 +10,13 @@
 //! - `verdicts`: health-check verdicts (thresholds, hold-down, panic threshold), drain, and
 //!   the rebalance toward a returning node.
 //! - `tunnels`: the per-backend registry of open tunnels and their closing (pingora issue
-//!   #571), which ties each tunnel to its quiz's activity.
+//!   #571), which ties each tunnel to its quiz's activity and, for a spread quiz, to the
+//!   spread book's per-node count.
 //!
 //! One `parking_lot::Mutex` guards the routing state; it is never held across an `.await`
 //! (every method here is synchronous), and a routing decision holds it for a ring walk only.
+//! The spread book (`crate::spread::Book`: k as last seen per quiz, open tunnels per node) has
+//! its own lock, a leaf: nothing else is locked while it is held.
 
 mod routing;
 mod sources;
@@ -38,6 +41,7 @@ use crate::health::Outcome;
 use crate::limits::{ClientTable, NodeRate};
 use crate::metrics::Metrics;
 use crate::ring::Placement;
+use crate::spread::{Book, BOOK_CAP, BOOK_TTL};
 use sources::Sources;
 use tunnels::Tunnels;
 
@@ -153,6 +157,8 @@ pub struct Cluster {
     sources: Mutex<Sources>,
     inner: Mutex<Inner>,
     tunnels: Tunnels,
+    /// Spread quizzes seen in tokens, with their open tunnels per node (the admin view).
+    book: Mutex<Book>,
     /// Round-robin position of `route_any`.
     rr: AtomicUsize,
     pub metrics: Metrics,
@@ -173,6 +179,7 @@ impl Cluster {
                 pools: HashMap::new(),
             }),
             tunnels: Tunnels::new(),
+            book: Mutex::new(Book::new(BOOK_CAP, BOOK_TTL)),
             rr: AtomicUsize::new(0),
             metrics: Metrics::new(),
             connections: AtomicUsize::new(0),
@@ -235,10 +242,13 @@ impl Cluster {
             .collect()
     }
 
-    /// Periodic upkeep: expire idle quizzes and idle client entries, refresh gauges.
+    /// Periodic upkeep: expire idle quizzes, idle client entries and spread quizzes no longer
+    /// seen; refresh gauges.
     pub fn sweep(&self) {
         let clients = self.clients.sweep();
         self.metrics.client_table_entries.set(clients as i64);
+        let spread = self.book.lock().sweep(Instant::now());
+        self.metrics.spread_quizzes.set(spread as i64);
         let ttl = self.config().quiz_idle_ttl;
         let mut inner = self.inner.lock();
         let now = Instant::now();
@@ -267,6 +277,15 @@ impl Cluster {
                 .quizzes_active
                 .with_label_values(&[n])
                 .set(load as i64);
+        }
+    }
+
+    /// A `v3` token of `quiz` said it is spread over `k` nodes: remember it for the admin view.
+    /// A new quiz is not recorded when the book is full of live ones (counted as
+    /// `edge_lb_errors_total{kind="spread_book_full"}`); routing does not depend on it.
+    pub fn spread_seen(&self, quiz: &str, k: usize) {
+        if !self.book.lock().seen(quiz, k, Instant::now()) {
+            self.metrics.error("spread_book_full");
         }
     }
 

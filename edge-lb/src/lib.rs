@@ -18,6 +18,9 @@
 //!   (configuration merged with discovery), routing, health verdicts and drain, and the
 //!   per-backend registry of open tunnels with their paced closing.
 //! - [`ring`]: pure consistent hashing with bounded loads per quiz, keyed by node name.
+//! - [`spread`]: a quiz over several nodes: the spread a WebSocket's token names, the
+//!   rendezvous choice of a player's node among the spread, and the bounded record of spreads
+//!   seen (the admin view). [`tunnel`] reads the token; [`cluster`] routes with it.
 //! - [`upkeep`]: the background service: runs [`health`] (active checks on `/readyz` feeding
 //!   `Cluster::report_health`, plus the idle-quiz sweep) and [`discovery`] (DNS SRV pools fed to
 //!   `Cluster::set_discovered`, the reload path), refreshes certificates, reloads on SIGHUP,
@@ -44,6 +47,7 @@ pub mod proxy;
 pub mod refusal;
 pub mod ring;
 pub mod speculative;
+pub mod spread;
 pub mod tls;
 pub mod tunnel;
 mod upkeep;

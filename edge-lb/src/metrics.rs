@@ -39,6 +39,10 @@ pub struct Metrics {
     pub downstream_connections: IntGauge,
     /// Client addresses tracked by the per-client limits.
     pub client_table_entries: IntGauge,
+    /// Player WebSockets routed over a quiz's spread, by pool and choice (home, fallback).
+    pub spread_routes: IntCounterVec,
+    /// Spread quizzes in the book (after each sweep).
+    pub spread_quizzes: IntGauge,
     pub upgrade_seconds: HistogramVec,
     /// Discovery resolutions by pool and outcome (ok, empty, error).
     pub discovery_resolutions: IntCounterVec,
@@ -136,6 +140,19 @@ impl Metrics {
         registry
             .register(Box::new(client_table_entries.clone()))
             .expect("unique");
+        let spread_routes = cv(
+            "edge_lb_spread_routes_total",
+            "Player WebSockets routed over a quiz's spread, by pool and choice",
+            &["pool", "choice"],
+        );
+        let spread_quizzes = IntGauge::new(
+            "edge_lb_spread_quizzes",
+            "Spread quizzes recorded for the admin view",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(spread_quizzes.clone()))
+            .expect("unique");
         let upgrade_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "edge_lb_upgrade_seconds",
@@ -185,6 +202,8 @@ impl Metrics {
             pool_panic,
             downstream_connections,
             client_table_entries,
+            spread_routes,
+            spread_quizzes,
             upgrade_seconds,
         }
     }

@@ -103,6 +103,37 @@ impl Ring {
         }
         out
     }
+
+    /// A quiz spread over `k` nodes (`crate::spread`): its first node `owner` (the placement) and
+    /// the nodes of its ring walk, as node indices `(spread, rest)`: `spread` has `min(k, nodes)`
+    /// nodes, the owner first; `rest` is the remainder of the walk, in walk order.
+    ///
+    /// The spread is the first `k` nodes of the walk whenever the owner is among them (the usual
+    /// case: placed on its primary node, or by overflow within the first `k`), so the *set* does
+    /// not depend on which of them the placement chose, nor on health: a node lost (or owning the
+    /// quiz after its owner was lost) within the first `k` changes nothing for the others. Only an
+    /// owner beyond the first `k` (heavy overflow) takes the place of the `k`-th node.
+    pub fn spread(&self, quiz: &str, owner: &str, k: usize) -> (Vec<usize>, Vec<usize>) {
+        let walk = self.walk(quiz);
+        let k = k.clamp(1, walk.len().max(1));
+        let Some(pos) = walk
+            .iter()
+            .position(|i| self.nodes[*i].name.as_ref() == owner)
+        else {
+            // Not a node of this ring: no spread to speak of.
+            return (Vec::new(), walk);
+        };
+        let mut spread = Vec::with_capacity(k);
+        spread.push(walk[pos]);
+        let others = if pos < k { k } else { k - 1 };
+        spread.extend(walk[..others].iter().filter(|i| **i != walk[pos]));
+        let rest = walk
+            .iter()
+            .copied()
+            .filter(|i| !spread.contains(i))
+            .collect();
+        (spread, rest)
+    }
 }
 
 /// Why a quiz went where it went; the admin endpoint prints this.
@@ -519,6 +550,38 @@ mod tests {
         let l0 = p.load("core-0") as f64;
         let l1 = p.load("core-1") as f64;
         assert!(l0 / (l0 + l1) > 0.65, "{l0} {l1}");
+    }
+
+    #[test]
+    fn spread_is_the_first_k_of_the_walk_whoever_of_them_owns() {
+        let p = Placement::new(&cfg(6, 1.25));
+        let r = p.ring();
+        let name = |i: usize| r.nodes()[i].name.to_string();
+        for q in ["q1", "q2", "q3"] {
+            let walk = r.walk(q);
+            let first3: Vec<String> = walk[..3].iter().map(|i| name(*i)).collect();
+            let set = |owner: usize| {
+                let (s, rest) = r.spread(q, &name(owner), 3);
+                assert_eq!(s[0], owner, "the owner comes first");
+                assert_eq!(s.len() + rest.len(), 6);
+                let mut v: Vec<String> = s.iter().map(|i| name(*i)).collect();
+                v.sort();
+                v
+            };
+            let mut want = first3.clone();
+            want.sort();
+            for owner in &walk[..3] {
+                assert_eq!(set(*owner), want, "{q}");
+            }
+            // An owner beyond the first k takes the k-th node's place.
+            let mut far = vec![name(walk[4]), first3[0].clone(), first3[1].clone()];
+            far.sort();
+            assert_eq!(set(walk[4]), far);
+            // Capped by the ring's size; k = 1 is the owner alone.
+            assert_eq!(r.spread(q, &name(walk[0]), 64).0.len(), 6);
+            assert_eq!(r.spread(q, &name(walk[2]), 1).0, vec![walk[2]]);
+            assert_eq!(r.spread(q, "nope", 3).0, Vec::<usize>::new());
+        }
     }
 
     #[test]

@@ -418,7 +418,17 @@ pub async fn serve_upgrade<C, K>(
     let cfg = cluster.config();
     let pool = &cfg.routes.websocket;
     let m = &cluster.metrics;
-    let Some(target) = cluster.route_quiz(pool, quiz) else {
+    // A player of a quiz spread over several nodes goes to its node of the spread; hosts,
+    // ordinary quizzes and unreadable tokens to the quiz's first node (crate::spread).
+    let claims = crate::spread::claims_of_target(&head.path, quiz);
+    if let Some(k) = claims.as_ref().and_then(|c| c.spread) {
+        cluster.spread_seen(quiz, k);
+    }
+    let player = claims
+        .as_ref()
+        .filter(|c| c.spreads())
+        .map(|c| (c.player_id.as_str(), c.k()));
+    let Some(target) = cluster.route_ws(pool, quiz, player) else {
         refuse(&mut client, m, Refusal::NoBackend).await;
         return;
     };
@@ -455,7 +465,8 @@ pub async fn serve_upgrade<C, K>(
     let upgraded = status_of(&resp) == Some(101);
     // Registered before the client hears of it: once a client has its 101, a drain, a node
     // loss or a rebalance that follows always finds (and closes) its tunnel.
-    let guard = upgraded.then(|| cluster.register_tunnel(pool, target.backend.clone(), quiz));
+    let guard =
+        upgraded.then(|| cluster.register_tunnel(pool, target.backend.clone(), quiz, player));
     // Forward the whole read: the 101 head and any frame the backend sent right behind it.
     // The flush matters on TLS listeners (buffered); on plain ones it is free.
     if client.write_all(&resp).await.is_err() || client.flush().await.is_err() {

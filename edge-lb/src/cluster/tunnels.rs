@@ -43,6 +43,9 @@ impl CloseReason {
 
 struct Entry {
     quiz: String,
+    /// A player's tunnel of a spread quiz: its player id and k (its node follows the player,
+    /// not only the quiz: see `Cluster::rebalance_locked`).
+    player: Option<(Box<str>, usize)>,
     token: CancellationToken,
 }
 
@@ -63,11 +66,17 @@ impl Tunnels {
         }
     }
 
-    fn insert(&self, backend: &Arc<str>, quiz: &str) -> (u64, CancellationToken) {
+    fn insert(
+        &self,
+        backend: &Arc<str>,
+        quiz: &str,
+        player: Option<(&str, usize)>,
+    ) -> (u64, CancellationToken) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
         let entry = Entry {
             quiz: quiz.to_string(),
+            player: player.map(|(p, k)| (p.into(), k)),
             token: token.clone(),
         };
         self.open
@@ -110,6 +119,25 @@ impl Tunnels {
             .unwrap_or_default()
     }
 
+    /// The tunnels for which `pick(backend, quiz, player)` says yes, with their backend;
+    /// `player` is the player id and k of a spread player's tunnel.
+    pub(super) fn select(
+        &self,
+        mut pick: impl FnMut(&Arc<str>, &str, Option<(&str, usize)>) -> bool,
+    ) -> Vec<(Arc<str>, Victim)> {
+        let open = self.open.lock();
+        let mut out = Vec::new();
+        for (backend, m) in open.iter() {
+            for e in m.values() {
+                let player = e.player.as_ref().map(|(p, k)| (p.as_ref(), *k));
+                if pick(backend, &e.quiz, player) {
+                    out.push((backend.clone(), (e.quiz.clone(), e.token.clone())));
+                }
+            }
+        }
+        out
+    }
+
     fn all(&self) -> Vec<Victim> {
         self.open
             .lock()
@@ -126,6 +154,8 @@ pub struct TunnelGuard {
     pool: Arc<str>,
     quiz: String,
     id: u64,
+    /// Counted in the spread book's tunnels of the quiz on this backend.
+    counted: bool,
     pub token: CancellationToken,
 }
 
@@ -143,18 +173,27 @@ impl Drop for TunnelGuard {
             a.tunnels = a.tunnels.saturating_sub(1);
             a.last_seen = Some(Instant::now());
         }
+        drop(inner);
+        if self.counted {
+            self.cluster
+                .book
+                .lock()
+                .closed(&self.quiz, &self.backend, Instant::now());
+        }
     }
 }
 
 impl Cluster {
-    /// Register an open tunnel; the guard deregisters it.
+    /// Register an open tunnel (`player`: the player id and k of a spread player's tunnel);
+    /// the guard deregisters it. Counted per node in the spread book if the quiz is recorded.
     pub fn register_tunnel(
         self: &Arc<Self>,
         pool: &str,
         backend: Arc<str>,
         quiz: &str,
+        player: Option<(&str, usize)>,
     ) -> TunnelGuard {
-        let (id, token) = self.tunnels.insert(&backend, quiz);
+        let (id, token) = self.tunnels.insert(&backend, quiz, player);
         self.metrics
             .tunnels_active
             .with_label_values(&[&backend])
@@ -167,12 +206,14 @@ impl Cluster {
                 a.last_seen = Some(Instant::now());
             }
         }
+        let counted = self.book.lock().opened(quiz, &backend, Instant::now());
         TunnelGuard {
             cluster: self.clone(),
             backend,
             pool: pool.into(),
             quiz: quiz.to_string(),
             id,
+            counted,
             token,
         }
     }
@@ -225,7 +266,7 @@ impl Cluster {
     }
 
     /// One tunnel close per this period at `drain.close_rate_per_sec`.
-    fn drain_period(&self) -> Duration {
+    pub(super) fn drain_period(&self) -> Duration {
         let rate = self.config().drain.close_rate_per_sec.max(1);
         Duration::from_secs_f64(1.0 / f64::from(rate))
     }
@@ -233,7 +274,12 @@ impl Cluster {
     /// Cancel `victims` sorted by quiz (a quiz's tunnels close together), one per `period` on
     /// the current runtime, or all at once (here) when it is zero or there is no runtime; each
     /// counted under `reason`.
-    fn cancel_in_order(&self, mut victims: Vec<Victim>, reason: CloseReason, period: Duration) {
+    pub(super) fn cancel_in_order(
+        &self,
+        mut victims: Vec<Victim>,
+        reason: CloseReason,
+        period: Duration,
+    ) {
         if victims.is_empty() {
             return;
         }

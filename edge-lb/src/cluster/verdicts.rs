@@ -12,10 +12,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio_util::sync::CancellationToken;
+
 use super::tunnels::CloseReason;
 use super::{Backend, Cluster, Inner};
 use crate::config::HealthConfig;
 use crate::health::Outcome;
+use crate::spread;
 
 /// What one verdict changed.
 #[derive(Debug, PartialEq, Eq)]
@@ -248,25 +251,54 @@ impl Cluster {
         gauge.set(i64::from(panic));
     }
 
-    /// Move back to `node` the quizzes it would now be given, closing their tunnels on
-    /// the interim owners gradually.
+    /// Move back to `node` the quizzes it would now be given, and close — gradually — every
+    /// tunnel of the pool that is no longer where its route now goes: an ordinary (or host)
+    /// tunnel of a moved quiz on its interim owner, and a spread player's tunnel whose node of
+    /// the spread is now another one (mostly players whose home is `node`, back from the
+    /// others of their spread). A spread player already on its node stays, even when its quiz's
+    /// first node moves.
     fn rebalance_locked(self: &Arc<Self>, inner: &mut Inner, pool: &Arc<str>, node: &Arc<str>) {
         let Some(p) = inner.pools.get_mut(pool) else {
             return;
         };
-        let moved = p.placement.rebalance_toward(node);
-        if moved.is_empty() {
+        let moved: HashMap<String, Arc<str>> =
+            p.placement.rebalance_toward(node).into_iter().collect();
+        if !moved.is_empty() {
+            tracing::info!(backend = %node, moved = moved.len(), "quizzes return to their node");
+        }
+        let (p, backends) = (&inner.pools[pool], &inner.backends);
+        // One spread per quiz, computed once however many of its players are open.
+        let mut spreads: HashMap<String, Option<(Vec<Arc<str>>, Vec<Arc<str>>)>> = HashMap::new();
+        let victims = self.tunnels.select(|backend, quiz, player| {
+            if backends.get(backend).map(|b| &b.pool) != Some(pool) {
+                return false;
+            }
+            let Some((player, k)) = player else {
+                return moved.get(quiz) == Some(backend);
+            };
+            let spread = spreads.entry(quiz.to_string()).or_insert_with(|| {
+                let owner = p.placement.owner(quiz)?;
+                Some(p.spread_nodes(quiz, owner, k))
+            });
+            let Some((s, rest)) = spread else {
+                return false;
+            };
+            let s: Vec<&str> = s.iter().map(|n| n.as_ref()).collect();
+            let rest: Vec<&str> = rest.iter().map(|n| n.as_ref()).collect();
+            spread::choose(&s, &rest, player, |n| p.placement.is_eligible(n))
+                .is_some_and(|c| c.node != backend.as_ref())
+        });
+        if victims.is_empty() {
             return;
         }
-        tracing::info!(backend = %node, moved = moved.len(), "quizzes return to their node");
-        let mut by_owner: HashMap<Arc<str>, Vec<String>> = HashMap::new();
-        for (q, from) in moved {
-            by_owner.entry(from).or_default().push(q);
+        let mut by_backend: HashMap<Arc<str>, Vec<(String, CancellationToken)>> = HashMap::new();
+        for (b, v) in victims {
+            by_backend.entry(b).or_default().push(v);
         }
-        let me = self.clone();
-        // Closing takes the tunnel lock, never the routing lock; run it off this stack.
-        for (from, qs) in by_owner {
-            me.close_tunnels(from, Some(qs), CloseReason::Rebalance, false);
+        // Paced per interim node, as a drain.
+        let period = self.drain_period();
+        for (_, v) in by_backend {
+            self.cancel_in_order(v, CloseReason::Rebalance, period);
         }
     }
 
