@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use super::routing::SpreadNodes;
 use super::tunnels::CloseReason;
 use super::{Backend, Cluster, Inner};
 use crate::config::HealthConfig;
@@ -268,7 +269,7 @@ impl Cluster {
         }
         let (p, backends) = (&inner.pools[pool], &inner.backends);
         // One spread per quiz, computed once however many of its players are open.
-        let mut spreads: HashMap<String, Option<(Vec<Arc<str>>, Vec<Arc<str>>)>> = HashMap::new();
+        let mut spreads: HashMap<String, Option<SpreadNodes>> = HashMap::new();
         let victims = self.tunnels.select(|backend, quiz, player| {
             if backends.get(backend).map(|b| &b.pool) != Some(pool) {
                 return false;
