@@ -213,15 +213,13 @@ impl Cluster {
     }
 }
 
+/// A quiz's spread and the rest of its ring walk, as node names in order.
+pub(super) type SpreadNodes = (Vec<Arc<str>>, Vec<Arc<str>>);
+
 impl Pool {
     /// The spread of `quiz` over `k` nodes with first node `owner` (capped by the pool's
     /// size), and the rest of its ring walk: node names, in order (see `Ring::spread`).
-    pub(super) fn spread_nodes(
-        &self,
-        quiz: &str,
-        owner: &str,
-        k: usize,
-    ) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+    pub(super) fn spread_nodes(&self, quiz: &str, owner: &str, k: usize) -> SpreadNodes {
         let ring = self.placement.ring();
         let (s, rest) = ring.spread(quiz, owner, k);
         let name = |i: usize| ring.nodes()[i].name.clone();

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use super::routing::SpreadNodes;
 use super::tunnels::CloseReason;
 use super::{Backend, Cluster, Inner};
 use crate::config::HealthConfig;
@@ -268,7 +269,7 @@ impl Cluster {
         }
         let (p, backends) = (&inner.pools[pool], &inner.backends);
         // One spread per quiz, computed once however many of its players are open.
-        let mut spreads: HashMap<String, Option<(Vec<Arc<str>>, Vec<Arc<str>>)>> = HashMap::new();
+        let mut spreads: HashMap<String, Option<SpreadNodes>> = HashMap::new();
         let victims = self.tunnels.select(|backend, quiz, player| {
             if backends.get(backend).map(|b| &b.pool) != Some(pool) {
                 return false;
@@ -488,6 +489,69 @@ mod tests {
         let b = view(&c, "n1");
         assert_eq!(b.health, "down");
         assert_eq!(b.last_ready_ms_ago, None);
+    }
+
+    /// The first node of a spread quiz is lost and returns: the quiz (and its host) move back,
+    /// while spread players stay on their nodes throughout, but for the lost node's own.
+    #[test]
+    fn first_node_of_a_spread_lost_and_back_moves_only_its_players_and_host() {
+        let c = cluster(4, 0.0);
+        let q = "spreadquiz";
+        let players: Vec<String> = (0..200).map(|i| format!("pl{i}")).collect();
+        let mut open = Vec::new();
+        let route = |p: &str| c.route_ws("core", q, Some((p, 3))).unwrap().backend;
+        for p in &players {
+            let n = route(p);
+            let g = c.register_tunnel("core", n.clone(), q, Some((p.as_str(), 3)));
+            open.push((p.clone(), n, g));
+        }
+        let first = c.route_quiz("core", q).unwrap().backend;
+        let host = c.register_tunnel("core", first.clone(), q, None);
+        let on_first = open.iter().filter(|(_, n, _)| *n == first).count();
+        assert!(on_first > 20, "{on_first}");
+        // Lost: only its tunnels close (at once: no runtime here), the others keep their node.
+        c.report_health(&first, Outcome::Gone, None);
+        c.report_health(&first, Outcome::Gone, None);
+        assert!(host.token.is_cancelled());
+        let interim = c.route_quiz("core", q).unwrap().backend;
+        assert_ne!(interim, first);
+        let host2 = c.register_tunnel("core", interim.clone(), q, None);
+        for (p, n, g) in open.iter_mut() {
+            assert_eq!(g.token.is_cancelled(), *n == first, "{p}");
+            let now = route(p);
+            if *n == first {
+                assert_ne!(now, first);
+                *g = c.register_tunnel("core", now.clone(), q, Some((p.as_str(), 3)));
+                *n = now;
+            } else {
+                assert_eq!(&now, n, "{p} moved although its node stayed");
+            }
+        }
+        // Back after the hold-down: the quiz's host tunnel on the interim first node closes,
+        // and so do the returning node's players (and only they).
+        c.report_health(&first, Outcome::Ready, None);
+        {
+            let mut inner = c.inner.lock();
+            inner.backends.get_mut(&first).unwrap().up_since =
+                Some(Instant::now() - Duration::from_secs(60));
+        }
+        c.report_health(&first, Outcome::Ready, None);
+        assert_eq!(c.route_quiz("core", q).unwrap().backend, first);
+        assert!(
+            host2.token.is_cancelled(),
+            "the host follows the first node"
+        );
+        let mut back = 0;
+        for (p, n, g) in &open {
+            let home = route(p);
+            let cancelled = g.token.is_cancelled();
+            assert_eq!(cancelled, home != *n, "{p} on {n}, home {home}");
+            if cancelled {
+                assert_eq!(home, first);
+                back += 1;
+            }
+        }
+        assert_eq!(back, on_first);
     }
 
     #[test]
