@@ -178,7 +178,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     probe(&target, &log).await?;
     let quizzes = host::create_quizzes(&target, &sc, opts.admin_key.as_deref()).await?;
     let quiz_ids: Vec<String> = quizzes.iter().map(|(q, _)| q.clone()).collect();
-    log(&format!("created {} quizzes", quizzes.len()));
+    // A few quizzes are named, so an operator can follow one in edge-lb's
+    // admin view (`/admin/route/{quiz_id}`) during the run.
+    let named = if quiz_ids.len() <= 3 {
+        format!(": {}", quiz_ids.join(" "))
+    } else {
+        String::new()
+    };
+    log(&format!("created {} quizzes{named}", quizzes.len()));
 
     let clock = Clock::new(&sc, started);
     let (mut children, from_workers) =
