@@ -105,6 +105,11 @@ pub struct Config {
     /// `ceil(expected_players / players_per_node)` core nodes (at most
     /// `max_spread`): edge-lb sends each player's WebSocket to one of them.
     pub players_per_node: u64,
+    /// Admission control (`admission.rs`): joins running at once on this
+    /// node; past them a join waits up to `join_queue_ms` for a place,
+    /// then is refused with 503 and `Retry-After` before any write.
+    pub join_max_in_flight: usize,
+    pub join_queue_ms: u64,
     pub max_spread: u32,
     /// ... and its scoring over `ceil(expected_players / players_per_shard)`
     /// Redis hash slots (at most `max_shards`).
@@ -196,6 +201,8 @@ impl Default for Config {
             admin_open: false,
             max_players_per_quiz: 1_000_000,
             players_per_node: 5000,
+            join_max_in_flight: 128,
+            join_queue_ms: 1000,
             max_spread: 64,
             players_per_shard: 50_000,
             max_shards: 64,
@@ -506,6 +513,9 @@ impl Config {
             }
         }
         // A token carries the spread as 1–64 (edge-lb's reading of it).
+        if self.join_max_in_flight == 0 {
+            return bad("join_max_in_flight", "must be > 0");
+        }
         if !(1..=64).contains(&self.max_spread) {
             return bad("max_spread", "must be 1–64");
         }

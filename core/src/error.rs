@@ -23,6 +23,11 @@ pub enum QuizError {
     RateLimited(String),
     #[error("{0}")]
     Unavailable(String),
+    /// 503 `unavailable` too, refused by admission control before
+    /// anything was written: the client retries after a `Retry-After`
+    /// spread over 1–3 s (see `admission.rs`).
+    #[error("{0}")]
+    Busy(String),
     /// 409 with its own code: the quiz has `max_players_per_quiz` players.
     #[error("{0}")]
     QuizFull(String),
@@ -38,7 +43,7 @@ impl QuizError {
             QuizError::Conflict(_) => "conflict",
             QuizError::TooLarge(_) => "too_large",
             QuizError::RateLimited(_) => "rate_limited",
-            QuizError::Unavailable(_) => "unavailable",
+            QuizError::Unavailable(_) | QuizError::Busy(_) => "unavailable",
             QuizError::QuizFull(_) => "quiz_full",
         }
     }

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::admission::Gate;
 use crate::client_addr::TrustedProxies;
 use crate::config::Tier;
 use crate::error::QuizError;
@@ -48,6 +49,8 @@ struct Node {
     post_limiter: IpLimiter,
     boards: BoardCache,
     trusted: TrustedProxies,
+    /// Admission control of joins (`admission.rs`).
+    joins: Gate,
 }
 
 /// `GET …/leaderboard` reads the store at most once per quiz per
@@ -121,6 +124,10 @@ pub async fn serve(
         },
         // `Config::validate` checked the list.
         trusted: TrustedProxies::parse(&svc.config.trusted_proxies).unwrap_or_default(),
+        joins: Gate::new(
+            svc.config.join_max_in_flight,
+            Duration::from_millis(svc.config.join_queue_ms),
+        ),
         svc: Arc::clone(&svc),
         rooms,
     });
@@ -264,7 +271,7 @@ async fn route(
         }
         (["v1", "quizzes", id, "players"], &Method::POST) if api => {
             rate_limit(node, peer)?;
-            let r = join(svc, req, id).await;
+            let r = join(node, req, id).await;
             node.boards.invalidate(id);
             r
         }
@@ -367,12 +374,24 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<Vec<u8>>, QuizError
 }
 
 /// `POST /v1/quizzes/{id}/players`.
-async fn join(svc: &QuizService, req: Request<Incoming>, id: &str) -> Result<Resp, QuizError> {
+async fn join(node: &Node, req: Request<Incoming>, id: &str) -> Result<Resp, QuizError> {
+    let svc = &node.svc;
     svc.def(id).await?;
     // Optional: a retried join with the same key gets the same
     // player back (see `QuizService::join_with_key`).
     let key = idempotency_key(&req)?;
     let body: JoinReq = read_json(svc, req).await?;
+    // Admitted after the body is read (a slow body must not hold a place)
+    // and before anything is written (`admission.rs`).
+    let Some(_place) = node.joins.enter().await else {
+        svc.metrics
+            .admission_refused
+            .with_label_values(&["join"])
+            .inc();
+        return Err(QuizError::Busy(
+            "busy: this node is admitting joins as fast as it can; retry after Retry-After".into(),
+        ));
+    };
     let (def, state, player, token, lb) = svc
         .join_with_key(id, &body.nickname, key.as_deref())
         .await?;
@@ -575,7 +594,7 @@ pub fn status_of(e: &QuizError) -> StatusCode {
         QuizError::Conflict(_) | QuizError::QuizFull(_) => StatusCode::CONFLICT,
         QuizError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         QuizError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-        QuizError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        QuizError::Unavailable(_) | QuizError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -589,6 +608,11 @@ fn error_response(e: &QuizError) -> Resp {
         QuizError::RateLimited(_) => {
             r.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        // Spread: clients refused together must not come back together.
+        QuizError::Busy(_) => {
+            let s = rand::random_range(1..=3u16);
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
         }
         _ => {}
     }

@@ -11,7 +11,8 @@
 //!   frames; [`outbox`] is the writer's side: each connection's bounded
 //!   [`outbox::Outbox`], the writer that drains it, the close codes.
 //!   [`limit`]: the token bucket of both rate limits (per connection, per
-//!   client IP); [`client_addr`]: which IP that is (the peer, or a trusted
+//!   client IP); [`admission`]: the bounded places of joins (refused with
+//!   `Retry-After` past them, before any write); [`client_addr`]: which IP that is (the peer, or a trusted
 //!   proxy's `X-Forwarded-For`).
 //! - [`room`]: one room per quiz with members on this node. A room task
 //!   encodes each leaderboard once and fans the same bytes out, and turns
@@ -49,6 +50,7 @@ pub mod events;
 pub mod model;
 pub mod store;
 
+pub mod admission;
 pub mod backends;
 pub mod client_addr;
 pub mod config;

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub sink_errors: IntCounter,
     /// TCP connections refused at the `max_connections` cap.
     pub connections_refused: IntCounter,
+    /// Requests refused by admission control (`admission.rs`), by what
+    /// (`join`): 503 with `Retry-After`, nothing written.
+    pub admission_refused: IntCounterVec,
     /// Joins answered as a replay of an earlier join with the same
     /// `Idempotency-Key` (its response was lost).
     pub joins_replayed: IntCounter,
@@ -148,6 +151,14 @@ impl Metrics {
                 c(
                     "connections_refused_total",
                     "TCP connections refused at max_connections",
+                ),
+            ),
+            admission_refused: reg(
+                &registry,
+                cv(
+                    "admission_refused_total",
+                    "Requests refused by admission control (503 + Retry-After, nothing written)",
+                    "what",
                 ),
             ),
             joins_replayed: reg(

@@ -1820,6 +1820,74 @@ async fn distributed_spread_quiz_runs_on_every_node() {
     }
 }
 
+/// Admission control of joins (`admission.rs`): with one place and no
+/// queue, joins arriving together are partly refused with 503
+/// `unavailable` and a `Retry-After` of 1–3 s, and a refused join wrote
+/// nothing: the board counts exactly the admitted ones, and each refused
+/// player's retry (same nickname) is an ordinary join. Distributed: a join
+/// there holds its place for a store round trip and a Kafka delivery, so
+/// 40 joins sent together overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_joins_past_admission_are_refused_before_any_write() {
+    let f = Factory::new(Kind::Distributed).await;
+    let n = f
+        .start_with(Config {
+            join_max_in_flight: 1,
+            join_queue_ms: 0,
+            ..f.config()
+        })
+        .await;
+    let (id, _) = create(n.addr, "live", 1).await;
+    let path = format!("/v1/quizzes/{id}/players");
+    let attempts = (0..40).map(|i| {
+        let path = path.clone();
+        async move {
+            let body = json!({"nickname": format!("n{i}")}).to_string();
+            let (s, h, v) = http_full(
+                n.addr,
+                "POST",
+                &path,
+                &[("Content-Type", "application/json")],
+                Some(body.as_bytes()),
+            )
+            .await;
+            (i, s, h, v)
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let mut admitted = 0;
+    let mut refused = Vec::new();
+    for (i, s, h, v) in results {
+        match s {
+            201 => admitted += 1,
+            503 => {
+                assert_eq!(v["error"]["code"], "unavailable", "{v}");
+                let after: u64 = h
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("retry-after")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .expect("Retry-After");
+                assert!((1..=3).contains(&after), "{after}");
+                refused.push(i);
+            }
+            _ => panic!("join {i}: {s} {v}"),
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "40 joins at once through one place: none refused"
+    );
+    assert_eq!(leaderboard(n.addr, &id).await["total_players"], admitted);
+    for i in &refused {
+        join(n.addr, &id, &format!("n{i}")).await;
+    }
+    assert_eq!(leaderboard(n.addr, &id).await["total_players"], 40);
+    n.stop().await;
+}
+
 /// Reads `topic` from the start until every id of `want` for `quiz` was seen.
 async fn consume_quiz_events(topic: &str, quiz: &str, want: &[String]) -> Vec<Value> {
     let want: Vec<(String, usize)> = want.iter().map(|id| (id.clone(), 1)).collect();

@@ -135,6 +135,8 @@ pub fn raise_nofile_limit() -> u64 {
 pub struct HttpResponse {
     pub status: u16,
     pub body: Vec<u8>,
+    /// `Retry-After` in seconds, when the server gave one (429, 503).
+    pub retry_after_s: Option<u64>,
 }
 
 const MAX_BODY: usize = 16 << 20;
@@ -205,6 +207,7 @@ async fn http_request_inner(
         }
     };
     let content_length = header_value(&headers, "content-length").and_then(|v| v.parse().ok());
+    let retry_after_s = header_value(&headers, "retry-after").and_then(|v| v.parse().ok());
     let chunked = header_value(&headers, "transfer-encoding")
         .map(|v| v.contains("chunked"))
         .unwrap_or(false);
@@ -229,7 +232,11 @@ async fn http_request_inner(
             let mut probe = [0u8; 64];
             let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut probe)).await;
         });
-        return Ok(HttpResponse { status, body: rest });
+        return Ok(HttpResponse {
+            status,
+            body: rest,
+            retry_after_s,
+        });
     }
     // No length: read to EOF (Connection: close), then de-chunk if needed.
     loop {
@@ -244,7 +251,11 @@ async fn http_request_inner(
         }
     }
     let body = if chunked { dechunk(&rest)? } else { rest };
-    Ok(HttpResponse { status, body })
+    Ok(HttpResponse {
+        status,
+        body,
+        retry_after_s,
+    })
 }
 
 fn parse_status(head: &str) -> Result<u16, NetError> {

@@ -433,6 +433,11 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
 /// errors a few times); on success records the join latency and the player
 /// id and returns the WebSocket path with the player's token.
 ///
+/// A refusal with `Retry-After` (core's admission control, edge-lb's
+/// limits) is honoured, jittered over 1–1.5× the hint so refused players
+/// do not return together, and does not use up an attempt of the few kept
+/// for failures (it wrote nothing; the run's deadline bounds the waiting).
+///
 /// Every attempt carries the same `Idempotency-Key` (run + player index):
 /// when an attempt failed ambiguously (a proxy's 502/503, a timeout, a
 /// reset) after core had already added the player, the retry gets that
@@ -454,6 +459,7 @@ async fn join(
     let mut attempt = 0u32;
     let joined: Joined = loop {
         attempt += 1;
+        let wait: Duration;
         let res = http_request(
             &ctx.target,
             source,
@@ -480,18 +486,29 @@ async fn join(
                     r.status,
                     String::from_utf8_lossy(&r.body[..r.body.len().min(200)])
                 ));
-                matches!(r.status, 429 | 502 | 503 | 504)
+                let retry = matches!(r.status, 429 | 502 | 503 | 504);
+                if let (true, Some(s)) = (retry, r.retry_after_s) {
+                    ctx.count("join.retry_after");
+                    attempt -= 1;
+                    let ms = s.clamp(1, 30) * 1000;
+                    let jitter = player_share(ctx.seed, rec.index, 0x5e7 + u64::from(attempt));
+                    wait = Duration::from_millis(ms + (jitter * (ms / 2) as f64) as u64);
+                } else {
+                    wait = Duration::from_millis(200 * attempt as u64);
+                }
+                retry
             }
             Err(e) => {
                 ctx.count(&format!("error.join.{}", e.kind()));
                 rec.failure = Some(format!("join: {e}"));
+                wait = Duration::from_millis(200 * attempt as u64);
                 !matches!(e, NetError::Refused(_))
             }
         };
-        if !retry || attempt >= 4 || Instant::now() >= ctx.deadline() {
+        if !retry || attempt >= 4 || Instant::now() + wait >= ctx.deadline() {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+        tokio::time::sleep(wait).await;
     };
     if rec.failure.take().is_some() {
         ctx.count("join.retried_ok");
