@@ -2,8 +2,10 @@
 //! nodes sharing quizzes.
 //!
 //! # Key layout
-//! Every key of quiz X carries the hash tag `{X}`, so a quiz lives in one slot
-//! (one master) and every multi-key operation on it is one atomic Lua script:
+//! Every key of an ordinary quiz X carries the hash tag `{X}`, so a quiz
+//! lives in one slot (one master) and every multi-key operation on it is
+//! one atomic Lua script (a sharded quiz, `layout.shards > 1`, spreads its
+//! scoring over several slots: see "Shards" below):
 //!
 //! | key | type | content |
 //! |---|---|---|
@@ -18,6 +20,90 @@
 //! | `quiz:{X}:sent` | hash | `player_id:question_id` → ms the question was sent |
 //! | `quiz:{X}:pending` | hash | event id → event JSON: pending events other than answers (the event outbox, see `store.rs`) |
 //! | `quiz:{X}:pending_answers` | hash | `player_id:question_id` → the score the answer gave: pending `answer_scored` events (rebuilt from `answers` and `players`) |
+//!
+//! # Shards (one quiz's scoring over several masters)
+//! A quiz whose [`QuizDef::layout`] has `shards = S > 1` keeps in its main
+//! slot `{X}` what is quiz-wide: `def`, `state`, `players`, `nicks` (the
+//! nickname is unique in the quiz), `pending` (events other than answers).
+//! Each player's scoring lives in shard `s = shard_of(player_id, S)`
+//! (FNV-1a of the id, mod S), whose keys carry the tag `{X:s<s>.<j>}`
+//! (`shards.rs`: `j` is the first number putting the tag's slot in the
+//! `s`-th of S equal parts of the slot space, so with S equal to the
+//! masters of an evenly laid out cluster each shard is on its own master;
+//! a pure function of (X, s, S), no cluster query). Per shard:
+//! `leaderboard`, `answers`, `dist:Q`, `lbver`, `sent`,
+//! `pending_answers`, and `state`: a copy of the main state, for
+//! `apply_batch`'s guard and for the shard keys' lifetime. S = 1 is the
+//! table above, unchanged (no key renamed). The store learns S from the
+//! definition (remembered per quiz: definitions are immutable).
+//!
+//! - **Join**: `join_main` in the main slot (nickname, the `max_players`
+//!   cap counted as `HLEN players`, the player, the pending event: atomic
+//!   as before), then `join_shard` on the player's shard (`ZADD NX` score
+//!   0, `INCR lbver`). A crash between the two leaves a player who joined
+//!   but is missing from its shard. Repaired, idempotently: a retried join
+//!   (the same player again is "added") runs `join_shard` again; an answer
+//!   that comes back `N` (not in the shard) and a standing that finds no
+//!   score check the main slot's `players`, the truth of who joined, and
+//!   if the player is there run `join_shard`, then the answer again (same
+//!   attempt token). So an answer of a joined player is never lost to the
+//!   window; one of a non-player is still `NotFound`. Until repaired the
+//!   player is missing from `total_players` and the board.
+//! - **State**: `set_state` is the same compare-and-set in the main slot,
+//!   then pushes the new state to every shard's copy (`state_copy`: set
+//!   only if newer, so a late push never moves a copy back) and returns
+//!   only after that. The guard on a shard compares the caller's version
+//!   with the copy: equal applies, copy newer is `S` (re-score, as
+//!   before), copy older or missing is `L`: the store pushes the main
+//!   state to the shards and runs the batch again; an answer is never
+//!   applied against a copy that differs from the version it was scored
+//!   at.
+//!
+//!   Why no answer is scored against a window that has moved on: a state
+//!   change is *visible* once someone acts on it. Here the only ways to
+//!   read a sharded quiz's state are `get_state` and `pending_events` (the
+//!   outbox sweep publishing the change's events), and both first bring
+//!   every copy up to the main state (`sync_copies`: once per version per
+//!   store, remembered; `set_state` records its own pushes). The writer's
+//!   own `set_state` returns after its pushes. So whenever anyone has seen
+//!   version v+1, every copy already is at v+1 or later, and from then on
+//!   an answer scored at v is refused (`S`) on every shard, exactly like in
+//!   one slot. An answer at v applied on a shard whose copy is still v
+//!   landed before anyone could see v+1: it is ordered before the change
+//!   (the change takes effect on a shard when its copy moves). If the
+//!   writer dies between its compare-and-set and its pushes, the copies
+//!   stay behind only until the next reader (every room re-reads the state
+//!   periodically) or the next answer scored at v+1 (`L`) pushes them;
+//!   until then nobody has seen v+1, so accepting v is the old order, not
+//!   a stale one. Copies only move forward, so "every copy ≥ v" stays true.
+//! - **Answers** go to the player's shard through the batcher (which
+//!   groups by slot: a shard is a slot), same script, same dedupe, attempt
+//!   tokens, WAIT and outbox entry. The script's rank counts the players
+//!   above the answer in its own shard; the batcher then runs
+//!   `count_higher` on every other shard (one call per shard per batch,
+//!   with the batch's distinct scores, concurrently) and adds them: rank =
+//!   1 + players strictly higher in ALL shards ("1224" ranking), read after
+//!   the write (exact when the quiz is quiet; under load, the rank of a
+//!   state at least as new as the answer, as with one slot's batches). A
+//!   failed count fails the batch's replies; the retries re-run them with
+//!   their tokens (`A`, nothing added twice).
+//! - **Leaderboard**: every shard's top `limit`, `ZCARD` and `lbver`
+//!   (`shard_top`, concurrently), merged by score descending then player id
+//!   descending (byte order: one `ZREVRANGE`'s order), cut to `limit`,
+//!   nicknames from the main slot (`names`). Exact: every player above one
+//!   in the merged top is in its shard's top `limit`. `total_players` is
+//!   the sum of the `ZCARD`s, `version` the sum of the `lbver`s (each only
+//!   grows, so the sum does). The same data gives the same bytes on every
+//!   node. `standing`: `ZSCORE` and `ZCOUNT` in the player's shard plus
+//!   `count_higher` on the others. `distribution`: the sum over shards.
+//!   `get_answer`, `question_sent_at`, `present_question`: the player's
+//!   shard.
+//! - **Pending events**: `pending` in the main slot plus every shard's
+//!   `pending_answers` (nicknames from the main slot); an answer's event id
+//!   names its player, so `clear_pending` and `is_pending` find its shard.
+//! - **Retention**: `create_quiz` and every state push set the shard keys'
+//!   lifetime (the main state's, in ms); keys created later on a shard
+//!   inherit the remaining lifetime of the shard's state copy.
 //!
 //! # Retention
 //! Every key of a quiz expires ([`RedisOptions::retention_live`] after the
