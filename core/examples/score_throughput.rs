@@ -6,13 +6,23 @@
 //! deploy/local/stack up
 //! cargo run --release -p quiz-core --example score_throughput -- \
 //!     [--answers 200000] [--concurrency 512] [--players 1000] [--runs 3] \
-//!     [--latency-answers 20000] [--latency-concurrency 16] [--max-in-flight 8] [--max-batch 256]
+//!     [--latency-answers 20000] [--latency-concurrency 16] [--max-in-flight 8] [--max-batch 256] \
+//!     [--shards 3]
 //! ```
 //! `QUIZ_REDIS_NODES` (default `127.0.0.1:7000..7005`) names the cluster;
 //! `redis-benchmark` must be on the PATH. Every phase is bounded by
 //! `--answers`; each run uses a fresh quiz on the master of `{bench}`'s slot
 //! so store and anchor hit the same single Redis process. Results are
 //! recorded in `docs/core-backends.md`.
+//!
+//! `--shards S` (S > 1) measures instead one quiz's scoring spread over S
+//! hash slots (`Layout { shards: S }`) against the same quiz in one slot,
+//! both with `WAIT 1`: each run applies `--answers` answers into a fresh
+//! one-slot quiz (the anchor of the comparison), then into a fresh quiz
+//! over S shards, and prints both rates, their ratio, and the CPU per
+//! answer of the Redis masters (main threads, all of them) and of this
+//! client process. Recorded in `docs/performance.md` ("One quiz over three
+//! masters").
 
 mod common;
 
@@ -20,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quiz_core::model::{AnswerRecord, Mode, Player, QuizDef, QuizState};
+use quiz_core::model::{AnswerRecord, Layout, Mode, Player, QuizDef, QuizState};
 use quiz_core::store::redis_cluster::{RedisClusterStore, RedisOptions};
 use quiz_core::store::QuizStore;
 
@@ -33,6 +43,8 @@ struct Args {
     latency_concurrency: usize,
     max_in_flight: usize,
     max_batch: usize,
+    /// > 1: the one-quiz-over-S-shards comparison instead.
+    shards: usize,
 }
 
 fn parse_args() -> Args {
@@ -45,12 +57,13 @@ fn parse_args() -> Args {
         latency_concurrency: 16,
         max_in_flight: RedisOptions::default().max_in_flight,
         max_batch: RedisOptions::default().max_batch,
+        shards: 1,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
         let v = pair.get(1).and_then(|v| v.parse::<usize>().ok());
         let Some(v) = v else {
-            eprintln!("usage: score_throughput [--answers N] [--concurrency C] [--players P] [--runs R] [--latency-answers N] [--latency-concurrency C]");
+            eprintln!("usage: score_throughput [--answers N] [--concurrency C] [--players P] [--runs R] [--latency-answers N] [--latency-concurrency C] [--max-in-flight N] [--max-batch N] [--shards S]");
             std::process::exit(2);
         };
         match pair[0].as_str() {
@@ -62,6 +75,7 @@ fn parse_args() -> Args {
             "--latency-concurrency" => a.latency_concurrency = v.max(1),
             "--max-in-flight" => a.max_in_flight = v.max(1),
             "--max-batch" => a.max_batch = v.max(1),
+            "--shards" => a.shards = v.clamp(1, 1024),
             other => {
                 eprintln!("unknown flag {other}");
                 std::process::exit(2);
@@ -79,13 +93,26 @@ fn nodes() -> Vec<String> {
 }
 
 async fn new_quiz(store: &RedisClusterStore, id: &str, players: usize) -> anyhow::Result<()> {
+    new_quiz_over(store, id, players, 1).await
+}
+
+/// A fresh quiz with its scoring over `shards` hash slots.
+async fn new_quiz_over(
+    store: &RedisClusterStore,
+    id: &str,
+    players: usize,
+    shards: usize,
+) -> anyhow::Result<()> {
     let def = QuizDef {
         quiz_id: id.to_string(),
         title: "throughput".into(),
         mode: Mode::SelfPaced,
         questions: Vec::new(),
         created_at_ms: 1,
-        layout: Default::default(),
+        layout: Layout {
+            spread: 1,
+            shards: shards as u32,
+        },
     };
     store.create_quiz(&def, &QuizState::new_lobby()).await?;
     for p in 0..players {
@@ -174,10 +201,122 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The `host:port` of every master with slots.
+async fn masters(seed: &str) -> anyhow::Result<Vec<String>> {
+    let client = redis::Client::open(format!("redis://{seed}"))?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut c)
+        .await?;
+    Ok(text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 8 && f[2].contains("master") && !f[2].contains("fail"))
+        .filter_map(|f| f[1].split('@').next().map(str::to_string))
+        .collect())
+}
+
+/// Main-thread CPU seconds of every master, summed.
+async fn masters_cpu(masters: &[String]) -> f64 {
+    let mut sum = 0.0;
+    for m in masters {
+        sum += common::redis_main_cpu(m).await;
+    }
+    sum
+}
+
+/// `--shards S`: one quiz in one slot against one quiz over S shards,
+/// alternated, with `WAIT 1`.
+async fn compare_shards(args: &Args, nodes: &[String], opts: RedisOptions) -> anyhow::Result<()> {
+    let masters = masters(&nodes[0]).await?;
+    let replicas: Vec<String> = nodes
+        .iter()
+        .map(|n| n.trim_start_matches("redis://").to_string())
+        .filter(|n| !masters.contains(n))
+        .collect();
+    let store = Arc::new(RedisClusterStore::connect(nodes, opts).await?);
+    println!(
+        "machine: {} cores; masters {masters:?}; {} answers x {} callers, {} players; one slot vs {} shards, WAIT 1",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        args.answers,
+        args.concurrency,
+        args.players,
+        args.shards
+    );
+    // rate, masters, replicas, client, machine us/answer; 1 slot, S shards.
+    let mut cols: [Vec<f64>; 10] = Default::default();
+    for run in 0..args.runs {
+        let mut row = Vec::new();
+        for shards in [1, args.shards] {
+            let id = format!("tp{run}-s{shards}-{:08x}", rand::random::<u32>());
+            new_quiz_over(&store, &id, args.players, shards).await?;
+            let (r0, rr0, c0, m0) = (
+                masters_cpu(&masters).await,
+                masters_cpu(&replicas).await,
+                common::cpu_seconds(std::process::id()),
+                common::machine_busy_seconds(),
+            );
+            let p = drive(
+                Arc::clone(&store),
+                &id,
+                args.answers,
+                args.concurrency,
+                args.players,
+            )
+            .await?;
+            let n = args.answers as f64 / 1e6;
+            let redis_us = (masters_cpu(&masters).await - r0) / n;
+            let replica_us = (masters_cpu(&replicas).await - rr0) / n;
+            let client_us = (common::cpu_seconds(std::process::id()) - c0) / n;
+            let machine_us = (common::machine_busy_seconds() - m0) / n;
+            println!(
+                "run {run}, {shards} shard(s): {:.0} answers/s (p50 {:.2} ms, p99 {:.2} ms); CPU per answer: Redis masters {redis_us:.1} us, replicas {replica_us:.1} us, client {client_us:.1} us, whole machine {machine_us:.1} us",
+                p.per_sec,
+                ms(p.p50),
+                ms(p.p99)
+            );
+            row.extend([p.per_sec, redis_us, replica_us, client_us, machine_us]);
+        }
+        for (c, v) in cols.iter_mut().zip(row) {
+            c.push(v);
+        }
+    }
+    let m: Vec<f64> = cols.into_iter().map(common::median).collect();
+    println!(
+        "median of {} runs: one slot {:.0}/s (per answer: masters {:.1} us, replicas {:.1} us, client {:.1} us, machine {:.1} us); \
+         {} shards {:.0}/s (masters {:.1} us, replicas {:.1} us, client {:.1} us, machine {:.1} us); ratio {:.2}",
+        args.runs,
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+        m[4],
+        args.shards,
+        m[5],
+        m[6],
+        m[7],
+        m[8],
+        m[9],
+        m[5] / m[0]
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args();
     let nodes = nodes();
+    if args.shards > 1 {
+        let opts = RedisOptions {
+            max_in_flight: args.max_in_flight,
+            max_batch: args.max_batch,
+            ..RedisOptions::default()
+        };
+        return compare_shards(&args, &nodes, opts).await;
+    }
     let master = common::master_of(&nodes[0], "quiz:{bench}:leaderboard").await?;
     let tuned = RedisOptions {
         max_in_flight: args.max_in_flight,

@@ -11,6 +11,11 @@
 //!
 //! The test then fails back, so the cluster has its original layout and three
 //! healthy masters again. Fails loudly without the cluster.
+//!
+//! Twice: an ordinary quiz (its one slot's master fails over), and a quiz
+//! whose scoring is over three shards (the master of one shard's slot fails
+//! over while the other two keep scoring, and ranks keep counting them
+//! all). The two never run at once (`ONE_AT_A_TIME`).
 
 mod cluster_admin;
 
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_admin::*;
+use quiz_core::store::QuizStore;
 
 const PLAYERS: u32 = 200;
 const QUESTIONS: u32 = 40;
@@ -64,13 +70,28 @@ async fn fail_over_to(replica: &Node, slot: u16) {
     }
 }
 
+/// One cluster, one failover at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_loses_and_doubles_nothing() {
+    failover_during_answers(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_of_one_shard_loses_and_doubles_nothing() {
+    failover_during_answers(3).await;
+}
+
+async fn failover_during_answers(shards: u32) {
+    let _one = ONE_AT_A_TIME.lock().await;
     let nodes = redis_nodes();
     let seed = nodes[0].clone();
     let store = healthy_store(&nodes).await;
-    let (quiz, pids) = quiz_with_players(&store, "fo", PLAYERS, QUESTIONS).await;
-    let slot = slot_of(&seed, &format!("quiz:{{{quiz}}}:leaderboard")).await;
+    let (quiz, pids) = quiz_with_players(&store, "fo", PLAYERS, QUESTIONS, shards).await;
+    // The slot of the quiz's scores (of its first shard when sharded).
+    let tag = &score_tags(&quiz, shards)[0];
+    let slot = slot_of(&seed, &format!("quiz:{{{tag}}}:leaderboard")).await;
     let (master, replica) = owner(&seed, slot).await;
     eprintln!(
         "quiz {quiz}: slot {slot} on {} (replica {})",
@@ -140,16 +161,7 @@ async fn failover_loses_and_doubles_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(new_master.id, replica.id, "the replica took over");
-    let scores: Vec<(String, f64)> = query(
-        &new_master.addr,
-        redis::cmd("ZRANGE")
-            .arg(format!("quiz:{{{quiz}}}:leaderboard"))
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES"),
-    )
-    .await
-    .expect("ZRANGE");
+    let (scores, recorded) = stored_scores(&seed, &quiz, shards).await;
     assert_eq!(scores.len(), PLAYERS as usize);
     for (pid, score) in &scores {
         assert_eq!(
@@ -158,13 +170,19 @@ async fn failover_loses_and_doubles_nothing() {
             "score of {pid}"
         );
     }
-    let recorded: usize = query(
-        &new_master.addr,
-        redis::cmd("HLEN").arg(format!("quiz:{{{quiz}}}:answers")),
-    )
-    .await
-    .expect("HLEN");
     assert_eq!(recorded, total);
+    if shards > 1 {
+        // Ranks across the shards, once the stream is over: exact.
+        let board = store
+            .leaderboard(&quiz, PLAYERS as usize)
+            .await
+            .expect("lb");
+        assert_eq!(board.total_players, u64::from(PLAYERS));
+        for e in &board.top {
+            let higher = expected.values().filter(|s| **s > e.score).count() as u64;
+            assert_eq!(e.rank, higher + 1, "rank of {}", e.player_id);
+        }
+    }
 
     // Fail back to the original layout, and leave a healthy cluster.
     fail_over_to(&master, slot).await;

@@ -11,6 +11,10 @@
 //! acknowledged to them, and re-applying every answer must come back
 //! `Duplicate` with the very answer that counted: nothing acknowledged
 //! lost, nothing counted twice. Fails loudly without the cluster.
+//!
+//! Twice: an ordinary quiz (its one slot moves), and a quiz whose scoring
+//! is over three shards (ONE shard's slot moves while the others keep
+//! scoring). The two never run at once (`ONE_AT_A_TIME`).
 
 mod cluster_admin;
 
@@ -88,14 +92,29 @@ async fn migrate_slot(slot: u16, from: &Node, to: &Node, masters: &[Node]) -> us
     moved
 }
 
+/// One cluster, one migration at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_migration_loses_and_doubles_nothing() {
+    migration_during_answers(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_of_one_shard_loses_and_doubles_nothing() {
+    migration_during_answers(3).await;
+}
+
+async fn migration_during_answers(shards: u32) {
+    let _one = ONE_AT_A_TIME.lock().await;
     let nodes = redis_nodes();
     let seed = nodes[0].clone();
     let store = healthy_store(&nodes).await;
-    let (quiz, pids) = quiz_with_players(&store, "mig", PLAYERS, QUESTIONS).await;
-    // Every key of a quiz shares the hash tag, so any of them names the slot.
-    let slot = slot_of(&seed, &format!("{{{quiz}}}")).await;
+    let (quiz, pids) = quiz_with_players(&store, "mig", PLAYERS, QUESTIONS, shards).await;
+    // Every key of a slot shares its hash tag, so any of them names the
+    // slot: the quiz's, or its first shard's.
+    let tag = &score_tags(&quiz, shards)[0];
+    let slot = slot_of(&seed, &format!("{{{tag}}}")).await;
     let (source, _) = owner(&seed, slot).await;
     let masters: Vec<Node> = cluster_nodes(&seed)
         .await

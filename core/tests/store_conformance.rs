@@ -5,16 +5,23 @@
 //! The Redis half needs the cluster: it fails loudly when it is missing
 //! (`QUIZ_REDIS_NODES`, default `127.0.0.1:7000..7005`), it never skips.
 //! Every test works on its own fresh quiz id, so runs never interfere.
+//!
+//! The Redis Cluster store runs the suite twice: with ordinary quizzes
+//! (one slot) and with every quiz's scoring over 3 shards
+//! (`redis_cluster_sharded_store`, `Layout { shards: 3 }`: each player's
+//! score, answers and pending events in one of three slots, one per
+//! master). The layout of the quizzes a check creates is the task-local
+//! [`SHARDS`], set by the instantiating macro.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use quiz_core::events::{Event, EventKind};
 use quiz_core::model::{
-    AnswerRecord, ApplyOutcome, Mode, Phase, Player, Question, QuizDef, QuizState,
+    AnswerRecord, ApplyOutcome, Layout, Mode, Phase, Player, Question, QuizDef, QuizState,
 };
 use quiz_core::store::memory::MemoryStore;
-use quiz_core::store::redis_cluster::{RedisClusterStore, RedisOptions};
+use quiz_core::store::redis_cluster::{self, RedisClusterStore, RedisOptions};
 use quiz_core::store::{QuizStore, StoreError};
 
 type Store = Arc<dyn QuizStore>;
@@ -78,7 +85,18 @@ fn unique(name: &str) -> String {
     format!("t-{name}-{:08x}", rand::random::<u32>())
 }
 
+tokio::task_local! {
+    /// The scoring shards of the quizzes the running check creates (1
+    /// outside a `SHARDS.scope`).
+    static SHARDS: u32;
+}
+
 fn def(quiz_id: &str, questions: u32) -> QuizDef {
+    def_with(quiz_id, questions, SHARDS.try_with(|s| *s).unwrap_or(1))
+}
+
+/// A definition laid out over `shards` scoring shards.
+fn def_with(quiz_id: &str, questions: u32, shards: u32) -> QuizDef {
     QuizDef {
         quiz_id: quiz_id.to_string(),
         title: "Conformance".into(),
@@ -95,7 +113,10 @@ fn def(quiz_id: &str, questions: u32) -> QuizDef {
             })
             .collect(),
         created_at_ms: 1_700_000_000_000,
-        layout: Default::default(),
+        layout: Layout {
+            spread: 1,
+            shards: shards.max(1),
+        },
     }
 }
 
@@ -810,6 +831,82 @@ mod suite {
             .is_empty());
     }
 
+    /// The same joins and answers in a one-slot quiz and in a quiz over
+    /// three shards give the same replies, the same leaderboard (order,
+    /// ties, ranks, totals, version), standings and distributions: the
+    /// shards are invisible. The players are picked so that ties span
+    /// shards (in the Redis store, `shard_of` spreads them).
+    pub async fn sharded_quiz_scores_like_one_slot(store: Store) {
+        let one = unique("one");
+        let three = unique("three");
+        for (id, shards) in [(&one, 1), (&three, 3)] {
+            store
+                .create_quiz(&def_with(id, 3, shards), &QuizState::new_lobby())
+                .await
+                .expect("create");
+        }
+        let pids: Vec<String> = (0..24).map(|i| format!("p{i:02}")).collect();
+        for p in &pids {
+            for id in [&one, &three] {
+                join(&store, id, p).await;
+            }
+        }
+        // Few distinct point values: many ties, across shards.
+        let mut replies = Vec::new();
+        for q in 0..3u32 {
+            for (i, p) in pids.iter().enumerate() {
+                if (i as u32 + q) % 5 == 0 {
+                    continue; // some players skip a question
+                }
+                let pts = [0, 500, 1000][(i * 7 + q as usize) % 3];
+                let a = answer(p, q, &[(i as u32 + q) % 4], pts);
+                let r1 = store.apply_answer(&one, &a).await.expect("apply");
+                let r3 = store.apply_answer(&three, &a).await.expect("apply");
+                assert_eq!(r1, r3, "{p} q{q}");
+                replies.push(r1);
+            }
+        }
+        // A duplicate too.
+        let dup = answer("p01", 0, &[3], 1000);
+        assert_eq!(
+            store.apply_answer(&one, &dup).await.expect("dup"),
+            store.apply_answer(&three, &dup).await.expect("dup")
+        );
+        for limit in [1, 5, 7, 24, 100] {
+            let mut l1 = store.leaderboard(&one, limit).await.expect("lb");
+            let l3 = store.leaderboard(&three, limit).await.expect("lb");
+            l1.quiz_id.clone_from(&l3.quiz_id);
+            assert_eq!(l1, l3, "top {limit}");
+        }
+        for p in &pids {
+            assert_eq!(
+                store.standing(&one, p).await.expect("s"),
+                store.standing(&three, p).await.expect("s"),
+                "{p}"
+            );
+            assert_eq!(
+                store.get_answer(&one, p, 1).await.expect("a"),
+                store.get_answer(&three, p, 1).await.expect("a")
+            );
+        }
+        for q in 0..3 {
+            assert_eq!(
+                store.distribution(&one, q, 4).await.expect("d"),
+                store.distribution(&three, q, 4).await.expect("d")
+            );
+        }
+        let full = store.leaderboard(&three, 100).await.expect("lb");
+        assert_eq!(full.total_players, 24);
+        assert!(full.top.iter().any(|e| e.rank > 1 && e.rank < 24));
+        assert!(store.standing(&three, "ghost").await.expect("s").is_none());
+        assert!(matches!(
+            store
+                .apply_answer(&three, &answer("ghost", 0, &[0], 1))
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
     pub async fn many_players_concurrent_totals(store: Store) {
         const PLAYERS: u32 = 40;
         const QUESTIONS: u32 = 10;
@@ -861,9 +958,13 @@ mod suite {
     }
 }
 
-/// Instantiates every check of the suite for one store factory.
+/// Instantiates every check of the suite for one store factory, its
+/// quizzes laid out over `$shards` scoring shards.
 macro_rules! conformance {
     ($name:ident, $factory:path) => {
+        conformance!($name, $factory, 1);
+    };
+    ($name:ident, $factory:path, $shards:expr) => {
         mod $name {
             use super::*;
 
@@ -871,7 +972,8 @@ macro_rules! conformance {
                 ($t:ident) => {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $t() {
-                        suite::$t($factory().await).await;
+                        let store = $factory().await;
+                        SHARDS.scope($shards, suite::$t(store)).await;
                     }
                 };
             }
@@ -891,12 +993,14 @@ macro_rules! conformance {
             check!(many_players_concurrent_totals);
             check!(max_players_is_atomic);
             check!(pending_events_outbox);
+            check!(sharded_quiz_scores_like_one_slot);
         }
     };
 }
 
 conformance!(memory_store, memory);
 conformance!(redis_cluster_store, redis);
+conformance!(redis_cluster_sharded_store, redis, 3);
 conformance!(redis_tls_store, redis_tls);
 
 /// Retention (Redis only: the embedded store lives and dies with its
@@ -906,6 +1010,26 @@ conformance!(redis_tls_store, redis_tls);
 /// in Redis for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_keys_of_a_quiz_expire_live_and_after_the_end() {
+    keys_expire(1).await;
+}
+
+/// The same over three shards: every shard's keys (state copy, scores,
+/// answers, distributions, sent times, pending answers) too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_of_a_sharded_quiz_expire_live_and_after_the_end() {
+    keys_expire(3).await;
+}
+
+/// The hash tags of a quiz's slots: the main one, then its shards'.
+fn tags_of(id: &str, shards: u32) -> Vec<String> {
+    let mut tags = vec![id.to_string()];
+    if shards > 1 {
+        tags.extend((0..shards).map(|s| redis_cluster::shard_tag(id, s, shards)));
+    }
+    tags
+}
+
+async fn keys_expire(shards: u32) {
     use redis::AsyncCommands;
     let live = std::time::Duration::from_secs(3600);
     let ended = std::time::Duration::from_secs(120);
@@ -920,7 +1044,7 @@ async fn redis_keys_of_a_quiz_expire_live_and_after_the_end() {
             .expect("the Redis Cluster is required (deploy/local/stack up)"),
     );
     let mut redis = testkit::require_redis_cluster().await;
-    let id = new_quiz(&store, "retention", 2).await;
+    let id = SHARDS.scope(shards, new_quiz(&store, "retention", 2)).await;
     join(&store, &id, "p1").await;
     join(&store, &id, "p2").await;
     let running = QuizState {
@@ -955,7 +1079,7 @@ async fn redis_keys_of_a_quiz_expire_live_and_after_the_end() {
         .add_player_with_event(&id, &late, u64::MAX, Some(&joined))
         .await
         .expect("join with event");
-    let keys: Vec<String> = [
+    let suffixes = [
         "def",
         "state",
         "players",
@@ -967,16 +1091,22 @@ async fn redis_keys_of_a_quiz_expire_live_and_after_the_end() {
         "dist:0",
         "pending",
         "pending_answers",
-    ]
-    .iter()
-    .map(|s| format!("quiz:{{{id}}}:{s}"))
-    .collect();
+    ];
+    let keys: Vec<String> = tags_of(&id, shards)
+        .iter()
+        .flat_map(|t| suffixes.iter().map(move |s| format!("quiz:{{{t}}}:{s}")))
+        .collect();
+    // Every key that exists (a sharded quiz's keys are spread: not every
+    // slot has every kind), and at least the ordinary quiz's eleven.
     let ttls = async |redis: &mut redis::cluster_async::ClusterConnection| {
         let mut out = Vec::new();
         for k in &keys {
             let ttl: i64 = redis.ttl(k).await.expect("TTL");
-            out.push((k.clone(), ttl));
+            if ttl != -2 {
+                out.push((k.clone(), ttl));
+            }
         }
+        assert!(out.len() >= suffixes.len(), "too few keys: {out:?}");
         out
     };
     for (k, ttl) in ttls(&mut redis).await {
@@ -1001,4 +1131,165 @@ async fn redis_keys_of_a_quiz_expire_live_and_after_the_end() {
             ended.as_secs()
         );
     }
+}
+
+/// A sharded quiz's store on the local cluster and a plain connection to
+/// it, for the checks that reach under the store (Redis only).
+async fn sharded_fixture(name: &str) -> (Store, redis::cluster_async::ClusterConnection, String) {
+    let store = redis().await;
+    let conn = testkit::require_redis_cluster().await;
+    let id = SHARDS.scope(3, new_quiz(&store, name, 2)).await;
+    (store, conn, id)
+}
+
+/// The key `suffix` of `player`'s shard of a 3-shard quiz.
+fn shard_key(id: &str, player: &str, suffix: &str) -> String {
+    let tag = redis_cluster::shard_tag(id, redis_cluster::shard_of(player, 3), 3);
+    format!("quiz:{{{tag}}}:{suffix}")
+}
+
+/// A join's second step (its player's score 0 in the shard) lost, as
+/// when the node dies between the two scripts: the player's answer is
+/// still applied (the store finds them in the main slot and redoes the
+/// shard step), their standing is found, a retried join redoes it too,
+/// and nothing is counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sharded_join_whose_shard_step_was_lost_is_repaired() {
+    use redis::AsyncCommands;
+    let (store, conn, id) = sharded_fixture("joinfix").await;
+    for p in ["p1", "p2", "p3", "p4"] {
+        join(&store, &id, p).await;
+    }
+    let lost = |p: &'static str| {
+        let (k, mut conn) = (shard_key(&id, p, "leaderboard"), conn.clone());
+        async move {
+            let removed: i64 = conn.zrem(&k, p).await.expect("ZREM");
+            assert_eq!(removed, 1, "{p} was in its shard");
+        }
+    };
+    // An answer of a player missing from its shard: applied, exactly once.
+    lost("p1").await;
+    assert_eq!(
+        store.leaderboard(&id, 10).await.expect("lb").total_players,
+        3
+    );
+    let (score, rank) = applied(
+        store
+            .apply_answer(&id, &answer("p1", 0, &[0], 800))
+            .await
+            .expect("apply"),
+    );
+    assert_eq!((score, rank), (800, 1));
+    let lb = store.leaderboard(&id, 10).await.expect("lb");
+    assert_eq!(lb.total_players, 4);
+    assert_eq!((lb.top[0].player_id.as_str(), lb.top[0].score), ("p1", 800));
+    // A standing of a player missing from its shard: found, at 0.
+    lost("p2").await;
+    let s = store.standing(&id, "p2").await.expect("standing");
+    assert_eq!(s.map(|s| (s.score, s.rank)), Some((0, 2)));
+    // A retried join (the very same player): the shard step again.
+    lost("p3").await;
+    join(&store, &id, "p3").await;
+    assert_eq!(
+        store.leaderboard(&id, 10).await.expect("lb").total_players,
+        4
+    );
+    // A guarded answer too.
+    lost("p4").await;
+    let v = store
+        .get_state(&id)
+        .await
+        .expect("state")
+        .expect("quiz")
+        .version;
+    let o = store
+        .apply_answer_at_state(&id, &answer("p4", 0, &[1], 300), v)
+        .await
+        .expect("apply")
+        .expect("current version");
+    assert_eq!(applied(o), (300, 2));
+    // Not a player at all is still NotFound.
+    assert!(matches!(
+        store.apply_answer(&id, &answer("p9", 0, &[0], 1)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.distribution(&id, 0, 4).await.expect("dist"),
+        vec![1, 1, 0, 0]
+    );
+}
+
+/// A shard's state copy lagging behind the main state, as when the node
+/// that changed the state dies before pushing the copies. An answer scored
+/// at the new version is applied (the store pushes the main state to the
+/// shard first, never applying it against the old copy); a reader of the
+/// new state (any node) first brings every copy up to it, after which an
+/// answer scored at the old version is refused like in one slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sharded_lagging_state_copy_is_caught_up_never_used() {
+    let (store, mut conn, id) = sharded_fixture("lag").await;
+    let pid = "p1";
+    join(&store, &id, pid).await;
+    let s1 = store.get_state(&id).await.expect("state").expect("quiz");
+    let s2 = QuizState {
+        version: s1.version + 1,
+        phase: Phase::Running,
+        current_question: Some(0),
+        opens_at_ms: Some(1_700_000_000_000),
+        closes_at_ms: Some(1_700_000_020_000),
+    };
+    assert!(store.set_state(&id, s1.version, &s2).await.expect("set"));
+    let copy = shard_key(&id, pid, "state");
+    let lag = async |conn: &mut redis::cluster_async::ClusterConnection| {
+        let _: () = redis::cmd("SET")
+            .arg(&copy)
+            .arg(serde_json::to_string(&s1).expect("json"))
+            .arg("KEEPTTL")
+            .query_async(conn)
+            .await
+            .expect("SET");
+    };
+    // Another node (a fresh store: it has verified no copy), answers
+    // scored at the main state's version meet the old copy.
+    lag(&mut conn).await;
+    let other = redis().await;
+    let o = other
+        .apply_answer_at_state(&id, &answer(pid, 0, &[0], 600), s2.version)
+        .await
+        .expect("apply")
+        .expect("applied after the copy caught up");
+    assert_eq!(applied(o), (600, 1));
+    let got: String = redis::cmd("GET")
+        .arg(&copy)
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert_eq!(serde_json::from_str::<QuizState>(&got).expect("state"), s2);
+    // Lagging again; a third node reads the state: the copies first.
+    lag(&mut conn).await;
+    let third = redis().await;
+    assert_eq!(third.get_state(&id).await.expect("state"), Some(s2.clone()));
+    // An answer scored at the old version is refused: nothing written.
+    assert_eq!(
+        third
+            .apply_answer_at_state(&id, &answer(pid, 1, &[0], 600), s1.version)
+            .await
+            .expect("apply"),
+        None
+    );
+    assert!(third.get_answer(&id, pid, 1).await.expect("get").is_none());
+    // A push of an older state never moves a copy back: the state change
+    // after s2 with s2's copy already there is a plain CAS.
+    let s3 = QuizState {
+        version: s2.version + 1,
+        ..s2.clone()
+    };
+    assert!(third.set_state(&id, s2.version, &s3).await.expect("set"));
+    assert_eq!(
+        store
+            .apply_answer_at_state(&id, &answer(pid, 1, &[0], 1), s2.version)
+            .await
+            .expect("apply"),
+        None
+    );
 }

@@ -172,8 +172,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use quiz_core::model::{AnswerRecord, ApplyOutcome, Mode, Player, Question, QuizDef, QuizState};
-use quiz_core::store::redis_cluster::{RedisClusterStore, RedisOptions};
+use quiz_core::model::{
+    AnswerRecord, ApplyOutcome, Layout, Mode, Player, Question, QuizDef, QuizState,
+};
+use quiz_core::store::redis_cluster::{shard_tag, RedisClusterStore, RedisOptions};
 use quiz_core::store::{QuizStore, StoreError};
 
 /// A store on the local cluster, once it is healthy.
@@ -186,13 +188,15 @@ pub async fn healthy_store(nodes: &[String]) -> Arc<RedisClusterStore> {
     )
 }
 
-/// A fresh self-paced quiz `<prefix>-<random>` of `questions` questions
-/// with `players` players `player0000…` joined; returns (quiz id, players).
+/// A fresh self-paced quiz `<prefix>-<random>` of `questions` questions,
+/// its scoring over `shards` hash slots, with `players` players
+/// `player0000…` joined; returns (quiz id, players).
 pub async fn quiz_with_players(
     store: &RedisClusterStore,
     prefix: &str,
     players: u32,
     questions: u32,
+    shards: u32,
 ) -> (String, Vec<String>) {
     let quiz = format!("{prefix}-{:08x}", rand::random::<u32>());
     let def = QuizDef {
@@ -211,7 +215,7 @@ pub async fn quiz_with_players(
             })
             .collect(),
         created_at_ms: 1,
-        layout: Default::default(),
+        layout: Layout { spread: 1, shards },
     };
     store
         .create_quiz(&def, &QuizState::new_lobby())
@@ -233,6 +237,44 @@ pub async fn quiz_with_players(
             .expect("join");
     }
     (quiz, pids)
+}
+
+/// The hash tags of the slots holding a quiz's scores: the quiz id for an
+/// ordinary quiz, its shards' tags for a sharded one.
+pub fn score_tags(quiz: &str, shards: u32) -> Vec<String> {
+    (0..shards.max(1))
+        .map(|s| shard_tag(quiz, s, shards))
+        .collect()
+}
+
+/// Every player's score and the number of recorded answers, read straight
+/// from the masters owning the quiz's score slots (as `seed` sees them).
+pub async fn stored_scores(seed: &str, quiz: &str, shards: u32) -> (Vec<(String, f64)>, usize) {
+    let mut scores = Vec::new();
+    let mut recorded = 0;
+    for tag in score_tags(quiz, shards) {
+        let slot = slot_of(seed, &format!("{{{tag}}}")).await;
+        let (master, _) = owner(seed, slot).await;
+        let part: Vec<(String, f64)> = query(
+            &master.addr,
+            redis::cmd("ZRANGE")
+                .arg(format!("quiz:{{{tag}}}:leaderboard"))
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES"),
+        )
+        .await
+        .expect("ZRANGE");
+        scores.extend(part);
+        let n: usize = query(
+            &master.addr,
+            redis::cmd("HLEN").arg(format!("quiz:{{{tag}}}:answers")),
+        )
+        .await
+        .expect("HLEN");
+        recorded += n;
+    }
+    (scores, recorded)
 }
 
 /// The answer of `pid` to question `q`, its points a function of both.

@@ -1,9 +1,15 @@
 //! The hot path's coalescing: answers and self-paced presentations from many
 //! connections go through one bounded queue; one batcher task takes what is
-//! queued (up to `max_batch`), groups it by quiz (a quiz is one slot, so one
-//! master) and sends one pipeline per quiz, up to `max_in_flight` batches at
-//! a time. While batches are in flight new jobs queue up and leave together
-//! in the next batch, with no timer adding latency when the load is light.
+//! queued (up to `max_batch`), groups it by slot (a quiz, or one shard of a
+//! sharded quiz: one master) and sends one pipeline per group, up to
+//! `max_in_flight` batches at a time. While batches are in flight new jobs
+//! queue up and leave together in the next batch, with no timer adding
+//! latency when the load is light.
+//!
+//! In a sharded quiz, a batch's ranks are completed after its pipeline:
+//! the script counted the players above each answer's score in its own
+//! shard, one `count_higher` per other shard (concurrent, one per batch,
+//! with the batch's distinct scores) adds the rest.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -13,8 +19,9 @@ use redis::cluster_routing::{Route, SlotAddr};
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{bad_reply, write_choices};
-use super::pipeline::{run_pipeline, Call};
+use super::codec::{as_str, as_u64, bad_reply, write_choices};
+use super::pipeline::{run_one, run_pipeline, Call};
+use super::shards::Shards;
 use super::shared::{key, unavailable, Shared};
 use crate::model::Millis;
 use crate::store::StoreError;
@@ -22,6 +29,10 @@ use crate::store::StoreError;
 /// A write waiting for the batcher, with its reply channel.
 pub(super) struct Job {
     pub(super) quiz_id: String,
+    /// The quiz's shards, and the one this job writes to (0 for an
+    /// ordinary quiz).
+    pub(super) shards: Arc<Shards>,
+    pub(super) shard: usize,
     pub(super) work: Work,
     pub(super) reply: Reply,
 }
@@ -77,29 +88,37 @@ pub(super) async fn batcher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        // One script per quiz (hence per slot) and batch.
-        let mut groups: HashMap<String, Vec<Job>> = HashMap::new();
+        // One pipeline per quiz and shard (hence per slot) and batch.
+        let mut groups: HashMap<(String, usize), Vec<Job>> = HashMap::new();
         for job in batch {
-            groups.entry(job.quiz_id.clone()).or_default().push(job);
+            groups
+                .entry((job.quiz_id.clone(), job.shard))
+                .or_default()
+                .push(job);
         }
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let _permit = permit;
-            let sends = groups.into_iter().map(|(quiz_id, jobs)| {
+            let sends = groups.into_iter().map(|((quiz_id, shard), jobs)| {
                 let shared = Arc::clone(&shared);
-                async move { run_batch(&shared, &quiz_id, jobs).await }
+                async move { run_batch(&shared, &quiz_id, shard, jobs).await }
             });
             futures::future::join_all(sends).await;
         });
     }
 }
 
-/// Applies one quiz's share of a batch in ONE pipeline to its master:
-/// one `EVALSHA apply_batch` per state version the answers were scored
-/// against (normally one), one `EVALSHA present_batch` for the self-paced
-/// presentations, then a single `WAIT` for all of them; then hands each
-/// caller its own entry of the replies.
-async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
+/// Applies one quiz's (or one shard's) share of a batch in ONE pipeline to
+/// its master: one `EVALSHA apply_batch` per state version the answers were
+/// scored against (normally one), one `EVALSHA present_batch` for the
+/// self-paced presentations, then a single `WAIT` for all of them; in a
+/// sharded quiz, completes the ranks with the other shards' counts; then
+/// hands each caller its own entry of the replies.
+async fn run_batch(shared: &Shared, quiz_id: &str, shard: usize, jobs: Vec<Job>) {
+    let Some(shards) = jobs.first().map(|j| Arc::clone(&j.shards)) else {
+        return;
+    };
+    let tag = shards.tags[shard].as_str();
     let mut applies: Vec<(Option<u64>, Vec<Waiting>)> = Vec::new();
     let mut presents: Vec<Presenting> = Vec::new();
     for job in jobs {
@@ -116,15 +135,25 @@ async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
     }
     let mut calls = Vec::with_capacity(applies.len() + 1);
     for (version, group) in &applies {
-        calls.push(apply_call(shared, quiz_id, *version, group));
+        calls.push(apply_call(shared, tag, *version, group));
     }
     if !presents.is_empty() {
-        calls.push(present_call(shared, quiz_id, &presents));
+        // An ordinary quiz checks its definition; a shard its state copy.
+        let exists = if shards.is_sharded() {
+            key(tag, "state")
+        } else {
+            key(quiz_id, "def")
+        };
+        calls.push(present_call(shared, tag, exists, &presents));
     }
     let route = Route::with_key(&calls[0].keys[0], SlotAddr::Master);
-    let mut results = run_pipeline(shared, route, calls.iter().collect(), true)
-        .await
-        .into_iter();
+    let mut results: Vec<Result<Value, StoreError>> =
+        run_pipeline(shared, route, calls.iter().collect(), true).await;
+    if shards.is_sharded() && !applies.is_empty() {
+        let n = applies.len().min(results.len());
+        add_other_shards(shared, &shards, shard, &mut results[..n]).await;
+    }
+    let mut results = results.into_iter();
     let mut next = || {
         results
             .next()
@@ -135,6 +164,100 @@ async fn run_batch(shared: &Shared, quiz_id: &str, jobs: Vec<Job>) {
     }
     if !presents.is_empty() {
         reply_presents(presents, next());
+    }
+}
+
+/// An answer's entry of an `apply_batch` reply that carries a rank (`A`,
+/// `D…`, `E…`; not `N`): its score.
+fn ranked_score(entry: &[Value]) -> Option<u64> {
+    let tag = entry.first().and_then(as_str)?;
+    if tag == "N" {
+        return None;
+    }
+    entry.get(1).and_then(as_u64)
+}
+
+/// Sharded quiz: adds to each rank of the `apply_batch` replies the
+/// players strictly higher in every other shard (one `count_higher` per
+/// other shard, concurrent, with the distinct scores). The counts are read
+/// after the batch was applied, so each rank is that of a state at least as
+/// new as the answer's. If a count fails, the batch's replies become
+/// `Unavailable`: the callers' retries re-run their answers with the same
+/// attempt tokens (`A`, nothing added twice) and count again.
+async fn add_other_shards(
+    shared: &Shared,
+    shards: &Shards,
+    shard: usize,
+    results: &mut [Result<Value, StoreError>],
+) {
+    let mut scores: Vec<u64> = Vec::new();
+    for r in results.iter() {
+        if let Ok(Value::Array(entries)) = r {
+            for entry in entries.chunks_exact(3) {
+                if let Some(s) = ranked_score(entry) {
+                    scores.push(s);
+                }
+            }
+        }
+    }
+    if scores.is_empty() {
+        return;
+    }
+    scores.sort_unstable();
+    scores.dedup();
+    let args: Vec<String> = scores.iter().map(u64::to_string).collect();
+    let calls: Vec<Call> = shards
+        .tags
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != shard)
+        .map(|(_, tag)| Call {
+            script: &shared.scripts.count_higher,
+            keys: vec![key(tag, "leaderboard")],
+            args: args.clone(),
+        })
+        .collect();
+    let replies = futures::future::join_all(calls.iter().map(|c| run_one(shared, c, false))).await;
+    let mut extra = vec![0u64; scores.len()];
+    for reply in replies {
+        let counts = match reply {
+            Ok(Value::Array(counts)) if counts.len() == scores.len() => counts,
+            Ok(other) => {
+                fail_ranks(results, &bad_reply("count_higher", &other));
+                return;
+            }
+            Err(e) => {
+                fail_ranks(results, &e);
+                return;
+            }
+        };
+        for (x, c) in extra.iter_mut().zip(&counts) {
+            *x += as_u64(c).unwrap_or(0);
+        }
+    }
+    for r in results.iter_mut() {
+        if let Ok(Value::Array(entries)) = r {
+            for entry in entries.chunks_exact_mut(3) {
+                let Some(s) = ranked_score(entry) else {
+                    continue;
+                };
+                let Ok(i) = scores.binary_search(&s) else {
+                    continue;
+                };
+                let own = as_u64(&entry[2]).unwrap_or(0);
+                entry[2] = Value::Int((own + extra[i]) as i64);
+            }
+        }
+    }
+}
+
+/// The ranks of a batch could not be completed: its applied answers are
+/// reported `Unavailable` (and re-run by their callers' retries).
+fn fail_ranks(results: &mut [Result<Value, StoreError>], e: &StoreError) {
+    for r in results.iter_mut() {
+        if matches!(r, Ok(Value::Array(entries)) if entries.len() % 3 == 0) {
+            *r = Err(unavailable(format!("rank across shards: {e}")));
+        }
     }
 }
 
@@ -193,21 +316,18 @@ fn fail_all(replies: impl Iterator<Item = Reply>, e: &StoreError) {
     }
 }
 
-/// The `apply_batch` call of a group of answers scored against one state
-/// version (see `lua/apply_batch.lua` for the arguments).
-fn apply_call(
-    shared: &Shared,
-    quiz_id: &str,
-    state_version: Option<u64>,
-    group: &[Waiting],
-) -> Call {
+/// The `apply_batch` call (on the slot of hash tag `tag`) of a group of
+/// answers scored against one state version (see `lua/apply_batch.lua` for
+/// the arguments).
+fn apply_call(shared: &Shared, tag: &str, state_version: Option<u64>, group: &[Waiting]) -> Call {
+    // `tag`: the slot's hash tag, the quiz id or its shard's tag.
     let mut keys = vec![
-        key(quiz_id, "players"),
-        key(quiz_id, "answers"),
-        key(quiz_id, "leaderboard"),
-        key(quiz_id, "lbver"),
-        key(quiz_id, "state"),
-        key(quiz_id, "pending_answers"),
+        key(tag, "players"),
+        key(tag, "answers"),
+        key(tag, "leaderboard"),
+        key(tag, "lbver"),
+        key(tag, "state"),
+        key(tag, "pending_answers"),
     ];
     let mut dist_index: HashMap<u32, usize> = HashMap::new();
     let mut args = Vec::with_capacity(2 + group.len());
@@ -215,7 +335,7 @@ fn apply_call(
     args.push(state_version.map(|v| v.to_string()).unwrap_or_default());
     for (a, _) in group {
         let dk = *dist_index.entry(a.question_id).or_insert_with(|| {
-            keys.push(key(quiz_id, &format!("dist:{}", a.question_id)));
+            keys.push(key(tag, &format!("dist:{}", a.question_id)));
             keys.len() // 1-based index of the key just pushed
         });
         // One packed argument per answer (see apply_batch.lua for the
@@ -237,8 +357,10 @@ fn apply_call(
     }
 }
 
-/// The `present_batch` call of a quiz's presentations (field, now pairs).
-fn present_call(shared: &Shared, quiz_id: &str, presents: &[Presenting]) -> Call {
+/// The `present_batch` call of a quiz's (or shard's, `tag`)
+/// presentations (field, now pairs); `exists` is the key whose existence
+/// means "the quiz exists" and whose lifetime new keys inherit.
+fn present_call(shared: &Shared, tag: &str, exists: String, presents: &[Presenting]) -> Call {
     let mut args = Vec::with_capacity(2 * presents.len());
     for (field, now, _) in presents {
         args.push(field.clone());
@@ -246,11 +368,7 @@ fn present_call(shared: &Shared, quiz_id: &str, presents: &[Presenting]) -> Call
     }
     Call {
         script: &shared.scripts.present,
-        keys: vec![
-            key(quiz_id, "def"),
-            key(quiz_id, "answers"),
-            key(quiz_id, "sent"),
-        ],
+        keys: vec![exists, key(tag, "answers"), key(tag, "sent")],
         args,
     }
 }

@@ -51,7 +51,7 @@ pub(super) fn decode_int(what: &str, v: &Value) -> Result<i64, StoreError> {
 }
 
 /// One answer's entry of an `apply_batch` reply. `Ok(None)`: the state
-/// guard failed (`S`).
+/// guard failed (`S`, `L`).
 pub(super) fn decode_apply(
     quiz_id: &str,
     answer: &AnswerRecord,
@@ -74,7 +74,9 @@ pub(super) fn decode_apply(
             let (score, rank) = score_rank()?;
             Ok(Some(ApplyOutcome::Applied { score, rank }))
         }
-        Some("S") => Ok(None),
+        // The state moved on, or (`L`, after the store's repair of a
+        // sharded quiz's lagging copy) is not the caller's: re-score.
+        Some("S") | Some("L") => Ok(None),
         Some(t) if t.starts_with('D') || t.starts_with('E') => {
             let (score, rank) = score_rank()?;
             let rec = &t[1..];

@@ -42,6 +42,18 @@ pub(super) struct Scripts {
     pub(super) pending_read: Lua,
     /// `lua/pending_clear.lua`: removes acknowledged pending events.
     pub(super) pending_clear: Lua,
+    /// `lua/join_main.lua`: a sharded quiz's join, main-slot step.
+    pub(super) join_main: Lua,
+    /// `lua/join_shard.lua`: a sharded quiz's join, shard step (idempotent).
+    pub(super) join_shard: Lua,
+    /// `lua/state_copy.lua`: a shard's state copy, set if newer.
+    pub(super) state_copy: Lua,
+    /// `lua/shard_top.lua`: one shard's share of the leaderboard.
+    pub(super) shard_top: Lua,
+    /// `lua/count_higher.lua`: players of a shard above given scores.
+    pub(super) count_higher: Lua,
+    /// `lua/names.lua`: players' JSON from the main slot.
+    pub(super) names: Lua,
 }
 
 /// The scripts, hashed on first use and shared by every store of the process.
@@ -59,6 +71,12 @@ pub(super) fn scripts() -> &'static Scripts {
         present: Lua::new(include_str!("lua/present_batch.lua")),
         pending_read: Lua::new(include_str!("lua/pending_read.lua")),
         pending_clear: Lua::new(include_str!("lua/pending_clear.lua")),
+        join_main: Lua::new(include_str!("lua/join_main.lua")),
+        join_shard: Lua::new(include_str!("lua/join_shard.lua")),
+        state_copy: Lua::new(include_str!("lua/state_copy.lua")),
+        shard_top: Lua::new(include_str!("lua/shard_top.lua")),
+        count_higher: Lua::new(include_str!("lua/count_higher.lua")),
+        names: Lua::new(include_str!("lua/names.lua")),
     })
 }
 
@@ -81,6 +99,12 @@ mod tests {
             &s.present,
             &s.pending_read,
             &s.pending_clear,
+            &s.join_main,
+            &s.join_shard,
+            &s.state_copy,
+            &s.shard_top,
+            &s.count_higher,
+            &s.names,
         ] {
             let header: Vec<&str> = lua
                 .body

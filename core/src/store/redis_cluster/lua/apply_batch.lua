@@ -31,8 +31,14 @@
 -- The state guard (`apply_answer_at_state`): when ARGV[2] is not empty, the
 -- script first compares it with the `version` of the quiz's state (read with
 -- a pattern, not a JSON decode: one GET and one match per batch) and returns
--- {'S'} without writing anything if they differ: the node scored the batch
--- against a state that has moved on, and re-scores it.
+-- without writing anything if they differ: {'S'} when the state is newer
+-- (the node scored the batch against a state that has moved on, and
+-- re-scores it), {'L'} when it is older or missing. In a sharded quiz
+-- `state` is the shard's copy of the state, and 'L' means the copy lags
+-- behind the main slot's state (a push not done yet, or lost with its
+-- writer): the store pushes the main state to the shard and runs the batch
+-- again. An answer is never applied against a copy that differs from the
+-- version it was scored at.
 --
 -- The event outbox (see store.rs): every applied answer's field is recorded
 -- in `pending_answers` with the score it gave (one HSET per batch), so its
@@ -43,7 +49,9 @@
 --
 -- KEYS: players answers leaderboard lbver state pending_answers dist_1 ..
 -- dist_k (players is unused by the script but keeps the key list
--- self-describing).
+-- self-describing). In a sharded quiz these are the player's shard's keys
+-- (`state` its state copy), and the ranks count that shard only: the store
+-- adds the other shards' counts (`count_higher`).
 -- ARGV: n, the expected state version or '' (no guard), then ONE PACKED
 -- ARGUMENT PER ANSWER (each argument costs Redis a RESP parse, an object and
 -- a Lua string; one per answer instead of six cut ~1.6 us of Redis CPU per
@@ -57,11 +65,15 @@
 -- Returns a flat array, 3 entries per answer: `A` score higher |
 -- `D<original record>` score higher (duplicate, event pending) |
 -- `E<original record>` score higher (duplicate, event delivered) | `N` 0 0
--- (not a player: nothing written); or {'S'} (stale state).
+-- (not a player: nothing written); or {'S'} (state moved on) or {'L'}
+-- (state older than the caller's, or missing).
 local n = tonumber(ARGV[1])
 if ARGV[2] ~= '' then
   local st = redis.call('GET', KEYS[5])
-  if not st or string.match(st, '"version":(%d+)') ~= ARGV[2] then return {'S'} end
+  local v = st and tonumber(string.match(st, '"version":(%d+)'))
+  local want = tonumber(ARGV[2])
+  if not v or v < want then return {'L'} end
+  if v ~= want then return {'S'} end
 end
 -- One pattern match per answer unpacks its argument.
 local pids, fields, vs, pts, dks, chs = {}, {}, {}, {}, {}, {}

@@ -1,6 +1,9 @@
 -- pending_read: the quiz's pending events (the event outbox, see store.rs),
 -- for the repair sweep: one page of each pending hash.
--- KEYS: pending pending_answers answers players. ARGV: count.
+-- KEYS: pending pending_answers answers [players]. ARGV: count.
+-- A sharded quiz's shard has no `players` (they are in the main slot): it
+-- is called with three keys and answers false for every player_json (the
+-- store reads them from the main slot with `names`).
 -- Returns {{event_json, ...}, {field, score_after, record, player_json, ...}}
 -- where `field` is `player_id:question_id`, `record` the stored answer
 -- (`<token>|<record>`, false if gone) and `player_json` the player (false
@@ -17,6 +20,6 @@ for i = 1, #pa, 2 do
   out[#out + 1] = field
   out[#out + 1] = pa[i + 1]
   out[#out + 1] = redis.call('HGET', KEYS[3], field)
-  out[#out + 1] = pid and redis.call('HGET', KEYS[4], pid) or false
+  out[#out + 1] = pid and KEYS[4] and redis.call('HGET', KEYS[4], pid) or false
 end
 return {events, out}
