@@ -291,8 +291,13 @@ impl ProcUsage {
     }
 }
 
-/// Decide pass/fail. Mismatches always fail; errors fail when the scenario
-/// says so.
+/// Decide pass/fail. Mismatches, failed players, live players who never
+/// saw `quiz_ended`, unacknowledged answers and host errors always fail:
+/// each is a game that did not happen as the players were promised,
+/// whatever the scenario tolerates on the way. `checks.fail_on_errors`
+/// adds the strict part: any `error.*` count at all (a join retried after
+/// a 503 and then admitted is otherwise tolerated: it is how admission
+/// control and failovers look to a client).
 pub fn judge(sc: &Scenario, r: &mut RunResult, workers: u64) {
     let mut why = Vec::new();
     if r.mismatch_count > 0 {
@@ -320,24 +325,24 @@ pub fn judge(sc: &Scenario, r: &mut RunResult, workers: u64) {
         if errors > 0 {
             why.push(format!("{errors} errors (checks.fail_on_errors)"));
         }
-        if r.counts.failed > 0 {
-            why.push(format!("{} players failed", r.counts.failed));
-        }
-        if sc.mode_is_live() && r.counts.ended < r.counts.joined {
-            why.push(format!(
-                "{} of {} joined players saw quiz_ended",
-                r.counts.ended, r.counts.joined
-            ));
-        }
-        if r.counts.unacknowledged > 0 {
-            why.push(format!(
-                "{} answers never acknowledged",
-                r.counts.unacknowledged
-            ));
-        }
-        if !r.host_errors.is_empty() {
-            why.push(format!("{} host errors", r.host_errors.len()));
-        }
+    }
+    if r.counts.failed > 0 {
+        why.push(format!("{} players failed", r.counts.failed));
+    }
+    if sc.mode_is_live() && r.counts.ended < r.counts.joined {
+        why.push(format!(
+            "{} of {} joined players saw quiz_ended",
+            r.counts.ended, r.counts.joined
+        ));
+    }
+    if r.counts.unacknowledged > 0 {
+        why.push(format!(
+            "{} answers never acknowledged",
+            r.counts.unacknowledged
+        ));
+    }
+    if !r.host_errors.is_empty() {
+        why.push(format!("{} host errors", r.host_errors.len()));
     }
     r.passed = why.is_empty();
     r.failure_reasons = why;
@@ -386,5 +391,42 @@ mod tests {
         judge(&sc, &mut r, 1);
         assert!(!r.passed);
         assert!(r.failure_reasons[0].contains("mismatch"));
+    }
+
+    /// A game that did not happen as promised fails even a tolerant run:
+    /// players who never saw the end, answers never acknowledged, host
+    /// errors, failed players.
+    #[test]
+    fn judge_always_fails_an_unfinished_game() {
+        let mut sc = Scenario::parse(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/smoke.toml"))
+                .unwrap(),
+            "toml",
+        )
+        .unwrap();
+        sc.checks.fail_on_errors = false;
+        let good = || {
+            let mut r = RunResult::default();
+            r.counts.joined = 10;
+            r.counts.ended = 10;
+            r.generator.workers = 1;
+            r
+        };
+        let mut r = good();
+        r.counts.ended = 0;
+        judge(&sc, &mut r, 1);
+        assert!(!r.passed && r.failure_reasons[0].contains("quiz_ended"));
+        let mut r = good();
+        r.counts.unacknowledged = 3;
+        judge(&sc, &mut r, 1);
+        assert!(!r.passed && r.failure_reasons[0].contains("acknowledged"));
+        let mut r = good();
+        r.counts.failed = 1;
+        judge(&sc, &mut r, 1);
+        assert!(!r.passed && r.failure_reasons[0].contains("failed"));
+        let mut r = good();
+        r.host_errors.push("POST /next: 503".into());
+        judge(&sc, &mut r, 1);
+        assert!(!r.passed && r.failure_reasons[0].contains("host"));
     }
 }
