@@ -5,6 +5,7 @@
 //! offending key (`load.players: ...`), so a typo never silently becomes a
 //! default. See `docs/loadtest.md` for the table of keys.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,8 @@ pub enum ScenarioError {
     Invalid { key: &'static str, message: String },
     #[error("scenario key `target.url`: {0}")]
     Target(TargetError),
+    #[error("scenario key `thresholds.{name}`: {message}")]
+    Threshold { name: String, message: String },
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ScenarioError {
@@ -66,6 +69,10 @@ pub struct Scenario {
     pub attack: Option<AttackConfig>,
     #[serde(default)]
     pub checks: CheckConfig,
+    /// Upper bounds on the result's figures (`answer_p99_ms = 250`); a
+    /// breach fails the run. See [`crate::thresholds`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub thresholds: BTreeMap<String, crate::thresholds::Bound>,
 }
 
 /// What is under test.
@@ -396,7 +403,7 @@ impl Scenario {
         if self.name.is_empty() {
             return Err(invalid("name", "must not be empty"));
         }
-        Target::parse(&self.target.url).map_err(ScenarioError::Target)?;
+        let target = Target::parse(&self.target.url).map_err(ScenarioError::Target)?;
         let l = &self.load;
         if l.players == 0 || l.players > MAX_PLAYERS {
             return Err(invalid(
@@ -543,8 +550,16 @@ impl Scenario {
         if let Some(a) = &self.attack {
             a.check(l.duration_s)
                 .map_err(|(key, message)| invalid(key, message))?;
+            if !target.is_loopback() {
+                return Err(invalid(
+                    "attack",
+                    "an attack runs only against a loopback target (target.url)",
+                ));
+            }
         }
         share("checks.verify_players", self.checks.verify_players)?;
+        crate::thresholds::validate(&self.thresholds)
+            .map_err(|(name, message)| ScenarioError::Threshold { name, message })?;
         Ok(())
     }
 
@@ -678,6 +693,22 @@ answers:
             let e = err_of(&SMOKE.replace(from, to));
             assert!(e.contains(key), "{to}: {e}");
         }
+    }
+
+    #[test]
+    fn thresholds_parse_and_unknown_ones_are_named() {
+        let t = format!(
+            "{SMOKE}[thresholds]\nanswer_p99_ms = 250\njoin_p99_ms = \"<100\"\nerrors_max = 0\n"
+        );
+        let s = Scenario::parse(&t, "toml").unwrap();
+        assert_eq!(s.thresholds.len(), 3);
+        let e = err_of(&format!("{SMOKE}[thresholds]\nanswer_p98_ms = 250\n"));
+        assert!(
+            e.contains("thresholds.answer_p98_ms") && e.contains("unknown"),
+            "{e}"
+        );
+        let e = err_of(&format!("{SMOKE}[thresholds]\nanswer_p99_ms = \"fast\"\n"));
+        assert!(e.contains("thresholds.answer_p99_ms"), "{e}");
     }
 
     #[test]
