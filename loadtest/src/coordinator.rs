@@ -238,7 +238,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
             (c, rx, Vec::new())
         }
     };
-    let ramp_s = sc.load.players as f64 / sc.load.ramp_per_sec;
+    let ramp_s = sc.ramp_s();
     let base = tokio::time::Instant::now();
     let start_by = base + Duration::from_secs_f64(0.3 + ramp_s + sc.load.lobby_wait_s as f64);
     let deadline = Clock::instant(base, clock.deadline_us);

@@ -28,8 +28,8 @@ pub fn summary(r: &RunResult) -> String {
     let c = &r.counts;
     let _ = writeln!(
         s,
-        "players: planned {} joined {} ended {} failed {} verified {} | max connected {}",
-        c.planned, c.joined, c.ended, c.failed, c.verified, c.max_connected
+        "players: planned {} joined {} ended {} left {} failed {} verified {} | max connected {}",
+        c.planned, c.joined, c.ended, c.left, c.failed, c.verified, c.max_connected
     );
     let _ = writeln!(
         s,

@@ -240,6 +240,7 @@ impl RunResult {
             let c = &mut self.counts;
             c.joined += w.joined;
             c.ended += w.ended;
+            c.left += w.left;
             c.failed += w.failed;
             c.verified += w.verified;
             c.answers_sent += w.answers_sent;

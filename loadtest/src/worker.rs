@@ -71,6 +71,9 @@ pub struct WorkerResult {
     pub planned: u64,
     pub joined: u64,
     pub ended: u64,
+    /// Players that left on purpose (`[[stages]]` ramp down).
+    #[serde(default)]
+    pub left: u64,
     pub failed: u64,
     /// First few failure reasons, for the report.
     pub failures: Vec<String>,
@@ -408,6 +411,9 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
         res.joined += 1;
         if r.ended {
             res.ended += 1;
+        }
+        if r.left {
+            res.left += 1;
         }
         res.answers_sent += r.answers.len() as u64;
         res.answers_acked += r.answers.iter().filter(|a| a.result.is_some()).count() as u64;

@@ -301,3 +301,44 @@ async fn missing_remote_workers_is_an_error_within_the_wait() {
     assert!(e.contains("only 0 workers connected"), "{e}");
     assert!(t.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// `[[stages]]`: up to 12 players in 2 s, hold, down to 6 during the quiz.
+/// The six that leave close cleanly, are not expected to see the end, and
+/// their acknowledged answers still count: every check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_ramp_up_hold_and_down_and_checks_still_hold() {
+    let addr = support::start(Bug::None).await;
+    let smoke =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/smoke.toml"))
+            .unwrap()
+            .replace("players = 20", "players = 12");
+    let dir = std::env::temp_dir().join("loadtest-e2e-stages");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("stages.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{smoke}\n[[stages]]\nduration_s = 2\ntarget = 12\n[[stages]]\nduration_s = 4\ntarget = 12\n[[stages]]\nduration_s = 2\ntarget = 6\n"
+        ),
+    )
+    .unwrap();
+    let mut o = opts(addr.port(), "loadtest-e2e-stages");
+    o.scenario = path;
+    o.players = None;
+    let (r, _) = run(o).await.unwrap();
+    let summary = loadtest::report::summary(&r);
+    assert!(r.passed, "{summary}");
+    assert_eq!(r.counts.joined, 12, "{summary}");
+    assert_eq!(r.counts.left, 6, "{summary}");
+    assert_eq!(r.counts.ended, 6, "{summary}");
+    assert_eq!(
+        r.counters.get("players_left").copied(),
+        Some(6),
+        "{summary}"
+    );
+    assert_eq!(r.counts.unacknowledged, 0, "{summary}");
+    assert!(r
+        .checks
+        .iter()
+        .any(|c| c.name == "quiz_ended_seen" && c.passed));
+}
