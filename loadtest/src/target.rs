@@ -25,7 +25,7 @@ pub enum TargetError {
         "refusing non-loopback target `{0}`: this load tool only sends traffic to 127.0.0.0/8 or [::1], or to a network given with --allow-target"
     )]
     NotLoopback(String),
-    #[error("refusing host name `{0}`: give a loopback IP address (127.0.0.1) or `localhost`")]
+    #[error("refusing host name `{0}`: give a loopback IP address (127.0.0.1) or `localhost` (host names are resolved only with --allow-target)")]
     HostName(String),
     #[error("refusing target `{url}`: it resolves to {ip}, outside 127.0.0.0/8, [::1] and every --allow-target")]
     NotAllowed { url: String, ip: IpAddr },
