@@ -153,6 +153,15 @@ pub struct Link {
 
 /// Open the link to the coordinator, retrying until `connect_wait`.
 fn dial(link: &Link, addr: &str) -> anyhow::Result<TcpStream> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<IpAddr>().is_err()
+        && !host.eq_ignore_ascii_case("localhost")
+        && crate::target::allowed().is_empty()
+    {
+        // As for targets: no name is resolved without an allow list.
+        anyhow::bail!("--connect {addr}: give an IP address (host names are resolved only with --allow-target)");
+    }
     let to: SocketAddr = {
         use std::net::ToSocketAddrs;
         addr.to_socket_addrs()
