@@ -171,11 +171,17 @@ async fn breached_threshold_fails_the_run_and_junit_says_which() {
     assert!(x.contains("name=\"answer_p99_ms\""), "{x}");
 }
 
-/// A free port of 127.0.0.1 in 26000..27000 (the range this test may use).
+/// A free port of 127.0.0.1 in 26400..27000 (the range these tests may
+/// use), a different one for each caller: tests run in parallel.
 fn free_port() -> u16 {
-    (26400..26999)
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port in 26400..26999")
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(26400);
+    loop {
+        let p = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(p < 27000, "no free port in 26400..27000");
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// `loadtest worker --connect` from a source address of its own.
