@@ -215,6 +215,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         }
         None => None,
     };
+    // The load phase's hard cap counts from here: waiting for remote
+    // workers does not shorten it.
+    let load_started = if links.is_some() { wall_us() } else { started };
     let quizzes = host::create_quizzes(&target, &sc, opts.admin_key.as_deref()).await?;
     let quiz_ids: Vec<String> = quizzes.iter().map(|(q, _)| q.clone()).collect();
     // A few quizzes are named, so an operator can follow one in edge-lb's
@@ -226,7 +229,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     };
     log(&format!("created {} quizzes{named}", quizzes.len()));
 
-    let clock = Clock::new(&sc, started);
+    let clock = Clock::new(&sc, load_started);
     let plans = plans(&sc, &target, &quiz_ids, &clock, opts.seed);
     let (mut children, from_workers, link_tasks) = match links {
         Some(links) => {

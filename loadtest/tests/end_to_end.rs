@@ -134,6 +134,12 @@ async fn non_loopback_target_is_refused_before_any_traffic() {
     o.target = Some("http://192.168.1.10:8080".into());
     let e = run(o).await.unwrap_err().to_string();
     assert!(e.contains("loopback"), "{e}");
+    // An allow list admits its own networks only.
+    let mut o = opts(80, "loadtest-e2e-refuse");
+    o.target = Some("http://192.168.1.10:8080".into());
+    o.allow_targets = vec!["10.1.2.0/24".into()];
+    let e = run(o).await.unwrap_err().to_string();
+    assert!(e.contains("--allow-target"), "{e}");
 }
 
 /// `--threshold` and `--junit`: every check passes against the honest
