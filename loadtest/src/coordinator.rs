@@ -7,7 +7,10 @@
 //!    the correct answers);
 //! 3. `spawn_workers`: `loadtest worker` processes (itself), each with a
 //!    [`WorkerPlan`] on stdin and its own loopback source addresses
-//!    (127.0.0.2 upwards);
+//!    (127.0.0.2 upwards); or, with `--listen-workers`, [`remote`]: workers
+//!    that connected over TCP (`loadtest worker --connect`), each sent its
+//!    plan over that link. Same protocol both ways: the plan as JSON, then
+//!    end of input; JSON lines back until the worker is done;
 //! 4. [`host::spawn_hosts`]: one host task per quiz, which drives it with
 //!    start/next/end once the players are connected;
 //! 5. [`collect::Collector`]: the load phase: the workers' per-second
@@ -26,13 +29,14 @@
 mod checks;
 mod collect;
 mod host;
+mod remote;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
 
@@ -77,10 +81,27 @@ pub struct RunOptions {
     pub mongo_drain_s: Option<u64>,
     /// Run the scenario without its `[attack]` (the baseline of a hostile run).
     pub no_attack: bool,
+    /// `--threshold` arguments (`answer_p99_ms<250`), added to or overriding
+    /// the scenario's `[thresholds]`.
+    pub thresholds: Vec<String>,
+    /// Also write a JUnit XML report here.
+    pub junit: Option<PathBuf>,
+    /// `--allow-target` CIDRs: networks besides loopback targets may be in.
+    pub allow_targets: Vec<String>,
+    /// Listen here for remote workers (`loadtest worker --connect`) instead
+    /// of spawning local ones.
+    pub listen_workers: Option<String>,
+    /// How many remote workers to wait for (with `listen_workers`).
+    pub remote_workers: Option<u64>,
+    /// How long to wait for them, in seconds (default 60).
+    pub worker_wait_s: Option<u64>,
 }
 
 /// Load a scenario and apply the CLI overrides, validating the result.
 pub fn prepare(opts: &RunOptions) -> anyhow::Result<Scenario> {
+    // The allow list first: loading the scenario checks its target.
+    let allow = crate::target::AllowList::parse(&opts.allow_targets)?;
+    crate::target::set_allowed(&allow);
     let mut sc = Scenario::load(&opts.scenario)?;
     if let Some(t) = &opts.target {
         sc.target.url = t.clone();
@@ -113,6 +134,15 @@ pub fn prepare(opts: &RunOptions) -> anyhow::Result<Scenario> {
     }
     if opts.no_attack {
         sc.attack = None;
+    }
+    for t in &opts.thresholds {
+        let (name, bound) = crate::thresholds::parse_cli(t).map_err(|e| anyhow::anyhow!(e))?;
+        sc.thresholds.insert(name, bound);
+    }
+    match (&opts.listen_workers, opts.remote_workers) {
+        (Some(_), Some(n)) if n > 0 => sc.load.workers = n,
+        (None, None) => {}
+        _ => bail!("--listen-workers ADDR:PORT and --remote-workers N (at least 1) go together"),
     }
     sc.target.watch_pids.extend(&opts.watch_pids);
     sc.target
@@ -176,6 +206,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         sc.load.duration_s
     ));
     probe(&target, &log).await?;
+    // Remote workers connect before the quizzes exist, so no quiz waits
+    // for a worker that never comes.
+    let links = match &opts.listen_workers {
+        Some(addr) => {
+            let wait = Duration::from_secs(opts.worker_wait_s.unwrap_or(60).min(3600));
+            Some(remote::accept(addr, sc.worker_count(), wait, &log).await?)
+        }
+        None => None,
+    };
+    // The load phase's hard cap counts from here: waiting for remote
+    // workers does not shorten it.
+    let load_started = if links.is_some() { wall_us() } else { started };
     let quizzes = host::create_quizzes(&target, &sc, opts.admin_key.as_deref()).await?;
     let quiz_ids: Vec<String> = quizzes.iter().map(|(q, _)| q.clone()).collect();
     // A few quizzes are named, so an operator can follow one in edge-lb's
@@ -187,10 +229,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     };
     log(&format!("created {} quizzes{named}", quizzes.len()));
 
-    let clock = Clock::new(&sc, started);
-    let (mut children, from_workers) =
-        spawn_workers(&opts, &sc, &target, &quiz_ids, &clock).await?;
-    let ramp_s = sc.load.players as f64 / sc.load.ramp_per_sec;
+    let clock = Clock::new(&sc, load_started);
+    let plans = plans(&sc, &target, &quiz_ids, &clock, opts.seed);
+    let (mut children, from_workers, link_tasks) = match links {
+        Some(links) => {
+            let (rx, tasks) = remote::send_plans(links, &plans).await?;
+            (Vec::new(), rx, tasks)
+        }
+        None => {
+            let (c, rx) = spawn_workers(&opts, &plans).await?;
+            (c, rx, Vec::new())
+        }
+    };
+    let ramp_s = sc.ramp_s();
     let base = tokio::time::Instant::now();
     let start_by = base + Duration::from_secs_f64(0.3 + ramp_s + sc.load.lobby_wait_s as f64);
     let deadline = Clock::instant(base, clock.deadline_us);
@@ -220,6 +271,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         kill_pid,
         &hosts.gauges,
         &children,
+        sc.worker_count(),
     );
     let hard_stop = Clock::instant(base, clock.verify_deadline_us) + Duration::from_secs(10);
     let mut collected = collector
@@ -227,6 +279,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
         .await;
     for h in hosts.handles {
         h.abort();
+    }
+    // Remote links still open at the hard stop are closed here.
+    for t in link_tasks {
+        t.abort();
     }
     // The attack ends by the load's deadline (plus a 5 s grace of its own).
     let attack_report = match attack {
@@ -270,6 +326,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunResult, PathBuf)> {
     );
     result.attack = attack_report;
     let json_path = write_outputs(&opts.out_dir, &sc, started, &result)?;
+    if let Some(p) = &opts.junit {
+        std::fs::write(p, crate::report::junit(&result))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
     Ok((result, json_path))
 }
 
@@ -318,41 +378,86 @@ async fn probe(target: &Target, log: &impl Fn(&str)) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Start the workers, each with its plan on stdin; every line of their
-/// stdout arrives on the returned channel as `(worker, Some(message))`, and
-/// `(worker, None)` when its stdout closes.
-async fn spawn_workers(
-    opts: &RunOptions,
+/// Every worker's plan. Workers bind their players to loopback source
+/// addresses of their own when the target is on this machine; for a target
+/// elsewhere (`--allow-target`) the kernel picks the source.
+fn plans(
     sc: &Scenario,
     target: &Target,
     quiz_ids: &[String],
     clock: &Clock,
-) -> anyhow::Result<(Vec<Child>, mpsc::UnboundedReceiver<FromWorker>)> {
+    seed: u64,
+) -> Vec<WorkerPlan> {
     let workers = sc.worker_count();
-    let exe = match &opts.worker_exe {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("locating the loadtest binary")?,
-    };
-    let (tx, rx) = mpsc::unbounded_channel::<FromWorker>();
-    let mut children = Vec::new();
-    for w in 0..workers {
-        let plan = WorkerPlan {
+    (0..workers)
+        .map(|w| WorkerPlan {
             worker: w,
             workers,
-            sources: worker_sources(w, sc.sources_per_worker())
-                .into_iter()
-                .map(std::net::IpAddr::V4)
-                .collect(),
+            sources: if target.is_loopback() {
+                worker_sources(w, sc.sources_per_worker())
+                    .into_iter()
+                    .map(std::net::IpAddr::V4)
+                    .collect()
+            } else {
+                Vec::new()
+            },
             target: target.url(),
             scenario: sc.clone(),
             quiz_ids: quiz_ids.to_vec(),
             t0_wall_us: clock.t0,
             deadline_wall_us: clock.deadline_us,
             verify_deadline_wall_us: clock.verify_deadline_us,
-            seed: opts.seed,
-        };
-        let mut child = tokio::process::Command::new(&exe)
-            .arg("worker")
+            seed,
+        })
+        .collect()
+}
+
+/// Every JSON line of a worker's output, onto `tx` as `(worker,
+/// Some(message))`, then `(worker, None)` when it ends: the worker's stdout
+/// or its TCP link, the same protocol.
+pub(crate) async fn forward_lines<R: AsyncRead + Unpin>(
+    w: u64,
+    from: R,
+    tx: mpsc::UnboundedSender<FromWorker>,
+) {
+    let mut lines = BufReader::new(from).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => match serde_json::from_str::<WorkerMsg>(&line) {
+                Ok(m) => {
+                    let _ = tx.send((w, Some(m)));
+                }
+                Err(e) => eprintln!("worker {w}: unreadable line ({e})"),
+            },
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("worker {w}: link lost: {e}");
+                break;
+            }
+        }
+    }
+    let _ = tx.send((w, None));
+}
+
+/// Start the workers, each with its plan on stdin; their output arrives on
+/// the returned channel ([`forward_lines`]).
+async fn spawn_workers(
+    opts: &RunOptions,
+    plans: &[WorkerPlan],
+) -> anyhow::Result<(Vec<Child>, mpsc::UnboundedReceiver<FromWorker>)> {
+    let exe = match &opts.worker_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locating the loadtest binary")?,
+    };
+    let (tx, rx) = mpsc::unbounded_channel::<FromWorker>();
+    let mut children = Vec::new();
+    for plan in plans {
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("worker");
+        for a in &opts.allow_targets {
+            cmd.arg("--allow-target").arg(a);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -360,22 +465,10 @@ async fn spawn_workers(
             .spawn()
             .context("spawning a worker")?;
         let mut stdin = child.stdin.take().context("worker stdin")?;
-        stdin.write_all(&serde_json::to_vec(&plan)?).await?;
+        stdin.write_all(&serde_json::to_vec(plan)?).await?;
         drop(stdin);
         let stdout = child.stdout.take().context("worker stdout")?;
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match serde_json::from_str::<WorkerMsg>(&line) {
-                    Ok(m) => {
-                        let _ = tx.send((w, Some(m)));
-                    }
-                    Err(e) => eprintln!("worker {w}: unreadable line ({e})"),
-                }
-            }
-            let _ = tx.send((w, None));
-        });
+        tokio::spawn(forward_lines(plan.worker, stdout, tx.clone()));
         children.push(child);
     }
     Ok((children, rx))
@@ -434,12 +527,15 @@ fn conclude(
     mismatches.truncate(1000);
     result.mismatches = mismatches;
     result.host_errors = host_errors;
-    judge(sc, &mut result, sc.worker_count());
-    if let Some(e) = mongo_failed {
-        result.host_errors.push(e.clone());
-        result.failure_reasons.push(e);
-        result.passed = false;
+    if opts.mongo_uri.is_some() {
+        let ok = mongo_failed.is_none();
+        result.checks.push(crate::result::CheckOutcome::new(
+            "durable_record",
+            ok,
+            mongo_failed.unwrap_or_else(|| "the MongoDB check ran".into()),
+        ));
     }
+    judge(sc, &mut result, sc.worker_count());
     result
 }
 

@@ -5,14 +5,19 @@
 //!
 //! - [`scenario`]: typed scenario files (`scenarios/*.toml`), validation
 //!   errors naming the key; caps on players, duration and connections.
-//! - [`target`]: the loopback-only guard every address passes through.
+//! - [`target`]: the guard every address passes through: loopback only,
+//!   unless a network is allowed with `--allow-target`.
+//! - [`thresholds`]: `[thresholds]`/`--threshold` bounds on the result
+//!   (`answer_p99_ms < 250`), judged with the checks.
 //! - [`coordinator`]: one run, phase by phase: creates the quizzes and hosts
-//!   them (start/next/end), spawns the workers, collects their progress and
+//!   them (start/next/end), spawns the workers (or takes remote ones over
+//!   TCP, `coordinator::remote`), collects their progress and
 //!   results, injects faults, checks the leaderboards, writes the result.
 //! - [`attack`]: a hostile client beside the load (`[attack]`), its
 //!   outcomes counted by reason.
 //! - [`worker`]: one process with up to 19 000 players from its own source
-//!   address; progress and results as JSON lines on stdout.
+//!   address; progress and results as JSON lines on stdout (or its TCP link
+//!   to a coordinator on another host).
 //! - [`plan`]: the [`plan::WorkerPlan`] the coordinator hands a worker.
 //! - [`player`]: one simulated player (join, WebSocket, answers, record); the
 //!   hot path.
@@ -30,7 +35,7 @@
 //! - [`result`]: the [`result::RunResult`] (the JSON result file), assembled
 //!   from the workers' results and judged pass/fail.
 //! - [`report`]: renders results: summary table, self-contained HTML with SVG
-//!   plots, compare.
+//!   plots, JUnit XML, compare.
 
 pub mod attack;
 pub mod clock;
@@ -46,5 +51,6 @@ pub mod report;
 pub mod result;
 pub mod scenario;
 pub mod target;
+pub mod thresholds;
 pub mod verify;
 pub mod worker;

@@ -67,21 +67,63 @@ struct RunArgs {
     /// Seconds to wait for the persister to drain before the MongoDB check fails.
     #[arg(long, default_value_t = 60)]
     mongo_drain: u64,
-    /// Sent as X-Admin-Key when creating quizzes (core's admin_key).
     /// Run without the scenario's `[attack]`: the baseline of a hostile run.
     #[arg(long)]
     no_attack: bool,
+    /// Sent as X-Admin-Key when creating quizzes (core's admin_key).
     #[arg(long, env = "LOADTEST_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
+    /// Add or override a threshold: `answer_p99_ms<250`, `join_p99_ms<=100`,
+    /// `errors_max=0` (repeatable). A breach fails the run (exit 1).
+    #[arg(long = "threshold", value_name = "NAME<VALUE")]
+    thresholds: Vec<String>,
+    /// Also write a JUnit XML report (one test case per check and threshold).
+    #[arg(long, value_name = "PATH")]
+    junit: Option<PathBuf>,
+    /// Permit targets in this network besides loopback, e.g. 10.1.2.0/24
+    /// (repeatable). Off by default: only 127.0.0.0/8 and [::1].
+    #[arg(long = "allow-target", value_name = "CIDR")]
+    allow_targets: Vec<String>,
+    /// Wait for remote workers (`loadtest worker --connect ADDR:PORT`) on this
+    /// address instead of spawning local ones; needs --remote-workers.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen_workers: Option<String>,
+    /// How many remote workers to wait for (they share the players).
+    #[arg(long, value_name = "N")]
+    remote_workers: Option<u64>,
+    /// Seconds to wait for every remote worker before giving up (exit 2).
+    #[arg(long, default_value_t = 60, value_name = "S")]
+    worker_wait: u64,
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Connect to a coordinator's --listen-workers address (a worker on
+    /// another host); without it: plan on stdin, JSON lines on stdout.
+    #[arg(long, value_name = "HOST:PORT")]
+    connect: Option<String>,
+    /// Source address of the link to the coordinator.
+    #[arg(long, value_name = "IP")]
+    bind: Option<std::net::IpAddr>,
+    /// Seconds to keep trying to reach the coordinator.
+    #[arg(long, default_value_t = 60, value_name = "S")]
+    connect_wait: u64,
+    /// Seconds the link may stay silent before the plan arrives.
+    #[arg(long, default_value_t = 600, value_name = "S")]
+    plan_wait: u64,
+    /// This worker's consent to a target (and coordinator) outside loopback,
+    /// e.g. 10.1.2.0/24 (repeatable).
+    #[arg(long = "allow-target", value_name = "CIDR")]
+    allow_targets: Vec<String>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a scenario: create quizzes, spawn workers, drive, verify, report.
     Run(Box<RunArgs>),
-    /// Internal: a worker process (plan on stdin, JSON lines on stdout).
-    #[command(hide = true)]
-    Worker,
+    /// A worker: spawned by `run` (plan on stdin, JSON lines on stdout), or
+    /// on another host with --connect COORDINATOR.
+    Worker(WorkerArgs),
     /// Put two or more result files side by side, with ratios to the first.
     Compare {
         #[arg(required = true, num_args = 2..)]
@@ -109,7 +151,14 @@ fn main() -> std::process::ExitCode {
 fn real_main() -> anyhow::Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
     match Cli::parse().cmd {
-        Cmd::Worker => loadtest::worker::worker_main().map(|_| ok),
+        Cmd::Worker(w) => loadtest::worker::worker_main(loadtest::worker::Link {
+            connect: w.connect,
+            bind: w.bind,
+            connect_wait: std::time::Duration::from_secs(w.connect_wait),
+            plan_wait: std::time::Duration::from_secs(w.plan_wait),
+            allow_targets: w.allow_targets,
+        })
+        .map(|_| ok),
         Cmd::Check { scenarios } => {
             for p in scenarios {
                 let s = loadtest::scenario::Scenario::load(&p)?;
@@ -153,6 +202,12 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 mongo_db,
                 mongo_drain,
                 no_attack,
+                thresholds,
+                junit,
+                allow_targets,
+                listen_workers,
+                remote_workers,
+                worker_wait,
             } = *args;
             let opts = loadtest::coordinator::RunOptions {
                 scenario,
@@ -176,13 +231,23 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 mongo_db: Some(mongo_db),
                 mongo_drain_s: Some(mongo_drain),
                 no_attack,
+                thresholds,
+                junit,
+                allow_targets,
+                listen_workers,
+                remote_workers,
+                worker_wait_s: Some(worker_wait),
             };
+            let junit_path = opts.junit.clone();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
             let (result, path) = rt.block_on(loadtest::coordinator::run(opts))?;
             print!("{}", loadtest::report::summary(&result));
+            if let Some(j) = &junit_path {
+                println!("junit: {}", j.display());
+            }
             println!(
                 "result: {} (report: {})",
                 path.display(),

@@ -25,7 +25,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::target::{ensure_loopback, Target};
+use crate::target::{ensure_allowed, ensure_loopback, Target};
 
 #[derive(Debug, Error)]
 pub enum NetError {
@@ -72,7 +72,7 @@ impl NetError {
 /// address then holds far more than the ~28k ephemeral ports a plain bind
 /// would allow.
 pub async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, NetError> {
-    ensure_loopback(target.ip()).map_err(|e| NetError::Refused(e.to_string()))?;
+    ensure_allowed(target.ip()).map_err(|e| NetError::Refused(e.to_string()))?;
     let domain = if target.is_ipv4() {
         socket2::Domain::IPV4
     } else {

@@ -230,6 +230,8 @@ struct Pending {
 struct Live {
     pending: Option<Pending>,
     drop_at_us: Option<u64>,
+    /// Wall time to leave (`[[stages]]` ramp down), if this player leaves.
+    leave_at_us: Option<u64>,
     storm_done: bool,
     decided: Vec<u32>,
     /// Scheduled (due) time of each sent answer, parallel to `rec.answers`.
@@ -277,7 +279,13 @@ enum SessionEnd {
     Dropped(u64),
     /// Closed by the server (close code) or the network.
     Lost(Option<u16>, &'static str),
+    /// Left on purpose (`[[stages]]` ramp down).
+    Left,
 }
+
+/// How long a leaving player waits for the results of answers it has in
+/// flight, so that what it sent is acknowledged before it goes.
+const LEAVE_GRACE_US: u64 = 5_000_000;
 
 /// Run one player to the end of its quiz (or the deadline).
 pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
@@ -290,7 +298,8 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
         ..Default::default()
     };
     let mut rng = Rng::new(ctx.seed ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
-    let sched_us = ctx.t0_wall_us + (index as f64 * 1e6 / ctx.sc.load.ramp_per_sec) as u64;
+    let sched_us = ctx.t0_wall_us + ctx.sc.join_offset_us(index);
+    let leave_at_us = ctx.sc.leave_offset_us(index).map(|l| ctx.t0_wall_us + l);
     // Every sub-future that is not the player's steady state is boxed (here,
     // the close and the back-off below): a timer or a write future inline
     // would make every player's task as large as the largest of them.
@@ -317,6 +326,7 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
     let mut live = Live {
         pending: None,
         drop_at_us: None,
+        leave_at_us,
         storm_done: false,
         decided: Vec::new(),
         due: Vec::new(),
@@ -342,6 +352,12 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
     loop {
         if Instant::now() >= ctx.deadline() {
             ctx.count("error.deadline");
+            break;
+        }
+        if leave_at_us.is_some_and(|l| wall_us() >= l) {
+            // Its time to leave came while it was (re)connecting.
+            rec.left = true;
+            ctx.count("players_left");
             break;
         }
         let conn = Box::pin(ws_connect(
@@ -372,7 +388,9 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
                 .await;
                 ctx.shared.borrow_mut().connected -= 1;
                 match end {
-                    SessionEnd::Ended | SessionEnd::Deadline => Box::pin(conn.close(1000)).await,
+                    SessionEnd::Ended | SessionEnd::Deadline | SessionEnd::Left => {
+                        Box::pin(conn.close(1000)).await
+                    }
                     SessionEnd::Dropped(_) => conn.abort(),
                     SessionEnd::Lost(..) => drop(conn),
                 }
@@ -386,6 +404,11 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
             }
             SessionEnd::Deadline => {
                 ctx.count("error.deadline");
+                break;
+            }
+            SessionEnd::Left => {
+                rec.left = true;
+                ctx.count("players_left");
                 break;
             }
             SessionEnd::Dropped(at) => {
@@ -550,6 +573,9 @@ async fn session(
         if let Some(d) = live.drop_at_us {
             timer = timer.min(ctx.at_wall(d));
         }
+        if let Some(l) = live.leave_at_us {
+            timer = timer.min(ctx.at_wall(l));
+        }
         if armed != Some(timer) {
             sleep.as_mut().reset(timer);
             armed = Some(timer);
@@ -599,6 +625,20 @@ async fn session(
                         live.drop_at_us = None;
                         live.storm_done = true;
                         return SessionEnd::Dropped(d);
+                    }
+                }
+                if let Some(l) = live.leave_at_us {
+                    if now >= ctx.at_wall(l) {
+                        // Leave once no answer is in flight (its result still
+                        // counts), but within a grace.
+                        let in_flight = rec.answers.iter().any(|a| a.result.is_none() && !a.inferred);
+                        let first_due = ctx.t0_wall_us + ctx.sc.leave_offset_us(rec.index).unwrap_or(0);
+                        if in_flight && wall_us() < first_due + LEAVE_GRACE_US {
+                            live.leave_at_us = Some(wall_us() + 100_000);
+                        } else {
+                            live.pending = None;
+                            return SessionEnd::Left;
+                        }
                     }
                 }
                 let due = live.pending.as_ref().map(|p| now >= ctx.at_wall(p.due_us)).unwrap_or(false);

@@ -28,8 +28,8 @@ pub fn summary(r: &RunResult) -> String {
     let c = &r.counts;
     let _ = writeln!(
         s,
-        "players: planned {} joined {} ended {} failed {} verified {} | max connected {}",
-        c.planned, c.joined, c.ended, c.failed, c.verified, c.max_connected
+        "players: planned {} joined {} ended {} left {} failed {} verified {} | max connected {}",
+        c.planned, c.joined, c.ended, c.left, c.failed, c.verified, c.max_connected
     );
     let _ = writeln!(
         s,
@@ -146,9 +146,81 @@ pub fn summary(r: &RunResult) -> String {
             );
         }
     }
+    for t in &r.thresholds {
+        let _ = writeln!(
+            s,
+            "{} {}",
+            if t.passed {
+                "threshold ok:"
+            } else {
+                "THRESHOLD"
+            },
+            t.message
+        );
+    }
     for w in &r.failure_reasons {
         let _ = writeln!(s, "FAIL: {w}");
     }
+    s
+}
+
+/// A JUnit XML report for CI: one test suite, one test case per check and
+/// per threshold, a `<failure>` with the message for each that failed.
+pub fn junit(r: &RunResult) -> String {
+    let cases: Vec<(&str, &str, bool, &str)> = r
+        .checks
+        .iter()
+        .map(|c| ("checks", c.name.as_str(), c.passed, c.message.as_str()))
+        .chain(
+            r.thresholds
+                .iter()
+                .map(|t| ("thresholds", t.name.as_str(), t.passed, t.message.as_str())),
+        )
+        .collect();
+    let failures = cases.iter().filter(|c| !c.2).count();
+    let suite = format!("loadtest.{}", r.scenario);
+    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        s,
+        "<testsuites name=\"loadtest\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{:.3}\">",
+        cases.len(),
+        r.elapsed_s
+    );
+    let _ = writeln!(
+        s,
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\" time=\"{:.3}\" timestamp=\"{}\">",
+        esc(&suite),
+        cases.len(),
+        r.elapsed_s,
+        esc(r.started_at.trim_end_matches('Z'))
+    );
+    let _ = writeln!(
+        s,
+        "    <properties><property name=\"target\" value=\"{}\"/><property name=\"target_kind\" value=\"{}\"/><property name=\"players\" value=\"{}\"/><property name=\"answers_acked\" value=\"{}\"/></properties>",
+        esc(&r.target),
+        esc(&r.target_kind),
+        r.counts.joined,
+        r.counts.answers_acked
+    );
+    for (class, name, passed, message) in &cases {
+        let _ = write!(
+            s,
+            "    <testcase classname=\"{}.{class}\" name=\"{}\" time=\"0\"",
+            esc(&suite),
+            esc(name)
+        );
+        if *passed {
+            let _ = writeln!(s, "><system-out>{}</system-out></testcase>", esc(message));
+        } else {
+            let _ = writeln!(
+                s,
+                "><failure message=\"{}\" type=\"{class}\">{}</failure></testcase>",
+                esc(message),
+                esc(message)
+            );
+        }
+    }
+    s.push_str("  </testsuite>\n</testsuites>\n");
     s
 }
 
@@ -313,6 +385,32 @@ pub fn html(r: &RunResult) -> String {
             let _ = write!(s, "<li><b>{}</b></li>", esc(w));
         }
         s.push_str("</ul>");
+    }
+    if !r.checks.is_empty() || !r.thresholds.is_empty() {
+        s.push_str("<h2>Checks and thresholds</h2><table><tr><th>name</th><th>kind</th><th>result</th><th>detail</th></tr>");
+        let rows = r
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), "check", c.passed, c.message.as_str()))
+            .chain(
+                r.thresholds
+                    .iter()
+                    .map(|t| (t.name.as_str(), "threshold", t.passed, t.message.as_str())),
+            );
+        for (name, kind, passed, msg) in rows {
+            let (word, color) = if passed {
+                ("passed", "#2ca02c")
+            } else {
+                ("FAILED", "#d62728")
+            };
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{kind}</td><td style=\"color:{color}\">{word}</td><td style=\"text-align:left\">{}</td></tr>",
+                esc(name),
+                esc(msg)
+            );
+        }
+        s.push_str("</table>");
     }
     s.push_str("<h2>Summary</h2><pre>");
     s.push_str(&esc(&summary(r)));
@@ -591,6 +689,31 @@ mod tests {
         let h = html(&r);
         assert!(h.contains("<svg") && h.contains("polyline"));
         assert!(!h.contains("<script") && !h.contains("https://"));
+    }
+
+    #[test]
+    fn junit_has_a_case_per_check_and_threshold() {
+        let mut r = result(300.0, 1.0);
+        r.checks = vec![
+            crate::result::CheckOutcome::new("records_match", true, "0 mismatches".into()),
+            crate::result::CheckOutcome::new("no_errors", false, "2 errors <&>".into()),
+        ];
+        r.thresholds = vec![crate::thresholds::ThresholdOutcome {
+            name: "answer_p99_ms".into(),
+            passed: false,
+            message: "threshold breached: answer_p99_ms = 300".into(),
+            ..Default::default()
+        }];
+        let x = junit(&r);
+        assert!(x.starts_with("<?xml"));
+        assert_eq!(x.matches("<testcase ").count(), 3);
+        assert_eq!(x.matches("<failure ").count(), 2);
+        assert!(x.contains("tests=\"3\" failures=\"2\""));
+        assert!(x.contains("name=\"answer_p99_ms\""));
+        assert!(x.contains("2 errors &lt;&amp;&gt;"));
+        assert!(!x.contains("<&>"));
+        let h = html(&r);
+        assert!(h.contains("Checks and thresholds") && h.contains("answer_p99_ms"));
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct Counts {
     pub unacknowledged: u64,
     pub frames_in: u64,
     pub max_connected: u64,
+    /// Players that left on purpose before the end (`[[stages]]` ramp down).
+    #[serde(default)]
+    pub left: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -133,6 +136,31 @@ pub struct RunResult {
     /// What the scenario's `[attack]` did (outcomes by reason), if it had one.
     #[serde(default)]
     pub attack: Option<crate::attack::AttackReport>,
+    /// Every check the verdict rests on, by name (failed ones are also in
+    /// `failure_reasons`).
+    #[serde(default)]
+    pub checks: Vec<CheckOutcome>,
+    /// Every threshold, judged (breached ones are also in `failure_reasons`).
+    #[serde(default)]
+    pub thresholds: Vec<crate::thresholds::ThresholdOutcome>,
+}
+
+/// One named check of the verdict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckOutcome {
+    pub name: String,
+    pub passed: bool,
+    pub message: String,
+}
+
+impl CheckOutcome {
+    pub fn new(name: &str, passed: bool, message: String) -> CheckOutcome {
+        CheckOutcome {
+            name: name.to_string(),
+            passed,
+            message,
+        }
+    }
 }
 
 /// Format a Unix time as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -212,6 +240,7 @@ impl RunResult {
             let c = &mut self.counts;
             c.joined += w.joined;
             c.ended += w.ended;
+            c.left += w.left;
             c.failed += w.failed;
             c.verified += w.verified;
             c.answers_sent += w.answers_sent;
@@ -291,30 +320,47 @@ impl ProcUsage {
     }
 }
 
-/// Decide pass/fail. Mismatches, failed players, live players who never
-/// saw `quiz_ended`, unacknowledged answers and host errors always fail:
-/// each is a game that did not happen as the players were promised,
-/// whatever the scenario tolerates on the way. `checks.fail_on_errors`
-/// adds the strict part: any `error.*` count at all (a join retried after
-/// a 503 and then admitted is otherwise tolerated: it is how admission
-/// control and failovers look to a client).
+/// Decide pass/fail: the named checks, then the scenario's thresholds.
+/// Mismatches, failed players, live players who never saw `quiz_ended`,
+/// unacknowledged answers and host errors always fail: each is a game that
+/// did not happen as the players were promised, whatever the scenario
+/// tolerates on the way. `checks.fail_on_errors` adds the strict part: any
+/// `error.*` count at all (a join retried after a 503 and then admitted is
+/// otherwise tolerated: it is how admission control and failovers look to
+/// a client). A breached threshold fails. Checks added by the caller before
+/// (the MongoDB record) are kept.
 pub fn judge(sc: &Scenario, r: &mut RunResult, workers: u64) {
-    let mut why = Vec::new();
-    if r.mismatch_count > 0 {
-        why.push(format!(
+    let kept: Vec<CheckOutcome> = std::mem::take(&mut r.checks)
+        .into_iter()
+        .filter(|c| c.name == "durable_record")
+        .collect();
+    let mut checks: Vec<CheckOutcome> = Vec::new();
+    let mut add = |name: &str, ok: bool, msg: String| checks.push(CheckOutcome::new(name, ok, msg));
+    add(
+        "records_match",
+        r.mismatch_count == 0,
+        format!(
             "{} mismatches between the platform and the tool's record",
             r.mismatch_count
-        ));
-    }
-    if r.counts.joined == 0 {
-        why.push("no player joined".into());
-    }
-    if (r.generator.workers) < workers {
-        why.push(format!(
+        ),
+    );
+    add(
+        "players_joined",
+        r.counts.joined > 0,
+        if r.counts.joined == 0 {
+            "no player joined".into()
+        } else {
+            format!("{} of {} players joined", r.counts.joined, r.counts.planned)
+        },
+    );
+    add(
+        "workers_reported",
+        r.generator.workers >= workers,
+        format!(
             "{} of {workers} workers reported a result",
             r.generator.workers
-        ));
-    }
+        ),
+    );
     if sc.checks.fail_on_errors {
         let errors: u64 = r
             .counters
@@ -322,30 +368,53 @@ pub fn judge(sc: &Scenario, r: &mut RunResult, workers: u64) {
             .filter(|(k, _)| k.starts_with("error."))
             .map(|(_, v)| v)
             .sum();
-        if errors > 0 {
-            why.push(format!("{errors} errors (checks.fail_on_errors)"));
-        }
+        add(
+            "no_errors",
+            errors == 0,
+            format!("{errors} errors (checks.fail_on_errors)"),
+        );
     }
-    if r.counts.failed > 0 {
-        why.push(format!("{} players failed", r.counts.failed));
+    add(
+        "no_failed_players",
+        r.counts.failed == 0,
+        format!("{} players failed", r.counts.failed),
+    );
+    if sc.mode_is_live() {
+        let expected = r.counts.joined.saturating_sub(r.counts.left);
+        add(
+            "quiz_ended_seen",
+            r.counts.ended >= expected,
+            format!(
+                "{} of {expected} joined players (that did not leave) saw quiz_ended",
+                r.counts.ended
+            ),
+        );
     }
-    if sc.mode_is_live() && r.counts.ended < r.counts.joined {
-        why.push(format!(
-            "{} of {} joined players saw quiz_ended",
-            r.counts.ended, r.counts.joined
-        ));
-    }
-    if r.counts.unacknowledged > 0 {
-        why.push(format!(
-            "{} answers never acknowledged",
-            r.counts.unacknowledged
-        ));
-    }
-    if !r.host_errors.is_empty() {
-        why.push(format!("{} host errors", r.host_errors.len()));
-    }
-    r.passed = why.is_empty();
-    r.failure_reasons = why;
+    add(
+        "answers_acknowledged",
+        r.counts.unacknowledged == 0,
+        format!("{} answers never acknowledged", r.counts.unacknowledged),
+    );
+    add(
+        "no_host_errors",
+        r.host_errors.is_empty(),
+        format!("{} host errors", r.host_errors.len()),
+    );
+    checks.extend(kept);
+    r.thresholds = crate::thresholds::evaluate(&sc.thresholds, r);
+    r.failure_reasons = checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.message.clone())
+        .chain(
+            r.thresholds
+                .iter()
+                .filter(|t| !t.passed)
+                .map(|t| t.message.clone()),
+        )
+        .collect();
+    r.checks = checks;
+    r.passed = r.failure_reasons.is_empty();
 }
 
 /// Read a result file.

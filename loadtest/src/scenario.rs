@@ -5,6 +5,7 @@
 //! offending key (`load.players: ...`), so a typo never silently becomes a
 //! default. See `docs/loadtest.md` for the table of keys.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,8 @@ pub enum ScenarioError {
     Invalid { key: &'static str, message: String },
     #[error("scenario key `target.url`: {0}")]
     Target(TargetError),
+    #[error("scenario key `thresholds.{name}`: {message}")]
+    Threshold { name: String, message: String },
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ScenarioError {
@@ -66,6 +69,24 @@ pub struct Scenario {
     pub attack: Option<AttackConfig>,
     #[serde(default)]
     pub checks: CheckConfig,
+    /// Upper bounds on the result's figures (`answer_p99_ms = 250`); a
+    /// breach fails the run. See [`crate::thresholds`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub thresholds: BTreeMap<String, crate::thresholds::Bound>,
+    /// k6-style stages: the number of connected players ramps linearly
+    /// toward each stage's `target` over its `duration_s` (up: players join;
+    /// down: players leave, closing their socket cleanly). Empty: joins at
+    /// `load.ramp_per_sec` and nobody leaves early.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<Stage>,
+}
+
+/// One stage of `[[stages]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub duration_s: u64,
+    pub target: u64,
 }
 
 /// What is under test.
@@ -396,7 +417,7 @@ impl Scenario {
         if self.name.is_empty() {
             return Err(invalid("name", "must not be empty"));
         }
-        Target::parse(&self.target.url).map_err(ScenarioError::Target)?;
+        let target = Target::parse(&self.target.url).map_err(ScenarioError::Target)?;
         let l = &self.load;
         if l.players == 0 || l.players > MAX_PLAYERS {
             return Err(invalid(
@@ -543,9 +564,117 @@ impl Scenario {
         if let Some(a) = &self.attack {
             a.check(l.duration_s)
                 .map_err(|(key, message)| invalid(key, message))?;
+            if !target.is_loopback() {
+                return Err(invalid(
+                    "attack",
+                    "an attack runs only against a loopback target (target.url)",
+                ));
+            }
         }
+        self.validate_stages()?;
         share("checks.verify_players", self.checks.verify_players)?;
+        crate::thresholds::validate(&self.thresholds)
+            .map_err(|(name, message)| ScenarioError::Threshold { name, message })?;
         Ok(())
+    }
+
+    /// Stages: durations of at least 1 s within `load.duration_s`, one peak
+    /// (targets rise, then fall: each player joins once and leaves at most
+    /// once), the peak equal to `load.players`.
+    fn validate_stages(&self) -> Result<(), ScenarioError> {
+        if self.stages.is_empty() {
+            return Ok(());
+        }
+        if self.stages.len() > 100 {
+            return Err(invalid("stages", "at most 100 stages"));
+        }
+        if self.stages.iter().any(|s| s.duration_s == 0) {
+            return Err(invalid(
+                "stages.duration_s",
+                "every stage lasts at least 1 s",
+            ));
+        }
+        let total: u64 = self.stages.iter().map(|s| s.duration_s).sum();
+        if total > self.load.duration_s {
+            return Err(invalid(
+                "stages.duration_s",
+                format!(
+                    "the stages last {total} s, longer than load.duration_s ({})",
+                    self.load.duration_s
+                ),
+            ));
+        }
+        let mut falling = false;
+        let mut prev = 0;
+        for s in &self.stages {
+            if s.target < prev {
+                falling = true;
+            } else if s.target > prev && falling {
+                return Err(invalid(
+                    "stages.target",
+                    "targets must rise, then fall (one peak): a player joins once and leaves at most once",
+                ));
+            }
+            prev = s.target;
+        }
+        let peak = self.stages.iter().map(|s| s.target).max().unwrap_or(0);
+        if peak != self.load.players {
+            return Err(invalid(
+                "stages.target",
+                format!(
+                    "the highest target ({peak}) must equal load.players ({})",
+                    self.load.players
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// When player `index` joins, from the run's time zero (µs): at
+    /// `index / load.ramp_per_sec`, or with stages when the target curve
+    /// first reaches `index + 1` (so at most ⌊curve⌋ players are in).
+    pub fn join_offset_us(&self, index: u64) -> u64 {
+        if self.stages.is_empty() {
+            return (index as f64 * 1e6 / self.load.ramp_per_sec) as u64;
+        }
+        let level = (index + 1) as f64;
+        let (mut start_s, mut from) = (0.0, 0.0);
+        for s in &self.stages {
+            let to = s.target as f64;
+            if to > from && level > from && level <= to {
+                return ((start_s + s.duration_s as f64 * (level - from) / (to - from)) * 1e6)
+                    as u64;
+            }
+            start_s += s.duration_s as f64;
+            from = to;
+        }
+        (start_s * 1e6) as u64
+    }
+
+    /// When player `index` leaves (µs from time zero): with stages, when the
+    /// falling curve drops below `index + 1`; None: it stays to the end.
+    pub fn leave_offset_us(&self, index: u64) -> Option<u64> {
+        let level = (index + 1) as f64;
+        let (mut start_s, mut from) = (0.0, 0.0);
+        for s in &self.stages {
+            let to = s.target as f64;
+            if to < from && level > to && level <= from {
+                return Some(
+                    ((start_s + s.duration_s as f64 * (from - level) / (from - to)) * 1e6) as u64,
+                );
+            }
+            start_s += s.duration_s as f64;
+            from = to;
+        }
+        None
+    }
+
+    /// Seconds from time zero until the last player has been scheduled to join.
+    pub fn ramp_s(&self) -> f64 {
+        if self.stages.is_empty() {
+            return self.load.players as f64 / self.load.ramp_per_sec;
+        }
+        self.join_offset_us(self.load.players.saturating_sub(1)) as f64 / 1e6
     }
 
     pub fn mode_is_live(&self) -> bool {
@@ -677,6 +806,79 @@ answers:
         for (from, to, key) in cases {
             let e = err_of(&SMOKE.replace(from, to));
             assert!(e.contains(key), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn thresholds_parse_and_unknown_ones_are_named() {
+        let t = format!(
+            "{SMOKE}[thresholds]\nanswer_p99_ms = 250\njoin_p99_ms = \"<100\"\nerrors_max = 0\n"
+        );
+        let s = Scenario::parse(&t, "toml").unwrap();
+        assert_eq!(s.thresholds.len(), 3);
+        let e = err_of(&format!("{SMOKE}[thresholds]\nanswer_p98_ms = 250\n"));
+        assert!(
+            e.contains("thresholds.answer_p98_ms") && e.contains("unknown"),
+            "{e}"
+        );
+        let e = err_of(&format!("{SMOKE}[thresholds]\nanswer_p99_ms = \"fast\"\n"));
+        assert!(e.contains("thresholds.answer_p99_ms"), "{e}");
+    }
+
+    fn staged(stages: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(&format!("{SMOKE}{stages}"), "toml")
+    }
+
+    #[test]
+    fn stages_schedule_joins_and_leaves() {
+        // 0 -> 10 over 10 s, hold 5 s, down to 4 over 6 s.
+        let s = staged(
+            "[[stages]]\nduration_s = 10\ntarget = 10\n[[stages]]\nduration_s = 5\ntarget = 10\n[[stages]]\nduration_s = 6\ntarget = 4\n",
+        )
+        .unwrap();
+        assert_eq!(s.join_offset_us(0), 1_000_000);
+        assert_eq!(s.join_offset_us(9), 10_000_000);
+        assert_eq!(s.ramp_s(), 10.0);
+        // The last to join leaves first, at the start of the ramp down.
+        assert_eq!(s.leave_offset_us(9), Some(15_000_000));
+        assert_eq!(s.leave_offset_us(4), Some(20_000_000));
+        assert_eq!(s.leave_offset_us(3), None);
+        // Connected at any instant never exceeds the curve.
+        for t in (0..=21_000_000).step_by(250_000) {
+            let curve = if t <= 10_000_000 {
+                t as f64 / 1e6
+            } else if t <= 15_000_000 {
+                10.0
+            } else {
+                10.0 - (t - 15_000_000) as f64 / 1e6
+            };
+            let inside = (0..10)
+                .filter(|&i| {
+                    s.join_offset_us(i) <= t && s.leave_offset_us(i).is_none_or(|l| t <= l)
+                })
+                .count();
+            assert_eq!(inside, curve.floor() as usize, "t = {t}");
+        }
+        // Without stages: the ramp, nobody leaves.
+        let plain = Scenario::parse(SMOKE, "toml").unwrap();
+        assert_eq!(plain.join_offset_us(5), 50_000);
+        assert_eq!(plain.leave_offset_us(5), None);
+    }
+
+    #[test]
+    fn stage_errors_name_the_key() {
+        for (stages, key) in [
+            ("[[stages]]\nduration_s = 0\ntarget = 10\n", "stages.duration_s"),
+            ("[[stages]]\nduration_s = 40\ntarget = 10\n", "stages.duration_s"),
+            ("[[stages]]\nduration_s = 5\ntarget = 9\n", "stages.target"),
+            (
+                "[[stages]]\nduration_s = 5\ntarget = 10\n[[stages]]\nduration_s = 5\ntarget = 2\n[[stages]]\nduration_s = 5\ntarget = 6\n",
+                "stages.target",
+            ),
+            ("[[stages]]\nduration_s = 5\ntarget = 10\nramp = 3\n", "ramp"),
+        ] {
+            let e = staged(stages).unwrap_err().to_string();
+            assert!(e.contains(key), "{stages}: {e}");
         }
     }
 

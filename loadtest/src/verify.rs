@@ -91,6 +91,9 @@ pub struct PlayerRecord {
     /// the running sum of acknowledged points).
     pub live_issues: Vec<String>,
     pub ended: bool,
+    /// Left on purpose before the end (`[[stages]]` ramp down): not expected
+    /// to see later frames; its acknowledged answers count.
+    pub left: bool,
     /// Why the player never got going (join failed, ...).
     pub failure: Option<String>,
     /// From `GET /v1/quizzes/{id}/players/{pid}` after the quiz.

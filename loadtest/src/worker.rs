@@ -1,19 +1,27 @@
 //! A worker process: holds up to 19 000 players from its own loopback source
 //! address and reports to the coordinator.
 //!
-//! In: one [`WorkerPlan`] as JSON on stdin. Out: JSON lines on stdout, a
+//! In: one [`WorkerPlan`] as JSON on stdin, to its end. Out: JSON lines on
+//! stdout, a
 //! [`WorkerMsg::Progress`] every second (gauges plus the interval's
 //! histograms and counters) and one [`WorkerMsg::Result`] at the end (compact
 //! per-player summaries for the leaderboard check, the player-level
 //! mismatches, the worker's own CPU and memory). Logs go to stderr.
 //!
+//! A worker on another host (`loadtest worker --connect COORDINATOR`) speaks
+//! the same protocol over one TCP connection it opens to the coordinator:
+//! the plan comes in until the coordinator ends its side, the JSON lines go
+//! back on the same connection ([`Link`]). A lost link ends the worker.
+//!
 //! The worker runs on a single-threaded runtime with a `LocalSet`: players
 //! share state through `Rc<RefCell<_>>` with no locks, and the coordinator
 //! scales out with processes rather than threads.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +32,7 @@ use crate::plan::WorkerPlan;
 use crate::player::{player_share, run_player, Ctx};
 use crate::procmon::{sample_self, ProcSample};
 use crate::protocol::PlayerView;
-use crate::target::Target;
+use crate::target::{AllowList, Target};
 use crate::verify::{check_player, Mismatch};
 
 /// One joined player, as the coordinator needs it for the leaderboard check.
@@ -63,6 +71,9 @@ pub struct WorkerResult {
     pub planned: u64,
     pub joined: u64,
     pub ended: u64,
+    /// Players that left on purpose (`[[stages]]` ramp down).
+    #[serde(default)]
+    pub left: u64,
     pub failed: u64,
     /// First few failure reasons, for the report.
     pub failures: Vec<String>,
@@ -98,17 +109,116 @@ const KEEP: usize = 200;
 /// [`worker_main`].
 const PARK_DELAY: Duration = Duration::from_micros(200);
 
+/// Where a remote worker's JSON lines go: its link to the coordinator
+/// (None: stdout, a local worker).
+static LINK: Mutex<Option<TcpStream>> = Mutex::new(None);
+
 fn emit(msg: &WorkerMsg) {
-    let line = serde_json::to_string(msg).unwrap_or_default();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+    let mut line = serde_json::to_string(msg).unwrap_or_default();
+    line.push('\n');
+    let mut link = LINK.lock().unwrap_or_else(|e| e.into_inner());
+    match link.as_mut() {
+        Some(s) => {
+            if let Err(e) = s.write_all(line.as_bytes()) {
+                // Nobody is left to report to: stop instead of running the
+                // players on for nothing.
+                eprintln!("loadtest worker: link to the coordinator lost ({e}); exiting");
+                std::process::exit(3);
+            }
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+        }
+    }
 }
 
-/// Entry point of `loadtest worker`: plan on stdin, JSON lines on stdout.
-pub fn worker_main() -> anyhow::Result<()> {
+/// How a worker reaches its coordinator (`loadtest worker` options).
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    /// `HOST:PORT` of the coordinator's `--listen-workers`; None: stdin and
+    /// stdout (a worker the coordinator spawned).
+    pub connect: Option<String>,
+    /// Source address of the link (e.g. 127.0.0.2).
+    pub bind: Option<IpAddr>,
+    /// Keep trying to connect this long (the coordinator may start later).
+    pub connect_wait: Duration,
+    /// Longest silence while the plan is being read.
+    pub plan_wait: Duration,
+    /// `--allow-target` CIDRs: this worker's own consent to targets off
+    /// loopback (the coordinator's plan cannot widen it).
+    pub allow_targets: Vec<String>,
+}
+
+/// Open the link to the coordinator, retrying until `connect_wait`.
+fn dial(link: &Link, addr: &str) -> anyhow::Result<TcpStream> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<IpAddr>().is_err()
+        && !host.eq_ignore_ascii_case("localhost")
+        && crate::target::allowed().is_empty()
+    {
+        // As for targets: no name is resolved without an allow list.
+        anyhow::bail!("--connect {addr}: give an IP address (host names are resolved only with --allow-target)");
+    }
+    let to: SocketAddr = {
+        use std::net::ToSocketAddrs;
+        addr.to_socket_addrs()
+            .map_err(|e| anyhow::anyhow!("--connect {addr}: {e}"))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("--connect {addr}: no address"))?
+    };
+    crate::target::ensure_allowed(to.ip()).map_err(|e| {
+        anyhow::anyhow!("--connect {addr}: {e} (add --allow-target for a coordinator elsewhere)")
+    })?;
+    let until = Instant::now() + link.connect_wait;
+    loop {
+        let attempt = (|| -> std::io::Result<TcpStream> {
+            let domain = socket2::Domain::for_address(to);
+            let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+            if let Some(src) = link.bind {
+                sock.bind(&SocketAddr::new(src, 0).into())?;
+            }
+            sock.connect_timeout(&to.into(), Duration::from_secs(5))?;
+            Ok(sock.into())
+        })();
+        match attempt {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() < until => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => anyhow::bail!(
+                "--connect {addr}: no coordinator within {} s: {e}",
+                link.connect_wait.as_secs()
+            ),
+        }
+    }
+}
+
+/// Entry point of `loadtest worker`: plan on stdin (or the link), JSON
+/// lines on stdout (or the link).
+pub fn worker_main(link: Link) -> anyhow::Result<()> {
+    crate::target::set_allowed(&AllowList::parse(&link.allow_targets)?);
     let mut input = String::new();
-    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+    match &link.connect {
+        Some(addr) => {
+            let mut s = dial(&link, addr)?;
+            s.set_nodelay(true)?;
+            eprintln!(
+                "loadtest worker: connected to {addr} from {}; waiting for the plan",
+                s.local_addr()?
+            );
+            s.set_read_timeout(Some(link.plan_wait))?;
+            s.read_to_string(&mut input)
+                .map_err(|e| anyhow::anyhow!("reading the plan from {addr}: {e}"))?;
+            *LINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+        }
+        None => {
+            std::io::stdin().read_to_string(&mut input)?;
+        }
+    }
     let plan: WorkerPlan = serde_json::from_str(&input)?;
     plan.scenario.validate()?;
     let park_delay = std::env::var("LOADTEST_PARK_US")
@@ -133,6 +243,9 @@ pub fn worker_main() -> anyhow::Result<()> {
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&rt, run(plan))?;
     emit(&WorkerMsg::Result(Box::new(result)));
+    if let Some(s) = LINK.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
     Ok(())
 }
 
@@ -307,6 +420,9 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
         res.joined += 1;
         if r.ended {
             res.ended += 1;
+        }
+        if r.left {
+            res.left += 1;
         }
         res.answers_sent += r.answers.len() as u64;
         res.answers_acked += r.answers.iter().filter(|a| a.result.is_some()).count() as u64;

@@ -134,4 +134,223 @@ async fn non_loopback_target_is_refused_before_any_traffic() {
     o.target = Some("http://192.168.1.10:8080".into());
     let e = run(o).await.unwrap_err().to_string();
     assert!(e.contains("loopback"), "{e}");
+    // An allow list admits its own networks only.
+    let mut o = opts(80, "loadtest-e2e-refuse");
+    o.target = Some("http://192.168.1.10:8080".into());
+    o.allow_targets = vec!["10.1.2.0/24".into()];
+    let e = run(o).await.unwrap_err().to_string();
+    assert!(e.contains("--allow-target"), "{e}");
+}
+
+/// `--threshold` and `--junit`: every check passes against the honest
+/// platform, an impossible latency bound is breached, the run fails on it
+/// alone, and the JUnit file has one case per check and threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breached_threshold_fails_the_run_and_junit_says_which() {
+    let addr = support::start(Bug::None).await;
+    let mut o = opts(addr.port(), "loadtest-e2e-threshold");
+    let junit = std::env::temp_dir().join("loadtest-e2e-threshold.xml");
+    let _ = std::fs::remove_file(&junit);
+    o.junit = Some(junit.clone());
+    o.thresholds = vec![
+        "answer_p99_ms<0.001".into(),
+        "errors_max=0".into(),
+        "reconnect_p99_ms<1".into(),
+    ];
+    let (r, _) = run(o).await.unwrap();
+    let summary = loadtest::report::summary(&r);
+    assert!(!r.passed, "{summary}");
+    assert!(r.checks.iter().all(|c| c.passed), "{summary}");
+    assert_eq!(r.failure_reasons.len(), 1, "{summary}");
+    assert!(r.failure_reasons[0].contains("threshold breached: answer_p99_ms"));
+    let by = |n: &str| r.thresholds.iter().find(|t| t.name == n).unwrap();
+    assert!(!by("answer_p99_ms").passed);
+    assert!(by("errors_max").passed);
+    // No reconnect happened: no samples, nothing measured above the bound.
+    assert!(by("reconnect_p99_ms").passed && by("reconnect_p99_ms").actual.is_none());
+    let x = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(
+        x.matches("<testcase ").count(),
+        r.checks.len() + r.thresholds.len()
+    );
+    assert_eq!(x.matches("<failure ").count(), 1, "{x}");
+    assert!(x.contains("name=\"answer_p99_ms\""), "{x}");
+}
+
+/// A free port of 127.0.0.1 in 26400..27000 (the range these tests may
+/// use), a different one for each caller: tests run in parallel.
+fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(26400);
+    loop {
+        let p = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(p < 27000, "no free port in 26400..27000");
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// `loadtest worker --connect` from a source address of its own.
+fn remote_worker(port: u16, bind: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["worker", "--connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--bind", bind, "--connect-wait", "60", "--plan-wait", "60"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The two-host shape on one machine: the coordinator listens on
+/// 127.0.0.1, two worker processes connect from 127.0.0.2 and 127.0.0.3
+/// and get their plans over TCP. Its checks, players and acknowledged
+/// answers equal those of a run with local workers (same scenario, seed,
+/// worker count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_workers_over_tcp_equal_a_one_process_run() {
+    let addr = support::start(Bug::None).await;
+    let mut local = opts(addr.port(), "loadtest-e2e-local2");
+    local.workers = Some(2);
+    let (a, _) = run(local).await.unwrap();
+    assert!(a.passed, "{}", loadtest::report::summary(&a));
+
+    let port = free_port();
+    let mut workers = [
+        remote_worker(port, "127.0.0.2"),
+        remote_worker(port, "127.0.0.3"),
+    ];
+    let mut o = opts(addr.port(), "loadtest-e2e-remote");
+    o.listen_workers = Some(format!("127.0.0.1:{port}"));
+    o.remote_workers = Some(2);
+    o.worker_wait_s = Some(60);
+    let res = run(o).await;
+    let mut logs = String::new();
+    for w in &mut workers {
+        // Each ends by itself once its result is sent.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while w.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = w.kill();
+        let out = w.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(w.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(out.success(), "worker: {out:?} {err}");
+        logs.push_str(&err);
+    }
+    let (b, _) = res.unwrap();
+    assert!(b.passed, "{}", loadtest::report::summary(&b));
+    assert!(logs.contains("from 127.0.0.2:"), "{logs}");
+    assert!(logs.contains("from 127.0.0.3:"), "{logs}");
+    let checks = |r: &loadtest::result::RunResult| {
+        r.checks
+            .iter()
+            .map(|c| (c.name.clone(), c.passed))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(checks(&a), checks(&b));
+    assert_eq!(a.passed, b.passed);
+    assert_eq!(a.generator.workers, 2);
+    assert_eq!(b.generator.workers, 2);
+    assert_eq!(a.counts.joined, b.counts.joined);
+    assert_eq!(a.counts.ended, b.counts.ended);
+    assert_eq!(a.counts.answers_sent, b.counts.answers_sent);
+    assert_eq!(a.counts.answers_acked, b.counts.answers_acked);
+    assert_eq!(a.mismatch_count, b.mismatch_count);
+}
+
+/// A worker whose link closes after it took its plan: the run fails, and
+/// says which worker and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_worker_link_fails_the_run() {
+    use tokio::io::AsyncReadExt;
+    let addr = support::start(Bug::None).await;
+    let port = free_port();
+    let mut o = opts(addr.port(), "loadtest-e2e-lost-link");
+    o.listen_workers = Some(format!("127.0.0.1:{port}"));
+    o.remote_workers = Some(1);
+    o.worker_wait_s = Some(30);
+    let fake = tokio::spawn(async move {
+        let mut s = loop {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        };
+        let mut plan = String::new();
+        s.read_to_string(&mut plan).await.unwrap();
+        plan.len()
+        // dropped: the link closes without a result
+    });
+    let (r, _) = run(o).await.unwrap();
+    assert!(fake.await.unwrap() > 100);
+    assert!(!r.passed);
+    let c = r
+        .checks
+        .iter()
+        .find(|c| c.name == "workers_reported")
+        .unwrap();
+    assert!(!c.passed && c.message.contains("0 of 1"), "{c:?}");
+    assert!(
+        r.host_errors
+            .iter()
+            .any(|e| e.contains("worker 0") && e.contains("without a result")),
+        "{:?}",
+        r.host_errors
+    );
+}
+
+/// Too few remote workers: the run does not start, within the wait.
+#[tokio::test]
+async fn missing_remote_workers_is_an_error_within_the_wait() {
+    let addr = support::start(Bug::None).await;
+    let mut o = opts(addr.port(), "loadtest-e2e-no-workers");
+    o.listen_workers = Some(format!("127.0.0.1:{}", free_port()));
+    o.remote_workers = Some(2);
+    o.worker_wait_s = Some(1);
+    let t = std::time::Instant::now();
+    let e = run(o).await.unwrap_err().to_string();
+    assert!(e.contains("only 0 workers connected"), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// `[[stages]]`: up to 12 players in 2 s, hold, down to 6 during the quiz.
+/// The six that leave close cleanly, are not expected to see the end, and
+/// their acknowledged answers still count: every check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_ramp_up_hold_and_down_and_checks_still_hold() {
+    let addr = support::start(Bug::None).await;
+    let smoke =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/smoke.toml"))
+            .unwrap()
+            .replace("players = 20", "players = 12");
+    let dir = std::env::temp_dir().join("loadtest-e2e-stages");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("stages.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{smoke}\n[[stages]]\nduration_s = 2\ntarget = 12\n[[stages]]\nduration_s = 4\ntarget = 12\n[[stages]]\nduration_s = 2\ntarget = 6\n"
+        ),
+    )
+    .unwrap();
+    let mut o = opts(addr.port(), "loadtest-e2e-stages");
+    o.scenario = path;
+    o.players = None;
+    let (r, _) = run(o).await.unwrap();
+    let summary = loadtest::report::summary(&r);
+    assert!(r.passed, "{summary}");
+    assert_eq!(r.counts.joined, 12, "{summary}");
+    assert_eq!(r.counts.left, 6, "{summary}");
+    assert_eq!(r.counts.ended, 6, "{summary}");
+    assert_eq!(
+        r.counters.get("players_left").copied(),
+        Some(6),
+        "{summary}"
+    );
+    assert_eq!(r.counts.unacknowledged, 0, "{summary}");
+    assert!(r
+        .checks
+        .iter()
+        .any(|c| c.name == "quiz_ended_seen" && c.passed));
 }

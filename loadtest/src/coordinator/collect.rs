@@ -17,7 +17,8 @@ use crate::procmon::Monitor;
 use crate::scenario::Scenario;
 use crate::worker::{WorkerMsg, WorkerResult};
 
-/// A line from a worker's stdout (None: the worker exited).
+/// A line from a worker's stdout or TCP link (None: the worker exited or
+/// its link closed).
 pub(super) type FromWorker = (u64, Option<WorkerMsg>);
 
 /// What the load phase gathered.
@@ -62,6 +63,7 @@ impl<'a> Collector<'a> {
         kill_pid: Option<u32>,
         gauge_tx: &'a watch::Sender<Gauges>,
         children: &[Child],
+        workers: u64,
     ) -> Collector<'a> {
         let mut watched: Vec<(u32, String)> = sc
             .target
@@ -86,7 +88,7 @@ impl<'a> Collector<'a> {
             killed: false,
             gauge_tx,
             gauges: BTreeMap::new(),
-            open_workers: children.len() as u64,
+            open_workers: workers,
             watched,
             worker_pids,
             tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -124,9 +126,10 @@ impl<'a> Collector<'a> {
                 _ = tick.tick() => {
                     self.on_tick();
                     if tokio::time::Instant::now() >= hard_stop {
-                        self.out.host_errors.push(
-                            "workers killed at the hard stop (verification grace exceeded)".into(),
-                        );
+                        self.out.host_errors.push(format!(
+                            "{} workers stopped at the hard stop (verification grace exceeded)",
+                            self.open_workers
+                        ));
                         for c in children.iter_mut() {
                             let _ = c.start_kill();
                         }
@@ -177,9 +180,9 @@ impl<'a> Collector<'a> {
             Some((w, None)) => {
                 self.open_workers -= 1;
                 if !self.out.results.iter().any(|r| r.worker == w) {
-                    self.out
-                        .host_errors
-                        .push(format!("worker {w} exited without a result"));
+                    self.out.host_errors.push(format!(
+                        "worker {w} exited (or its link closed) without a result"
+                    ));
                 }
                 if self.open_workers == 0 {
                     return Flow::Stop;
