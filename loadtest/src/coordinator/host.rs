@@ -141,10 +141,24 @@ pub(super) enum HostEvent {
     Error(String),
 }
 
-async fn host_call(target: &Target, quiz_id: &str, token: &str, verb: &str) -> Result<(), String> {
+/// One host action, retried on 429/5xx and network errors. Host actions are
+/// not idempotent (a second `next` opens one more question), and an
+/// attempt that timed out or answered 503 may have been applied: so before
+/// each retry the quiz's state is read, and an action already applied
+/// (the quiz is at `goal`) counts as done.
+async fn host_call(
+    target: &Target,
+    quiz_id: &str,
+    token: &str,
+    verb: &str,
+    goal: Goal,
+) -> Result<(), String> {
     let path = format!("/v1/quizzes/{quiz_id}/{verb}");
     let mut last = String::new();
     for attempt in 0..5u64 {
+        if attempt > 0 && reached(target, quiz_id, goal).await {
+            return Ok(());
+        }
         match http_request(
             target,
             None,
@@ -174,6 +188,45 @@ async fn host_call(target: &Target, quiz_id: &str, token: &str, verb: &str) -> R
     Err(last)
 }
 
+/// Where a host action leads.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    /// Running, with this question open (live) or none (self-paced).
+    Running(Option<u32>),
+    Ended,
+}
+
+/// Whether the quiz already is at `goal`. A failed read says no (the action
+/// is sent again, and a wrong guess shows as a 409 host error).
+async fn reached(target: &Target, quiz_id: &str, goal: Goal) -> bool {
+    #[derive(serde::Deserialize)]
+    struct View {
+        state: String,
+        current_question: Option<u32>,
+    }
+    let path = format!("/v1/quizzes/{quiz_id}");
+    let Ok(r) = http_request(
+        target,
+        None,
+        "GET",
+        &path,
+        &[],
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<View>(&r.body) else {
+        return false;
+    };
+    match goal {
+        Goal::Running(q) => v.state == "running" && v.current_question == q,
+        Goal::Ended => v.state == "ended",
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn host_quiz(
     target: Target,
@@ -197,13 +250,13 @@ async fn host_quiz(
     if !sc.mode_is_live() {
         // Self-paced: open the quiz, let every player go through it at its
         // own pace, end it when all are done (or at the deadline).
-        if let Err(e) = host_call(&target, &quiz_id, &token, "start").await {
+        if let Err(e) = host_call(&target, &quiz_id, &token, "start", Goal::Running(None)).await {
             let _ = events.send(HostEvent::Error(format!("quiz {quiz}: {e}")));
             return;
         }
         let _ = events.send(HostEvent::Opened { quiz, question: 0 });
         let _ = tokio::time::timeout_at(deadline, gauges.wait_for(|g| g.done >= players)).await;
-        if let Err(e) = host_call(&target, &quiz_id, &token, "end").await {
+        if let Err(e) = host_call(&target, &quiz_id, &token, "end", Goal::Ended).await {
             let _ = events.send(HostEvent::Error(format!("quiz {quiz}: {e}")));
         }
         return;
@@ -223,7 +276,12 @@ async fn host_quiz(
         } else {
             "end"
         };
-        if let Err(e) = host_call(&target, &quiz_id, &token, verb).await {
+        let goal = if i < q {
+            Goal::Running(Some(i))
+        } else {
+            Goal::Ended
+        };
+        if let Err(e) = host_call(&target, &quiz_id, &token, verb, goal).await {
             let _ = events.send(HostEvent::Error(format!("quiz {quiz}: {e}")));
             return;
         }
