@@ -2,8 +2,10 @@
 //!
 //! - [`memory::MemoryStore`]: in-process, the embedded mode's default.
 //! - [`redis_cluster::RedisClusterStore`]: Redis Cluster, for several core
-//!   nodes sharing quizzes. Every key of quiz X carries the hash tag `{X}`, so
-//!   a quiz lives in one slot and multi-key operations on it are atomic Lua.
+//!   nodes sharing quizzes. Every key of an ordinary quiz X carries the hash
+//!   tag `{X}`, so a quiz lives in one slot and multi-key operations on it
+//!   are atomic Lua; a quiz with `layout.shards` S > 1 keeps its per-player
+//!   scoring in S slots of their own (see the module doc there).
 //!
 //! Both must pass the conformance suite in `core/tests/store_conformance.rs`.
 //!
