@@ -378,25 +378,7 @@ async fn reload_changes_backends_and_balance_without_dropping_tunnels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_a_port_and_agree_on_every_route() {
     let bs = backends(3).await;
-    let shared = format!("127.0.0.1:{}", free_port());
-    let pa = format!("127.0.0.1:{}", free_port());
-    let pb = format!("127.0.0.1:{}", free_port());
-    let a = edge(
-        &bs,
-        Opts {
-            listen: vec![pa.clone(), shared.clone()],
-            ..Opts::default()
-        },
-    )
-    .await;
-    let b = edge(
-        &bs,
-        Opts {
-            listen: vec![pb.clone(), shared.clone()],
-            ..Opts::default()
-        },
-    )
-    .await;
+    let (a, b, pa, pb, shared_addr) = two_edges_sharing_a_port(&bs).await;
     // 1. Fresh routes: identical tables.
     for i in 0..3000 {
         let q = format!("agree{i}");
@@ -409,13 +391,12 @@ async fn two_processes_share_a_port_and_agree_on_every_route() {
     //    identical placements, bounded loads included.
     for i in 0..300 {
         let q = format!("act{i}");
-        let na = http_node(pa.parse().unwrap(), &q).await;
-        let nb = http_node(pb.parse().unwrap(), &q).await;
+        let na = http_node(pa, &q).await;
+        let nb = http_node(pb, &q).await;
         assert_eq!(na, nb, "{q}");
     }
     // 3. Through the shared SO_REUSEPORT port (the kernel picks the process), every connection
     //    of a quiz reaches the same node.
-    let shared_addr = shared.parse().unwrap();
     let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
     for i in 0..150 {
         let q = format!("act{}", i % 50);

@@ -147,25 +147,7 @@ async fn players_spread_over_three_nodes_host_and_http_stay_on_the_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_agree_on_every_player() {
     let bs = backends(3).await;
-    let shared = format!("127.0.0.1:{}", free_port());
-    let pa = format!("127.0.0.1:{}", free_port());
-    let pb = format!("127.0.0.1:{}", free_port());
-    let a = edge(
-        &bs,
-        Opts {
-            listen: vec![pa.clone(), shared.clone()],
-            ..Opts::default()
-        },
-    )
-    .await;
-    let b = edge(
-        &bs,
-        Opts {
-            listen: vec![pb.clone(), shared.clone()],
-            ..Opts::default()
-        },
-    )
-    .await;
+    let (a, b, pa, pb, shared) = two_edges_sharing_a_port(&bs).await;
     let q = "sharedquiz";
     // Fresh tables: the same choice for 3 000 players, whatever k.
     for i in 0..3000 {
@@ -179,7 +161,6 @@ async fn two_processes_agree_on_every_player() {
         );
     }
     // Through each process's own port: the same backend for every player.
-    let (pa, pb): (SocketAddr, SocketAddr) = (pa.parse().unwrap(), pb.parse().unwrap());
     let mut node_of = HashMap::new();
     for i in 0..60 {
         let p = format!("p{i}");
@@ -193,7 +174,6 @@ async fn two_processes_agree_on_every_player() {
     assert_eq!(used.len(), 3);
     // Through the shared SO_REUSEPORT port (the kernel picks the process): every connection
     // of a player reaches that player's node.
-    let shared: SocketAddr = shared.parse().unwrap();
     let ok_before = |c: &Edge| {
         c.cluster()
             .metrics

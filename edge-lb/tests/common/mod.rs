@@ -229,3 +229,19 @@ pub async fn tunnels(addr: SocketAddr, prefix: &str, n: usize) -> Vec<(String, S
     }
     v
 }
+
+/// Two edge-lb processes over the same backends, each on a port of its own and both on one
+/// shared port (SO_REUSEPORT): `(a, b, a's own port, b's own port, the shared port)`.
+pub async fn two_edges_sharing_a_port(
+    bs: &[Backend],
+) -> (Edge, Edge, SocketAddr, SocketAddr, SocketAddr) {
+    let port = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+    let (shared, pa, pb) = (port(), port(), port());
+    let on = |own: SocketAddr| Opts {
+        listen: vec![own.to_string(), shared.to_string()],
+        ..Opts::default()
+    };
+    let a = edge(bs, on(pa)).await;
+    let b = edge(bs, on(pb)).await;
+    (a, b, pa, pb, shared)
+}
