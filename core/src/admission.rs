@@ -26,14 +26,17 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 /// A bounded number of places and a bounded wait for one.
 pub struct Gate {
     places: Semaphore,
+    max: usize,
     wait: Duration,
 }
 
 impl Gate {
     /// `max_in_flight` places (at least one); a caller waits at most `wait`.
     pub fn new(max_in_flight: usize, wait: Duration) -> Gate {
+        let max = max_in_flight.max(1);
         Gate {
-            places: Semaphore::new(max_in_flight.max(1)),
+            places: Semaphore::new(max),
+            max,
             wait,
         }
     }
@@ -48,11 +51,9 @@ impl Gate {
         }
     }
 
-    /// Places in use, for tests and metrics.
-    pub fn in_flight(&self, max_in_flight: usize) -> usize {
-        max_in_flight
-            .max(1)
-            .saturating_sub(self.places.available_permits())
+    /// Places in use.
+    pub fn in_flight(&self) -> usize {
+        self.max.saturating_sub(self.places.available_permits())
     }
 }
 
@@ -67,7 +68,7 @@ mod tests {
         let gate = Gate::new(2, Duration::from_millis(100));
         let a = gate.enter().await.expect("first");
         let b = gate.enter().await.expect("second");
-        assert_eq!(gate.in_flight(2), 2);
+        assert_eq!(gate.in_flight(), 2);
         let freed = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             drop(a);
@@ -77,6 +78,6 @@ mod tests {
         assert!(gate.enter().await.is_none(), "refused after the wait");
         drop(b);
         drop(third);
-        assert_eq!(gate.in_flight(2), 0);
+        assert_eq!(gate.in_flight(), 0);
     }
 }
