@@ -3,7 +3,7 @@
 // answers come in and the distribution per question, the leaderboard between
 // questions, and the final results with a CSV export.
 import {
-  $, $$, h, showScreen, api, ApiError, quizPath, checkQuiz, fieldOfMessage, FieldErrors, QuizSocket,
+  $, $$, h, showScreen, api, ApiError, quizPath, checkQuiz, checkQuizId, fieldOfMessage, FieldErrors, QuizSocket,
   remainingMs, renderLeaderboard, renderPodium, resultsCsv, LIMITS, OPTION_LABELS,
 } from './common.js';
 import { encode, toSvg } from './qr.js';
@@ -478,6 +478,27 @@ $('#csv').addEventListener('click', () => {
 });
 
 // ---- boot -------------------------------------------------------------------
+
+// A host link (`deploy/local/run` prints one): /host#quiz=<id>&token=<host
+// token>. A fragment, so the token is never sent to a server nor written in
+// its access log; it is kept like a quiz created here (sessionStorage) and
+// removed from the address bar at once (replaceState: not left in history,
+// a bookmark or a screen share).
+function takeHostLink() {
+  const frag = new URLSearchParams(location.hash.slice(1));
+  const id = frag.get('quiz');
+  const token = frag.get('token');
+  if (!id || !token || checkQuizId(id)) return;
+  let prev = null;
+  try {
+    prev = JSON.parse(sessionStorage.getItem(`quiz:host:${id}`) || 'null');
+  } catch {
+    prev = null;
+  }
+  sessionStorage.setItem(`quiz:host:${id}`, JSON.stringify({ ...(prev || {}), host_token: token }));
+  history.replaceState(null, '', `/host?quiz=${encodeURIComponent(id)}`);
+}
+takeHostLink();
 
 const qid = new URLSearchParams(location.search).get('quiz');
 let saved = null;
