@@ -18,14 +18,26 @@
 //! `unavailable` and a `Retry-After` spread over 1–3 s, **before anything is
 //! written**. A refused join created nothing, so the client's retry (with
 //! the same `Idempotency-Key`) is an ordinary join.
+//!
+//! WebSocket upgrades go through a second gate of their own
+//! (`upgrade_max_in_flight`, `upgrade_queue_ms`): an upgrade costs a token
+//! check, two to four store reads (the quiz, the player, the state, the
+//! standing) for the welcome, and the room attach; a reconnect storm after
+//! a node failover is every player of a quiz upgrading at once. The place
+//! is taken before the 101 is written and given back once the welcome is
+//! queued and the connection is in its room (`connection.rs`): the gate
+//! bounds the setup, not the sockets (those are bounded by
+//! `max_connections`).
 
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 /// A bounded number of places and a bounded wait for one.
 pub struct Gate {
-    places: Semaphore,
+    places: Arc<Semaphore>,
     max: usize,
     wait: Duration,
 }
@@ -35,7 +47,7 @@ impl Gate {
     pub fn new(max_in_flight: usize, wait: Duration) -> Gate {
         let max = max_in_flight.max(1);
         Gate {
-            places: Semaphore::new(max),
+            places: Arc::new(Semaphore::new(max)),
             max,
             wait,
         }
@@ -47,6 +59,16 @@ impl Gate {
         match tokio::time::timeout(self.wait, self.places.acquire()).await {
             Ok(Ok(permit)) => Some(permit),
             // Timed out, or closed (never: the gate is never closed).
+            _ => None,
+        }
+    }
+
+    /// [`Gate::enter`] for a place that outlives the caller's borrow of
+    /// the gate (handed to a spawned task, e.g. an upgraded connection).
+    pub async fn enter_owned(&self) -> Option<OwnedSemaphorePermit> {
+        let acquire = Arc::clone(&self.places).acquire_owned();
+        match tokio::time::timeout(self.wait, acquire).await {
+            Ok(Ok(permit)) => Some(permit),
             _ => None,
         }
     }
@@ -79,5 +101,18 @@ mod tests {
         drop(b);
         drop(third);
         assert_eq!(gate.in_flight(), 0);
+    }
+
+    /// An owned place counts like a borrowed one; with no wait, a free
+    /// place is still taken (the timeout polls the acquire first).
+    #[tokio::test(start_paused = true)]
+    async fn owned_places_and_no_wait() {
+        let gate = Gate::new(1, Duration::ZERO);
+        let a = gate.enter_owned().await.expect("a free place, no wait");
+        assert_eq!(gate.in_flight(), 1);
+        assert!(gate.enter_owned().await.is_none(), "refused at once");
+        assert!(gate.enter().await.is_none(), "one pool of places");
+        drop(a);
+        assert!(gate.enter_owned().await.is_some());
     }
 }

@@ -110,6 +110,15 @@ pub struct Config {
     /// then is refused with 503 and `Retry-After` before any write.
     pub join_max_in_flight: usize,
     pub join_queue_ms: u64,
+    /// Admission control of WebSocket upgrades (`admission.rs`): upgrades
+    /// authenticating and being welcomed at once on this node; past them
+    /// an upgrade waits up to `upgrade_queue_ms` for a place, then is
+    /// refused with 503 and `Retry-After` before the 101 is written.
+    pub upgrade_max_in_flight: usize,
+    pub upgrade_queue_ms: u64,
+    /// A room's leaderboard tick that fires later than this past its
+    /// instant (the node is overloaded) is skipped (`room.rs`).
+    pub board_tick_late_ms: u64,
     pub max_spread: u32,
     /// ... and its scoring over `ceil(expected_players / players_per_shard)`
     /// Redis hash slots (at most `max_shards`).
@@ -203,6 +212,9 @@ impl Default for Config {
             players_per_node: 5000,
             join_max_in_flight: 128,
             join_queue_ms: 1000,
+            upgrade_max_in_flight: 256,
+            upgrade_queue_ms: 1000,
+            board_tick_late_ms: 250,
             max_spread: 64,
             players_per_shard: 50_000,
             max_shards: 64,
@@ -515,6 +527,9 @@ impl Config {
         // A token carries the spread as 1–64 (edge-lb's reading of it).
         if self.join_max_in_flight == 0 {
             return bad("join_max_in_flight", "must be > 0");
+        }
+        if self.upgrade_max_in_flight == 0 {
+            return bad("upgrade_max_in_flight", "must be > 0");
         }
         if !(1..=64).contains(&self.max_spread) {
             return bad("max_spread", "must be 1–64");

@@ -54,6 +54,14 @@ struct Session<'a> {
     presented: &'a Presented,
 }
 
+/// The places an upgraded connection holds: its place under
+/// `max_connections` (until it closes) and its upgrade admission place
+/// (`admission.rs`, until its setup is done).
+pub struct Places {
+    pub connection: Option<OwnedSemaphorePermit>,
+    pub setup: OwnedSemaphorePermit,
+}
+
 /// Runs one upgraded connection to completion.
 pub async fn serve(
     svc: Arc<QuizService>,
@@ -62,10 +70,13 @@ pub async fn serve(
     quiz_id: String,
     token: Option<String>,
     shutdown: CancellationToken,
-    permit: Option<OwnedSemaphorePermit>,
+    places: Places,
 ) {
     // This socket's place under `max_connections`, until it closes.
-    let _permit = permit;
+    let Places {
+        connection: _permit,
+        setup: admitted,
+    } = places;
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(e) => {
@@ -132,6 +143,14 @@ pub async fn serve(
             catch_up(&svc, &def, &caller, &outbox, &presented, &seen, &now_state).await;
         }
     }
+    // The upgrade's admission place (`admission.rs`), held through the
+    // setup's store reads and the room attach, given back here rather than
+    // at close: what the gate protects is the node's store and rooms from
+    // a burst of setups (a reconnect storm); an established socket costs
+    // no store call until it answers, and answers are not what a
+    // reconnecting crowd sends first. The welcome is queued: writing it is
+    // the writer's, bounded by `ws_write_timeout_ms` like every frame.
+    drop(admitted);
     if def.mode == Mode::SelfPaced && !is_host {
         spawn_expiry(&svc, &def, &caller.claims.player_id, &outbox, &presented);
     }

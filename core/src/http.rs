@@ -51,6 +51,8 @@ struct Node {
     trusted: TrustedProxies,
     /// Admission control of joins (`admission.rs`).
     joins: Gate,
+    /// Admission control of WebSocket upgrades (`admission.rs`).
+    upgrades: Gate,
 }
 
 /// `GET …/leaderboard` reads the store at most once per quiz per
@@ -127,6 +129,10 @@ pub async fn serve(
         joins: Gate::new(
             svc.config.join_max_in_flight,
             Duration::from_millis(svc.config.join_queue_ms),
+        ),
+        upgrades: Gate::new(
+            svc.config.upgrade_max_in_flight,
+            Duration::from_millis(svc.config.upgrade_queue_ms),
         ),
         svc: Arc::clone(&svc),
         rooms,
@@ -258,7 +264,7 @@ async fn route(
             if tier == Tier::Api {
                 return not_served("the WebSocket route");
             }
-            ws_upgrade(node, req, id, sd, permit)
+            ws_upgrade(node, req, id, sd, permit).await
         }
         (["v1", "quizzes"], &Method::POST) if api => {
             rate_limit(node, peer)?;
@@ -496,7 +502,7 @@ async fn host_action(
     Ok(json(StatusCode::OK, &QuizView::new(&def, &state)))
 }
 
-fn ws_upgrade(
+async fn ws_upgrade(
     node: &Node,
     mut req: Request<Incoming>,
     quiz_id: &str,
@@ -509,6 +515,23 @@ fn ws_upgrade(
         ));
     }
     let token = query_param(req.uri().query(), "token").map(str::to_string);
+    // Admitted before the 101 is written: a refused upgrade is an ordinary
+    // 503 response, nothing read from the store, no room touched. The
+    // place goes with the connection and is given back once its welcome
+    // is queued and it is in its room (`connection::serve`), so the gate
+    // bounds the setup's store reads and room attaches, not open sockets
+    // (a held socket costs no store call; `max_connections` bounds those).
+    let Some(admitted) = node.upgrades.enter_owned().await else {
+        node.svc
+            .metrics
+            .admission_refused
+            .with_label_values(&["upgrade"])
+            .inc();
+        return Err(QuizError::Busy(
+            "busy: this node is admitting connections as fast as it can; retry after Retry-After"
+                .into(),
+        ));
+    };
     let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)
         .map_err(|e| QuizError::Invalid(format!("upgrade: {e}")))?;
     // The handshake always succeeds; a bad token or unknown quiz is then
@@ -523,7 +546,10 @@ fn ws_upgrade(
         quiz_id.to_string(),
         token,
         sd.token().clone(),
-        permit.lock().take(),
+        crate::connection::Places {
+            connection: permit.lock().take(),
+            setup: admitted,
+        },
     ));
     let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, Full::new(Bytes::new())))

@@ -45,7 +45,7 @@ pub struct Metrics {
     /// TCP connections refused at the `max_connections` cap.
     pub connections_refused: IntCounter,
     /// Requests refused by admission control (`admission.rs`), by what
-    /// (`join`): 503 with `Retry-After`, nothing written.
+    /// (`join`, `upgrade`): 503 with `Retry-After`, nothing written.
     pub admission_refused: IntCounterVec,
     /// Joins answered as a replay of an earlier join with the same
     /// `Idempotency-Key` (its response was lost).
@@ -59,6 +59,10 @@ pub struct Metrics {
     /// Duplicate answers not published again: the original's event was
     /// already acknowledged.
     pub duplicates_not_republished: IntCounter,
+    /// Room leaderboard ticks skipped under pressure (`room.rs`), by reason:
+    /// `read_in_flight` (the previous tick's store read is still running),
+    /// `late` (the tick fired more than `board_tick_late_ms` late).
+    pub board_ticks_skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -187,6 +191,14 @@ impl Metrics {
                 c(
                     "duplicates_not_republished_total",
                     "Duplicate answers whose original event was already acknowledged",
+                ),
+            ),
+            board_ticks_skipped: reg(
+                &registry,
+                cv(
+                    "board_ticks_skipped_total",
+                    "Room leaderboard ticks skipped under pressure (boards are latest-value)",
+                    "reason",
                 ),
             ),
             registry,

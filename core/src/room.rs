@@ -8,6 +8,17 @@
 //!   O(members × size) CPU per tick; sharing the buffer costs one refcount
 //!   bump each. Reading the store (not a local counter) is what makes
 //!   answers applied on *other* nodes show up here.
+//!   The board is the optional part of a room (latest-value: a newer one
+//!   replaces an unsent one), so it is what gives way under pressure: a
+//!   tick is **skipped**, never queued, while the previous tick's read is
+//!   still in flight (a slow store) or when the tick fires more than
+//!   `board_tick_late_ms` late (an overloaded node; at most
+//!   [`MAX_LATE_SKIPS`] in a row, so boards slow down rather than stop),
+//!   counted in `quiz_board_ticks_skipped_total{reason}`. The read runs
+//!   beside the room's other work, so a slow board read delays no
+//!   `question`/`question_closed`. Answers are not on this path at all:
+//!   each is acknowledged by its connection after the store's apply (and
+//!   `WAIT`) and the event sink's delivery.
 //! - on a control-bus notification, at a question's `closes_at`, or every
 //!   `reconcile_interval_ms`, re-reads the quiz state and turns what changed
 //!   into `question`, `question_closed` (with the store's distribution) and
@@ -330,6 +341,19 @@ impl Seen {
     }
 }
 
+/// Late board ticks skipped in a row at most: under sustained overload a
+/// room still reads its board every `MAX_LATE_SKIPS + 1` ticks (2 s at the
+/// default 500 ms).
+pub const MAX_LATE_SKIPS: u32 = 3;
+
+/// Why a board tick was skipped (`quiz_board_ticks_skipped_total{reason}`).
+fn skip_board(svc: &QuizService, reason: &str) {
+    svc.metrics
+        .board_ticks_skipped
+        .with_label_values(&[reason])
+        .inc();
+}
+
 /// The room task. Exits when the room is empty.
 async fn run_room(rooms: Arc<Rooms>, room: Arc<Room>, mut seen: Seen) {
     let svc = &rooms.svc;
@@ -356,20 +380,43 @@ async fn run_room(rooms: Arc<Rooms>, room: Arc<Room>, mut seen: Seen) {
         tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let idle_s = cfg.ws_idle_timeout_ms.div_ceil(1000) as u32;
+    let late_bound = Duration::from_millis(cfg.board_tick_late_ms);
+    let mut late_skips = 0u32;
     let mut board_version = 0u64;
     let mut ticks_since_read = u32::MAX;
+    // The board read in flight, polled beside the other branches (not
+    // awaited in the tick's branch: a slow read would hold up reconciles
+    // and keepalives, and the overdue tick would start another read the
+    // moment it ended).
+    let mut reading: Option<futures::future::BoxFuture<'_, u64>> = None;
     loop {
         let deadline = seen.close_deadline();
         tokio::select! {
-            _ = board_tick.tick() => {
+            v = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
+                reading = None;
+                board_version = v;
+            }
+            at = board_tick.tick() => {
                 // Read the store when something happened here, and at least
-                // once a second for answers applied on other nodes.
+                // once a second for answers applied on other nodes. Under
+                // pressure the tick is skipped (`dirty` stays set, so the
+                // next tick reads).
                 ticks_since_read = ticks_since_read.saturating_add(1);
-                if spread || room.dirty.swap(false, Ordering::Relaxed) || ticks_since_read >= 2 {
+                let due = spread || room.dirty.load(Ordering::Relaxed) || ticks_since_read >= 2;
+                if !due {
+                    late_skips = 0;
+                } else if reading.is_some() {
+                    skip_board(svc, "read_in_flight");
+                } else if at.elapsed() > late_bound && late_skips < MAX_LATE_SKIPS {
+                    late_skips += 1;
+                    skip_board(svc, "late");
+                } else {
+                    late_skips = 0;
                     ticks_since_read = 0;
+                    room.dirty.store(false, Ordering::Relaxed);
                     let now = now_ms();
                     let stamp = if spread { now - now % board_every } else { now };
-                    board_version = broadcast_board(svc, &room, board_version, stamp).await;
+                    reading = Some(Box::pin(broadcast_board(svc, &room, board_version, stamp)));
                 }
             }
             _ = reconcile_tick.tick() => reconcile(svc, &room, &mut seen).await,
@@ -640,6 +687,75 @@ mod tests {
         assert!(ts.abs_diff(now_ms()) < 60_000, "{ts}");
         rooms.leave(&m);
         tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(rooms.is_empty());
+    }
+
+    fn skipped(svc: &QuizService, reason: &str) -> u64 {
+        svc.metrics
+            .board_ticks_skipped
+            .with_label_values(&[reason])
+            .get()
+    }
+
+    /// Under pressure a board tick is skipped, not queued, with
+    /// deterministic time: the clock jumps past a tick (the runtime
+    /// stalled), so the tick fires more than `board_tick_late_ms` late and
+    /// reads nothing; the next on-time tick sends the latest board. At most
+    /// `MAX_LATE_SKIPS` late ticks in a row are skipped.
+    #[tokio::test(start_paused = true)]
+    async fn late_board_tick_is_skipped_not_queued() {
+        let svc = test_service();
+        let every = svc.config.leaderboard_interval_ms;
+        let late = svc.config.board_tick_late_ms;
+        let rooms = Rooms::new(Arc::clone(&svc));
+        let def = test_quiz(&svc, "late", "live", 1).await;
+        let (p, _) = test_player(&svc, "late", "ann").await;
+        let outbox = Arc::new(Outbox::new(16, CancellationToken::new()));
+        let st = svc.state("late").await.unwrap();
+        let m = rooms.join(
+            Arc::clone(&def),
+            Member {
+                outbox: Arc::clone(&outbox),
+                host: false,
+                player_id: Some(p.player_id.clone()),
+                presented: Arc::new(Presented::default()),
+            },
+            &st,
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(outbox.take_board().is_some(), "the first tick's board");
+        // A change, then a stall: the next tick (at `every`) fires `late`
+        // + 100 ms past its instant.
+        svc.join("late", "bob").await.unwrap();
+        rooms.touch("late");
+        tokio::time::advance(Duration::from_millis(every - 10 + late + 100)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(skipped(&svc, "late"), 1);
+        assert!(outbox.take_board().is_none(), "a late tick sent a board");
+        // The next tick is on time (a missed tick is delayed, not
+        // replayed): it reads, and sends the board with both players.
+        tokio::time::sleep(Duration::from_millis(every + 20)).await;
+        let b = outbox.take_board().expect("the next tick's board");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["total_players"], 2);
+        assert_eq!(skipped(&svc, "late"), 1, "an on-time tick was skipped");
+        // Sustained stalls: MAX_LATE_SKIPS skipped, then one read anyway.
+        let mut boards = 0;
+        for i in 0..=MAX_LATE_SKIPS {
+            svc.join("late", &format!("p{i}")).await.unwrap();
+            rooms.touch("late");
+            tokio::time::advance(Duration::from_millis(every + late + 100)).await;
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            boards += usize::from(outbox.take_board().is_some());
+        }
+        assert_eq!(skipped(&svc, "late"), 1 + u64::from(MAX_LATE_SKIPS));
+        assert_eq!(boards, 1, "boards slow down, never stop");
+        rooms.leave(&m);
+        tokio::time::sleep(Duration::from_millis(2 * every)).await;
         assert!(rooms.is_empty());
     }
 }

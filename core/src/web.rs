@@ -27,6 +27,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("/assets/player.js", JS, file!("assets/player.js")),
     ("/assets/host.js", JS, file!("assets/host.js")),
     ("/assets/qr.js", JS, file!("assets/qr.js")),
+    ("/assets/backoff.js", JS, file!("assets/backoff.js")),
 ];
 
 /// The pages' Content-Security-Policy: everything from this origin only

@@ -1888,6 +1888,182 @@ async fn distributed_joins_past_admission_are_refused_before_any_write() {
     n.stop().await;
 }
 
+/// The sum of the `/metrics` series named `name` whose labels contain
+/// `label` (e.g. `code="4009"`; "" for every series of the name).
+async fn metric_sum(addr: SocketAddr, name: &str, label: &str) -> i64 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
+        .await
+        .expect("metrics within 10 s")
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                && l.contains(label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum()
+}
+
+/// One WebSocket upgrade request over a raw connection: the status and
+/// head of the response, and the connection (left open: a 101 keeps the
+/// socket, whose welcome is never read here).
+async fn raw_upgrade(addr: SocketAddr, quiz: &str, token: &str) -> (u16, String, TcpStream) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /v1/quizzes/{quiz}/ws?token={token} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+         Connection: upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        fastwebsockets::handshake::generate_key()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    // The head byte by byte: nothing past it is consumed.
+    let mut head = Vec::new();
+    let read_head = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let b = s.read_u8().await.expect("a response head");
+            head.push(b);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_head)
+        .await
+        .expect("a response head within 20 s");
+    let head = String::from_utf8_lossy(&head).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (status, head, s)
+}
+
+/// Admission control of WebSocket upgrades (`admission.rs`): with one
+/// place and no queue, upgrades arriving together are partly refused with
+/// 503 `unavailable` and a `Retry-After` of 1–3 s before the 101, and a
+/// refused upgrade registered nothing: the open-connection gauge counts
+/// exactly the admitted ones, and each refused player's retry connects
+/// without replacing a ghost of itself (no 4009 anywhere). Distributed:
+/// an upgrade's setup holds its place for several store round trips, so
+/// 40 upgrades sent together overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_upgrades_past_admission_are_refused_before_any_registration() {
+    let f = Factory::new(Kind::Distributed).await;
+    let n = f
+        .start_with(Config {
+            upgrade_max_in_flight: 1,
+            upgrade_queue_ms: 0,
+            ..f.config()
+        })
+        .await;
+    let (id, _) = create(n.addr, "live", 1).await;
+    let mut tokens = Vec::new();
+    for i in 0..40 {
+        tokens.push(join(n.addr, &id, &format!("u{i}")).await.1);
+    }
+    let attempts = tokens.iter().enumerate().map(|(i, t)| {
+        let id = id.clone();
+        async move {
+            let (s, head, sock) = raw_upgrade(n.addr, &id, t).await;
+            (i, s, head, sock)
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let mut admitted = Vec::new();
+    let mut refused = Vec::new();
+    for (i, s, head, sock) in results {
+        match s {
+            101 => admitted.push(sock),
+            503 => {
+                let after: u64 = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("retry-after")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .expect("Retry-After");
+                assert!((1..=3).contains(&after), "{after}");
+                refused.push(i);
+            }
+            _ => panic!("upgrade {i}: {s} {head}"),
+        }
+    }
+    eprintln!(
+        "40 upgrades at once: {} admitted, {} refused",
+        admitted.len(),
+        refused.len()
+    );
+    assert!(
+        !refused.is_empty(),
+        "40 upgrades at once through one place: none refused"
+    );
+    let refusals = metric_sum(n.addr, "quiz_admission_refused_total", "what=\"upgrade\"").await;
+    assert_eq!(refusals, refused.len() as i64);
+    // The refused ones never became connections: the gauge settles at the
+    // admitted count (their setups finish in the background).
+    let want = admitted.len() as i64;
+    testkit::eventually(
+        "the admitted upgrades counted as connections",
+        Duration::from_secs(10),
+        || async { (metric_sum(n.addr, "quiz_ws_connections", "").await == want).then_some(()) },
+    )
+    .await;
+    // Each refused player retries, as a client would after the hint (here
+    // at once, and again on a 503: the previous retry's setup may still
+    // hold the one place): an ordinary connect with a welcome, replacing
+    // nobody.
+    let mut retried = Vec::new();
+    for i in &refused {
+        let mut tries = 0;
+        let sock = loop {
+            let (s, head, sock) = raw_upgrade(n.addr, &id, &tokens[*i]).await;
+            match s {
+                101 => break sock,
+                503 if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => panic!("retry of {i}: {s} {head}"),
+            }
+        };
+        let mut w = WebSocket::after_handshake(sock, fastwebsockets::Role::Client);
+        let welcome = async {
+            loop {
+                let frame = w.read_frame().await.expect("a frame");
+                if frame.opcode == OpCode::Text {
+                    let v: Value = serde_json::from_slice(&frame.payload).unwrap();
+                    if v["type"] == "welcome" {
+                        return v;
+                    }
+                }
+            }
+        };
+        let welcome = tokio::time::timeout(Duration::from_secs(15), welcome)
+            .await
+            .expect("a welcome within 15 s");
+        assert_eq!(welcome["role"], "player");
+        retried.push(w);
+    }
+    assert_eq!(
+        metric_sum(n.addr, "quiz_ws_connections", "").await,
+        40,
+        "every player connected once"
+    );
+    assert_eq!(
+        metric_sum(n.addr, "quiz_ws_closes_total", "code=\"4009\"").await,
+        0,
+        "a retry replaced a refused upgrade's ghost"
+    );
+    drop(admitted);
+    drop(retried);
+    n.stop().await;
+}
+
 /// Reads `topic` from the start until every id of `want` for `quiz` was seen.
 async fn consume_quiz_events(topic: &str, quiz: &str, want: &[String]) -> Vec<Value> {
     let want: Vec<(String, usize)> = want.iter().map(|id| (id.clone(), 1)).collect();

@@ -1,5 +1,6 @@
 // Shared by the player and host pages: the HTTP API, the WebSocket with
 // reconnect, validation that mirrors the API's, and small DOM helpers.
+import { backoffMs, retryAfterMs, retryDelayMs, mayRetry } from './backoff.js';
 
 export const $ = (sel, root = document) => root.querySelector(sel);
 export const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
@@ -80,6 +81,35 @@ export async function api(method, path, { body, token, headers: extra } = {}) {
 /** A failure after which the request may or may not have been applied:
  * no response (network), or a proxy's 502/503/504. */
 export const isAmbiguous = (e) => e instanceof ApiError && [0, 502, 503, 504].includes(e.status);
+
+/** The server (core's admission control, edge-lb's limits) refused the
+ * request before doing anything: retrying later is always safe. */
+export const isBusy = (e) => e instanceof ApiError && (e.status === 429 || e.status === 503);
+
+/**
+ * Calls `call()` again while it fails with an error `retryable(e)` accepts
+ * (default: 429/503), waiting the server's `Retry-After` plus jitter, else an
+ * exponential backoff; at most `maxAttempts` calls within `maxTotalMs`.
+ * `onWait(ms, attempt)` is told of each wait (the page shows "busy, retrying
+ * in N s"); the last error is thrown when the budget is spent.
+ */
+export async function withRetry(call, {
+  retryable = isBusy, onWait = () => {}, maxAttempts = 5, maxTotalMs = 30000, sleep,
+} = {}) {
+  const wait = sleep || ((ms) => new Promise((r) => setTimeout(r, ms)));
+  const started = Date.now();
+  for (let attempts = 1; ; attempts++) {
+    try {
+      return await call();
+    } catch (e) {
+      if (!retryable(e)) throw e;
+      const delayMs = retryDelayMs(attempts, retryAfterMs(e.retryAfter));
+      if (!mayRetry({ attempts, elapsedMs: Date.now() - started, delayMs, maxAttempts, maxTotalMs })) throw e;
+      onWait(delayMs, attempts);
+      await wait(delayMs);
+    }
+  }
+}
 
 /** A random `Idempotency-Key` (32 hex digits). getRandomValues, not
  * randomUUID: the latter exists only in secure contexts (not plain http on
@@ -242,8 +272,13 @@ const FATAL = { 4001: 'unauthorized', 4004: 'not_found', 4003: 'forbidden' };
 export const REPLACED = 4009;
 
 /**
- * A quiz WebSocket that reconnects by itself with exponential backoff and
- * jitter (0.5 s doubling to 10 s). Callbacks: onmessage(msg), onstatus(state,
+ * A quiz WebSocket that reconnects by itself after an abnormal close with
+ * exponential backoff and jitter (backoff.js: 0.5–1 s, doubling to a 10 s
+ * ceiling; never at once, so a node restart or a refused upgrade — which a
+ * browser only sees as close 1006 — does not bring every player back at one
+ * instant). No close code or reason from core or edge-lb carries a retry
+ * hint today (asyncapi.yaml `x-close-codes`); an upgrade refused with 503 +
+ * `Retry-After` is invisible to the WebSocket API, so the backoff is it. Callbacks: onmessage(msg), onstatus(state,
  * info) with state 'connecting' | 'open' | 'reconnecting' | 'closed',
  * onfatal(code, reason) when the server refuses us (bad token, unknown quiz),
  * onreplaced() when a newer connection with the same token took over (4009):
@@ -323,8 +358,7 @@ export class QuizSocket {
 
   scheduleRetry() {
     this.attempt++;
-    const base = Math.min(10000, 500 * 2 ** (this.attempt - 1));
-    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
+    const delay = backoffMs(this.attempt, { baseMs: 1000, capMs: 10000 });
     this.retryAt = Date.now() + delay;
     this.onstatus('reconnecting', { attempt: this.attempt, delay, retryAt: this.retryAt });
     this.timer = setTimeout(() => this.connect(), delay);

@@ -3,9 +3,17 @@
 // answers come in and the distribution per question, the leaderboard between
 // questions, and the final results with a CSV export.
 import {
-  $, $$, h, showScreen, api, ApiError, quizPath, checkQuiz, fieldOfMessage, FieldErrors, QuizSocket,
-  remainingMs, renderLeaderboard, renderPodium, resultsCsv, LIMITS, OPTION_LABELS,
+  $, $$, h, showScreen, api, ApiError, quizPath, checkQuiz, checkQuizId, fieldOfMessage, FieldErrors, QuizSocket,
+  remainingMs, renderLeaderboard, renderPodium, resultsCsv, LIMITS, OPTION_LABELS, withRetry,
 } from './common.js';
+
+// Retries after a refusal (common.js `withRetry`: Retry-After plus jitter,
+// bounded). Creates and host actions are not idempotent (a retried "next"
+// after a lost response would skip a question), so only a 429 — refused
+// before anything ran — is retried for them; reads retry 429 and 503 too.
+const refusedFirst = (e) => e instanceof ApiError && e.status === 429;
+const mutate = (method, path, opts) => withRetry(() => api(method, path, opts), { retryable: refusedFirst });
+const read = (path) => withRetry(() => api('GET', path));
 import { encode, toSvg } from './qr.js';
 
 // ---- the quiz editor --------------------------------------------------------
@@ -178,7 +186,7 @@ form.addEventListener('submit', async (ev) => {
   btn.disabled = true;
   btn.textContent = 'Creating…';
   try {
-    const res = await api('POST', '/v1/quizzes', { body });
+    const res = await mutate('POST', '/v1/quizzes', { body });
     const sess = {
       host_token: res.host_token, title: body.title, mode: body.mode, questions: body.questions,
     };
@@ -254,7 +262,7 @@ function openControl(quizId, sess) {
 
 async function refreshQuiz() {
   try {
-    const q = await api('GET', quizPath(C.quizId));
+    const q = await read(quizPath(C.quizId));
     if (q.question_count) C.questionCount = q.question_count;
     if (typeof q.current_question === 'number') C.currentIndex = q.current_question;
     if (q.mode) C.mode = q.mode;
@@ -267,6 +275,7 @@ async function refreshQuiz() {
 
 async function pollPlayers() {
   try {
+    // Not retried: the next poll (2 s) is the retry; retries would pile up.
     const lb = await api('GET', `${quizPath(C.quizId)}/leaderboard?limit=100`);
     applyLeaderboard(lb);
   } catch { /* next poll */ }
@@ -300,7 +309,7 @@ async function hostAction(action, btn) {
   $('#control-error').hidden = true;
   btn.disabled = true;
   try {
-    const res = await api('POST', `${quizPath(C.quizId)}/${action}`, { token: C.token });
+    const res = await mutate('POST', `${quizPath(C.quizId)}/${action}`, { token: C.token });
     if (res && res.state) setState(res.state);
     else if (action === 'end') setState('ended');
     else if (action === 'start') setState('running');
@@ -459,7 +468,7 @@ async function showFinal() {
   renderFinal();
   showScreen('final');
   try {
-    applyLeaderboard(await api('GET', `${quizPath(C.quizId)}/leaderboard?limit=100`));
+    applyLeaderboard(await read(`${quizPath(C.quizId)}/leaderboard?limit=100`));
   } catch { /* keep what we have */ }
 }
 
@@ -478,6 +487,27 @@ $('#csv').addEventListener('click', () => {
 });
 
 // ---- boot -------------------------------------------------------------------
+
+// A host link (`deploy/local/run` prints one): /host#quiz=<id>&token=<host
+// token>. A fragment, so the token is never sent to a server nor written in
+// its access log; it is kept like a quiz created here (sessionStorage) and
+// removed from the address bar at once (replaceState: not left in history,
+// a bookmark or a screen share).
+function takeHostLink() {
+  const frag = new URLSearchParams(location.hash.slice(1));
+  const id = frag.get('quiz');
+  const token = frag.get('token');
+  if (!id || !token || checkQuizId(id)) return;
+  let prev = null;
+  try {
+    prev = JSON.parse(sessionStorage.getItem(`quiz:host:${id}`) || 'null');
+  } catch {
+    prev = null;
+  }
+  sessionStorage.setItem(`quiz:host:${id}`, JSON.stringify({ ...(prev || {}), host_token: token }));
+  history.replaceState(null, '', `/host?quiz=${encodeURIComponent(id)}`);
+}
+takeHostLink();
 
 const qid = new URLSearchParams(location.search).get('quiz');
 let saved = null;

@@ -4,7 +4,7 @@
 import {
   $, h, showScreen, api, ApiError, quizPath, checkQuizId, checkNickname, fieldOfMessage, FieldErrors,
   QuizSocket, clock, remainingMs, renderLeaderboard, renderPodium, ordinal, OPTION_LABELS,
-  isAmbiguous, newIdempotencyKey, unackedAnswers,
+  isAmbiguous, isBusy, newIdempotencyKey, unackedAnswers, withRetry,
 } from './common.js';
 
 const S = {
@@ -96,14 +96,32 @@ async function joinQuiz(quizId, nickname) {
     body: { nickname },
     headers: { 'Idempotency-Key': pendingJoin.key },
   });
+  // Retried with the same key: refused (429/503, e.g. core's join admission
+  // or edge-lb's limits: after their Retry-After, jittered) or ambiguous (no
+  // response, a proxy's 502/504: after a backoff); at most 5 attempts within
+  // 30 s, the wait shown on the button.
+  const btn = $('#join-btn');
+  let countdown = null;
+  const onWait = (ms) => {
+    clearInterval(countdown);
+    const until = Date.now() + ms;
+    const show = () => {
+      const left = Math.max(1, Math.ceil((until - Date.now()) / 1000));
+      btn.textContent = `Busy, retrying in ${left} s…`;
+    };
+    show();
+    countdown = setInterval(show, 250);
+  };
   try {
     let res;
     try {
-      res = await call();
-    } catch (e) {
-      if (!isAmbiguous(e)) throw e;
-      await new Promise((r) => setTimeout(r, 1000)); // one retry, same key
-      res = await call();
+      res = await withRetry(() => {
+        clearInterval(countdown);
+        btn.textContent = 'Joining…';
+        return call();
+      }, { retryable: (e) => isBusy(e) || isAmbiguous(e), onWait });
+    } finally {
+      clearInterval(countdown);
     }
     pendingJoin = null;
     return res;

@@ -11,6 +11,8 @@
 // get feedback, the leaderboards update, one player's connection drops and
 // comes back with its score, the host ends the quiz, and the podium, every
 // player's own place and the CSV export match the server's leaderboard.
+// Then, once: a host link, a join refused and retried, spaced reconnects
+// (`overloadScenario`).
 import { chromium } from 'playwright-core';
 import { encode, toSvg } from '../assets/qr.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -381,6 +383,77 @@ async function selfPacedScenario(browser, vpName) {
   });
 }
 
+// Overload and links, once: the host opens the quiz from a host link (token
+// in the fragment, removed from the address bar) and drives it; a player's
+// join is refused once with 503 + Retry-After (as core's join admission
+// does) and retried after the hint; the player's first WebSocket attempts
+// are closed abnormally and the reconnects are spaced, not immediate.
+async function overloadScenario(browser) {
+  const ctx = async () => (await browser.newContext({ viewport: VIEWPORTS.desktop })).newPage();
+  const quizId = `e2e-ov-${Date.now().toString(36)}`;
+  const created = await api('POST', '/v1/quizzes', { ...QUIZ, quiz_id: quizId });
+  assertEq(created.status, 201, 'create');
+  const host = await ctx();
+  const player = await ctx();
+  for (const page of [host, player]) page.on('pageerror', (e) => log(`  [overload page error] ${e.message}`));
+
+  await check('host link: the token is taken from the fragment and removed from the address bar', async () => {
+    await host.goto(`${BASE}/host#quiz=${quizId}&token=${encodeURIComponent(created.json.host_token)}`);
+    await waitText(host, '#big-id', new RegExp(`^${quizId}$`));
+    const url = host.url();
+    assert(!url.includes('token') && !url.includes('#'), `token left in the address bar: ${url}`);
+    assertEq(new URL(url).pathname + new URL(url).search, `/host?quiz=${quizId}`, 'address');
+  });
+
+  const joins = [];
+  await player.route(`**/v1/quizzes/${quizId}/players`, async (route) => {
+    joins.push(Date.now());
+    if (joins.length === 1) {
+      await route.fulfill({
+        status: 503,
+        headers: { 'content-type': 'application/json', 'retry-after': '1' },
+        body: JSON.stringify({ error: { code: 'unavailable', message: 'busy: admitting joins as fast as it can' } }),
+      });
+    } else {
+      await route.continue();
+    }
+  });
+  const sockets = [];
+  await player.routeWebSocket(/\/ws\?token=/, (ws) => {
+    sockets.push(Date.now());
+    if (sockets.length <= 3) ws.close({ code: 1011, reason: 'try again' });
+    else ws.connectToServer();
+  });
+
+  await check('join refused with 503 + Retry-After: "busy, retrying", then joined after the hint', async () => {
+    await player.goto(`${BASE}/?quiz=${quizId}`);
+    await player.fill('#nickname', 'Patient');
+    await player.click('#join-btn');
+    await waitText(player, '#join-btn', /Busy, retrying in \d+ s/);
+    await waitText(player, '[data-screen="lobby"] .lead', /Waiting for the host/);
+    assertEq(joins.length, 2, 'join requests');
+    assert(joins[1] - joins[0] >= 1000, `retried after ${joins[1] - joins[0]} ms, before the 1 s hint`);
+  });
+
+  await check('reconnects after abnormal closes are spaced, growing, not immediate', async () => {
+    await waitText(host, '#player-count', /^1$/);
+    await player.waitForFunction(() => document.body.dataset.conn === 'open', null, { timeout: 20000 });
+    assertEq(sockets.length, 4, 'socket attempts');
+    const gaps = sockets.slice(1).map((t, i) => t - sockets[i]);
+    // backoff.js: attempt n waits 0.5–1 × 2^(n-1) s (timer slack allowed).
+    assert(gaps[0] >= 450, `first reconnect after ${gaps[0]} ms`);
+    assert(gaps[1] >= 950, `second reconnect after ${gaps[1]} ms`);
+    assert(gaps[2] >= 1950, `third reconnect after ${gaps[2]} ms`);
+  });
+
+  await check('the host link controls the quiz', async () => {
+    await host.click('#btn-start');
+    await waitText(player, '#q-text', /France/);
+    await host.click('#btn-end');
+    await waitText(host, '#final-h', /Final results/);
+  });
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
@@ -400,6 +473,15 @@ try {
         failed++;
         log(`FAIL ${w}: ${e.stack || e}`);
       }
+    }
+  }
+  log('# overload and host link scenario');
+  try {
+    await overloadScenario(browser);
+  } catch (e) {
+    if (!(e instanceof StopScenario)) {
+      failed++;
+      log(`FAIL overload: ${e.stack || e}`);
     }
   }
 } finally {

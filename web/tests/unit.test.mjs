@@ -4,8 +4,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   checkQuiz, checkNickname, checkQuizId, fieldOfMessage, csvCell, resultsCsv, ordinal,
-  ApiError, isAmbiguous, newIdempotencyKey, unackedAnswers,
+  ApiError, isAmbiguous, newIdempotencyKey, unackedAnswers, withRetry,
 } from '../assets/common.js';
+import { backoffMs, retryAfterMs, retryDelayMs, mayRetry } from '../assets/backoff.js';
 
 const good = {
   title: 'T',
@@ -144,4 +145,67 @@ test('nicknames with invisible or bidi characters are refused like the API does'
     assert.match(checkNickname(bad) || '', /invisible/, JSON.stringify(bad));
   }
   for (const ok of ['Zoë', '東京', 'Ana María', '🦀 crab']) assert.equal(checkNickname(ok), null, ok);
+});
+
+// ---- retry timing (backoff.js) and the retry loop (common.js withRetry) ----
+
+test('backoff: spaced from the first attempt, doubling, capped, jittered', () => {
+  const lo = { random: () => 0 };
+  const hi = { random: () => 0.999999 };
+  assert.equal(backoffMs(1, { baseMs: 1000, ...lo }), 500);
+  assert.equal(backoffMs(1, { baseMs: 1000, ...hi }), 1000);
+  assert.equal(backoffMs(3, { baseMs: 1000, ...lo }), 2000);
+  assert.equal(backoffMs(3, { baseMs: 1000, ...hi }), 4000);
+  assert.equal(backoffMs(20, { baseMs: 1000, capMs: 10000, ...hi }), 10000);
+  assert.equal(backoffMs(20, { baseMs: 1000, capMs: 10000, ...lo }), 5000);
+  assert.ok(backoffMs(0) > 0, 'never immediate');
+});
+
+test('Retry-After: seconds or an HTTP date; absent or unreadable is null', () => {
+  assert.equal(retryAfterMs('2'), 2000);
+  assert.equal(retryAfterMs(' 3 '), 3000);
+  assert.equal(retryAfterMs(null), null);
+  assert.equal(retryAfterMs(''), null);
+  assert.equal(retryAfterMs('soon'), null);
+  const now = Date.parse('Wed, 21 Oct 2015 07:28:00 GMT');
+  assert.equal(retryAfterMs('Wed, 21 Oct 2015 07:28:05 GMT', now), 5000);
+  assert.equal(retryAfterMs('Wed, 21 Oct 2015 07:27:00 GMT', now), 0);
+});
+
+test('retry delay: the hint is a floor with up to 1 s of jitter, else the backoff', () => {
+  assert.equal(retryDelayMs(1, 2000, { random: () => 0 }), 2000);
+  assert.equal(retryDelayMs(1, 2000, { random: () => 0.5 }), 2500);
+  assert.equal(retryDelayMs(2, null, { random: () => 0 }), 500);
+  assert.ok(mayRetry({ attempts: 1, elapsedMs: 0, delayMs: 3000 }));
+  assert.ok(!mayRetry({ attempts: 5, elapsedMs: 0, delayMs: 100 }), 'attempts bounded');
+  assert.ok(!mayRetry({ attempts: 2, elapsedMs: 28000, delayMs: 3000 }), 'total time bounded');
+});
+
+test('withRetry: retries refusals after their hint, stops at the budget, not on other errors', async () => {
+  const waits = [];
+  const sleep = async (ms) => { waits.push(ms); };
+  let calls = 0;
+  const ok = await withRetry(async () => {
+    calls++;
+    if (calls < 3) throw new ApiError(503, 'unavailable', 'busy', '2');
+    return 'joined';
+  }, { sleep });
+  assert.equal(ok, 'joined');
+  assert.equal(calls, 3);
+  assert.equal(waits.length, 2);
+  for (const w of waits) assert.ok(w >= 2000 && w <= 3000, `waited ${w}`);
+
+  calls = 0;
+  await assert.rejects(withRetry(async () => {
+    calls++;
+    throw new ApiError(429, 'rate_limited', 'slow down', '1');
+  }, { sleep, maxAttempts: 3 }), (e) => e.status === 429);
+  assert.equal(calls, 3, 'at most maxAttempts calls');
+
+  calls = 0;
+  await assert.rejects(withRetry(async () => {
+    calls++;
+    throw new ApiError(409, 'conflict', 'nickname taken');
+  }, { sleep }), (e) => e.status === 409);
+  assert.equal(calls, 1, 'a 409 is final');
 });
