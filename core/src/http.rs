@@ -257,9 +257,7 @@ fn route_template(path: &str) -> HttpRoute {
             "ws" => HttpRoute::Ws,
             _ => HttpRoute::Other,
         },
-        [Some("v1"), Some("quizzes"), Some(_), Some("players"), Some(_), None] => {
-            HttpRoute::Player
-        }
+        [Some("v1"), Some("quizzes"), Some(_), Some("players"), Some(_), None] => HttpRoute::Player,
         _ => HttpRoute::Other,
     }
 }
@@ -688,7 +686,10 @@ mod tests {
                 "/v1/quizzes/q-1/players/p-9",
                 "/v1/quizzes/{quiz_id}/players/{player_id}",
             ),
-            ("/v1/quizzes/q-1/leaderboard", "/v1/quizzes/{quiz_id}/leaderboard"),
+            (
+                "/v1/quizzes/q-1/leaderboard",
+                "/v1/quizzes/{quiz_id}/leaderboard",
+            ),
             ("/v1/quizzes/q-1/start", "/v1/quizzes/{quiz_id}/start"),
             ("/v1/quizzes/q-1/next", "/v1/quizzes/{quiz_id}/next"),
             ("/v1/quizzes/q-1/end", "/v1/quizzes/{quiz_id}/end"),

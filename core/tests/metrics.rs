@@ -60,9 +60,11 @@ async fn start(kind: Kind) -> Node {
     let addr = listener.local_addr().unwrap();
     let shutdown = Shutdown::new();
     let task = tokio::spawn(quiz_core::run(c, listener, shutdown.clone()));
-    testkit::eventually("the node answers /healthz", Duration::from_secs(20), || async {
-        (http(addr, "GET", "/healthz", None, None).await.0 == 200).then_some(())
-    })
+    testkit::eventually(
+        "the node answers /healthz",
+        Duration::from_secs(20),
+        || async { (http(addr, "GET", "/healthz", None, None).await.0 == 200).then_some(()) },
+    )
     .await;
     Node {
         addr,
@@ -380,4 +382,7 @@ macro_rules! both_modes {
     };
 }
 
-both_modes!(process_build_info_and_no_node_label, answers_and_routes_are_timed);
+both_modes!(
+    process_build_info_and_no_node_label,
+    answers_and_routes_are_timed
+);

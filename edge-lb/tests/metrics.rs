@@ -55,6 +55,12 @@ async fn metrics_show_the_process_and_the_build() {
     assert!(info.ends_with(" 1"), "{info}");
     let version = env!("CARGO_PKG_VERSION");
     assert!(info.contains(&format!("version=\"{version}\"")), "{info}");
-    assert!(info.contains("commit=\"") && !info.contains("commit=\"\""), "{info}");
-    assert!(info.contains("rustc=\"") && !info.contains("rustc=\"\""), "{info}");
+    assert!(
+        info.contains("commit=\"") && !info.contains("commit=\"\""),
+        "{info}"
+    );
+    assert!(
+        info.contains("rustc=\"") && !info.contains("rustc=\"\""),
+        "{info}"
+    );
 }
