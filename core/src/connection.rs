@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::QuizError;
 use crate::frame::{linger, read_frame, InFrame, Partial, ReadError};
 use crate::limit::Rate;
+use crate::metrics::AnswerOutcome;
 use crate::model::{now_ms, Mode, Phase, QuizDef, QuizState};
 use crate::outbox::{close, uptime_s, write_loop, OutFrame, Outbox};
 use crate::protocol::{self, ClientMsg, QuestionMsg, Welcome};
@@ -407,6 +408,10 @@ async fn read_loop<R: AsyncRead + Unpin>(s: &Session<'_>, rd: &mut R) {
 
 /// Parses and applies one inbound text message.
 async fn handle_text(s: &Session<'_>, payload: &[u8]) {
+    // The frame has just been read: an answer's acknowledgement is timed
+    // from here (`quiz_answer_ack_seconds`). A wall-clock `Instant`, not
+    // tokio's, so a test's paused clock cannot distort it.
+    let read_at = std::time::Instant::now();
     let outbox = s.outbox;
     match protocol::parse_client(payload) {
         Ok(ClientMsg::Ping) => {
@@ -415,7 +420,7 @@ async fn handle_text(s: &Session<'_>, payload: &[u8]) {
         Ok(ClientMsg::Answer {
             question_id,
             choices,
-        }) => answer(s, question_id, &choices).await,
+        }) => answer(s, question_id, &choices, read_at).await,
         Err(e) => {
             outbox.push_text(protocol::encode_error(e.code, &e.message));
         }
@@ -424,8 +429,9 @@ async fn handle_text(s: &Session<'_>, payload: &[u8]) {
 
 /// Scores one answer and replies; an applied answer touches the room (its
 /// leaderboard is worth reading next tick); self-paced, a recorded answer
-/// to the question on screen presents the next one.
-async fn answer(s: &Session<'_>, question_id: u32, choices: &[u32]) {
+/// to the question on screen presents the next one. The time from `read_at`
+/// to the reply's queueing is observed by result.
+async fn answer(s: &Session<'_>, question_id: u32, choices: &[u32], read_at: std::time::Instant) {
     let (svc, def, outbox) = (s.svc, s.def, s.outbox);
     if s.caller.claims.role == Role::Host {
         outbox.push_text(protocol::encode_error(
@@ -435,10 +441,14 @@ async fn answer(s: &Session<'_>, question_id: u32, choices: &[u32]) {
         return;
     }
     let p = s.presented.get();
-    let res = match svc.answer(def, s.caller, question_id, choices, p).await {
+    let r = svc.answer(def, s.caller, question_id, choices, p).await;
+    let outcome = AnswerOutcome::of(&r);
+    let res = match r {
         Ok(res) => res,
         Err(e) => {
             outbox.push_text(protocol::encode_error(e.code(), &e.to_string()));
+            let secs = read_at.elapsed().as_secs_f64();
+            svc.metrics.observe_answer_ack(outcome, secs);
             return;
         }
     };
@@ -446,6 +456,8 @@ async fn answer(s: &Session<'_>, question_id: u32, choices: &[u32]) {
         s.rooms.touch(&def.quiz_id);
     }
     outbox.push_text(protocol::encode(&res));
+    let secs = read_at.elapsed().as_secs_f64();
+    svc.metrics.observe_answer_ack(outcome, secs);
     if def.mode == Mode::SelfPaced && res.recorded() && p.is_some_and(|(q, _)| q == question_id) {
         // The question just answered is recorded: the walk starts after it
         // (one store call, not two).

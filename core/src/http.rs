@@ -28,6 +28,7 @@ use crate::client_addr::TrustedProxies;
 use crate::config::Tier;
 use crate::error::QuizError;
 use crate::limit::IpLimiter;
+use crate::metrics::HttpRoute;
 use crate::model::{Leaderboard, Mode, Standing};
 use crate::protocol::{self, CreateQuizReq, JoinReq, JoinResp, JoinedQuiz, PlayerView, QuizView};
 use crate::room::Rooms;
@@ -212,6 +213,8 @@ async fn handle(
     sd: Shutdown,
     permit: PermitSlot,
 ) -> Resp {
+    let started = std::time::Instant::now();
+    let template = route_template(req.uri().path());
     // The client behind a trusted proxy (edge-lb), else the TCP peer.
     let peer = SocketAddr::new(
         node.trusted.client_ip(peer.ip(), req.headers()),
@@ -221,12 +224,48 @@ async fn handle(
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
-    node.svc
-        .metrics
+    let metrics = &node.svc.metrics;
+    metrics
         .http_responses
         .with_label_values(&[resp.status().as_str()])
         .inc();
+    metrics.observe_http(
+        template,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     resp
+}
+
+/// The route a path is served by, as a metric label: the same shapes
+/// [`route`] matches (segments between slashes, outer slashes ignored),
+/// whatever the method; anything else is [`HttpRoute::Other`], so a client
+/// inventing paths adds no series.
+fn route_template(path: &str) -> HttpRoute {
+    if crate::web::asset(path).is_some() {
+        return HttpRoute::Web;
+    }
+    // Six segments tell every route apart; no allocation.
+    let mut it = path.trim_matches('/').split('/');
+    let segs: [Option<&str>; 6] = std::array::from_fn(|_| it.next());
+    match segs {
+        [Some("healthz"), None, ..] => HttpRoute::Healthz,
+        [Some("readyz"), None, ..] => HttpRoute::Readyz,
+        [Some("metrics"), None, ..] => HttpRoute::Metrics,
+        [Some("v1"), Some("quizzes"), None, ..] => HttpRoute::Quizzes,
+        [Some("v1"), Some("quizzes"), Some(_), None, ..] => HttpRoute::Quiz,
+        [Some("v1"), Some("quizzes"), Some(_), Some(sub), None, _] => match sub {
+            "players" => HttpRoute::Players,
+            "leaderboard" => HttpRoute::Leaderboard,
+            "start" => HttpRoute::Start,
+            "next" => HttpRoute::Next,
+            "end" => HttpRoute::End,
+            "ws" => HttpRoute::Ws,
+            _ => HttpRoute::Other,
+        },
+        [Some("v1"), Some("quizzes"), Some(_), Some("players"), Some(_), None] => HttpRoute::Player,
+        _ => HttpRoute::Other,
+    }
 }
 
 async fn route(
@@ -659,6 +698,44 @@ fn rate_limit(node: &Node, peer: SocketAddr) -> Result<(), QuizError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every route of the contract has its template; ids, extra segments and
+    /// unknown paths never reach the label.
+    #[test]
+    fn route_templates_are_bounded() {
+        for (path, want) in [
+            ("/v1/quizzes", "/v1/quizzes"),
+            ("/v1/quizzes/", "/v1/quizzes"),
+            ("/v1/quizzes/q-1", "/v1/quizzes/{quiz_id}"),
+            ("/v1/quizzes/q-1/players", "/v1/quizzes/{quiz_id}/players"),
+            (
+                "/v1/quizzes/q-1/players/p-9",
+                "/v1/quizzes/{quiz_id}/players/{player_id}",
+            ),
+            (
+                "/v1/quizzes/q-1/leaderboard",
+                "/v1/quizzes/{quiz_id}/leaderboard",
+            ),
+            ("/v1/quizzes/q-1/start", "/v1/quizzes/{quiz_id}/start"),
+            ("/v1/quizzes/q-1/next", "/v1/quizzes/{quiz_id}/next"),
+            ("/v1/quizzes/q-1/end", "/v1/quizzes/{quiz_id}/end"),
+            ("/v1/quizzes/q-1/ws", "/v1/quizzes/{quiz_id}/ws"),
+            ("/healthz", "/healthz"),
+            ("//metrics", "/metrics"),
+            ("/readyz", "/readyz"),
+            ("/", "web"),
+            ("/host", "web"),
+            ("/assets/qr.js", "web"),
+            ("/assets/nothing.js", "other"),
+            ("/v1/quizzes/q-1/players/p-9/x", "other"),
+            ("/v1/quizzes/q-1/whatever", "other"),
+            ("/v1/nothing", "other"),
+            ("/metrics/x", "other"),
+            ("/a/b/c/d/e/f/g/h", "other"),
+        ] {
+            assert_eq!(route_template(path).as_str(), want, "{path}");
+        }
+    }
 
     #[test]
     fn constant_time_eq_compares() {

@@ -1,30 +1,199 @@
 //! Prometheus metrics of one core instance (a registry per instance, so
 //! several instances can live in one test process), and [`MeteredStore`],
 //! which times every store call and counts its errors.
+//!
+//! No series carries the node's name: which pod or instance a series came
+//! from is the scrape's own label (Prometheus's service discovery sets
+//! `instance`, and `pod` by relabelling), so the dashboards and alerts
+//! group by those, and two nodes that happened to share a `node_name`
+//! cannot merge.
+//!
+//! The per-answer and per-request histograms are observed through handles
+//! resolved ahead of the call ([`AnswerOutcome`] indexes an array built
+//! here; the HTTP cells are resolved on their first use): an observation
+//! is a few atomic adds, with no label hashing, no lock and no allocation
+//! on the hot path.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::error::QuizError;
 use crate::events::Event;
 use crate::model::{
     AnswerRecord, ApplyOutcome, Leaderboard, Millis, Player, QuizDef, QuizState, Standing,
 };
+use crate::protocol::{AnswerReason, AnswerResult};
 use crate::store::{QuizStore, StoreError};
+
+/// Buckets of the request-scale histograms (an answer's acknowledgement,
+/// an HTTP request): from half a millisecond (embedded store, memory sink)
+/// through the tens of milliseconds of a Redis apply plus a Kafka publish,
+/// to the seconds of a backend outage (`Unavailable` after retries).
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What became of one answer: the `outcome` of `quiz_answers_total` and
+/// the `result` of `quiz_answer_ack_seconds` (the wire's `accepted` or
+/// `reason`; `unavailable` when the client got an `error` message instead
+/// of an `answer_result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerOutcome {
+    Accepted,
+    Late,
+    Duplicate,
+    NotOpen,
+    Invalid,
+    Unavailable,
+}
+
+impl AnswerOutcome {
+    /// Every outcome, in index order (the arrays of pre-resolved handles).
+    pub const ALL: [AnswerOutcome; 6] = [
+        AnswerOutcome::Accepted,
+        AnswerOutcome::Late,
+        AnswerOutcome::Duplicate,
+        AnswerOutcome::NotOpen,
+        AnswerOutcome::Invalid,
+        AnswerOutcome::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerOutcome::Accepted => "accepted",
+            AnswerOutcome::Late => "late",
+            AnswerOutcome::Duplicate => "duplicate",
+            AnswerOutcome::NotOpen => "not_open",
+            AnswerOutcome::Invalid => "invalid",
+            AnswerOutcome::Unavailable => "unavailable",
+        }
+    }
+
+    /// The outcome of `QuizService::answer`'s result.
+    pub fn of(r: &Result<AnswerResult, QuizError>) -> AnswerOutcome {
+        match r {
+            Ok(a) if a.accepted => AnswerOutcome::Accepted,
+            Ok(a) => match a.reason {
+                Some(AnswerReason::Late) => AnswerOutcome::Late,
+                Some(AnswerReason::Duplicate) => AnswerOutcome::Duplicate,
+                Some(AnswerReason::NotOpen) => AnswerOutcome::NotOpen,
+                // Every refusal carries its reason; one without is counted
+                // with the other refusals that recorded nothing.
+                Some(AnswerReason::Invalid) | None => AnswerOutcome::Invalid,
+            },
+            Err(_) => AnswerOutcome::Unavailable,
+        }
+    }
+}
+
+/// An HTTP route as a metric label: the contract's path template
+/// (`docs/api/openapi.yaml`), never the raw path, so the label's values
+/// are this fixed set whatever paths clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRoute {
+    Quizzes,
+    Quiz,
+    Players,
+    Player,
+    Leaderboard,
+    Start,
+    Next,
+    End,
+    Ws,
+    Healthz,
+    Readyz,
+    Metrics,
+    /// The player and host pages and their assets.
+    Web,
+    /// Any path that is none of the above (answered 404 or 405).
+    Other,
+}
+
+impl HttpRoute {
+    pub const ALL: [HttpRoute; 14] = [
+        HttpRoute::Quizzes,
+        HttpRoute::Quiz,
+        HttpRoute::Players,
+        HttpRoute::Player,
+        HttpRoute::Leaderboard,
+        HttpRoute::Start,
+        HttpRoute::Next,
+        HttpRoute::End,
+        HttpRoute::Ws,
+        HttpRoute::Healthz,
+        HttpRoute::Readyz,
+        HttpRoute::Metrics,
+        HttpRoute::Web,
+        HttpRoute::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpRoute::Quizzes => "/v1/quizzes",
+            HttpRoute::Quiz => "/v1/quizzes/{quiz_id}",
+            HttpRoute::Players => "/v1/quizzes/{quiz_id}/players",
+            HttpRoute::Player => "/v1/quizzes/{quiz_id}/players/{player_id}",
+            HttpRoute::Leaderboard => "/v1/quizzes/{quiz_id}/leaderboard",
+            HttpRoute::Start => "/v1/quizzes/{quiz_id}/start",
+            HttpRoute::Next => "/v1/quizzes/{quiz_id}/next",
+            HttpRoute::End => "/v1/quizzes/{quiz_id}/end",
+            HttpRoute::Ws => "/v1/quizzes/{quiz_id}/ws",
+            HttpRoute::Healthz => "/healthz",
+            HttpRoute::Readyz => "/readyz",
+            HttpRoute::Metrics => "/metrics",
+            HttpRoute::Web => "web",
+            HttpRoute::Other => "other",
+        }
+    }
+}
+
+/// The status classes of `quiz_http_request_duration_seconds` (the exact
+/// status is in `quiz_http_responses_total`).
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// `quiz_http_request_duration_seconds`, with one lazily resolved handle
+/// per route and status class: a cell is created on its first request
+/// (so only the pairs that happened are exported, not 70 empty
+/// histograms), then every request of that pair observes it directly.
+struct HttpDurations {
+    vec: HistogramVec,
+    cells: [[OnceLock<Histogram>; STATUS_CLASSES.len()]; HttpRoute::ALL.len()],
+}
+
+impl HttpDurations {
+    fn observe(&self, route: HttpRoute, status: u16, secs: f64) {
+        // hyper's statuses are 100–999; 6xx–9xx (never sent) join 5xx.
+        let class = usize::from(status / 100).clamp(1, STATUS_CLASSES.len()) - 1;
+        self.cells[route as usize][class]
+            .get_or_init(|| {
+                self.vec
+                    .with_label_values(&[route.as_str(), STATUS_CLASSES[class]])
+            })
+            .observe(secs);
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
+    /// The process's own metrics (`process_*`, unprefixed as every
+    /// exporter names them: a registry's prefix applies to every collector
+    /// in it).
+    process: Registry,
     /// Open WebSocket connections.
     pub connections: IntGauge,
     /// Rooms (quizzes with members on this node).
     pub rooms: IntGauge,
-    /// Answers by outcome: accepted, late, duplicate, not_open, invalid, unavailable.
-    pub answers: IntCounterVec,
+    /// Answers by outcome ([`AnswerOutcome`]), indexed by it.
+    answers: [IntCounter; AnswerOutcome::ALL.len()],
+    /// Answer frame read → its `answer_result` (or `error`) queued, by
+    /// result, indexed by [`AnswerOutcome`].
+    answer_ack: [Histogram; AnswerOutcome::ALL.len()],
     /// Time to encode one message and hand it to every member of a room.
     pub broadcast_seconds: Histogram,
     /// Leaderboards overwritten in a connection's slot before being sent.
@@ -38,6 +207,8 @@ pub struct Metrics {
     pub ws_closes: IntCounterVec,
     /// HTTP responses by status.
     pub http_responses: IntCounterVec,
+    /// Request head read → response ready, by route template and status class.
+    http_seconds: HttpDurations,
     pub store_seconds: HistogramVec,
     pub store_errors: IntCounterVec,
     pub sink_seconds: Histogram,
@@ -66,12 +237,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(node: &str) -> Metrics {
-        let registry = Registry::new_custom(
-            Some("quiz".into()),
-            Some([("node".into(), node.into())].into()),
-        )
-        .unwrap_or_default();
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("quiz".into()), None).unwrap_or_default();
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
             // Names are static and unique: registration cannot collide.
             let _ = r.register(Box::new(c.clone()));
@@ -92,13 +259,63 @@ impl Metrics {
             |name: &str, help: &str| IntCounter::new(name, help).unwrap_or_else(|_| unreachable!());
         let g =
             |name: &str, help: &str| IntGauge::new(name, help).unwrap_or_else(|_| unreachable!());
+        let answers = reg(
+            &registry,
+            cv("answers_total", "Answers by outcome", "outcome"),
+        );
+        let answer_ack = reg(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "answer_ack_seconds",
+                    "Answer frame read to its answer_result (or error) queued, by result",
+                )
+                .buckets(REQUEST_BUCKETS.to_vec()),
+                &["result"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let http_seconds = reg(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "http_request_duration_seconds",
+                    "HTTP request head read to response ready, by route template and status class",
+                )
+                .buckets(REQUEST_BUCKETS.to_vec()),
+                &["route", "class"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let build_info = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "core_build_info",
+                    "1, labelled with the version, git commit and rustc of this build",
+                ),
+                &["version", "commit", "rustc"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("QUIZ_BUILD_COMMIT"),
+                env!("QUIZ_BUILD_RUSTC"),
+            ])
+            .set(1);
         Metrics {
+            process: process_registry(),
+            // Resolved once, here: the answer path indexes them.
+            answers: AnswerOutcome::ALL.map(|o| answers.with_label_values(&[o.as_str()])),
+            answer_ack: AnswerOutcome::ALL.map(|o| answer_ack.with_label_values(&[o.as_str()])),
+            http_seconds: HttpDurations {
+                vec: http_seconds,
+                cells: Default::default(),
+            },
             connections: reg(&registry, g("ws_connections", "Open WebSocket connections")),
             rooms: reg(&registry, g("rooms", "Rooms with members on this node")),
-            answers: reg(
-                &registry,
-                cv("answers_total", "Answers by outcome", "outcome"),
-            ),
             broadcast_seconds: reg(
                 &registry,
                 h("broadcast_seconds", "Encode + fan-out of one room message"),
@@ -205,12 +422,51 @@ impl Metrics {
         }
     }
 
+    /// Counts one answer by what became of it.
+    pub fn count_answer(&self, outcome: AnswerOutcome) {
+        self.answers[outcome as usize].inc();
+    }
+
+    /// One answer acknowledged (or refused with an `error`) `secs` after
+    /// its frame was read.
+    pub fn observe_answer_ack(&self, outcome: AnswerOutcome, secs: f64) {
+        self.answer_ack[outcome as usize].observe(secs);
+    }
+
+    /// One HTTP request answered with `status` after `secs`.
+    pub fn observe_http(&self, route: HttpRoute, status: u16, secs: f64) {
+        self.http_seconds.observe(route, status, secs);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8192);
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut out = Vec::with_capacity(16384);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A registry of the process's CPU, memory, open files (against the
+/// `RLIMIT_NOFILE` it may reach: the platform's capacity limit per process),
+/// threads and start time: `process_*`, read from `/proc` at each scrape
+/// (Linux only; elsewhere it stays empty).
+fn process_registry() -> Registry {
+    let r = Registry::new();
+    #[cfg(target_os = "linux")]
+    {
+        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        // A fresh registry: nothing to collide with.
+        let _ = r.register(Box::new(pc));
+    }
+    r
 }
 
 /// A [`QuizStore`] decorator recording latency per operation and counting
@@ -402,5 +658,51 @@ impl QuizStore for MeteredStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", self.inner.ping()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arrays of handles are indexed by the enums' discriminants: each
+    /// `ALL` must list its variants in declaration order.
+    #[test]
+    fn handle_arrays_follow_the_enums() {
+        for (i, o) in AnswerOutcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
+        for (i, r) in HttpRoute::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn observations_land_under_their_labels() {
+        let m = Metrics::new();
+        m.count_answer(AnswerOutcome::Late);
+        m.observe_answer_ack(AnswerOutcome::Late, 0.003);
+        m.observe_http(HttpRoute::Players, 201, 0.002);
+        m.observe_http(HttpRoute::Players, 409, 0.002);
+        m.observe_http(HttpRoute::Ws, 101, 0.0001);
+        m.observe_http(HttpRoute::Other, 404, 0.0001);
+        let text = String::from_utf8(m.render()).unwrap();
+        for line in [
+            "quiz_answers_total{outcome=\"late\"} 1",
+            "quiz_answers_total{outcome=\"accepted\"} 0",
+            "quiz_answer_ack_seconds_count{result=\"late\"} 1",
+            "quiz_answer_ack_seconds_bucket{result=\"late\",le=\"0.0025\"} 0",
+            "quiz_answer_ack_seconds_bucket{result=\"late\",le=\"0.005\"} 1",
+            "quiz_answer_ack_seconds_count{result=\"accepted\"} 0",
+            "quiz_http_request_duration_seconds_count{class=\"2xx\",route=\"/v1/quizzes/{quiz_id}/players\"} 1",
+            "quiz_http_request_duration_seconds_count{class=\"4xx\",route=\"/v1/quizzes/{quiz_id}/players\"} 1",
+            "quiz_http_request_duration_seconds_count{class=\"1xx\",route=\"/v1/quizzes/{quiz_id}/ws\"} 1",
+            "quiz_http_request_duration_seconds_count{class=\"4xx\",route=\"other\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        // Only the (route, class) pairs that happened are exported.
+        assert!(!text.contains("route=\"/healthz\""), "{text}");
+        assert!(!text.contains("node=\""), "{text}");
     }
 }

@@ -64,7 +64,7 @@ const DEF_CACHE_MAX: usize = 10_000;
 impl QuizService {
     /// Builds the backends the config selects.
     pub async fn build(config: Arc<Config>) -> anyhow::Result<Arc<QuizService>> {
-        let metrics = Arc::new(Metrics::new(&config.node_name));
+        let metrics = Arc::new(Metrics::new());
         let (store, sink, bus) = crate::backends::select(&config).await?;
         Ok(Self::with_backends(config, store, sink, bus, metrics))
     }

@@ -88,7 +88,7 @@ async fn node(store: Arc<dyn QuizStore>) -> Node {
         store,
         Arc::clone(&sink) as Arc<dyn EventSink>,
         Arc::new(MemoryBus::new()),
-        Arc::new(Metrics::new("repair-test")),
+        Arc::new(Metrics::new()),
     );
     Node {
         svc,

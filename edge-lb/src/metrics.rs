@@ -182,6 +182,27 @@ impl Metrics {
             "Backend set changes applied by discovery",
             &["pool", "change"],
         );
+        let build_info = gv(
+            "edge_lb_build_info",
+            "1, labelled with the version, git commit and rustc of this build",
+            &["version", "commit", "rustc"],
+        );
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("QUIZ_BUILD_COMMIT"),
+                env!("QUIZ_BUILD_RUSTC"),
+            ])
+            .set(1);
+        // The process's CPU, memory, open files against its limit, threads and start time
+        // (`process_*`, read from /proc at each scrape; Linux only). Several edge-lb
+        // processes share a port (SO_REUSEPORT): each reports its own.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique");
         Metrics {
             registry,
             discovery_resolutions,

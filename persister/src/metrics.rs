@@ -116,6 +116,20 @@ impl Metrics {
             "persister_ready",
             "1 when MongoDB and Kafka are reachable",
         ));
+        let build_info = must(IntGaugeVec::new(
+            Opts::new(
+                "persister_build_info",
+                "1, labelled with the version, git commit and rustc of this build",
+            ),
+            &["version", "commit", "rustc"],
+        ));
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("QUIZ_BUILD_COMMIT"),
+                env!("QUIZ_BUILD_RUSTC"),
+            ])
+            .set(1);
         for c in [
             Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(batch_size.clone()),
@@ -130,9 +144,16 @@ impl Metrics {
             Box::new(kafka_rebootstraps.clone()),
             Box::new(assigned_partitions.clone()),
             Box::new(ready.clone()),
+            Box::new(build_info),
         ] {
             must(registry.register(c));
         }
+        // The process's CPU, memory, open files against its limit, threads and start time
+        // (`process_*`, read from /proc at each scrape; Linux only).
+        #[cfg(target_os = "linux")]
+        must(registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )));
         Metrics {
             inner: Arc::new(Inner {
                 registry,

@@ -9,6 +9,7 @@
 
 use crate::error::QuizError;
 use crate::events::{Event, EventKind};
+use crate::metrics::AnswerOutcome;
 use crate::model::{now_ms, AnswerRecord, ApplyOutcome, Millis, Mode, Phase, QuizDef, QuizState};
 use crate::protocol::{AnswerReason, AnswerResult};
 use crate::rules::{grade, live_window, normalize_choices, self_paced_window, Window};
@@ -37,12 +38,7 @@ impl QuizService {
         let r = self
             .answer_inner(def, caller, question_id, choices, presented)
             .await;
-        let outcome = match &r {
-            Ok(a) if a.accepted => "accepted",
-            Ok(a) => a.reason.map_or("rejected", AnswerReason::as_str),
-            Err(_) => "unavailable",
-        };
-        self.metrics.answers.with_label_values(&[outcome]).inc();
+        self.metrics.count_answer(AnswerOutcome::of(&r));
         r
     }
 

@@ -67,7 +67,7 @@ async fn sink_down_refuses_before_the_store() {
         Arc::clone(&ok.store),
         Arc::new(DownSink),
         Arc::clone(&ok.bus),
-        Arc::new(Metrics::new("down")),
+        Arc::new(Metrics::new()),
     );
     let e = down.answer(&def, &caller, 0, &[0], None).await.unwrap_err();
     assert_eq!(e.code(), "unavailable");
@@ -154,6 +154,6 @@ pub(crate) fn test_service() -> Arc<QuizService> {
         Arc::new(crate::store::memory::MemoryStore::new()),
         Arc::new(sink),
         Arc::new(crate::bus::memory::MemoryBus::new()),
-        Arc::new(Metrics::new("unit")),
+        Arc::new(Metrics::new()),
     )
 }
