@@ -37,8 +37,11 @@ pub enum NetError {
     Timeout,
     #[error("bad HTTP response: {0}")]
     Http(String),
+    /// The upgrade was answered with this status instead of 101, with the
+    /// `Retry-After` hint in seconds when the refusal carried one (core's
+    /// upgrade admission, edge-lb's per-node tunnel rate).
     #[error("WebSocket handshake refused: HTTP {0}")]
-    Handshake(u16),
+    Handshake(u16, Option<u64>),
     #[error("WebSocket protocol: {0}")]
     Protocol(&'static str),
     #[error("{0}")]
@@ -60,7 +63,7 @@ impl NetError {
             NetError::Io(_) => "io",
             NetError::Timeout => "timeout",
             NetError::Http(_) => "http_parse",
-            NetError::Handshake(_) => "ws_handshake",
+            NetError::Handshake(..) => "ws_handshake",
             NetError::Protocol(_) => "ws_protocol",
             NetError::Refused(_) => "refused",
         }
@@ -357,7 +360,9 @@ pub async fn ws_connect(
                     .map_err(|_| NetError::Http("non-UTF-8 headers".into()))?;
                 let status = parse_status(head)?;
                 if status != 101 {
-                    return Err(NetError::Handshake(status));
+                    let hint = header_value(&head.to_ascii_lowercase(), "retry-after")
+                        .and_then(|v| v.parse().ok());
+                    return Err(NetError::Handshake(status, hint));
                 }
                 let buffered = buf.split_off(end + 4);
                 // From here on the hub reads this socket: leave tokio's

@@ -369,6 +369,18 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
         ))
         .await;
         let end = match conn {
+            // Refused before the upgrade with a hint (admission control at
+            // core or edge-lb): nothing was set up, so this is neither a
+            // failure nor a lost connection. Wait the hint, jittered over
+            // 1–1.5× so refused players do not return together, without
+            // using up a reconnect attempt; the run's deadline bounds it.
+            Err(NetError::Handshake(429 | 503, Some(s))) => {
+                ctx.count("ws_connect.retry_after");
+                let ms = s.clamp(1, 30) * 1000;
+                let jitter = (rng.f64() * (ms / 2) as f64) as u64;
+                Box::pin(tokio::time::sleep(Duration::from_millis(ms + jitter))).await;
+                continue;
+            }
             Err(e) => {
                 ctx.count(&format!("error.ws_connect.{}", e.kind()));
                 SessionEnd::Lost(None, "ws_connect")
