@@ -1,27 +1,33 @@
-//! deploy-check: offline checks of everything under `deploy/` that Kubernetes operators use.
-//!
-//! No cluster, no Docker engine, no `kustomize` binary needed:
+//! deploy-check: the checks of everything under `deploy/` that Kubernetes operators use,
+//! with the real tools, offline (no cluster, no Docker engine, no Prometheus server).
 //!
 //! | module | what it does |
 //! |---|---|
-//! | [`kustomize`] | renders `deploy/k8s/overlays/*` (the subset of kustomize the manifests use) |
-//! | [`schema`] | validates each rendered object against the Kubernetes 1.33 API (k8s-openapi round trip) |
+//! | [`tools`] | finds the pinned tools (`deploy/tools/install`, `deploy/tools/versions`; promtool from Debian) and runs them with a time limit |
+//! | [`render`] | `kustomize build` of an overlay, parsed into objects |
+//! | [`kubeconform`] | strict validation of rendered manifests against the pinned Kubernetes version's schemas |
+//! | [`promtool`] | `promtool check rules`, `test rules`, `check config` |
+//! | [`promql_names`] | the metrics a PromQL expression reads, by Prometheus's own parser |
+//! | [`runbooks`] | every alert's `runbook_url` points at a heading of `docs/runbooks.md` |
 //! | [`sources`] | lists the metrics each binary registers, from its source |
-//! | [`promql`] | lists the metrics a PromQL expression reads |
 //! | [`dockerfile`] | parses the Dockerfiles for linting |
 //!
 //! The checks themselves are the tests in `tests/`: `k8s.rs` (render, schema, references,
 //! probes, grace periods, sysctls, sizes, and the configuration each binary would load,
-//! parsed with the binaries' own config types), `monitoring.rs` (dashboard and alert
-//! metrics exist), `docker.rs` (Dockerfile lint), `loadtest_job.rs` (the in-cluster
-//! load-test Job).
+//! parsed with the binaries' own config types), `monitoring.rs` (rules checked and unit
+//! tested by promtool, runbooks, dashboard and alert metrics exist), `broken.rs` (a broken
+//! manifest or rule, in a copy of the tree, fails the tools), `docker.rs` (Dockerfile
+//! lint), `loadtest_job.rs` (the in-cluster load-test Job).
 //! `docs/deploy.md` ("How it is checked") lists every check.
 
 pub mod dockerfile;
-pub mod kustomize;
-pub mod promql;
-pub mod schema;
+pub mod kubeconform;
+pub mod promql_names;
+pub mod promtool;
+pub mod render;
+pub mod runbooks;
 pub mod sources;
+pub mod tools;
 
 use std::path::PathBuf;
 
