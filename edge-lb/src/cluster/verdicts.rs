@@ -270,7 +270,7 @@ impl Cluster {
         let (p, backends) = (&inner.pools[pool], &inner.backends);
         // One spread per quiz, computed once however many of its players are open.
         let mut spreads: HashMap<String, Option<SpreadNodes>> = HashMap::new();
-        let victims = self.tunnels.select(|backend, quiz, player| {
+        let victims = self.tunnels.select(CloseReason::Rebalance, |backend, quiz, player| {
             if backends.get(backend).map(|b| &b.pool) != Some(pool) {
                 return false;
             }
