@@ -21,6 +21,9 @@ pub fn init(format: LogFormat) -> Result<(), Box<dyn std::error::Error + Send + 
             .with_current_span(false)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Colours only on a terminal: a file or a collector would get escape codes.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .try_init(),
     }
 }

@@ -288,6 +288,11 @@ impl<'a, A, B> Splice<'a, A, B> {
     pub fn bytes(&self) -> (u64, u64) {
         (self.up.bytes, self.down.bytes)
     }
+
+    /// Which side had ended first (true: the client), if one had.
+    pub fn closed_first(&self) -> Option<bool> {
+        self.client_first
+    }
 }
 
 impl<A, B> Future for Splice<'_, A, B>
@@ -506,7 +511,16 @@ impl Origin {
         node: Option<(&str, SocketAddr)>,
         r: Refusal,
     ) {
-        self.record(cluster, true, quiz, node, r.status(), (0, 0), "refused", r.kind());
+        self.record(
+            cluster,
+            true,
+            quiz,
+            node,
+            r.status(),
+            (0, 0),
+            "refused",
+            r.kind(),
+        );
         refuse(client, &cluster.metrics, r).await;
     }
 }
@@ -568,7 +582,13 @@ pub async fn serve_upgrade<C, K>(
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => {
             origin
-                .refuse(&mut client, cluster, quiz, node, Refusal::BackendUnreachable)
+                .refuse(
+                    &mut client,
+                    cluster,
+                    quiz,
+                    node,
+                    Refusal::BackendUnreachable,
+                )
                 .await;
             return;
         }
@@ -602,7 +622,16 @@ pub async fn serve_upgrade<C, K>(
     // The flush matters on TLS listeners (buffered); on plain ones it is free.
     if client.write_all(&resp).await.is_err() || client.flush().await.is_err() {
         let status = status.unwrap_or(0);
-        origin.record(cluster, true, quiz, node, status, (0, 0), "error", "tunnel_io");
+        origin.record(
+            cluster,
+            true,
+            quiz,
+            node,
+            status,
+            (0, 0),
+            "error",
+            "tunnel_io",
+        );
         return;
     }
     let Some(guard) = guard else {
@@ -711,6 +740,7 @@ async fn run_tunnel<C, K>(
     .track_frames();
     let end = (&mut splice).await;
     let (up, down) = splice.bytes();
+    let closed_first = splice.closed_first();
     drop(splice);
     let m = &cluster.metrics;
     match end {
@@ -731,7 +761,14 @@ async fn run_tunnel<C, K>(
         End::Closed { .. } => {}
     }
     let closed_by = guard.deregister();
-    let (words, error) = end_words(end, closed_by);
+    // A tunnel cancelled while one side had already closed (in its linger) was ending
+    // because of that side: say so, not what cut its linger short.
+    let (words, error) = match (end, closed_first) {
+        (End::Cancelled { .. }, Some(client_first)) => {
+            end_words(End::Closed { client_first }, None)
+        }
+        _ => end_words(end, closed_by),
+    };
     log.origin.record(
         &cluster,
         error,

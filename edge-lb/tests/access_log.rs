@@ -88,7 +88,10 @@ edge_lb:
         // A bare connection that sends nothing is not a request: no record.
         let t = Instant::now();
         while tokio::net::TcpStream::connect(proxy).await.is_err() {
-            assert!(t.elapsed() < Duration::from_secs(15), "edge-lb did not listen");
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "edge-lb did not listen"
+            );
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         e
@@ -139,7 +142,9 @@ edge_lb:
     async fn admin_post(&self, path: &str) {
         let (status, _, body) = http_request(
             self.admin,
-            &format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
         )
         .await
         .unwrap();
@@ -227,7 +232,10 @@ async fn json_access_records_for_requests_tunnels_and_refusals() {
     assert_eq!(r["end"], "done", "{r}");
     assert_eq!(r["reason"], "-", "{r}");
     assert_eq!(r["level"], "INFO", "{r}");
-    assert!(r["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
+    assert!(
+        r["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{r}"
+    );
     assert!(r["duration_ms"].as_f64().unwrap() >= 0.0, "{r}");
 
     // sample 1.0: every success is recorded.
@@ -242,12 +250,20 @@ async fn json_access_records_for_requests_tunnels_and_refusals() {
         let n = e
             .access()
             .iter()
-            .filter(|v| v["path"].as_str().unwrap_or("").starts_with("/v1/quizzes/all-"))
+            .filter(|v| {
+                v["path"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("/v1/quizzes/all-")
+            })
             .count();
         if n == 20 {
             break;
         }
-        assert!(n < 20 && t.elapsed() < Duration::from_secs(5), "{n} records of 20");
+        assert!(
+            n < 20 && t.elapsed() < Duration::from_secs(5),
+            "{n} records of 20"
+        );
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
 
@@ -264,7 +280,9 @@ async fn json_access_records_for_requests_tunnels_and_refusals() {
         "a tunnel's record was written before it ended"
     );
     c.close().await.unwrap();
-    let r = e.record("the closed tunnel", |v| v["quiz"] == "acc-ws").await;
+    let r = e
+        .record("the closed tunnel", |v| v["quiz"] == "acc-ws")
+        .await;
     drop(c);
     assert_eq!(r["kind"], "ws", "{r}");
     assert_eq!(r["path"], "/v1/quizzes/acc-ws/ws", "{r}");
@@ -280,9 +298,13 @@ async fn json_access_records_for_requests_tunnels_and_refusals() {
     assert_eq!(r["bytes_sent"], (greeting + 7 + 4) as u64, "{r}");
 
     // An idle tunnel: closed by edge-lb after `idle_timeout`, and recorded as such.
-    let mut idle = ws_connect(e.proxy, "/v1/quizzes/acc-idle/ws").await.unwrap();
+    let mut idle = ws_connect(e.proxy, "/v1/quizzes/acc-idle/ws")
+        .await
+        .unwrap();
     idle.node().await.unwrap();
-    let r = e.record("the idle tunnel", |v| v["quiz"] == "acc-idle").await;
+    let r = e
+        .record("the idle tunnel", |v| v["quiz"] == "acc-idle")
+        .await;
     assert_eq!(r["end"], "idle", "{r}");
     assert!(r["duration_ms"].as_f64().unwrap() >= 1400.0, "{r}");
 
@@ -291,27 +313,38 @@ async fn json_access_records_for_requests_tunnels_and_refusals() {
         .await
         .unwrap();
     assert_eq!(s, 404);
-    let r = e.record("the /metrics refusal", |v| v["path"] == "/metrics").await;
+    let r = e
+        .record("the /metrics refusal", |v| v["path"] == "/metrics")
+        .await;
     assert_eq!(r["status"], 404, "{r}");
     assert_eq!(r["end"], "refused", "{r}");
     assert_eq!(r["reason"], "not_public", "{r}");
     assert_eq!(r["node"], "-", "{r}");
 
     // A drained node's tunnel: ended by edge-lb, and the record says it was the drain.
-    let mut d = ws_connect(e.proxy, "/v1/quizzes/acc-drain/ws").await.unwrap();
+    let mut d = ws_connect(e.proxy, "/v1/quizzes/acc-drain/ws")
+        .await
+        .unwrap();
     let drained = d.node().await.unwrap();
-    e.admin_post(&format!("/admin/backends/{drained}/drain")).await;
-    let r = e.record("the drained tunnel", |v| v["quiz"] == "acc-drain").await;
+    e.admin_post(&format!("/admin/backends/{drained}/drain"))
+        .await;
+    let r = e
+        .record("the drained tunnel", |v| v["quiz"] == "acc-drain")
+        .await;
     assert_eq!(r["end"], "drain", "{r}");
     assert_eq!(r["node"], drained.as_str(), "{r}");
     drop(d);
 
     // A tunnel whose node goes away (process killed): the node closed it.
-    let mut k = ws_connect(e.proxy, "/v1/quizzes/acc-kill/ws").await.unwrap();
+    let mut k = ws_connect(e.proxy, "/v1/quizzes/acc-kill/ws")
+        .await
+        .unwrap();
     let killed = k.node().await.unwrap();
     assert_ne!(killed, drained, "a drained node got a new quiz");
     bs.iter().find(|b| b.name == killed).unwrap().kill();
-    let r = e.record("the killed node's tunnel", |v| v["quiz"] == "acc-kill").await;
+    let r = e
+        .record("the killed node's tunnel", |v| v["quiz"] == "acc-kill")
+        .await;
     assert_eq!(r["end"], "node_closed", "{r}");
     drop(k);
 
@@ -350,9 +383,12 @@ async fn sample_zero_records_no_success_but_every_refusal() {
         assert_eq!(s, 200);
     }
     for i in 0..3 {
-        let mut c = ws_connect(e.proxy, &format!("/v1/quizzes/zero-ws-{i}/ws?token={SECRET}"))
-            .await
-            .unwrap();
+        let mut c = ws_connect(
+            e.proxy,
+            &format!("/v1/quizzes/zero-ws-{i}/ws?token={SECRET}"),
+        )
+        .await
+        .unwrap();
         c.node().await.unwrap();
         c.close().await.unwrap();
         let _ = tokio::time::timeout(Duration::from_secs(2), c.recv_text()).await;
@@ -376,7 +412,10 @@ async fn sample_zero_records_no_success_but_every_refusal() {
         if n >= limited {
             break recs;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "{n} of {limited} 429s recorded");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{n} of {limited} 429s recorded"
+        );
         tokio::time::sleep(Duration::from_millis(30)).await;
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -420,11 +459,20 @@ async fn text_format_and_access_log_off() {
         if let Some(l) = e.text().lines().find(|l| l.contains("edge_lb::access")) {
             break l.to_string();
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "no access line:\n{}", e.text());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no access line:\n{}",
+            e.text()
+        );
         tokio::time::sleep(Duration::from_millis(30)).await;
     };
     assert!(serde_json::from_str::<Value>(&line).is_err(), "{line}");
-    for want in ["status=200", "quiz=\"txt\"", "path=\"/v1/quizzes/txt\"", "end=\"done\""] {
+    for want in [
+        "status=200",
+        "quiz=\"txt\"",
+        "path=\"/v1/quizzes/txt\"",
+        "end=\"done\"",
+    ] {
         assert!(line.contains(want), "{want} not in {line}");
     }
     assert_no_secret(&e);

@@ -124,12 +124,7 @@ impl Tunnels {
     }
 
     /// The tunnels of `backend`, only those of `quizzes` when given, picked for `reason`.
-    fn of(
-        &self,
-        backend: &str,
-        quizzes: Option<&[String]>,
-        reason: CloseReason,
-    ) -> Vec<Victim> {
+    fn of(&self, backend: &str, quizzes: Option<&[String]>, reason: CloseReason) -> Vec<Victim> {
         let mut open = self.open.lock();
         open.get_mut(backend)
             .map(|m| {
