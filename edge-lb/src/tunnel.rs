@@ -761,10 +761,13 @@ async fn run_tunnel<C, K>(
         End::Closed { .. } => {}
     }
     let closed_by = guard.deregister();
-    // A tunnel cancelled while one side had already closed (in its linger) was ending
-    // because of that side: say so, not what cut its linger short.
+    // A tunnel cancelled, or failing, once one side had begun to close (a close frame or
+    // its end of stream) was ending because of that side: say so. The common case is a client
+    // that sends its close frame and drops the socket at once: the node's answering close
+    // frame then meets a reset (still counted as `tunnel_io` in the metrics), and recording
+    // that as a failure would flood the log with ordinary closes.
     let (words, error) = match (end, closed_first) {
-        (End::Cancelled { .. }, Some(client_first)) => {
+        (End::Cancelled { .. } | End::Error, Some(client_first)) => {
             end_words(End::Closed { client_first }, None)
         }
         _ => end_words(end, closed_by),
@@ -777,7 +780,7 @@ async fn run_tunnel<C, K>(
         101,
         (log.pre.0 + up, log.pre.1 + down),
         words,
-        if end == End::Error { "tunnel_io" } else { "" },
+        if words == "error" { "tunnel_io" } else { "" },
     );
     drop(guard);
     drop(backend);
