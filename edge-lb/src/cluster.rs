@@ -36,6 +36,7 @@ pub use routing::Target;
 pub use sources::{Discovered, DiscoveryDiff};
 pub use tunnels::{CloseReason, TunnelGuard};
 
+use crate::access::AccessLog;
 use crate::config::{EdgeConfig, HealthConfig};
 use crate::health::Outcome;
 use crate::limits::{ClientTable, NodeRate};
@@ -167,6 +168,8 @@ pub struct Cluster {
     pub clients: Arc<ClientTable>,
     /// New tunnels per backend per second (`tunnel.new_per_node_per_sec`; set at start).
     pub node_rate: NodeRate,
+    /// The access log's switch and sampling share (`access_log`; reloaded).
+    pub access: AccessLog,
 }
 
 impl Cluster {
@@ -185,6 +188,7 @@ impl Cluster {
             connections: AtomicUsize::new(0),
             clients: ClientTable::new(&config.limits.per_client),
             node_rate: NodeRate::new(&config.tunnel),
+            access: AccessLog::new(&config.access_log),
         });
         c.apply_config(config);
         c

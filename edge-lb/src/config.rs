@@ -82,6 +82,43 @@ pub struct EdgeConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Format of the process's log lines (stdout): `text` (the default) or `json`, one object
+    /// per line. Read at start only: the logger is installed once.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// The sampled access log (`crate::access`): one record per request and per tunnel.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+}
+
+/// `edge_lb.log_format`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `edge_lb.access_log`: what the access log records (see `crate::access` and the *Logs*
+/// section of `docs/edge-lb.md` for the fields and the reasoning behind the default).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// Write access records at all (target `edge_lb::access` of the process's logger).
+    pub enabled: bool,
+    /// Share of successful requests and normally ended tunnels that are recorded, 0.0–1.0.
+    /// Errors and refusals are always recorded.
+    pub sample: f64,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: true,
+            sample: 0.01,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -575,6 +612,12 @@ impl EdgeConfig {
                 "must be 0..=128",
             ));
         }
+        if !(0.0..=1.0).contains(&self.access_log.sample) {
+            return Err(invalid(
+                "edge_lb.access_log.sample",
+                "must be between 0.0 and 1.0 (the share of successes recorded)",
+            ));
+        }
         match (&self.admin_token, &self.admin_token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -729,6 +772,32 @@ edge_lb:
                 e.contains("edge_lb.health.unresponsive_after"),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn log_keys_parse_and_errors_name_the_key() {
+        let c = EdgeConfig::from_yaml(MIN).unwrap();
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.access_log.enabled);
+        assert_eq!(c.access_log.sample, 0.01);
+        let with = |extra: &str| MIN.replace("  pools:", &format!("{extra}\n  pools:"));
+        let c = EdgeConfig::from_yaml(&with(
+            "  log_format: json\n  access_log: {enabled: false, sample: 1.0}",
+        ))
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(!c.access_log.enabled);
+        assert_eq!(c.access_log.sample, 1.0);
+        for (bad, key) in [
+            ("  access_log: {sample: 1.5}", "edge_lb.access_log.sample"),
+            ("  access_log: {sample: -0.1}", "edge_lb.access_log.sample"),
+            ("  access_log: {sample: .nan}", "edge_lb.access_log.sample"),
+            ("  access_log: {bogus: 1}", "bogus"),
+            ("  log_format: xml", "log_format"),
+        ] {
+            let e = EdgeConfig::from_yaml(&with(bad)).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
         }
     }
 

@@ -26,6 +26,8 @@
 //!   `Cluster::set_discovered`, the reload path), refreshes certificates, reloads on SIGHUP,
 //!   and closes the tunnels at a graceful stop.
 //! - [`admin`]: admin API (route explanation, backends, drain, reload) and `/metrics`.
+//! - [`access`]: the sampled access log (one record per request, per tunnel at its end, per
+//!   refusal), written by [`proxy`] and [`tunnel`] through the logger [`logs`] installs.
 //! - [`config`]: the typed `edge_lb:` section of the pingora YAML file; [`metrics`]: Prometheus;
 //!   [`tls`]: certificate store reloaded without restart; [`speculative`]: the first read and
 //!   the backend connect done before waiting for readiness.
@@ -35,6 +37,7 @@
 //! backend, a WebSocket client) is the dev-only crate `edge-lb-testing` (`edge-lb/testing`);
 //! the load tool of the benchmark against HAProxy is `edge-lb-bench` (`edge-lb/bench`).
 
+pub mod access;
 pub mod admin;
 pub mod cluster;
 pub mod config;
@@ -42,6 +45,7 @@ pub mod discovery;
 pub mod head;
 pub mod health;
 pub mod limits;
+pub mod logs;
 pub mod metrics;
 pub mod proxy;
 pub mod refusal;

@@ -5,11 +5,6 @@ use clap::Parser;
 use pingora_core::server::configuration::Opt;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let opt = Opt::parse();
     let path = opt
         .conf
@@ -17,6 +12,8 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("usage: edge-lb -c <config.yaml> [-u] [-d] [-t]"))?;
     let text = std::fs::read_to_string(&path)?;
     let (server_conf, edge) = edge_lb::parse_config(&text)?;
+    // The logger's format is a configuration key, so it is installed once the file is read.
+    edge_lb::logs::init(edge.log_format).map_err(|e| anyhow::anyhow!("logger: {e}"))?;
     if opt.test {
         println!("configuration {path} is valid");
         return Ok(());

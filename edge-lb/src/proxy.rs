@@ -6,6 +6,7 @@
 //! plain HTTP — with the bytes it read put back ([`Rewound`]) — to pingora's `HttpProxy`
 //! running [`Router`], the `ProxyHttp` that picks the upstream by quiz id.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 
+use crate::access::{Kind, Record};
 use crate::cluster::Cluster;
 use crate::head::{quiz_path, read_head, Head, QuizPath, Rewound};
 use crate::limits::ClientGuard;
@@ -32,6 +34,14 @@ pub struct Ctx {
     no_backend: bool,
     /// The whole-request deadline (`limits.request_timeout`), set by `request_filter`.
     deadline: Option<Instant>,
+    /// For the access record: when the request began, the node's address, the quiz (moved
+    /// here from routing, no copy), and for an answer edge-lb wrote itself how it ended and
+    /// its `edge_lb_errors_total` kind.
+    started: Option<Instant>,
+    node_addr: Option<SocketAddr>,
+    quiz: Option<String>,
+    end: &'static str,
+    reason: &'static str,
 }
 
 /// pingora's own per-read downstream timeout, restored once the request body is in.
@@ -48,7 +58,10 @@ impl ProxyHttp for Router {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            started: Some(Instant::now()),
+            ..Ctx::default()
+        }
     }
 
     /// The whole-request deadline: [`EdgeApp`] set the session's read timeout to what is
@@ -113,7 +126,11 @@ impl ProxyHttp for Router {
         let cfg = self.cluster.config();
         let pool = &cfg.routes.http;
         let target = match quiz_path(session.req_header().uri.path()) {
-            QuizPath::Quiz { id, .. } => self.cluster.route_quiz(pool, &id),
+            QuizPath::Quiz { id, .. } => {
+                let t = self.cluster.route_quiz(pool, &id);
+                ctx.quiz = Some(id);
+                t
+            }
             _ => self
                 .cluster
                 .route_any(pool, ctx.backend.as_deref())
@@ -139,6 +156,7 @@ impl ProxyHttp for Router {
             .requests_active
             .with_label_values(&[&t.backend])
             .inc();
+        ctx.node_addr = Some(t.addr);
         let mut peer = HttpPeer::new(t.addr, false, String::new());
         peer.options.connection_timeout = Some(cfg.tunnel.connect_timeout);
         peer.options.read_timeout = Some(cfg.http.upstream_read_timeout);
@@ -209,24 +227,70 @@ impl ProxyHttp for Router {
                 .write_response_body(Some(bytes::Bytes::from(body)), true)
                 .await;
         }
-        self.cluster.metrics.error(match code {
+        let kind = match code {
             408 => "request_timeout",
             503 => "unavailable",
             504 => "upstream_timeout",
             400 => "bad_request",
             _ => "upstream",
-        });
+        };
+        self.cluster.metrics.error(kind);
+        // edge-lb's own answers (no node, deadline, node unreachable) are refusals; a node
+        // that failed mid-way is an error.
+        ctx.end = if matches!(code, 408 | 503) {
+            "refused"
+        } else {
+            "error"
+        };
+        ctx.reason = if ctx.no_backend {
+            Refusal::NoHttpBackend.kind()
+        } else {
+            kind
+        };
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        // The sampling decision comes first and is lock- and allocation-free: a request that
+        // is sampled out costs only that (see `crate::access`).
+        let error = status == 0 || status >= 400 || e.is_some();
+        if self.cluster.access.sampled(error) {
+            let req = session.req_header();
+            let (end, reason) = match (ctx.end, e) {
+                ("", None) => ("done", ""),
+                ("", Some(e)) => (
+                    "error",
+                    match e.esource() {
+                        pingora_core::ErrorSource::Downstream => "client_io",
+                        _ => "upstream_io",
+                    },
+                ),
+                (end, _) => (end, ctx.reason),
+            };
+            Record {
+                kind: Kind::Http,
+                client: session.client_addr().and_then(|a| a.as_inet().copied()),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                quiz: ctx.quiz.as_deref(),
+                node: ctx.backend.as_deref(),
+                node_addr: ctx.node_addr,
+                status,
+                bytes_received: session.body_bytes_read() as u64,
+                bytes_sent: session.body_bytes_sent() as u64,
+                duration: ctx.started.map_or(Duration::ZERO, |t| t.elapsed()),
+                end,
+                reason,
+            }
+            .emit();
+        }
         let class = match status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -284,18 +348,25 @@ impl ServerApp for EdgeApp {
         let n = cluster.connections.fetch_add(1, Ordering::Relaxed);
         cluster.metrics.downstream_connections.inc();
         let mut count = ConnCount(cluster.clone(), None);
-        let peer_ip = stream
+        let peer = stream
             .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|i| i.ip())));
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()));
+        let peer_ip = peer.map(|a| a.ip());
         let mut stream = Rewound::from_stream(stream);
+        // When the current request (or, before one, the connection) began: the duration of
+        // a refusal's access record.
+        let mut since = Instant::now();
         if n >= cfg.limits.max_connections {
-            refuse(&mut stream, &cluster.metrics, Refusal::ConnectionLimit).await;
+            let r = Refusal::ConnectionLimit;
+            log_refusal(cluster, &r, peer, None, since);
+            refuse(&mut stream, &cluster.metrics, r).await;
             return None;
         }
         if let Some(ip) = peer_ip {
             match cluster.clients.connect(ip, &cluster.metrics) {
                 Ok(guard) => count.1 = guard,
                 Err(r) => {
+                    log_refusal(cluster, &r, peer, None, since);
                     refuse(&mut stream, &cluster.metrics, r).await;
                     return None;
                 }
@@ -314,6 +385,7 @@ impl ServerApp for EdgeApp {
                 cfg.limits.keepalive_timeout
             };
             first = false;
+            since = Instant::now();
             // The sub-futures below are boxed so that the connection task's own future stays
             // small: a future's size is that of its largest state, and pingora's HTTP proxy
             // future is large. Only the state in use is allocated; an idle tunnel pays for the
@@ -331,6 +403,7 @@ impl ServerApp for EdgeApp {
                 Ok(h) => h,
                 Err(e) => {
                     if let Some(r) = Refusal::of_head(e) {
+                        log_refusal(cluster, &r, peer, None, since);
                         refuse(&mut stream, &cluster.metrics, r).await;
                     }
                     return None;
@@ -338,18 +411,20 @@ impl ServerApp for EdgeApp {
             };
             if let Some(guard) = &count.1 {
                 if let Err(r) = cluster.clients.request(guard) {
+                    log_refusal(cluster, &r, peer, Some(&head), since);
                     refuse(&mut stream, &cluster.metrics, r).await;
                     return None;
                 }
             }
             match tunnel_for(&head) {
                 Err(r) => {
+                    log_refusal(cluster, &r, peer, Some(&head), since);
                     refuse(&mut stream, &cluster.metrics, r).await;
                     return None;
                 }
                 Ok(Some(quiz)) => {
                     Box::pin(crate::tunnel::serve_upgrade(
-                        cluster, stream, head, &quiz, peer_ip, count,
+                        cluster, stream, head, &quiz, peer, count,
                     ))
                     .await;
                     return None;
@@ -380,6 +455,54 @@ impl ServerApp for EdgeApp {
     async fn cleanup(&self) {
         self.http.http_cleanup().await;
     }
+}
+
+/// Record a refusal edge-lb answers at the front door (always written when the access log
+/// is on: refusals are never sampled out). `head`: the request, once read; `since`: when it
+/// (or the connection) began.
+fn log_refusal(
+    cluster: &Cluster,
+    r: &Refusal,
+    client: Option<SocketAddr>,
+    head: Option<&Head>,
+    since: Instant,
+) {
+    if !cluster.access.sampled(true) {
+        return;
+    }
+    let quiz = head.and_then(|h| match quiz_path(&h.path) {
+        QuizPath::Quiz { id, .. } => Some(id),
+        _ => None,
+    });
+    let kind = match head {
+        None if matches!(
+            r,
+            Refusal::ConnectionLimit
+                | Refusal::ClientConnections
+                | Refusal::ClientConnectionRate(_)
+        ) =>
+        {
+            Kind::Conn
+        }
+        Some(h) if h.upgrade_websocket => Kind::Ws,
+        _ => Kind::Http,
+    };
+    Record {
+        kind,
+        client,
+        method: head.map_or("", |h| h.method.as_str()),
+        path: head.map_or("", |h| h.path.as_str()),
+        quiz: quiz.as_deref(),
+        node: None,
+        node_addr: None,
+        status: r.status(),
+        bytes_received: 0,
+        bytes_sent: 0,
+        duration: since.elapsed(),
+        end: "refused",
+        reason: r.kind(),
+    }
+    .emit();
 }
 
 /// Where a request head goes: the quiz whose tunnel it opens (a WebSocket upgrade under

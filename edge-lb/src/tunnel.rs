@@ -15,9 +15,11 @@
 //! destination could not take yet are copied into a per-direction `Vec` (backpressure: the
 //! source is not read again until it drains). An idle tunnel costs its task and two sockets.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,7 +29,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::cluster::{Cluster, TunnelGuard};
+use crate::access::{Kind, Record};
+use crate::cluster::{CloseReason, Cluster, TunnelGuard};
 use crate::head::Head;
 use crate::proxy::CLIENT_ADDRESS_HEADERS;
 use crate::refusal::{refuse, Refusal};
@@ -48,6 +51,8 @@ struct FrameTracker {
     remaining: u64,
     /// A malformed stream (or not WebSocket at all): never inject.
     lost: bool,
+    /// A close frame passed: this side began (or answered) the WebSocket close handshake.
+    close_seen: bool,
 }
 
 impl FrameTracker {
@@ -88,6 +93,9 @@ impl FrameTracker {
             if len > (1 << 40) {
                 self.lost = true;
             }
+            if self.hdr[0] & 0x0f == 0x8 {
+                self.close_seen = true;
+            }
             self.remaining = len;
             self.hdr_len = 0;
         }
@@ -106,6 +114,8 @@ struct Dir {
     eof: bool,
     shut: bool,
     frames: Option<FrameTracker>,
+    /// Bytes read from this direction's source (the access record's byte counts).
+    bytes: u64,
 }
 
 enum ReadStep {
@@ -175,6 +185,7 @@ where
                     if n == 0 {
                         return ReadStep::Eof;
                     }
+                    d.bytes += n as u64;
                     if let Some(f) = d.frames.as_mut() {
                         f.feed(&scratch[..n]);
                     }
@@ -211,8 +222,9 @@ where
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
-    /// Both sides closed (normal close propagation).
-    Closed,
+    /// Both sides closed (normal close propagation), or one did and the other did not follow
+    /// within the linger; `client_first`: the client's side ended first.
+    Closed { client_first: bool },
     /// No byte either way for the idle timeout.
     Idle,
     /// Closed by edge-lb (node lost, drain, rebalance); `at_boundary` when everything the
@@ -232,6 +244,11 @@ pub struct Splice<'a, A, B> {
     linger: Duration,
     last: Instant,
     half_closed_at: Option<Instant>,
+    /// Which side ended first (true: the client): the first to send a WebSocket close frame,
+    /// else the first end of stream. For the access record: in a WebSocket close the server
+    /// closes TCP first (RFC 6455 §7.1.1), so end of stream alone would blame the node for
+    /// every close a client began.
+    client_first: Option<bool>,
     timer: Pin<Box<tokio::time::Sleep>>,
     cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
@@ -253,15 +270,28 @@ impl<'a, A, B> Splice<'a, A, B> {
             linger,
             last: Instant::now(),
             half_closed_at: None,
+            client_first: None,
             timer: Box::pin(tokio::time::sleep(idle)),
             cancel: cancel.map(|t| Box::pin(t.cancelled_owned())),
         }
     }
 
-    /// Track frame boundaries of the backend → client direction (WebSocket tunnels).
+    /// Track WebSocket frames: boundaries of the backend → client direction (where a 1012 may
+    /// be appended), and close frames both ways (who ended the tunnel).
     pub fn track_frames(mut self) -> Self {
         self.down.frames = Some(FrameTracker::default());
+        self.up.frames = Some(FrameTracker::default());
         self
+    }
+
+    /// Bytes moved so far: client → backend, backend → client.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.up.bytes, self.down.bytes)
+    }
+
+    /// Which side had ended first (true: the client), if one had.
+    pub fn closed_first(&self) -> Option<bool> {
+        self.client_first
     }
 }
 
@@ -287,15 +317,26 @@ where
         let mut moved = false;
         let up = pump(cx, this.client, this.backend, &mut this.up, &mut moved);
         let down = pump(cx, this.backend, this.client, &mut this.down, &mut moved);
+        if this.client_first.is_none() {
+            let closed = |d: &Dir| d.frames.as_ref().is_some_and(|f| f.close_seen);
+            if closed(&this.up) || closed(&this.down) {
+                this.client_first = Some(closed(&this.up));
+            } else if this.up.eof || this.down.eof {
+                this.client_first = Some(this.up.eof);
+            }
+        }
+        let closed = End::Closed {
+            client_first: this.client_first.unwrap_or(true),
+        };
         match (&up, &down) {
             (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => return Poll::Ready(End::Error),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(closed),
             (Poll::Ready(Ok(())), _) | (_, Poll::Ready(Ok(()))) => {
                 // One side closed and its close was passed on; give the other side `linger`.
                 let now = Instant::now();
                 let at = *this.half_closed_at.get_or_insert(now);
                 if now.duration_since(at) >= this.linger {
-                    return Poll::Ready(End::Closed);
+                    return Poll::Ready(closed);
                 }
                 let deadline = at + this.linger;
                 if deadline < this.last + this.idle {
@@ -317,7 +358,7 @@ where
             }
             if let Some(at) = this.half_closed_at {
                 if at.elapsed() >= this.linger {
-                    return Poll::Ready(End::Closed);
+                    return Poll::Ready(closed);
                 }
             }
             if this.last.elapsed() >= this.idle {
@@ -394,6 +435,96 @@ async fn read_response_head(b: &mut TcpStream, max: usize) -> io::Result<Vec<u8>
     }
 }
 
+/// What an upgrade's access record knows from its request, kept small because the tunnel
+/// task carries it for the tunnel's life: the client, when the head began, and the path's
+/// tail after `/v1/quizzes/{quiz}` (the quiz is in the registry guard). The tail is the
+/// static `/ws` in practice, so a tunnel costs no allocation for its record until (and unless)
+/// the record is written.
+struct Origin {
+    client: Option<SocketAddr>,
+    started: tokio::time::Instant,
+    tail: Cow<'static, str>,
+}
+
+impl Origin {
+    fn new(client: Option<SocketAddr>, head: &Head, quiz: &str) -> Origin {
+        // `tunnel_for` routed this head as `/v1/quizzes/{quiz}…` (origin form, checked by
+        // `quiz_path`); the query string is cut here and never stored.
+        let path = head.path.split(['?', '#']).next().unwrap_or("");
+        let tail = path
+            .strip_prefix("/v1/quizzes/")
+            .and_then(|p| p.strip_prefix(quiz))
+            .unwrap_or("");
+        let tail = match tail {
+            "/ws" => Cow::Borrowed("/ws"),
+            "/ws/" => Cow::Borrowed("/ws/"),
+            t => Cow::Owned(t.to_string()),
+        };
+        Origin {
+            client,
+            started: head.started,
+            tail,
+        }
+    }
+
+    /// Write the record if sampled (`error`: always). The path is rebuilt only then.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        cluster: &Cluster,
+        error: bool,
+        quiz: &str,
+        node: Option<(&str, SocketAddr)>,
+        status: u16,
+        bytes: (u64, u64),
+        end: &'static str,
+        reason: &'static str,
+    ) {
+        if !cluster.access.sampled(error) {
+            return;
+        }
+        let path = format!("/v1/quizzes/{quiz}{}", self.tail);
+        Record {
+            kind: Kind::Ws,
+            client: self.client,
+            method: "GET",
+            path: &path,
+            quiz: Some(quiz),
+            node: node.map(|n| n.0),
+            node_addr: node.map(|n| n.1),
+            status,
+            bytes_received: bytes.0,
+            bytes_sent: bytes.1,
+            duration: self.started.elapsed(),
+            end,
+            reason,
+        }
+        .emit();
+    }
+
+    /// Refuse the upgrade (answer, count) and record the refusal (always).
+    async fn refuse<C: AsyncWrite + Unpin>(
+        &self,
+        client: &mut C,
+        cluster: &Cluster,
+        quiz: &str,
+        node: Option<(&str, SocketAddr)>,
+        r: Refusal,
+    ) {
+        self.record(
+            cluster,
+            true,
+            quiz,
+            node,
+            r.status(),
+            (0, 0),
+            "refused",
+            r.kind(),
+        );
+        refuse(client, &cluster.metrics, r).await;
+    }
+}
+
 /// Proxy one WebSocket upgrade for `quiz`; on success hand the tunnel to its own task.
 ///
 /// The handshake runs in the connection task pingora spawned (its future is large: pingora's
@@ -408,13 +539,14 @@ pub async fn serve_upgrade<C, K>(
     mut client: C,
     head: Head,
     quiz: &str,
-    peer: Option<std::net::IpAddr>,
+    peer: Option<SocketAddr>,
     keep: K,
 ) where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     K: Send + 'static,
 {
     let started = Instant::now();
+    let origin = Origin::new(peer, &head, quiz);
     let cfg = cluster.config();
     let pool = &cfg.routes.websocket;
     let m = &cluster.metrics;
@@ -429,16 +561,19 @@ pub async fn serve_upgrade<C, K>(
         .filter(|c| c.spreads())
         .map(|c| (c.player_id.as_str(), c.k()));
     let Some(target) = cluster.route_ws(pool, quiz, player) else {
-        refuse(&mut client, m, Refusal::NoBackend).await;
+        origin
+            .refuse(&mut client, cluster, quiz, None, Refusal::NoBackend)
+            .await;
         return;
     };
+    let node = Some((&*target.backend, target.addr));
     // A reconnect storm (a node lost, its quizzes moved) must not re-overload the node it
     // lands on: new tunnels per node are paced, the rest told to come back (jittered).
     if let Err(r) = cluster.node_rate.admit(&target.backend) {
-        refuse(&mut client, m, r).await;
+        origin.refuse(&mut client, cluster, quiz, node, r).await;
         return;
     }
-    let forward = forward_head(&head, peer);
+    let forward = forward_head(&head, peer.map(|a| a.ip()));
     let early = head.buf[head.len..].to_vec();
     drop(head);
     let connect = crate::speculative::connect_and_send(target.addr, &forward);
@@ -446,7 +581,15 @@ pub async fn serve_upgrade<C, K>(
     {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => {
-            refuse(&mut client, m, Refusal::BackendUnreachable).await;
+            origin
+                .refuse(
+                    &mut client,
+                    cluster,
+                    quiz,
+                    node,
+                    Refusal::BackendUnreachable,
+                )
+                .await;
             return;
         }
     };
@@ -457,12 +600,20 @@ pub async fn serve_upgrade<C, K>(
     let resp = match tokio::time::timeout(cfg.tunnel.handshake_timeout, handshake).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) | Err(_) => {
-            refuse(&mut client, m, Refusal::HandshakeFailed).await;
+            origin
+                .refuse(&mut client, cluster, quiz, node, Refusal::HandshakeFailed)
+                .await;
             return;
         }
     };
     drop(forward);
-    let upgraded = status_of(&resp) == Some(101);
+    let status = status_of(&resp);
+    let upgraded = status == Some(101);
+    // Bytes the node sent behind its response head (a first frame, or a refusal's body).
+    let after_head = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |p| resp.len() - p - 4) as u64;
     // Registered before the client hears of it: once a client has its 101, a drain, a node
     // loss or a rebalance that follows always finds (and closes) its tunnel.
     let guard =
@@ -470,6 +621,17 @@ pub async fn serve_upgrade<C, K>(
     // Forward the whole read: the 101 head and any frame the backend sent right behind it.
     // The flush matters on TLS listeners (buffered); on plain ones it is free.
     if client.write_all(&resp).await.is_err() || client.flush().await.is_err() {
+        let status = status.unwrap_or(0);
+        origin.record(
+            cluster,
+            true,
+            quiz,
+            node,
+            status,
+            (0, 0),
+            "error",
+            "tunnel_io",
+        );
         return;
     }
     let Some(guard) = guard else {
@@ -480,18 +642,27 @@ pub async fn serve_upgrade<C, K>(
         // every check of edge-lb's). Half-close toward the node so it ends the connection once
         // its answer is out, and copy the rest of that answer, bounded in time.
         let _ = backend.shutdown().await;
-        let _ = tokio::time::timeout(
+        let copied = tokio::time::timeout(
             cfg.tunnel.handshake_timeout,
             tokio::io::copy(&mut backend, &mut client),
         )
         .await;
         let _ = client.flush().await;
         let _ = tokio::time::timeout(Duration::from_millis(200), client.shutdown()).await;
+        let copied = match copied {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        let status = status.unwrap_or(0);
+        let error = status == 0 || status >= 400;
+        let out = (0, after_head + copied);
+        origin.record(cluster, error, quiz, node, status, out, "rejected", "");
         return;
     };
     drop(resp);
     // What the client sent behind its upgrade request goes to the node now that it said 101.
     if !early.is_empty() && backend.write_all(&early).await.is_err() {
+        origin.record(cluster, true, quiz, node, 101, (0, 0), "error", "tunnel_io");
         return;
     }
     m.upgrades.with_label_values(&["ok"]).inc();
@@ -506,31 +677,71 @@ pub async fn serve_upgrade<C, K>(
         keep,
         cfg.tunnel.idle_timeout,
         cfg.tunnel.close_linger,
+        TunnelLog {
+            origin,
+            node_addr: target.addr,
+            pre: (early.len() as u64, after_head),
+        },
     ));
+}
+
+/// The access record's part of a tunnel task: where it came from, the node's address and the
+/// frame bytes that passed during the handshake (client → node, node → client).
+struct TunnelLog {
+    origin: Origin,
+    node_addr: SocketAddr,
+    pre: (u64, u64),
+}
+
+/// The access record's words for how a tunnel ended, and whether that is an error (always
+/// recorded): a socket error, the idle timeout, and the node lost are; the ends edge-lb
+/// chooses in the normal course (drain, rebalance, removal, shutdown) and ordinary closes
+/// are sampled like successes.
+fn end_words(end: End, closed_by: Option<CloseReason>) -> (&'static str, bool) {
+    match end {
+        End::Closed { client_first: true } => ("client_closed", false),
+        End::Closed {
+            client_first: false,
+        } => ("node_closed", false),
+        End::Idle => ("idle", true),
+        End::Error => ("error", true),
+        End::Cancelled { .. } => match closed_by {
+            Some(CloseReason::NodeLost) => ("node_lost", true),
+            Some(r) => (r.as_str(), false),
+            // Cancelled without a recorded pick cannot happen (every cancel picks first);
+            // say so rather than guess.
+            None => ("cancelled", true),
+        },
+    }
 }
 
 /// The body of a tunnel's own task: splice until the end, then account for how it ended.
 /// Kept free of anything setup-only, because this future's size is the per-tunnel task cost.
+#[allow(clippy::too_many_arguments)]
 async fn run_tunnel<C, K>(
     cluster: Arc<Cluster>,
     mut client: C,
     mut backend: TcpStream,
-    guard: TunnelGuard,
+    mut guard: TunnelGuard,
     keep: K,
     idle: Duration,
     linger: Duration,
+    log: TunnelLog,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let end = Splice::new(
+    let mut splice = Splice::new(
         &mut client,
         &mut backend,
         idle,
         linger,
         Some(guard.token.clone()),
     )
-    .track_frames()
-    .await;
+    .track_frames();
+    let end = (&mut splice).await;
+    let (up, down) = splice.bytes();
+    let closed_first = splice.closed_first();
+    drop(splice);
     let m = &cluster.metrics;
     match end {
         End::Idle => m.tunnels_closed.with_label_values(&["idle"]).inc(),
@@ -547,8 +758,30 @@ async fn run_tunnel<C, K>(
         End::Cancelled { at_boundary: false } => {
             tracing::debug!("tunnel closed mid-frame: no 1012 appended");
         }
-        End::Closed => {}
+        End::Closed { .. } => {}
     }
+    let closed_by = guard.deregister();
+    // A tunnel cancelled, or failing, once one side had begun to close (a close frame or
+    // its end of stream) was ending because of that side: say so. The common case is a client
+    // that sends its close frame and drops the socket at once: the node's answering close
+    // frame then meets a reset (still counted as `tunnel_io` in the metrics), and recording
+    // that as a failure would flood the log with ordinary closes.
+    let (words, error) = match (end, closed_first) {
+        (End::Cancelled { .. } | End::Error, Some(client_first)) => {
+            end_words(End::Closed { client_first }, None)
+        }
+        _ => end_words(end, closed_by),
+    };
+    log.origin.record(
+        &cluster,
+        error,
+        guard.quiz(),
+        Some((guard.backend(), log.node_addr)),
+        101,
+        (log.pre.0 + up, log.pre.1 + down),
+        words,
+        if words == "error" { "tunnel_io" } else { "" },
+    );
     drop(guard);
     drop(backend);
     let _ = tokio::time::timeout(Duration::from_millis(200), client.shutdown()).await;

@@ -6,8 +6,11 @@
 //! concurrency), measures setups per second, the proxy's RSS growth per connection (`--pid`),
 //! then measures round-trip latency at light load (10 connections × 200 sequential echoes:
 //! `lat_p50_us`/`lat_p99_us`), then has every connection do M round trips at once
-//! (`msgs_per_s` counts messages through the proxy, both directions, and `loaded_rtt_*`).
-//! One JSON line of results on stdout.
+//! (`msgs_per_s` counts messages through the proxy, both directions, and `loaded_rtt_*`),
+//! then closes them all (`proxy_cpu_us_per_close`: where a tunnel's access record is written).
+//! `edge-lb-bench http --target ADDR --requests N --concurrency C --pid PID` sends N plain
+//! `GET`s over C kept-alive connections and reports requests per second and the proxy's CPU
+//! per request. One JSON line of results on stdout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +60,24 @@ enum Cmd {
         #[arg(long, default_value = "run")]
         label: String,
         /// Hard bound for the whole run.
+        #[arg(long, default_value_t = 300)]
+        max_seconds: u64,
+    },
+    /// Plain HTTP load through a proxy: kept-alive connections, sequential GETs on each.
+    Http {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 20000)]
+        requests: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 200)]
+        quizzes: usize,
+        /// Proxy pid whose CPU time is divided by the request count.
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long, default_value = "run")]
+        label: String,
         #[arg(long, default_value_t = 300)]
         max_seconds: u64,
     },
@@ -131,7 +152,106 @@ async fn main() -> anyhow::Result<()> {
             println!("{v}");
             Ok(())
         }
+        Cmd::Http {
+            target,
+            requests,
+            concurrency,
+            quizzes,
+            pid,
+            label,
+            max_seconds,
+        } => {
+            let mut v = tokio::time::timeout(
+                Duration::from_secs(max_seconds),
+                run_http(target, requests, concurrency.max(1), quizzes.max(1), pid),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("run exceeded {max_seconds} s"))??;
+            v["label"] = label.into();
+            println!("{v}");
+            Ok(())
+        }
     }
+}
+
+/// `requests` GETs over `concurrency` kept-alive connections (each sequential), with a token
+/// in the query as a client's would be.
+async fn run_http(
+    target: SocketAddr,
+    requests: usize,
+    concurrency: usize,
+    quizzes: usize,
+    pid: Option<u32>,
+) -> anyhow::Result<serde_json::Value> {
+    let cpu0 = pid.and_then(cpu_ns);
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for w in 0..concurrency {
+        let n = requests / concurrency + usize::from(w < requests % concurrency);
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0usize;
+            let mut s = tokio::net::TcpStream::connect(target).await?;
+            s.set_nodelay(true)?;
+            for i in 0..n {
+                let q = (w * 7919 + i) % quizzes;
+                let req = format!(
+                    "GET /v1/quizzes/q{q}/state?token=v2.p.q{q}.player.1999999999.mac HTTP/1.1\r\nHost: bench\r\n\r\n"
+                );
+                if get(&mut s, req.as_bytes()).await? == 200 {
+                    ok += 1;
+                }
+            }
+            Ok::<usize, anyhow::Error>(ok)
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await??;
+    }
+    let took = t0.elapsed();
+    let cpu1 = pid.and_then(cpu_ns);
+    Ok(serde_json::json!({
+        "requests": requests,
+        "ok": ok,
+        "requests_per_s": ok as f64 / took.as_secs_f64(),
+        "proxy_cpu_us_per_request": match (cpu0, cpu1) {
+            (Some(a), Some(b)) if ok > 0 => Some(b.saturating_sub(a) as f64 / 1000.0 / ok as f64),
+            _ => None,
+        },
+    }))
+}
+
+/// One request on a kept-alive connection; returns the status once the whole response (by
+/// `content-length`) is read.
+async fn get(s: &mut tokio::net::TcpStream, req: &[u8]) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(req).await?;
+    let mut buf = Vec::with_capacity(1024);
+    let head_end = loop {
+        if s.read_buf(&mut buf).await? == 0 {
+            anyhow::bail!("closed mid-response");
+        }
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = std::str::from_utf8(&buf[..head_end])?;
+    let status: u16 = head.split(' ').nth(1).unwrap_or("0").parse()?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        if s.read_buf(&mut buf).await? == 0 {
+            anyhow::bail!("closed mid-body");
+        }
+    }
+    Ok(status)
 }
 
 async fn run_ws(
@@ -164,10 +284,14 @@ async fn run_ws(
     let (mut clients, hist) = round_trips(clients, msgs, &payload).await?;
     let msg_time = t1.elapsed();
     let cpu3 = pid.and_then(cpu_ns);
+    let closed = clients.len();
     for c in clients.iter_mut() {
         let _ = c.close().await;
     }
     drop(clients);
+    // The proxy ends each tunnel (and writes its access record) once both sides are gone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu4 = pid.and_then(cpu_ns);
     let per_conn = match (rss0, rss1) {
         (Some(a), Some(b)) if conns > failed => {
             Some(((b.saturating_sub(a)) as f64 * 1024.0) / (conns - failed) as f64)
@@ -183,6 +307,7 @@ async fn run_ws(
     Ok(serde_json::json!({
         "proxy_cpu_us_per_setup": per(cpu0, cpu1, conns - failed),
         "proxy_cpu_us_per_msg": per(cpu2, cpu3, 2 * hist.len() as usize),
+        "proxy_cpu_us_per_close": per(cpu3, cpu4, closed),
         "conns": conns,
         "failed": failed,
         "setup_s": setup.as_secs_f64(),

@@ -118,6 +118,7 @@ impl Cluster {
     /// untouched. Discovered backends of pools that still have discovery are kept.
     /// Returns the backends that were removed.
     pub fn apply_config(self: &Arc<Self>, config: EdgeConfig) -> Vec<Arc<str>> {
+        self.access.set(&config.access_log);
         let mut src = self.sources.lock();
         src.base = config;
         let keep: HashSet<String> = src

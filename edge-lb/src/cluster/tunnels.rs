@@ -47,6 +47,19 @@ struct Entry {
     /// not only the quiz: see `Cluster::rebalance_locked`).
     player: Option<(Box<str>, usize)>,
     token: CancellationToken,
+    /// Why edge-lb picked it for closing, set when picked (the last pick before its token is
+    /// cancelled wins): the access record of a cancelled tunnel says which close it was.
+    closing: Option<CloseReason>,
+}
+
+impl Entry {
+    /// Picked for closing for `reason` (unless already cancelled for another).
+    fn pick(&mut self, reason: CloseReason) -> Victim {
+        if !self.token.is_cancelled() {
+            self.closing = Some(reason);
+        }
+        (self.quiz.clone(), self.token.clone())
+    }
 }
 
 /// A tunnel to close: its quiz (the closing order) and its token.
@@ -78,6 +91,7 @@ impl Tunnels {
             quiz: quiz.to_string(),
             player: player.map(|(p, k)| (p.into(), k)),
             token: token.clone(),
+            closing: None,
         };
         self.open
             .lock()
@@ -87,10 +101,13 @@ impl Tunnels {
         (id, token)
     }
 
-    fn remove(&self, backend: &str, id: u64) {
-        if let Some(m) = self.open.lock().get_mut(backend) {
-            m.remove(&id);
-        }
+    /// Deregister; returns why edge-lb picked it for closing, if it did.
+    fn remove(&self, backend: &str, id: u64) -> Option<CloseReason> {
+        self.open
+            .lock()
+            .get_mut(backend)
+            .and_then(|m| m.remove(&id))
+            .and_then(|e| e.closing)
     }
 
     fn count(&self, backend: &str) -> usize {
@@ -106,43 +123,44 @@ impl Tunnels {
             .collect()
     }
 
-    /// The tunnels of `backend`, only those of `quizzes` when given.
-    fn of(&self, backend: &str, quizzes: Option<&[String]>) -> Vec<Victim> {
-        let open = self.open.lock();
-        open.get(backend)
+    /// The tunnels of `backend`, only those of `quizzes` when given, picked for `reason`.
+    fn of(&self, backend: &str, quizzes: Option<&[String]>, reason: CloseReason) -> Vec<Victim> {
+        let mut open = self.open.lock();
+        open.get_mut(backend)
             .map(|m| {
-                m.values()
+                m.values_mut()
                     .filter(|e| quizzes.is_none_or(|q| q.contains(&e.quiz)))
-                    .map(|e| (e.quiz.clone(), e.token.clone()))
+                    .map(|e| e.pick(reason))
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    /// The tunnels for which `pick(backend, quiz, player)` says yes, with their backend;
-    /// `player` is the player id and k of a spread player's tunnel.
+    /// The tunnels for which `pick(backend, quiz, player)` says yes, with their backend,
+    /// picked for `reason`; `player` is the player id and k of a spread player's tunnel.
     pub(super) fn select(
         &self,
+        reason: CloseReason,
         mut pick: impl FnMut(&Arc<str>, &str, Option<(&str, usize)>) -> bool,
     ) -> Vec<(Arc<str>, Victim)> {
-        let open = self.open.lock();
+        let mut open = self.open.lock();
         let mut out = Vec::new();
-        for (backend, m) in open.iter() {
-            for e in m.values() {
+        for (backend, m) in open.iter_mut() {
+            for e in m.values_mut() {
                 let player = e.player.as_ref().map(|(p, k)| (p.as_ref(), *k));
                 if pick(backend, &e.quiz, player) {
-                    out.push((backend.clone(), (e.quiz.clone(), e.token.clone())));
+                    out.push((backend.clone(), e.pick(reason)));
                 }
             }
         }
         out
     }
 
-    fn all(&self) -> Vec<Victim> {
+    fn all(&self, reason: CloseReason) -> Vec<Victim> {
         self.open
             .lock()
-            .values()
-            .flat_map(|m| m.values().map(|e| (e.quiz.clone(), e.token.clone())))
+            .values_mut()
+            .flat_map(|m| m.values_mut().map(|e| e.pick(reason)))
             .collect()
     }
 }
@@ -156,12 +174,36 @@ pub struct TunnelGuard {
     id: u64,
     /// Counted in the spread book's tunnels of the quiz on this backend.
     counted: bool,
+    /// Already taken out of the registry by [`TunnelGuard::deregister`].
+    removed: bool,
     pub token: CancellationToken,
+}
+
+impl TunnelGuard {
+    pub fn quiz(&self) -> &str {
+        &self.quiz
+    }
+
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// Take the tunnel out of the registry now (the rest of the bookkeeping is done on
+    /// drop), returning why edge-lb closed it if it did: the access record names it.
+    pub fn deregister(&mut self) -> Option<CloseReason> {
+        if self.removed {
+            return None;
+        }
+        self.removed = true;
+        self.cluster.tunnels.remove(&self.backend, self.id)
+    }
 }
 
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
-        self.cluster.tunnels.remove(&self.backend, self.id);
+        if !self.removed {
+            self.cluster.tunnels.remove(&self.backend, self.id);
+        }
         self.cluster
             .metrics
             .tunnels_active
@@ -214,6 +256,7 @@ impl Cluster {
             quiz: quiz.to_string(),
             id,
             counted,
+            removed: false,
             token,
         }
     }
@@ -232,7 +275,7 @@ impl Cluster {
         reason: CloseReason,
         immediate: bool,
     ) {
-        let victims = self.tunnels.of(&backend, quizzes.as_deref());
+        let victims = self.tunnels.of(&backend, quizzes.as_deref(), reason);
         let period = if immediate {
             Duration::ZERO
         } else {
@@ -256,7 +299,7 @@ impl Cluster {
     /// another replica — in a trickle instead of all at once when this process exits. Returns
     /// how many were scheduled.
     pub fn close_all_tunnels_within(self: &Arc<Self>, within: Duration) -> usize {
-        let victims = self.tunnels.all();
+        let victims = self.tunnels.all(CloseReason::Shutdown);
         let n = victims.len();
         if n > 0 {
             let period = (within / n as u32).min(self.drain_period());

@@ -270,25 +270,27 @@ impl Cluster {
         let (p, backends) = (&inner.pools[pool], &inner.backends);
         // One spread per quiz, computed once however many of its players are open.
         let mut spreads: HashMap<String, Option<SpreadNodes>> = HashMap::new();
-        let victims = self.tunnels.select(|backend, quiz, player| {
-            if backends.get(backend).map(|b| &b.pool) != Some(pool) {
-                return false;
-            }
-            let Some((player, k)) = player else {
-                return moved.get(quiz) == Some(backend);
-            };
-            let spread = spreads.entry(quiz.to_string()).or_insert_with(|| {
-                let owner = p.placement.owner(quiz)?;
-                Some(p.spread_nodes(quiz, owner, k))
+        let victims = self
+            .tunnels
+            .select(CloseReason::Rebalance, |backend, quiz, player| {
+                if backends.get(backend).map(|b| &b.pool) != Some(pool) {
+                    return false;
+                }
+                let Some((player, k)) = player else {
+                    return moved.get(quiz) == Some(backend);
+                };
+                let spread = spreads.entry(quiz.to_string()).or_insert_with(|| {
+                    let owner = p.placement.owner(quiz)?;
+                    Some(p.spread_nodes(quiz, owner, k))
+                });
+                let Some((s, rest)) = spread else {
+                    return false;
+                };
+                let s: Vec<&str> = s.iter().map(|n| n.as_ref()).collect();
+                let rest: Vec<&str> = rest.iter().map(|n| n.as_ref()).collect();
+                spread::choose(&s, &rest, player, |n| p.placement.is_eligible(n))
+                    .is_some_and(|c| c.node != backend.as_ref())
             });
-            let Some((s, rest)) = spread else {
-                return false;
-            };
-            let s: Vec<&str> = s.iter().map(|n| n.as_ref()).collect();
-            let rest: Vec<&str> = rest.iter().map(|n| n.as_ref()).collect();
-            spread::choose(&s, &rest, player, |n| p.placement.is_eligible(n))
-                .is_some_and(|c| c.node != backend.as_ref())
-        });
         if victims.is_empty() {
             return;
         }
