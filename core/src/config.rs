@@ -408,14 +408,23 @@ impl Cli {
                 "max_players_per_quiz",
                 self.max_players_per_quiz.map(|n| n.to_string()),
             ),
-            ("players_per_node", self.players_per_node.map(|n| n.to_string())),
+            (
+                "players_per_node",
+                self.players_per_node.map(|n| n.to_string()),
+            ),
             (
                 "players_per_shard",
                 self.players_per_shard.map(|n| n.to_string()),
             ),
-            ("max_connections", self.max_connections.map(|n| n.to_string())),
+            (
+                "max_connections",
+                self.max_connections.map(|n| n.to_string()),
+            ),
             ("log_format", self.log_format.as_ref().map(name)),
-            ("trusted_proxies", self.trusted_proxies.as_ref().map(|v| v.join(","))),
+            (
+                "trusted_proxies",
+                self.trusted_proxies.as_ref().map(|v| v.join(",")),
+            ),
         ];
         flags
             .into_iter()
@@ -448,7 +457,8 @@ impl Config {
             }
             None => (Config::default(), None),
         };
-        let base = serde_json::to_value(&base).map_err(|e| settings::Error::Usage(e.to_string()))?;
+        let base =
+            serde_json::to_value(&base).map_err(|e| settings::Error::Usage(e.to_string()))?;
         let mut overrides = SCHEME.env_overrides(&base, lookup);
         overrides.extend(cli.named_overrides());
         overrides.extend(cli.settings.overrides()?);

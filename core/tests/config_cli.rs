@@ -60,10 +60,7 @@ fn file_env_and_command_line_in_that_order() {
     assert!(line(&out, "join_queue_ms").ends_with(&format!("# file {file}")));
     assert!(line(&out, "ws_write_timeout_ms").ends_with("# default"));
 
-    let env = [
-        ("QUIZ_JOIN_QUEUE_MS", "2s"),
-        ("QUIZ_NODE_NAME", "from-env"),
-    ];
+    let env = [("QUIZ_JOIN_QUEUE_MS", "2s"), ("QUIZ_NODE_NAME", "from-env")];
     let out = check(&env, &[]);
     let l = line(&out, "join_queue_ms");
     assert!(
@@ -143,7 +140,10 @@ fn errors_exit_2_naming_the_key_and_the_layer() {
         let o = core(&args, &env);
         let e = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{args:?} {env:?}: {e}");
-        assert!(e.contains(key) && e.contains(layer), "{args:?} {env:?}: {e}");
+        assert!(
+            e.contains(key) && e.contains(layer),
+            "{args:?} {env:?}: {e}"
+        );
         assert!(!e.contains("panicked"), "{e}");
     }
     // Without --check-config a bad configuration stops the start the same way.
@@ -163,7 +163,10 @@ fn secrets_are_redacted() {
     let mut env = secrets.to_vec();
     env.extend([
         ("QUIZ_REDIS_USERNAME", "quiz"),
-        ("QUIZ_REDIS_NODES", "127.0.0.1:7000,redis://u:url-pass-0123@127.0.0.1:7001"),
+        (
+            "QUIZ_REDIS_NODES",
+            "127.0.0.1:7000,redis://u:url-pass-0123@127.0.0.1:7001",
+        ),
         ("QUIZ_KAFKA_BROKERS", "127.0.0.1:9092"),
     ]);
     let o = core(&["--check-config"], &env);
@@ -172,7 +175,12 @@ fn secrets_are_redacted() {
     for (_, s) in secrets.iter().chain([&("", "url-pass-0123")]) {
         assert!(!out.contains(s), "{s} printed:\n{out}");
     }
-    for key in ["token_secret", "admin_key", "redis_password", "kafka_sasl_password"] {
+    for key in [
+        "token_secret",
+        "admin_key",
+        "redis_password",
+        "kafka_sasl_password",
+    ] {
         assert!(line(&out, key).contains("<redacted>"), "{out}");
     }
     assert!(line(&out, "redis_password").ends_with("# environment QUIZ_REDIS_PASSWORD"));
@@ -194,11 +202,14 @@ fn version_is_printed() {
 /// environment name; the names core read before the shared scheme still work.
 #[test]
 fn docs_table_lists_every_key_with_its_env_name() {
-    let md = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/core.md"))
-        .unwrap();
+    let md =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/core.md")).unwrap();
     let keys = Config::keys();
     let missing = settings::docs::undocumented(&md, &keys);
-    assert!(missing.is_empty(), "not in docs/core.md's table: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "not in docs/core.md's table: {missing:#?}"
+    );
     let names: Vec<&String> = keys.iter().flat_map(|k| &k.env).collect();
     for old in [
         "QUIZ_LISTEN",
