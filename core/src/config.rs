@@ -1,8 +1,11 @@
-//! Configuration: one typed struct, loaded in layers.
+//! Configuration: one typed struct, loaded in layers by the workspace's
+//! `settings` crate (docs/configuration.md).
 //!
 //! Precedence, lowest first: built-in defaults < TOML file (`--config`) <
-//! environment (`QUIZ_*`) < command line. [`Config::validate`] names the
-//! offending key. Every key is documented in `docs/core.md`.
+//! environment (`QUIZ_<KEY>`, every key) < command line (the named flags,
+//! then `--set key=value`). [`Config::validate`] names the offending key;
+//! [`Config::load_with`] adds the layer it came from. Every key is documented
+//! in `docs/core.md` (checked by `core/tests/config_cli.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -302,135 +305,227 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    /// A key's value refused, naming the key and the layer it came from.
+    #[error(transparent)]
+    Layered(#[from] settings::Error),
 }
 
-/// Command line of the `quiz-core` binary. Each override also reads its
-/// `QUIZ_*` environment variable (the command line wins).
+/// How core's keys are named outside the file (docs/configuration.md): the
+/// environment names `QUIZ_<KEY>` are the ones core always read.
+pub static SCHEME: settings::Scheme = settings::Scheme {
+    env_prefix: "QUIZ",
+    root: None,
+    aliases: &[],
+    maps: &["kafka_properties"],
+    hidden: &[
+        ("redis_password", "QUIZ_REDIS_PASSWORD"),
+        ("kafka_sasl_password", "QUIZ_KAFKA_SASL_PASSWORD"),
+    ],
+    secrets: &["admin_key", "token_secret"],
+};
+
+/// Command line of the `quiz-core` binary: the named flags below (each
+/// equivalent to `--set <key>=…`), `--set`, `--check-config`, `--version`.
+/// Every key is also read from the environment as `QUIZ_<KEY>` (the
+/// command line wins).
 #[derive(Debug, Default, Parser)]
-#[command(name = "quiz-core", about = "The quiz service")]
+#[command(name = "quiz-core", about = "The quiz service", version = settings::version!())]
 pub struct Cli {
     /// TOML config file.
     #[arg(long, env = "QUIZ_CONFIG")]
     pub config: Option<PathBuf>,
-    #[arg(long, env = "QUIZ_LISTEN")]
+    #[command(flatten)]
+    pub settings: settings::ConfigArgs,
+    #[arg(long)]
     pub listen: Option<String>,
-    #[arg(long, env = "QUIZ_NODE_NAME")]
+    #[arg(long)]
     pub node_name: Option<String>,
-    #[arg(long, env = "QUIZ_TIER", value_enum)]
+    #[arg(long, value_enum)]
     pub tier: Option<Tier>,
-    #[arg(long, env = "QUIZ_TOKEN_SECRET", hide_env_values = true)]
+    #[arg(long)]
     pub token_secret: Option<String>,
     /// Comma separated `host:port` list.
-    #[arg(long, env = "QUIZ_REDIS_NODES")]
+    #[arg(long)]
     pub redis_nodes: Option<String>,
-    #[arg(long, env = "QUIZ_KAFKA_BROKERS")]
+    #[arg(long)]
     pub kafka_brokers: Option<String>,
-    #[arg(long, env = "QUIZ_KAFKA_TOPIC")]
+    #[arg(long)]
     pub kafka_topic: Option<String>,
     /// Comma separated `key=value` librdkafka properties, merged over the
     /// file's `kafka_properties`.
-    #[arg(long, env = "QUIZ_KAFKA_PROPERTIES")]
+    #[arg(long)]
     pub kafka_properties: Option<String>,
-    #[arg(long, env = "QUIZ_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    #[arg(long)]
     pub kafka_sasl_password: Option<String>,
-    #[arg(long, env = "QUIZ_REDIS_TLS")]
+    #[arg(long)]
     pub redis_tls: Option<bool>,
-    #[arg(long, env = "QUIZ_REDIS_USERNAME")]
+    #[arg(long)]
     pub redis_username: Option<String>,
-    #[arg(long, env = "QUIZ_REDIS_PASSWORD", hide_env_values = true)]
+    #[arg(long)]
     pub redis_password: Option<String>,
-    #[arg(long, env = "QUIZ_EVENT_LOG")]
+    #[arg(long)]
     pub event_log: Option<PathBuf>,
-    #[arg(long, env = "QUIZ_DEMO_QUIZ")]
+    #[arg(long)]
     pub demo_quiz: Option<bool>,
-    #[arg(long, env = "QUIZ_ADMIN_KEY", hide_env_values = true)]
+    #[arg(long)]
     pub admin_key: Option<String>,
-    #[arg(long, env = "QUIZ_ADMIN_OPEN")]
+    #[arg(long)]
     pub admin_open: Option<bool>,
-    #[arg(long, env = "QUIZ_MAX_PLAYERS_PER_QUIZ")]
+    #[arg(long)]
     pub max_players_per_quiz: Option<u64>,
-    #[arg(long, env = "QUIZ_PLAYERS_PER_NODE")]
+    #[arg(long)]
     pub players_per_node: Option<u64>,
-    #[arg(long, env = "QUIZ_PLAYERS_PER_SHARD")]
+    #[arg(long)]
     pub players_per_shard: Option<u64>,
-    #[arg(long, env = "QUIZ_MAX_CONNECTIONS")]
+    #[arg(long)]
     pub max_connections: Option<usize>,
-    #[arg(long, env = "QUIZ_LOG_FORMAT", value_enum)]
+    #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
     /// Comma-separated `trusted_proxies`.
-    #[arg(long, env = "QUIZ_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<String>>,
 }
 
+impl Cli {
+    /// The named flags as overrides, in the order of the keys (applied after the
+    /// environment, before `--set`).
+    fn named_overrides(&self) -> Vec<settings::Override> {
+        fn name<T: Serialize>(v: &T) -> String {
+            serde_json::to_value(v)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        }
+        let flags: [(&str, Option<String>); 22] = [
+            ("listen", self.listen.clone()),
+            ("node_name", self.node_name.clone()),
+            ("tier", self.tier.as_ref().map(name)),
+            ("token_secret", self.token_secret.clone()),
+            ("redis_nodes", self.redis_nodes.clone()),
+            ("redis_tls", self.redis_tls.map(|b| b.to_string())),
+            ("redis_username", self.redis_username.clone()),
+            ("redis_password", self.redis_password.clone()),
+            ("kafka_brokers", self.kafka_brokers.clone()),
+            ("kafka_topic", self.kafka_topic.clone()),
+            ("kafka_properties", self.kafka_properties.clone()),
+            ("kafka_sasl_password", self.kafka_sasl_password.clone()),
+            (
+                "event_log",
+                self.event_log.as_ref().map(|p| p.display().to_string()),
+            ),
+            ("demo_quiz", self.demo_quiz.map(|b| b.to_string())),
+            ("admin_key", self.admin_key.clone()),
+            ("admin_open", self.admin_open.map(|b| b.to_string())),
+            (
+                "max_players_per_quiz",
+                self.max_players_per_quiz.map(|n| n.to_string()),
+            ),
+            (
+                "players_per_node",
+                self.players_per_node.map(|n| n.to_string()),
+            ),
+            (
+                "players_per_shard",
+                self.players_per_shard.map(|n| n.to_string()),
+            ),
+            (
+                "max_connections",
+                self.max_connections.map(|n| n.to_string()),
+            ),
+            ("log_format", self.log_format.as_ref().map(name)),
+            (
+                "trusted_proxies",
+                self.trusted_proxies.as_ref().map(|v| v.join(",")),
+            ),
+        ];
+        flags
+            .into_iter()
+            .filter_map(|(key, v)| {
+                let flag = format!("--{}", key.replace('_', "-"));
+                v.map(|v| settings::Override::flag(key, &flag, v))
+            })
+            .collect()
+    }
+}
+
 impl Config {
-    /// Defaults, then the file named by `cli.config`, then `cli`'s overrides
-    /// (which clap already filled from `QUIZ_*` where not on the command line).
+    /// Every layer from the process's environment; see [`Config::load_with`].
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
-        let mut cfg = match &cli.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        cfg.apply(cli);
-        cfg.validate()?;
-        Ok(cfg)
+        Config::load_with(cli, &|name| std::env::var(name).ok()).map(|(c, _)| c)
     }
 
+    /// Defaults, then the file named by `cli.config`, then the environment
+    /// (`lookup`: `std::env::var` in the binary, a map in tests), then the
+    /// named flags, then `--set`; validated. Also returns where each key came
+    /// from (for `--check-config` and the errors).
+    pub fn load_with(
+        cli: &Cli,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Config, settings::Layers), ConfigError> {
+        let (base, file_tree) = match &cli.config {
+            Some(path) => {
+                let (cfg, tree) = Config::read_file(path)?;
+                (cfg, Some((path.display().to_string(), tree)))
+            }
+            None => (Config::default(), None),
+        };
+        let base =
+            serde_json::to_value(&base).map_err(|e| settings::Error::Usage(e.to_string()))?;
+        let mut overrides = SCHEME.env_overrides(&base, lookup);
+        overrides.extend(cli.named_overrides());
+        overrides.extend(cli.settings.overrides()?);
+        let file = file_tree.as_ref().map(|(p, t)| (p.as_str(), t));
+        let (mut cfg, mut layers): (Config, _) = SCHEME.load(base, file, &overrides)?;
+        if let Some(p) = layers.hidden("redis_password") {
+            cfg.redis_password = p.to_string();
+        }
+        if let Some(p) = layers.hidden("kafka_sasl_password") {
+            cfg.kafka_sasl_password = p.to_string();
+        }
+        cfg.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message } => layers.error(key, message).into(),
+            other => other,
+        })?;
+        if let Ok(tree) = serde_json::to_value(&cfg) {
+            layers.set_tree(tree);
+        }
+        Ok((cfg, layers))
+    }
+
+    /// The file alone over the defaults (durations given as strings read as
+    /// their key's unit), and the keys it sets.
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        Config::read_file(path).map(|(c, _)| c)
+    }
+
+    fn read_file(path: &std::path::Path) -> Result<(Config, serde_json::Value), ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        let raw: toml::Table = toml::from_str(&text).map_err(|e| parse_err(e.to_string()))?;
+        let mut tree = serde_json::to_value(&raw).map_err(|e| parse_err(e.to_string()))?;
+        // `*_ms` / `*_s` keys may be duration strings: read them as their
+        // unit's integer, then parse the typed struct from that (its errors
+        // name the key); untouched text is parsed as it is (its errors also
+        // carry the line).
+        let cfg = if SCHEME.normalize_file(&mut tree, &path.display().to_string())? {
+            let normalized = toml::to_string(&tree).map_err(|e| parse_err(e.to_string()))?;
+            toml::from_str(&normalized)
+        } else {
+            toml::from_str(&text)
+        }
+        .map_err(|e| parse_err(e.to_string()))?;
+        Ok((cfg, tree))
     }
 
-    fn apply(&mut self, cli: &Cli) {
-        fn set<T: Clone>(slot: &mut T, v: &Option<T>) {
-            if let Some(v) = v {
-                *slot = v.clone();
-            }
-        }
-        set(&mut self.listen, &cli.listen);
-        set(&mut self.node_name, &cli.node_name);
-        set(&mut self.tier, &cli.tier);
-        set(&mut self.token_secret, &cli.token_secret);
-        set(&mut self.kafka_brokers, &cli.kafka_brokers);
-        set(&mut self.kafka_topic, &cli.kafka_topic);
-        set(&mut self.kafka_sasl_password, &cli.kafka_sasl_password);
-        set(&mut self.redis_tls, &cli.redis_tls);
-        set(&mut self.redis_username, &cli.redis_username);
-        set(&mut self.redis_password, &cli.redis_password);
-        set(&mut self.event_log, &cli.event_log);
-        set(&mut self.demo_quiz, &cli.demo_quiz);
-        set(&mut self.max_connections, &cli.max_connections);
-        set(&mut self.admin_open, &cli.admin_open);
-        set(&mut self.max_players_per_quiz, &cli.max_players_per_quiz);
-        set(&mut self.players_per_node, &cli.players_per_node);
-        set(&mut self.players_per_shard, &cli.players_per_shard);
-        set(&mut self.log_format, &cli.log_format);
-        set(&mut self.trusted_proxies, &cli.trusted_proxies);
-        if cli.admin_key.is_some() {
-            self.admin_key = cli.admin_key.clone();
-        }
-        if let Some(list) = &cli.kafka_properties {
-            // `validate` reports an entry without `=` (kept under its whole
-            // text so the message can quote it).
-            for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let (k, v) = item.split_once('=').unwrap_or((item, ""));
-                self.kafka_properties
-                    .insert(k.trim().to_string(), v.trim().to_string());
-            }
-        }
-        if let Some(nodes) = &cli.redis_nodes {
-            self.redis_nodes = nodes
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
-        }
+    /// Every key with its environment names (docs/core.md's table lists them).
+    pub fn keys() -> Vec<settings::KeyInfo> {
+        SCHEME.keys(&serde_json::to_value(Config::default()).unwrap_or_default())
     }
 
     /// The Redis nodes as URLs: the scheme from `redis_tls` and the
@@ -672,6 +767,23 @@ mod tests {
         assert_eq!(plain.redis_urls(), vec!["redis://h:1"]);
     }
 
+    /// The layers with `env` as the whole environment (the test process's
+    /// own `QUIZ_*` variables, e.g. from `stack env`, must not leak in).
+    fn load(cli: &Cli, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: std::collections::HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with(cli, &|n| env.get(n).cloned()).map(|(c, _)| c)
+    }
+
+    const DISTRIBUTED: [(&str, &str); 4] = [
+        ("QUIZ_REDIS_NODES", "127.0.0.1:7000"),
+        ("QUIZ_KAFKA_BROKERS", "k:9092"),
+        ("QUIZ_TOKEN_SECRET", "0123456789abcdef"),
+        ("QUIZ_ADMIN_OPEN", "true"),
+    ];
+
     #[test]
     fn kafka_properties_merge_and_guard_the_delivery_guarantee() {
         let base = Config {
@@ -681,15 +793,17 @@ mod tests {
             admin_open: true,
             ..Config::default()
         };
-        let mut c = base.clone();
-        c.apply(&Cli {
-            kafka_properties: Some(
-                "security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512".into(),
-            ),
-            kafka_sasl_password: Some("s3cret".into()),
-            ..Cli::default()
-        });
-        c.validate().unwrap();
+        let c = load(
+            &Cli {
+                kafka_properties: Some(
+                    "security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512".into(),
+                ),
+                kafka_sasl_password: Some("s3cret".into()),
+                ..Cli::default()
+            },
+            &DISTRIBUTED,
+        )
+        .unwrap();
         let props = c.kafka_client_properties();
         assert!(props.contains(&("security.protocol".into(), "SASL_SSL".into())));
         assert!(props.contains(&("sasl.password".into(), "s3cret".into())));
@@ -699,12 +813,19 @@ mod tests {
             let e = bad.validate().unwrap_err().to_string();
             assert!(e.contains("kafka_properties") && e.contains(key), "{e}");
         }
-        let mut no_value = base.clone();
-        no_value.apply(&Cli {
-            kafka_properties: Some("linger.ms".into()),
-            ..Cli::default()
-        });
-        assert!(no_value.validate().is_err());
+        let no_value = load(
+            &Cli {
+                kafka_properties: Some("linger.ms".into()),
+                ..Cli::default()
+            },
+            &DISTRIBUTED,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            no_value.contains("kafka_properties") && no_value.contains("--kafka-properties"),
+            "{no_value}"
+        );
         // The passwords never reach a serialized config.
         let text = toml::to_string(&c).unwrap();
         assert!(!text.contains("s3cret"), "{text}");
@@ -743,7 +864,7 @@ mod tests {
         let path = dir.join("c.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nnode_name = \"a\"\n").unwrap();
         let cli = Cli {
-            config: Some(path),
+            config: Some(path.clone()),
             node_name: Some("b".into()),
             redis_nodes: Some("x:1, y:2".into()),
             kafka_brokers: Some("k:9092".into()),
@@ -751,11 +872,27 @@ mod tests {
             admin_open: Some(true),
             ..Cli::default()
         };
-        let c = Config::load(&cli).unwrap();
+        let c = load(&cli, &[("QUIZ_NODE_NAME", "from-env")]).unwrap();
         assert_eq!(c.listen, "127.0.0.1:9000");
         assert_eq!(c.node_name, "b");
         assert_eq!(c.redis_nodes, vec!["x:1", "y:2"]);
         assert!(!c.is_embedded());
+        // Durations: a `*_ms` key takes a duration string too, an integer as
+        // before; a `*_s` key counts seconds.
+        std::fs::write(
+            &path,
+            "join_queue_ms = \"2s\"\nws_write_timeout_ms = 1500\nredis_retention_ended_s = \"12h\"\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(path),
+            ..Cli::default()
+        };
+        let c = load(&cli, &[("QUIZ_LEADERBOARD_INTERVAL_MS", "1s")]).unwrap();
+        assert_eq!(c.join_queue_ms, 2000);
+        assert_eq!(c.ws_write_timeout_ms, 1500);
+        assert_eq!(c.redis_retention_ended_s, 12 * 3600);
+        assert_eq!(c.leaderboard_interval_ms, 1000);
     }
 
     /// Distributed mode is closed by default: an admin key, or an explicit

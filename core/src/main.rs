@@ -1,11 +1,37 @@
 //! `quiz-core`: parse the configuration, bind, run until SIGTERM / ctrl-c.
+//! `--check-config` prints the effective configuration and exits; a
+//! configuration error exits 2 naming the key and its layer.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = quiz_core::Config::load(&quiz_core::config::Cli::parse())?;
+async fn main() -> ExitCode {
+    let cli = quiz_core::config::Cli::parse();
+    let (config, layers) =
+        match quiz_core::Config::load_with(&cli, &|name| std::env::var(name).ok()) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                eprintln!("quiz-core: {e}");
+                return ExitCode::from(settings::EXIT_INVALID);
+            }
+        };
+    if cli.settings.check_config {
+        print!("{}", quiz_core::config::SCHEME.render(&layers));
+        return ExitCode::SUCCESS;
+    }
     quiz_core::init_tracing(&config);
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quiz-core: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: quiz_core::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let shutdown = quiz_core::Shutdown::on_signals_after(std::time::Duration::from_millis(
         config.shutdown_drain_ms,

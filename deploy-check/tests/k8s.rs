@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use clap::{CommandFactory, FromArgMatches};
 use common::*;
 use deploy_check::dockerfile;
 use deploy_check::render::{obj_kind, obj_name};
@@ -481,7 +480,7 @@ fn runtime_env(
 }
 
 /// core's configuration in an overlay, loaded exactly as `quiz-core` does
-/// (`Config::load`: core.toml from the ConfigMap with unknown keys rejected, then the
+/// (`Config::load_with`: core.toml from the ConfigMap with unknown keys rejected, then the
 /// environment, then validation). Every env var must be one quiz-core or the entrypoint
 /// reads.
 fn load_core(ov: &Overlay) -> quiz_core::Config {
@@ -491,52 +490,42 @@ fn load_core(ov: &Overlay) -> quiz_core::Config {
     let c = container(w, "core");
     let fields = BTreeMap::from([("metadata.name", "core-0".to_string())]);
     let env = runtime_env(ov, "core", c, &fields);
-    let by_env: BTreeMap<String, String> = quiz_core::config::Cli::command()
-        .get_arguments()
-        .filter_map(|a| {
-            Some((
-                a.get_env()?.to_string_lossy().into_owned(),
-                a.get_long()?.to_string(),
-            ))
-        })
-        .collect();
     let dir = std::env::temp_dir().join(format!(
         "deploy-check-core-{}-{n}-{:?}",
         std::process::id(),
         std::thread::current().id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut args = vec!["quiz-core".to_string()];
-    for (k, v) in &env {
-        if k == "QUIZ_CONFIG" {
-            let file = dir.join("core.toml");
-            std::fs::write(&file, mounted_file(ov, w, c, v)).unwrap();
-            args.push("--config".into());
-            args.push(file.to_string_lossy().into_owned());
-        } else if let Some(long) = by_env.get(k) {
-            args.push(format!("--{long}"));
-            args.push(v.clone());
-        } else {
-            assert!(
-                entrypoint_env.contains(k) || k == "RUST_LOG",
-                "{n}: env {k} is read by neither quiz-core nor the entrypoint"
-            );
-        }
+    let mut cli = quiz_core::config::Cli::default();
+    if let Some(v) = env.get("QUIZ_CONFIG") {
+        let file = dir.join("core.toml");
+        std::fs::write(&file, mounted_file(ov, w, c, v)).unwrap();
+        cli.config = Some(file);
     }
-    // The test process's own QUIZ_* variables must not leak in: clap's env lookup is off.
-    let matches = quiz_core::config::Cli::command()
-        .mut_args(|a| a.env(None::<&'static str>))
-        .try_get_matches_from(&args)
-        .unwrap_or_else(|e| panic!("{n}: quiz-core command line {args:?}: {e}"));
-    let cli = quiz_core::config::Cli::from_arg_matches(&matches).unwrap();
-    let cfg = quiz_core::Config::load(&cli).unwrap_or_else(|e| panic!("{n}: quiz-core: {e}"));
+    let reads: BTreeSet<String> = quiz_core::Config::keys()
+        .into_iter()
+        .flat_map(|k| k.env)
+        .collect();
+    for k in env.keys() {
+        assert!(
+            k == "QUIZ_CONFIG"
+                || reads.contains(k)
+                || entrypoint_env.contains(k)
+                || k == "RUST_LOG",
+            "{n}: env {k} is read by neither quiz-core nor the entrypoint"
+        );
+    }
+    // The overlay's environment alone: the test process's own QUIZ_* variables must not
+    // leak in.
+    let (cfg, _) = quiz_core::Config::load_with(&cli, &|k| env.get(k).cloned())
+        .unwrap_or_else(|e| panic!("{n}: quiz-core: {e}"));
     std::fs::remove_dir_all(&dir).ok();
     cfg
 }
 
-/// The persister's configuration in an overlay: persister.toml parsed with
-/// `persister::Config` (unknown keys rejected), the environment applied with its own
-/// `apply_env` (which also tells which names it reads), then `validate`.
+/// The persister's configuration in an overlay, loaded as the persister does
+/// (`Config::layered`: persister.toml with unknown keys rejected, then the environment, then
+/// validation); every variable set must be one the persister reads (`Config::keys`).
 fn load_persister(ov: &Overlay) -> persister::Config {
     let n = &ov.name;
     let entrypoint_env = script_env("deploy/docker/entrypoint.sh");
@@ -549,19 +538,16 @@ fn load_persister(ov: &Overlay) -> persister::Config {
         main_rs.contains("env = \"PERSISTER_CONFIG\""),
         "persister reads PERSISTER_CONFIG"
     );
-    let mut cfg = persister::Config::from_toml(&mounted_file(ov, w, c, file))
-        .unwrap_or_else(|e| panic!("{n}: persister.toml: {e}"));
-    let asked = std::cell::RefCell::new(BTreeSet::new());
-    cfg.apply_env(|k| {
-        asked.borrow_mut().insert(k.to_string());
-        env.get(k).cloned()
-    })
-    .unwrap_or_else(|e| panic!("{n}: {e}"));
-    cfg.validate().unwrap_or_else(|e| panic!("{n}: {e}"));
-    let asked = asked.into_inner();
+    let text = mounted_file(ov, w, c, file);
+    let (cfg, _) = persister::Config::layered(Some((file, &text)), &|k| env.get(k).cloned(), &[])
+        .unwrap_or_else(|e| panic!("{n}: persister: {e}"));
+    let reads: BTreeSet<String> = persister::Config::keys()
+        .into_iter()
+        .flat_map(|k| k.env)
+        .collect();
     for k in env.keys() {
         assert!(
-            asked.contains(k) || k == "PERSISTER_CONFIG" || entrypoint_env.contains(k),
+            reads.contains(k) || k == "PERSISTER_CONFIG" || entrypoint_env.contains(k),
             "{n}: env {k} is read by neither the persister nor the entrypoint"
         );
     }

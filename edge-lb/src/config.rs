@@ -1,12 +1,18 @@
 //! Typed configuration: pingora's `ServerConf` keys at the top level of the YAML file, and
-//! this crate's own section under `edge_lb:`. Every key is documented in `docs/edge-lb.md`.
+//! this crate's own section under `edge_lb:`, loaded in layers by the workspace's `settings`
+//! crate (docs/configuration.md): the file < environment (`EDGE_LB_<SECTION>__<KEY>`, every
+//! key of the section) < command line (`--set edge_lb.section.key=value`); a reload
+//! (SIGHUP, `/admin/reload`) applies the same layers to the re-read file. Every key is
+//! documented in `docs/edge-lb.md` (checked by `edge-lb/tests/config_cli.rs`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
 
 use crate::ring::{RingConfig, RingNode};
 
@@ -21,6 +27,28 @@ pub enum ConfigError {
     Parse(#[from] serde_yaml::Error),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: String, message: String },
+    /// A key's value refused, naming the key and the layer it came from.
+    #[error(transparent)]
+    Layered(#[from] settings::Error),
+}
+
+/// How edge-lb's keys are named outside the file: `EDGE_LB_` and the path under `edge_lb`.
+pub static SCHEME: settings::Scheme = settings::Scheme {
+    env_prefix: "EDGE_LB",
+    root: Some("edge_lb"),
+    aliases: &[],
+    maps: &[],
+    hidden: &[],
+    secrets: &["edge_lb.admin_token"],
+};
+
+/// The command line's overrides (`--set`), kept for reloads: a reload re-reads the file and
+/// applies the environment and these again, so it never silently drops them.
+static COMMAND_LINE: OnceLock<Vec<settings::Override>> = OnceLock::new();
+
+/// Record the command line's overrides (the binary, once, before building).
+pub fn set_command_line(overrides: Vec<settings::Override>) {
+    let _ = COMMAND_LINE.set(overrides);
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -37,7 +65,7 @@ struct FileConf {
 }
 
 /// The `edge_lb:` section.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     /// Plain HTTP/WebSocket listeners.
@@ -121,7 +149,7 @@ impl Default for AccessLogConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub listen: Vec<String>,
@@ -132,7 +160,7 @@ pub struct TlsConfig {
     pub reload_check_interval: Duration,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub name: String,
@@ -146,7 +174,7 @@ pub struct PoolConfig {
 }
 
 /// `edge_lb.pools[].discovery`: where a pool's backends come from at run time.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryConfig {
     pub dns: DnsDiscoveryConfig,
@@ -155,7 +183,7 @@ pub struct DiscoveryConfig {
 /// DNS SRV discovery (a Kubernetes headless Service): one SRV answer per pod, whose target's
 /// first label is the node name (`core-0.core-headless.quiz.svc.cluster.local` → `core-0`)
 /// and whose A/AAAA record is the address.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DnsDiscoveryConfig {
     /// SRV name, e.g. `_http._tcp.core-headless.quiz.svc.cluster.local`. A name with fewer
@@ -184,7 +212,7 @@ pub struct DnsDiscoveryConfig {
     pub weight: u32,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// Stable node name: the ring key. Keep it across restarts and address changes.
@@ -197,7 +225,7 @@ pub struct BackendConfig {
     pub drain: bool,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutesConfig {
     /// Pool for WebSocket upgrades under `/v1/quizzes/{id}/…`.
@@ -215,7 +243,7 @@ impl Default for RoutesConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     pub path: String,
@@ -260,7 +288,7 @@ impl Default for HealthConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TunnelConfig {
     /// Close a WebSocket tunnel after this long without a byte in either direction.
@@ -294,7 +322,7 @@ impl Default for TunnelConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DrainConfig {
     /// Tunnels closed per second when draining a node or moving quizzes back.
@@ -309,7 +337,7 @@ impl Default for DrainConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Request head larger than this is answered 431.
@@ -332,7 +360,7 @@ pub struct LimitsConfig {
 
 /// `edge_lb.limits.per_client`: limits per client address (see `limits.rs` and the reasoning
 /// for the defaults in `docs/edge-lb.md`). A limit of 0 is off.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PerClientConfig {
     /// Connections one address holds open at once (429 past it).
@@ -380,7 +408,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     #[serde(with = "humantime_serde")]
@@ -443,10 +471,47 @@ pub fn valid_backend_name(name: &str) -> bool {
 }
 
 impl EdgeConfig {
-    /// Parse the `edge_lb:` section out of a whole configuration file's text.
+    /// Parse the `edge_lb:` section out of a whole configuration file's text (the file
+    /// alone: no environment, no command line).
     pub fn from_yaml(text: &str) -> Result<EdgeConfig, ConfigError> {
         let f: FileConf = serde_yaml::from_str(text)?;
         f.edge_lb.validate()
+    }
+
+    /// The file's `edge_lb:` section (`path` names it in errors), then the environment
+    /// (`lookup`), then `cli`; validated. Also returns where each key came from.
+    pub fn layered(
+        path: &str,
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        cli: &[settings::Override],
+    ) -> Result<(EdgeConfig, settings::Layers), ConfigError> {
+        let file_tree: serde_json::Value = serde_yaml::from_str(text)?;
+        let FileConf { edge_lb } = serde_yaml::from_str(text)?;
+        let base =
+            serde_json::to_value(&edge_lb).map_err(|e| settings::Error::Usage(e.to_string()))?;
+        let mut overrides = SCHEME.env_overrides(&base, lookup);
+        overrides.extend_from_slice(cli);
+        let (cfg, mut layers): (EdgeConfig, _) =
+            SCHEME.load(base, Some((path, &file_tree)), &overrides)?;
+        let cfg = cfg.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message } => layers.error(&key, message).into(),
+            other => other,
+        })?;
+        if let Ok(tree) = serde_json::to_value(&cfg) {
+            layers.set_tree(tree);
+        }
+        Ok((cfg, layers))
+    }
+
+    /// Every key of the section with its environment name (docs/edge-lb.md lists them).
+    pub fn keys() -> Vec<settings::KeyInfo> {
+        let min = "edge_lb: {pools: [{name: core, backends: [{name: a, addr: '127.0.0.1:1'}]}]}";
+        let tree = serde_yaml::from_str::<FileConf>(min)
+            .ok()
+            .and_then(|f| serde_json::to_value(f.edge_lb).ok())
+            .unwrap_or_default();
+        SCHEME.keys(&tree)
     }
 
     /// Resolve `admin_token_file` into `admin_token` (at start and on reload: parsing a
@@ -467,12 +532,21 @@ impl EdgeConfig {
         Ok(self)
     }
 
+    /// The file at `path` with the process's environment and command line over it (the
+    /// reload path).
     pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_yaml(&text)
+        let cli = COMMAND_LINE.get().map(Vec::as_slice).unwrap_or_default();
+        Self::layered(
+            &path.display().to_string(),
+            &text,
+            &|name| std::env::var(name).ok(),
+            cli,
+        )
+        .map(|(c, _)| c)
     }
 
     pub fn validate(self) -> Result<EdgeConfig, ConfigError> {

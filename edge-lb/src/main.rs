@@ -1,29 +1,92 @@
 //! edge-lb binary: parse the command line (pingora's `Opt`: `-c conf.yaml`, `-u` upgrade,
-//! `-d` daemon, `-t` test), build the server, run until signalled.
+//! `-d` daemon, `-t` test; and the workspace's `--set`, `--check-config`, `--version`),
+//! load the configuration's layers, build the server, run until signalled. A configuration
+//! error exits 2 naming the key and its layer.
 
-use clap::Parser;
-use pingora_core::server::configuration::Opt;
+use std::process::ExitCode;
 
-fn main() -> anyhow::Result<()> {
-    let opt = Opt::parse();
-    let path = opt
-        .conf
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("usage: edge-lb -c <config.yaml> [-u] [-d] [-t]"))?;
-    let text = std::fs::read_to_string(&path)?;
-    let (server_conf, edge) = edge_lb::parse_config(&text)?;
-    // The logger's format is a configuration key, so it is installed once the file is read.
-    edge_lb::logs::init(edge.log_format).map_err(|e| anyhow::anyhow!("logger: {e}"))?;
-    if opt.test {
-        println!("configuration {path} is valid");
-        return Ok(());
+use clap::{CommandFactory, FromArgMatches, Parser};
+use pingora_core::server::configuration::{Opt, ServerConf};
+
+#[derive(Parser)]
+#[command(
+    name = "edge-lb",
+    version = settings::version!(),
+    about = "Edge load balancer: sticky quiz routing with bounded-load consistent hashing"
+)]
+struct Cli {
+    #[command(flatten)]
+    opt: Opt,
+    #[command(flatten)]
+    settings: settings::ConfigArgs,
+}
+
+fn main() -> ExitCode {
+    // pingora's `Opt` names its command `basic`; flattened, its attributes would rename
+    // ours, so the name is set again on the built command.
+    let matches = Cli::command().name("edge-lb").get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let Some(path) = cli.opt.conf.clone() else {
+        eprintln!(
+            "usage: edge-lb -c <config.yaml> [-u] [-d] [-t] [--set KEY=VALUE] [--check-config]"
+        );
+        return ExitCode::from(settings::EXIT_INVALID);
+    };
+    let loaded = load(&path, &cli.settings);
+    let (server_conf, edge, layers, set) = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("edge-lb: {e}");
+            return ExitCode::from(settings::EXIT_INVALID);
+        }
+    };
+    // The logger's format is a configuration key, so it is installed once every layer is read.
+    if let Err(e) = edge_lb::logs::init(edge.log_format) {
+        eprintln!("edge-lb: logger: {e}");
+        return ExitCode::FAILURE;
     }
-    let (server, _cluster) = edge_lb::build(edge_lb::BuildOptions {
+    if cli.settings.check_config {
+        print!("{}", edge_lb::config::SCHEME.render(&layers));
+        return ExitCode::SUCCESS;
+    }
+    if cli.opt.test {
+        println!("configuration {path} is valid");
+        return ExitCode::SUCCESS;
+    }
+    edge_lb::config::set_command_line(set);
+    let built = edge_lb::build(edge_lb::BuildOptions {
         server_conf,
         edge,
         config_path: Some(path.into()),
-        opt: Some(opt),
+        opt: Some(cli.opt),
         handle_sighup: true,
-    })?;
-    server.run_forever()
+    });
+    match built {
+        Ok((server, _cluster)) => server.run_forever(),
+        Err(e) => {
+            eprintln!("edge-lb: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Loaded = (
+    ServerConf,
+    edge_lb::EdgeConfig,
+    settings::Layers,
+    Vec<settings::Override>,
+);
+
+/// Every layer of the configuration, pingora's keys, and the admin token file readable
+/// (what a start would find wrong, found before starting).
+fn load(path: &str, args: &settings::ConfigArgs) -> anyhow::Result<Loaded> {
+    let set = args.overrides()?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("config file {path}: {e}"))?;
+    let (edge, layers) =
+        edge_lb::EdgeConfig::layered(path, &text, &|name| std::env::var(name).ok(), &set)?;
+    let server_conf = ServerConf::from_yaml(&text)
+        .map_err(|e| anyhow::anyhow!("config file {path}: pingora configuration: {e}"))?;
+    edge.clone().read_admin_token()?;
+    Ok((server_conf, edge, layers, set))
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "loadtest",
+    version = settings::version!(),
     about = "Load generator and correctness checker for the quiz platform (loopback targets only)"
 )]
 struct Cli {

@@ -1,14 +1,17 @@
 //! The persister's configuration: one typed struct, defaults for every key,
-//! loaded from an optional TOML file (`--config`) and then overridden by
-//! environment variables (`QUIZ_*` for settings shared with the rest of the
-//! platform, `PERSISTER_*` for the persister's own). Every key is documented in
-//! `docs/persister.md`.
+//! loaded in layers by the workspace's `settings` crate
+//! (docs/configuration.md): defaults < TOML file (`--config`) < environment
+//! (`PERSISTER_<SECTION>__<KEY>` for every key, and the older names kept as
+//! aliases: `QUIZ_*` for settings shared with the rest of the platform,
+//! `PERSISTER_*` for the persister's own) < command line (`--set`). Every key
+//! is documented in `docs/persister.md` (checked by
+//! `persister/tests/config_cli.rs`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a configuration could not be loaded. The message always names the key.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +32,76 @@ pub enum ConfigError {
         origin: &'static str,
         message: String,
     },
+    /// A key's value refused, naming the key and the layer it came from.
+    #[error(transparent)]
+    Layered(#[from] settings::Error),
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// How the persister's keys are named outside the file. The aliases are the
+/// names the persister read before the derived ones existed (deploy/,
+/// tests and scripts set them); they keep working.
+pub static SCHEME: settings::Scheme = settings::Scheme {
+    env_prefix: "PERSISTER",
+    root: None,
+    aliases: &[
+        ("kafka.brokers", "QUIZ_KAFKA_BROKERS"),
+        ("kafka.topic", "QUIZ_KAFKA_TOPIC"),
+        ("kafka.group_id", "PERSISTER_GROUP_ID"),
+        ("kafka.dlq_topic", "PERSISTER_DLQ_TOPIC"),
+        ("kafka.session_timeout_ms", "PERSISTER_SESSION_TIMEOUT_MS"),
+        (
+            "kafka.max_poll_interval_ms",
+            "PERSISTER_MAX_POLL_INTERVAL_MS",
+        ),
+        ("kafka.assignment_strategy", "PERSISTER_ASSIGNMENT_STRATEGY"),
+        (
+            "kafka.statistics_interval_ms",
+            "PERSISTER_STATISTICS_INTERVAL_MS",
+        ),
+        ("kafka.create_dlq_topic", "PERSISTER_CREATE_DLQ_TOPIC"),
+        (
+            "kafka.dlq_replication_factor",
+            "PERSISTER_DLQ_REPLICATION_FACTOR",
+        ),
+        ("kafka.properties", "QUIZ_KAFKA_PROPERTIES"),
+        ("mongodb.uri", "QUIZ_MONGODB_URI"),
+        ("mongodb.database", "QUIZ_MONGODB_DB"),
+        ("mongodb.max_command_bytes", "PERSISTER_MAX_COMMAND_BYTES"),
+        (
+            "mongodb.parallel_collections",
+            "PERSISTER_PARALLEL_COLLECTIONS",
+        ),
+        ("mongodb.command_timeout_ms", "PERSISTER_COMMAND_TIMEOUT_MS"),
+        (
+            "mongodb.max_statements_per_command",
+            "PERSISTER_MAX_STATEMENTS_PER_COMMAND",
+        ),
+        ("mongodb.insert_immutable", "PERSISTER_INSERT_IMMUTABLE"),
+        (
+            "mongodb.max_documents_per_insert",
+            "PERSISTER_MAX_DOCUMENTS_PER_INSERT",
+        ),
+        ("batch.max_events", "PERSISTER_BATCH_MAX_EVENTS"),
+        ("batch.max_wait_ms", "PERSISTER_BATCH_MAX_WAIT_MS"),
+        (
+            "retry.initial_backoff_ms",
+            "PERSISTER_RETRY_INITIAL_BACKOFF_MS",
+        ),
+        ("retry.max_backoff_ms", "PERSISTER_RETRY_MAX_BACKOFF_MS"),
+        (
+            "retry.revoke_flush_timeout_ms",
+            "PERSISTER_REVOKE_FLUSH_TIMEOUT_MS",
+        ),
+        ("http.listen", "PERSISTER_HTTP_LISTEN"),
+        ("log.format", "PERSISTER_LOG_FORMAT"),
+        ("log.level", "PERSISTER_LOG_LEVEL"),
+    ],
+    maps: &["kafka.properties"],
+    hidden: &[("kafka.sasl_password", "QUIZ_KAFKA_SASL_PASSWORD")],
+    secrets: &[],
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -45,7 +115,7 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     pub brokers: String,
@@ -118,7 +188,7 @@ impl KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MongoConfig {
     pub uri: String,
@@ -146,14 +216,14 @@ pub struct MongoConfig {
     pub max_documents_per_insert: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatchConfig {
     pub max_events: usize,
     pub max_wait_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
     pub initial_backoff_ms: u64,
@@ -163,14 +233,14 @@ pub struct RetryConfig {
     pub revoke_flush_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address of `/metrics`, `/healthz`, `/readyz`; empty disables it.
     pub listen: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `json` or `text`.
@@ -264,15 +334,63 @@ impl Default for LogConfig {
 }
 
 impl Config {
-    /// Defaults, then the file (if any), then the environment, then validation.
+    /// Every layer from the process's environment, no command-line overrides.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut config = match path {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+        Config::load_with(path, &|name| std::env::var(name).ok(), &[]).map(|(c, _)| c)
+    }
+
+    /// Defaults, then the file (if any), then the environment (`lookup`:
+    /// `std::env::var` in the binary, a map in tests), then `cli` (`--set`),
+    /// then validation. Also returns where each key came from.
+    pub fn load_with(
+        path: Option<&Path>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        cli: &[settings::Override],
+    ) -> Result<(Config, settings::Layers), ConfigError> {
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Some((path.display().to_string(), text))
+            }
+            None => None,
         };
-        config.apply_env(|name| std::env::var(name).ok())?;
-        config.validate()?;
-        Ok(config)
+        let file = file.as_ref().map(|(p, t)| (p.as_str(), t.as_str()));
+        Config::layered(file, lookup, cli)
+    }
+
+    /// [`Config::load_with`] on a file's text (`(path, text)`) already read.
+    pub fn layered(
+        file: Option<(&str, &str)>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        cli: &[settings::Override],
+    ) -> Result<(Config, settings::Layers), ConfigError> {
+        let (base, file_tree) = match file {
+            Some((path, text)) => {
+                let (cfg, tree) = Config::parse_file(path, text)?;
+                (cfg, Some((path, tree)))
+            }
+            None => (Config::default(), None),
+        };
+        let base =
+            serde_json::to_value(&base).map_err(|e| settings::Error::Usage(e.to_string()))?;
+        let mut overrides = SCHEME.env_overrides(&base, lookup);
+        overrides.extend_from_slice(cli);
+        let file = file_tree.as_ref().map(|(p, t)| (*p, t));
+        let (mut cfg, mut layers): (Config, _) = SCHEME.load(base, file, &overrides)?;
+        if let Some(p) = layers.hidden("kafka.sasl_password") {
+            cfg.kafka.sasl_password = p.to_string();
+        }
+        cfg.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message, .. } => layers.error(key, message).into(),
+            other => other,
+        })?;
+        if let Ok(tree) = serde_json::to_value(&cfg) {
+            layers.set_tree(tree);
+        }
+        Ok((cfg, layers))
     }
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -280,14 +398,45 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml(&text).map_err(|source| ConfigError::Parse {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        })
+        Config::parse_file(&path.display().to_string(), &text).map(|(c, _)| c)
     }
 
-    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
-        toml::from_str(text)
+    /// The file's text over the defaults (no environment), `*_ms` keys given
+    /// as duration strings read as milliseconds.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_file("(text)", text).map(|(c, _)| c)
+    }
+
+    /// The file over the defaults, and the keys it sets as a tree.
+    fn parse_file(path: &str, text: &str) -> Result<(Config, serde_json::Value), ConfigError> {
+        let parse_err = |e: String| ConfigError::Parse {
+            path: path.to_string(),
+            source: Box::new(<toml::de::Error as serde::de::Error>::custom(e)),
+        };
+        let raw: toml::Table = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_string(),
+            source: Box::new(source),
+        })?;
+        let mut tree = serde_json::to_value(&raw).map_err(|e| parse_err(e.to_string()))?;
+        // Duration strings in `*_ms` keys become integers first; the typed
+        // parse then names any other bad key (with its line when the text
+        // is parsed as it was written).
+        let cfg = if SCHEME.normalize_file(&mut tree, path)? {
+            let normalized = toml::to_string(&tree).map_err(|e| parse_err(e.to_string()))?;
+            toml::from_str(&normalized)
+        } else {
+            toml::from_str(text)
+        }
+        .map_err(|source| ConfigError::Parse {
+            path: path.to_string(),
+            source: Box::new(source),
+        })?;
+        Ok((cfg, tree))
+    }
+
+    /// Every key with its environment names (docs/persister.md lists them).
+    pub fn keys() -> Vec<settings::KeyInfo> {
+        SCHEME.keys(&serde_json::to_value(Config::default()).unwrap_or_default())
     }
 
     /// The dead-letter topic actually used.
@@ -297,174 +446,6 @@ impl Config {
         } else {
             self.kafka.dlq_topic.clone()
         }
-    }
-
-    /// Applies environment overrides; `lookup` is `std::env::var` in
-    /// production and a map in tests.
-    pub fn apply_env(
-        &mut self,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
-        fn string(lookup: &impl Fn(&str) -> Option<String>, name: &str, slot: &mut String) {
-            if let Some(value) = lookup(name) {
-                *slot = value;
-            }
-        }
-        fn number<T: std::str::FromStr>(
-            lookup: &impl Fn(&str) -> Option<String>,
-            name: &'static str,
-            slot: &mut T,
-        ) -> Result<(), ConfigError> {
-            if let Some(value) = lookup(name) {
-                *slot = value.trim().parse().map_err(|_| ConfigError::Invalid {
-                    key: name,
-                    origin: "environment",
-                    message: format!("{value:?} is not a valid number"),
-                })?;
-            }
-            Ok(())
-        }
-        fn boolean(
-            lookup: &impl Fn(&str) -> Option<String>,
-            name: &'static str,
-            slot: &mut bool,
-        ) -> Result<(), ConfigError> {
-            if let Some(value) = lookup(name) {
-                *slot = match value.trim() {
-                    "1" | "true" | "yes" => true,
-                    "0" | "false" | "no" => false,
-                    other => {
-                        return Err(ConfigError::Invalid {
-                            key: name,
-                            origin: "environment",
-                            message: format!("{other:?} is not a boolean"),
-                        })
-                    }
-                };
-            }
-            Ok(())
-        }
-
-        string(&lookup, "QUIZ_KAFKA_BROKERS", &mut self.kafka.brokers);
-        string(&lookup, "QUIZ_KAFKA_TOPIC", &mut self.kafka.topic);
-        string(
-            &lookup,
-            "QUIZ_KAFKA_SASL_PASSWORD",
-            &mut self.kafka.sasl_password,
-        );
-        if let Some(list) = lookup("QUIZ_KAFKA_PROPERTIES") {
-            // Comma separated key=value, merged over the file's table.
-            for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let Some((k, v)) = item.split_once('=') else {
-                    return Err(ConfigError::Invalid {
-                        key: "QUIZ_KAFKA_PROPERTIES",
-                        origin: "environment",
-                        message: format!("{item:?} is not key=value"),
-                    });
-                };
-                self.kafka
-                    .properties
-                    .insert(k.trim().to_string(), v.trim().to_string());
-            }
-        }
-        number(
-            &lookup,
-            "PERSISTER_DLQ_REPLICATION_FACTOR",
-            &mut self.kafka.dlq_replication_factor,
-        )?;
-        string(&lookup, "PERSISTER_GROUP_ID", &mut self.kafka.group_id);
-        string(&lookup, "PERSISTER_DLQ_TOPIC", &mut self.kafka.dlq_topic);
-        number(
-            &lookup,
-            "PERSISTER_SESSION_TIMEOUT_MS",
-            &mut self.kafka.session_timeout_ms,
-        )?;
-        number(
-            &lookup,
-            "PERSISTER_MAX_POLL_INTERVAL_MS",
-            &mut self.kafka.max_poll_interval_ms,
-        )?;
-        string(
-            &lookup,
-            "PERSISTER_ASSIGNMENT_STRATEGY",
-            &mut self.kafka.assignment_strategy,
-        );
-        number(
-            &lookup,
-            "PERSISTER_STATISTICS_INTERVAL_MS",
-            &mut self.kafka.statistics_interval_ms,
-        )?;
-        boolean(
-            &lookup,
-            "PERSISTER_CREATE_DLQ_TOPIC",
-            &mut self.kafka.create_dlq_topic,
-        )?;
-        string(&lookup, "QUIZ_MONGODB_URI", &mut self.mongodb.uri);
-        string(&lookup, "QUIZ_MONGODB_DB", &mut self.mongodb.database);
-        number(
-            &lookup,
-            "PERSISTER_MAX_COMMAND_BYTES",
-            &mut self.mongodb.max_command_bytes,
-        )?;
-        boolean(
-            &lookup,
-            "PERSISTER_PARALLEL_COLLECTIONS",
-            &mut self.mongodb.parallel_collections,
-        )?;
-        number(
-            &lookup,
-            "PERSISTER_COMMAND_TIMEOUT_MS",
-            &mut self.mongodb.command_timeout_ms,
-        )?;
-        number(
-            &lookup,
-            "PERSISTER_MAX_STATEMENTS_PER_COMMAND",
-            &mut self.mongodb.max_statements_per_command,
-        )?;
-        boolean(
-            &lookup,
-            "PERSISTER_INSERT_IMMUTABLE",
-            &mut self.mongodb.insert_immutable,
-        )?;
-        number(
-            &lookup,
-            "PERSISTER_MAX_DOCUMENTS_PER_INSERT",
-            &mut self.mongodb.max_documents_per_insert,
-        )?;
-        number(
-            &lookup,
-            "PERSISTER_BATCH_MAX_EVENTS",
-            &mut self.batch.max_events,
-        )?;
-        number(
-            &lookup,
-            "PERSISTER_BATCH_MAX_WAIT_MS",
-            &mut self.batch.max_wait_ms,
-        )?;
-        number(
-            &lookup,
-            "PERSISTER_RETRY_INITIAL_BACKOFF_MS",
-            &mut self.retry.initial_backoff_ms,
-        )?;
-        number(
-            &lookup,
-            "PERSISTER_RETRY_MAX_BACKOFF_MS",
-            &mut self.retry.max_backoff_ms,
-        )?;
-        number(
-            &lookup,
-            "PERSISTER_REVOKE_FLUSH_TIMEOUT_MS",
-            &mut self.retry.revoke_flush_timeout_ms,
-        )?;
-        string(&lookup, "PERSISTER_HTTP_LISTEN", &mut self.http.listen);
-        string(&lookup, "PERSISTER_LOG_FORMAT", &mut self.log.format);
-        string(&lookup, "PERSISTER_LOG_LEVEL", &mut self.log.level);
-        number(
-            &lookup,
-            "PERSISTER_SHUTDOWN_GRACE_MS",
-            &mut self.shutdown_grace_ms,
-        )?;
-        Ok(())
     }
 
     /// Checks every key; the error names the first offending one.
@@ -630,21 +611,31 @@ mod tests {
         assert_eq!(Config::default().dlq_topic(), "quiz-events-dlq");
     }
 
+    /// The layers over `file` with `env` as the whole environment.
+    fn layered(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<(Config, settings::Layers), ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::layered(file.map(|t| ("p.toml", t)), &|k| env.get(k).cloned(), &[])
+    }
+
     #[test]
     fn kafka_properties_from_env_and_their_guard() {
-        let mut c = Config::default();
-        let env: HashMap<&str, &str> = [
-            (
-                "QUIZ_KAFKA_PROPERTIES",
-                "security.protocol=SASL_SSL, sasl.mechanism=PLAIN",
-            ),
-            ("QUIZ_KAFKA_SASL_PASSWORD", "s3cret"),
-        ]
-        .into_iter()
-        .collect();
-        c.apply_env(|k| env.get(k).map(|v| v.to_string()))
-            .expect("env applies");
-        c.validate().expect("valid");
+        let (c, _) = layered(
+            None,
+            &[
+                (
+                    "QUIZ_KAFKA_PROPERTIES",
+                    "security.protocol=SASL_SSL, sasl.mechanism=PLAIN",
+                ),
+                ("QUIZ_KAFKA_SASL_PASSWORD", "s3cret"),
+            ],
+        )
+        .expect("valid");
         assert_eq!(
             c.kafka
                 .properties
@@ -659,8 +650,7 @@ mod tests {
             let e = bad.validate().unwrap_err().to_string();
             assert!(e.contains("kafka.properties") && e.contains(key), "{e}");
         }
-        let e = Config::default()
-            .apply_env(|k| (k == "QUIZ_KAFKA_PROPERTIES").then(|| "linger.ms".to_string()))
+        let e = layered(None, &[("QUIZ_KAFKA_PROPERTIES", "linger.ms")])
             .unwrap_err()
             .to_string();
         assert!(e.contains("QUIZ_KAFKA_PROPERTIES"), "{e}");
@@ -668,25 +658,32 @@ mod tests {
 
     #[test]
     fn file_then_env() {
-        let mut config = Config::from_toml(
-            "[kafka]\ntopic = \"t1\"\n[batch]\nmax_events = 10\n[mongodb]\ndatabase = \"d\"\n",
-        )
-        .expect("parses");
+        let file =
+            "[kafka]\ntopic = \"t1\"\n[batch]\nmax_events = 10\n[mongodb]\ndatabase = \"d\"\n";
+        let config = Config::from_toml(file).expect("parses");
         assert_eq!(config.kafka.topic, "t1");
         assert_eq!(config.batch.max_events, 10);
         assert_eq!(config.batch.max_wait_ms, 100);
-        let env: HashMap<&str, &str> = [
-            ("QUIZ_KAFKA_TOPIC", "t2"),
-            ("PERSISTER_BATCH_MAX_WAIT_MS", "7"),
-        ]
-        .into();
-        config
-            .apply_env(|k| env.get(k).map(|v| v.to_string()))
-            .expect("env applies");
+        let (config, layers) = layered(
+            Some(file),
+            &[
+                ("QUIZ_KAFKA_TOPIC", "t2"),
+                ("PERSISTER_BATCH_MAX_WAIT_MS", "7"),
+                ("PERSISTER_RETRY__MAX_BACKOFF_MS", "2s"),
+            ],
+        )
+        .expect("valid");
         assert_eq!(config.kafka.topic, "t2");
         assert_eq!(config.batch.max_wait_ms, 7);
+        assert_eq!(config.retry.max_backoff_ms, 2000);
         assert_eq!(config.dlq_topic(), "t2-dlq");
-        config.validate().expect("valid");
+        assert_eq!(
+            layers.origin_of("batch.max_events"),
+            settings::Origin::File("p.toml".into())
+        );
+        // A duration string in the file.
+        let c = Config::from_toml("[batch]\nmax_wait_ms = \"250ms\"\n").expect("parses");
+        assert_eq!(c.batch.max_wait_ms, 250);
     }
 
     #[test]
@@ -696,13 +693,25 @@ mod tests {
         let err = config.validate().expect_err("invalid").to_string();
         assert!(err.contains("batch.max_events"), "{err}");
 
-        let mut config = Config::default();
-        let err = config
-            .apply_env(|k| (k == "PERSISTER_BATCH_MAX_EVENTS").then(|| "lots".to_string()))
+        let err = layered(None, &[("PERSISTER_BATCH_MAX_EVENTS", "lots")])
             .expect_err("invalid")
             .to_string();
-        assert!(err.contains("PERSISTER_BATCH_MAX_EVENTS"), "{err}");
+        assert!(
+            err.contains("batch.max_events") && err.contains("PERSISTER_BATCH_MAX_EVENTS"),
+            "{err}"
+        );
+        let err = layered(None, &[("PERSISTER_BATCH__MAX_EVENTS", "0")])
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            err.contains("batch.max_events") && err.contains("PERSISTER_BATCH__MAX_EVENTS"),
+            "{err}"
+        );
 
         assert!(Config::from_toml("[kafka]\nbrokerz = \"x\"\n").is_err());
+        let err = Config::from_toml("[batch]\nmax_wait_ms = \"soon\"\n")
+            .expect_err("invalid")
+            .to_string();
+        assert!(err.contains("batch.max_wait_ms"), "{err}");
     }
 }

@@ -1,5 +1,7 @@
 //! `persister [--config FILE] [run]` drains the topic into MongoDB;
-//! `persister [--config FILE] replay [--quiz ID]` rebuilds MongoDB from it.
+//! `persister [--config FILE] replay [--quiz ID]` rebuilds MongoDB from it;
+//! `persister --check-config` prints the effective configuration. A
+//! configuration error exits 2 naming the key and its layer.
 //! Everything else lives in the library (`src/lib.rs`).
 
 use std::path::PathBuf;
@@ -12,13 +14,15 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = settings::version!(),
     about = "Drains quiz-events from Kafka into MongoDB, idempotently"
 )]
 struct Cli {
-    /// TOML configuration file; QUIZ_* / PERSISTER_* variables override it.
+    /// TOML configuration file; PERSISTER_* / QUIZ_* variables and --set override it.
     #[arg(long, global = true, env = "PERSISTER_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: settings::ConfigArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -37,11 +41,20 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
+    let loaded = cli
+        .settings
+        .overrides()
+        .map_err(persister::config::ConfigError::from)
+        .and_then(|set| Config::load_with(cli.config.as_deref(), &|n| std::env::var(n).ok(), &set));
+    let config = match loaded {
+        Ok((_, layers)) if cli.settings.check_config => {
+            print!("{}", persister::config::SCHEME.render(&layers));
+            return ExitCode::SUCCESS;
+        }
+        Ok((config, _)) => config,
         Err(e) => {
             eprintln!("persister: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(settings::EXIT_INVALID);
         }
     };
     persister::init_logging(&config.log);
