@@ -120,7 +120,7 @@ pub struct EdgeConfig {
 }
 
 /// `edge_lb.log_format`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -130,7 +130,7 @@ pub enum LogFormat {
 
 /// `edge_lb.access_log`: what the access log records (see `crate::access` and the *Logs*
 /// section of `docs/edge-lb.md` for the fields and the reasoning behind the default).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogConfig {
     /// Write access records at all (target `edge_lb::access` of the process's logger).
