@@ -7,6 +7,8 @@
 //! `Histogram::new`, `Counter::new`, `Gauge::new`, or a local helper closure named `c`,
 //! `g`, `h`, `cv`, `gv`, `hv`) is a metric name; a `Registry::new_custom(Some("p"), …)` in the
 //! same file prefixes them with `p_`. Histograms also export `_bucket`, `_sum`, `_count`.
+//! A `ProcessCollector::for_self()` exports the `prometheus` crate's fixed process family
+//! ([`PROCESS_METRICS`], never prefixed: it names its own metrics).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -22,6 +24,18 @@ const CONSTRUCTORS: &[&str] = &[
 ];
 const HELPERS: &[&str] = &["c", "g", "h", "cv", "gv", "hv"];
 
+/// What the `prometheus` crate's `ProcessCollector` exports on Linux (its `process`
+/// feature), whatever registry it is registered on.
+pub const PROCESS_METRICS: &[&str] = &[
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
 /// Metric name → whether it is a histogram.
 pub type Exported = BTreeMap<String, bool>;
 
@@ -32,6 +46,9 @@ pub fn exported_metrics(src: &Path) -> std::io::Result<Exported> {
     collect_rs(src, &mut files)?;
     for f in files {
         let text = std::fs::read_to_string(&f)?;
+        if strip_comments(&text).contains("ProcessCollector::for_self()") {
+            out.extend(PROCESS_METRICS.iter().map(|n| (n.to_string(), false)));
+        }
         scan(&text, &mut out);
     }
     Ok(out)

@@ -152,8 +152,8 @@ fn a_moved_threshold_fails_the_alert_unit_tests() {
     // 1 close per second -> 3: the test where it fires at 2 per second fails
     c.edit(
         ALERTS,
-        "(rate(quiz_slow_consumer_closes_total[5m])) > 1",
-        "(rate(quiz_slow_consumer_closes_total[5m])) > 3",
+        "(rate(quiz_slow_consumer_closes_total[5m])), \"node\", \"$1\", \"pod\", \"(.*)\") > 1",
+        "(rate(quiz_slow_consumer_closes_total[5m])), \"node\", \"$1\", \"pod\", \"(.*)\") > 3",
     );
     let e = promtool::test_rules(&c.path(TESTS))
         .expect_err("a raised threshold must fail the firing test")
@@ -164,8 +164,8 @@ fn a_moved_threshold_fails_the_alert_unit_tests() {
     let c = TreeCopy::of("deploy/monitoring", "threshold-down");
     c.edit(
         ALERTS,
-        "(rate(quiz_slow_consumer_closes_total[5m])) > 1",
-        "(rate(quiz_slow_consumer_closes_total[5m])) > 0.25",
+        "(rate(quiz_slow_consumer_closes_total[5m])), \"node\", \"$1\", \"pod\", \"(.*)\") > 1",
+        "(rate(quiz_slow_consumer_closes_total[5m])), \"node\", \"$1\", \"pod\", \"(.*)\") > 0.25",
     );
     let e = promtool::test_rules(&c.path(TESTS))
         .expect_err("a lowered threshold must fail the silent test")
