@@ -34,7 +34,7 @@ use serde::Serialize;
 
 pub use routing::Target;
 pub use sources::{Discovered, DiscoveryDiff};
-pub use tunnels::{CloseReason, TunnelGuard};
+pub use tunnels::{CloseReason, Closing, TunnelGuard};
 
 use crate::access::AccessLog;
 use crate::config::{EdgeConfig, HealthConfig};

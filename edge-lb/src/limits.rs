@@ -249,6 +249,11 @@ impl NodeRate {
         })
     }
 
+    /// New tunnels per second one node is given (`None`: no limit).
+    pub fn per_sec(&self) -> Option<f64> {
+        self.rate.map(|r| r.per_sec)
+    }
+
     /// Forget backends no longer configured.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.buckets.lock().retain(|k, _| keep(k));

@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::access::{Kind, Record};
-use crate::cluster::{CloseReason, Cluster, TunnelGuard};
+use crate::cluster::{CloseReason, Closing, Cluster, TunnelGuard};
 use crate::head::Head;
 use crate::proxy::CLIENT_ADDRESS_HEADERS;
 use crate::refusal::{refuse, Refusal};
@@ -693,6 +693,19 @@ struct TunnelLog {
     pre: (u64, u64),
 }
 
+/// The close frame edge-lb appends when it ends a tunnel: 1012 ("service restart"), with the
+/// reason `retry_after_ms=<n>` when edge-lb chose the client's comeback (asyncapi.yaml
+/// `x-close-codes`): an unmasked server frame, at most 2 + 22 payload bytes.
+fn close_frame_1012(retry_after_ms: Option<u32>) -> Vec<u8> {
+    let reason = retry_after_ms.map(|ms| format!("retry_after_ms={ms}"));
+    let reason = reason.as_deref().unwrap_or("").as_bytes();
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    frame.extend_from_slice(&[0x88, (2 + reason.len()) as u8]);
+    frame.extend_from_slice(&1012u16.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
+}
+
 /// The access record's words for how a tunnel ended, and whether that is an error (always
 /// recorded): a socket error, the idle timeout, and the node lost are; the ends edge-lb
 /// chooses in the normal course (drain, rebalance, removal, shutdown) and ordinary closes
@@ -742,13 +755,16 @@ async fn run_tunnel<C, K>(
     let (up, down) = splice.bytes();
     let closed_first = splice.closed_first();
     drop(splice);
+    // Out of the registry first: how edge-lb closed it (if it did) gives the close frame's
+    // comeback.
+    let closing = guard.deregister();
     let m = &cluster.metrics;
     match end {
         End::Idle => m.tunnels_closed.with_label_values(&["idle"]).inc(),
         End::Error => m.error("tunnel_io"),
         End::Cancelled { at_boundary: true } => {
-            // 1012 "service restart": reconnect (to the quiz's new owner).
-            let close = [0x88, 0x02, 0x03, 0xf4];
+            // 1012 "service restart": reconnect (to the quiz's new owner), after the comeback.
+            let close = close_frame_1012(closing.map(|c| c.retry_after_ms));
             let _ = tokio::time::timeout(Duration::from_millis(500), async {
                 let _ = client.write_all(&close).await;
                 let _ = client.flush().await;
@@ -760,7 +776,7 @@ async fn run_tunnel<C, K>(
         }
         End::Closed { .. } => {}
     }
-    let closed_by = guard.deregister();
+    let closed_by = closing.map(|c: Closing| c.reason);
     // A tunnel cancelled, or failing, once one side had begun to close (a close frame or
     // its end of stream) was ending because of that side: say so. The common case is a client
     // that sends its close frame and drops the socket at once: the node's answering close
@@ -810,6 +826,17 @@ mod tests {
         }
         f.feed(&stream);
         assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn the_1012_close_frame_carries_the_comeback_when_there_is_one() {
+        assert_eq!(close_frame_1012(None), [0x88, 0x02, 0x03, 0xf4]);
+        let f = close_frame_1012(Some(u32::MAX));
+        let reason = format!("retry_after_ms={}", u32::MAX);
+        assert_eq!(f[..4], [0x88, 2 + reason.len() as u8, 0x03, 0xf4]);
+        assert_eq!(&f[4..], reason.as_bytes());
+        // A control frame's payload is at most 125 bytes (RFC 6455 5.5).
+        assert!(f.len() - 2 <= 125);
     }
 
     #[test]

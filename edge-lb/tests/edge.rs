@@ -176,6 +176,7 @@ async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_
     let t0 = Instant::now();
     bs[1].set_ready(false);
     let mut moved_to = HashMap::new();
+    let mut comebacks = Vec::new();
     for (q, n, c) in clients.iter_mut() {
         if n == lost {
             // The tunnel is closed by edge-lb promptly (2 failed checks at 100 ms + slack).
@@ -185,6 +186,15 @@ async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_
                 matches!(&r, Ok(Err(e)) if e == "closed 1012"),
                 "tunnel to lost node not closed with 1012: {r:?}"
             );
+            // ... after the comeback it is told, so the lost node's clients do not all return
+            // at one instant (a few tunnels at 1 000/s per node: within the 1 s floor).
+            let reason = c.close_reason.clone().unwrap_or_default();
+            let ms: u32 = reason
+                .strip_prefix("retry_after_ms=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("1012 without a comeback: {reason:?}"));
+            assert!(ms < 1000, "comeback {ms} ms past the 1 s window");
+            comebacks.push(ms);
             // Reconnect: lands on a new owner.
             let (n2, c2) = tunnel(e.addr, q).await;
             assert_ne!(n2, lost);
@@ -198,6 +208,10 @@ async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_
         }
     }
     assert!(t0.elapsed() < Duration::from_secs(4));
+    // Drawn per tunnel, not one value for all.
+    comebacks.sort_unstable();
+    comebacks.dedup();
+    assert!(comebacks.len() > 1, "every tunnel told the same comeback");
     assert_eq!(bs[1].ws_open.load(std::sync::atomic::Ordering::SeqCst), 0);
     // Node returns: not given quizzes back before the hold-down.
     bs[1].set_ready(true);

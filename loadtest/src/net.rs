@@ -299,6 +299,20 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, NetError> {
     }
 }
 
+/// The comeback a close frame's reason asks for, in ms: `retry_after_ms=<n>` as a word of the
+/// reason (edge-lb closes the tunnels of a lost, drained or stopping node with 1012 and this,
+/// drawn per tunnel; asyncapi.yaml `x-close-codes`). At most 60 s, so a broken reason cannot
+/// park a player; `None` when absent or not a plain number of at most 9 digits.
+pub fn close_retry_ms(reason: &[u8]) -> Option<u32> {
+    let reason = std::str::from_utf8(reason).ok()?;
+    reason
+        .split([' ', ';', ','])
+        .find_map(|w| w.strip_prefix("retry_after_ms="))
+        .filter(|v| (1..=9).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u32>().ok())
+        .map(|ms| ms.min(60_000))
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -307,8 +321,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadState {
     Open,
-    /// The server sent a close frame (code, if any).
-    Closed(Option<u16>),
+    /// The server sent a close frame: its code, if any, and the comeback its reason asks for
+    /// (edge-lb's 1012 `retry_after_ms=<n>`, see [`close_retry_ms`]).
+    Closed(Option<u16>, Option<u32>),
     /// TCP closed without a close frame.
     Eof,
 }
@@ -479,7 +494,8 @@ struct WsRead {
 }
 
 enum ReadEnd {
-    Closed(Option<u16>),
+    /// Code and comeback, as [`ReadState::Closed`].
+    Closed(Option<u16>, Option<u32>),
     Eof,
     Io(io::ErrorKind),
     Protocol(&'static str),
@@ -808,9 +824,10 @@ impl Entry {
                 0x8 => {
                     let code =
                         (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    let comeback = payload.get(2..).and_then(close_retry_ms);
                     let echo = code.unwrap_or(1000).to_be_bytes();
                     encode_frame(&self.mask, 0x8, &echo, &mut rd.pending_out);
-                    rd.end = Some(ReadEnd::Closed(code));
+                    rd.end = Some(ReadEnd::Closed(code, comeback));
                     return;
                 }
                 0x9 => {
@@ -988,7 +1005,7 @@ impl WsConn {
         let mut rd = entry.rd.borrow_mut();
         match &rd.end {
             None => Ok(ReadState::Open),
-            Some(ReadEnd::Closed(code)) => Ok(ReadState::Closed(*code)),
+            Some(ReadEnd::Closed(code, comeback)) => Ok(ReadState::Closed(*code, *comeback)),
             Some(ReadEnd::Eof) => Ok(ReadState::Eof),
             Some(ReadEnd::Io(kind)) => {
                 let kind = *kind;
@@ -1048,7 +1065,7 @@ impl WsConn {
     /// Send a close frame (best effort) and drop the connection.
     pub async fn close(self, code: u16) {
         let entry = self.reg.entry.clone();
-        let closed = matches!(entry.rd.borrow().end, Some(ReadEnd::Closed(_)));
+        let closed = matches!(entry.rd.borrow().end, Some(ReadEnd::Closed(..)));
         let WsConn { reg, stream } = self;
         drop(reg); // leaves the hub; the write below waits in tokio's reactor
         if closed {
@@ -1124,16 +1141,40 @@ mod tests {
         out
     }
 
-    #[test]
-    fn hub_fast_path_keeps_order_and_splits_frames() {
-        let entry = Entry {
+    fn entry_for_test() -> Entry {
+        Entry {
             fd: -1,
             key: Cell::new(0),
             rd: RefCell::new(WsRead::default()),
             waker: Cell::new(None),
             writable: Cell::new(true),
             mask: Cell::new(1),
-        };
+        }
+    }
+
+    #[test]
+    fn close_reason_comeback_is_a_bounded_plain_number() {
+        assert_eq!(close_retry_ms(b"retry_after_ms=1234"), Some(1234));
+        assert_eq!(close_retry_ms(b"retry_after_ms=0"), Some(0));
+        assert_eq!(close_retry_ms(b"drain; retry_after_ms=250"), Some(250));
+        assert_eq!(close_retry_ms(b"retry_after_ms=999999999"), Some(60_000));
+        for r in [
+            &b""[..],
+            b"bye",
+            b"retry_after_ms=",
+            b"retry_after_ms=-5",
+            b"retry_after_ms=12x",
+            b"xretry_after_ms=5",
+            b"retry_after_ms=1234567890",
+            b"retry_after_ms=\xff",
+        ] {
+            assert_eq!(close_retry_ms(r), None, "{:?}", String::from_utf8_lossy(r));
+        }
+    }
+
+    #[test]
+    fn hub_fast_path_keeps_order_and_splits_frames() {
+        let entry = entry_for_test();
         let fast = Boards(RefCell::new(Vec::new()));
         let f: Option<&dyn FastPath> = Some(&fast);
         // A board is taken by the fast path; a welcome is queued, and the
@@ -1169,7 +1210,16 @@ mod tests {
         entry.consume(&data, 15, f);
         assert!(matches!(
             entry.rd.borrow().end,
-            Some(ReadEnd::Closed(Some(4001)))
+            Some(ReadEnd::Closed(Some(4001), None))
+        ));
+        // edge-lb's 1012 with a comeback in its reason.
+        let entry2 = entry_for_test();
+        let mut payload = 1012u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"retry_after_ms=2500");
+        entry2.consume(&frame(8, &payload), 16, f);
+        assert!(matches!(
+            entry2.rd.borrow().end,
+            Some(ReadEnd::Closed(Some(1012), Some(2500)))
         ));
         assert!(drain(&entry).is_empty());
     }

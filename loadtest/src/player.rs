@@ -277,8 +277,8 @@ enum SessionEnd {
     Deadline,
     /// Dropped on purpose (reconnect storm) at this wall time.
     Dropped(u64),
-    /// Closed by the server (close code) or the network.
-    Lost(Option<u16>, &'static str),
+    /// Closed by the server (close code) or the network; the comeback the close asked for.
+    Lost(Option<u16>, &'static str, Option<u32>),
     /// Left on purpose (`[[stages]]` ramp down).
     Left,
 }
@@ -383,7 +383,7 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
             }
             Err(e) => {
                 ctx.count(&format!("error.ws_connect.{}", e.kind()));
-                SessionEnd::Lost(None, "ws_connect")
+                SessionEnd::Lost(None, "ws_connect", None)
             }
             Ok(mut conn) => {
                 {
@@ -429,7 +429,7 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
                 first = false;
                 failures = 0;
             }
-            SessionEnd::Lost(code, why) => {
+            SessionEnd::Lost(code, why, comeback) => {
                 match code {
                     Some(c) => ctx.count(&format!("close.{c}")),
                     None => ctx.count(&format!("close.none_{why}")),
@@ -451,12 +451,20 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
                     first = false;
                 }
                 ctx.count("reconnects");
-                let backoff = rc.backoff_ms.saturating_mul(1 << (failures - 1).min(6));
-                let jitter = (rng.f64() * backoff as f64 * 0.5) as u64;
-                Box::pin(tokio::time::sleep(Duration::from_millis(
-                    backoff / 2 + jitter,
-                )))
-                .await;
+                // edge-lb closed the tunnel and said when to come back (drawn per tunnel, so
+                // the node's crowd returns spread): that, plus up to 250 ms, replaces the
+                // backoff, as the web client does.
+                let wait_ms = match comeback {
+                    Some(ms) => {
+                        ctx.count("reconnect.comeback_hinted");
+                        u64::from(ms) + (rng.f64() * 250.0) as u64
+                    }
+                    None => {
+                        let backoff = rc.backoff_ms.saturating_mul(1 << (failures - 1).min(6));
+                        backoff / 2 + (rng.f64() * backoff as f64 * 0.5) as u64
+                    }
+                };
+                Box::pin(tokio::time::sleep(Duration::from_millis(wait_ms))).await;
             }
         }
     }
@@ -597,19 +605,19 @@ async fn session(
             r = conn.readable() => {
                 if let Err(e) = r {
                     ctx.count(&format!("error.read.{}", e.kind()));
-                    return SessionEnd::Lost(None, "read");
+                    return SessionEnd::Lost(None, "read", None);
                 }
                 let st = conn.read_available(|bytes, now| {
                     on_frame(ctx, bytes, now, rec, live, rng, quiz_idx, lost_at_us, first, &mut welcomed)
                 });
                 if conn.flush_pending().await.is_err() {
-                    return SessionEnd::Lost(None, "write");
+                    return SessionEnd::Lost(None, "write", None);
                 }
                 if live.resend_now {
                     live.resend_now = false;
                     // Boxed: only alive right after a reconnect's welcome.
                     if Box::pin(resend_open(ctx, conn, rec)).await.is_err() {
-                        return SessionEnd::Lost(None, "write");
+                        return SessionEnd::Lost(None, "write", None);
                     }
                 }
                 if live.ended {
@@ -617,11 +625,13 @@ async fn session(
                 }
                 match st {
                     Ok(ReadState::Open) => {}
-                    Ok(ReadState::Closed(code)) => return SessionEnd::Lost(code, "close"),
-                    Ok(ReadState::Eof) => return SessionEnd::Lost(None, "eof"),
+                    Ok(ReadState::Closed(code, comeback)) => {
+                        return SessionEnd::Lost(code, "close", comeback)
+                    }
+                    Ok(ReadState::Eof) => return SessionEnd::Lost(None, "eof", None),
                     Err(e) => {
                         ctx.count(&format!("error.read.{}", e.kind()));
-                        return SessionEnd::Lost(None, "read");
+                        return SessionEnd::Lost(None, "read", None);
                     }
                 }
             }
@@ -671,7 +681,7 @@ async fn session(
                         });
                         live.due.push(p.due_us);
                         if conn.send_text(&payload).await.is_err() {
-                            return SessionEnd::Lost(None, "write");
+                            return SessionEnd::Lost(None, "write", None);
                         }
                         ctx.count("answers_sent");
                     }

@@ -54,7 +54,7 @@ fn every_document_loads_and_every_referenced_schema_exists() {
     }
     assert_eq!(
         c.close_codes(),
-        [1000, 1001, 1002, 1008, 1009, 1011, 4001, 4004, 4008, 4009, 4010]
+        [1000, 1001, 1002, 1008, 1009, 1011, 1012, 4001, 4004, 4008, 4009, 4010]
     );
 }
 

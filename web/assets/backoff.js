@@ -34,6 +34,16 @@ export function retryDelayMs(attempt, hintMs, { spreadMs = 1000, random = Math.r
   return backoffMs(attempt, { random, ...backoff });
 }
 
+/** The comeback a WebSocket close reason asks for, in ms: edge-lb closes the
+ * tunnels of a lost, drained or stopping node with 1012 and the reason
+ * `retry_after_ms=<n>`, drawn per tunnel so the node's crowd comes back spread
+ * (asyncapi.yaml `x-close-codes`). null when the reason carries none; capped
+ * at 60 s so a broken reason cannot park a player. */
+export function closeRetryMs(reason) {
+  const m = /(?:^|[\s;,])retry_after_ms=(\d{1,9})(?=$|[\s;,])/.exec(String(reason ?? ''));
+  return m ? Math.min(Number(m[1]), 60000) : null;
+}
+
 /** Whether to retry again: at most `maxAttempts` attempts in all, and the
  * next one must start within `maxTotalMs` of the first. */
 export function mayRetry({ attempts, elapsedMs, delayMs, maxAttempts = 5, maxTotalMs = 30000 }) {

@@ -1,6 +1,6 @@
 // Shared by the player and host pages: the HTTP API, the WebSocket with
 // reconnect, validation that mirrors the API's, and small DOM helpers.
-import { backoffMs, retryAfterMs, retryDelayMs, mayRetry } from './backoff.js';
+import { backoffMs, closeRetryMs, retryAfterMs, retryDelayMs, mayRetry } from './backoff.js';
 
 export const $ = (sel, root = document) => root.querySelector(sel);
 export const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
@@ -276,9 +276,12 @@ export const REPLACED = 4009;
  * exponential backoff and jitter (backoff.js: 0.5–1 s, doubling to a 10 s
  * ceiling; never at once, so a node restart or a refused upgrade — which a
  * browser only sees as close 1006 — does not bring every player back at one
- * instant). No close code or reason from core or edge-lb carries a retry
- * hint today (asyncapi.yaml `x-close-codes`); an upgrade refused with 503 +
- * `Retry-After` is invisible to the WebSocket API, so the backoff is it. Callbacks: onmessage(msg), onstatus(state,
+ * instant). When edge-lb closes the tunnel itself (1012: its node was lost,
+ * drained or is stopping) the close reason `retry_after_ms=<n>` says when to
+ * come back (drawn per tunnel by edge-lb, so the node's crowd returns spread
+ * over what the next node admits): that wait, plus up to 250 ms, replaces the
+ * backoff for that attempt. An upgrade refused with 503 + `Retry-After` is
+ * invisible to the WebSocket API, so there the backoff is it. Callbacks: onmessage(msg), onstatus(state,
  * info) with state 'connecting' | 'open' | 'reconnecting' | 'closed',
  * onfatal(code, reason) when the server refuses us (bad token, unknown quiz),
  * onreplaced() when a newer connection with the same token took over (4009):
@@ -351,14 +354,17 @@ export class QuizSocket {
         this.onreplaced();
         return;
       }
-      this.scheduleRetry();
+      this.scheduleRetry(closeRetryMs(ev.reason));
     };
     ws.onerror = () => {}; // onclose follows
   }
 
-  scheduleRetry() {
+  /** `hintMs`: the server's comeback (a close reason's), else null. */
+  scheduleRetry(hintMs = null) {
     this.attempt++;
-    const delay = backoffMs(this.attempt, { baseMs: 1000, capMs: 10000 });
+    const delay = hintMs === null
+      ? backoffMs(this.attempt, { baseMs: 1000, capMs: 10000 })
+      : retryDelayMs(this.attempt, hintMs, { spreadMs: 250 });
     this.retryAt = Date.now() + delay;
     this.onstatus('reconnecting', { attempt: this.attempt, delay, retryAt: this.retryAt });
     this.timer = setTimeout(() => this.connect(), delay);

@@ -6,7 +6,7 @@ import {
   checkQuiz, checkNickname, checkQuizId, fieldOfMessage, csvCell, resultsCsv, ordinal,
   ApiError, isAmbiguous, newIdempotencyKey, unackedAnswers, withRetry,
 } from '../assets/common.js';
-import { backoffMs, retryAfterMs, retryDelayMs, mayRetry } from '../assets/backoff.js';
+import { backoffMs, closeRetryMs, retryAfterMs, retryDelayMs, mayRetry } from '../assets/backoff.js';
 
 const good = {
   title: 'T',
@@ -179,6 +179,17 @@ test('retry delay: the hint is a floor with up to 1 s of jitter, else the backof
   assert.ok(mayRetry({ attempts: 1, elapsedMs: 0, delayMs: 3000 }));
   assert.ok(!mayRetry({ attempts: 5, elapsedMs: 0, delayMs: 100 }), 'attempts bounded');
   assert.ok(!mayRetry({ attempts: 2, elapsedMs: 28000, delayMs: 3000 }), 'total time bounded');
+});
+
+test('close reason comeback: edge-lb 1012 retry_after_ms, bounded, else none', () => {
+  assert.equal(closeRetryMs('retry_after_ms=1234'), 1234);
+  assert.equal(closeRetryMs('retry_after_ms=0'), 0);
+  assert.equal(closeRetryMs('drain; retry_after_ms=250'), 250);
+  assert.equal(closeRetryMs('retry_after_ms=999999999'), 60000, 'capped');
+  for (const r of ['', null, undefined, 'bye', 'retry_after_ms=', 'retry_after_ms=-5',
+    'retry_after_ms=12x', 'xretry_after_ms=5', 'retry_after_ms=1e9', 'retry_after_ms=1234567890']) {
+    assert.equal(closeRetryMs(r), null, `reason ${JSON.stringify(r)}`);
+  }
 });
 
 test('withRetry: retries refusals after their hint, stops at the budget, not on other errors', async () => {

@@ -5,11 +5,14 @@
 //! deregistered by its [`TunnelGuard`]; both also keep the quiz's activity, which the idle-quiz
 //! sweep reads. Closing cancels tokens in quiz order (a quiz's tunnels move together), at once
 //! (node lost, backend removed) or paced at `drain.close_rate_per_sec` (drain, rebalance,
-//! graceful stop). The registry has its own lock, never held across an `.await`; lock order:
+//! graceful stop). Each closed tunnel's client is told when to come back (the 1012 close frame's
+//! reason `retry_after_ms=<n>`, drawn per tunnel: [`Comeback`]), so a node's whole crowd does
+//! not reconnect at one instant. The registry has its own lock, never held across an `.await`; lock order:
 //! the routing lock may be held when it is taken (a rebalance closes tunnels), never the
 //! other way round.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,22 +44,66 @@ impl CloseReason {
     }
 }
 
+/// How edge-lb closed a tunnel: why, and when its client is told to come back (the 1012
+/// close frame's reason `retry_after_ms=<n>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closing {
+    pub reason: CloseReason,
+    pub retry_after_ms: u32,
+}
+
+/// The longest comeback edge-lb asks for: a player waits no longer than this to be back.
+const COMEBACK_MAX: Duration = Duration::from_secs(30);
+/// The shortest comeback window: even a handful of tunnels closed together spread over a second.
+const COMEBACK_MIN: Duration = Duration::from_secs(1);
+
+/// How the clients of tunnels closed together are spread when they come back: each is told a
+/// delay drawn uniformly in a window long enough for all of them to pass one node's
+/// `tunnel.new_per_node_per_sec` (as if they all landed on one node: the conservative case,
+/// e.g. a quiz moving to its next ring node), less the spread the closes themselves already
+/// have when paced (`period` apart), within [`COMEBACK_MIN`], [`COMEBACK_MAX`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Comeback {
+    /// New tunnels per second one node is given (`None`: no limit).
+    pub per_sec: Option<f64>,
+    /// Time between two closes of the batch (zero: all at once).
+    pub period: Duration,
+}
+
+impl Comeback {
+    fn window_ms(self, n: usize) -> u32 {
+        let needed = self
+            .per_sec
+            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(n as f64 / r));
+        let paced = self.period.saturating_mul(n.min(u32::MAX as usize) as u32);
+        let window = needed
+            .saturating_sub(paced)
+            .clamp(COMEBACK_MIN, COMEBACK_MAX);
+        window.as_millis() as u32
+    }
+}
+
 struct Entry {
     quiz: String,
     /// A player's tunnel of a spread quiz: its player id and k (its node follows the player,
     /// not only the quiz: see `Cluster::rebalance_locked`).
     player: Option<(Box<str>, usize)>,
     token: CancellationToken,
-    /// Why edge-lb picked it for closing, set when picked (the last pick before its token is
-    /// cancelled wins): the access record of a cancelled tunnel says which close it was.
-    closing: Option<CloseReason>,
+    /// Why edge-lb picked it for closing and its comeback, set when picked (the last pick
+    /// before its token is cancelled wins): the close frame carries the comeback and the
+    /// access record of a cancelled tunnel says which close it was.
+    closing: Option<Closing>,
 }
 
 impl Entry {
-    /// Picked for closing for `reason` (unless already cancelled for another).
-    fn pick(&mut self, reason: CloseReason) -> Victim {
+    /// Picked for closing for `reason` (unless already cancelled for another), its client told
+    /// to come back after `retry_after_ms`.
+    fn pick(&mut self, reason: CloseReason, retry_after_ms: u32) -> Victim {
         if !self.token.is_cancelled() {
-            self.closing = Some(reason);
+            self.closing = Some(Closing {
+                reason,
+                retry_after_ms,
+            });
         }
         (self.quiz.clone(), self.token.clone())
     }
@@ -69,6 +116,8 @@ type Victim = (String, CancellationToken);
 pub(super) struct Tunnels {
     open: Mutex<HashMap<Arc<str>, HashMap<u64, Entry>>>,
     next: AtomicU64,
+    /// Keys the draw of each tunnel's comeback from its id (uniform, different per process).
+    seed: RandomState,
 }
 
 impl Tunnels {
@@ -76,7 +125,24 @@ impl Tunnels {
         Tunnels {
             open: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            seed: RandomState::new(),
         }
+    }
+
+    /// Pick `picked` (tunnel ids and entries) for `reason`, each with its own comeback drawn
+    /// uniformly in the batch's window.
+    fn pick_all<'a>(
+        &self,
+        picked: Vec<(u64, &'a mut Entry)>,
+        reason: CloseReason,
+        comeback: Comeback,
+    ) -> impl Iterator<Item = (u64, Victim)> + 'a {
+        let window = u64::from(comeback.window_ms(picked.len()).max(1));
+        let seed = self.seed.clone();
+        picked.into_iter().map(move |(id, e)| {
+            let ms = (seed.hash_one(id) % window) as u32;
+            (id, e.pick(reason, ms))
+        })
     }
 
     fn insert(
@@ -101,8 +167,8 @@ impl Tunnels {
         (id, token)
     }
 
-    /// Deregister; returns why edge-lb picked it for closing, if it did.
-    fn remove(&self, backend: &str, id: u64) -> Option<CloseReason> {
+    /// Deregister; returns how edge-lb closed it, if it did.
+    fn remove(&self, backend: &str, id: u64) -> Option<Closing> {
         self.open
             .lock()
             .get_mut(backend)
@@ -124,16 +190,25 @@ impl Tunnels {
     }
 
     /// The tunnels of `backend`, only those of `quizzes` when given, picked for `reason`.
-    fn of(&self, backend: &str, quizzes: Option<&[String]>, reason: CloseReason) -> Vec<Victim> {
+    fn of(
+        &self,
+        backend: &str,
+        quizzes: Option<&[String]>,
+        reason: CloseReason,
+        comeback: Comeback,
+    ) -> Vec<Victim> {
         let mut open = self.open.lock();
-        open.get_mut(backend)
-            .map(|m| {
-                m.values_mut()
-                    .filter(|e| quizzes.is_none_or(|q| q.contains(&e.quiz)))
-                    .map(|e| e.pick(reason))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let Some(m) = open.get_mut(backend) else {
+            return Vec::new();
+        };
+        let picked: Vec<(u64, &mut Entry)> = m
+            .iter_mut()
+            .filter(|(_, e)| quizzes.is_none_or(|q| q.contains(&e.quiz)))
+            .map(|(id, e)| (*id, e))
+            .collect();
+        self.pick_all(picked, reason, comeback)
+            .map(|(_, v)| v)
+            .collect()
     }
 
     /// The tunnels for which `pick(backend, quiz, player)` says yes, with their backend,
@@ -141,26 +216,34 @@ impl Tunnels {
     pub(super) fn select(
         &self,
         reason: CloseReason,
+        comeback: Comeback,
         mut pick: impl FnMut(&Arc<str>, &str, Option<(&str, usize)>) -> bool,
     ) -> Vec<(Arc<str>, Victim)> {
         let mut open = self.open.lock();
-        let mut out = Vec::new();
+        let mut backend_of: HashMap<u64, Arc<str>> = HashMap::new();
+        let mut picked = Vec::new();
         for (backend, m) in open.iter_mut() {
-            for e in m.values_mut() {
+            for (id, e) in m.iter_mut() {
                 let player = e.player.as_ref().map(|(p, k)| (p.as_ref(), *k));
                 if pick(backend, &e.quiz, player) {
-                    out.push((backend.clone(), e.pick(reason)));
+                    backend_of.insert(*id, backend.clone());
+                    picked.push((*id, e));
                 }
             }
         }
-        out
+        self.pick_all(picked, reason, comeback)
+            .map(|(id, v)| (backend_of[&id].clone(), v))
+            .collect()
     }
 
-    fn all(&self, reason: CloseReason) -> Vec<Victim> {
-        self.open
-            .lock()
+    fn all(&self, reason: CloseReason, comeback: Comeback) -> Vec<Victim> {
+        let mut open = self.open.lock();
+        let picked: Vec<(u64, &mut Entry)> = open
             .values_mut()
-            .flat_map(|m| m.values_mut().map(|e| e.pick(reason)))
+            .flat_map(|m| m.iter_mut().map(|(id, e)| (*id, e)))
+            .collect();
+        self.pick_all(picked, reason, comeback)
+            .map(|(_, v)| v)
             .collect()
     }
 }
@@ -189,8 +272,9 @@ impl TunnelGuard {
     }
 
     /// Take the tunnel out of the registry now (the rest of the bookkeeping is done on
-    /// drop), returning why edge-lb closed it if it did: the access record names it.
-    pub fn deregister(&mut self) -> Option<CloseReason> {
+    /// drop), returning how edge-lb closed it if it did: the close frame carries its comeback
+    /// and the access record names its reason.
+    pub fn deregister(&mut self) -> Option<Closing> {
         if self.removed {
             return None;
         }
@@ -275,12 +359,14 @@ impl Cluster {
         reason: CloseReason,
         immediate: bool,
     ) {
-        let victims = self.tunnels.of(&backend, quizzes.as_deref(), reason);
         let period = if immediate {
             Duration::ZERO
         } else {
             self.drain_period()
         };
+        let victims = self
+            .tunnels
+            .of(&backend, quizzes.as_deref(), reason, self.comeback(period));
         self.cancel_in_order(victims, reason, period);
     }
 
@@ -299,13 +385,24 @@ impl Cluster {
     /// another replica — in a trickle instead of all at once when this process exits. Returns
     /// how many were scheduled.
     pub fn close_all_tunnels_within(self: &Arc<Self>, within: Duration) -> usize {
-        let victims = self.tunnels.all(CloseReason::Shutdown);
+        let n = self.tunnels.counts().values().sum::<usize>().max(1);
+        let period = (within / n.min(u32::MAX as usize) as u32).min(self.drain_period());
+        let victims = self
+            .tunnels
+            .all(CloseReason::Shutdown, self.comeback(period));
         let n = victims.len();
         if n > 0 {
-            let period = (within / n as u32).min(self.drain_period());
             self.cancel_in_order(victims, CloseReason::Shutdown, period);
         }
         n
+    }
+
+    /// The comeback of tunnels closed `period` apart (zero: together).
+    pub(super) fn comeback(&self, period: Duration) -> Comeback {
+        Comeback {
+            per_sec: self.node_rate.per_sec(),
+            period,
+        }
     }
 
     /// One tunnel close per this period at `drain.close_rate_per_sec`.
@@ -351,5 +448,68 @@ impl Cluster {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(per_sec: Option<f64>, period_ms: u64, n: usize) -> u32 {
+        Comeback {
+            per_sec,
+            period: Duration::from_millis(period_ms),
+        }
+        .window_ms(n)
+    }
+
+    #[test]
+    fn comeback_window_fits_the_crowd_through_one_nodes_tunnel_rate() {
+        // 9 000 tunnels at 1 000 new tunnels/s per node: 9 s.
+        assert_eq!(window(Some(1000.0), 0, 9_000), 9_000);
+        // A handful: the 1 s floor; a stadium: the 30 s ceiling.
+        assert_eq!(window(Some(1000.0), 0, 10), 1_000);
+        assert_eq!(window(Some(1000.0), 0, 100_000), 30_000);
+        // No per-node limit: the floor.
+        assert_eq!(window(None, 0, 100_000), 1_000);
+        // Paced closes (a drain at 500/s: 2 ms apart) already spread 9 000 over 18 s.
+        assert_eq!(window(Some(1000.0), 2, 9_000), 1_000);
+        // Paced 1 ms apart into nodes given 500/s: 9 s of the 18 s needed are already there.
+        assert_eq!(window(Some(500.0), 1, 9_000), 9_000);
+    }
+
+    #[test]
+    fn each_picked_tunnel_gets_its_own_comeback_within_the_window() {
+        let t = Tunnels::new();
+        let b: Arc<str> = "core-0".into();
+        for i in 0..2_000 {
+            t.insert(&b, &format!("q{}", i % 7), None);
+        }
+        // 2 000 at 1 000/s: a 2 s window.
+        let comeback = Comeback {
+            per_sec: Some(1000.0),
+            period: Duration::ZERO,
+        };
+        let victims = t.of("core-0", None, CloseReason::NodeLost, comeback);
+        assert_eq!(victims.len(), 2_000);
+        let open = t.open.lock();
+        let ms: Vec<u32> = open["core-0"]
+            .values()
+            .map(|e| {
+                let c = e.closing.expect("picked");
+                assert_eq!(c.reason, CloseReason::NodeLost);
+                c.retry_after_ms
+            })
+            .collect();
+        assert!(
+            ms.iter().all(|&m| m < 2_000),
+            "past the window: {:?}",
+            ms.iter().max()
+        );
+        // Spread over the window: each half-second holds about a quarter of them.
+        for q in 0..4 {
+            let n = ms.iter().filter(|&&m| m / 500 == q).count();
+            assert!((350..650).contains(&n), "quarter {q} holds {n} of 2 000");
+        }
     }
 }

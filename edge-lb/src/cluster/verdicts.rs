@@ -270,9 +270,12 @@ impl Cluster {
         let (p, backends) = (&inner.pools[pool], &inner.backends);
         // One spread per quiz, computed once however many of its players are open.
         let mut spreads: HashMap<String, Option<SpreadNodes>> = HashMap::new();
-        let victims = self
-            .tunnels
-            .select(CloseReason::Rebalance, |backend, quiz, player| {
+        // Paced per interim node, as a drain.
+        let period = self.drain_period();
+        let victims = self.tunnels.select(
+            CloseReason::Rebalance,
+            self.comeback(period),
+            |backend, quiz, player| {
                 if backends.get(backend).map(|b| &b.pool) != Some(pool) {
                     return false;
                 }
@@ -290,7 +293,8 @@ impl Cluster {
                 let rest: Vec<&str> = rest.iter().map(|n| n.as_ref()).collect();
                 spread::choose(&s, &rest, player, |n| p.placement.is_eligible(n))
                     .is_some_and(|c| c.node != backend.as_ref())
-            });
+            },
+        );
         if victims.is_empty() {
             return;
         }
@@ -298,8 +302,6 @@ impl Cluster {
         for (b, v) in victims {
             by_backend.entry(b).or_default().push(v);
         }
-        // Paced per interim node, as a drain.
-        let period = self.drain_period();
         for (_, v) in by_backend {
             self.cancel_in_order(v, CloseReason::Rebalance, period);
         }

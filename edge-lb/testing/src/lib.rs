@@ -241,6 +241,8 @@ async fn serve_conn(
 pub struct Client {
     pub ws: WebSocket<Prefixed>,
     pub status: u16,
+    /// The reason text of the close frame `recv_text` last met (`Some("")` when it had none).
+    pub close_reason: Option<String>,
 }
 
 /// Open a WebSocket to `addr` at `path`. Returns the status on a non-101 answer as `Err`.
@@ -287,7 +289,11 @@ pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Client, String> 
     let mut ws = WebSocket::after_handshake(Prefixed::new(s, extra), Role::Client);
     ws.set_auto_close(true);
     ws.set_auto_pong(true);
-    Ok(Client { ws, status })
+    Ok(Client {
+        ws,
+        status,
+        close_reason: None,
+    })
 }
 
 impl Client {
@@ -305,6 +311,10 @@ impl Client {
                         .get(..2)
                         .map(|c| u16::from_be_bytes([c[0], c[1]]))
                         .unwrap_or(1005);
+                    self.close_reason = f
+                        .payload
+                        .get(2..)
+                        .map(|r| String::from_utf8_lossy(r).into_owned());
                     return Err(format!("closed {code}"));
                 }
                 _ => {}
