@@ -271,6 +271,7 @@ impl Cluster {
             }
         }
         self.node_rate.retain(|n| inner.backends.contains_key(n));
+        self.tunnels.forget_vanishes(now);
         for (n, b) in &inner.backends {
             let load = inner
                 .pools

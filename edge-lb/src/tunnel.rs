@@ -116,6 +116,12 @@ struct Dir {
     frames: Option<FrameTracker>,
     /// Bytes read from this direction's source (the access record's byte counts).
     bytes: u64,
+    /// Backend → client only, while the client has not begun to close: an end of stream with
+    /// no close frame before it, at a frame boundary, is not passed on as a shutdown; the
+    /// tunnel ends [`End::Vanished`] so a 1012 with a comeback can still be written.
+    hold_vanish: bool,
+    /// That happened.
+    vanished: bool,
 }
 
 enum ReadStep {
@@ -166,6 +172,14 @@ where
             }
         }
         if d.eof {
+            if d.hold_vanish
+                && d.frames
+                    .as_ref()
+                    .is_some_and(|f| f.at_boundary() && !f.close_seen)
+            {
+                d.vanished = true;
+                return Poll::Ready(Ok(()));
+            }
             return match Pin::new(&mut *dst).poll_shutdown(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(_) => {
@@ -232,6 +246,10 @@ pub enum End {
     Cancelled { at_boundary: bool },
     /// A socket error on either side.
     Error,
+    /// The backend's stream ended without a WebSocket close, on a frame boundary, while the
+    /// client was not closing: the node went away (killed, crashed). The client's side is
+    /// still open, everything the node sent delivered.
+    Vanished,
 }
 
 /// Bidirectional copy between a client and a backend with idle timeout and cancellation.
@@ -316,7 +334,14 @@ where
         }
         let mut moved = false;
         let up = pump(cx, this.client, this.backend, &mut this.up, &mut moved);
+        // A node that vanishes while the client is not closing leaves the client's side open.
+        this.down.hold_vanish = this.down.frames.is_some()
+            && !this.up.eof
+            && !this.up.frames.as_ref().is_some_and(|f| f.close_seen);
         let down = pump(cx, this.backend, this.client, &mut this.down, &mut moved);
+        if this.down.vanished {
+            return Poll::Ready(End::Vanished);
+        }
         if this.client_first.is_none() {
             let closed = |d: &Dir| d.frames.as_ref().is_some_and(|f| f.close_seen);
             if closed(&this.up) || closed(&this.down) {
@@ -718,6 +743,7 @@ fn end_words(end: End, closed_by: Option<CloseReason>) -> (&'static str, bool) {
         } => ("node_closed", false),
         End::Idle => ("idle", true),
         End::Error => ("error", true),
+        End::Vanished => ("node_vanished", true),
         End::Cancelled { .. } => match closed_by {
             Some(CloseReason::NodeLost) => ("node_lost", true),
             Some(r) => (r.as_str(), false),
@@ -756,7 +782,8 @@ async fn run_tunnel<C, K>(
     let closed_first = splice.closed_first();
     drop(splice);
     // Out of the registry first: how edge-lb closed it (if it did) gives the close frame's
-    // comeback.
+    // comeback (a vanished tunnel's is drawn while it still counts in its batch).
+    let vanished = (end == End::Vanished).then(|| guard.vanished_comeback());
     let closing = guard.deregister();
     let m = &cluster.metrics;
     match end {
@@ -773,6 +800,18 @@ async fn run_tunnel<C, K>(
         }
         End::Cancelled { at_boundary: false } => {
             tracing::debug!("tunnel closed mid-frame: no 1012 appended");
+        }
+        End::Vanished => {
+            // The node went away without a close: the client still gets a 1012 and when to
+            // come back, like the tunnels edge-lb closes itself, so a killed node's crowd does
+            // not return at one instant.
+            m.tunnels_closed.with_label_values(&["node_vanished"]).inc();
+            let close = close_frame_1012(vanished);
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                let _ = client.write_all(&close).await;
+                let _ = client.flush().await;
+            })
+            .await;
         }
         End::Closed { .. } => {}
     }

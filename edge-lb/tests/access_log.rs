@@ -335,7 +335,8 @@ async fn json_access_records_for_requests_tunnels_and_refusals() {
     assert_eq!(r["node"], drained.as_str(), "{r}");
     drop(d);
 
-    // A tunnel whose node goes away (process killed): the node closed it.
+    // A tunnel whose node goes away (process killed) without a WebSocket close: it vanished
+    // (edge-lb closed it with a 1012 and a comeback; always recorded).
     let mut k = ws_connect(e.proxy, "/v1/quizzes/acc-kill/ws")
         .await
         .unwrap();
@@ -345,7 +346,12 @@ async fn json_access_records_for_requests_tunnels_and_refusals() {
     let r = e
         .record("the killed node's tunnel", |v| v["quiz"] == "acc-kill")
         .await;
-    assert_eq!(r["end"], "node_closed", "{r}");
+    assert_eq!(r["end"], "node_vanished", "{r}");
+    assert_eq!(
+        k.recv_text().await,
+        Err("closed 1012".to_string()),
+        "the client's close"
+    );
     drop(k);
 
     // Every line of the process is JSON (pingora's own lines too), with the logger's fields.

@@ -269,9 +269,27 @@ async fn crashed_node_tunnels_close_and_clients_land_elsewhere() {
     }
     assert!(!on0.is_empty());
     bs[0].kill();
+    // The node vanished without a WebSocket close: edge-lb still closes each tunnel with a 1012
+    // and a comeback drawn per tunnel, like the tunnels it closes itself.
+    let mut comebacks = Vec::new();
     for (q, c) in on0.iter_mut() {
         let r = tokio::time::timeout(Duration::from_secs(2), c.recv_text()).await;
-        assert!(matches!(r, Ok(Err(_))), "close not propagated for {q}");
+        assert!(
+            matches!(&r, Ok(Err(e)) if e == "closed 1012"),
+            "no 1012 for {q}: {r:?}"
+        );
+        let reason = c.close_reason.clone().unwrap_or_default();
+        let ms: u32 = reason
+            .strip_prefix("retry_after_ms=")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("1012 without a comeback: {reason:?}"));
+        assert!(ms < 1000, "comeback {ms} ms past the 1 s window");
+        comebacks.push(ms);
+    }
+    if on0.len() > 3 {
+        comebacks.sort_unstable();
+        comebacks.dedup();
+        assert!(comebacks.len() > 1, "every tunnel told the same comeback");
     }
     // Until health notices, upgrades for core-0's quizzes answer 503 quickly (never hang).
     let (q, _) = &on0[0];

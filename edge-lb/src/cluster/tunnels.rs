@@ -118,7 +118,15 @@ pub(super) struct Tunnels {
     next: AtomicU64,
     /// Keys the draw of each tunnel's comeback from its id (uniform, different per process).
     seed: RandomState,
+    /// Per backend, when the current batch of vanished tunnels began (the first of its tunnels
+    /// to end without a close, its node gone) and its size: the tunnels it had then.
+    vanishes: Mutex<HashMap<Arc<str>, (Instant, usize)>>,
 }
+
+/// Vanishes of one backend within this of the batch's first are one batch (one node going away:
+/// its sockets end within milliseconds of each other, read as their tasks get to them); an
+/// isolated one later starts its own, sized by what the backend has then.
+const VANISH_BATCH_GAP: Duration = Duration::from_secs(2);
 
 impl Tunnels {
     pub(super) fn new() -> Tunnels {
@@ -126,7 +134,33 @@ impl Tunnels {
             open: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             seed: RandomState::new(),
+            vanishes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Forget batches of vanished tunnels that are over (the upkeep's sweep).
+    pub(super) fn forget_vanishes(&self, now: Instant) {
+        self.vanishes
+            .lock()
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) <= VANISH_BATCH_GAP);
+    }
+
+    /// The comeback of tunnel `id` of `backend`, which vanished: drawn in the window of the
+    /// batch it belongs to, the batch being every tunnel the backend had when the first of
+    /// them vanished (counting them later would shrink the window as they deregister).
+    fn vanished(&self, backend: &Arc<str>, id: u64, comeback: Comeback) -> u32 {
+        let now = Instant::now();
+        let open_now = self.count(backend).max(1);
+        let batch = {
+            let mut v = self.vanishes.lock();
+            let e = v.entry(backend.clone()).or_insert((now, open_now));
+            if now.saturating_duration_since(e.0) > VANISH_BATCH_GAP {
+                *e = (now, open_now);
+            }
+            e.1
+        };
+        let window = u64::from(comeback.window_ms(batch).max(1));
+        (self.seed.hash_one(id) % window) as u32
     }
 
     /// Pick `picked` (tunnel ids and entries) for `reason`, each with its own comeback drawn
@@ -269,6 +303,15 @@ impl TunnelGuard {
 
     pub fn backend(&self) -> &str {
         &self.backend
+    }
+
+    /// Its node went away without closing it: the comeback to tell its client, from the
+    /// batch of tunnels that vanished with it. Call before [`TunnelGuard::deregister`].
+    pub fn vanished_comeback(&self) -> u32 {
+        let comeback = self.cluster.comeback(Duration::ZERO);
+        self.cluster
+            .tunnels
+            .vanished(&self.backend, self.id, comeback)
     }
 
     /// Take the tunnel out of the registry now (the rest of the bookkeeping is done on
