@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use edge_lb::ring::{Placement, RingConfig, RingNode};
-use edge_lb_testing::{http_get, http_request, ws_connect};
+use edge_lb_testing::{http_get, http_request, ws_connect, Client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_for_thousands_of_quizzes_http_and_ws_agree() {
@@ -157,6 +157,31 @@ async fn panic_threshold_defers_losing_most_of_a_pool_at_once() {
     }
 }
 
+/// The tunnel of `q` ends, within `within`, with edge-lb's 1012 and a comeback
+/// (`retry_after_ms=<n>`), so its client returns after n instead of at once; a few tunnels at
+/// the default 1 000 new tunnels/s per node fall within the 1 s floor. Returns n.
+async fn closed_1012_with_comeback(q: &str, c: &mut Client, within: Duration) -> u32 {
+    let r = tokio::time::timeout(within, c.recv_text()).await;
+    assert!(
+        matches!(&r, Ok(Err(e)) if e == "closed 1012"),
+        "tunnel of {q} not closed with 1012: {r:?}"
+    );
+    let reason = c.close_reason.clone().unwrap_or_default();
+    let ms: u32 = reason
+        .strip_prefix("retry_after_ms=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("1012 of {q} without a comeback: {reason:?}"));
+    assert!(ms < 1000, "comeback {ms} ms of {q} past the 1 s window");
+    ms
+}
+
+/// Comebacks are drawn per tunnel, not one value for all.
+fn assert_spread(mut comebacks: Vec<u32>) {
+    comebacks.sort_unstable();
+    comebacks.dedup();
+    assert!(comebacks.len() > 1, "every tunnel told the same comeback");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_down() {
     let bs = backends(3).await;
@@ -180,21 +205,8 @@ async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_
     for (q, n, c) in clients.iter_mut() {
         if n == lost {
             // The tunnel is closed by edge-lb promptly (2 failed checks at 100 ms + slack).
-            let r = tokio::time::timeout(Duration::from_secs(3), c.recv_text()).await;
             // Closed by edge-lb with 1012 (service restart) so the client reconnects.
-            assert!(
-                matches!(&r, Ok(Err(e)) if e == "closed 1012"),
-                "tunnel to lost node not closed with 1012: {r:?}"
-            );
-            // ... after the comeback it is told, so the lost node's clients do not all return
-            // at one instant (a few tunnels at 1 000/s per node: within the 1 s floor).
-            let reason = c.close_reason.clone().unwrap_or_default();
-            let ms: u32 = reason
-                .strip_prefix("retry_after_ms=")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("1012 without a comeback: {reason:?}"));
-            assert!(ms < 1000, "comeback {ms} ms past the 1 s window");
-            comebacks.push(ms);
+            comebacks.push(closed_1012_with_comeback(q, c, Duration::from_secs(3)).await);
             // Reconnect: lands on a new owner.
             let (n2, c2) = tunnel(e.addr, q).await;
             assert_ne!(n2, lost);
@@ -208,10 +220,7 @@ async fn node_loss_moves_only_its_quizzes_closes_its_tunnels_and_return_is_held_
         }
     }
     assert!(t0.elapsed() < Duration::from_secs(4));
-    // Drawn per tunnel, not one value for all.
-    comebacks.sort_unstable();
-    comebacks.dedup();
-    assert!(comebacks.len() > 1, "every tunnel told the same comeback");
+    assert_spread(comebacks);
     assert_eq!(bs[1].ws_open.load(std::sync::atomic::Ordering::SeqCst), 0);
     // Node returns: not given quizzes back before the hold-down.
     bs[1].set_ready(true);
@@ -273,23 +282,10 @@ async fn crashed_node_tunnels_close_and_clients_land_elsewhere() {
     // and a comeback drawn per tunnel, like the tunnels it closes itself.
     let mut comebacks = Vec::new();
     for (q, c) in on0.iter_mut() {
-        let r = tokio::time::timeout(Duration::from_secs(2), c.recv_text()).await;
-        assert!(
-            matches!(&r, Ok(Err(e)) if e == "closed 1012"),
-            "no 1012 for {q}: {r:?}"
-        );
-        let reason = c.close_reason.clone().unwrap_or_default();
-        let ms: u32 = reason
-            .strip_prefix("retry_after_ms=")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("1012 without a comeback: {reason:?}"));
-        assert!(ms < 1000, "comeback {ms} ms past the 1 s window");
-        comebacks.push(ms);
+        comebacks.push(closed_1012_with_comeback(q, c, Duration::from_secs(2)).await);
     }
     if on0.len() > 3 {
-        comebacks.sort_unstable();
-        comebacks.dedup();
-        assert!(comebacks.len() > 1, "every tunnel told the same comeback");
+        assert_spread(comebacks);
     }
     // Until health notices, upgrades for core-0's quizzes answer 503 quickly (never hang).
     let (q, _) = &on0[0];
