@@ -172,6 +172,11 @@ impl ProxyHttp for Router {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.cluster.metrics.error("connect");
+        if e.etype() == &ErrorType::ConnectRefused {
+            if let Some(b) = ctx.backend.clone() {
+                self.cluster.connect_refused(&b);
+            }
+        }
         let cfg = self.cluster.config();
         if ctx.tries < cfg.http.retries {
             ctx.tries += 1;

@@ -605,7 +605,10 @@ pub async fn serve_upgrade<C, K>(
     let (mut backend, sent) = match tokio::time::timeout(cfg.tunnel.connect_timeout, connect).await
     {
         Ok(Ok(s)) => s,
-        Ok(Err(_)) | Err(_) => {
+        r => {
+            if matches!(&r, Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused) {
+                cluster.connect_refused(&target.backend);
+            }
             origin
                 .refuse(
                     &mut client,

@@ -303,6 +303,62 @@ async fn crashed_node_tunnels_close_and_clients_land_elsewhere() {
     }
 }
 
+/// A refused connection is a node that is gone (nothing listens; a busy node's full accept
+/// queue drops a SYN, it does not refuse it): `failure_threshold` (2) refused upgrades lose the
+/// node at once, long before its next probe (every 20 s here), and its quizzes move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_lose_a_killed_node_before_its_probes_do() {
+    let bs = backends(2).await;
+    let e = edge(
+        &bs,
+        Opts {
+            health_interval_ms: 20_000,
+            success_threshold: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let mut on0 = Vec::new();
+    for i in 0..40 {
+        let q = format!("gone{i}");
+        let (n, _c) = tunnel(e.addr, &q).await;
+        if n == "core-0" {
+            on0.push(q);
+        }
+    }
+    assert!(on0.len() >= 2, "core-0 owns {} quizzes", on0.len());
+    bs[0].kill();
+    let t = Instant::now();
+    let mut refused = 0;
+    for q in &on0 {
+        match ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await {
+            Ok(mut c) => assert_eq!(c.node().await.unwrap(), "core-1", "{q}"),
+            Err(err) => {
+                assert!(err.contains("status 503"), "{err}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused <= 2,
+        "{refused} upgrades refused after the node was lost"
+    );
+    // Every quiz of the killed node is served by the other now, well inside one probe interval.
+    for q in &on0 {
+        let (n, _c) = tunnel(e.addr, q).await;
+        assert_eq!(n, "core-1", "{q}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let core0 = e
+        .cluster()
+        .backends()
+        .into_iter()
+        .find(|b| b.name == "core-0")
+        .map(|b| (b.health, b.eligible))
+        .unwrap();
+    assert_eq!(core0, ("down", false));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_stops_new_quizzes_and_closes_tunnels_gradually() {
     let bs = backends(2).await;

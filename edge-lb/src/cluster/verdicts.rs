@@ -80,6 +80,28 @@ impl Cluster {
         self.close_tunnels_of(name.into(), CloseReason::NodeLost, true);
     }
 
+    /// A proxied connection to `name` was refused (nothing listens on its port: the process is
+    /// gone, not busy — a busy node's full accept queue drops the SYN, it does not refuse it).
+    /// Counted as a failed check, so a killed node is lost after `failure_threshold` refused
+    /// connections instead of its next probes: its crowd stops being sent to a closed port
+    /// within milliseconds. Ignored for a node already down.
+    pub fn connect_refused(self: &Arc<Self>, name: &str) {
+        let up = self
+            .inner
+            .lock()
+            .backends
+            .get(name)
+            .is_some_and(|b| b.up != Some(false));
+        if !up {
+            return;
+        }
+        self.report_health(
+            name,
+            Outcome::Gone,
+            Some("connection refused (seen by a proxied connection)".into()),
+        );
+    }
+
     /// Record the latest outcome, and publish whether the node is slow (with a transition
     /// counted when it turns slow, which a scrape may miss on the gauge alone).
     fn observe(&self, b: &mut Backend, name: &str, outcome: Outcome) {

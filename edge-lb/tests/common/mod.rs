@@ -57,6 +57,9 @@ pub struct Opts {
     pub limits: String,
     /// `tunnel.new_per_node_per_sec` and its burst (0: off).
     pub node_rate: (u32, u32),
+    /// `health.interval` and `health.success_threshold`.
+    pub health_interval_ms: u64,
+    pub success_threshold: u32,
     pub extra: String,
 }
 
@@ -69,6 +72,8 @@ impl Default for Opts {
             close_rate: 1000,
             panic_threshold: 0.0,
             unresponsive_after_ms: 30_000,
+            health_interval_ms: 100,
+            success_threshold: 2,
             listen: Vec::new(),
             limits:
                 "{per_client: {max_connections: 0, connections_per_sec: 0, requests_per_sec: 0}}"
@@ -107,13 +112,15 @@ edge_lb:
   pools:
     - name: core
       backends:
-{b}  health: {{interval: 100ms, timeout: 300ms, success_threshold: 2, failure_threshold: 2, hold_down: {hd}ms, panic_threshold: {panic}, unresponsive_after: {ua}ms}}
+{b}  health: {{interval: {hi}ms, timeout: 300ms, success_threshold: {st}, failure_threshold: 2, hold_down: {hd}ms, panic_threshold: {panic}, unresponsive_after: {ua}ms}}
   tunnel: {{idle_timeout: {idle}ms, connect_timeout: 1s, handshake_timeout: 2s, close_linger: 1s, new_per_node_per_sec: {nr}, new_per_node_burst: {nb}}}
   drain: {{close_rate_per_sec: {rate}}}
   limits: {limits}
 {extra}",
         bf = o.balance_factor,
         hd = o.hold_down_ms,
+        hi = o.health_interval_ms,
+        st = o.success_threshold,
         panic = o.panic_threshold,
         ua = o.unresponsive_after_ms,
         idle = o.idle_timeout_ms,
