@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::Frame;
-use tokio::io::{AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ use crate::protocol::{self, ClientMsg, QuestionMsg, Welcome};
 use crate::room::{Member, Membership, Rooms};
 use crate::self_paced::{self, Presented};
 use crate::service::{Caller, QuizService};
-use crate::token::Role;
+use crate::token::{Claims, Role};
 
 /// Bytes of buffered reading per connection.
 const READ_BUF: usize = 256;
@@ -205,22 +205,90 @@ fn spawn_expiry(
 }
 
 /// Token → (quiz, caller), or the close code to send.
+/// What an upgrade's token says with nothing read from the store: its MAC,
+/// expiry and shape ([`crate::token::TokenKey::verify`]), and that it names
+/// the path's quiz. `http.rs` runs it before the 101, so a token that fails
+/// here costs no store read, no admission place and no connection task
+/// ([`refuse`]). The `Err` is the close code and reason the contract gives
+/// the client (4001, with the same reasons as [`serve`]'s own check).
+///
+/// A token of another quiz is refused here even when the path's quiz does
+/// not exist (4001, not 4004): the token names the quiz it may open, so a
+/// holder of any token learns nothing about other quiz ids.
+pub fn check_token(
+    svc: &QuizService,
+    quiz_id: &str,
+    token: Option<&str>,
+) -> Result<Claims, (u16, &'static str)> {
+    let claims = token
+        .and_then(|t| svc.tokens.verify(t).ok())
+        .ok_or((close::BAD_TOKEN, "bad token"))?;
+    if claims.quiz_id != quiz_id {
+        return Err((close::BAD_TOKEN, "token is for another quiz"));
+    }
+    Ok(claims)
+}
+
+/// Runs one upgraded connection whose token [`check_token`] refused: the
+/// contract's close frame (a browser cannot read a failed handshake's
+/// status, so a bad token is a 101 then a close with its code) and nothing
+/// more. Written by hand on the raw stream: no fastwebsockets writer, no
+/// outbox, no read loop, no store call, no room, no admission place — a
+/// forged-token flood costs a node this task's few awaits, not a whole
+/// connection setup. Holds the socket's `max_connections` place until the
+/// socket closes, like every socket.
+pub async fn refuse(
+    svc: Arc<QuizService>,
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
+    (code, reason): (u16, &'static str),
+    connection: Option<OwnedSemaphorePermit>,
+) {
+    let _permit = connection;
+    let Ok(ws) = upgrade.await else {
+        return;
+    };
+    let mut io = ws.into_inner();
+    svc.metrics
+        .ws_closes
+        .with_label_values(&[&code.to_string()])
+        .inc();
+    let frame = close_frame(code, reason);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        io.write_all(&frame).await?;
+        io.flush().await
+    })
+    .await;
+    linger(&mut io).await;
+}
+
+/// A server's (unmasked) close frame: `code`, then `reason` (at most 123
+/// bytes, as RFC 6455 allows in a control frame; ours are short constants).
+fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut f = Vec::with_capacity(4 + reason.len());
+    f.push(0x88);
+    f.push((2 + reason.len()) as u8);
+    f.extend_from_slice(&code.to_be_bytes());
+    f.extend_from_slice(reason);
+    f
+}
+
 async fn authenticate(
     svc: &QuizService,
     quiz_id: &str,
     token: Option<&str>,
 ) -> Result<(Arc<QuizDef>, Caller), (u16, &'static str)> {
-    let claims = token
-        .and_then(|t| svc.tokens.verify(t).ok())
-        .ok_or((close::BAD_TOKEN, "bad token"))?;
+    // `http.rs` ran the same check before the 101; run again here (one
+    // HMAC, a few µs) rather than pass the claims into [`serve`]: an async
+    // fn keeps its arguments for its whole life, so the claims would be
+    // carried twice per idle socket (the argument and the caller built
+    // from it), three strings where the token is one.
+    let claims = check_token(svc, quiz_id, token)?;
     let def = match svc.def(quiz_id).await {
         Ok(d) => d,
         Err(QuizError::NotFound(_)) => return Err((close::UNKNOWN_QUIZ, "unknown quiz")),
         Err(_) => return Err((close::INTERNAL, "store unavailable")),
     };
-    if claims.quiz_id != quiz_id {
-        return Err((close::BAD_TOKEN, "token is for another quiz"));
-    }
     let nickname = if claims.role == Role::Player {
         match svc.store.get_player(quiz_id, &claims.player_id).await {
             Ok(Some(p)) => p.nickname,

@@ -38,6 +38,14 @@ use crate::shutdown::Shutdown;
 
 type Resp = Response<Full<Bytes>>;
 
+/// The header (and its value) on a 101 whose token was refused before the
+/// upgrade: the socket will only carry the 4001 close. For edge-lb, which
+/// counts authentication failures per client address (as it counts the
+/// 401 and 403 answers, whose status says it) and removes the header
+/// before the client sees it. Internal: not part of the contract.
+pub const AUTH_REFUSED_HEADER: &str = "x-quiz-auth";
+pub const AUTH_REFUSED_VALUE: &str = "refused";
+
 /// A connection's `max_connections` permit, until an upgrade takes it.
 type PermitSlot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
 
@@ -554,6 +562,29 @@ async fn ws_upgrade(
         ));
     }
     let token = query_param(req.uri().query(), "token").map(str::to_string);
+    // What the token says on its own (MAC, expiry, the path's quiz) is
+    // checked before anything else: a token that fails still gets its 101
+    // (the contract's 4001 close is how a browser learns why), but only a
+    // task that writes that close, and no admission place (it reads nothing
+    // from the store). The 101 carries `x-quiz-auth: refused` so edge-lb
+    // counts the client's authentication failures without parsing frames
+    // (docs/edge-lb.md, `auth_failures_per_sec`); edge-lb strips it.
+    if let Err(refusal) = crate::connection::check_token(&node.svc, quiz_id, token.as_deref()) {
+        let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)
+            .map_err(|e| QuizError::Invalid(format!("upgrade: {e}")))?;
+        sd.spawn(crate::connection::refuse(
+            Arc::clone(&node.svc),
+            fut,
+            refusal,
+            permit.lock().take(),
+        ));
+        let (mut parts, _) = resp.into_parts();
+        parts.headers.insert(
+            AUTH_REFUSED_HEADER,
+            HeaderValue::from_static(AUTH_REFUSED_VALUE),
+        );
+        return Ok(Response::from_parts(parts, Full::new(Bytes::new())));
+    }
     // Admitted before the 101 is written: a refused upgrade is an ordinary
     // 503 response, nothing read from the store, no room touched. The
     // place goes with the connection and is given back once its welcome

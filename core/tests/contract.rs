@@ -798,12 +798,93 @@ async fn ws_errors(f: Factory) {
     assert_eq!(expect_close(&mut w).await, 4001);
     let mut w = ws(a, &id, "v1.p.x.y.AAAA").await;
     assert_eq!(expect_close(&mut w).await, 4001);
-    let mut w = ws(a, "no-such-quiz", &t).await;
+    // A good token of a quiz that does not exist (expired from the store,
+    // say): 4004.
+    let gone = quiz_core::token::TokenKey::new(f.secret.as_bytes(), 3600).sign(
+        &quiz_core::token::Claims {
+            quiz_id: "no-such-quiz".into(),
+            role: quiz_core::token::Role::Player,
+            player_id: "p1".into(),
+            spread: 1,
+        },
+        quiz_core::model::now_ms(),
+    );
+    let mut w = ws(a, "no-such-quiz", &gone).await;
     assert_eq!(expect_close(&mut w).await, 4004);
-    // A token of another quiz → 4001.
+    // A token of another quiz → 4001, whether the path's quiz exists or not
+    // (checked before the store is asked: `connection::check_token`).
     let (other, _) = create(a, "live", 1).await;
     let mut w = ws(a, &other, &t).await;
     assert_eq!(expect_close(&mut w).await, 4001);
+    let mut w = ws(a, "no-such-quiz", &t).await;
+    assert_eq!(expect_close(&mut w).await, 4001);
+    n.stop().await;
+}
+
+/// The close frame a server sent right behind its 101 head: code, reason.
+async fn read_close(s: &mut TcpStream) -> (u16, String) {
+    let read = async {
+        let mut hdr = [0u8; 2];
+        s.read_exact(&mut hdr).await.unwrap();
+        assert_eq!(hdr[0], 0x88, "a close frame");
+        let mut payload = vec![0u8; usize::from(hdr[1] & 0x7f)];
+        s.read_exact(&mut payload).await.unwrap();
+        let code = u16::from_be_bytes([payload[0], payload[1]]);
+        (code, String::from_utf8_lossy(&payload[2..]).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("a close frame within 10 s")
+}
+
+fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n").find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A token refused before the upgrade (MAC, expiry, the path's quiz) still
+/// gets its 101 and the contract's 4001 with the same reasons as ever, and
+/// that 101 carries `x-quiz-auth: refused` (what edge-lb counts per client
+/// address); a good token's 101 does not.
+async fn refused_tokens_get_a_marked_101_then_4001(f: Factory) {
+    let n = f.start().await;
+    let a = n.addr;
+    let (id, host_token) = create(a, "live", 1).await;
+    let (_, t) = join(a, &id, "ann").await;
+    let (other, _) = create(a, "live", 1).await;
+    // The last character of the MAC changed.
+    let last = if t.ends_with('A') { "B" } else { "A" };
+    let tampered = format!("{}{last}", &t[..t.len() - 1]);
+    let forged_host = format!("v1.h.{id}..AAAA");
+    for (quiz, token, reason) in [
+        (id.as_str(), "garbage", "bad token"),
+        (&id, &tampered, "bad token"),
+        (&id, &forged_host, "bad token"),
+        (&other, &t, "token is for another quiz"),
+        ("no-such-quiz", &t, "token is for another quiz"),
+    ] {
+        let (status, head, mut s) = raw_upgrade(a, quiz, token).await;
+        assert_eq!(status, 101, "{token}: {head}");
+        assert_eq!(header_of(&head, "x-quiz-auth"), Some("refused"), "{head}");
+        assert_eq!(
+            read_close(&mut s).await,
+            (4001, reason.to_string()),
+            "{token}"
+        );
+    }
+    for token in [&t, &host_token] {
+        let (status, head, mut s) = raw_upgrade(a, &id, token).await;
+        assert_eq!(status, 101, "{head}");
+        assert_eq!(header_of(&head, "x-quiz-auth"), None, "{head}");
+        let mut first = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut first))
+            .await
+            .expect("a frame within 10 s")
+            .unwrap();
+        assert_eq!(first[0], 0x81, "a text frame (the welcome), not a close");
+    }
     n.stop().await;
 }
 
@@ -1548,6 +1629,7 @@ contract!(
     self_paced,
     self_paced_expiry_presents_the_next_question,
     ws_errors,
+    refused_tokens_get_a_marked_101_then_4001,
     shutdown_closes_with_1001,
     drain_then_close_with_1001,
     tiers,

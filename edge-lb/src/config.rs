@@ -371,6 +371,12 @@ pub struct PerClientConfig {
     /// Requests (plain HTTP and upgrades) per second from one address, and the burst.
     pub requests_per_sec: u32,
     pub requests_burst: u32,
+    /// Authentication failures per second one address may cause (a token bucket drained by
+    /// each backend 401 or 403, and each 101 core marks as a refused token), and its burst.
+    /// Once it is empty the address's requests and upgrades are answered 429 before any
+    /// backend is contacted, until a failure's worth has refilled.
+    pub auth_failures_per_sec: u32,
+    pub auth_failures_burst: u32,
     /// Addresses tracked at once (memory bound: about 100 bytes each).
     pub max_clients: usize,
     /// An address with no open connection is forgotten this long after its last request.
@@ -388,6 +394,11 @@ impl Default for PerClientConfig {
             connections_burst: 2_000,
             requests_per_sec: 400,
             requests_burst: 4_000,
+            // A player with a stale token fails once or twice and asks for a new one: a
+            // hundred failures at once (a classroom behind one NAT whose quiz expired), then
+            // 5 a second, is far past what players cause and far below a forger's rate.
+            auth_failures_per_sec: 5,
+            auth_failures_burst: 100,
             max_clients: 200_000,
             idle_ttl: Duration::from_secs(60),
             ipv6_prefix: 64,

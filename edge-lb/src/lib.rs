@@ -8,6 +8,8 @@
 //! - [`limits`]: admission per client address (open connections, new connections/s,
 //!   requests/s; a bounded table) and per backend (new tunnels/s), checked by [`proxy`] and
 //!   [`tunnel`].
+//! - [`auth`]: authentication failures in the backends' answers (401/403, a 101 core marks
+//!   as a refused token), fed to [`limits`] by [`proxy`] and [`tunnel`].
 //! - [`refusal`]: every answer given before a backend answered (connection limit, per-client
 //!   limits, bad head, bad route, no node, node unreachable): one `Refusal` per cause, one
 //!   `refuse` that sends it.
@@ -39,6 +41,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod discovery;

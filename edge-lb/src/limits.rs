@@ -3,7 +3,9 @@
 //! - [`ClientTable`]: one entry per client address (IPv4 address, or IPv6 /`ipv6_prefix`,
 //!   default /64: one subscriber's whole prefix), enforcing `limits.per_client` — concurrent
 //!   connections, new connections per second, requests per second (HAProxy's stick-table
-//!   `conn_cur`/`conn_rate`/`http_req_rate`, Envoy's local rate limit). Bounded: sharded maps
+//!   `conn_cur`/`conn_rate`/`http_req_rate`, Envoy's local rate limit), and authentication
+//!   failures per second (HAProxy's `sc_http_err_rate` deny, narrowed to 401/403 and the 101s
+//!   core marks as a refused token: [`crate::auth`]). Bounded: sharded maps
 //!   with a cap on entries (`max_clients`); an entry with no open connection expires after
 //!   `idle_ttl` (swept by upkeep, and in a full shard before inserting). When a shard is still
 //!   full of live clients, a new address is admitted untracked and counted
@@ -65,15 +67,28 @@ impl Bucket {
 
     /// Refill up to `now` and take a token; `Err(seconds until one is back)` when empty.
     fn take(&mut self, rate: Rate, now: Instant) -> Result<(), u32> {
+        self.check(rate, now)?;
+        self.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Refill up to `now`; `Err(seconds until a token is back)` when empty, taking nothing.
+    fn check(&mut self, rate: Rate, now: Instant) -> Result<(), u32> {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + dt * rate.per_sec).min(rate.burst);
         if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
             Ok(())
         } else {
             Err(((1.0 - self.tokens) / rate.per_sec).ceil().max(1.0) as u32)
         }
+    }
+
+    /// Refill up to `now` and take a token whatever is left (never below empty): for events
+    /// that already happened, whose cost is paid by what [`Bucket::check`] refuses next.
+    fn spend(&mut self, rate: Rate, now: Instant) {
+        let _ = self.check(rate, now);
+        self.tokens = (self.tokens - 1.0).max(0.0);
     }
 }
 
@@ -101,6 +116,8 @@ struct Entry {
     conns: u32,
     conn_rate: Bucket,
     req_rate: Bucket,
+    /// Authentication failures (drained by [`ClientTable::auth_failure`], checked per request).
+    auth: Bucket,
     /// Last connection or request: an entry with no connection expires `idle_ttl` after it.
     last: Instant,
 }
@@ -110,6 +127,7 @@ pub struct ClientTable {
     cfg: PerClientConfig,
     conn_rate: Option<Rate>,
     req_rate: Option<Rate>,
+    auth_rate: Option<Rate>,
     per_shard: usize,
     hasher: RandomState,
     shards: Box<[Mutex<HashMap<IpAddr, Entry>>]>,
@@ -136,6 +154,7 @@ impl ClientTable {
         Arc::new(ClientTable {
             conn_rate: Rate::new(cfg.connections_per_sec, cfg.connections_burst),
             req_rate: Rate::new(cfg.requests_per_sec, cfg.requests_burst),
+            auth_rate: Rate::new(cfg.auth_failures_per_sec, cfg.auth_failures_burst),
             per_shard: cfg.max_clients.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -169,6 +188,7 @@ impl ClientTable {
             conns: 0,
             conn_rate: Bucket::full(self.conn_rate, now),
             req_rate: Bucket::full(self.req_rate, now),
+            auth: Bucket::full(self.auth_rate, now),
             last: now,
         });
         e.last = now;
@@ -187,19 +207,42 @@ impl ClientTable {
         }))
     }
 
-    /// Admit one request (plain HTTP or an upgrade) from the client holding `guard`.
+    /// Admit one request (plain HTTP or an upgrade) from the client holding `guard`: refused
+    /// while its authentication failures are past `auth_failures_per_sec` (a jittered
+    /// `Retry-After`: a refused crowd behind one NAT must not come back together), else
+    /// within `requests_per_sec`.
     pub fn request(&self, guard: &ClientGuard) -> Result<(), Refusal> {
-        let Some(r) = self.req_rate else {
+        if self.req_rate.is_none() && self.auth_rate.is_none() {
             return Ok(());
-        };
+        }
         let now = Instant::now();
         let mut shard = self.shard(guard.key).lock();
-        match shard.get_mut(&guard.key) {
-            Some(e) => {
-                e.last = now;
-                e.req_rate.take(r, now).map_err(Refusal::ClientRequestRate)
-            }
+        let Some(e) = shard.get_mut(&guard.key) else {
+            return Ok(());
+        };
+        e.last = now;
+        if let Some(r) = self.auth_rate {
+            e.auth
+                .check(r, now)
+                .map_err(|secs| Refusal::ClientAuthFailures(secs + jitter_below(secs + 1)))?;
+        }
+        match self.req_rate {
+            Some(r) => e.req_rate.take(r, now).map_err(Refusal::ClientRequestRate),
             None => Ok(()),
+        }
+    }
+
+    /// A backend answered a request of `ip` with an authentication failure (a 401 or 403, or
+    /// a 101 marked refused: [`crate::auth`]). Untracked addresses (a full table) are not
+    /// counted, as they are not limited.
+    pub fn auth_failure(&self, ip: IpAddr) {
+        let Some(r) = self.auth_rate else {
+            return;
+        };
+        let key = key_of(ip, self.cfg.ipv6_prefix);
+        let now = Instant::now();
+        if let Some(e) = self.shard(key).lock().get_mut(&key) {
+            e.auth.spend(r, now);
         }
     }
 
@@ -296,6 +339,46 @@ mod tests {
         }
         assert_eq!(b.take(r, t0), Err(1));
         assert!(b.take(r, t0 + Duration::from_millis(500)).is_ok());
+    }
+
+    #[test]
+    fn failures_drain_the_bucket_and_refusal_lasts_until_one_refilled() {
+        let r = Rate::new(2, 3).unwrap();
+        let t0 = Instant::now();
+        let mut b = Bucket::full(Some(r), t0);
+        for _ in 0..3 {
+            assert!(b.check(r, t0).is_ok());
+            b.spend(r, t0);
+        }
+        assert_eq!(b.check(r, t0), Err(1));
+        // More failures (in flight when the bucket ran dry) do not dig deeper than empty.
+        b.spend(r, t0);
+        assert!(b.check(r, t0 + Duration::from_millis(400)).is_err());
+        assert!(b.check(r, t0 + Duration::from_millis(600)).is_ok());
+    }
+
+    #[test]
+    fn auth_failures_refuse_only_their_address() {
+        let cfg = PerClientConfig {
+            requests_per_sec: 0,
+            auth_failures_per_sec: 1,
+            auth_failures_burst: 2,
+            ..PerClientConfig::default()
+        };
+        let t = ClientTable::new(&cfg);
+        let m = Metrics::new();
+        let bad: IpAddr = "10.0.0.1".parse().unwrap();
+        let good: IpAddr = "10.0.0.2".parse().unwrap();
+        let gb = t.connect(bad, &m).unwrap().unwrap();
+        let gg = t.connect(good, &m).unwrap().unwrap();
+        t.auth_failure(bad);
+        assert!(t.request(&gb).is_ok());
+        t.auth_failure(bad);
+        match t.request(&gb) {
+            Err(Refusal::ClientAuthFailures(s)) => assert!((1..=2).contains(&s), "{s}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(t.request(&gg).is_ok());
     }
 
     #[test]

@@ -28,8 +28,10 @@ pub struct Metrics {
     pub backend_slow: IntGaugeVec,
     /// Errors and refusals by kind (bad_quiz_id, header_too_large, not_websocket, no_backend,
     /// connect, client_connections, client_connection_rate, client_request_rate,
-    /// node_tunnel_rate, not_public, client_table_full, request_timeout, ...).
+    /// node_tunnel_rate, client_auth_failures, not_public, client_table_full, request_timeout, ...).
     pub errors: IntCounterVec,
+    /// Authentication failures seen in backends' answers, by where (http, upgrade).
+    pub auth_failures: IntCounterVec,
     /// Tunnels closed by edge-lb, by reason (node_lost, drain, rebalance, idle, shutdown).
     pub tunnels_closed: IntCounterVec,
     /// Active quizzes per backend (the bounded-load unit).
@@ -111,6 +113,11 @@ impl Metrics {
             &["backend"],
         );
         let errors = cv("edge_lb_errors_total", "Errors by kind", &["kind"]);
+        let auth_failures = cv(
+            "edge_lb_auth_failures_total",
+            "Backend answers refusing a client's token (401, 403, a 101 marked refused)",
+            &["via"],
+        );
         let tunnels_closed = cv(
             "edge_lb_tunnels_closed_total",
             "Tunnels closed by edge-lb by reason",
@@ -218,6 +225,7 @@ impl Metrics {
             health_checks,
             backend_slow,
             errors,
+            auth_failures,
             tunnels_closed,
             quizzes_active,
             pool_panic,

@@ -122,6 +122,20 @@ impl ProxyHttp for Router {
         Ok(())
     }
 
+    /// A 401 or 403 counts against the client's address (`limits.per_client`, [`crate::auth`]).
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut pingora_http::ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet().map(|i| i.ip()));
+        crate::auth::http_answered(&self.cluster, client, upstream_response);
+        Ok(())
+    }
+
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let cfg = self.cluster.config();
         let pool = &cfg.routes.http;

@@ -49,6 +49,9 @@ pub enum Refusal {
     ClientConnectionRate(u32),
     /// `limits.per_client.requests_per_sec` exceeded (seconds until a token is back).
     ClientRequestRate(u32),
+    /// `limits.per_client.auth_failures_per_sec` exceeded: the address's tokens keep being
+    /// refused by the backends (jittered `Retry-After`).
+    ClientAuthFailures(u32),
     /// `tunnel.new_per_node_per_sec` exceeded for the quiz's node (jittered `Retry-After`).
     NodeTunnelRate(u32),
     /// A node's operator endpoint (`/metrics`, `/readyz`) asked from outside: not routed.
@@ -80,7 +83,8 @@ impl Refusal {
             Refusal::NotPublic => 404,
             Refusal::ClientConnections
             | Refusal::ClientConnectionRate(_)
-            | Refusal::ClientRequestRate(_) => 429,
+            | Refusal::ClientRequestRate(_)
+            | Refusal::ClientAuthFailures(_) => 429,
             Refusal::ConnectionLimit
             | Refusal::NodeTunnelRate(_)
             | Refusal::NoBackend
@@ -102,7 +106,8 @@ impl Refusal {
             Refusal::NotPublic => "not_found",
             Refusal::ClientConnections
             | Refusal::ClientConnectionRate(_)
-            | Refusal::ClientRequestRate(_) => "rate_limited",
+            | Refusal::ClientRequestRate(_)
+            | Refusal::ClientAuthFailures(_) => "rate_limited",
             Refusal::ConnectionLimit
             | Refusal::NodeTunnelRate(_)
             | Refusal::NoBackend
@@ -129,6 +134,7 @@ impl Refusal {
             Refusal::ClientConnections => "client_connections",
             Refusal::ClientConnectionRate(_) => "client_connection_rate",
             Refusal::ClientRequestRate(_) => "client_request_rate",
+            Refusal::ClientAuthFailures(_) => "client_auth_failures",
             Refusal::NodeTunnelRate(_) => "node_tunnel_rate",
             Refusal::NotPublic => "not_public",
         }
@@ -171,6 +177,9 @@ impl Refusal {
             Refusal::ClientRequestRate(_) => {
                 "too many requests from this address; retry after the given delay".into()
             }
+            Refusal::ClientAuthFailures(_) => {
+                "too many refused tokens from this address; retry after the given delay".into()
+            }
             Refusal::NodeTunnelRate(_) => {
                 "this quiz's node is taking too many new connections; retry after the given delay"
                     .into()
@@ -185,6 +194,7 @@ impl Refusal {
         match self {
             Refusal::ClientConnectionRate(s)
             | Refusal::ClientRequestRate(s)
+            | Refusal::ClientAuthFailures(s)
             | Refusal::NodeTunnelRate(s) => Some((*s).max(1)),
             _ => matches!(self.code(), "unavailable" | "rate_limited").then_some(1),
         }

@@ -625,7 +625,7 @@ pub async fn serve_upgrade<C, K>(
         backend.write_all(&forward[sent..]).await?;
         read_response_head(&mut backend, 16 * 1024).await
     };
-    let resp = match tokio::time::timeout(cfg.tunnel.handshake_timeout, handshake).await {
+    let mut resp = match tokio::time::timeout(cfg.tunnel.handshake_timeout, handshake).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) | Err(_) => {
             origin
@@ -636,6 +636,8 @@ pub async fn serve_upgrade<C, K>(
     };
     drop(forward);
     let status = status_of(&resp);
+    // A refused token counts against the client's address; core's marker never reaches it.
+    crate::auth::upgrade_answered(cluster, peer.map(|a| a.ip()), status, &mut resp);
     let upgraded = status == Some(101);
     // Bytes the node sent behind its response head (a first frame, or a refusal's body).
     let after_head = resp

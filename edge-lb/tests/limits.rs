@@ -432,3 +432,155 @@ async fn the_admin_api_requires_its_token() {
         assert_eq!(http_get(e.admin, path).await.unwrap().0, 200, "{path}");
     }
 }
+
+/// One raw request from the local address `src` (a loopback address of the test's choosing:
+/// the per-client table keys on it); everything edge-lb sent until it closed: (status, head,
+/// the bytes behind the head).
+async fn exchange_from(src: &str, edge: SocketAddr, raw: &str) -> (u16, String, Vec<u8>) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(edge).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            // A close frame after the head: answer it, as a client does; edge-lb then ends
+            // the tunnel.
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                if got.get(end + 4) == Some(&0x88) {
+                    let _ = s.write_all(&[0x88, 0x80, 0, 0, 0, 0]).await;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("edge-lb ends the exchange within 10 s");
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {}", String::from_utf8_lossy(&got)));
+    let head = String::from_utf8_lossy(&got[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head, got[end + 4..].to_vec())
+}
+
+fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+fn get_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+}
+
+/// `auth_failures_per_sec`: the backends' refusals of a client's tokens (a 101 core marks
+/// `x-quiz-auth: refused` before its close 4001, a 401 or 403) drain that address's bucket;
+/// once it is empty the address's upgrades and requests get 429 `rate_limited` with a jittered
+/// `Retry-After` and no backend hears of them, until a failure's worth has refilled. Another
+/// address is not affected, and the marker never reaches a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_whose_tokens_keep_failing_is_refused_at_the_edge() {
+    let bs = backends(1).await;
+    let e = edge(
+        &bs,
+        limits(
+            "max_connections: 0, connections_per_sec: 0, requests_per_sec: 0, \
+             auth_failures_per_sec: 1, auth_failures_burst: 3",
+        ),
+    )
+    .await;
+    let (attacker, neighbour) = ("127.0.0.1", "127.0.0.2");
+    // Three failures: two refused tokens on upgrades, one 401.
+    for _ in 0..2 {
+        let (status, head, rest) = exchange_from(
+            attacker,
+            e.addr,
+            &upgrade_request("/v1/quizzes/q/ws?forged"),
+        )
+        .await;
+        assert_eq!(status, 101, "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("x-quiz-auth"),
+            "the marker reached the client: {head}"
+        );
+        assert_eq!(
+            rest.get(..4),
+            Some(&[0x88, 11, 0x0f, 0xa1][..]),
+            "the close 4001 is passed on: {rest:?}"
+        );
+    }
+    let (status, head, _) =
+        exchange_from(attacker, e.addr, &get_request("/v1/quizzes/q/unauthorized")).await;
+    assert_eq!(status, 401, "{head}");
+    // The bucket is empty: refused before any backend, upgrade and plain request alike.
+    let served = bs[0].ws_total.load(std::sync::atomic::Ordering::SeqCst);
+    let (status, head, body) =
+        exchange_from(attacker, e.addr, &upgrade_request("/v1/quizzes/q/ws")).await;
+    let wait = assert_refusal(
+        status,
+        &head,
+        &String::from_utf8_lossy(&body),
+        429,
+        "rate_limited",
+    );
+    assert!((1..=2).contains(&wait), "{head}");
+    let (status, head, body) = exchange_from(attacker, e.addr, &get_request("/v1/quizzes/q")).await;
+    assert_refusal(
+        status,
+        &head,
+        &String::from_utf8_lossy(&body),
+        429,
+        "rate_limited",
+    );
+    assert_eq!(
+        bs[0].ws_total.load(std::sync::atomic::Ordering::SeqCst),
+        served,
+        "a refused upgrade reached the backend"
+    );
+    // The neighbour: a refused token of its own is one failure, not a refusal.
+    let (status, head, _) = exchange_from(
+        neighbour,
+        e.addr,
+        &upgrade_request("/v1/quizzes/q/ws?forged"),
+    )
+    .await;
+    assert_eq!(status, 101, "{head}");
+    let (status, head, _) = exchange_from(neighbour, e.addr, &get_request("/v1/quizzes/q")).await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(
+        metric(
+            e.admin,
+            "edge_lb_errors_total{kind=\"client_auth_failures\"}"
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        metric(e.admin, "edge_lb_auth_failures_total{via=\"upgrade\"}").await,
+        3.0
+    );
+    assert_eq!(
+        metric(e.admin, "edge_lb_auth_failures_total{via=\"http\"}").await,
+        1.0
+    );
+    // One failure's worth back (1 a second): the attacker's address is served again.
+    admitted_within(Duration::from_secs(4), || async {
+        exchange_from(attacker, e.addr, &get_request("/v1/quizzes/q"))
+            .await
+            .0
+            == 200
+    })
+    .await;
+}

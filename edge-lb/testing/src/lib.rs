@@ -8,7 +8,10 @@
 //! by [`Backend::set_ready`]; any other HTTP request gets `{"node": name, "path": path, "xff":
 //! …}` (`xff`: every `X-Forwarded-For` value it received, joined). An upgrade's `101` carries
 //! the same as `X-Seen-Forwarded-For`; an upgrade whose path contains `refuse` is answered
-//! `403` on a kept-alive connection (how core refuses a bad token).
+//! `403` on a kept-alive connection. Core's answers to a refused token: an upgrade whose path
+//! contains `forged` gets a `101` marked `x-quiz-auth: refused` followed by a close frame 4001
+//! `bad token` (then the connection ends; not counted in `ws_total`), and a plain request
+//! whose path contains `unauthorized` gets `401`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -159,6 +162,21 @@ async fn serve_conn(
             }
             continue;
         }
+        if head.upgrade_websocket && head.path.contains("forged") {
+            let key = header(&head.buf[..head.len], "sec-websocket-key").unwrap_or("");
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nx-quiz-auth: refused\r\n\r\n",
+                accept_key(key)
+            )
+            .into_bytes();
+            out.extend_from_slice(&[0x88, 11, 0x0f, 0xa1]);
+            out.extend_from_slice(b"bad token");
+            let _ = s.write_all(&out).await;
+            // What the client still sends (its close reply) is read, not reset.
+            let mut sink = [0u8; 512];
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.read(&mut sink)).await;
+            return;
+        }
         if head.upgrade_websocket {
             let key = header(&head.buf[..head.len], "sec-websocket-key").unwrap_or("");
             let hello = format!("node={name}");
@@ -215,7 +233,12 @@ async fn serve_conn(
             }
         }
         let path = head.path.split('?').next().unwrap_or("").to_string();
-        let (status, body) = if path == "/readyz" {
+        let (status, body) = if path.contains("unauthorized") {
+            (
+                "401 Unauthorized",
+                "{\"error\":{\"code\":\"unauthorized\",\"message\":\"bad token\"}}".to_string(),
+            )
+        } else if path == "/readyz" {
             if ready.load(Ordering::SeqCst) {
                 ("200 OK", "{\"ready\":true}".to_string())
             } else {
