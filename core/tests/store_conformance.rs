@@ -907,6 +907,57 @@ mod suite {
         ));
     }
 
+    /// Ranks stay exact when many answers with equal scores arrive at
+    /// once: in a sharded quiz they share the batcher's rounds, their
+    /// shards' batches, and the one count per shard and round of the other
+    /// shards' scores (deduplicated: equal scores counted once, their
+    /// counts handed to every answer carrying them). Answers worth 0 points
+    /// leave every score as it is, so each such answer's rank must be
+    /// exactly 1 + the players strictly higher, even under concurrency.
+    pub async fn equal_scores_at_once_rank_exactly(store: Store) {
+        const PLAYERS: usize = 60;
+        let id = new_quiz(&store, "eqrank", 2).await;
+        let pids: Vec<String> = (0..PLAYERS).map(|i| format!("p{i:03}")).collect();
+        for p in &pids {
+            join(&store, &id, p).await;
+        }
+        // Three point values: ~20 players on each score, spread over the
+        // shards; all sent at once.
+        let points = |i: usize| [0u32, 500, 1000][i % 3];
+        let send = |q: u32, pts: &dyn Fn(usize) -> u32| {
+            pids.iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let store = Arc::clone(&store);
+                    let id = id.clone();
+                    let a = answer(p, q, &[0], pts(i));
+                    tokio::spawn(async move { store.apply_answer(&id, &a).await })
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut first = Vec::new();
+        for t in send(0, &points) {
+            first.push(applied(t.await.expect("join").expect("apply")));
+        }
+        let higher = |s: u64| (0..PLAYERS).filter(|i| u64::from(points(*i)) > s).count() as u64;
+        for (i, (score, rank)) in first.iter().enumerate() {
+            assert_eq!(*score, u64::from(points(i)));
+            // Counted after the write: never more players above than at
+            // the end (scores only grow), never fewer than 1.
+            assert!(*rank >= 1 && *rank <= 1 + higher(*score), "{i}: {rank}");
+        }
+        // Nothing moves now: every rank is exact.
+        for (i, t) in send(1, &|_| 0).into_iter().enumerate() {
+            let (score, rank) = applied(t.await.expect("join").expect("apply"));
+            assert_eq!(score, u64::from(points(i)));
+            assert_eq!(rank, 1 + higher(score), "{}", pids[i]);
+        }
+        for (i, p) in pids.iter().enumerate() {
+            let s = store.standing(&id, p).await.expect("s").expect("player");
+            assert_eq!(s.rank, 1 + higher(u64::from(points(i))), "{p}");
+        }
+    }
+
     pub async fn many_players_concurrent_totals(store: Store) {
         const PLAYERS: u32 = 40;
         const QUESTIONS: u32 = 10;
@@ -994,6 +1045,7 @@ macro_rules! conformance {
             check!(max_players_is_atomic);
             check!(pending_events_outbox);
             check!(sharded_quiz_scores_like_one_slot);
+            check!(equal_scores_at_once_rank_exactly);
         }
     };
 }
@@ -1292,4 +1344,68 @@ async fn redis_sharded_lagging_state_copy_is_caught_up_never_used() {
             .expect("apply"),
         None
     );
+}
+
+/// A sharded quiz's ranks when the batcher's guesses of the new scores are
+/// wrong (Redis only: the guesses are the Redis store's): another node
+/// (a second store) moves the players' scores behind the first one's back,
+/// so the first one's guesses (last score seen + points) miss for those
+/// players and their answers are counted again after the round. Answers
+/// worth 0 points leave every score as it is: each rank must be exactly 1 +
+/// the players strictly higher, whichever way it was counted, also for an
+/// answer alone in its round (the other shards then get a count of their
+/// own in the same round trip).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sharded_ranks_exact_when_guesses_miss() {
+    const PLAYERS: usize = 30;
+    let connect = || async {
+        let s: Store = Arc::new(
+            RedisClusterStore::connect(&redis_nodes(), RedisOptions::default())
+                .await
+                .expect("the Redis Cluster is required (deploy/local/stack up)"),
+        );
+        s
+    };
+    let (a, b) = (connect().await, connect().await);
+    let id = SHARDS.scope(3, new_quiz(&a, "guess", 4)).await;
+    let pids: Vec<String> = (0..PLAYERS).map(|i| format!("p{i:02}")).collect();
+    for p in &pids {
+        join(&a, &id, p).await;
+    }
+    let all_at_once = |store: &Store, q: u32, pts: fn(usize) -> u32| {
+        let tasks: Vec<_> = pids
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let store = Arc::clone(store);
+                let (id, ans) = (id.clone(), answer(p, q, &[0], pts(i)));
+                tokio::spawn(async move { store.apply_answer(&id, &ans).await })
+            })
+            .collect();
+        async move {
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(applied(t.await.expect("join").expect("apply")));
+            }
+            out
+        }
+    };
+    // Store a learns every score; store b then moves half of them.
+    let q0 = |i: usize| [0, 500, 1000][i % 3];
+    let q1 = |i: usize| [0, 1000][i % 2];
+    all_at_once(&a, 0, q0).await;
+    all_at_once(&b, 1, q1).await;
+    let score = |i: usize| u64::from(q0(i) + q1(i));
+    let higher = |s: u64| (0..PLAYERS).filter(|i| score(*i) > s).count() as u64;
+    for (i, (s, rank)) in all_at_once(&a, 2, |_| 0).await.into_iter().enumerate() {
+        assert_eq!(s, score(i), "{}", pids[i]);
+        assert_eq!(rank, 1 + higher(s), "{}", pids[i]);
+    }
+    // One answer alone in its round, guessed right this time.
+    let (s, rank) = applied(
+        a.apply_answer(&id, &answer(&pids[4], 3, &[0], 0))
+            .await
+            .expect("apply"),
+    );
+    assert_eq!((s, rank), (score(4), 1 + higher(score(4))));
 }

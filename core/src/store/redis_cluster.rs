@@ -80,8 +80,9 @@
 //!   groups by slot: a shard is a slot), same script, same dedupe, attempt
 //!   tokens, WAIT and outbox entry. The script's rank counts the players
 //!   above the answer in its own shard; the batcher then runs
-//!   `count_higher` on every other shard (one call per shard per batch,
-//!   with the batch's distinct scores, concurrently) and adds them: rank =
+//!   `count_higher` on every shard (one call per shard per round of the
+//!   batcher, concurrently, with the distinct scores of every other
+//!   shard's answers of the round) and adds them: rank =
 //!   1 + players strictly higher in ALL shards ("1224" ranking), read after
 //!   the write (exact when the quiz is quiet; under load, the rank of a
 //!   state at least as new as the answer, as with one slot's batches). A
@@ -159,6 +160,7 @@
 mod batcher;
 mod codec;
 mod pipeline;
+mod score_cache;
 mod scripts;
 mod shards;
 mod shared;
@@ -565,7 +567,8 @@ impl RedisClusterStore {
             .map(|(_, tag)| Call {
                 script: &self.shared.scripts.count_higher,
                 keys: vec![key(tag, "leaderboard")],
-                args: vec![score.to_string()],
+                // `count_higher` takes exclusive bounds (see its header).
+                args: vec![format!("({score}")],
             })
             .collect();
         let mut higher = 0;

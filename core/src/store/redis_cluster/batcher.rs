@@ -6,10 +6,24 @@
 //! queue up and leave together in the next batch, with no timer adding
 //! latency when the load is light.
 //!
-//! In a sharded quiz, a batch's ranks are completed after its pipeline:
-//! the script counted the players above each answer's score in its own
-//! shard, one `count_higher` per other shard (concurrent, one per batch,
-//! with the batch's distinct scores) adds the rest.
+//! In a sharded quiz, a round's ranks are completed from the other shards'
+//! counts (rank = 1 + players strictly higher in every shard). Each
+//! shard's script counts the players above each answer in its own shard;
+//! the others' part is read in the SAME round trip: the batcher guesses
+//! each answer's new score (the last score it saw for the player plus the
+//! answer's points, [`ScoreCache`]) and each shard's pipeline carries, after
+//! its own batch and before its `WAIT`, one `count_higher` for the distinct
+//! guessed scores of every OTHER shard's answers of the round (a shard
+//! without answers in the round gets that call alone, concurrently). An
+//! answer whose real score was not guessed (a player's first answer, a
+//! score moved by another node, a duplicate) is counted after the round's
+//! pipelines, one `count_higher` per shard for all such scores of the round
+//! ([`plan_counts`]). So a round costs each shard one round trip and at most
+//! one count in the steady state, instead of a second round trip and S − 1
+//! counts per batch. The counts are keyed by score, never by answer, so a
+//! wrong guess costs time, never a wrong rank; and every count is read after
+//! the answer was submitted (its round is formed after), so the rank
+//! includes every answer acknowledged before it, as in one slot.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -21,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{as_str, as_u64, bad_reply, write_choices};
 use super::pipeline::{run_one, run_pipeline, Call};
+use super::score_cache::ScoreCache;
 use super::shards::Shards;
 use super::shared::{key, unavailable, Shared};
 use crate::model::Millis;
@@ -71,6 +86,7 @@ type Presenting = (String, Millis, Reply);
 /// flight. Ends when every sender (the store) is gone.
 pub(super) async fn batcher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
     let max = shared.opts.max_batch.max(1);
+    let cache = Arc::new(ScoreCache::default());
     loop {
         // Take a permit before collecting: while all batches are out, jobs
         // pile up in the channel and leave together in the next one.
@@ -88,36 +104,219 @@ pub(super) async fn batcher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        // One pipeline per quiz and shard (hence per slot) and batch.
-        let mut groups: HashMap<(String, usize), Vec<Job>> = HashMap::new();
+        // One pipeline per quiz and shard (hence per slot) and batch; a
+        // quiz's shards are completed together (one count per shard).
+        let mut quizzes: HashMap<String, Vec<(usize, Vec<Job>)>> = HashMap::new();
         for job in batch {
-            groups
-                .entry((job.quiz_id.clone(), job.shard))
-                .or_default()
-                .push(job);
+            let groups = quizzes.entry(job.quiz_id.clone()).or_default();
+            match groups.iter_mut().find(|(s, _)| *s == job.shard) {
+                Some((_, jobs)) => jobs.push(job),
+                None => groups.push((job.shard, vec![job])),
+            }
         }
         let shared = Arc::clone(&shared);
+        let cache = Arc::clone(&cache);
         tokio::spawn(async move {
             let _permit = permit;
-            let sends = groups.into_iter().map(|((quiz_id, shard), jobs)| {
+            let sends = quizzes.into_iter().map(|(quiz_id, groups)| {
                 let shared = Arc::clone(&shared);
-                async move { run_batch(&shared, &quiz_id, shard, jobs).await }
+                let cache = Arc::clone(&cache);
+                async move { run_round(&shared, &cache, &quiz_id, groups).await }
             });
             futures::future::join_all(sends).await;
         });
     }
 }
 
+/// One quiz's share of a round: one pipeline per shard with jobs
+/// (concurrent); for a sharded quiz each also carries the count of the
+/// other shards' guessed scores, and the ranks are completed before the
+/// replies are handed out.
+async fn run_round(
+    shared: &Shared,
+    cache: &ScoreCache,
+    quiz_id: &str,
+    groups: Vec<(usize, Vec<Job>)>,
+) {
+    let Some(shards) = groups
+        .first()
+        .and_then(|(_, jobs)| jobs.first())
+        .map(|j| Arc::clone(&j.shards))
+    else {
+        return;
+    };
+    if !shards.is_sharded() {
+        let sends = groups
+            .into_iter()
+            .map(|(shard, jobs)| run_batch(shared, quiz_id, shard, jobs, &[]));
+        for d in futures::future::join_all(sends).await.into_iter().flatten() {
+            d.reply();
+        }
+        return;
+    }
+    // The guessed scores of each shard's answers, then what each shard
+    // counts in the round's pipelines: the other shards' guesses.
+    let of: Vec<usize> = groups.iter().map(|(s, _)| *s).collect();
+    let guessed: Vec<Vec<u64>> = groups
+        .iter()
+        .map(|(_, jobs)| {
+            let answers = jobs.iter().filter_map(|j| match &j.work {
+                Work::Apply { answer, .. } => Some((answer.player_id.as_str(), answer.points)),
+                Work::Present { .. } => None,
+            });
+            let mut g: Vec<u64> = cache
+                .guess(quiz_id, answers)
+                .into_iter()
+                .flatten()
+                .collect();
+            g.sort_unstable();
+            g.dedup();
+            g
+        })
+        .collect();
+    let plan = plan_counts(shards.len(), &of, &guessed);
+    let lone: Vec<(usize, Call)> = plan
+        .iter()
+        .enumerate()
+        .filter(|(b, union)| !union.is_empty() && !of.contains(b))
+        .map(|(b, union)| (b, count_call(shared, &shards.tags[b], union)))
+        .collect();
+    let sends = groups.into_iter().map(|(shard, jobs)| {
+        let count = plan.get(shard).map_or(&[][..], Vec::as_slice);
+        async move { run_batch(shared, quiz_id, shard, jobs, count).await }
+    });
+    let lone_sends = lone.iter().map(|(_, c)| run_one(shared, c, false));
+    let (done, lone_replies) = futures::join!(
+        futures::future::join_all(sends),
+        futures::future::join_all(lone_sends)
+    );
+    let mut done: Vec<Applied> = done.into_iter().flatten().collect();
+    let mut first: Vec<Counted> = plan.into_iter().map(Counted::asked).collect();
+    for d in &mut done {
+        if let (Some(reply), Some(c)) = (d.counted.take(), first.get_mut(d.shard)) {
+            c.answered(reply);
+        }
+    }
+    for ((b, _), reply) in lone.iter().zip(lone_replies) {
+        if let Some(c) = first.get_mut(*b) {
+            c.answered(reply);
+        }
+    }
+    for d in &done {
+        d.remember(cache, quiz_id);
+    }
+    add_other_shards(shared, &shards, &mut done, &first).await;
+    for d in done {
+        d.reply();
+    }
+}
+
+/// The players above some scores in one shard: the scores asked about
+/// (ascending, distinct) and, once answered, one count each.
+struct Counted {
+    scores: Vec<u64>,
+    counts: Option<Vec<u64>>,
+}
+
+impl Counted {
+    fn asked(scores: Vec<u64>) -> Counted {
+        Counted {
+            scores,
+            counts: None,
+        }
+    }
+
+    /// Takes a `count_higher` reply; a failed or malformed one leaves the
+    /// scores uncounted (counted again after the round, or failed there).
+    fn answered(&mut self, reply: Result<Value, StoreError>) {
+        if let Ok(Value::Array(c)) = reply {
+            if c.len() == self.scores.len() {
+                self.counts = c.iter().map(as_u64).collect();
+            }
+        }
+    }
+
+    fn get(&self, score: u64) -> Option<u64> {
+        let counts = self.counts.as_ref()?;
+        let i = self.scores.binary_search(&score).ok()?;
+        counts.get(i).copied()
+    }
+}
+
+/// One shard's (or one-slot quiz's) batch, applied, its replies not yet
+/// handed out: `results` holds one entry per `applies` group, then one for
+/// `presents` if any.
+struct Applied {
+    shard: usize,
+    applies: Vec<(Option<u64>, Vec<Waiting>)>,
+    presents: Vec<Presenting>,
+    results: Vec<Result<Value, StoreError>>,
+    /// The reply of the `count_higher` that rode in this pipeline (the
+    /// other shards' guessed scores), if one did.
+    counted: Option<Result<Value, StoreError>>,
+}
+
+impl Applied {
+    /// Records the scores replied (applied answers and duplicates) as the
+    /// players' last scores, for the next rounds' guesses.
+    fn remember(&self, cache: &ScoreCache, quiz_id: &str) {
+        let mut seen: Vec<(&str, u64)> = Vec::new();
+        for ((_, group), r) in self.applies.iter().zip(&self.results) {
+            let Ok(Value::Array(entries)) = r else {
+                continue;
+            };
+            if entries.len() != 3 * group.len() {
+                continue; // a stale state: nothing applied
+            }
+            for ((a, _), entry) in group.iter().zip(entries.chunks_exact(3)) {
+                if let Some(s) = ranked_score(entry) {
+                    seen.push((a.player_id.as_str(), s));
+                }
+            }
+        }
+        if !seen.is_empty() {
+            cache.record(quiz_id, seen.into_iter());
+        }
+    }
+
+    /// The `apply_batch` results (not the presentations').
+    fn apply_results(&mut self) -> &mut [Result<Value, StoreError>] {
+        let n = self.applies.len().min(self.results.len());
+        &mut self.results[..n]
+    }
+
+    /// Hands each caller its own entry of the replies.
+    fn reply(self) {
+        let mut results = self.results.into_iter();
+        let mut next = || {
+            results
+                .next()
+                .unwrap_or_else(|| Err(unavailable("no reply")))
+        };
+        for (_, group) in self.applies {
+            reply_applies(group, next());
+        }
+        if !self.presents.is_empty() {
+            reply_presents(self.presents, next());
+        }
+    }
+}
+
 /// Applies one quiz's (or one shard's) share of a batch in ONE pipeline to
 /// its master: one `EVALSHA apply_batch` per state version the answers were
 /// scored against (normally one), one `EVALSHA present_batch` for the
-/// self-paced presentations, then a single `WAIT` for all of them; in a
-/// sharded quiz, completes the ranks with the other shards' counts; then
-/// hands each caller its own entry of the replies.
-async fn run_batch(shared: &Shared, quiz_id: &str, shard: usize, jobs: Vec<Job>) {
-    let Some(shards) = jobs.first().map(|j| Arc::clone(&j.shards)) else {
-        return;
-    };
+/// self-paced presentations, in a sharded quiz one `count_higher` of the
+/// other shards' guessed scores `count` (if any), then a single `WAIT` for
+/// all of them. The replies are handed out by the caller ([`run_round`]),
+/// once a sharded quiz's ranks are complete.
+async fn run_batch(
+    shared: &Shared,
+    quiz_id: &str,
+    shard: usize,
+    jobs: Vec<Job>,
+    count: &[u64],
+) -> Option<Applied> {
+    let shards = jobs.first().map(|j| Arc::clone(&j.shards))?;
     let tag = shards.tags[shard].as_str();
     let mut applies: Vec<(Option<u64>, Vec<Waiting>)> = Vec::new();
     let mut presents: Vec<Presenting> = Vec::new();
@@ -146,25 +345,25 @@ async fn run_batch(shared: &Shared, quiz_id: &str, shard: usize, jobs: Vec<Job>)
         };
         calls.push(present_call(shared, tag, exists, &presents));
     }
+    if !count.is_empty() {
+        // A read in the same slot: rides before the WAIT at no extra
+        // round trip.
+        calls.push(count_call(shared, tag, count));
+    }
     let route = Route::with_key(&calls[0].keys[0], SlotAddr::Master);
-    let mut results: Vec<Result<Value, StoreError>> =
-        run_pipeline(shared, route, calls.iter().collect(), true).await;
-    if shards.is_sharded() && !applies.is_empty() {
-        let n = applies.len().min(results.len());
-        add_other_shards(shared, &shards, shard, &mut results[..n]).await;
-    }
-    let mut results = results.into_iter();
-    let mut next = || {
-        results
-            .next()
-            .unwrap_or_else(|| Err(unavailable("no reply")))
+    let mut results = run_pipeline(shared, route, calls.iter().collect(), true).await;
+    let counted = if count.is_empty() {
+        None
+    } else {
+        results.pop()
     };
-    for (_, group) in applies {
-        reply_applies(group, next());
-    }
-    if !presents.is_empty() {
-        reply_presents(presents, next());
-    }
+    Some(Applied {
+        shard,
+        applies,
+        presents,
+        results,
+        counted,
+    })
 }
 
 /// An answer's entry of an `apply_batch` reply that carries a rank (`A`,
@@ -177,21 +376,11 @@ fn ranked_score(entry: &[Value]) -> Option<u64> {
     entry.get(1).and_then(as_u64)
 }
 
-/// Sharded quiz: adds to each rank of the `apply_batch` replies the
-/// players strictly higher in every other shard (one `count_higher` per
-/// other shard, concurrent, with the distinct scores). The counts are read
-/// after the batch was applied, so each rank is that of a state at least as
-/// new as the answer's. If a count fails, the batch's replies become
-/// `Unavailable`: the callers' retries re-run their answers with the same
-/// attempt tokens (`A`, nothing added twice) and count again.
-async fn add_other_shards(
-    shared: &Shared,
-    shards: &Shards,
-    shard: usize,
-    results: &mut [Result<Value, StoreError>],
-) {
+/// The distinct scores that carry a rank in a batch's `apply_batch`
+/// replies, ascending.
+fn ranked_scores(results: &[Result<Value, StoreError>]) -> Vec<u64> {
     let mut scores: Vec<u64> = Vec::new();
-    for r in results.iter() {
+    for r in results {
         if let Ok(Value::Array(entries)) = r {
             for entry in entries.chunks_exact(3) {
                 if let Some(s) = ranked_score(entry) {
@@ -200,52 +389,127 @@ async fn add_other_shards(
             }
         }
     }
-    if scores.is_empty() {
-        return;
-    }
     scores.sort_unstable();
     scores.dedup();
-    let args: Vec<String> = scores.iter().map(u64::to_string).collect();
-    let calls: Vec<Call> = shards
-        .tags
+    scores
+}
+
+/// The counts a round needs: for each shard (index), the union of the
+/// distinct scores of every OTHER shard's batch (`scores[g]` being batch
+/// `g`'s, from shard `of[g]`), ascending, without repeats; empty when no
+/// other shard has a score to rank. One `count_higher` per non-empty entry.
+fn plan_counts(shard_count: usize, of: &[usize], scores: &[Vec<u64>]) -> Vec<Vec<u64>> {
+    (0..shard_count)
+        .map(|b| {
+            let mut union: Vec<u64> = of
+                .iter()
+                .zip(scores)
+                .filter(|(s, _)| **s != b)
+                .flat_map(|(_, sc)| sc.iter().copied())
+                .collect();
+            union.sort_unstable();
+            union.dedup();
+            union
+        })
+        .collect()
+}
+
+/// The `count_higher` call on the shard of tag `tag` for ascending
+/// distinct scores: its arguments are exclusive lower bounds (`(<score>`),
+/// ready for `ZCOUNT`.
+fn count_call(shared: &Shared, tag: &str, scores: &[u64]) -> Call {
+    Call {
+        script: &shared.scripts.count_higher,
+        keys: vec![key(tag, "leaderboard")],
+        args: count_args(scores),
+    }
+}
+
+fn count_args(scores: &[u64]) -> Vec<String> {
+    scores.iter().map(|s| format!("({s}")).collect()
+}
+
+/// Sharded quiz: adds to each rank of a round's `apply_batch` replies the
+/// players strictly higher in every other shard. `first[b]` holds what
+/// shard b counted in the round's pipelines (the guessed scores); the
+/// scores it did not count (a wrong or missing guess, a failed count) are
+/// counted now, one `count_higher` per shard for the whole round
+/// ([`plan_counts`]), concurrently. Every count is read after the answers
+/// were submitted, and the second ones after every batch of the round was
+/// applied. If a shard's count fails, the replies of the batches that
+/// needed it become `Unavailable`: the callers' retries re-run their
+/// answers with the same attempt tokens (`A`, nothing added twice) and
+/// count again.
+async fn add_other_shards(
+    shared: &Shared,
+    shards: &Shards,
+    done: &mut [Applied],
+    first: &[Counted],
+) {
+    let scores: Vec<Vec<u64>> = done
+        .iter_mut()
+        .map(|d| ranked_scores(d.apply_results()))
+        .collect();
+    if scores.iter().all(Vec::is_empty) {
+        return;
+    }
+    let of: Vec<usize> = done.iter().map(|d| d.shard).collect();
+    let mut plan = plan_counts(shards.len(), &of, &scores);
+    for (b, union) in plan.iter_mut().enumerate() {
+        union.retain(|s| first[b].get(*s).is_none());
+    }
+    let calls: Vec<(usize, Call)> = plan
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != shard)
-        .map(|(_, tag)| Call {
-            script: &shared.scripts.count_higher,
-            keys: vec![key(tag, "leaderboard")],
-            args: args.clone(),
-        })
+        .filter(|(_, union)| !union.is_empty())
+        .map(|(b, union)| (b, count_call(shared, &shards.tags[b], union)))
         .collect();
-    let replies = futures::future::join_all(calls.iter().map(|c| run_one(shared, c, false))).await;
-    let mut extra = vec![0u64; scores.len()];
-    for reply in replies {
-        let counts = match reply {
-            Ok(Value::Array(counts)) if counts.len() == scores.len() => counts,
-            Ok(other) => {
-                fail_ranks(results, &bad_reply("count_higher", &other));
-                return;
+    let replies =
+        futures::future::join_all(calls.iter().map(|(_, c)| run_one(shared, c, false))).await;
+    let mut second: Vec<Counted> = plan.into_iter().map(Counted::asked).collect();
+    let mut errors: Vec<Option<StoreError>> = (0..shards.len()).map(|_| None).collect();
+    for ((b, _), reply) in calls.iter().zip(replies) {
+        match reply {
+            Ok(Value::Array(c)) if c.len() == second[*b].scores.len() => {
+                second[*b].answered(Ok(Value::Array(c)));
             }
-            Err(e) => {
-                fail_ranks(results, &e);
-                return;
-            }
-        };
-        for (x, c) in extra.iter_mut().zip(&counts) {
-            *x += as_u64(c).unwrap_or(0);
+            Ok(other) => errors[*b] = Some(bad_reply("count_higher", &other)),
+            Err(e) => errors[*b] = Some(e),
         }
     }
-    for r in results.iter_mut() {
-        if let Ok(Value::Array(entries)) = r {
-            for entry in entries.chunks_exact_mut(3) {
-                let Some(s) = ranked_score(entry) else {
-                    continue;
-                };
-                let Ok(i) = scores.binary_search(&s) else {
-                    continue;
-                };
-                let own = as_u64(&entry[2]).unwrap_or(0);
-                entry[2] = Value::Int((own + extra[i]) as i64);
+    for (g, d) in done.iter_mut().enumerate() {
+        // extra[i]: players above scores[g][i] in the other shards.
+        let mut extra = vec![0u64; scores[g].len()];
+        let mut failed = None;
+        'scores: for (x, &s) in extra.iter_mut().zip(&scores[g]) {
+            for b in (0..shards.len()).filter(|b| *b != of[g]) {
+                match first[b].get(s).or_else(|| second[b].get(s)) {
+                    Some(c) => *x += c,
+                    None => {
+                        failed = Some(errors[b].take().unwrap_or_else(|| {
+                            unavailable(format!("shard {b} did not count score {s}"))
+                        }));
+                        break 'scores;
+                    }
+                }
+            }
+        }
+        if let Some(e) = failed {
+            fail_ranks(d.apply_results(), &e);
+            continue;
+        }
+        for r in d.apply_results().iter_mut() {
+            if let Ok(Value::Array(entries)) = r {
+                for entry in entries.chunks_exact_mut(3) {
+                    let Some(s) = ranked_score(entry) else {
+                        continue;
+                    };
+                    let Ok(i) = scores[g].binary_search(&s) else {
+                        continue;
+                    };
+                    let own = as_u64(&entry[2]).unwrap_or(0);
+                    entry[2] = Value::Int((own + extra[i]) as i64);
+                }
             }
         }
     }
@@ -370,5 +634,63 @@ fn present_call(shared: &Shared, tag: &str, exists: String, presents: &[Presenti
         script: &shared.scripts.present,
         keys: vec![exists, key(tag, "answers"), key(tag, "sent")],
         args,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_count_per_shard_with_the_other_shards_scores() {
+        // A round of a 3-shard quiz: batches from shards 0 and 2 (shard 1
+        // had no answers), scores shared across them.
+        let plan = plan_counts(3, &[0, 2], &[vec![5, 10, 20], vec![10, 30]]);
+        assert_eq!(
+            plan,
+            vec![
+                vec![10, 30],        // shard 0 counts shard 2's scores
+                vec![5, 10, 20, 30], // shard 1 counts both, 10 once
+                vec![5, 10, 20],     // shard 2 counts shard 0's
+            ]
+        );
+        // One batch alone: only the other shards are asked.
+        assert_eq!(
+            plan_counts(3, &[1], &[vec![7, 7, 9]]),
+            vec![vec![7, 9], vec![], vec![7, 9]]
+        );
+        // Nothing to rank (every entry `N`, or a stale state): no calls.
+        assert!(plan_counts(3, &[0, 1], &[vec![], vec![]])
+            .iter()
+            .all(Vec::is_empty));
+    }
+
+    #[test]
+    fn count_args_are_exclusive_bounds() {
+        assert_eq!(count_args(&[0, 1500]), vec!["(0", "(1500"]);
+    }
+
+    #[test]
+    fn ranked_scores_skip_non_players_and_failures() {
+        let s = |v: &str| Value::SimpleString(v.into());
+        let results = vec![
+            Ok(Value::Array(vec![
+                s("A"),
+                Value::Int(900),
+                Value::Int(2),
+                s("N"),
+                Value::Int(0),
+                Value::Int(0),
+                s("Dx"),
+                Value::Int(300),
+                Value::Int(5),
+                s("A"),
+                Value::Int(900),
+                Value::Int(2),
+            ])),
+            Err(unavailable("down")),
+            Ok(Value::Array(vec![s("S")])),
+        ];
+        assert_eq!(ranked_scores(&results), vec![300, 900]);
     }
 }

@@ -14,7 +14,8 @@
 --   its rank remains (one per distinct score);
 -- - the writes issued once per batch: one HSET of every new record, one
 --   ZADD XX of every changed score (absolute values, computed under the
---   script's atomicity), one HINCRBY per (question, option) counted, one
+--   script's atomicity), per question one HMGET and one HSET of its
+--   options' new counts (not a HINCRBY write per option), one
 --   INCRBY of the version;
 -- - the record is a compact string (see `codec::encode_record`), not JSON.
 --
@@ -149,9 +150,21 @@ for j = 1, #order do
   if #z >= 400 then redis.call('ZADD', KEYS[3], 'XX', unpack(z)); z = {} end
 end
 if #z > 0 then redis.call('ZADD', KEYS[3], 'XX', unpack(z)) end
+-- A question's counts: one HMGET of its options counted and one HSET of
+-- their new totals (2 commands, 1 of them a write), not one HINCRBY write
+-- per option: a write is what costs (propagated on its own), and in a
+-- sharded quiz every shard's batch pays it.
 for j = 1, #dists do
   local dk = dists[j]
-  for c, cnt in pairs(dist[dk]) do redis.call('HINCRBY', KEYS[dk], c, cnt) end
+  local cs, cnts = {}, {}
+  for c, cnt in pairs(dist[dk]) do cs[#cs + 1] = c; cnts[#cnts + 1] = cnt end
+  local old = redis.call('HMGET', KEYS[dk], unpack(cs))
+  local kv = {}
+  for m = 1, #cs do
+    kv[#kv + 1] = cs[m]
+    kv[#kv + 1] = string.format('%d', (tonumber(old[m]) or 0) + cnts[m])
+  end
+  redis.call('HSET', KEYS[dk], unpack(kv))
 end
 if applied > 0 then
   redis.call('INCRBY', KEYS[4], applied)
