@@ -3,27 +3,27 @@
 //! [`Outbox`] is in `outbox.rs`, the frame reader in `frame.rs`.
 //!
 //! Memory: an idle connection should cost a few KB at most, so nothing here
-//! keeps a big buffer. fastwebsockets does the HTTP upgrade and writes our
-//! frames, but its reader always allocates an 8 KiB read buffer per socket
-//! (`ReadHalf::after_handshake`), which we cannot shrink through its API.
-//! So after the handshake we take the raw stream back (`into_inner`), split
-//! it, write with a `WebSocketWrite` (writev for every frame, so it keeps no
-//! copy buffer) and read with the small frame parser (`frame.rs`) over a
-//! 256-byte `BufReader`. A frame's payload is allocated only while it is
-//! being handled, and never above `ws_max_frame_bytes` (4 KiB): the length
-//! is checked from the header *before* reading the payload, and a larger
-//! frame closes the socket with 1009.
+//! keeps a big buffer. fastwebsockets does the HTTP upgrade, but its reader
+//! always allocates an 8 KiB read buffer per socket, which we cannot shrink
+//! through its API. So after the handshake we take the raw stream back
+//! (`into_inner`; on plain TCP the `TcpStream` itself, `socket.rs`), read
+//! with the small frame parser (`frame.rs`) over a 256-byte `BufReader`,
+//! and write our own server frames (`outbox.rs`, `writev`, no copy
+//! buffer). A frame's payload is allocated only while it is being handled,
+//! and never above `ws_max_frame_bytes` (4 KiB): the length is checked from
+//! the header *before* reading the payload, and a larger frame closes the
+//! socket with 1009.
 //!
 //! Both halves run in one task (`join!`), so a connection costs one task.
-//! The reader never writes to the socket: replies go through the outbox like
-//! everything else, so frames are never interleaved and the writer is the
-//! only place that can block on a slow client.
+//! The reader never writes to the socket itself: replies go through the
+//! outbox like everything else (which writes them at once when nothing is
+//! queued, or leaves them to the writer), so frames are never interleaved
+//! and the writer is the only place that can block on a slow client.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::Frame;
 use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -34,11 +34,12 @@ use crate::frame::{linger, read_frame, InFrame, Partial, ReadError};
 use crate::limit::Rate;
 use crate::metrics::AnswerOutcome;
 use crate::model::{now_ms, Mode, Phase, QuizDef, QuizState};
-use crate::outbox::{close, uptime_s, write_loop, OutFrame, Outbox};
+use crate::outbox::{close, send_close, uptime_s, write_loop, OutFrame, Outbox};
 use crate::protocol::{self, ClientMsg, QuestionMsg, Welcome};
 use crate::room::{Member, Membership, Rooms};
 use crate::self_paced::{self, Presented};
 use crate::service::{Caller, QuizService};
+use crate::socket;
 use crate::token::{Claims, Role};
 
 /// Bytes of buffered reading per connection.
@@ -85,12 +86,8 @@ pub async fn serve(
             return;
         }
     };
-    let (rd, wr) = tokio::io::split(ws.into_inner());
-    // The read half fastwebsockets builds here (with its 8 KiB buffer) is
-    // dropped at once; only the write half is kept.
-    let (_, mut writer) =
-        fastwebsockets::after_handshake_split(tokio::io::empty(), wr, fastwebsockets::Role::Server);
-    writer.set_writev_threshold(0);
+    // Plain TCP gives the socket itself, for the outbox's direct writes.
+    let (rd, mut writer, tcp) = socket::split(ws.into_inner());
     let metrics = Arc::clone(&svc.metrics);
     metrics.connections.inc();
     let _gauge = scopeguard(move || metrics.connections.dec());
@@ -102,11 +99,7 @@ pub async fn serve(
                 .ws_closes
                 .with_label_values(&[&code.to_string()])
                 .inc();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                writer.write_frame(Frame::close(code, reason.as_bytes())),
-            )
-            .await;
+            send_close(&mut writer, code, reason).await;
             linger(&mut BufReader::with_capacity(READ_BUF, rd)).await;
             return;
         }
@@ -116,6 +109,9 @@ pub async fn serve(
         svc.config.ws_queue_capacity,
         shutdown.child_token(),
     ));
+    if let Some(tcp) = tcp {
+        outbox.attach(tcp);
+    }
     let presented = Arc::new(Presented::default());
     // Welcome first, then join the room, so room messages queue after it.
     let seen = match welcome(&svc, &def, &caller, &outbox, &presented).await {
@@ -171,6 +167,9 @@ pub async fn serve(
     );
     rooms.leave(&membership);
     drop::<Membership>(membership);
+    // The socket closes with this task, not with the last holder of the
+    // outbox (a room tick in progress, the self-paced expiry task).
+    outbox.detach();
     if outbox.close_reason().is_some_and(|c| c.code != close::NONE) {
         linger(&mut rd).await;
     }

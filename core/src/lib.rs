@@ -9,7 +9,9 @@
 //!   one WebSocket, authentication, the welcome and **the read loop**
 //!   (frame limits, rate limit, message dispatch). [`frame`] reads client
 //!   frames; [`outbox`] is the writer's side: each connection's bounded
-//!   [`outbox::Outbox`], the writer that drains it, the close codes.
+//!   [`outbox::Outbox`], the writer that drains it, the close codes;
+//!   [`socket`]: the connection's socket halves (plain TCP shared with the
+//!   outbox, which the room's tick writes to directly).
 //!   [`limit`]: the token bucket of both rate limits (per connection, per
 //!   client IP); [`admission`]: the bounded places of joins (refused with
 //!   `Retry-After` past them, before any write); [`client_addr`]: which IP that is (the peer, or a trusted
@@ -68,6 +70,7 @@ pub mod rules;
 pub mod self_paced;
 pub mod service;
 pub mod shutdown;
+pub mod socket;
 pub mod token;
 pub mod web;
 

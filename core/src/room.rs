@@ -6,7 +6,10 @@
 //!   store and, only if its version changed, encodes it **once** and hands
 //!   the same `Bytes` to every member. Encoding per member would cost
 //!   O(members × size) CPU per tick; sharing the buffer costs one refcount
-//!   bump each. Reading the store (not a local counter) is what makes
+//!   bump each. The board is also framed once (WebSocket header included)
+//!   and written straight to each member's socket whose writer is idle:
+//!   one `write` per socket, as a bare loop would, no writer task woken
+//!   (`outbox.rs`, *the direct write*). Reading the store (not a local counter) is what makes
 //!   answers applied on *other* nodes show up here.
 //!   The board is the optional part of a room (latest-value: a newer one
 //!   replaces an unsent one), so it is what gives way under pressure: a
@@ -27,8 +30,10 @@
 //! Each member owns an [`Outbox`] (`outbox.rs`): pushing never blocks and
 //! never awaits, so one slow player can never delay the others.
 //!
-//! Locking: the member map is a `parking_lot::Mutex` held only for
-//! synchronous loops (push is non-blocking), never across an `.await`; the
+//! Locking: the member map is a `parking_lot::Mutex` held only to copy
+//! the members' outboxes out (a fan-out writes to the sockets after
+//! releasing it, yielding every `FAN_OUT_CHUNK` sockets), never across an
+//! `.await`; the
 //! `DashMap` guard is only held to insert/remove a room, never across an
 //! `.await` either (a held shard guard would block every other room that
 //! hashes to the same shard, and could deadlock a task that re-enters it).
@@ -45,7 +50,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{now_ms, Mode, Phase, QuizDef, QuizState};
-use crate::outbox::{close, uptime_s, Outbox, Pushed};
+use crate::outbox::{close, text_frame, uptime_s, Outbox, Pushed};
 use crate::protocol;
 use crate::self_paced::{self, Presented};
 use crate::service::QuizService;
@@ -93,23 +98,52 @@ impl Room {
         self.len() == 0
     }
 
-    /// Sends one encoded frame to every member (or every host). The same
-    /// `Bytes` is shared; push never awaits, so the guard is never held
-    /// across an `.await`. Returns the number of slow consumers closed.
-    fn fan_out(&self, frame: &Bytes, hosts_only: bool) -> usize {
+    /// The members' outboxes (or the hosts'), taken under the lock and
+    /// written to after it: a fan-out's socket writes (one `writev` each)
+    /// take far longer than the lock may be held (a join waits on it).
+    /// One `Vec` per fan-out, not per member.
+    fn outboxes(&self, hosts_only: bool) -> Vec<Arc<Outbox>> {
         let members = self.members.lock();
+        members
+            .map
+            .values()
+            .filter(|m| !hosts_only || m.host)
+            .map(|m| Arc::clone(&m.outbox))
+            .collect()
+    }
+
+    /// Sends one encoded frame to every member (or every host). The same
+    /// `Bytes` is shared; each push writes it to the socket at once or
+    /// queues it, never awaiting the client. Returns the number of slow
+    /// consumers closed.
+    async fn fan_out(&self, frame: &Bytes, hosts_only: bool) -> usize {
         let mut slow = 0;
-        for m in members.map.values().filter(|m| !hosts_only || m.host) {
-            if m.outbox.push_text(frame.clone()) == Pushed::Overflowed {
-                slow += 1;
+        for chunk in self.outboxes(hosts_only).chunks(FAN_OUT_CHUNK) {
+            for o in chunk {
+                if o.push_text(frame.clone()) == Pushed::Overflowed {
+                    slow += 1;
+                }
             }
+            tokio::task::yield_now().await;
         }
         slow
     }
 
-    fn fan_out_board(&self, frame: &Bytes) -> usize {
-        let members = self.members.lock();
-        fan_out_board_to(members.map.values().map(|m| &*m.outbox), frame)
+    /// Hands one encoded leaderboard to every member: framed once here,
+    /// then written as is to each socket whose writer is idle (one `write`
+    /// of shared bytes, no task wake-up), or left in its board slot.
+    /// Returns how many unsent (stale) boards were replaced.
+    async fn fan_out_board(&self, board: &Bytes) -> usize {
+        let framed = text_frame(board);
+        let mut dropped = 0;
+        for chunk in self.outboxes(false).chunks(FAN_OUT_CHUNK) {
+            dropped += chunk
+                .iter()
+                .filter(|o| o.set_board_framed(board, &framed))
+                .count();
+            tokio::task::yield_now().await;
+        }
+        dropped
     }
 
     fn has_hosts(&self) -> bool {
@@ -132,9 +166,15 @@ impl Room {
     }
 }
 
+/// Sockets written per slice of a fan-out before the room task yields:
+/// a fan-out to 19 000 sockets is ~0.1 s of `write` calls, which must not
+/// hold a runtime thread from everything else (answers, other rooms).
+const FAN_OUT_CHUNK: usize = 512;
+
 /// Hands one encoded leaderboard to every outbox: a refcount bump and a
-/// slot swap each, no copy, no await. Returns how many unsent (stale)
-/// boards were replaced. (Public for the fan-out benchmark.)
+/// slot swap each (or a direct write), no copy, no await. Returns how many
+/// unsent (stale) boards were replaced. (Public for the fan-out benchmark;
+/// the room's own tick frames the board once and writes it directly.)
 pub fn fan_out_board_to<'a>(outboxes: impl Iterator<Item = &'a Outbox>, frame: &Bytes) -> usize {
     outboxes.filter(|o| o.set_board(frame.clone())).count()
 }
@@ -458,7 +498,7 @@ async fn broadcast_board(svc: &QuizService, room: &Room, sent: u64, ts_ms: u64) 
     let start = Instant::now();
     let frame = protocol::encode_leaderboard(&lb, ts_ms);
     *room.last_board.lock() = Some(frame.clone());
-    let dropped = room.fan_out_board(&frame);
+    let dropped = room.fan_out_board(&frame).await;
     svc.metrics
         .broadcast_seconds
         .observe(start.elapsed().as_secs_f64());
@@ -473,7 +513,7 @@ async fn broadcast_board(svc: &QuizService, room: &Room, sent: u64, ts_ms: u64) 
                     .get(q as usize)
                     .map_or(0, |q| q.options.len());
                 if let Ok(d) = svc.store.distribution(&room.quiz_id, q, n).await {
-                    send(svc, room, protocol::encode_answer_count(q, d), true);
+                    send(svc, room, protocol::encode_answer_count(q, d), true).await;
                 }
             }
         }
@@ -481,9 +521,9 @@ async fn broadcast_board(svc: &QuizService, room: &Room, sent: u64, ts_ms: u64) 
     lb.version
 }
 
-fn send(svc: &QuizService, room: &Room, frame: Bytes, hosts_only: bool) {
+async fn send(svc: &QuizService, room: &Room, frame: Bytes, hosts_only: bool) {
     let start = Instant::now();
-    let slow = room.fan_out(&frame, hosts_only);
+    let slow = room.fan_out(&frame, hosts_only).await;
     svc.metrics
         .broadcast_seconds
         .observe(start.elapsed().as_secs_f64());
@@ -523,7 +563,8 @@ async fn reconcile(svc: &QuizService, room: &Room, seen: &mut Seen) {
                             room,
                             protocol::encode(&protocol::QuestionMsg::new(question, o, c)),
                             false,
-                        );
+                        )
+                        .await;
                     }
                 }
                 seen.opened = Some(q);
@@ -551,7 +592,7 @@ async fn reconcile(svc: &QuizService, room: &Room, seen: &mut Seen) {
             .await
         {
             Ok(lb) => {
-                send(svc, room, protocol::encode_quiz_ended(&lb.top), false);
+                send(svc, room, protocol::encode_quiz_ended(&lb.top), false).await;
                 seen.ended = true;
             }
             Err(_) => return,
@@ -611,7 +652,8 @@ async fn announce_closed(svc: &QuizService, room: &Room, q: u32) -> bool {
                 room,
                 protocol::encode_question_closed(q, &question.correct, &d),
                 false,
-            );
+            )
+            .await;
             true
         }
         Err(_) => false,
