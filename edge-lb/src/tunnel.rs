@@ -193,6 +193,13 @@ where
             let mut rb = ReadBuf::new(&mut scratch[..]);
             match Pin::new(&mut *src).poll_read(cx, &mut rb) {
                 Poll::Pending => ReadStep::Pending,
+                // A killed node resets the sockets that still held unread bytes (an answer
+                // in flight): for the tunnel that is its node going away, as an end of stream.
+                Poll::Ready(Err(e))
+                    if d.hold_vanish && e.kind() == io::ErrorKind::ConnectionReset =>
+                {
+                    ReadStep::Eof
+                }
                 Poll::Ready(Err(e)) => ReadStep::Err(e),
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
@@ -246,9 +253,9 @@ pub enum End {
     Cancelled { at_boundary: bool },
     /// A socket error on either side.
     Error,
-    /// The backend's stream ended without a WebSocket close, on a frame boundary, while the
-    /// client was not closing: the node went away (killed, crashed). The client's side is
-    /// still open, everything the node sent delivered.
+    /// The backend's stream ended (or was reset) without a WebSocket close, on a frame
+    /// boundary, while the client was not closing: the node went away (killed, crashed). The
+    /// client's side is still open, everything the node sent delivered.
     Vanished,
 }
 
