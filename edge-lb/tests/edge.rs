@@ -319,30 +319,42 @@ async fn refused_connections_lose_a_killed_node_before_its_probes_do() {
     )
     .await;
     let mut on0 = Vec::new();
+    let mut held = Vec::new();
     for i in 0..40 {
         let q = format!("gone{i}");
-        let (n, _c) = tunnel(e.addr, &q).await;
+        let (n, c) = tunnel(e.addr, &q).await;
         if n == "core-0" {
-            on0.push(q);
+            on0.push(q.clone());
+            held.push((q, c));
         }
     }
-    assert!(on0.len() >= 2, "core-0 owns {} quizzes", on0.len());
+    assert!(on0.len() >= 8, "core-0 owns {} quizzes", on0.len());
     bs[0].kill();
     let t = Instant::now();
     let mut refused = 0;
     for q in &on0 {
         match ws_connect(e.addr, &format!("/v1/quizzes/{q}/ws")).await {
             Ok(mut c) => assert_eq!(c.node().await.unwrap(), "core-1", "{q}"),
+            // 503: refused to connect; 502: a connection the dying test backend still
+            // accepted, then dropped before its handshake (not a refused connect).
             Err(err) => {
-                assert!(err.contains("status 503"), "{err}");
+                assert!(
+                    err.contains("status 503") || err.contains("status 502"),
+                    "{err}"
+                );
                 refused += 1;
             }
         }
     }
     assert!(
-        refused <= 2,
+        refused <= 4,
         "{refused} upgrades refused after the node was lost"
     );
+    // The tunnels it had when it was killed, lost within milliseconds while they were still
+    // ending: each still gets its 1012 and comeback, whichever came first.
+    for (q, c) in held.iter_mut() {
+        closed_1012_with_comeback(q, c, Duration::from_secs(2)).await;
+    }
     // Every quiz of the killed node is served by the other now, well inside one probe interval.
     for q in &on0 {
         let (n, _c) = tunnel(e.addr, q).await;
