@@ -743,6 +743,17 @@ fn close_frame_1012(retry_after_ms: Option<u32>) -> Vec<u8> {
     frame
 }
 
+/// Write the 1012 to the client, best effort, within 500 ms (a client that does not read is
+/// closed without it).
+async fn send_1012<C: AsyncWrite + Unpin>(client: &mut C, retry_after_ms: Option<u32>) {
+    let close = close_frame_1012(retry_after_ms);
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let _ = client.write_all(&close).await;
+        let _ = client.flush().await;
+    })
+    .await;
+}
+
 /// The access record's words for how a tunnel ended, and whether that is an error (always
 /// recorded): a socket error, the idle timeout, and the node lost are; the ends edge-lb
 /// chooses in the normal course (drain, rebalance, removal, shutdown) and ordinary closes
@@ -803,12 +814,7 @@ async fn run_tunnel<C, K>(
         End::Error => m.error("tunnel_io"),
         End::Cancelled { at_boundary: true } => {
             // 1012 "service restart": reconnect (to the quiz's new owner), after the comeback.
-            let close = close_frame_1012(closing.map(|c| c.retry_after_ms));
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                let _ = client.write_all(&close).await;
-                let _ = client.flush().await;
-            })
-            .await;
+            send_1012(&mut client, closing.map(|c| c.retry_after_ms)).await;
         }
         End::Cancelled { at_boundary: false } => {
             tracing::debug!("tunnel closed mid-frame: no 1012 appended");
@@ -818,12 +824,7 @@ async fn run_tunnel<C, K>(
             // come back, like the tunnels edge-lb closes itself, so a killed node's crowd does
             // not return at one instant.
             m.tunnels_closed.with_label_values(&["node_vanished"]).inc();
-            let close = close_frame_1012(vanished);
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                let _ = client.write_all(&close).await;
-                let _ = client.flush().await;
-            })
-            .await;
+            send_1012(&mut client, vanished).await;
         }
         End::Closed { .. } => {}
     }

@@ -170,12 +170,12 @@ impl Tunnels {
         picked: Vec<(u64, &'a mut Entry)>,
         reason: CloseReason,
         comeback: Comeback,
-    ) -> impl Iterator<Item = (u64, Victim)> + 'a {
+    ) -> impl Iterator<Item = Victim> + 'a {
         let window = u64::from(comeback.window_ms(picked.len()).max(1));
         let seed = self.seed.clone();
         picked.into_iter().map(move |(id, e)| {
             let ms = (seed.hash_one(id) % window) as u32;
-            (id, e.pick(reason, ms))
+            e.pick(reason, ms)
         })
     }
 
@@ -240,9 +240,7 @@ impl Tunnels {
             .filter(|(_, e)| quizzes.is_none_or(|q| q.contains(&e.quiz)))
             .map(|(id, e)| (*id, e))
             .collect();
-        self.pick_all(picked, reason, comeback)
-            .map(|(_, v)| v)
-            .collect()
+        self.pick_all(picked, reason, comeback).collect()
     }
 
     /// The tunnels for which `pick(backend, quiz, player)` says yes, with their backend,
@@ -254,19 +252,21 @@ impl Tunnels {
         mut pick: impl FnMut(&Arc<str>, &str, Option<(&str, usize)>) -> bool,
     ) -> Vec<(Arc<str>, Victim)> {
         let mut open = self.open.lock();
-        let mut backend_of: HashMap<u64, Arc<str>> = HashMap::new();
+        let mut backends = Vec::new();
         let mut picked = Vec::new();
         for (backend, m) in open.iter_mut() {
             for (id, e) in m.iter_mut() {
                 let player = e.player.as_ref().map(|(p, k)| (p.as_ref(), *k));
                 if pick(backend, &e.quiz, player) {
-                    backend_of.insert(*id, backend.clone());
+                    backends.push(backend.clone());
                     picked.push((*id, e));
                 }
             }
         }
-        self.pick_all(picked, reason, comeback)
-            .map(|(id, v)| (backend_of[&id].clone(), v))
+        // `pick_all` keeps the order: the i-th victim is the i-th backend's.
+        backends
+            .into_iter()
+            .zip(self.pick_all(picked, reason, comeback))
             .collect()
     }
 
@@ -276,9 +276,7 @@ impl Tunnels {
             .values_mut()
             .flat_map(|m| m.iter_mut().map(|(id, e)| (*id, e)))
             .collect();
-        self.pick_all(picked, reason, comeback)
-            .map(|(_, v)| v)
-            .collect()
+        self.pick_all(picked, reason, comeback).collect()
     }
 }
 
