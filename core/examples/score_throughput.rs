@@ -7,7 +7,7 @@
 //! cargo run --release -p quiz-core --example score_throughput -- \
 //!     [--answers 200000] [--concurrency 512] [--players 1000] [--runs 3] \
 //!     [--latency-answers 20000] [--latency-concurrency 16] [--max-in-flight 8] [--max-batch 256] \
-//!     [--shards 3]
+//!     [--shards 3] [--contended 1]
 //! ```
 //! `QUIZ_REDIS_NODES` (default `127.0.0.1:7000..7005`) names the cluster;
 //! `redis-benchmark` must be on the PATH. Every phase is bounded by
@@ -22,10 +22,19 @@
 //! over S shards, and prints both rates, their ratio, and the CPU per
 //! answer of the Redis masters (main threads, all of them) and of this
 //! client process. Recorded in `docs/performance.md` ("One quiz over three
-//! masters").
+//! masters"). Each phase also prints where the masters' main-thread CPU
+//! went, from `INFO commandstats` summed over the masters: per command,
+//! calls and µs per answer (commands a script calls are counted both on
+//! their own line and inside `evalsha`'s; the µs are wall time inside the
+//! command, so they only mean CPU on a quiet machine). `--contended 1`
+//! adds, per run, a third phase: one one-slot quiz on every master at
+//! once, each with its own store and `--concurrency` callers (`--answers`
+//! in all), so the one-slot cost is also measured while every master
+//! shares the cores, as the sharded quiz's masters do.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +54,10 @@ struct Args {
     max_batch: usize,
     /// > 1: the one-quiz-over-S-shards comparison instead.
     shards: usize,
+    /// With `--shards`: also run, per run, one one-slot quiz on EVERY
+    /// master at once (each through its own store and callers), so the
+    /// one-slot cost is also measured while all masters share the cores.
+    contended: bool,
 }
 
 fn parse_args() -> Args {
@@ -58,12 +71,13 @@ fn parse_args() -> Args {
         max_in_flight: RedisOptions::default().max_in_flight,
         max_batch: RedisOptions::default().max_batch,
         shards: 1,
+        contended: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
         let v = pair.get(1).and_then(|v| v.parse::<usize>().ok());
         let Some(v) = v else {
-            eprintln!("usage: score_throughput [--answers N] [--concurrency C] [--players P] [--runs R] [--latency-answers N] [--latency-concurrency C] [--max-in-flight N] [--max-batch N] [--shards S]");
+            eprintln!("usage: score_throughput [--answers N] [--concurrency C] [--players P] [--runs R] [--latency-answers N] [--latency-concurrency C] [--max-in-flight N] [--max-batch N] [--shards S] [--contended 0|1]");
             std::process::exit(2);
         };
         match pair[0].as_str() {
@@ -76,6 +90,7 @@ fn parse_args() -> Args {
             "--max-in-flight" => a.max_in_flight = v.max(1),
             "--max-batch" => a.max_batch = v.max(1),
             "--shards" => a.shards = v.clamp(1, 1024),
+            "--contended" => a.contended = v > 0,
             other => {
                 eprintln!("unknown flag {other}");
                 std::process::exit(2);
@@ -226,16 +241,158 @@ async fn masters_cpu(masters: &[String]) -> f64 {
     sum
 }
 
+/// `INFO commandstats` of one node: command name -> (calls, usec).
+async fn commandstats(node: &str) -> BTreeMap<String, (f64, f64)> {
+    let mut out = BTreeMap::new();
+    let Ok(client) = redis::Client::open(format!("redis://{node}")) else {
+        return out;
+    };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return out;
+    };
+    let Ok(info) = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async::<String>(&mut c)
+        .await
+    else {
+        return out;
+    };
+    for line in info.lines() {
+        let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let field = |k: &str| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        out.insert(name.to_string(), (field("calls"), field("usec")));
+    }
+    out
+}
+
+/// The masters' command counters and main-thread CPU, summed.
+#[derive(Default)]
+struct MasterSnap {
+    cpu: f64,
+    stats: BTreeMap<String, (f64, f64)>,
+}
+
+impl MasterSnap {
+    async fn take(masters: &[String]) -> MasterSnap {
+        let mut s = MasterSnap::default();
+        for m in masters {
+            s.cpu += common::redis_main_cpu(m).await;
+            for (k, (c, u)) in commandstats(m).await {
+                let e = s.stats.entry(k).or_default();
+                e.0 += c;
+                e.1 += u;
+            }
+        }
+        s
+    }
+
+    /// "where the masters' CPU went" per answer since `before`: the
+    /// main-thread CPU, the wall time inside top-level commands (the
+    /// commands a script calls are inside `evalsha`'s), and each command's
+    /// calls and wall µs per answer.
+    fn breakdown(&self, before: &MasterSnap, answers: usize) -> String {
+        // What the scripts call: inside `evalsha`'s own time.
+        const NESTED: &[&str] = &[
+            "get",
+            "hmget",
+            "zmscore",
+            "hset",
+            "zadd",
+            "incrby",
+            "incr",
+            "pttl",
+            "pexpire",
+            "zcount",
+            "hsetnx",
+            "hget",
+            "zscore",
+            "zrevrange",
+            "zcard",
+            "hlen",
+            "set",
+            "hdel",
+            "hscan",
+            "zrange",
+            "exists",
+        ];
+        let n = answers.max(1) as f64;
+        let mut rows: Vec<(String, f64, f64)> = self
+            .stats
+            .iter()
+            .map(|(k, (c, u))| {
+                let (c0, u0) = before.stats.get(k).copied().unwrap_or_default();
+                (k.clone(), (c - c0) / n, (u - u0) / n)
+            })
+            .filter(|(_, c, _)| *c > 0.0)
+            .collect();
+        let top_level: f64 = rows
+            .iter()
+            .filter(|(k, _, _)| !NESTED.contains(&k.as_str()))
+            .map(|(_, _, u)| u)
+            .sum();
+        let cpu = (self.cpu - before.cpu) * 1e6 / n;
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        // `usec` of commandstats is wall time inside the command: on a
+        // loaded machine it includes time the master was not running, so
+        // read the calls, and the µs only on a quiet machine.
+        let mut text = format!(
+            "masters {cpu:.2} us/answer of CPU; wall time in top-level commands {top_level:.2} us/answer; per answer (calls, wall us):"
+        );
+        for (k, c, u) in rows.iter().filter(|r| r.1 >= 0.001) {
+            let _ = std::fmt::Write::write_fmt(&mut text, format_args!(" {k} {c:.3} {u:.2};"));
+        }
+        text
+    }
+}
+
+/// One one-slot quiz id per master (its main slot on that master), in the
+/// masters' order.
+async fn quiz_per_master(
+    seed: &str,
+    masters: &[String],
+    prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut ids: Vec<Option<String>> = vec![None; masters.len()];
+    let salt = rand::random::<u32>();
+    for i in 0..10_000u32 {
+        if ids.iter().all(Option::is_some) {
+            break;
+        }
+        let id = format!("{prefix}-{salt:08x}-{i}");
+        let m = common::master_of(seed, &format!("quiz:{{{id}}}:def")).await?;
+        if let Some(slot) = masters.iter().position(|x| *x == m) {
+            if ids[slot].is_none() {
+                ids[slot] = Some(id);
+            }
+        }
+    }
+    ids.into_iter()
+        .map(|i| i.ok_or_else(|| anyhow::anyhow!("no quiz id found for every master")))
+        .collect()
+}
+
 /// `--shards S`: one quiz in one slot against one quiz over S shards,
 /// alternated, with `WAIT 1`.
 async fn compare_shards(args: &Args, nodes: &[String], opts: RedisOptions) -> anyhow::Result<()> {
+    let store_opts = opts.clone();
     let masters = masters(&nodes[0]).await?;
     let replicas: Vec<String> = nodes
         .iter()
         .map(|n| n.trim_start_matches("redis://").to_string())
         .filter(|n| !masters.contains(n))
         .collect();
-    let store = Arc::new(RedisClusterStore::connect(nodes, opts).await?);
+    let store = Arc::new(RedisClusterStore::connect(nodes, store_opts).await?);
     println!(
         "machine: {} cores; masters {masters:?}; {} answers x {} callers, {} players; one slot vs {} shards, WAIT 1",
         std::thread::available_parallelism()
@@ -253,6 +410,7 @@ async fn compare_shards(args: &Args, nodes: &[String], opts: RedisOptions) -> an
         for shards in [1, args.shards] {
             let id = format!("tp{run}-s{shards}-{:08x}", rand::random::<u32>());
             new_quiz_over(&store, &id, args.players, shards).await?;
+            let snap0 = MasterSnap::take(&masters).await;
             let (r0, rr0, c0, m0) = (
                 masters_cpu(&masters).await,
                 masters_cpu(&replicas).await,
@@ -278,7 +436,16 @@ async fn compare_shards(args: &Args, nodes: &[String], opts: RedisOptions) -> an
                 ms(p.p50),
                 ms(p.p99)
             );
+            println!(
+                "run {run}, {shards} shard(s): {}",
+                MasterSnap::take(&masters)
+                    .await
+                    .breakdown(&snap0, args.answers)
+            );
             row.extend([p.per_sec, redis_us, replica_us, client_us, machine_us]);
+        }
+        if args.contended {
+            contended_phase(args, nodes, &masters, &opts, run).await?;
         }
         for (c, v) in cols.iter_mut().zip(row) {
             c.push(v);
@@ -301,6 +468,51 @@ async fn compare_shards(args: &Args, nodes: &[String], opts: RedisOptions) -> an
         m[8],
         m[9],
         m[5] / m[0]
+    );
+    Ok(())
+}
+
+/// `--contended 1`: one one-slot quiz on every master, all driven at once,
+/// each through its own store (its own batcher, `--concurrency` callers),
+/// `--answers` in all: the one-slot cost per answer while every master
+/// and replica shares the cores, as in the sharded phase.
+async fn contended_phase(
+    args: &Args,
+    nodes: &[String],
+    masters: &[String],
+    opts: &RedisOptions,
+    run: usize,
+) -> anyhow::Result<()> {
+    let ids = quiz_per_master(&nodes[0], masters, &format!("tc{run}")).await?;
+    let mut stores = Vec::new();
+    for id in &ids {
+        let store = Arc::new(RedisClusterStore::connect(nodes, opts.clone()).await?);
+        new_quiz(&store, id, args.players).await?;
+        stores.push(store);
+    }
+    let each = args.answers / ids.len().max(1);
+    let snap0 = MasterSnap::take(masters).await;
+    let c0 = common::cpu_seconds(std::process::id());
+    let started = Instant::now();
+    let phases = futures::future::join_all(
+        stores
+            .iter()
+            .zip(&ids)
+            .map(|(store, id)| drive(Arc::clone(store), id, each, args.concurrency, args.players)),
+    )
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    for p in phases {
+        p?;
+    }
+    let total = each * ids.len();
+    let snap1 = MasterSnap::take(masters).await;
+    let client_us = (common::cpu_seconds(std::process::id()) - c0) * 1e6 / total as f64;
+    println!(
+        "run {run}, one slot on each of {} masters at once: {:.0} answers/s in all; client {client_us:.1} us/answer; {}",
+        ids.len(),
+        total as f64 / elapsed,
+        snap1.breakdown(&snap0, total)
     );
     Ok(())
 }
