@@ -47,6 +47,11 @@ for run in $(seq 1 "$RUNS"); do
     RUST_LOG=warn "$exe" -c "$conf" >/tmp/edge-lb-bench.log 2>&1 &
     EDGE=$!; PIDS+=($EDGE)
     sleep 4   # 2 passing checks at 1 s
+    # A loaded machine starts it slower: wait for its admin readiness (bounded, 30 s).
+    for _ in $(seq 1 30); do
+      curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:38092/readyz 2>/dev/null | grep -q 200 && break
+      sleep 1
+    done
     "$BIN/edge-lb-bench" ws --label "edge-lb${name:+-$name}#$run" --target 127.0.0.1:38082 --pid "$EDGE" \
         --conns "$CONNS" --msgs "$MSGS" --max-seconds 300 --backends-pid "$BACKENDS"
     kill "$EDGE"; wait "$EDGE" 2>/dev/null || true
