@@ -787,7 +787,8 @@ fn end_words(end: End, closed_by: Option<CloseReason>) -> (&'static str, bool) {
 ///   with its timeout: tokio's `Timeout` holds a whole timer inline) runs in [`finish_tunnel`],
 ///   boxed, so it is allocated when the tunnel ends instead of being reserved in every open
 ///   tunnel's task for its whole life.
-#[allow(clippy::too_many_arguments)]
+// Not an `async fn` on purpose (the size of this future, above).
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
 fn run_tunnel<C, K>(
     cluster: Arc<Cluster>,
     mut client: C,
