@@ -6,35 +6,55 @@
 #   cargo build --release -p edge-lb -p edge-lb-bench   (edge-lb-bench: the crate in this folder)
 #   edge-lb/bench/run.sh [CONNS] [MSGS] [RUNS]     (defaults 5000 20 3)
 #
-# Prints one JSON line per run; the median table is written by hand into docs/edge-lb.md.
+# Before/after comparisons in the same runs: EDGE_LB_BINS="A=/path/to/old B=/path/to/new"
+# measures each edge-lb binary in every run (fresh process each), in an order that rotates from
+# run to run (A B, B A, ...), beside the same HAProxy and anchor; labels are `edge-lb-A#run`.
+# A binary may name its own configuration: "A=/path/to/edge-lb@/path/to/conf.yaml".
+# HAPROXY_CFG=... runs HAProxy with another configuration (e.g. with `option splice-auto`).
+#
+# Prints one JSON line per measurement; the median table is written by hand into docs/edge-lb.md.
 set -euo pipefail
 CONNS=${1:-5000}
 MSGS=${2:-20}
 RUNS=${3:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+HAPROXY_CFG=${HAPROXY_CFG:-$ROOT/deploy/haproxy/haproxy.cfg}
+read -r -a EDGES <<<"${EDGE_LB_BINS:-=$BIN/edge-lb}"
 ulimit -n 20000
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 "$BIN/edge-lb-bench" backends --base-port 38101 --count 3 --seconds 1800 2>/dev/null &
-PIDS+=($!)
+BACKENDS=$!; PIDS+=($BACKENDS)
 sleep 1
 # Fresh proxy processes for every run, so each memory figure starts from a clean heap.
 for run in $(seq 1 "$RUNS"); do
   "$BIN/edge-lb-bench" ws --label "direct#$run" --target 127.0.0.1:38101,127.0.0.1:38102,127.0.0.1:38103 \
-      --conns "$CONNS" --msgs "$MSGS" --max-seconds 300
-  haproxy -db -f "$ROOT/deploy/haproxy/haproxy.cfg" >/tmp/haproxy-bench.log 2>&1 &
+      --conns "$CONNS" --msgs "$MSGS" --max-seconds 300 --backends-pid "$BACKENDS"
+  haproxy -db -f "$HAPROXY_CFG" >/tmp/haproxy-bench.log 2>&1 &
   HAPROXY=$!; PIDS+=($HAPROXY)
-  RUST_LOG=warn "$BIN/edge-lb" -c "$ROOT/edge-lb/bench/edge-lb-bench.yaml" >/tmp/edge-lb-bench.log 2>&1 &
-  EDGE=$!; PIDS+=($EDGE)
-  sleep 4   # both proxies: 2 passing checks at 1 s
+  sleep 4   # 2 passing checks at 1 s
   "$BIN/edge-lb-bench" ws --label "haproxy#$run" --target 127.0.0.1:38081 --pid "$HAPROXY" \
-      --conns "$CONNS" --msgs "$MSGS" --max-seconds 300
-  sleep 1
-  "$BIN/edge-lb-bench" ws --label "edge-lb#$run" --target 127.0.0.1:38082 --pid "$EDGE" \
-      --conns "$CONNS" --msgs "$MSGS" --max-seconds 300
-  kill "$HAPROXY" "$EDGE"; wait "$HAPROXY" "$EDGE" 2>/dev/null || true
-  sleep 1
+      --conns "$CONNS" --msgs "$MSGS" --max-seconds 300 --backends-pid "$BACKENDS"
+  kill "$HAPROXY"; wait "$HAPROXY" 2>/dev/null || true
+  n=${#EDGES[@]}
+  for i in $(seq 0 $((n - 1))); do
+    spec=${EDGES[$(((i + run - 1) % n))]}
+    name=${spec%%=*}; exe=${spec#*=}; conf=$ROOT/edge-lb/bench/edge-lb-bench.yaml
+    if [[ $exe == *@* ]]; then conf=${exe#*@}; exe=${exe%%@*}; fi
+    RUST_LOG=warn "$exe" -c "$conf" >/tmp/edge-lb-bench.log 2>&1 &
+    EDGE=$!; PIDS+=($EDGE)
+    sleep 4   # 2 passing checks at 1 s
+    # A loaded machine starts it slower: wait for its admin readiness (bounded, 30 s).
+    for _ in $(seq 1 30); do
+      curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:38092/readyz 2>/dev/null | grep -q 200 && break
+      sleep 1
+    done
+    "$BIN/edge-lb-bench" ws --label "edge-lb${name:+-$name}#$run" --target 127.0.0.1:38082 --pid "$EDGE" \
+        --conns "$CONNS" --msgs "$MSGS" --max-seconds 300 --backends-pid "$BACKENDS"
+    kill "$EDGE"; wait "$EDGE" 2>/dev/null || true
+    sleep 1
+  done
 done

@@ -32,7 +32,8 @@
 //!   refusal), written by [`proxy`] and [`tunnel`] through the logger [`logs`] installs.
 //! - [`config`]: the typed `edge_lb:` section of the pingora YAML file; [`metrics`]: Prometheus;
 //!   [`tls`]: certificate store reloaded without restart; [`speculative`]: the first read and
-//!   the backend connect done before waiting for readiness.
+//!   the backend connect done before waiting for readiness; [`cancel`]: a tunnel's
+//!   cancellation handle (set by [`cluster`], noticed by [`tunnel`]).
 //!
 //! [`build`] assembles a pingora `Server` from configuration; [`start`] runs one on a thread
 //! (tests, benchmarks); `main.rs` calls [`build`] and `run_forever`. Test support (a real echo
@@ -42,6 +43,7 @@
 pub mod access;
 pub mod admin;
 pub mod auth;
+pub mod cancel;
 pub mod cluster;
 pub mod config;
 pub mod discovery;

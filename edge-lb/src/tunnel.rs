@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::access::{Kind, Record};
+use crate::cancel::TunnelCancel;
 use crate::cluster::{CloseReason, Closing, Cluster, TunnelGuard};
 use crate::head::Head;
 use crate::proxy::CLIENT_ADDRESS_HEADERS;
@@ -275,7 +275,7 @@ pub struct Splice<'a, A, B> {
     /// every close a client began.
     client_first: Option<bool>,
     timer: Pin<Box<tokio::time::Sleep>>,
-    cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    cancel: Option<TunnelCancel>,
 }
 
 impl<'a, A, B> Splice<'a, A, B> {
@@ -284,7 +284,7 @@ impl<'a, A, B> Splice<'a, A, B> {
         backend: &'a mut B,
         idle: Duration,
         linger: Duration,
-        cancel: Option<CancellationToken>,
+        cancel: Option<TunnelCancel>,
     ) -> Self {
         Splice {
             client,
@@ -297,7 +297,7 @@ impl<'a, A, B> Splice<'a, A, B> {
             half_closed_at: None,
             client_first: None,
             timer: Box::pin(tokio::time::sleep(idle)),
-            cancel: cancel.map(|t| Box::pin(t.cancelled_owned())),
+            cancel,
         }
     }
 
@@ -329,8 +329,8 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
         let this = &mut *self;
-        if let Some(c) = this.cancel.as_mut() {
-            if c.as_mut().poll(cx).is_ready() {
+        if let Some(c) = this.cancel.as_ref() {
+            if c.poll_cancelled(cx).is_ready() {
                 let d = &this.down;
                 let at_boundary = d.off >= d.pending.len()
                     && !d.need_flush
@@ -778,32 +778,82 @@ fn end_words(end: End, closed_by: Option<CloseReason>) -> (&'static str, bool) {
 }
 
 /// The body of a tunnel's own task: splice until the end, then account for how it ended.
-/// Kept free of anything setup-only, because this future's size is the per-tunnel task cost.
-#[allow(clippy::too_many_arguments)]
-async fn run_tunnel<C, K>(
+///
+/// This future's size is the per-tunnel task cost, so it is written for size:
+/// - a plain `fn` returning an `async move` block, not an `async fn`: an `async fn` moves its
+///   arguments into locals at its first poll and the generator keeps room for both copies
+///   (rust-lang/rust#62958), ~370 bytes per tunnel here; the block uses its captures in place;
+/// - everything after the splice (the 1012 with its timeout, the access record, the close
+///   with its timeout: tokio's `Timeout` holds a whole timer inline) runs in [`finish_tunnel`],
+///   boxed, so it is allocated when the tunnel ends instead of being reserved in every open
+///   tunnel's task for its whole life.
+// Not an `async fn` on purpose (the size of this future, above).
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+fn run_tunnel<C, K>(
     cluster: Arc<Cluster>,
     mut client: C,
     mut backend: TcpStream,
-    mut guard: TunnelGuard,
+    guard: TunnelGuard,
     keep: K,
     idle: Duration,
     linger: Duration,
     log: TunnelLog,
+) -> impl Future<Output = ()> + Send
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    K: Send + 'static,
+{
+    async move {
+        let (end, bytes, closed_first) = {
+            let mut splice = Splice::new(
+                &mut client,
+                &mut backend,
+                idle,
+                linger,
+                Some(guard.token.clone()),
+            )
+            .track_frames();
+            let end = (&mut splice).await;
+            (end, splice.bytes(), splice.closed_first())
+        };
+        let done = Spliced {
+            end,
+            bytes,
+            closed_first,
+        };
+        Box::pin(finish_tunnel(
+            cluster, client, backend, guard, keep, log, done,
+        ))
+        .await;
+    }
+}
+
+/// How a tunnel's splice ended: the end, the bytes moved (client → node, node → client) and
+/// which side had begun to close.
+struct Spliced {
+    end: End,
+    bytes: (u64, u64),
+    closed_first: Option<bool>,
+}
+
+/// A tunnel's end: out of the registry, its 1012 if edge-lb ended it or its node vanished, the
+/// metrics and the access record, then the client's side closed.
+async fn finish_tunnel<C, K>(
+    cluster: Arc<Cluster>,
+    mut client: C,
+    backend: TcpStream,
+    mut guard: TunnelGuard,
+    keep: K,
+    log: TunnelLog,
+    done: Spliced,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut splice = Splice::new(
-        &mut client,
-        &mut backend,
-        idle,
-        linger,
-        Some(guard.token.clone()),
-    )
-    .track_frames();
-    let end = (&mut splice).await;
-    let (up, down) = splice.bytes();
-    let closed_first = splice.closed_first();
-    drop(splice);
+    let Spliced {
+        end,
+        bytes: (up, down),
+        closed_first,
+    } = done;
     // Out of the registry first: how edge-lb closed it (if it did) gives the close frame's
     // comeback (a vanished tunnel's is drawn while it still counts in its batch).
     let vanished = (end == End::Vanished).then(|| guard.vanished_comeback());

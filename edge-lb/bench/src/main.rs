@@ -56,6 +56,10 @@ enum Cmd {
         /// Proxy pid whose RSS growth is divided by the connection count.
         #[arg(long)]
         pid: Option<u32>,
+        /// The echo backends' pid: their CPU per setup and per message is reported too, beside
+        /// this client's own, so a proxy that makes the others work harder shows.
+        #[arg(long)]
+        backends_pid: Option<u32>,
         /// Label printed with the results.
         #[arg(long, default_value = "run")]
         label: String,
@@ -134,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
             msgs,
             size,
             pid,
+            backends_pid,
             label,
             max_seconds,
         } => {
@@ -143,7 +148,16 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<Result<_, _>>()?;
             let r = tokio::time::timeout(
                 Duration::from_secs(max_seconds),
-                run_ws(targets, conns, quizzes.max(1), concurrency, msgs, size, pid),
+                run_ws(
+                    targets,
+                    conns,
+                    quizzes.max(1),
+                    concurrency,
+                    msgs,
+                    size,
+                    pid,
+                    backends_pid,
+                ),
             )
             .await
             .map_err(|_| anyhow::anyhow!("run exceeded {max_seconds} s"))??;
@@ -254,6 +268,43 @@ async fn get(s: &mut tokio::net::TcpStream, req: &[u8]) -> anyhow::Result<u16> {
     Ok(status)
 }
 
+/// CPU (ns) so far of the proxy, the backends and this client, and the machine's busy time
+/// (all CPUs, from `/proc/stat`): one snapshot per phase boundary.
+#[derive(Clone, Copy)]
+struct Cpu {
+    proxy: Option<u64>,
+    backends: Option<u64>,
+    client: Option<u64>,
+    machine_busy: Option<u64>,
+}
+
+impl Cpu {
+    fn now(pid: Option<u32>, backends: Option<u32>) -> Cpu {
+        Cpu {
+            proxy: pid.and_then(cpu_ns),
+            backends: backends.and_then(cpu_ns),
+            client: cpu_ns(std::process::id()),
+            machine_busy: machine_busy_ns(),
+        }
+    }
+}
+
+/// Busy time of every CPU of the machine so far (user + nice + system + irq + softirq +
+/// steal, in ns), from the first line of `/proc/stat` (USER_HZ ticks).
+fn machine_busy_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7)?;
+    Some(busy * 10_000_000)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_ws(
     targets: Vec<SocketAddr>,
     conns: usize,
@@ -262,14 +313,17 @@ async fn run_ws(
     msgs: usize,
     size: usize,
     pid: Option<u32>,
+    backends_pid: Option<u32>,
 ) -> anyhow::Result<serde_json::Value> {
     let rss0 = pid.and_then(rss_kib);
-    let cpu0 = pid.and_then(cpu_ns);
+    let all0 = Cpu::now(pid, backends_pid);
+    let cpu0 = all0.proxy;
     // Phase 1: set up connections with bounded concurrency.
     let t0 = Instant::now();
     let (mut clients, failed) = connect_all(&targets, conns, quizzes, concurrency).await?;
     let setup = t0.elapsed();
-    let cpu1 = pid.and_then(cpu_ns);
+    let all1 = Cpu::now(pid, backends_pid);
+    let cpu1 = all1.proxy;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss1 = pid.and_then(rss_kib);
     // Phase 2, latency at light load: 10 connections each do 200 sequential round trips.
@@ -280,10 +334,12 @@ async fn run_ws(
     clients.extend(rest);
     // Phase 3, throughput: every connection does `msgs` round trips, all at once.
     let t1 = Instant::now();
-    let cpu2 = pid.and_then(cpu_ns);
+    let all2 = Cpu::now(pid, backends_pid);
+    let cpu2 = all2.proxy;
     let (mut clients, hist) = round_trips(clients, msgs, &payload).await?;
     let msg_time = t1.elapsed();
-    let cpu3 = pid.and_then(cpu_ns);
+    let all3 = Cpu::now(pid, backends_pid);
+    let cpu3 = all3.proxy;
     let closed = clients.len();
     for c in clients.iter_mut() {
         let _ = c.close().await;
@@ -304,7 +360,15 @@ async fn run_ws(
         (Some(a), Some(b)) if n > 0 => Some(b.saturating_sub(a) as f64 / 1000.0 / n as f64),
         _ => None,
     };
+    let setups = conns - failed;
+    let msgs_moved = 2 * hist.len() as usize;
     Ok(serde_json::json!({
+        "backends_cpu_us_per_setup": per(all0.backends, all1.backends, setups),
+        "client_cpu_us_per_setup": per(all0.client, all1.client, setups),
+        "machine_busy_us_per_setup": per(all0.machine_busy, all1.machine_busy, setups),
+        "backends_cpu_us_per_msg": per(all2.backends, all3.backends, msgs_moved),
+        "client_cpu_us_per_msg": per(all2.client, all3.client, msgs_moved),
+        "machine_busy_us_per_msg": per(all2.machine_busy, all3.machine_busy, msgs_moved),
         "proxy_cpu_us_per_setup": per(cpu0, cpu1, conns - failed),
         "proxy_cpu_us_per_msg": per(cpu2, cpu3, 2 * hist.len() as usize),
         "proxy_cpu_us_per_close": per(cpu3, cpu4, closed),

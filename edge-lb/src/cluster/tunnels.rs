@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
+use crate::cancel::TunnelCancel;
 
 /// Why edge-lb closed a tunnel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +88,7 @@ struct Entry {
     /// A player's tunnel of a spread quiz: its player id and k (its node follows the player,
     /// not only the quiz: see `Cluster::rebalance_locked`).
     player: Option<(Box<str>, usize)>,
-    token: CancellationToken,
+    token: TunnelCancel,
     /// Why edge-lb picked it for closing and its comeback, set when picked (the last pick
     /// before its token is cancelled wins): the close frame carries the comeback and the
     /// access record of a cancelled tunnel says which close it was.
@@ -110,7 +110,7 @@ impl Entry {
 }
 
 /// A tunnel to close: its quiz (the closing order) and its token.
-type Victim = (String, CancellationToken);
+type Victim = (String, TunnelCancel);
 
 /// Open tunnels by backend, then by id.
 pub(super) struct Tunnels {
@@ -184,9 +184,9 @@ impl Tunnels {
         backend: &Arc<str>,
         quiz: &str,
         player: Option<(&str, usize)>,
-    ) -> (u64, CancellationToken) {
+    ) -> (u64, TunnelCancel) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let token = CancellationToken::new();
+        let token = TunnelCancel::new();
         let entry = Entry {
             quiz: quiz.to_string(),
             player: player.map(|(p, k)| (p.into(), k)),
@@ -291,7 +291,7 @@ pub struct TunnelGuard {
     counted: bool,
     /// Already taken out of the registry by [`TunnelGuard::deregister`].
     removed: bool,
-    pub token: CancellationToken,
+    pub token: TunnelCancel,
 }
 
 impl TunnelGuard {

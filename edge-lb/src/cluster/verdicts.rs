@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio_util::sync::CancellationToken;
+use crate::cancel::TunnelCancel;
 
 use super::routing::SpreadNodes;
 use super::tunnels::CloseReason;
@@ -320,7 +320,7 @@ impl Cluster {
         if victims.is_empty() {
             return;
         }
-        let mut by_backend: HashMap<Arc<str>, Vec<(String, CancellationToken)>> = HashMap::new();
+        let mut by_backend: HashMap<Arc<str>, Vec<(String, TunnelCancel)>> = HashMap::new();
         for (b, v) in victims {
             by_backend.entry(b).or_default().push(v);
         }
