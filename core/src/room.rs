@@ -31,9 +31,10 @@
 //! never awaits, so one slow player can never delay the others.
 //!
 //! Locking: the member map is a `parking_lot::Mutex` held only to copy
-//! the members' outboxes out (a fan-out writes to the sockets after
-//! releasing it, yielding every `FAN_OUT_CHUNK` sockets), never across an
-//! `.await`; the
+//! the members' outboxes out (a copy kept until the membership changes; a
+//! fan-out writes to the sockets after releasing it, yielding every
+//! `FAN_OUT_CHUNK` sockets, a board's over one task per runtime worker),
+//! never across an `.await`; the
 //! `DashMap` guard is only held to insert/remove a room, never across an
 //! `.await` either (a held shard guard would block every other room that
 //! hashes to the same shard, and could deadlock a task that re-enters it).
@@ -75,6 +76,11 @@ struct Members {
     /// the server noticed its old socket die is never refused by its ghost,
     /// and one token cannot hold thousands of sockets.
     players: HashMap<String, u64>,
+    /// Every member's outbox, copied out once and shared by the fan-outs
+    /// until the membership changes (a join or leave drops it): a board
+    /// tick then costs one `Arc` bump, not one per member (19 000 atomic
+    /// increments and decrements on as many cache lines, twice a second).
+    snapshot: Option<Arc<[Arc<Outbox>]>>,
 }
 
 pub struct Room {
@@ -98,16 +104,25 @@ impl Room {
         self.len() == 0
     }
 
-    /// The members' outboxes (or the hosts'), taken under the lock and
-    /// written to after it: a fan-out's socket writes (one `writev` each)
-    /// take far longer than the lock may be held (a join waits on it).
-    /// One `Vec` per fan-out, not per member.
-    fn outboxes(&self, hosts_only: bool) -> Vec<Arc<Outbox>> {
+    /// The members' outboxes, taken under the lock and written to after
+    /// it: a fan-out's socket writes (one `write` each) take far longer
+    /// than the lock may be held (a join waits on it). The copy is kept
+    /// until the membership changes.
+    fn outboxes(&self) -> Arc<[Arc<Outbox>]> {
+        let mut members = self.members.lock();
+        let Members { map, snapshot, .. } = &mut *members;
+        Arc::clone(
+            snapshot.get_or_insert_with(|| map.values().map(|m| Arc::clone(&m.outbox)).collect()),
+        )
+    }
+
+    /// The hosts' outboxes (a few per room, copied each time).
+    fn host_outboxes(&self) -> Vec<Arc<Outbox>> {
         let members = self.members.lock();
         members
             .map
             .values()
-            .filter(|m| !hosts_only || m.host)
+            .filter(|m| m.host)
             .map(|m| Arc::clone(&m.outbox))
             .collect()
     }
@@ -117,8 +132,17 @@ impl Room {
     /// queues it, never awaiting the client. Returns the number of slow
     /// consumers closed.
     async fn fan_out(&self, frame: &Bytes, hosts_only: bool) -> usize {
+        let hosts;
+        let all;
+        let targets: &[Arc<Outbox>] = if hosts_only {
+            hosts = self.host_outboxes();
+            &hosts
+        } else {
+            all = self.outboxes();
+            &all
+        };
         let mut slow = 0;
-        for chunk in self.outboxes(hosts_only).chunks(FAN_OUT_CHUNK) {
+        for chunk in targets.chunks(FAN_OUT_CHUNK) {
             for o in chunk {
                 if o.push_text(frame.clone()) == Pushed::Overflowed {
                     slow += 1;
@@ -133,17 +157,75 @@ impl Room {
     /// then written as is to each socket whose writer is idle (one `write`
     /// of shared bytes, no task wake-up), or left in its board slot.
     /// Returns how many unsent (stale) boards were replaced.
+    ///
+    /// A large room's sockets are split into one slice per runtime worker,
+    /// each written by a task of its own in bursts of
+    /// [`BOARD_BURST`] sockets: the fan-out's wall time shrinks with the
+    /// workers (a 19 000-socket room took ~430 ms on one task of a starved
+    /// 2-vCPU machine, long enough to skip the next tick), and the writes
+    /// come as fast as the kernel takes them, as a bare loop's do, so a
+    /// client reading many sockets finds them ready together instead of
+    /// being woken for each. Each socket is in one slice only, and its
+    /// outbox keeps its frames in order whoever writes them.
     async fn fan_out_board(&self, board: &Bytes) -> usize {
         let framed = text_frame(board);
+        let all = self.outboxes();
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let parts = workers.clamp(1, all.len().div_ceil(MIN_BOARD_SLICE).max(1));
+        if parts == 1 {
+            return write_board_slice(&all, board, &framed).await;
+        }
+        // All slices as tasks: the runtime keeps the newest spawned task
+        // for this worker (its LIFO slot, which others cannot steal) and
+        // queues the earlier ones where idle workers take them.
+        let per = all.len().div_ceil(parts);
+        let slices: Vec<_> = (0..parts)
+            .map(|p| {
+                let (all, board, framed) = (Arc::clone(&all), board.clone(), framed.clone());
+                tokio::spawn(async move {
+                    let end = ((p + 1) * per).min(all.len());
+                    write_board_slice(&all[(p * per).min(end)..end], &board, &framed).await
+                })
+            })
+            .collect();
         let mut dropped = 0;
-        for chunk in self.outboxes(false).chunks(FAN_OUT_CHUNK) {
-            dropped += chunk
-                .iter()
-                .filter(|o| o.set_board_framed(board, &framed))
-                .count();
-            tokio::task::yield_now().await;
+        for s in slices {
+            // A slice's task only ends early if the runtime shuts down.
+            dropped += s.await.unwrap_or(0);
         }
         dropped
+    }
+
+    /// Adds a member; returns its id and the same player's older member,
+    /// which it replaces (the caller closes it).
+    fn add(&self, member: Member) -> (u64, Option<Member>) {
+        let mut m = self.members.lock();
+        m.next_id += 1;
+        let id = m.next_id;
+        let replaced = match &member.player_id {
+            Some(pid) => m
+                .players
+                .insert(pid.clone(), id)
+                .and_then(|old| m.map.remove(&old)),
+            None => None,
+        };
+        m.map.insert(id, member);
+        m.snapshot = None;
+        (id, replaced)
+    }
+
+    fn remove(&self, id: u64) {
+        let mut members = self.members.lock();
+        members.snapshot = None;
+        if let Some(Member {
+            player_id: Some(pid),
+            ..
+        }) = members.map.remove(&id)
+        {
+            if members.players.get(&pid) == Some(&id) {
+                members.players.remove(&pid);
+            }
+        }
     }
 
     fn has_hosts(&self) -> bool {
@@ -170,6 +252,28 @@ impl Room {
 /// a fan-out to 19 000 sockets is ~0.1 s of `write` calls, which must not
 /// hold a runtime thread from everything else (answers, other rooms).
 const FAN_OUT_CHUNK: usize = 512;
+
+/// Sockets a board slice writes between yields: ~10 ms of `write` calls on
+/// an idle machine, short enough for answers and other rooms to get the
+/// thread in time, long enough that the writes come in bursts.
+const BOARD_BURST: usize = 2048;
+
+/// Fewest sockets worth a slice (a task) of their own in a board fan-out.
+const MIN_BOARD_SLICE: usize = 1024;
+
+/// Writes the board to one slice of a room's outboxes. Returns how many
+/// unsent (stale) boards were replaced.
+async fn write_board_slice(outboxes: &[Arc<Outbox>], board: &Bytes, framed: &Bytes) -> usize {
+    let mut dropped = 0;
+    for burst in outboxes.chunks(BOARD_BURST) {
+        dropped += burst
+            .iter()
+            .filter(|o| o.set_board_framed(board, framed))
+            .count();
+        tokio::task::yield_now().await;
+    }
+    dropped
+}
 
 /// Hands one encoded leaderboard to every outbox: a refcount bump and a
 /// slot swap each (or a direct write), no copy, no await. Returns how many
@@ -237,18 +341,7 @@ impl Rooms {
                 })
             });
             let room = Arc::clone(entry.value());
-            let mut m = room.members.lock();
-            m.next_id += 1;
-            let id = m.next_id;
-            let replaced = match &member.player_id {
-                Some(pid) => m
-                    .players
-                    .insert(pid.clone(), id)
-                    .and_then(|old| m.map.remove(&old)),
-                None => None,
-            };
-            m.map.insert(id, member);
-            drop(m);
+            let (id, replaced) = room.add(member);
             if let Some(old) = replaced {
                 // Counted by its writer in `quiz_ws_closes_total{code="4009"}`.
                 old.outbox
@@ -267,17 +360,7 @@ impl Rooms {
     }
 
     pub fn leave(&self, m: &Membership) {
-        let mut members = m.room.members.lock();
-        if let Some(Member {
-            player_id: Some(pid),
-            ..
-        }) = members.map.remove(&m.id)
-        {
-            if members.players.get(&pid) == Some(&m.id) {
-                members.players.remove(&pid);
-            }
-        }
-        drop(members);
+        m.room.remove(m.id);
         // The room task notices the room is empty and removes it.
         m.room.wake.notify_one();
     }
@@ -730,6 +813,53 @@ mod tests {
         rooms.leave(&m);
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(rooms.is_empty());
+    }
+
+    /// A large room's board goes out over several tasks, one slice of the
+    /// members each: every member gets it exactly once (the slices cover
+    /// the room without overlap), a stale unsent board is replaced, and a
+    /// member who left is not written to (the members' copy is renewed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn board_fan_out_over_workers_reaches_each_member_once() {
+        let svc = test_service();
+        let room = Room {
+            quiz_id: "slices".into(),
+            def: test_quiz(&svc, "slices", "live", 1).await,
+            members: Mutex::default(),
+            wake: Notify::new(),
+            dirty: AtomicBool::new(false),
+            last_board: Mutex::new(None),
+        };
+        // Enough members for one slice per worker, and an uneven split.
+        let n = 2 * MIN_BOARD_SLICE + 7;
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let (id, _) = room.add(Member {
+                outbox: Arc::new(Outbox::new(16, CancellationToken::new())),
+                host: false,
+                player_id: Some(format!("p{i}")),
+                presented: Arc::new(Presented::default()),
+            });
+            ids.push(id);
+        }
+        let outboxes: Vec<Arc<Outbox>> = room.outboxes().to_vec();
+        let b1 = Bytes::from_static(br#"{"type":"leaderboard","v":1}"#);
+        assert_eq!(room.fan_out_board(&b1).await, 0);
+        let b2 = Bytes::from_static(br#"{"type":"leaderboard","v":2}"#);
+        assert_eq!(
+            room.fan_out_board(&b2).await,
+            n,
+            "each stale board replaced once"
+        );
+        assert!(outboxes.iter().all(|o| o.take_board() == Some(b2.clone())));
+
+        let gone = ids[n / 2];
+        let left = room.members.lock().map[&gone].outbox.clone();
+        room.remove(gone);
+        assert_eq!(room.fan_out_board(&b1).await, 0);
+        assert_eq!(left.take_board(), None, "a member who left got the board");
+        let got = outboxes.iter().filter_map(|o| o.take_board()).count();
+        assert_eq!(got, n - 1);
     }
 
     fn skipped(svc: &QuizService, reason: &str) -> u64 {
