@@ -9,7 +9,7 @@
 //! cargo build --release -p quiz-core --example e2e_answers
 //! ${CARGO_TARGET_DIR:-target}/release/examples/e2e_answers \
 //!     [--players 2000] [--questions 10] [--self-players 500] \
-//!     [--self-questions 40] [--runs 3] [--mode both|live|self]
+//!     [--self-questions 40] [--runs 3] [--mode both|live|self] [--kafka-floor 0|1]
 //! ```
 //! Core runs in a child process (`e2e_answers serve PORT TOPIC`) with the
 //! default store options (`WAIT 1`), its per-connection inbound rate limit
@@ -60,12 +60,14 @@ struct Args {
     self_questions: usize,
     runs: usize,
     mode: Which,
+    /// After each live phase, the Kafka floor (`--kafka-floor 1`).
+    kafka_floor: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: e2e_answers [--players N] [--questions Q] [--self-players N] \
-         [--self-questions Q] [--runs R] [--mode both|live|self]"
+         [--self-questions Q] [--runs R] [--mode both|live|self] [--kafka-floor 0|1]"
     );
     std::process::exit(2);
 }
@@ -78,6 +80,7 @@ fn parse_args(argv: &[String]) -> Args {
         self_questions: 40,
         runs: 3,
         mode: Which::Both,
+        kafka_floor: false,
     };
     for pair in argv.chunks(2) {
         let Some(raw) = pair.get(1) else { usage() };
@@ -97,6 +100,7 @@ fn parse_args(argv: &[String]) -> Args {
             "--self-players" => a.self_players = v.clamp(1, 15_000),
             "--self-questions" => a.self_questions = v.clamp(1, 200),
             "--runs" => a.runs = v.clamp(1, 10),
+            "--kafka-floor" => a.kafka_floor = v != 0,
             _ => usage(),
         }
     }
@@ -114,8 +118,23 @@ fn kafka_brokers() -> String {
     std::env::var("QUIZ_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// Extra librdkafka properties for core's producer, to compare producer
+/// settings in the same conditions: `E2E_KAFKA_PROPERTIES="linger.ms=20,…"`
+/// (comma separated `key=value`, the syntax of `--kafka-properties`).
+fn bench_kafka_properties() -> std::collections::BTreeMap<String, String> {
+    std::env::var("E2E_KAFKA_PROPERTIES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("kafka-floor") {
+        return kafka_floor(&argv[1..]);
+    }
     if argv.first().map(String::as_str) == Some("serve") {
         let port: u16 = argv.get(1).and_then(|p| p.parse().ok()).unwrap_or(18_090);
         let topic = argv.get(2).cloned().unwrap_or_else(|| "bench-e2e".into());
@@ -130,6 +149,7 @@ fn main() -> anyhow::Result<()> {
             ws_rate_burst: 10_000,
             http_post_rate_per_sec: 1_000_000,
             http_post_burst: 1_000_000,
+            kafka_properties: bench_kafka_properties(),
             ..quiz_core::Config::default()
         };
         return common::serve_core(config);
@@ -621,6 +641,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         // anchor, live/s, live ratio, self/s, self ratio
         let mut cols: [Vec<f64>; 5] = Default::default();
+        let mut floor = Vec::new();
         for run in 0..args.runs {
             let anchor_rps = tokio::task::spawn_blocking({
                 let master = master.clone();
@@ -639,6 +660,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let rate = p.print(run, "LIVE", total, " (question windows)", anchor_rps);
                 cols[1].push(rate);
                 cols[2].push(rate / anchor_rps);
+                if args.kafka_floor {
+                    let (players, questions) = (args.players, args.questions);
+                    let topic = topic.clone();
+                    let us = tokio::task::spawn_blocking(move || {
+                        run_kafka_floor(run, &topic, players, questions)
+                    })
+                    .await?;
+                    floor.extend(us);
+                }
             }
             if args.mode != Which::Live {
                 let p = self_paced_phase(addr, &probe, run, args.self_players, args.self_questions)
@@ -654,6 +684,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             "median of {} runs: anchor {:.0}/s; live {:.0}/s = {:.3} x anchor; self-paced {:.0}/s = {:.3} x anchor",
             args.runs, m[0], m[1], m[2], m[3], m[4]
         );
+        if !floor.is_empty() {
+            println!(
+                "median Kafka floor: {:.1} us CPU per event ({} runs)",
+                common::median(floor.clone()),
+                floor.len()
+            );
+        }
         Ok::<_, anyhow::Error>(())
     });
     let _ = Command::new("kill")
@@ -668,4 +705,134 @@ fn run(args: Args) -> anyhow::Result<()> {
     let _ = core.wait();
     rt.block_on(kafka.delete_topic(&topic));
     result
+}
+
+// ------------------------------------------------- the Kafka producer floor
+
+/// The Kafka anchor of core's CPU per answer (`e2e_answers kafka-floor TOPIC
+/// PLAYERS QUESTIONS`, run in a child process shaped like core's: tokio's
+/// default multi-threaded runtime). A raw rdkafka `FutureProducer` with the
+/// settings `events/kafka.rs` gives core's (idempotent, `acks=all`, lz4,
+/// `linger.ms` 5 plus `E2E_KAFKA_PROPERTIES`) publishes the live phase's
+/// events: per question, one `answer_scored` event per player, all in flight
+/// at once, each task awaiting its delivery report as core's answer does
+/// before its acknowledgement. Prints `kafka-floor <events> <seconds> <cpu
+/// seconds>`: what publishing the answers costs with nothing of core around
+/// it.
+fn kafka_floor(argv: &[String]) -> anyhow::Result<()> {
+    use quiz_core::events::{Event, EventKind};
+    use quiz_core::model::AnswerRecord;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let topic = argv.first().cloned().unwrap_or_else(|| "bench-e2e".into());
+    let players: usize = argv.get(1).and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let questions: usize = argv.get(2).and_then(|v| v.parse().ok()).unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("bootstrap.servers", kafka_brokers())
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "100000")
+            .set("message.timeout.ms", "10000");
+        for (k, v) in bench_kafka_properties() {
+            config.set(k, v);
+        }
+        let producer: FutureProducer = config.create()?;
+        let producer = Arc::new(producer);
+        // One event first: connection and producer id are not the floor.
+        let warm = FutureRecord::to(&topic).key("warm").payload("warm");
+        producer
+            .send(warm, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("warm-up delivery: {e}"))?;
+        let quiz_id = "floor-quiz";
+        let cpu0 = common::cpu_seconds(std::process::id());
+        let t0 = Instant::now();
+        let mut delivered = 0usize;
+        for q in 0..questions as u32 {
+            let mut tasks = Vec::with_capacity(players);
+            for p in 0..players {
+                let (producer, topic) = (Arc::clone(&producer), topic.clone());
+                tasks.push(tokio::spawn(async move {
+                    let answer = AnswerRecord {
+                        player_id: format!("p-{p:06}-{:08x}", p.wrapping_mul(2654435761)),
+                        nickname: format!("player {p}"),
+                        question_id: q,
+                        choices: vec![1],
+                        correct: true,
+                        late: false,
+                        points: 873,
+                        response_ms: 1270,
+                        answered_at_ms: 1_764_800_000_000 + u64::from(q) * 20_000,
+                    };
+                    let event = Event::new(
+                        quiz_id,
+                        answer.answered_at_ms,
+                        EventKind::AnswerScored {
+                            answer,
+                            score_after: 873 * u64::from(q + 1),
+                        },
+                    );
+                    let payload = serde_json::to_vec(&event).unwrap_or_default();
+                    let headers = OwnedHeaders::new_with_capacity(2)
+                        .insert(Header {
+                            key: "event_id",
+                            value: Some(event.event_id.as_str()),
+                        })
+                        .insert(Header {
+                            key: "type",
+                            value: Some("answer_scored"),
+                        });
+                    let record = FutureRecord::to(&topic)
+                        .key(quiz_id)
+                        .payload(&payload)
+                        .headers(headers);
+                    producer.send(record, Duration::from_secs(10)).await.is_ok()
+                }));
+            }
+            for t in tasks {
+                delivered += usize::from(matches!(t.await, Ok(true)));
+            }
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let cpu = common::cpu_seconds(std::process::id()) - cpu0;
+        println!("kafka-floor {delivered} {seconds:.3} {cpu:.3}");
+        Ok(())
+    })
+}
+
+/// Runs the Kafka floor in a child process (see [`kafka_floor`]); prints its
+/// line and returns its CPU µs per delivered event.
+fn run_kafka_floor(run: usize, topic: &str, players: usize, questions: usize) -> Option<f64> {
+    let out = Command::new(std::env::current_exe().ok()?)
+        .args(["kafka-floor", topic])
+        .arg(players.to_string())
+        .arg(questions.to_string())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("kafka-floor "))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let [events, seconds, cpu] = f[..] else {
+        return None;
+    };
+    let us = cpu / events.max(1.0) * 1e6;
+    println!(
+        "run {run}: KAFKA FLOOR (raw FutureProducer, core's settings, {players} in flight): \
+         {events:.0} events in {seconds:.2} s = {:.0}/s; producer process CPU {us:.1} us per event",
+        events / seconds.max(1e-9)
+    );
+    Some(us)
 }

@@ -244,17 +244,7 @@ async fn masters_cpu(masters: &[String]) -> f64 {
 /// `INFO commandstats` of one node: command name -> (calls, usec).
 async fn commandstats(node: &str) -> BTreeMap<String, (f64, f64)> {
     let mut out = BTreeMap::new();
-    let Ok(client) = redis::Client::open(format!("redis://{node}")) else {
-        return out;
-    };
-    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
-        return out;
-    };
-    let Ok(info) = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async::<String>(&mut c)
-        .await
-    else {
+    let Some(info) = common::redis_info(node, "commandstats").await else {
         return out;
     };
     for line in info.lines() {

@@ -26,17 +26,17 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-"$BIN/edge-lb-bench" backends --base-port 38101 --count 3 --seconds 1800 2>/dev/null &
+"$BIN/edge-lb-bench" backends --base-port 28101 --count 3 --seconds 1800 2>/dev/null &
 BACKENDS=$!; PIDS+=($BACKENDS)
 sleep 1
 # Fresh proxy processes for every run, so each memory figure starts from a clean heap.
 for run in $(seq 1 "$RUNS"); do
-  "$BIN/edge-lb-bench" ws --label "direct#$run" --target 127.0.0.1:38101,127.0.0.1:38102,127.0.0.1:38103 \
+  "$BIN/edge-lb-bench" ws --label "direct#$run" --target 127.0.0.1:28101,127.0.0.1:28102,127.0.0.1:28103 \
       --conns "$CONNS" --msgs "$MSGS" --max-seconds 300 --backends-pid "$BACKENDS"
   haproxy -db -f "$HAPROXY_CFG" >/tmp/haproxy-bench.log 2>&1 &
   HAPROXY=$!; PIDS+=($HAPROXY)
   sleep 4   # 2 passing checks at 1 s
-  "$BIN/edge-lb-bench" ws --label "haproxy#$run" --target 127.0.0.1:38081 --pid "$HAPROXY" \
+  "$BIN/edge-lb-bench" ws --label "haproxy#$run" --target 127.0.0.1:28081 --pid "$HAPROXY" \
       --conns "$CONNS" --msgs "$MSGS" --max-seconds 300 --backends-pid "$BACKENDS"
   kill "$HAPROXY"; wait "$HAPROXY" 2>/dev/null || true
   n=${#EDGES[@]}
@@ -49,10 +49,10 @@ for run in $(seq 1 "$RUNS"); do
     sleep 4   # 2 passing checks at 1 s
     # A loaded machine starts it slower: wait for its admin readiness (bounded, 30 s).
     for _ in $(seq 1 30); do
-      curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:38092/readyz 2>/dev/null | grep -q 200 && break
+      curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:28092/readyz 2>/dev/null | grep -q 200 && break
       sleep 1
     done
-    "$BIN/edge-lb-bench" ws --label "edge-lb${name:+-$name}#$run" --target 127.0.0.1:38082 --pid "$EDGE" \
+    "$BIN/edge-lb-bench" ws --label "edge-lb${name:+-$name}#$run" --target 127.0.0.1:28082 --pid "$EDGE" \
         --conns "$CONNS" --msgs "$MSGS" --max-seconds 300 --backends-pid "$BACKENDS"
     kill "$EDGE"; wait "$EDGE" 2>/dev/null || true
     sleep 1

@@ -11,6 +11,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+/// The shipped binary's allocator (`src/main.rs`), so a bench's core (run in
+/// this process or its child) costs what the real one does.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// One keep-alive HTTP/1.1 connection.
 pub struct Http {
     stream: TcpStream,
@@ -242,21 +247,27 @@ pub fn machine_busy_seconds() -> f64 {
 
 /// Main-thread CPU seconds of a Redis server (`INFO cpu`), 0 if unknown.
 pub async fn redis_main_cpu(node: &str) -> f64 {
-    let Ok(client) = redis::Client::open(format!("redis://{node}")) else {
+    let Some(info) = redis_info(node, "cpu").await else {
         return 0.0;
-    };
-    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
-        return 0.0;
-    };
-    let info: String = match redis::cmd("INFO").arg("cpu").query_async(&mut c).await {
-        Ok(i) => i,
-        Err(_) => return 0.0,
     };
     info.lines()
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| *k == "used_cpu_user_main_thread" || *k == "used_cpu_sys_main_thread")
         .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
         .sum()
+}
+
+/// `INFO <section>` of one Redis node, on a connection of its own; `None`
+/// when the node cannot be reached (the callers then report nothing rather
+/// than fail the run).
+pub async fn redis_info(node: &str, section: &str) -> Option<String> {
+    let client = redis::Client::open(format!("redis://{node}")).ok()?;
+    let mut c = client.get_multiplexed_async_connection().await.ok()?;
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut c)
+        .await
+        .ok()
 }
 
 /// CPU seconds spent by core, the client (this process), the Redis master

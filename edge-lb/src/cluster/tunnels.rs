@@ -110,7 +110,7 @@ impl Entry {
 }
 
 /// A tunnel to close: its quiz (the closing order) and its token.
-type Victim = (String, TunnelCancel);
+pub(super) type Victim = (String, TunnelCancel);
 
 /// Open tunnels by backend, then by id.
 pub(super) struct Tunnels {

@@ -12,10 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cancel::TunnelCancel;
-
 use super::routing::SpreadNodes;
-use super::tunnels::CloseReason;
+use super::tunnels::{CloseReason, Victim};
 use super::{Backend, Cluster, Inner};
 use crate::config::HealthConfig;
 use crate::health::Outcome;
@@ -320,7 +318,7 @@ impl Cluster {
         if victims.is_empty() {
             return;
         }
-        let mut by_backend: HashMap<Arc<str>, Vec<(String, TunnelCancel)>> = HashMap::new();
+        let mut by_backend: HashMap<Arc<str>, Vec<Victim>> = HashMap::new();
         for (b, v) in victims {
             by_backend.entry(b).or_default().push(v);
         }
