@@ -346,20 +346,51 @@ impl Outbox {
             return Pushed::Queued;
         }
         if s.queue.len() >= self.cap {
-            s.close = Some(CloseReason {
-                code: close::SLOW_CONSUMER,
-                reason: "slow consumer",
-            });
-            s.drop_pending();
-            drop(s);
-            self.notify.notify_one();
-            self.cancel.cancel();
-            return Pushed::Overflowed;
+            return self.overflow(s);
         }
         s.queue.push_back(frame);
         drop(s);
         self.notify.notify_one();
         Pushed::Queued
+    }
+
+    /// Must-deliver text frames that are due together (a room's
+    /// `question_closed` and the next `question`), written at once or
+    /// queued. `framed` is their wire bytes back to back (each payload's
+    /// [`text_frame`]), built once for every member of a room: a direct
+    /// write is then one `send` for all of them, and the client gets them
+    /// in one segment and one wake-up instead of one per frame. Never
+    /// blocks.
+    pub fn push_texts_framed(&self, payloads: &[Bytes], framed: &Bytes) -> Pushed {
+        let mut s = self.state.lock();
+        if s.close.is_some() {
+            return Pushed::Closed;
+        }
+        if self.write_direct(&mut s, Wire::Framed(framed)) == Direct::Done {
+            return Pushed::Queued;
+        }
+        if s.queue.len() + payloads.len() > self.cap {
+            return self.overflow(s);
+        }
+        s.queue
+            .extend(payloads.iter().map(|p| OutFrame::Text(p.clone())));
+        drop(s);
+        self.notify.notify_one();
+        Pushed::Queued
+    }
+
+    /// The queue is full: close with 4008 (slow consumer), dropping what
+    /// was pending.
+    fn overflow(&self, mut s: parking_lot::MutexGuard<'_, OutState>) -> Pushed {
+        s.close = Some(CloseReason {
+            code: close::SLOW_CONSUMER,
+            reason: "slow consumer",
+        });
+        s.drop_pending();
+        drop(s);
+        self.notify.notify_one();
+        self.cancel.cancel();
+        Pushed::Overflowed
     }
 
     pub fn push_text(&self, bytes: Bytes) -> Pushed {
@@ -646,6 +677,8 @@ mod tests {
     struct FakeSocket {
         wire: Mutex<Vec<u8>>,
         room: Mutex<usize>,
+        /// Writes that took bytes.
+        writes: Mutex<usize>,
     }
 
     impl DirectWrite for FakeSocket {
@@ -661,6 +694,7 @@ mod tests {
                 n += take;
             }
             *room -= n;
+            *self.writes.lock() += 1;
             Ok(n)
         }
     }
@@ -735,6 +769,63 @@ mod tests {
         let before = sock.wire.lock().len();
         o.push_text(Bytes::from_static(b"m4"));
         assert_eq!(sock.wire.lock()[before..], frame(1, b"m4")[..]);
+    }
+
+    /// Frames due together go out in one write when the socket is idle;
+    /// otherwise they queue as separate frames, in order, behind what is
+    /// queued, and count against the cap one by one.
+    #[tokio::test]
+    async fn frames_due_together_take_one_write_or_queue_in_order() {
+        let (o, sock) = attached(1 << 20);
+        let (a, b) = (
+            Bytes::from_static(b"closed-1"),
+            Bytes::from_static(b"question-2"),
+        );
+        let framed = [text_frame(&a), text_frame(&b)].concat();
+        let framed = Bytes::from(framed);
+        assert_eq!(
+            o.push_texts_framed(&[a.clone(), b.clone()], &framed),
+            Pushed::Queued
+        );
+        assert_eq!(*sock.writes.lock(), 1, "one write for both frames");
+        let mut expected = [frame(1, b"closed-1"), frame(1, b"question-2")].concat();
+        assert_eq!(*sock.wire.lock(), expected);
+
+        // A full socket: the frames wait for the writer, after the one before.
+        *sock.room.lock() = 0;
+        o.push_text(Bytes::from_static(b"m1"));
+        assert_eq!(
+            o.push_texts_framed(&[a.clone(), b.clone()], &framed),
+            Pushed::Queued
+        );
+        *sock.room.lock() = 1 << 20;
+        let Next::Batch(batch) = o.next().await else {
+            panic!("a batch")
+        };
+        assert_eq!(batch.frames.len(), 3);
+        expected.extend(write_out(&batch).await);
+        assert_eq!(
+            expected,
+            [
+                frame(1, b"closed-1"),
+                frame(1, b"question-2"),
+                frame(1, b"m1"),
+                frame(1, b"closed-1"),
+                frame(1, b"question-2"),
+            ]
+            .concat()
+        );
+
+        // Two frames do not fit in a queue with room for one: slow consumer.
+        let capped = Outbox::new(1, CancellationToken::new());
+        assert_eq!(
+            capped.push_texts_framed(&[a, b], &framed),
+            Pushed::Overflowed
+        );
+        assert_eq!(
+            capped.close_reason().map(|c| c.code),
+            Some(close::SLOW_CONSUMER)
+        );
     }
 
     /// A close after a short direct write still finishes the begun frame

@@ -131,7 +131,15 @@ impl Room {
     /// `Bytes` is shared; each push writes it to the socket at once or
     /// queues it, never awaiting the client. Returns the number of slow
     /// consumers closed.
-    async fn fan_out(&self, frame: &Bytes, hosts_only: bool) -> usize {
+    /// Hands must-deliver frames to every member (or to the hosts only),
+    /// framed once here: to an idle socket they are one write of shared
+    /// bytes, however many frames (see [`Outbox::push_texts_framed`]).
+    async fn fan_out(&self, frames: &[Bytes], hosts_only: bool) -> usize {
+        let mut wire = Vec::new();
+        for f in frames {
+            wire.extend_from_slice(&text_frame(f));
+        }
+        let framed = Bytes::from(wire);
         let hosts;
         let all;
         let targets: &[Arc<Outbox>] = if hosts_only {
@@ -144,7 +152,7 @@ impl Room {
         let mut slow = 0;
         for chunk in targets.chunks(FAN_OUT_CHUNK) {
             for o in chunk {
-                if o.push_text(frame.clone()) == Pushed::Overflowed {
+                if o.push_texts_framed(frames, &framed) == Pushed::Overflowed {
                     slow += 1;
                 }
             }
@@ -596,7 +604,7 @@ async fn broadcast_board(svc: &QuizService, room: &Room, sent: u64, ts_ms: u64) 
                     .get(q as usize)
                     .map_or(0, |q| q.options.len());
                 if let Ok(d) = svc.store.distribution(&room.quiz_id, q, n).await {
-                    send(svc, room, protocol::encode_answer_count(q, d), true).await;
+                    send(svc, room, &[protocol::encode_answer_count(q, d)], true).await;
                 }
             }
         }
@@ -604,9 +612,9 @@ async fn broadcast_board(svc: &QuizService, room: &Room, sent: u64, ts_ms: u64) 
     lb.version
 }
 
-async fn send(svc: &QuizService, room: &Room, frame: Bytes, hosts_only: bool) {
+async fn send(svc: &QuizService, room: &Room, frames: &[Bytes], hosts_only: bool) {
     let start = Instant::now();
-    let slow = room.fan_out(&frame, hosts_only).await;
+    let slow = room.fan_out(frames, hosts_only).await;
     svc.metrics
         .broadcast_seconds
         .observe(start.elapsed().as_secs_f64());
@@ -628,12 +636,15 @@ async fn reconcile(svc: &QuizService, room: &Room, seen: &mut Seen) {
     if def.mode == Mode::Live {
         if let Some(q) = state.current_question {
             if seen.opened != Some(q) {
-                // A new question: the previous one closed with it.
-                if let Some(prev) = seen.opened.filter(|p| seen.closed != Some(*p)) {
-                    if !announce_closed(svc, room, prev).await {
-                        return;
+                // A new question: the previous one closed with it. Both
+                // frames go to each socket in one write.
+                let mut frames = Vec::with_capacity(2);
+                let prev = seen.opened.filter(|p| seen.closed != Some(*p));
+                if let Some(prev) = prev {
+                    match closed_frame(svc, room, prev).await {
+                        Ok(frame) => frames.extend(frame),
+                        Err(()) => return,
                     }
-                    seen.closed = Some(prev);
                 }
                 if let (Some(question), Some(o), Some(c)) = (
                     def.questions.get(q as usize),
@@ -641,14 +652,16 @@ async fn reconcile(svc: &QuizService, room: &Room, seen: &mut Seen) {
                     state.closes_at_ms,
                 ) {
                     if state.phase == Phase::Running {
-                        send(
-                            svc,
-                            room,
-                            protocol::encode(&protocol::QuestionMsg::new(question, o, c)),
-                            false,
-                        )
-                        .await;
+                        frames.push(protocol::encode(&protocol::QuestionMsg::new(
+                            question, o, c,
+                        )));
                     }
+                }
+                if !frames.is_empty() {
+                    send(svc, room, &frames, false).await;
+                }
+                if prev.is_some() {
+                    seen.closed = prev;
                 }
                 seen.opened = Some(q);
             }
@@ -675,7 +688,7 @@ async fn reconcile(svc: &QuizService, room: &Room, seen: &mut Seen) {
             .await
         {
             Ok(lb) => {
-                send(svc, room, protocol::encode_quiz_ended(&lb.top), false).await;
+                send(svc, room, &[protocol::encode_quiz_ended(&lb.top)], false).await;
                 seen.ended = true;
             }
             Err(_) => return,
@@ -720,27 +733,36 @@ async fn present_first(svc: &QuizService, room: &Room) -> bool {
     failed == 0
 }
 
+/// Sends question `q`'s `question_closed`; false if the store could not
+/// say how it was answered (the next reconcile tries again).
 async fn announce_closed(svc: &QuizService, room: &Room, q: u32) -> bool {
+    match closed_frame(svc, room, q).await {
+        Ok(Some(frame)) => {
+            send(svc, room, &[frame], false).await;
+            true
+        }
+        Ok(None) => true,
+        Err(()) => false,
+    }
+}
+
+/// Question `q`'s `question_closed` frame (with how it was answered), or
+/// `None` for a question the quiz does not have; `Err` if the store could
+/// not be read.
+async fn closed_frame(svc: &QuizService, room: &Room, q: u32) -> Result<Option<Bytes>, ()> {
     let Some(question) = room.def.questions.get(q as usize) else {
-        return true;
+        return Ok(None);
     };
-    match svc
+    let d = svc
         .store
         .distribution(&room.quiz_id, q, question.options.len())
         .await
-    {
-        Ok(d) => {
-            send(
-                svc,
-                room,
-                protocol::encode_question_closed(q, &question.correct, &d),
-                false,
-            )
-            .await;
-            true
-        }
-        Err(_) => false,
-    }
+        .map_err(|_| ())?;
+    Ok(Some(protocol::encode_question_closed(
+        q,
+        &question.correct,
+        &d,
+    )))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! way we do not know) keeps tokio's `split` of the upgraded stream and
 //! only the writer task writes to it.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -16,6 +16,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -100,9 +101,30 @@ impl AsyncRead for ReadSide {
                 loop {
                     ready!(tcp.poll_read_ready(cx))?;
                     let unfilled = buf.initialize_unfilled();
-                    match tcp.try_read(unfilled) {
-                        Ok(n) => {
-                            buf.advance(n);
+                    let want = unfilled.len();
+                    let mut got = 0;
+                    // A short read leaves the socket's queue empty: the
+                    // readiness is cleared with it (reported as
+                    // `WouldBlock` to `try_io`, as tokio's own `TcpStream`
+                    // read does), so the next read waits for the next
+                    // readiness event instead of paying a `recv` that
+                    // answers EAGAIN, once per answer frame. A readiness
+                    // event that came in meanwhile is not lost: `try_io`
+                    // clears only the one it started from.
+                    let read = tcp.try_io(Interest::READABLE, || {
+                        got = (&*socket2::SockRef::from(&**tcp)).read(unfilled)?;
+                        if got > 0 && got < want {
+                            return Err(io::ErrorKind::WouldBlock.into());
+                        }
+                        Ok(())
+                    });
+                    match read {
+                        Ok(()) => {
+                            buf.advance(got);
+                            return Poll::Ready(Ok(()));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
+                            buf.advance(got);
                             return Poll::Ready(Ok(()));
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
