@@ -609,6 +609,9 @@ async fn self_paced_phase(
     })
 }
 
+/// Requests of one anchor measurement (`redis-benchmark -n`).
+const ANCHOR_REQUESTS: usize = 200_000;
+
 fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -643,13 +646,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut cols: [Vec<f64>; 5] = Default::default();
         let mut floor = Vec::new();
         for run in 0..args.runs {
+            let redis_before = common::redis_main_cpu(&master).await;
             let anchor_rps = tokio::task::spawn_blocking({
                 let master = master.clone();
-                move || common::anchor(&master, 200_000)
+                move || common::anchor(&master, ANCHOR_REQUESTS)
             })
             .await??;
+            // The anchor's main-thread CPU per call, beside the answers'.
+            let anchor_us = (common::redis_main_cpu(&master).await - redis_before)
+                / ANCHOR_REQUESTS as f64
+                * 1e6;
             cols[0].push(anchor_rps);
-            println!("run {run}: anchor ZINCRBY {anchor_rps:.0}/s");
+            println!(
+                "run {run}: anchor ZINCRBY {anchor_rps:.0}/s, Redis master {anchor_us:.2} us per call"
+            );
             let probe = Probe {
                 core_pid,
                 master: &master,
