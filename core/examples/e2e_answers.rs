@@ -721,15 +721,17 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// The Kafka anchor of core's CPU per answer (`e2e_answers kafka-floor TOPIC
 /// PLAYERS QUESTIONS`, run in a child process shaped like core's: tokio's
-/// default multi-threaded runtime). A raw rdkafka `FutureProducer` with the
-/// settings `events/kafka.rs` gives core's (idempotent, `acks=all`, lz4,
-/// `linger.ms` 5 plus `E2E_KAFKA_PROPERTIES`) publishes the live phase's
+/// default multi-threaded runtime). A raw rdkafka `FutureProducer`
+/// configured by core's own `producer_config` with core's default options
+/// (idempotent, `acks=all`, lz4, `linger.ms` 5; plus `E2E_KAFKA_PROPERTIES`
+/// as `serve` adds them) publishes the live phase's
 /// events: per question, one `answer_scored` event per player, all in flight
 /// at once, each task awaiting its delivery report as core's answer does
 /// before its acknowledgement. Prints `kafka-floor <events> <seconds> <cpu
 /// seconds>`: what publishing the answers costs with nothing of core around
 /// it.
 fn kafka_floor(argv: &[String]) -> anyhow::Result<()> {
+    use quiz_core::events::kafka::{producer_config, KafkaOptions};
     use quiz_core::events::{Event, EventKind};
     use quiz_core::model::AnswerRecord;
     use rdkafka::message::{Header, OwnedHeaders};
@@ -742,20 +744,13 @@ fn kafka_floor(argv: &[String]) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut config = rdkafka::ClientConfig::new();
-        config
-            .set("bootstrap.servers", kafka_brokers())
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            .set("compression.type", "lz4")
-            .set("queue.buffering.max.messages", "100000")
-            .set("message.timeout.ms", "10000");
-        for (k, v) in bench_kafka_properties() {
-            config.set(k, v);
-        }
-        let producer: FutureProducer = config.create()?;
+        let opts = KafkaOptions {
+            brokers: kafka_brokers(),
+            topic: topic.clone(),
+            properties: bench_kafka_properties().into_iter().collect(),
+            ..KafkaOptions::default()
+        };
+        let producer: FutureProducer = producer_config(&opts).create()?;
         let producer = Arc::new(producer);
         // One event first: connection and producer id are not the floor.
         let warm = FutureRecord::to(&topic).key("warm").payload("warm");

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// jemalloc rather than glibc's malloc: on the live answer path it took
-/// ~15 % off core's CPU per answer, and its size classes hold an idle
-/// WebSocket in 2.8 KB where glibc needs 3.5 KB (docs/performance.md,
-/// "The allocator"). mimalloc, tried before, was as fast but grew the idle
-/// socket to 5.2 KB.
+/// ~14 % off core's CPU per answer, and its size classes hold an idle
+/// WebSocket in 2.7–2.8 KB where glibc needs 3.5 KB (docs/performance.md,
+/// "CPU per answer: the allocator, frames due together, one read per
+/// frame"). mimalloc, tried before, was as fast but grew the idle socket
+/// to 5.2 KB.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -127,13 +127,11 @@ impl Room {
             .collect()
     }
 
-    /// Sends one encoded frame to every member (or every host). The same
-    /// `Bytes` is shared; each push writes it to the socket at once or
-    /// queues it, never awaiting the client. Returns the number of slow
-    /// consumers closed.
-    /// Hands must-deliver frames to every member (or to the hosts only),
-    /// framed once here: to an idle socket they are one write of shared
-    /// bytes, however many frames (see [`Outbox::push_texts_framed`]).
+    /// Sends must-deliver frames to every member (or every host), framed
+    /// once here and shared: each push writes them to an idle socket at
+    /// once, in one write however many frames, or queues them, never
+    /// awaiting the client (see [`Outbox::push_texts_framed`]). Returns the
+    /// number of slow consumers closed.
     async fn fan_out(&self, frames: &[Bytes], hosts_only: bool) -> usize {
         let mut wire = Vec::new();
         for f in frames {

@@ -124,6 +124,31 @@ fn config_error(e: impl std::fmt::Display) -> EventError {
     EventError::Delivery(format!("kafka producer configuration: {e}"))
 }
 
+/// The librdkafka configuration of the sink's producer: the delivery
+/// guarantee (idempotence, all in-sync replicas), the batching and bound
+/// from `opts`, then `opts.properties`. Public so a benchmark can drive a
+/// bare producer exactly as the sink's (`examples/e2e_answers.rs`, its
+/// Kafka floor).
+pub fn producer_config(opts: &KafkaOptions) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &opts.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", opts.linger_ms.to_string())
+        .set("batch.num.messages", opts.batch_size.max(1).to_string())
+        .set("compression.type", opts.compression.as_str())
+        .set(
+            "queue.buffering.max.messages",
+            opts.max_buffered_messages.max(1).to_string(),
+        )
+        .set("message.timeout.ms", opts.message_timeout_ms.to_string());
+    for (key, value) in &opts.properties {
+        config.set(key, value);
+    }
+    config
+}
+
 impl KafkaSink {
     /// Creates the producer (no network round trip yet: librdkafka connects
     /// in the background). Inside a tokio runtime it also starts the probe
@@ -135,25 +160,9 @@ impl KafkaSink {
         if opts.topic.trim().is_empty() {
             return Err(config_error("no topic configured"));
         }
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &opts.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", opts.linger_ms.to_string())
-            .set("batch.num.messages", opts.batch_size.max(1).to_string())
-            .set("compression.type", opts.compression.as_str())
-            .set(
-                "queue.buffering.max.messages",
-                opts.max_buffered_messages.max(1).to_string(),
-            )
-            .set("message.timeout.ms", opts.message_timeout_ms.to_string());
-        for (key, value) in &opts.properties {
-            config.set(key, value);
-        }
         // librdkafka checks every property here: an unknown key or a bad
         // value fails start-up with its own message naming the key.
-        let producer: FutureProducer = config.create().map_err(config_error)?;
+        let producer: FutureProducer = producer_config(&opts).create().map_err(config_error)?;
         let inner = Arc::new(Inner {
             producer,
             opts,
