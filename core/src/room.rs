@@ -39,7 +39,7 @@
 //! `.await` either (a held shard guard would block every other room that
 //! hashes to the same shard, and could deadlock a task that re-enters it).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,7 +70,13 @@ pub struct Member {
 #[derive(Default)]
 struct Members {
     next_id: u64,
-    map: HashMap<u64, Member>,
+    /// By member id, so in join order: a fan-out writes the sockets in the
+    /// order they were accepted and their outboxes allocated, as a bare
+    /// loop over accepted sockets does. Walking the outboxes in memory
+    /// order, and reaching a client's sockets one after the other rather
+    /// than at random, took a quarter off the CPU per board frame
+    /// (docs/performance.md, "Fan-out: the members in join order").
+    map: BTreeMap<u64, Member>,
     /// Player id → that player's one live member here: a newer connection
     /// replaces the older (close 4009), so a phone that reconnects before
     /// the server noticed its old socket die is never refused by its ghost,
@@ -835,6 +841,19 @@ mod tests {
         assert!(rooms.is_empty());
     }
 
+    /// A room of a live one-question quiz with no task running: the tests
+    /// below drive its members and fan-outs by hand.
+    async fn bare_room(svc: &QuizService, quiz_id: &str) -> Room {
+        Room {
+            quiz_id: quiz_id.into(),
+            def: test_quiz(svc, quiz_id, "live", 1).await,
+            members: Mutex::default(),
+            wake: Notify::new(),
+            dirty: AtomicBool::new(false),
+            last_board: Mutex::new(None),
+        }
+    }
+
     /// A large room's board goes out over several tasks, one slice of the
     /// members each: every member gets it exactly once (the slices cover
     /// the room without overlap), a stale unsent board is replaced, and a
@@ -842,14 +861,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn board_fan_out_over_workers_reaches_each_member_once() {
         let svc = test_service();
-        let room = Room {
-            quiz_id: "slices".into(),
-            def: test_quiz(&svc, "slices", "live", 1).await,
-            members: Mutex::default(),
-            wake: Notify::new(),
-            dirty: AtomicBool::new(false),
-            last_board: Mutex::new(None),
-        };
+        let room = bare_room(&svc, "slices").await;
         // Enough members for one slice per worker, and an uneven split.
         let n = 2 * MIN_BOARD_SLICE + 7;
         let mut ids = Vec::new();
@@ -880,6 +892,43 @@ mod tests {
         assert_eq!(left.take_board(), None, "a member who left got the board");
         let got = outboxes.iter().filter_map(|o| o.take_board()).count();
         assert_eq!(got, n - 1);
+    }
+
+    /// The fan-outs walk the members in join order, whatever joined or left
+    /// in between: the order the sockets were accepted in and their
+    /// outboxes allocated (see `Members::map`).
+    #[tokio::test]
+    async fn fan_outs_walk_the_members_in_join_order() {
+        let svc = test_service();
+        let room = bare_room(&svc, "order").await;
+        let join = |name: &str| {
+            let outbox = Arc::new(Outbox::new(16, CancellationToken::new()));
+            let (id, _) = room.add(Member {
+                outbox: Arc::clone(&outbox),
+                host: false,
+                player_id: Some(name.to_string()),
+                presented: Arc::new(Presented::default()),
+            });
+            (id, outbox)
+        };
+        // Enough members that a hash map's order would differ from join order.
+        let mut joined: Vec<_> = (0..200).map(|i| join(&format!("p{i}"))).collect();
+        room.remove(joined.remove(50).0);
+        room.remove(joined.remove(120).0);
+        joined.push(join("late"));
+        // p7 reconnects: the new socket is the newest member.
+        let old_p7 = Arc::clone(&joined[7].1);
+        joined.retain(|(_, o)| !Arc::ptr_eq(o, &old_p7));
+        joined.push(join("p7"));
+        let walked = room.outboxes();
+        assert_eq!(walked.len(), joined.len());
+        assert!(
+            walked
+                .iter()
+                .zip(&joined)
+                .all(|(w, (_, o))| Arc::ptr_eq(w, o)),
+            "fan-out order is not join order"
+        );
     }
 
     fn skipped(svc: &QuizService, reason: &str) -> u64 {
