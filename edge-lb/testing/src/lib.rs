@@ -93,7 +93,10 @@ impl Backend {
         );
         tokio::spawn(async move {
             loop {
+                // `biased`: once killed, a connection waiting in the backlog is
+                // never accepted (an unbiased select picks a ready branch at random).
                 let (s, _) = tokio::select! {
+                    biased;
                     _ = stop.cancelled() => return,
                     r = l.accept() => match r { Ok(x) => x, Err(_) => { tokio::time::sleep(Duration::from_millis(5)).await; continue } },
                 };
@@ -106,7 +109,10 @@ impl Backend {
                     stop.clone(),
                 );
                 tokio::spawn(async move {
+                    // `biased`: a connection accepted as the node was killed is
+                    // dropped, never served by a dead node.
                     tokio::select! {
+                        biased;
                         _ = stop.cancelled() => {}
                         _ = serve_conn(s, name, ready, open, total) => {}
                     }
