@@ -577,10 +577,11 @@ fn coordinator(args: Args) -> anyhow::Result<()> {
         // The CPU per delivered frame is the figure of issue 14's goal 1;
         // printed here from the unrounded CPU time.
         let (c_us, b_us) = (c.us_per_frame(), b.us_per_frame());
+        let cpu_ratio = c_us / b_us;
         println!(
             "run {run}: core {:.0} frames/s (server CPU {:.2} cores, {c_us:.2} us/frame, {} closed; {} connections opened in {:.1?}) | \
              bare {:.0} frames/s (server CPU {:.2} cores, {b_us:.2} us/frame, {} closed) | ratio {ratio:.3} | \
-             CPU per frame {:.3}x the bare loop's | frame {} bytes",
+             CPU per frame {cpu_ratio:.3}x the bare loop's | frame {} bytes",
             c.frames_per_sec,
             c.server_cpu,
             c.closed,
@@ -589,7 +590,6 @@ fn coordinator(args: Args) -> anyhow::Result<()> {
             b.frames_per_sec,
             b.server_cpu,
             b.closed,
-            c_us / b_us,
             payload.len()
         );
         for (col, v) in cols.iter_mut().zip([
@@ -600,7 +600,7 @@ fn coordinator(args: Args) -> anyhow::Result<()> {
             b.server_cpu,
             c_us,
             b_us,
-            c_us / b_us,
+            cpu_ratio,
         ]) {
             col.push(v);
         }
