@@ -56,6 +56,7 @@ fn err(status: u16, code: &str, msg: &str) -> Response<Vec<u8>> {
 pub fn reload(cluster: &Arc<Cluster>, path: &std::path::Path) -> Result<Vec<String>, String> {
     let cfg = EdgeConfig::load(path)
         .and_then(EdgeConfig::read_admin_token)
+        .and_then(EdgeConfig::check_source_addresses)
         .map_err(|e| e.to_string())?;
     let removed = cluster.apply_config(cfg);
     Ok(removed.iter().map(|s| s.to_string()).collect())

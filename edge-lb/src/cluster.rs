@@ -43,6 +43,7 @@ use crate::limits::{ClientTable, NodeRate};
 use crate::metrics::Metrics;
 use crate::ring::Placement;
 use crate::spread::{Book, BOOK_CAP, BOOK_TTL};
+use crate::upstream_bind::SourceAddresses;
 use sources::Sources;
 use tunnels::Tunnels;
 
@@ -170,6 +171,8 @@ pub struct Cluster {
     pub node_rate: NodeRate,
     /// The access log's switch and sampling share (`access_log`; reloaded).
     pub access: AccessLog,
+    /// Whose turn it is among `source_addresses`.
+    pub source_addresses: SourceAddresses,
 }
 
 impl Cluster {
@@ -189,6 +192,7 @@ impl Cluster {
             clients: ClientTable::new(&config.limits.per_client),
             node_rate: NodeRate::new(&config.tunnel),
             access: AccessLog::new(&config.access_log),
+            source_addresses: SourceAddresses::default(),
         });
         c.apply_config(config);
         c

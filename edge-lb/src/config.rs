@@ -6,7 +6,7 @@
 //! documented in `docs/edge-lb.md` (checked by `edge-lb/tests/config_cli.rs`).
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -98,6 +98,13 @@ pub struct EdgeConfig {
     #[serde(default = "d_quiz_idle", with = "humantime_serde")]
     pub quiz_idle_ttl: Duration,
     pub pools: Vec<PoolConfig>,
+    /// Local addresses the connections to backends (HTTP and tunnels) leave from, taken in
+    /// turn; empty (the default): the kernel's choice. From one address, one backend takes at
+    /// most the ephemeral port range's worth of tunnels, and connects cost ~80× more past half of
+    /// it (`crate::upstream_bind`): give a host that carries more than ~14 000 tunnels to one
+    /// node one address per ~14 000.
+    #[serde(default)]
+    pub source_addresses: Vec<IpAddr>,
     #[serde(default)]
     pub routes: RoutesConfig,
     #[serde(default)]
@@ -543,6 +550,14 @@ impl EdgeConfig {
         Ok(self)
     }
 
+    /// Check that this host can send from every `source_addresses` entry (at start and on
+    /// reload, like the admin token: parsing a configuration alone, as deploy-check does,
+    /// needs no particular host).
+    pub fn check_source_addresses(self) -> Result<EdgeConfig, ConfigError> {
+        crate::upstream_bind::check(&self.source_addresses)?;
+        Ok(self)
+    }
+
     /// The file at `path` with the process's environment and command line over it (the
     /// reload path).
     pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
@@ -588,6 +603,20 @@ impl EdgeConfig {
         }
         if self.pools.is_empty() {
             return Err(invalid("edge_lb.pools", "at least one pool is required"));
+        }
+        for (i, a) in self.source_addresses.iter().enumerate() {
+            if a.is_unspecified() || a.is_multicast() {
+                return Err(invalid(
+                    format!("edge_lb.source_addresses[{i}]"),
+                    format!("{a} is not an address to send from"),
+                ));
+            }
+            if self.source_addresses[..i].contains(a) {
+                return Err(invalid(
+                    format!("edge_lb.source_addresses[{i}]"),
+                    format!("{a} twice"),
+                ));
+            }
         }
         let mut pool_names = HashSet::new();
         let mut names = HashSet::new();

@@ -32,8 +32,9 @@
 //!   refusal), written by [`proxy`] and [`tunnel`] through the logger [`logs`] installs.
 //! - [`config`]: the typed `edge_lb:` section of the pingora YAML file; [`metrics`]: Prometheus;
 //!   [`tls`]: certificate store reloaded without restart; [`speculative`]: the first read and
-//!   the backend connect done before waiting for readiness; [`cancel`]: a tunnel's
-//!   cancellation handle (set by [`cluster`], noticed by [`tunnel`]).
+//!   the backend connect done before waiting for readiness; [`upstream_bind`]: the source
+//!   addresses connections to backends leave from; [`cancel`]: a tunnel's cancellation handle
+//!   (set by [`cluster`], noticed by [`tunnel`]).
 //!
 //! [`build`] assembles a pingora `Server` from configuration; [`start`] runs one on a thread
 //! (tests, benchmarks); `main.rs` calls [`build`] and `run_forever`. Test support (a real echo
@@ -60,6 +61,7 @@ pub mod spread;
 pub mod tls;
 pub mod tunnel;
 mod upkeep;
+pub mod upstream_bind;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,7 +103,7 @@ pub struct BuildOptions {
 /// Assemble the pingora server: proxy listeners (plain and TLS, SO_REUSEPORT), the admin
 /// service, and the upkeep background service.
 pub fn build(o: BuildOptions) -> Result<(Server, Arc<Cluster>), BuildError> {
-    let edge = o.edge.read_admin_token()?;
+    let edge = o.edge.read_admin_token()?.check_source_addresses()?;
     let conf = Arc::new(
         ServerConf::from_yaml(&o.server_conf.to_yaml())
             .map_err(|e| BuildError::Pingora(e.to_string()))?,

@@ -85,8 +85,8 @@ type Loaded = (
     Vec<settings::Override>,
 );
 
-/// Every layer of the configuration, pingora's keys, and the admin token file readable
-/// (what a start would find wrong, found before starting).
+/// Every layer of the configuration, pingora's keys, the admin token file readable and the
+/// source addresses this host's (what a start would find wrong, found before starting).
 fn load(path: &str, args: &settings::ConfigArgs) -> anyhow::Result<Loaded> {
     let set = args.overrides()?;
     let text =
@@ -95,6 +95,6 @@ fn load(path: &str, args: &settings::ConfigArgs) -> anyhow::Result<Loaded> {
         edge_lb::EdgeConfig::layered(path, &text, &|name| std::env::var(name).ok(), &set)?;
     let server_conf = ServerConf::from_yaml(&text)
         .map_err(|e| anyhow::anyhow!("config file {path}: pingora configuration: {e}"))?;
-    edge.clone().read_admin_token()?;
+    edge.clone().read_admin_token()?.check_source_addresses()?;
     Ok((server_conf, edge, layers, set))
 }

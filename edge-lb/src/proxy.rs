@@ -175,6 +175,11 @@ impl ProxyHttp for Router {
         peer.options.connection_timeout = Some(cfg.tunnel.connect_timeout);
         peer.options.read_timeout = Some(cfg.http.upstream_read_timeout);
         peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        // Used by a new connection only: pooled ones are reused whatever their source.
+        peer.options.bind_to = self
+            .cluster
+            .source_addresses
+            .pick_bind_to(&cfg.source_addresses, t.addr);
         Ok(Box::new(peer))
     }
 

@@ -11,7 +11,7 @@
 //! tries I/O before polling for the same reason.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use pingora_core::protocols::Stream;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -52,16 +52,23 @@ pub fn recv_now(stream: &Stream) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// Connect to `addr` and send as much of `data` as the socket takes at once. Returns the
-/// stream and how many bytes went out (0 when the connection was still being set up: the
-/// caller writes the rest as usual).
-pub async fn connect_and_send(addr: SocketAddr, data: &[u8]) -> io::Result<(TcpStream, usize)> {
+/// Connect to `addr` (from `source`, if given: `crate::upstream_bind`) and send as much of
+/// `data` as the socket takes at once. Returns the stream and how many bytes went out (0 when
+/// the connection was still being set up: the caller writes the rest as usual).
+pub async fn connect_and_send(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    data: &[u8],
+) -> io::Result<(TcpStream, usize)> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
     socket.set_tcp_nodelay(true)?;
+    if let Some(source) = source {
+        crate::upstream_bind::bind_source(&socket, source)?;
+    }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -98,7 +105,7 @@ mod tests {
     async fn connect_and_send_delivers_everything_or_reports_the_connect_error() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let (mut s, sent) = connect_and_send(addr, b"hello").await.unwrap();
+        let (mut s, sent) = connect_and_send(addr, None, b"hello").await.unwrap();
         s.write_all(&b"hello"[sent..]).await.unwrap();
         s.shutdown().await.unwrap();
         let (mut a, _) = l.accept().await.unwrap();
@@ -106,7 +113,18 @@ mod tests {
         a.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"hello");
         drop(l);
-        let e = connect_and_send(addr, b"x").await.unwrap_err();
+        let e = connect_and_send(addr, None, b"x").await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_source_address_is_where_the_connection_comes_from() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let source: IpAddr = "127.0.0.3".parse().unwrap();
+        let (_s, _) = connect_and_send(l.local_addr().unwrap(), Some(source), b"x")
+            .await
+            .unwrap();
+        let (_a, peer) = l.accept().await.unwrap();
+        assert_eq!(peer.ip(), source);
     }
 }

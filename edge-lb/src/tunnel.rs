@@ -608,7 +608,10 @@ pub async fn serve_upgrade<C, K>(
     let forward = forward_head(&head, peer.map(|a| a.ip()));
     let early = head.buf[head.len..].to_vec();
     drop(head);
-    let connect = crate::speculative::connect_and_send(target.addr, &forward);
+    let source = cluster
+        .source_addresses
+        .pick(&cfg.source_addresses, target.addr);
+    let connect = crate::speculative::connect_and_send(target.addr, source, &forward);
     let (mut backend, sent) = match tokio::time::timeout(cfg.tunnel.connect_timeout, connect).await
     {
         Ok(Ok(s)) => s,

@@ -747,3 +747,48 @@ edge_lb:
     assert_eq!(api_nodes.len(), 2);
     assert_eq!(ws_nodes.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_backends_leave_from_the_source_addresses_in_turn() {
+    let bs = backends(1).await;
+    let e = edge(
+        &bs,
+        Opts {
+            extra: "  source_addresses: [127.0.0.5, 127.0.0.6]\n".into(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let mut open = Vec::new();
+    for i in 0..4 {
+        open.push(tunnel(e.addr, &format!("src{i}")).await.1);
+    }
+    let tunnels_from: Vec<String> = bs[0]
+        .peers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(tunnels_from.len(), 4, "{tunnels_from:?}");
+    for pair in tunnels_from.chunks(2) {
+        let mut pair = pair.to_vec();
+        pair.sort();
+        assert_eq!(pair, ["127.0.0.5", "127.0.0.6"], "{tunnels_from:?}");
+    }
+    for i in 0..4 {
+        let (status, _, _) = http_get(e.addr, &format!("/v1/quizzes/src{i}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    // HTTP connections (pooled, so maybe fewer than the requests) leave from them too.
+    let peers = bs[0].peers.lock().unwrap().clone();
+    assert_eq!(peers.len(), 8, "{peers:?}");
+    assert!(
+        peers
+            .iter()
+            .all(|p| ["127.0.0.5", "127.0.0.6"].contains(&p.to_string().as_str())),
+        "{peers:?}"
+    );
+}

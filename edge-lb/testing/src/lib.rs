@@ -11,11 +11,12 @@
 //! `403` on a kept-alive connection. Core's answers to a refused token: an upgrade whose path
 //! contains `forged` gets a `101` marked `x-quiz-auth: refused` followed by a close frame 4001
 //! `bad token` (then the connection ends; not counted in `ws_total`), and a plain request
-//! whose path contains `unauthorized` gets `401`.
+//! whose path contains `unauthorized` gets `401`. [`Backend::peers`] keeps the source address
+//! of every upgrade and plain request it answered (health checks aside).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -68,6 +69,8 @@ pub struct Backend {
     pub ws_open: Arc<AtomicUsize>,
     /// Upgrades served since start.
     pub ws_total: Arc<AtomicUsize>,
+    /// Where each upgrade and plain request (not `/readyz`) came from, in order.
+    pub peers: Arc<Mutex<Vec<IpAddr>>>,
     stop: CancellationToken,
 }
 
@@ -82,20 +85,22 @@ impl Backend {
             ready: Arc::new(AtomicBool::new(true)),
             ws_open: Arc::new(AtomicUsize::new(0)),
             ws_total: Arc::new(AtomicUsize::new(0)),
+            peers: Arc::default(),
             stop: CancellationToken::new(),
         };
-        let (name, ready, open, total, stop) = (
+        let (name, ready, open, total, peers, stop) = (
             Arc::<str>::from(name),
             b.ready.clone(),
             b.ws_open.clone(),
             b.ws_total.clone(),
+            b.peers.clone(),
             b.stop.clone(),
         );
         tokio::spawn(async move {
             loop {
                 // `biased`: once killed, a connection waiting in the backlog is
                 // never accepted (an unbiased select picks a ready branch at random).
-                let (s, _) = tokio::select! {
+                let (s, peer) = tokio::select! {
                     biased;
                     _ = stop.cancelled() => return,
                     r = l.accept() => match r { Ok(x) => x, Err(_) => { tokio::time::sleep(Duration::from_millis(5)).await; continue } },
@@ -108,13 +113,17 @@ impl Backend {
                     total.clone(),
                     stop.clone(),
                 );
+                let seen = Seen {
+                    peer: peer.ip(),
+                    peers: peers.clone(),
+                };
                 tokio::spawn(async move {
                     // `biased`: a connection accepted as the node was killed is
                     // dropped, never served by a dead node.
                     tokio::select! {
                         biased;
                         _ = stop.cancelled() => {}
-                        _ = serve_conn(s, name, ready, open, total) => {}
+                        _ = serve_conn(s, name, ready, open, total, seen) => {}
                     }
                 });
             }
@@ -138,12 +147,25 @@ impl Drop for Backend {
     }
 }
 
+/// A connection's source address and the backend's record of them.
+struct Seen {
+    peer: IpAddr,
+    peers: Arc<Mutex<Vec<IpAddr>>>,
+}
+
+impl Seen {
+    fn record(&self) {
+        self.peers.lock().expect("never poisoned").push(self.peer);
+    }
+}
+
 async fn serve_conn(
     mut s: TcpStream,
     name: Arc<str>,
     ready: Arc<AtomicBool>,
     open: Arc<AtomicUsize>,
     total: Arc<AtomicUsize>,
+    seen: Seen,
 ) {
     loop {
         let Ok(head) = read_head(
@@ -199,6 +221,7 @@ async fn serve_conn(
             }
             open.fetch_add(1, Ordering::SeqCst);
             total.fetch_add(1, Ordering::SeqCst);
+            seen.record();
             let extra = head.buf[head.len..].to_vec();
             let mut ws = WebSocket::after_handshake(Prefixed::new(s, extra), Role::Server);
             ws.set_auto_close(true);
@@ -251,6 +274,7 @@ async fn serve_conn(
                 ("503 Service Unavailable", "{\"ready\":false}".to_string())
             }
         } else {
+            seen.record();
             (
                 "200 OK",
                 serde_json::json!({"node": &*name, "path": path, "xff": xff}).to_string(),
