@@ -57,23 +57,22 @@ impl SourceAddresses {
     }
 }
 
-/// Binds `socket` to `source` with the port left for `connect` to choose.
+/// Binds `socket` to `source` with the port left for `connect` to choose. (The option is an
+/// `IPPROTO_IP` one, and Linux honours it on IPv6 sockets too, as pingora relies on.)
 pub fn bind_source(socket: &Socket, source: IpAddr) -> io::Result<()> {
-    if source.is_ipv4() {
-        let one: libc::c_int = 1;
-        // SAFETY: a valid fd, a pointer to a c_int of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                std::ptr::from_ref(&one).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    let one: libc::c_int = 1;
+    // SAFETY: a valid fd, a pointer to a c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            std::ptr::from_ref(&one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
     socket.bind(&SocketAddr::new(source, 0).into())
 }
