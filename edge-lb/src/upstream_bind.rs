@@ -4,8 +4,8 @@
 //! own, taken from the ephemeral range (Linux's default 32768–60999: 28 232 ports). Linux
 //! gives `connect` the even ports first; once they are all held — about 14 000 tunnels to
 //! one backend from one address — each further `connect` walks the whole even half before
-//! it finds an odd port, and costs ~1.1 ms of CPU instead of ~20 µs (measured on the dev VM,
-//! docs/edge-lb.md, "Source addresses"). At 1 500 WebSocket setups a second that walk alone
+//! it finds an odd port, and costs ~1.2 ms of CPU instead of ~15 µs (measured on the dev VM
+//! by `edge-lb/bench/connect-knee.py`, docs/edge-lb.md, "Source addresses"). At 1 500 WebSocket setups a second that walk alone
 //! takes more than the two cores of a small box, and past the whole range connects fail.
 //!
 //! Each configured source address gives every backend a port space of its own, so the

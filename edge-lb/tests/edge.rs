@@ -782,7 +782,8 @@ async fn connections_to_backends_leave_from_the_source_addresses_in_turn() {
             .unwrap();
         assert_eq!(status, 200);
     }
-    // HTTP connections (pooled, so maybe fewer than the requests) leave from them too.
+    // HTTP requests come from them too (the backend records each request's peer; a pooled
+    // connection keeps the source it was opened from).
     let peers = bs[0].peers.lock().unwrap().clone();
     assert_eq!(peers.len(), 8, "{peers:?}");
     assert!(
