@@ -41,6 +41,14 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: quiz_core::Config) -> anyhow::Result<()> {
+    // The kernel's descriptor table grown once, at start, to what the connection limit needs
+    // (one socket per connection, room for Redis, Kafka and the listener): grown during a
+    // join ramp instead, each doubling would stop every runtime thread for an RCU grace
+    // period (9–15 ms each here; the `descriptors` crate). A failure costs only those stalls.
+    let wanted = config.max_connections as u64 + 1024;
+    if let Err(e) = descriptors::reserve_table(wanted) {
+        tracing::warn!("descriptor table not grown up front ({wanted} wanted): {e}");
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let shutdown = quiz_core::Shutdown::on_signals_after(std::time::Duration::from_millis(
         config.shutdown_drain_ms,

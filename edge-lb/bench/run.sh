@@ -7,8 +7,9 @@
 #   edge-lb/bench/run.sh [CONNS] [MSGS] [RUNS]     (defaults 5000 20 3)
 #
 # Before/after comparisons in the same runs: EDGE_LB_BINS="A=/path/to/old B=/path/to/new"
-# measures each edge-lb binary in every run (fresh process each), in an order that rotates from
-# run to run (A B, B A, ...), beside the same HAProxy and anchor; labels are `edge-lb-A#run`.
+# measures each edge-lb binary in every run (fresh process each) beside the same HAProxy and
+# anchor, in an order that rotates from run to run (haproxy A B, A B haproxy, B haproxy A, ...);
+# labels are `edge-lb-A#run`.
 # A binary may name its own configuration: "A=/path/to/edge-lb@/path/to/conf.yaml".
 # HAPROXY_CFG=... runs HAProxy with another configuration (e.g. with `option splice-auto`).
 #
@@ -33,15 +34,23 @@ sleep 1
 for run in $(seq 1 "$RUNS"); do
   "$BIN/edge-lb-bench" ws --label "direct#$run" --target 127.0.0.1:28101,127.0.0.1:28102,127.0.0.1:28103 \
       --conns "$CONNS" --msgs "$MSGS" --max-seconds 300 --backends-pid "$BACKENDS"
-  haproxy -db -f "$HAPROXY_CFG" >/tmp/haproxy-bench.log 2>&1 &
-  HAPROXY=$!; PIDS+=($HAPROXY)
-  sleep 4   # 2 passing checks at 1 s
-  "$BIN/edge-lb-bench" ws --label "haproxy#$run" --target 127.0.0.1:28081 --pid "$HAPROXY" \
-      --conns "$CONNS" --msgs "$MSGS" --max-seconds 300 --backends-pid "$BACKENDS"
-  kill "$HAPROXY"; wait "$HAPROXY" 2>/dev/null || true
-  n=${#EDGES[@]}
+  # HAProxy and each edge-lb binary take turns going first (run 1: haproxy A B, run 2:
+  # A B haproxy, ...): whichever runs right after another proxy inherits its closed
+  # connections' TIME-WAIT entries and a warmer machine, so a fixed order would bias the ratio.
+  PROXIES=(haproxy "${EDGES[@]}")
+  n=${#PROXIES[@]}
   for i in $(seq 0 $((n - 1))); do
-    spec=${EDGES[$(((i + run - 1) % n))]}
+    spec=${PROXIES[$(((i + run - 1) % n))]}
+    if [[ $spec == haproxy ]]; then
+      haproxy -db -f "$HAPROXY_CFG" >/tmp/haproxy-bench.log 2>&1 &
+      HAPROXY=$!; PIDS+=($HAPROXY)
+      sleep 4   # 2 passing checks at 1 s
+      "$BIN/edge-lb-bench" ws --label "haproxy#$run" --target 127.0.0.1:28081 --pid "$HAPROXY" \
+          --conns "$CONNS" --msgs "$MSGS" --max-seconds 300 --backends-pid "$BACKENDS"
+      kill "$HAPROXY"; wait "$HAPROXY" 2>/dev/null || true
+      sleep 1
+      continue
+    fi
     name=${spec%%=*}; exe=${spec#*=}; conf=$ROOT/edge-lb/bench/edge-lb-bench.yaml
     if [[ $exe == *@* ]]; then conf=${exe#*@}; exe=${exe%%@*}; fi
     RUST_LOG=warn "$exe" -c "$conf" >/tmp/edge-lb-bench.log 2>&1 &

@@ -117,24 +117,6 @@ fn set_bind_no_port(sock: &socket2::Socket) -> io::Result<()> {
     }
 }
 
-/// Raise the soft open-file limit to the hard one (20 000 on this machine).
-pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a stack struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-    }
-    lim.rlim_cur
-}
-
 pub struct HttpResponse {
     pub status: u16,
     pub body: Vec<u8>,

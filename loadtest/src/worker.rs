@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::wall_us;
 use crate::metrics::{Metrics, WireMetrics};
-use crate::net::{http_request, raise_nofile_limit};
+use crate::net::http_request;
 use crate::plan::WorkerPlan;
 use crate::player::{player_share, run_player, Ctx};
 use crate::procmon::{sample_self, ProcSample};
@@ -251,7 +251,7 @@ pub fn worker_main(link: Link) -> anyhow::Result<()> {
 
 pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
     let target = Target::parse(&plan.target)?;
-    let nofile = raise_nofile_limit();
+    let nofile = descriptors::raise_limit();
     let planned = plan.players().count() as u64;
     if planned + 64 > nofile {
         anyhow::bail!(
@@ -259,6 +259,10 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
             plan.worker
         );
     }
+    // The kernel's descriptor table grown once now rather than doubling during the ramp,
+    // each doubling a stall of every thread (the `descriptors` crate); room for the
+    // verification requests' short connections beside the players'. Only a cost if it fails.
+    let _ = descriptors::reserve_table(planned + 1024);
     let ctx = Rc::new(Ctx::new(&plan, target));
     let worker = plan.worker;
 
