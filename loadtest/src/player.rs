@@ -13,6 +13,7 @@
 //! instant (see `metrics.rs`).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -83,7 +84,19 @@ pub struct Shared {
     /// stamp its leaderboard frames. A fixed ring per quiz: bounded, and a
     /// board older than the ring is simply not timed.
     lb_first: Vec<BoardRing>,
+    /// Per quiz: when a player of this worker first saw its `quiz_ended`. A
+    /// player still refused with `Retry-After` long after that gives up
+    /// (see [`REFUSED_PAST_THE_END`]).
+    ended_at: HashMap<usize, Instant>,
 }
+
+/// How long after its quiz ended a player refused with `Retry-After` (at
+/// the join or at the WebSocket) keeps trying. Its next try may still land
+/// and read the final state, so it is not cut off at the end; but without
+/// a bound a player the platform never lets in (a full node's
+/// `connection_limit`) would hold the whole run until its duration cap.
+/// 30 s: the longest hint honoured (`Retry-After` is clamped to 30 s).
+const REFUSED_PAST_THE_END: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct HotCounters {
@@ -196,6 +209,15 @@ impl Ctx {
 
     fn count(&self, name: &str) {
         self.shared.borrow_mut().m.count(name, 1);
+    }
+
+    /// A refusal with `Retry-After` came back: whether to stop trying, the
+    /// player's quiz having ended over [`REFUSED_PAST_THE_END`] ago.
+    fn refused_past_the_end(&self, quiz_idx: usize) -> bool {
+        let sh = self.shared.borrow();
+        sh.ended_at
+            .get(&quiz_idx)
+            .is_some_and(|at| at.elapsed() >= REFUSED_PAST_THE_END)
     }
 
     fn record(&self, h: H, us: u64) {
@@ -376,6 +398,14 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) -> PlayerRecord {
             // using up a reconnect attempt; the run's deadline bounds it.
             Err(NetError::Handshake(429 | 503, Some(s))) => {
                 ctx.count("ws_connect.retry_after");
+                if ctx.refused_past_the_end(quiz_idx) {
+                    ctx.count("error.ws_connect.refused_past_the_end");
+                    rec.failure = Some(format!(
+                        "WebSocket refused with Retry-After until {}s after its quiz ended",
+                        REFUSED_PAST_THE_END.as_secs()
+                    ));
+                    break;
+                }
                 let ms = s.clamp(1, 30) * 1000;
                 let jitter = (rng.f64() * (ms / 2) as f64) as u64;
                 Box::pin(tokio::time::sleep(Duration::from_millis(ms + jitter))).await;
@@ -532,6 +562,15 @@ async fn join(
                 let retry = matches!(r.status, 429 | 502 | 503 | 504);
                 if let (true, Some(s)) = (retry, r.retry_after_s) {
                     ctx.count("join.retry_after");
+                    if ctx.refused_past_the_end(quiz_idx) {
+                        ctx.count("error.join.refused_past_the_end");
+                        rec.failure = Some(format!(
+                            "join: HTTP {} with Retry-After until {}s after its quiz ended",
+                            r.status,
+                            REFUSED_PAST_THE_END.as_secs()
+                        ));
+                        return None;
+                    }
                     attempt -= 1;
                     let ms = s.clamp(1, 30) * 1000;
                     let jitter = player_share(ctx.seed, rec.index, 0x5e7 + u64::from(attempt));
@@ -829,6 +868,7 @@ fn on_frame(
         }
         "quiz_ended" => {
             sh.m.count("quiz_ended", 1);
+            sh.ended_at.entry(quiz_idx).or_insert_with(Instant::now);
             live.ended = true;
         }
         "error" => {

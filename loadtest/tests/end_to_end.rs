@@ -128,6 +128,35 @@ async fn refused_resend_falls_back_to_the_welcome_score() {
     assert!(r.counts.unacknowledged < 12, "{summary}");
 }
 
+/// A player the platform never lets in (each join refused with 429 and
+/// `Retry-After`) keeps trying while its quiz runs, then gives up 30 s
+/// after the quiz ended: the run fails naming it, instead of waiting for
+/// the duration cap (here 300 s) as it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_refused_past_the_end_fails_the_run_before_its_cap() {
+    let addr = support::start(Bug::FullAtFivePlayers).await;
+    let mut o = opts(addr.port(), "loadtest-e2e-refused");
+    o.duration_s = Some(300);
+    let (r, _) = run(o).await.unwrap();
+    let summary = loadtest::report::summary(&r);
+    assert!(!r.passed, "{summary}");
+    let count = |k: &str| r.counters.get(k).copied().unwrap_or(0);
+    // 12 players over 2 quizzes of room for 5: one refused in each.
+    assert_eq!(r.counts.joined, 10, "{summary}");
+    assert_eq!(
+        count("error.join.refused_past_the_end"),
+        2,
+        "{:?}",
+        r.counters
+    );
+    assert!(count("join.retry_after") > 2, "{:?}", r.counters);
+    assert!(
+        r.elapsed_s < 200.0,
+        "the run waited for its cap: {} s",
+        r.elapsed_s
+    );
+}
+
 #[tokio::test]
 async fn non_loopback_target_is_refused_before_any_traffic() {
     let mut o = opts(80, "loadtest-e2e-refuse");

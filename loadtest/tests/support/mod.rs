@@ -29,6 +29,10 @@ pub enum Bug {
     /// [`Bug::LosesAck`], and a re-send is refused with `not_open` (an
     /// older core, once the question was no longer open to it).
     LosesAckRefusesResend,
+    /// Not a lie, a full node: a quiz takes five players, and every later
+    /// join is refused with 429 and `Retry-After: 1` each time it is tried
+    /// (core's `connection_limit` on a node that stays full).
+    FullAtFivePlayers,
 }
 
 fn now_ms() -> u64 {
@@ -114,9 +118,19 @@ fn rank(quiz: &Quiz, score: u64) -> usize {
 }
 
 async fn respond(s: &mut TcpStream, status: u16, body: Value) -> std::io::Result<()> {
+    respond_with(s, status, "", body).await
+}
+
+/// [`respond`] with extra header lines (each ending in `\r\n`).
+async fn respond_with(
+    s: &mut TcpStream,
+    status: u16,
+    headers: &str,
+    body: Value,
+) -> std::io::Result<()> {
     let b = body.to_string();
     let head = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
         b.len()
     );
     s.write_all(head.as_bytes()).await?;
@@ -234,6 +248,7 @@ async fn conn(mut s: TcpStream, st: Shared, bug: Bug) -> std::io::Result<()> {
                 let mut g = st.lock().unwrap();
                 match g.quizzes.get_mut(*qid) {
                     None => None,
+                    Some(q) if bug == Bug::FullAtFivePlayers && q.players.len() == 5 => Some(None),
                     Some(q) => {
                         let pid = format!("p{}", q.players.len());
                         q.players.push(P {
@@ -244,12 +259,21 @@ async fn conn(mut s: TcpStream, st: Shared, bug: Bug) -> std::io::Result<()> {
                             lost_ack: false,
                             tx: None,
                         });
-                        Some(pid)
+                        Some(Some(pid))
                     }
                 }
             };
             match r {
-                Some(pid) => {
+                Some(None) => {
+                    respond_with(
+                        &mut s,
+                        429,
+                        "Retry-After: 1\r\n",
+                        json!({"error":{"code":"connection_limit","message":"node full"}}),
+                    )
+                    .await
+                }
+                Some(Some(pid)) => {
                     let token = format!("{qid}/{pid}+x=");
                     respond(&mut s, 201, json!({"player_id": pid, "player_token": token, "quiz": {}, "leaderboard": {}})).await
                 }
