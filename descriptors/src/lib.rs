@@ -12,33 +12,17 @@
 //! waited (docs/performance.md, "edge-lb: the descriptor table grown at
 //! start"). The table never shrinks, so one growth at start, to the size
 //! the process's configuration allows, removes every later one.
+//!
+//! [`socket`]: the one socket option the proxy and the load generator both
+//! set on the sockets they bind to a source address.
+
+pub mod socket;
 
 use std::io;
 use std::os::fd::AsRawFd;
 
-/// Raise the soft open-file limit to the hard one, and return the soft
-/// limit in force afterwards (0 when it cannot be read). Raising is
-/// allowed without privilege; a failure leaves the old limit.
-pub fn raise_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a stack struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-    }
-    lim.rlim_cur
-}
-
-/// The soft open-file limit: the highest descriptor this process may hold,
-/// plus one.
-pub fn limit() -> io::Result<u64> {
+/// The open-file limits (soft and hard) in force.
+fn rlimit() -> io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -47,7 +31,35 @@ pub fn limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(lim.rlim_cur)
+    Ok(lim)
+}
+
+/// Set the soft open-file limit (at most the hard one).
+fn set_soft_limit(soft: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        ..rlimit()?
+    };
+    // SAFETY: a plain syscall on a stack struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Raise the soft open-file limit to the hard one, and return the soft
+/// limit in force afterwards (0 when it cannot be read). Raising is
+/// allowed without privilege; a failure leaves the old limit.
+pub fn raise_limit() -> u64 {
+    let Ok(lim) = rlimit() else { return 0 };
+    let _ = set_soft_limit(lim.rlim_max);
+    limit().unwrap_or(lim.rlim_cur)
+}
+
+/// The soft open-file limit: the highest descriptor this process may hold,
+/// plus one.
+pub fn limit() -> io::Result<u64> {
+    Ok(rlimit()?.rlim_cur)
 }
 
 /// Grow the kernel's descriptor table now so that it holds `wanted`
@@ -113,26 +125,13 @@ mod tests {
         // Past the limit: held to it. The soft limit is set to a small ceiling first, so a
         // machine whose limit is a billion does not build a table of 8 GB here.
         let ceiling = limit.min(8_192);
-        set_soft_limit(ceiling);
+        set_soft_limit(ceiling).expect("lower the soft limit");
         assert_eq!(reserve_table(u64::MAX).expect("past the limit"), ceiling);
         assert!(
             table_size() >= ceiling,
             "table {} < {ceiling}",
             table_size()
         );
-        set_soft_limit(limit);
-    }
-
-    fn set_soft_limit(soft: u64) {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: plain syscalls on a stack struct.
-        unsafe {
-            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-            lim.rlim_cur = soft;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-        }
+        set_soft_limit(limit).expect("restore the soft limit");
     }
 }

@@ -16,7 +16,6 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pingora_core::connectors::l4::BindTo;
@@ -57,23 +56,9 @@ impl SourceAddresses {
     }
 }
 
-/// Binds `socket` to `source` with the port left for `connect` to choose. (The option is an
-/// `IPPROTO_IP` one, and Linux honours it on IPv6 sockets too, as pingora relies on.)
+/// Binds `socket` to `source` with the port left for `connect` to choose.
 pub fn bind_source(socket: &Socket, source: IpAddr) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: a valid fd, a pointer to a c_int of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            std::ptr::from_ref(&one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    descriptors::socket::leave_port_to_connect(socket)?;
     socket.bind(&SocketAddr::new(source, 0).into())
 }
 

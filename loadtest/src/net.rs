@@ -88,7 +88,7 @@ pub async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpSt
     if let Some(src) = source {
         ensure_loopback(src).map_err(|e| NetError::Refused(e.to_string()))?;
         if src.is_ipv4() == target.is_ipv4() {
-            set_bind_no_port(&sock).map_err(NetError::Connect)?;
+            descriptors::socket::leave_port_to_connect(&sock).map_err(NetError::Connect)?;
             sock.bind(&SocketAddr::new(src, 0).into())
                 .map_err(NetError::Connect)?;
         }
@@ -96,25 +96,6 @@ pub async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpSt
     let std_stream: std::net::TcpStream = sock.into();
     let socket = TcpSocket::from_std_stream(std_stream);
     socket.connect(target).await.map_err(NetError::Connect)
-}
-
-fn set_bind_no_port(sock: &socket2::Socket) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: a valid fd, a pointer to a c_int of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 pub struct HttpResponse {
