@@ -35,6 +35,14 @@ pub enum Bug {
     FullAtFivePlayers,
 }
 
+/// What a join request meets.
+enum Join {
+    NoQuiz,
+    /// [`Bug::FullAtFivePlayers`]: the quiz has no room left.
+    Full,
+    Joined(String),
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -247,8 +255,8 @@ async fn conn(mut s: TcpStream, st: Shared, bug: Bug) -> std::io::Result<()> {
             let r = {
                 let mut g = st.lock().unwrap();
                 match g.quizzes.get_mut(*qid) {
-                    None => None,
-                    Some(q) if bug == Bug::FullAtFivePlayers && q.players.len() == 5 => Some(None),
+                    None => Join::NoQuiz,
+                    Some(q) if bug == Bug::FullAtFivePlayers && q.players.len() == 5 => Join::Full,
                     Some(q) => {
                         let pid = format!("p{}", q.players.len());
                         q.players.push(P {
@@ -259,12 +267,12 @@ async fn conn(mut s: TcpStream, st: Shared, bug: Bug) -> std::io::Result<()> {
                             lost_ack: false,
                             tx: None,
                         });
-                        Some(Some(pid))
+                        Join::Joined(pid)
                     }
                 }
             };
             match r {
-                Some(None) => {
+                Join::Full => {
                     respond_with(
                         &mut s,
                         429,
@@ -273,11 +281,11 @@ async fn conn(mut s: TcpStream, st: Shared, bug: Bug) -> std::io::Result<()> {
                     )
                     .await
                 }
-                Some(Some(pid)) => {
+                Join::Joined(pid) => {
                     let token = format!("{qid}/{pid}+x=");
                     respond(&mut s, 201, json!({"player_id": pid, "player_token": token, "quiz": {}, "leaderboard": {}})).await
                 }
-                None => {
+                Join::NoQuiz => {
                     respond(
                         &mut s,
                         404,
