@@ -24,12 +24,17 @@ use serde::{Deserialize, Serialize};
 use crate::scenario::CrossCheck;
 
 /// What the tool was told about one answer it sent.
+///
+/// This and [`AnswerRec`] are kept for every answer of every player for the
+/// whole run, so their fields are as narrow as the contract allows (a
+/// question's points and time limit fit in 32 bits; a value past that
+/// saturates, and the checks then flag it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ResultRec {
     pub accepted: bool,
-    pub reason: Option<String>,
+    pub reason: Option<Box<str>>,
     pub correct: bool,
-    pub points: u64,
+    pub points: u32,
     pub score: u64,
     /// Wall clock, µs, when the `answer_result` arrived.
     pub at_us: u64,
@@ -44,8 +49,8 @@ pub struct AnswerRec {
     pub sent_us: u64,
     /// Server `opens_at_ms` of the question.
     pub opens_at_ms: u64,
-    pub time_limit_ms: u64,
-    pub max_points: u64,
+    pub time_limit_ms: u32,
+    pub max_points: u32,
     pub result: Option<ResultRec>,
     /// The ack was lost with a connection; its points were inferred from the
     /// score in the next `welcome`.
@@ -83,7 +88,6 @@ pub struct PlayerRecord {
     pub index: u64,
     pub quiz: u32,
     pub player_id: String,
-    pub nickname: String,
     pub answers: Vec<AnswerRec>,
     /// Points attributed to answers whose ack was lost (from `welcome.score`).
     pub inferred_points: u64,
@@ -107,7 +111,7 @@ impl PlayerRecord {
         self.answers
             .iter()
             .filter_map(AnswerRec::acked)
-            .map(|r| r.points)
+            .map(|r| u64::from(r.points))
             .sum::<u64>()
             + self.inferred_points
     }
@@ -136,7 +140,10 @@ impl PlayerRecord {
         let open: Vec<usize> = (0..self.answers.len())
             .filter(|&i| self.answers[i].is_open())
             .collect();
-        let room: u64 = open.iter().map(|&i| self.answers[i].max_points).sum();
+        let room: u64 = open
+            .iter()
+            .map(|&i| u64::from(self.answers[i].max_points))
+            .sum();
         if server <= acked || open.is_empty() || server - acked > room {
             return false;
         }
@@ -260,9 +267,10 @@ pub fn check_player(
                 // monotone, so the points lie in [f(t_hi), f(t_lo)].
                 let t_lo = (a.sent_us / 1000).saturating_sub(a.opens_at_ms + 5);
                 let t_hi = (r.at_us / 1000 + 5).saturating_sub(a.opens_at_ms);
-                let hi = expected_points(a.max_points, a.time_limit_ms, t_lo) + 1;
-                let lo = expected_points(a.max_points, a.time_limit_ms, t_hi).saturating_sub(1);
-                if r.points < lo || r.points > hi {
+                let (max, limit) = (u64::from(a.max_points), u64::from(a.time_limit_ms));
+                let hi = expected_points(max, limit, t_lo) + 1;
+                let lo = expected_points(max, limit, t_hi).saturating_sub(1);
+                if u64::from(r.points) < lo || u64::from(r.points) > hi {
                     let m = mm(
                         "points_rule",
                         quiz_id,
@@ -445,7 +453,7 @@ pub fn check_leaderboard(
 mod tests {
     use super::*;
 
-    fn ans(q: u32, correct: bool, points: u64, score: u64) -> AnswerRec {
+    fn ans(q: u32, correct: bool, points: u32, score: u64) -> AnswerRec {
         AnswerRec {
             question_id: q,
             intended_correct: correct,
@@ -468,7 +476,6 @@ mod tests {
     fn player() -> PlayerRecord {
         PlayerRecord {
             player_id: "p1".into(),
-            nickname: "n1".into(),
             answers: vec![ans(0, true, 1000, 1000), ans(1, false, 0, 1000)],
             server_score: Some(1000),
             ended: true,
