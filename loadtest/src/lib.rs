@@ -20,7 +20,8 @@
 //!   to a coordinator on another host).
 //! - [`plan`]: the [`plan::WorkerPlan`] the coordinator hands a worker.
 //! - [`player`]: one simulated player (join, WebSocket, answers, record); the
-//!   hot path.
+//!   hot path, driven by the hub and the timers without a task of its own.
+//! - [`timers`]: one timer heap per worker for every player's plans.
 //! - [`net`]: TCP from a chosen source address (IP_BIND_ADDRESS_NO_PORT), a
 //!   minimal HTTP/1.1 client and a minimal WebSocket client whose sockets a
 //!   per-worker hub reads (one epoll; boards handled without waking the
@@ -52,5 +53,6 @@ pub mod result;
 pub mod scenario;
 pub mod target;
 pub mod thresholds;
+pub mod timers;
 pub mod verify;
 pub mod worker;

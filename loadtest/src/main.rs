@@ -137,6 +137,14 @@ enum Cmd {
     },
 }
 
+/// jemalloc rather than glibc's malloc, for the workers' memory: a player's
+/// join and connect allocate and free a few KB while the long-lived state
+/// of the players connected before it sits beside; glibc kept those holes
+/// (2.4–5 MB at 10 000 players), jemalloc's size classes keep the two
+/// apart (docs/loadtest.md, *Session of 2026-12-04, 20:31–22:10 UTC*).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit status: 0 passed, 1 the run failed its checks, 2 it could not run
 /// (bad scenario, refused or unreachable target, ...).
 fn main() -> std::process::ExitCode {

@@ -55,9 +55,11 @@ pub struct AnswerRec {
     /// The ack was lost with a connection; its points were inferred from the
     /// score in the next `welcome`.
     pub inferred: bool,
-    /// The option sent (the tool sends one), for a re-send.
+    /// The option sent (the tool sends one), for a re-send. A byte: a
+    /// scenario has 2–6 options, and with it the record is 72 bytes, not 80
+    /// (five of them fit a 384-byte allocation instead of a 448-byte one).
     #[serde(default)]
-    pub choice: u32,
+    pub choice: u8,
     /// Sent again, identical, after a reconnect because its `answer_result`
     /// never came (the client rule of CONTRACT.md): a `duplicate` result is
     /// then the acknowledgement of this answer (see [`AnswerRec::acked`]).

@@ -29,7 +29,7 @@ use crate::clock::wall_us;
 use crate::metrics::WireMetrics;
 use crate::net::http_request;
 use crate::plan::WorkerPlan;
-use crate::player::{player_share, run_player, Ctx};
+use crate::player::{player_share, run_timers, start_players, Ctx};
 use crate::procmon::{sample_self, ProcSample};
 use crate::protocol::PlayerView;
 use crate::target::{AllowList, Target};
@@ -292,21 +292,17 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
         }
     });
 
-    let handles: Vec<_> = plan
-        .players()
-        .map(|i| tokio::task::spawn_local(run_player(ctx.clone(), i)))
-        .collect();
-    let mut records = Vec::with_capacity(handles.len());
-    for (i, h) in handles.into_iter().enumerate() {
-        match h.await {
-            Ok(r) => records.push(r),
-            Err(e) => eprintln!("worker {worker}: player task failed: {e}"),
-        }
-        if i % 1024 == 1023 {
-            release_freed_memory();
-        }
+    let timers = tokio::task::spawn_local(run_timers(ctx.clone()));
+    tokio::task::spawn_local(start_players(ctx.clone(), plan.players().collect()));
+    // Players hand in their records as they end (they have no task to
+    // await); each one's state is freed as it does.
+    while ctx.finished.borrow().len() < planned as usize {
+        ctx.player_done.notified().await;
     }
-    release_freed_memory();
+    timers.abort();
+    ctx.drop_timers();
+    let mut records = std::mem::take(&mut *ctx.finished.borrow_mut());
+    records.sort_unstable_by_key(|r| r.index);
     {
         // Close the steady phase here if the ticker has not yet: when every
         // player ends within the same second and verification is quick, the
@@ -483,19 +479,4 @@ fn flush_progress(ctx: &Ctx, worker: u64) {
         done,
         metrics,
     });
-}
-
-/// Give the pages of freed allocations back to the kernel. When the players
-/// end, their tasks (~1.5 KB each) are freed all at once and the allocator
-/// keeps that memory, then the collected records and the verification need
-/// fresh memory on top: the run's peak. Released in steps while the records
-/// are collected, the peak stays that of the steady phase. glibc only
-/// (elsewhere a no-op).
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory of the allocator's own
-    // arenas to the kernel; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
