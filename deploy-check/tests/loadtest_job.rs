@@ -207,6 +207,11 @@ fn loadtest_image_ships_the_scenarios() {
     assert!(copies
         .iter()
         .any(|c| c == "loadtest/scenarios /usr/share/quiz/scenarios"));
+    // `loadtest run` spawns its workers from the binary next to it.
+    assert!(runs.contains("--bin loadtest-worker"));
+    assert!(copies
+        .iter()
+        .any(|c| c.ends_with(" /usr/local/bin/loadtest-worker")));
     for c in &copies {
         if let Some(srcs) = dockerfile::copy_sources(c) {
             for s in srcs {

@@ -21,8 +21,9 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p loadtest --bin loadtest \
- && install -D -m 0755 target/release/loadtest /out/loadtest
+    cargo build --release --locked -p loadtest --bin loadtest --bin loadtest-worker \
+ && install -D -m 0755 target/release/loadtest /out/loadtest \
+ && install -D -m 0755 target/release/loadtest-worker /out/loadtest-worker
 
 # ---- runtime ----------------------------------------------------------------------------
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
@@ -34,6 +35,8 @@ RUN apt-get update \
  && groupadd --system --gid 10001 quiz \
  && useradd --system --uid 10001 --gid quiz --home-dir /nonexistent --shell /usr/sbin/nologin quiz
 COPY --from=build /out/loadtest /usr/local/bin/loadtest
+# The worker alone, which `loadtest run` spawns from next to itself.
+COPY --from=build /out/loadtest-worker /usr/local/bin/loadtest-worker
 COPY loadtest/scenarios /usr/share/quiz/scenarios
 COPY deploy/docker/entrypoint.sh /usr/local/bin/quiz-entrypoint
 WORKDIR /tmp

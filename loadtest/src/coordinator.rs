@@ -439,6 +439,15 @@ pub(crate) async fn forward_lines<R: AsyncRead + Unpin>(
     let _ = tx.send((w, None));
 }
 
+/// `loadtest-worker` next to this binary (the worker alone, ~4 MB less of
+/// mapped code in every worker: `src/worker_bin.rs`), else this binary, whose
+/// `worker` command is the same.
+fn worker_executable() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locating the loadtest binary")?;
+    let alone = me.with_file_name("loadtest-worker");
+    Ok(if alone.is_file() { alone } else { me })
+}
+
 /// Start the workers, each with its plan on stdin; their output arrives on
 /// the returned channel ([`forward_lines`]).
 async fn spawn_workers(
@@ -447,7 +456,7 @@ async fn spawn_workers(
 ) -> anyhow::Result<(Vec<Child>, mpsc::UnboundedReceiver<FromWorker>)> {
     let exe = match &opts.worker_exe {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("locating the loadtest binary")?,
+        None => worker_executable()?,
     };
     let (tx, rx) = mpsc::unbounded_channel::<FromWorker>();
     let mut children = Vec::new();

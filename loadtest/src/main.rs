@@ -97,34 +97,13 @@ struct RunArgs {
     worker_wait: u64,
 }
 
-#[derive(clap::Args)]
-struct WorkerArgs {
-    /// Connect to a coordinator's --listen-workers address (a worker on
-    /// another host); without it: plan on stdin, JSON lines on stdout.
-    #[arg(long, value_name = "HOST:PORT")]
-    connect: Option<String>,
-    /// Source address of the link to the coordinator.
-    #[arg(long, value_name = "IP")]
-    bind: Option<std::net::IpAddr>,
-    /// Seconds to keep trying to reach the coordinator.
-    #[arg(long, default_value_t = 60, value_name = "S")]
-    connect_wait: u64,
-    /// Seconds the link may stay silent before the plan arrives.
-    #[arg(long, default_value_t = 600, value_name = "S")]
-    plan_wait: u64,
-    /// This worker's consent to a target (and coordinator) outside loopback,
-    /// e.g. 10.1.2.0/24 (repeatable).
-    #[arg(long = "allow-target", value_name = "CIDR")]
-    allow_targets: Vec<String>,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a scenario: create quizzes, spawn workers, drive, verify, report.
     Run(Box<RunArgs>),
     /// A worker: spawned by `run` (plan on stdin, JSON lines on stdout), or
     /// on another host with --connect COORDINATOR.
-    Worker(WorkerArgs),
+    Worker(loadtest::worker::WorkerArgs),
     /// Put two or more result files side by side, with ratios to the first.
     Compare {
         #[arg(required = true, num_args = 2..)]
@@ -160,14 +139,7 @@ fn main() -> std::process::ExitCode {
 fn real_main() -> anyhow::Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
     match Cli::parse().cmd {
-        Cmd::Worker(w) => loadtest::worker::worker_main(loadtest::worker::Link {
-            connect: w.connect,
-            bind: w.bind,
-            connect_wait: std::time::Duration::from_secs(w.connect_wait),
-            plan_wait: std::time::Duration::from_secs(w.plan_wait),
-            allow_targets: w.allow_targets,
-        })
-        .map(|_| ok),
+        Cmd::Worker(w) => loadtest::worker::worker_main(w.into_link()).map(|_| ok),
         Cmd::Check { scenarios } => {
             for p in scenarios {
                 let s = loadtest::scenario::Scenario::load(&p)?;

@@ -136,6 +136,40 @@ fn emit(msg: &WorkerMsg) {
 
 /// How a worker reaches its coordinator (`loadtest worker` options).
 #[derive(Debug, Clone, Default)]
+/// The worker's command line (`loadtest worker`, `loadtest-worker worker`).
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// Connect to a coordinator's --listen-workers address (a worker on
+    /// another host); without it: plan on stdin, JSON lines on stdout.
+    #[arg(long, value_name = "HOST:PORT")]
+    connect: Option<String>,
+    /// Source address of the link to the coordinator.
+    #[arg(long, value_name = "IP")]
+    bind: Option<std::net::IpAddr>,
+    /// Seconds to keep trying to reach the coordinator.
+    #[arg(long, default_value_t = 60, value_name = "S")]
+    connect_wait: u64,
+    /// Seconds the link may stay silent before the plan arrives.
+    #[arg(long, default_value_t = 600, value_name = "S")]
+    plan_wait: u64,
+    /// This worker's consent to a target (and coordinator) outside loopback,
+    /// e.g. 10.1.2.0/24 (repeatable).
+    #[arg(long = "allow-target", value_name = "CIDR")]
+    allow_targets: Vec<String>,
+}
+
+impl WorkerArgs {
+    pub fn into_link(self) -> Link {
+        Link {
+            connect: self.connect,
+            bind: self.bind,
+            connect_wait: Duration::from_secs(self.connect_wait),
+            plan_wait: Duration::from_secs(self.plan_wait),
+            allow_targets: self.allow_targets,
+        }
+    }
+}
+
 pub struct Link {
     /// `HOST:PORT` of the coordinator's `--listen-workers`; None: stdin and
     /// stdout (a worker the coordinator spawned).

@@ -15,7 +15,9 @@ fn opts(port: u16, out: &str) -> RunOptions {
         players: Some(12),
         duration_s: Some(40),
         out_dir: std::env::temp_dir().join(out),
-        worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_loadtest"))),
+        // The worker alone, as `loadtest run` spawns it when built (the
+        // remote-worker tests run the whole tool's `worker` command).
+        worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_loadtest-worker"))),
         quiet: true,
         seed: 7,
         ..Default::default()
