@@ -3,10 +3,11 @@
 //!
 //! Why a binary of its own: a worker's memory is what the generator's cost
 //! per player is judged by, and a worker running the whole tool's
-//! executable mapped ~6.5 MB of its code and libraries (the coordinator,
-//! the MongoDB client, the report renderer beside the worker's own code on
-//! the same pages); this one maps ~2.5 MB (docs/loadtest.md, *Session of
-//! 2026-12-04, 20:31–22:10 UTC*). `loadtest run` spawns it when it sits
+//! executable had 8.2 MB of file-backed pages at 10 000 players (the
+//! coordinator, the MongoDB client and the report renderer beside the
+//! worker's own code on the same pages); this one has 4.0 MB, libc and the
+//! loader included (docs/loadtest.md, *Session of 2026-12-04, 20:31–22:10
+//! UTC*). `loadtest run` spawns it when it sits
 //! next to `loadtest` (both are built together), else its own `worker`
 //! command.
 
