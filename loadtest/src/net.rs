@@ -153,14 +153,17 @@ async fn http_request_inner(
     let mut out = req.into_bytes();
     out.extend_from_slice(body);
     stream.write_all(&out).await?;
+    // Read straight into the heap buffers, never through an array on the
+    // stack: an array held across an `.await` is part of the future, so of
+    // every joining player's task (8.8 KB with the three arrays this had;
+    // through edge-lb hundreds of joins are in flight at once during a ramp).
     let mut buf = Vec::with_capacity(1024);
     let (status, header_end, headers) = loop {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
+        buf.reserve(1024);
+        let n = stream.read_buf(&mut buf).await?;
         if n == 0 {
             return Err(NetError::Http("connection closed before headers".into()));
         }
-        buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = find(&buf, b"\r\n\r\n") {
             let head = std::str::from_utf8(&buf[..end])
                 .map_err(|_| NetError::Http("non-UTF-8 headers".into()))?;
@@ -171,7 +174,8 @@ async fn http_request_inner(
             return Err(NetError::Http("headers too large".into()));
         }
     };
-    let content_length = header_value(&headers, "content-length").and_then(|v| v.parse().ok());
+    let content_length =
+        header_value(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
     let retry_after_s = header_value(&headers, "retry-after").and_then(|v| v.parse().ok());
     let chunked = header_value(&headers, "transfer-encoding")
         .map(|v| v.contains("chunked"))
@@ -181,13 +185,12 @@ async fn http_request_inner(
         if len > MAX_BODY {
             return Err(NetError::Http("body too large".into()));
         }
+        rest.reserve(len.saturating_sub(rest.len()));
         while rest.len() < len {
-            let mut chunk = [0u8; 8192];
-            let n = stream.read(&mut chunk).await?;
+            let n = stream.read_buf(&mut rest).await?;
             if n == 0 {
                 return Err(NetError::Http("body truncated".into()));
             }
-            rest.extend_from_slice(&chunk[..n]);
         }
         rest.truncate(len);
         // Let the server close first (it was asked to), so the TIME_WAIT
@@ -205,12 +208,11 @@ async fn http_request_inner(
     }
     // No length: read to EOF (Connection: close), then de-chunk if needed.
     loop {
-        let mut chunk = [0u8; 8192];
-        let n = stream.read(&mut chunk).await?;
+        rest.reserve(8192);
+        let n = stream.read_buf(&mut rest).await?;
         if n == 0 {
             break;
         }
-        rest.extend_from_slice(&chunk[..n]);
         if rest.len() > MAX_BODY {
             return Err(NetError::Http("body too large".into()));
         }
@@ -332,14 +334,15 @@ pub async fn ws_connect(
             target.host_header()
         );
         stream.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::with_capacity(512);
+        // Into the heap buffer, not through an array in the future (see
+        // `http_request_inner`).
+        let mut buf = Vec::with_capacity(1024);
         loop {
-            let mut chunk = [0u8; 2048];
-            let n = stream.read(&mut chunk).await?;
+            buf.reserve(1024);
+            let n = stream.read_buf(&mut buf).await?;
             if n == 0 {
                 return Err(NetError::Http("closed during WebSocket handshake".into()));
             }
-            buf.extend_from_slice(&chunk[..n]);
             if let Some(end) = find(&buf, b"\r\n\r\n") {
                 let head = std::str::from_utf8(&buf[..end])
                     .map_err(|_| NetError::Http("non-UTF-8 headers".into()))?;
@@ -495,6 +498,15 @@ enum ReadEnd {
     Eof,
     Io(io::ErrorKind),
     Protocol(&'static str),
+}
+
+/// Room for `n` connections in this thread's hub, made before they come.
+pub fn reserve_connections(n: usize) -> io::Result<()> {
+    let hub = Hub::current()?;
+    let mut slots = hub.slots.borrow_mut();
+    let more = n.saturating_sub(slots.entries.len());
+    slots.entries.reserve_exact(more);
+    Ok(())
 }
 
 impl Hub {
@@ -1076,6 +1088,20 @@ impl WsConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joining_players_futures_stay_small() {
+        // Part of the task of every player joining or connecting, hundreds
+        // at once through edge-lb during a ramp: no read buffer on the
+        // stack across an `.await` (they were 8.8 KB and 2.4 KB).
+        let t = Target::parse("http://127.0.0.1:1").unwrap();
+        let join = http_request(&t, None, "POST", "/", &[], None, Duration::from_secs(1));
+        let ws = ws_connect(&t, None, "/", 1, Duration::from_secs(1));
+        let (join, ws) = (std::mem::size_of_val(&join), std::mem::size_of_val(&ws));
+        eprintln!("futures: http_request {join} bytes, ws_connect {ws} bytes");
+        assert!(join <= 1536, "http_request's future is {join} bytes");
+        assert!(ws <= 1024, "ws_connect's future is {ws} bytes");
+    }
 
     #[test]
     fn parses_frame_headers() {

@@ -16,14 +16,16 @@
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::rc::Rc;
+use std::num::NonZeroU64;
+use std::panic::AssertUnwindSafe;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::clock::wall_us;
-use crate::metrics::{Metrics, WireMetrics, H};
+use crate::metrics::{IntervalMetrics, WireMetrics, H};
 use crate::net::{http_request, ws_connect, FastPath, NetError, ReadState, WsConn};
 use crate::plan::WorkerPlan;
 use crate::protocol::{
@@ -73,7 +75,7 @@ pub fn player_share(seed: u64, index: u64, salt: u64) -> f64 {
 /// Gauges and the current interval's metrics of one worker.
 #[derive(Default)]
 pub struct Shared {
-    pub m: Metrics,
+    pub m: IntervalMetrics,
     pub connected: u64,
     pub max_connected: u64,
     pub joined: u64,
@@ -168,8 +170,12 @@ pub struct Ctx {
     pub deadline_wall_us: u64,
     pub seed: u64,
     pub shared: RefCell<Shared>,
-    /// Every player's planned answer, drop and leave, and the run's end.
+    /// Every player's planned answer, drop and leave.
     timers: Timers<Player>,
+    /// Every player that has connected, for the run's deadline: one word
+    /// each, where a timer entry per player for the same instant was two
+    /// (and a heap twice the size).
+    roster: RefCell<Vec<Weak<Player>>>,
     /// Records of the players that are done, for the worker. Boxed: a
     /// record moves here as a pointer, from the memory it had all along,
     /// not into fresh memory at the end of the run (the memory's peak).
@@ -193,7 +199,8 @@ impl Ctx {
             deadline_wall_us: plan.deadline_wall_us,
             seed: plan.seed,
             shared: RefCell::new(Shared::default()),
-            timers: Timers::default(),
+            timers: Timers::with_capacity(plan.players().count()),
+            roster: RefCell::new(Vec::with_capacity(plan.players().count())),
             // Every record has its place from the start: growing by doubling
             // would copy them all at the end of the run.
             finished: RefCell::new(Vec::with_capacity(plan.players().count())),
@@ -245,6 +252,7 @@ impl Ctx {
     /// At the end of the run: the timers' entries hold their players.
     pub fn drop_timers(&self) {
         self.timers.clear();
+        self.roster.borrow_mut().clear();
     }
 
     fn count(&self, name: &str) {
@@ -292,13 +300,19 @@ struct Pending {
 #[derive(Default)]
 struct Live {
     pending: Option<Pending>,
-    drop_at_us: Option<u64>,
+    /// Wall µs; never 0, so `NonZeroU64`: each option is one word, not
+    /// two (with them the state fits 160 bytes rather than 192).
+    drop_at_us: Option<NonZeroU64>,
     /// Wall time to leave (`[[stages]]` ramp down), if this player leaves.
-    leave_at_us: Option<u64>,
+    leave_at_us: Option<NonZeroU64>,
     storm_done: bool,
-    decided: Vec<u32>,
-    /// Scheduled (due) time of each sent answer, parallel to `rec.answers`.
-    due: Vec<u64>,
+    /// Questions are decided (answer or not) once, in the order they come:
+    /// every question whose index is below this one is decided. The
+    /// contract opens a quiz's questions in index order, to every player in
+    /// live mode and to each player in self-paced mode, and a welcome
+    /// carries the one open now; so one number does what a list of decided
+    /// ids did, without an allocation per player.
+    decided_below: u32,
     ended: bool,
     results: u32,
     /// Questions this player chose not to answer (`share_answering`): in
@@ -321,8 +335,8 @@ impl Live {
     fn next_timer_us(&self) -> Option<u64> {
         [
             self.pending.as_ref().map(|p| p.due_us),
-            self.drop_at_us,
-            self.leave_at_us,
+            self.drop_at_us.map(NonZeroU64::get),
+            self.leave_at_us.map(NonZeroU64::get),
         ]
         .into_iter()
         .flatten()
@@ -363,13 +377,15 @@ pub struct Player {
     /// The hub handed it a message other than a board: act on it once the
     /// hub is done with the connection's event (`after_event`).
     busy: Cell<bool>,
+    /// One of its callbacks panicked ([`Player::panicked`]).
+    broken: Cell<bool>,
     /// The time of the timer entry its plans wait for (wall µs; MAX: none).
     armed_us: Cell<u64>,
-    /// The run's deadline has its timer entry for this player.
-    deadline_armed: Cell<bool>,
-    /// Boxed, and `None` once the player is done: the deadline's timer
-    /// entry keeps the `Player` itself until the end of the run, not the
-    /// state (the record moves to the worker).
+    /// On the worker's roster (for the run's deadline).
+    on_roster: Cell<bool>,
+    /// Boxed, and `None` once the player is done: a stale timer entry or
+    /// the roster's weak reference keeps the `Player`'s own bytes until the
+    /// end of the run, not the state (the record moves to the worker).
     st: RefCell<Option<Box<State>>>,
 }
 
@@ -399,30 +415,41 @@ struct State {
 /// nothing but its index here.
 pub async fn start_players(ctx: Rc<Ctx>, players: Vec<u64>) {
     for index in players {
-        let at = ctx.at_wall(ctx.t0_wall_us + ctx.sc.join_offset_us(index));
-        tokio::time::sleep_until(at).await;
-        tokio::task::spawn_local(run_player(ctx.clone(), index));
+        let sched_us = ctx.t0_wall_us + ctx.sc.join_offset_us(index);
+        tokio::time::sleep_until(ctx.at_wall(sched_us)).await;
+        tokio::task::spawn_local(run_player(ctx.clone(), index, sched_us));
     }
 }
 
-/// The worker's timer loop: calls each player when what it planned is due.
+/// The worker's timer loop: calls each player when what it planned is due,
+/// and every connected player at the run's deadline (its session ends).
+/// One (re)connecting then sees the deadline itself ([`connect`]).
 pub async fn run_timers(ctx: Rc<Ctx>) {
+    let deadline = ctx.deadline_wall_us;
     ctx.timers
-        .run(|us| ctx.at_wall(us), |p: Rc<Player>, at| p.on_timer(at))
-        .await
+        .run_until(
+            deadline,
+            |us| ctx.at_wall(us),
+            |p: Rc<Player>, at| p.on_timer(at),
+        )
+        .await;
+    let roster = std::mem::take(&mut *ctx.roster.borrow_mut());
+    for p in roster.iter().filter_map(Weak::upgrade) {
+        p.on_timer(deadline);
+    }
 }
 
-/// Join player `index` over HTTP and connect it (its join time has come).
-pub async fn run_player(ctx: Rc<Ctx>, index: u64) {
+/// Join player `index` over HTTP and connect it (its join time, `sched_us`,
+/// has come).
+async fn run_player(ctx: Rc<Ctx>, index: u64, sched_us: u64) {
     let quizzes = ctx.quiz_ids.len() as u64;
     let mut rec = Box::new(PlayerRecord {
         index,
         quiz: (index % quizzes) as u32,
         ..Default::default()
     });
-    let sched_us = ctx.t0_wall_us + ctx.sc.join_offset_us(index);
     if Instant::now() >= ctx.deadline() {
-        rec.failure = Some("deadline before join".into());
+        rec.fail("deadline before join");
         return ctx.finish(rec);
     }
     let Some(token) = join(
@@ -440,19 +467,18 @@ pub async fn run_player(ctx: Rc<Ctx>, index: u64) {
     // each record unused for the whole run.
     let questions = ctx.sc.quiz.questions as usize;
     rec.answers.reserve_exact(questions);
-    let mut live = Live {
-        leave_at_us: ctx.leave_at_us(index),
+    let live = Live {
+        leave_at_us: ctx.leave_at_us(index).and_then(NonZeroU64::new),
         ..Default::default()
     };
-    live.decided.reserve_exact(questions);
-    live.due.reserve_exact(questions);
     let player = Rc::new(Player {
         ctx: ctx.clone(),
         quiz: rec.quiz,
         since_welcome: Cell::new(false),
         busy: Cell::new(false),
+        broken: Cell::new(false),
         armed_us: Cell::new(u64::MAX),
-        deadline_armed: Cell::new(false),
+        on_roster: Cell::new(false),
         st: RefCell::new(Some(Box::new(State {
             rec,
             live,
@@ -509,7 +535,7 @@ async fn connect(p: Rc<Player>, mut wait_ms: u64) {
                 ctx.count("ws_connect.retry_after");
                 if ctx.refused_past_the_end(p.quiz as usize) {
                     ctx.count("error.ws_connect.refused_past_the_end");
-                    p.state().rec.failure = Some(format!(
+                    p.state().rec.fail(format!(
                         "WebSocket refused with Retry-After until {}s after its quiz ended",
                         REFUSED_PAST_THE_END.as_secs()
                     ));
@@ -532,14 +558,32 @@ async fn connect(p: Rc<Player>, mut wait_ms: u64) {
 
 impl FastPath for Player {
     fn on_text(&self, payload: &[u8], now: u64) -> bool {
+        // Not unwound through the hub, and not ended here (the hub is in the
+        // middle of reading its socket): at the end of the event.
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.take_text(payload, now))).unwrap_or_else(
+            |_| {
+                self.broken.set(true);
+                true
+            },
+        )
+    }
+
+    fn after_event(self: Rc<Self>, wake: bool) {
+        if self.broken.get() {
+            return self.panicked();
+        }
+        if wake || self.busy.replace(false) {
+            self.isolated(|| self.turn());
+        }
+    }
+}
+
+impl Player {
+    /// A message from the hub ([`FastPath::on_text`]): false to have it
+    /// queued for [`Player::turn`].
+    fn take_text(&self, payload: &[u8], now: u64) -> bool {
         // Most of the traffic: counted and timed without the state.
-        if board_frame(
-            &self.ctx,
-            payload,
-            &self.since_welcome,
-            self.quiz as usize,
-            now,
-        ) {
+        if self.board(payload, now) {
             return true;
         }
         let Ok(mut guard) = self.st.try_borrow_mut() else {
@@ -548,38 +592,23 @@ impl FastPath for Player {
         let Some(st) = guard.as_deref_mut() else {
             return true; // done: nothing more to record
         };
-        let State {
-            rec,
-            live,
-            rng,
-            lost_at_us,
-            first,
-            welcomed,
-            ..
-        } = st;
-        on_frame(
-            self,
-            payload,
-            now,
-            rec,
-            live,
-            rng,
-            *lost_at_us,
-            *first,
-            welcomed,
-        );
+        on_frame(self, payload, now, st);
         self.busy.set(true);
         true
     }
 
-    fn after_event(self: Rc<Self>, wake: bool) {
-        if wake || self.busy.replace(false) {
-            self.turn();
-        }
+    /// A leaderboard, counted and timed (see [`board_frame`]); false for
+    /// any other message, which is the state's ([`on_frame`]).
+    fn board(&self, payload: &[u8], now: u64) -> bool {
+        board_frame(
+            &self.ctx,
+            payload,
+            &self.since_welcome,
+            self.quiz as usize,
+            now,
+        )
     }
-}
 
-impl Player {
     /// Connected: from now on the hub and the timers drive the player.
     fn play(self: Rc<Self>, conn: WsConn) {
         let ctx = &self.ctx;
@@ -595,11 +624,11 @@ impl Player {
             st.live.sent_before_conn = st.rec.answers.len() as u32;
             st.conn = Some(conn);
         }
-        if !self.deadline_armed.replace(true) {
-            ctx.timers.arm(ctx.deadline_wall_us, self.clone());
+        if !self.on_roster.replace(true) {
+            ctx.roster.borrow_mut().push(Rc::downgrade(&self));
         }
         // The frames that came with the handshake's response, then the timer.
-        self.turn();
+        self.isolated(|| self.turn());
     }
 
     /// Act on what the hub handed over: messages it queued, control replies
@@ -611,40 +640,28 @@ impl Player {
             let Some(st) = guard.as_deref_mut() else {
                 return;
             };
-            let State {
-                rec,
-                live,
-                rng,
-                conn,
-                lost_at_us,
-                first,
-                welcomed,
-                ..
-            } = st;
-            let Some(conn) = conn.as_mut() else { return };
+            // Out of the state while its messages are handled, which need
+            // the rest of it; back before anything else can look.
+            let Some(mut conn) = st.conn.take() else {
+                return;
+            };
             let read = conn.read_available(|bytes, now| {
-                if !board_frame(ctx, bytes, &self.since_welcome, self.quiz as usize, now) {
-                    on_frame(
-                        self,
-                        bytes,
-                        now,
-                        rec,
-                        live,
-                        rng,
-                        *lost_at_us,
-                        *first,
-                        welcomed,
-                    );
+                if !self.board(bytes, now) {
+                    on_frame(self, bytes, now, st);
                 }
             });
+            let State { rec, live, .. } = st;
             if live.resend_now {
                 live.resend_now = false;
-                queue_resends(ctx, conn, rec);
+                queue_resends(ctx, &conn, rec);
             }
             // Control replies the hub queued, re-sends, an answer's rest.
-            if conn.flush().is_err() {
+            let flushed = conn.flush();
+            let ended = live.ended;
+            st.conn = Some(conn);
+            if flushed.is_err() {
                 Some(SessionEnd::Lost(None, "write", None))
-            } else if live.ended {
+            } else if ended {
                 Some(SessionEnd::Ended)
             } else {
                 match read {
@@ -666,8 +683,40 @@ impl Player {
         }
     }
 
+    /// Run one of the player's callbacks from the hub or the timers, which
+    /// serve every player of the worker: a panic in it (a bug; its message
+    /// is on the worker's stderr) ends this player, not them.
+    fn isolated(self: &Rc<Self>, f: impl FnOnce()) {
+        if std::panic::catch_unwind(AssertUnwindSafe(f)).is_err() {
+            self.panicked();
+        }
+    }
+
+    /// A callback of this player panicked: it ends as failed (counted as
+    /// `error.player_panicked`), its connection dropped. Its state, which
+    /// the panic may have left half-changed, is only taken apart.
+    fn panicked(self: &Rc<Self>) {
+        self.broken.set(true);
+        self.armed_us.set(u64::MAX);
+        let Some(mut st) = self.st.borrow_mut().take() else {
+            return; // done already, or this was a second call
+        };
+        self.ctx.count("error.player_panicked");
+        if let Some(conn) = st.conn.take() {
+            self.ctx.shared.borrow_mut().connected -= 1;
+            conn.abort();
+        }
+        st.rec
+            .fail("the load tool panicked while playing it (see the worker's stderr)");
+        self.ctx.finish(st.rec);
+    }
+
     /// Its timer entry for `at_us` came due (or an older one, now stale).
-    fn on_timer(self: Rc<Self>, at_us: u64) {
+    fn on_timer(self: &Rc<Self>, at_us: u64) {
+        self.isolated(|| self.timer_due(at_us));
+    }
+
+    fn timer_due(self: &Rc<Self>, at_us: u64) {
         if self.armed_us.get() == at_us {
             self.armed_us.set(u64::MAX);
         }
@@ -696,12 +745,12 @@ impl Player {
         let State {
             rec, live, conn, ..
         } = st;
-        if let Some(d) = live.drop_at_us.filter(|d| now >= *d) {
+        if let Some(d) = live.drop_at_us.map(NonZeroU64::get).filter(|d| now >= *d) {
             live.drop_at_us = None;
             live.storm_done = true;
             return Some(SessionEnd::Dropped(d));
         }
-        if live.leave_at_us.is_some_and(|l| now >= l) {
+        if live.leave_at_us.is_some_and(|l| now >= l.get()) {
             // Leave once no answer is in flight (its result still counts),
             // but within a grace.
             let in_flight = rec
@@ -710,7 +759,7 @@ impl Player {
                 .any(|a| a.result.is_none() && !a.inferred);
             let first_due = ctx.t0_wall_us + ctx.sc.leave_offset_us(rec.index).unwrap_or(0);
             if in_flight && now < first_due + LEAVE_GRACE_US {
-                live.leave_at_us = Some(now + 100_000);
+                live.leave_at_us = NonZeroU64::new(now + 100_000);
             } else {
                 live.pending = None;
                 return Some(SessionEnd::Left);
@@ -723,6 +772,7 @@ impl Player {
                 question_id: p.qid,
                 intended_correct: p.intended_correct,
                 sent_us: now,
+                sent_late_us: u32::try_from(now.saturating_sub(p.due_us)).unwrap_or(u32::MAX),
                 opens_at_ms: p.opens_at_ms,
                 time_limit_ms: p.time_limit_ms,
                 max_points: p.points,
@@ -731,7 +781,6 @@ impl Player {
                 choice: p.choice,
                 resent: false,
             });
-            live.due.push(p.due_us);
             conn.frame_text(&encode_answer(p.qid, u32::from(p.choice)));
             if conn.flush().is_err() {
                 return Some(SessionEnd::Lost(None, "write", None));
@@ -815,13 +864,14 @@ impl Player {
                 // connection per player); reconnecting would replace it in
                 // turn. Never happens in a normal run (one session per token).
                 if matches!(code, Some(4001) | Some(4004) | Some(4009)) {
-                    st.rec.failure = Some(format!("closed with {code:?}"));
+                    st.rec.fail(format!("closed with {code:?}"));
                     return None;
                 }
                 st.failures += 1;
                 let rc = &ctx.sc.reconnect;
                 if !rc.enabled || st.failures > rc.max_attempts {
-                    st.rec.failure = Some(format!("connection lost ({why}, close {code:?})"));
+                    st.rec
+                        .fail(format!("connection lost ({why}, close {code:?})"));
                     return None;
                 }
                 if why != "ws_connect" {
@@ -914,13 +964,13 @@ async fn join(
                 Ok(j) => break j,
                 Err(e) => {
                     ctx.count("error.join.body");
-                    rec.failure = Some(format!("join: bad body: {e}"));
+                    rec.fail(format!("join: bad body: {e}"));
                     return None;
                 }
             },
             Ok(r) => {
                 ctx.count(&format!("error.join.http_{}", r.status));
-                rec.failure = Some(format!(
+                rec.fail(format!(
                     "join: HTTP {}: {}",
                     r.status,
                     String::from_utf8_lossy(&r.body[..r.body.len().min(200)])
@@ -930,7 +980,7 @@ async fn join(
                     ctx.count("join.retry_after");
                     if ctx.refused_past_the_end(quiz_idx) {
                         ctx.count("error.join.refused_past_the_end");
-                        rec.failure = Some(format!(
+                        rec.fail(format!(
                             "join: HTTP {} with Retry-After until {}s after its quiz ended",
                             r.status,
                             REFUSED_PAST_THE_END.as_secs()
@@ -948,7 +998,7 @@ async fn join(
             }
             Err(e) => {
                 ctx.count(&format!("error.join.{}", e.kind()));
-                rec.failure = Some(format!("join: {e}"));
+                rec.fail(format!("join: {e}"));
                 wait = Duration::from_millis(200 * attempt as u64);
                 !matches!(e, NetError::Refused(_))
             }
@@ -970,17 +1020,17 @@ async fn join(
 #[allow(clippy::too_many_arguments)]
 /// A message that is not a board in core's layout (see [`board_frame`]),
 /// received at `now` µs, applied to the player's state.
-fn on_frame(
-    p: &Player,
-    bytes: &[u8],
-    now: u64,
-    rec: &mut PlayerRecord,
-    live: &mut Live,
-    rng: &mut Rng,
-    lost_at_us: u64,
-    first: bool,
-    welcomed: &mut bool,
-) {
+fn on_frame(p: &Player, bytes: &[u8], now: u64, st: &mut State) {
+    let State {
+        rec,
+        live,
+        rng,
+        lost_at_us,
+        first,
+        welcomed,
+        ..
+    } = st;
+    let (lost_at_us, first) = (*lost_at_us, *first);
     let ctx = &*p.ctx;
     let quiz_idx = p.quiz as usize;
     let mut sh = ctx.shared.borrow_mut();
@@ -1006,8 +1056,8 @@ fn on_frame(
                 plan_resends(rec, live, s, first);
             }
             if let Some(q) = msg.open_question() {
-                if msg.answered == Some(true) && !live.decided.contains(&q.id) {
-                    live.decided.push(q.id);
+                if msg.answered == Some(true) {
+                    live.decided_below = live.decided_below.max(q.index + 1);
                 }
                 consider_question(ctx, rec, live, rng, quiz_idx, q, now);
             }
@@ -1036,12 +1086,12 @@ fn on_frame(
                 .iter()
                 .position(|a| a.question_id == qid && a.is_open());
             let Some(pos) = pos else {
-                rec.live_issues.push(format!(
+                rec.push_live_issue(format!(
                     "answer_result for question {qid} that has no outstanding answer"
                 ));
                 return;
             };
-            sh.m.record(H::Answer, now.saturating_sub(live.due[pos]));
+            sh.m.record(H::Answer, now.saturating_sub(rec.answers[pos].due_us()));
             drop(sh);
             // Replies before the last re-send's: to the re-sends and to
             // answers sent on this connection before its welcome was read.
@@ -1060,7 +1110,7 @@ fn on_frame(
             }
             let r = ResultRec {
                 accepted,
-                reason: msg.reason.as_deref().map(Box::from),
+                reason: msg.reason.as_deref().map(|r| Box::new(r.to_owned())),
                 correct: msg.correct_flag(),
                 points: saturating_u32(msg.points.unwrap_or(0)),
                 score: msg.score.unwrap_or(0),
@@ -1087,7 +1137,7 @@ fn on_frame(
             // the last one.
             let acked = rec.answers[pos].acked().is_some();
             if acked && has_score && live.resends_outstanding == 0 && reported != expected {
-                rec.live_issues.push(format!(
+                rec.push_live_issue(format!(
                     "answer_result for question {qid} says score {reported}, acknowledged points sum to {expected}"
                 ));
             }
@@ -1243,7 +1293,7 @@ fn reconcile_welcome(rec: &mut PlayerRecord, score: u64, first: bool, before: us
             rec.answers[i].inferred = true;
         }
     } else if !(first && score == 0) {
-        rec.live_issues.push(format!(
+        rec.push_live_issue(format!(
             "welcome says score {score}, acknowledged points sum to {acked}"
         ));
     }
@@ -1258,10 +1308,10 @@ fn consider_question(
     q: OpenQuestion,
     now_us: u64,
 ) {
-    if live.decided.contains(&q.id) || rec.answers.iter().any(|a| a.question_id == q.id) {
+    if q.index < live.decided_below || rec.answers.iter().any(|a| a.question_id == q.id) {
         return;
     }
-    live.decided.push(q.id);
+    live.decided_below = q.index + 1;
     let sc = &ctx.sc;
     let base_ms = if q.opens_at_ms > 0 {
         q.opens_at_ms
@@ -1273,7 +1323,7 @@ fn consider_question(
             && !live.storm_done
             && player_share(ctx.seed, rec.index, 0x5707) < s.share
         {
-            live.drop_at_us = Some((base_ms + s.after_ms) * 1000);
+            live.drop_at_us = NonZeroU64::new((base_ms + s.after_ms) * 1000);
         }
     }
     if rng.f64() >= sc.answers.share_answering {
@@ -1354,8 +1404,8 @@ mod tests {
     fn a_connected_player_stays_small() {
         // What every connected player holds for the whole run besides its
         // token, its socket's hub entry and its timer entries, against
-        // jemalloc's size classes: a 224-byte state (256 past it), a
-        // 160-byte record (192), five answer records in 384 bytes (448 past
+        // jemalloc's size classes: a 160-byte state (192 past it), a
+        // 128-byte record (160), five answer records in 384 bytes (448 past
         // 76 bytes each).
         let (player, state) = (std::mem::size_of::<Player>(), std::mem::size_of::<State>());
         let (record, answer) = (
@@ -1364,8 +1414,8 @@ mod tests {
         );
         eprintln!("player: {player} + {state} + {record} bytes, answer record {answer}");
         assert!(player <= 48, "the player is {player} bytes");
-        assert!(state <= 224, "its state is {state} bytes");
-        assert!(record <= 160, "its record is {record} bytes");
+        assert!(state <= 160, "its state is {state} bytes");
+        assert!(record <= 128, "its record is {record} bytes");
         assert!(answer <= 76, "an answer record is {answer} bytes");
     }
 
@@ -1397,9 +1447,9 @@ mod tests {
         assert_eq!(rec.acknowledged_points(), 900);
         assert!(rec.answers[0].inferred);
         assert!(!rec.answers[1].inferred);
-        assert!(rec.live_issues.is_empty());
+        assert!(rec.live_issues().is_empty());
         reconcile_welcome(&mut rec, 100, false, 1);
-        assert_eq!(rec.live_issues.len(), 1);
+        assert_eq!(rec.live_issues().len(), 1);
     }
 
     #[test]

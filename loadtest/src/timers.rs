@@ -53,16 +53,22 @@ impl<P> Ord for Due<P> {
 
 impl<P> Default for Timers<P> {
     fn default() -> Self {
+        Timers::with_capacity(0)
+    }
+}
+
+impl<P> Timers<P> {
+    /// Room for `n` entries up front (a worker: one per player), so that the
+    /// heap is not copied as it grows while the players join.
+    pub fn with_capacity(n: usize) -> Self {
         Timers {
-            heap: RefCell::new(BinaryHeap::new()),
+            heap: RefCell::new(BinaryHeap::with_capacity(n)),
             sleeping_until: Cell::new(u64::MAX),
             poked: Cell::new(false),
             waker: Cell::new(None),
         }
     }
-}
 
-impl<P> Timers<P> {
     /// Call `who` at wall time `at_us` (µs) or soon after.
     pub fn arm(&self, at_us: u64, who: Rc<P>) {
         self.heap.borrow_mut().push(Due { at_us, who });
@@ -80,19 +86,21 @@ impl<P> Timers<P> {
         self.heap.borrow_mut().clear();
     }
 
-    /// Entries waiting, stale ones included.
-    pub fn len(&self) -> usize {
-        self.heap.borrow().len()
-    }
-
+    /// No entry is waiting, not even a stale one.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.heap.borrow().is_empty()
     }
 
-    /// Call `fire(who, at_us)` with each entry when it is due, forever (the worker
-    /// aborts the task at the end). `at_wall` turns wall µs into the
-    /// runtime's instants.
-    pub async fn run(&self, at_wall: impl Fn(u64) -> Instant, fire: impl Fn(Rc<P>, u64)) {
+    /// Call `fire(who, at_us)` with each entry when it is due, until wall
+    /// time `until_us` (a worker's deadline, after which nothing it planned
+    /// matters); entries due by then are fired first. `at_wall` turns wall
+    /// µs into the runtime's instants.
+    pub async fn run_until(
+        &self,
+        until_us: u64,
+        at_wall: impl Fn(u64) -> Instant,
+        fire: impl Fn(Rc<P>, u64),
+    ) {
         // Re-armed before it is polled: only its first instant is arbitrary.
         let sleep = tokio::time::sleep(std::time::Duration::from_secs(3600));
         tokio::pin!(sleep);
@@ -112,17 +120,24 @@ impl<P> Timers<P> {
                     None => break,
                 }
             }
+            if now >= until_us {
+                return;
+            }
             let next = self.heap.borrow().peek().map_or(u64::MAX, |d| d.at_us);
             self.sleeping_until.set(next);
             self.poked.set(false);
-            if next != u64::MAX {
-                sleep.as_mut().reset(at_wall(next));
+            // The runtime's clock and the wall clock may differ by a hair:
+            // woken before `until_us` on the wall clock, the loop comes
+            // round again.
+            let wake_at = next.min(until_us);
+            if wake_at != u64::MAX {
+                sleep.as_mut().reset(at_wall(wake_at));
             }
             std::future::poll_fn(|cx| {
                 if self.poked.get() {
                     return Poll::Ready(());
                 }
-                if next != u64::MAX && sleep.as_mut().poll(cx).is_ready() {
+                if wake_at != u64::MAX && sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
                 self.waker.set(Some(cx.waker().clone()));
@@ -152,7 +167,8 @@ mod tests {
                 let t = timers.clone();
                 let f = fired.clone();
                 let task = tokio::task::spawn_local(async move {
-                    t.run(at_wall, |who, _| f.borrow_mut().push(*who)).await
+                    t.run_until(u64::MAX, at_wall, |who, _| f.borrow_mut().push(*who))
+                        .await
                 });
                 let now = wall_us();
                 timers.arm(now + 300_000, Rc::new(3));

@@ -32,12 +32,23 @@ use crate::scenario::CrossCheck;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ResultRec {
     pub accepted: bool,
-    pub reason: Option<Box<str>>,
+    /// Why it was refused (`late`, `duplicate`, ...), read with
+    /// [`ResultRec::reason`]. Behind one thin pointer: most answers are
+    /// accepted, and a `Box<str>`'s two words made every answer's record 80
+    /// bytes rather than 72.
+    #[allow(clippy::box_collection)]
+    pub reason: Option<Box<String>>,
     pub correct: bool,
     pub points: u32,
     pub score: u64,
     /// Wall clock, µs, when the `answer_result` arrived.
     pub at_us: u64,
+}
+
+impl ResultRec {
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref().map(String::as_str)
+    }
 }
 
 /// One answer the tool sent.
@@ -47,6 +58,12 @@ pub struct AnswerRec {
     pub intended_correct: bool,
     /// Wall clock, µs, when it was written to the socket.
     pub sent_us: u64,
+    /// How long after its scheduled time it was sent (µs, saturated): the
+    /// answer's latency starts at the schedule (see `metrics.rs`). Kept as
+    /// an offset in the record's padding rather than as a list of due
+    /// times beside the records, an allocation per player.
+    #[serde(default)]
+    pub sent_late_us: u32,
     /// Server `opens_at_ms` of the question.
     pub opens_at_ms: u64,
     pub time_limit_ms: u32,
@@ -68,6 +85,11 @@ pub struct AnswerRec {
 }
 
 impl AnswerRec {
+    /// When it was scheduled to be sent (wall clock, µs).
+    pub fn due_us(&self) -> u64 {
+        self.sent_us.saturating_sub(u64::from(self.sent_late_us))
+    }
+
     /// Sent, no result yet, and not resolved from a `welcome` either.
     pub fn is_open(&self) -> bool {
         self.result.is_none() && !self.inferred
@@ -81,7 +103,7 @@ impl AnswerRec {
     pub fn acked(&self) -> Option<&ResultRec> {
         self.result
             .as_ref()
-            .filter(|r| r.accepted || (self.resent && r.reason.as_deref() == Some("duplicate")))
+            .filter(|r| r.accepted || (self.resent && r.reason() == Some("duplicate")))
     }
 }
 
@@ -94,20 +116,38 @@ pub struct PlayerRecord {
     /// Points attributed to answers whose ack was lost (from `welcome.score`).
     pub inferred_points: u64,
     /// Problems seen while running (e.g. an `answer_result.score` that is not
-    /// the running sum of acknowledged points).
-    pub live_issues: Vec<String>,
+    /// the running sum of acknowledged points): see [`PlayerRecord::live_issues`].
+    /// Boxed, like `failure` and `http_error`: a healthy player has none of
+    /// them, and their full-size forms made every record 160 bytes, not 128.
+    #[allow(clippy::box_collection)]
+    pub live_issues: Option<Box<Vec<String>>>,
     pub ended: bool,
     /// Left on purpose before the end (`[[stages]]` ramp down): not expected
     /// to see later frames; its acknowledged answers count.
     pub left: bool,
     /// Why the player never got going (join failed, ...).
-    pub failure: Option<String>,
+    pub failure: Option<Box<str>>,
     /// From `GET /v1/quizzes/{id}/players/{pid}` after the quiz.
     pub server_score: Option<u64>,
-    pub http_error: Option<String>,
+    pub http_error: Option<Box<str>>,
 }
 
 impl PlayerRecord {
+    pub fn live_issues(&self) -> &[String] {
+        self.live_issues.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// Why the player never got going, or stopped (see `failure`).
+    pub fn fail(&mut self, why: impl Into<Box<str>>) {
+        self.failure = Some(why.into());
+    }
+
+    pub fn push_live_issue(&mut self, issue: String) {
+        self.live_issues
+            .get_or_insert_with(Default::default)
+            .push(issue);
+    }
+
     /// The sum of points acknowledged to this player (plus inferred ones).
     pub fn acknowledged_points(&self) -> u64 {
         self.answers
@@ -206,7 +246,7 @@ pub fn check_player(
         return out;
     }
     let pid = Some(rec.player_id.as_str());
-    for issue in &rec.live_issues {
+    for issue in rec.live_issues() {
         out.mismatches
             .push(mm("score_chain", quiz_id, pid, issue.clone()));
     }
@@ -297,12 +337,12 @@ pub fn check_player(
                     pid,
                     format!(
                         "question {q}: rejected ({}) answer carried {} points",
-                        r.reason.as_deref().unwrap_or("?"),
+                        r.reason().unwrap_or("?"),
                         r.points
                     ),
                 ));
             }
-            if r.reason.as_deref() == Some("duplicate") && !a.inferred {
+            if r.reason() == Some("duplicate") && !a.inferred {
                 out.mismatches.push(mm(
                     "duplicate",
                     quiz_id,
@@ -322,7 +362,7 @@ pub fn check_player(
         )),
         (None, Some(e)) => {
             out.warnings
-                .push(mm("final_score_unavailable", quiz_id, pid, e.clone()))
+                .push(mm("final_score_unavailable", quiz_id, pid, e.to_string()))
         }
         _ => {}
     }
@@ -530,7 +570,7 @@ mod tests {
         let mut p = player();
         let r = p.answers[1].result.as_mut().unwrap();
         r.accepted = false;
-        r.reason = Some("duplicate".into());
+        r.reason = Some(Box::new("duplicate".into()));
         r.points = 10;
         let c = check_player("q", &p, CrossCheck::Off, true);
         let kinds: Vec<_> = c.mismatches.iter().map(|m| m.kind.as_str()).collect();
@@ -561,8 +601,7 @@ mod tests {
     #[test]
     fn live_issue_and_unacked_are_reported() {
         let mut p = player();
-        p.live_issues
-            .push("answer_result score 7 after 1000 acknowledged".into());
+        p.push_live_issue("answer_result score 7 after 1000 acknowledged".into());
         p.answers.push(AnswerRec {
             question_id: 2,
             result: None,
@@ -617,7 +656,7 @@ mod tests {
         a.resent = true;
         let r = a.result.as_mut().unwrap();
         r.accepted = false;
-        r.reason = Some("duplicate".into());
+        r.reason = Some(Box::new("duplicate".into()));
         r.at_us += 3_000_000; // after the reconnect
         p.answers.push(a);
         p.server_score = Some(2000);

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::wall_us;
 use crate::metrics::WireMetrics;
-use crate::net::http_request;
+use crate::net::{http_request, reserve_connections};
 use crate::plan::WorkerPlan;
 use crate::player::{player_share, run_timers, start_players, Ctx};
 use crate::procmon::{sample_self, ProcSample};
@@ -297,6 +297,9 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
     // each doubling a stall of every thread (the `descriptors` crate); room for the
     // verification requests' short connections beside the players'. Only a cost if it fails.
     let _ = descriptors::reserve_table(planned + 1024);
+    // Likewise the hub's table of connections, which would otherwise be
+    // copied as it doubles while the players connect.
+    reserve_connections(planned as usize)?;
     let ctx = Rc::new(Ctx::new(&plan, target));
     let worker = plan.worker;
 
@@ -423,7 +426,7 @@ pub async fn run(plan: WorkerPlan) -> anyhow::Result<WorkerResult> {
                     final_inferred += 1;
                 }
             }
-            Err(e) => records[i].http_error = Some(e),
+            Err(e) => records[i].http_error = Some(e.into()),
         }
     }
     if final_inferred > 0 {
