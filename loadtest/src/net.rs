@@ -153,26 +153,22 @@ async fn http_request_inner(
     let mut out = req.into_bytes();
     out.extend_from_slice(body);
     stream.write_all(&out).await?;
-    // Read straight into the heap buffers, never through an array on the
-    // stack: an array held across an `.await` is part of the future, so of
-    // every joining player's task (8.8 KB with the three arrays this had;
-    // through edge-lb hundreds of joins are in flight at once during a ramp).
+    // The body is read into heap buffers too, for the reason `read_head`
+    // gives.
     let mut buf = Vec::with_capacity(1024);
-    let (status, header_end, headers) = loop {
-        buf.reserve(1024);
-        let n = stream.read_buf(&mut buf).await?;
-        if n == 0 {
-            return Err(NetError::Http("connection closed before headers".into()));
-        }
-        if let Some(end) = find(&buf, b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end])
-                .map_err(|_| NetError::Http("non-UTF-8 headers".into()))?;
-            let status = parse_status(head)?;
-            break (status, end + 4, head.to_ascii_lowercase());
-        }
-        if buf.len() > 64 * 1024 {
-            return Err(NetError::Http("headers too large".into()));
-        }
+    let (status, header_end, headers) = {
+        let end = read_head(
+            &mut stream,
+            &mut buf,
+            64 * 1024,
+            "connection closed before headers",
+            "headers too large",
+        )
+        .await?;
+        let head = std::str::from_utf8(&buf[..end])
+            .map_err(|_| NetError::Http("non-UTF-8 headers".into()))?;
+        let status = parse_status(head)?;
+        (status, end + 4, head.to_ascii_lowercase())
     };
     let content_length =
         header_value(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
@@ -223,6 +219,36 @@ async fn http_request_inner(
         body,
         retry_after_s,
     })
+}
+
+/// Read a response into `buf` until its head is whole; the offset of the
+/// blank line that ends it. `closed` is the error if the peer closes first,
+/// `too_large` past `max` bytes without the blank line.
+///
+/// Straight into the heap buffer, never through an array on the stack: an
+/// array held across an `.await` is part of the future, so of every joining
+/// player's task (the join's future was 8.8 KB with its arrays, the
+/// WebSocket handshake's 2.4 KB; through edge-lb hundreds of joins are in
+/// flight at once during a ramp).
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    closed: &str,
+    too_large: &str,
+) -> Result<usize, NetError> {
+    loop {
+        buf.reserve(1024);
+        if stream.read_buf(buf).await? == 0 {
+            return Err(NetError::Http(closed.into()));
+        }
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            return Ok(end);
+        }
+        if buf.len() > max {
+            return Err(NetError::Http(too_large.into()));
+        }
+    }
 }
 
 fn parse_status(head: &str) -> Result<u16, NetError> {
@@ -334,35 +360,29 @@ pub async fn ws_connect(
             target.host_header()
         );
         stream.write_all(req.as_bytes()).await?;
-        // Into the heap buffer, not through an array in the future (see
-        // `http_request_inner`).
         let mut buf = Vec::with_capacity(1024);
-        loop {
-            buf.reserve(1024);
-            let n = stream.read_buf(&mut buf).await?;
-            if n == 0 {
-                return Err(NetError::Http("closed during WebSocket handshake".into()));
-            }
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                let head = std::str::from_utf8(&buf[..end])
-                    .map_err(|_| NetError::Http("non-UTF-8 headers".into()))?;
-                let status = parse_status(head)?;
-                if status != 101 {
-                    let hint = header_value(&head.to_ascii_lowercase(), "retry-after")
-                        .and_then(|v| v.parse().ok());
-                    return Err(NetError::Handshake(status, hint));
-                }
-                let buffered = buf.split_off(end + 4);
-                // From here on the hub reads this socket: leave tokio's
-                // reactor (into_std deregisters; the socket stays
-                // non-blocking), or both epolls would report every frame.
-                let stream = stream.into_std()?;
-                return Ok(Hub::current()?.attach(stream, &buffered, seed | 1)?);
-            }
-            if buf.len() > 16 * 1024 {
-                return Err(NetError::Http("handshake headers too large".into()));
-            }
+        let end = read_head(
+            &mut stream,
+            &mut buf,
+            16 * 1024,
+            "closed during WebSocket handshake",
+            "handshake headers too large",
+        )
+        .await?;
+        let head = std::str::from_utf8(&buf[..end])
+            .map_err(|_| NetError::Http("non-UTF-8 headers".into()))?;
+        let status = parse_status(head)?;
+        if status != 101 {
+            let hint =
+                header_value(&head.to_ascii_lowercase(), "retry-after").and_then(|v| v.parse().ok());
+            return Err(NetError::Handshake(status, hint));
         }
+        let buffered = buf.split_off(end + 4);
+        // From here on the hub reads this socket: leave tokio's reactor
+        // (into_std deregisters; the socket stays non-blocking), or both
+        // epolls would report every frame.
+        let stream = stream.into_std()?;
+        Ok(Hub::current()?.attach(stream, &buffered, seed | 1)?)
     })
     .await
     .map_err(|_| NetError::Timeout)?

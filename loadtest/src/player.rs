@@ -172,7 +172,7 @@ pub struct Ctx {
     pub shared: RefCell<Shared>,
     /// Every player's planned answer, drop and leave.
     timers: Timers<Player>,
-    /// Every player that has connected, for the run's deadline: one word
+    /// Every player that has joined, for the run's deadline: one word
     /// each, where a timer entry per player for the same instant was two
     /// (and a heap twice the size).
     roster: RefCell<Vec<Weak<Player>>>,
@@ -188,6 +188,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(plan: &WorkerPlan, target: Target) -> Ctx {
+        let players = plan.players().count();
         Ctx {
             target,
             sources: plan.sources.clone(),
@@ -199,11 +200,11 @@ impl Ctx {
             deadline_wall_us: plan.deadline_wall_us,
             seed: plan.seed,
             shared: RefCell::new(Shared::default()),
-            timers: Timers::with_capacity(plan.players().count()),
-            roster: RefCell::new(Vec::with_capacity(plan.players().count())),
+            timers: Timers::with_capacity(players),
+            roster: RefCell::new(Vec::with_capacity(players)),
             // Every record has its place from the start: growing by doubling
             // would copy them all at the end of the run.
-            finished: RefCell::new(Vec::with_capacity(plan.players().count())),
+            finished: RefCell::new(Vec::with_capacity(players)),
             player_done: Notify::new(),
             base_instant: Instant::now(),
             base_wall_us: wall_us(),
@@ -381,8 +382,6 @@ pub struct Player {
     broken: Cell<bool>,
     /// The time of the timer entry its plans wait for (wall µs; MAX: none).
     armed_us: Cell<u64>,
-    /// On the worker's roster (for the run's deadline).
-    on_roster: Cell<bool>,
     /// Boxed, and `None` once the player is done: a stale timer entry or
     /// the roster's weak reference keeps the `Player`'s own bytes until the
     /// end of the run, not the state (the record moves to the worker).
@@ -422,8 +421,8 @@ pub async fn start_players(ctx: Rc<Ctx>, players: Vec<u64>) {
 }
 
 /// The worker's timer loop: calls each player when what it planned is due,
-/// and every connected player at the run's deadline (its session ends).
-/// One (re)connecting then sees the deadline itself ([`connect`]).
+/// and every player on the roster at the run's deadline: a connected one's
+/// session ends, one (re)connecting sees the deadline itself ([`connect`]).
 pub async fn run_timers(ctx: Rc<Ctx>) {
     let deadline = ctx.deadline_wall_us;
     ctx.timers
@@ -478,7 +477,6 @@ async fn run_player(ctx: Rc<Ctx>, index: u64, sched_us: u64) {
         busy: Cell::new(false),
         broken: Cell::new(false),
         armed_us: Cell::new(u64::MAX),
-        on_roster: Cell::new(false),
         st: RefCell::new(Some(Box::new(State {
             rec,
             live,
@@ -489,6 +487,7 @@ async fn run_player(ctx: Rc<Ctx>, index: u64, sched_us: u64) {
             ..Default::default()
         }))),
     });
+    ctx.roster.borrow_mut().push(Rc::downgrade(&player));
     connect(player, 0).await;
 }
 
@@ -624,9 +623,6 @@ impl Player {
             st.live.sent_before_conn = st.rec.answers.len() as u32;
             st.conn = Some(conn);
         }
-        if !self.on_roster.replace(true) {
-            ctx.roster.borrow_mut().push(Rc::downgrade(&self));
-        }
         // The frames that came with the handshake's response, then the timer.
         self.isolated(|| self.turn());
     }
@@ -753,10 +749,7 @@ impl Player {
         if live.leave_at_us.is_some_and(|l| now >= l.get()) {
             // Leave once no answer is in flight (its result still counts),
             // but within a grace.
-            let in_flight = rec
-                .answers
-                .iter()
-                .any(|a| a.result.is_none() && !a.inferred);
+            let in_flight = rec.has_open_answers();
             let first_due = ctx.t0_wall_us + ctx.sc.leave_offset_us(rec.index).unwrap_or(0);
             if in_flight && now < first_due + LEAVE_GRACE_US {
                 live.leave_at_us = NonZeroU64::new(now + 100_000);
@@ -1017,7 +1010,6 @@ async fn join(
     Some(urlencode(&joined.player_token).into_boxed_str())
 }
 
-#[allow(clippy::too_many_arguments)]
 /// A message that is not a board in core's layout (see [`board_frame`]),
 /// received at `now` µs, applied to the player's state.
 fn on_frame(p: &Player, bytes: &[u8], now: u64, st: &mut State) {

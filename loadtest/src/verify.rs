@@ -59,9 +59,10 @@ pub struct AnswerRec {
     /// Wall clock, µs, when it was written to the socket.
     pub sent_us: u64,
     /// How long after its scheduled time it was sent (µs, saturated): the
-    /// answer's latency starts at the schedule (see `metrics.rs`). Kept as
-    /// an offset in the record's padding rather than as a list of due
-    /// times beside the records, an allocation per player.
+    /// answer's latency starts at the schedule (see `metrics.rs`). An
+    /// offset in the record, in the 4 bytes the thin `reason` pointer
+    /// freed, rather than a list of due times beside the records (an
+    /// allocation per player).
     #[serde(default)]
     pub sent_late_us: u32,
     /// Server `opens_at_ms` of the question.

@@ -134,8 +134,6 @@ fn emit(msg: &WorkerMsg) {
     }
 }
 
-/// How a worker reaches its coordinator (`loadtest worker` options).
-#[derive(Debug, Clone, Default)]
 /// The worker's command line (`loadtest worker`, `loadtest-worker worker`).
 #[derive(clap::Args)]
 pub struct WorkerArgs {
@@ -170,6 +168,8 @@ impl WorkerArgs {
     }
 }
 
+/// How a worker reaches its coordinator (`loadtest worker` options).
+#[derive(Debug, Clone, Default)]
 pub struct Link {
     /// `HOST:PORT` of the coordinator's `--listen-workers`; None: stdin and
     /// stdout (a worker the coordinator spawned).
