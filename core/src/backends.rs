@@ -24,7 +24,12 @@ pub async fn select(config: &Config) -> anyhow::Result<Backends> {
             .map_err(|e| anyhow::anyhow!("event_log {}: {e}", config.event_log.display()))?;
         tracing::info!(event_log = %config.event_log.display(), "embedded mode");
         return Ok((
-            Arc::new(store::memory::MemoryStore::new()),
+            Arc::new(store::memory::MemoryStore::with_retention(
+                store::memory::Retention {
+                    live: Duration::from_secs(config.redis_retention_live_s),
+                    ended: Duration::from_secs(config.redis_retention_ended_s),
+                },
+            )),
             Arc::new(sink),
             Arc::new(bus::memory::MemoryBus::new()),
         ));

@@ -1072,6 +1072,88 @@ async fn redis_keys_of_a_sharded_quiz_expire_live_and_after_the_end() {
     keys_expire(3).await;
 }
 
+/// The memory store keeps a quiz as long as Redis keeps its keys: the live
+/// retention after its creation or last state change, the ended retention
+/// after its end; then it is gone, its id is free again, and its memory is
+/// freed (by the lookup, or by the sweep a later creation runs).
+#[tokio::test(start_paused = true)]
+async fn memory_quizzes_expire_live_and_after_the_end() {
+    use quiz_core::store::memory::{Retention, SWEEP_EVERY};
+    use std::time::Duration;
+    let live = Duration::from_secs(3600);
+    let ended = Duration::from_secs(120);
+    let memory = Arc::new(MemoryStore::with_retention(Retention { live, ended }));
+    let store: Store = memory.clone();
+    let minute = Duration::from_secs(60);
+
+    // Abandoned in the lobby: kept for the live retention, then gone.
+    let abandoned = new_quiz(&store, "abandoned", 2).await;
+    join(&store, &abandoned, "p1").await;
+    tokio::time::advance(live - minute).await;
+    assert!(store.get_quiz(&abandoned).await.unwrap().is_some());
+
+    // Started now: a state change renews the live retention.
+    let running = QuizState {
+        version: 2,
+        phase: Phase::Running,
+        current_question: Some(0),
+        opens_at_ms: Some(1_700_000_000_000),
+        closes_at_ms: Some(1_700_000_020_000),
+    };
+    let renewed = new_quiz(&store, "renewed", 2).await;
+    tokio::time::advance(minute * 2).await;
+    assert!(store.get_quiz(&abandoned).await.unwrap().is_none());
+    assert!(store.get_state(&abandoned).await.unwrap().is_none());
+    assert!(matches!(
+        store
+            .add_player(&abandoned, &player("p2", "nick-p2"), u64::MAX)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.set_state(&renewed, 1, &running).await.unwrap());
+    tokio::time::advance(live - minute).await;
+    assert!(store.get_quiz(&renewed).await.unwrap().is_some());
+
+    // Ended: kept for the ended retention from the end.
+    let ended_state = QuizState {
+        version: 3,
+        phase: Phase::Ended,
+        current_question: None,
+        opens_at_ms: None,
+        closes_at_ms: None,
+    };
+    assert!(store.set_state(&renewed, 2, &ended_state).await.unwrap());
+    tokio::time::advance(ended - Duration::from_secs(1)).await;
+    assert_eq!(store.get_state(&renewed).await.unwrap(), Some(ended_state));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(store.get_state(&renewed).await.unwrap().is_none());
+
+    // An expired quiz's id can be created again, as a new quiz.
+    store
+        .create_quiz(&def(&renewed, 3), &QuizState::new_lobby())
+        .await
+        .expect("the expired id is free");
+    assert_eq!(
+        store
+            .get_quiz(&renewed)
+            .await
+            .unwrap()
+            .unwrap()
+            .questions
+            .len(),
+        3
+    );
+
+    // Expired quizzes nobody looks up are freed by a later creation's sweep.
+    let before = memory.quiz_count();
+    let forgotten = new_quiz(&store, "forgotten", 1).await;
+    assert_eq!(memory.quiz_count(), before + 1);
+    tokio::time::advance(live + SWEEP_EVERY).await;
+    let _fresh = new_quiz(&store, "fresh", 1).await;
+    assert_eq!(memory.quiz_count(), 1, "only the fresh quiz is left");
+    assert!(store.get_quiz(&forgotten).await.unwrap().is_none());
+}
+
 /// The hash tags of a quiz's slots: the main one, then its shards'.
 fn tags_of(id: &str, shards: u32) -> Vec<String> {
     let mut tags = vec![id.to_string()];

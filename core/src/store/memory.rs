@@ -19,32 +19,84 @@
 //! - mutating calls and `leaderboard`/`distribution` on an unknown quiz are
 //!   `NotFound`; getters return `None`;
 //! - pending events (see `store.rs`) are recorded under the same quiz lock
-//!   as the write that produces them.
+//!   as the write that produces them;
+//! - a quiz expires like the Redis store's keys: [`Retention::live`] after
+//!   its creation or last state change, [`Retention::ended`] after its end.
+//!   An expired quiz is gone (getters `None`, the rest `NotFound`, its id free
+//!   again); its memory is freed when it is next looked up, or by the sweep
+//!   that a quiz's creation runs at most once per [`SWEEP_EVERY`]. Without
+//!   it an embedded node kept every quiz it ever held until it restarted.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use super::{pending_key, PendingKey, QuizStore, StoreError};
 use crate::events::{Event, EventKind};
 use crate::model::{
-    AnswerRecord, ApplyOutcome, Leaderboard, LeaderboardEntry, Millis, Player, QuizDef, QuizState,
-    Standing,
+    AnswerRecord, ApplyOutcome, Leaderboard, LeaderboardEntry, Millis, Phase, Player, QuizDef,
+    QuizState, Standing,
 };
 
+/// How long a quiz is kept (the memory store's side of the config keys
+/// `redis_retention_live_s` and `redis_retention_ended_s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// After the quiz's creation or last state change, while not ended.
+    pub live: Duration,
+    /// After the quiz's end.
+    pub ended: Duration,
+}
+
+impl Default for Retention {
+    /// The config's defaults: 48 h live, 24 h ended.
+    fn default() -> Self {
+        Retention {
+            live: Duration::from_secs(48 * 3600),
+            ended: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Least time between two sweeps of expired quizzes (each visits every
+/// quiz once).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// In-process store. Cheap to clone the handle via `Arc<MemoryStore>`.
-#[derive(Default)]
 pub struct MemoryStore {
     quizzes: DashMap<String, Arc<QuizCell>>,
+    retention: Retention,
+    /// Time zero of the cells' expiry times.
+    epoch: Instant,
+    /// When the last sweep ran, in ms since `epoch`.
+    swept_at_ms: AtomicU64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::with_retention(Retention::default())
+    }
 }
 
 struct QuizCell {
     def: Arc<QuizDef>,
+    /// When the quiz expires, in ms since the store's `epoch`. Atomic so
+    /// that a lookup checks it without taking the quiz lock.
+    expires_at_ms: AtomicU64,
     inner: Mutex<QuizInner>,
+}
+
+impl QuizCell {
+    fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.load(Ordering::Relaxed) <= now_ms
+    }
 }
 
 #[derive(Default)]
@@ -76,13 +128,67 @@ pub fn normalize_nickname(nickname: &str) -> String {
 }
 
 impl MemoryStore {
+    /// A store with the default [`Retention`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The quiz's cell, with the map's shard guard already released.
+    pub fn with_retention(retention: Retention) -> Self {
+        MemoryStore {
+            quizzes: DashMap::new(),
+            retention,
+            epoch: Instant::now(),
+            swept_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Quizzes held, expired ones not yet freed included.
+    pub fn quiz_count(&self) -> usize {
+        self.quizzes.len()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The expiry time of a quiz whose state is `state` as of now.
+    fn expiry_ms(&self, state: &QuizState) -> u64 {
+        let keep = if state.phase == Phase::Ended {
+            self.retention.ended
+        } else {
+            self.retention.live
+        };
+        self.now_ms().saturating_add(keep.as_millis() as u64)
+    }
+
+    /// The quiz's cell, with the map's shard guard already released; an
+    /// expired quiz is removed and not returned.
     fn cell(&self, quiz_id: &str) -> Option<Arc<QuizCell>> {
-        self.quizzes.get(quiz_id).map(|e| Arc::clone(e.value()))
+        let cell = self.quizzes.get(quiz_id).map(|e| Arc::clone(e.value()))?;
+        let now = self.now_ms();
+        if cell.expired(now) {
+            // Re-checked under the shard lock: a create may have put a new
+            // quiz under this id in between.
+            self.quizzes.remove_if(quiz_id, |_, c| c.expired(now));
+            return None;
+        }
+        Some(cell)
+    }
+
+    /// Frees every expired quiz, at most once per [`SWEEP_EVERY`].
+    fn sweep_expired(&self) {
+        let now = self.now_ms();
+        let last = self.swept_at_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= SWEEP_EVERY.as_millis() as u64;
+        // One caller sweeps; the others go on.
+        if due
+            && self
+                .swept_at_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.quizzes.retain(|_, c| !c.expired(now));
+        }
     }
 
     fn cell_or_not_found(&self, quiz_id: &str) -> Result<Arc<QuizCell>, StoreError> {
@@ -169,7 +275,28 @@ impl QuizStore for MemoryStore {
         event: Option<&Event>,
     ) -> Result<(), StoreError> {
         use dashmap::mapref::entry::Entry;
+        self.sweep_expired();
+        let now = self.now_ms();
+        let cell = || {
+            Arc::new(QuizCell {
+                def: Arc::new(quiz.clone()),
+                expires_at_ms: AtomicU64::new(self.expiry_ms(state)),
+                inner: Mutex::new(QuizInner {
+                    state: Some(state.clone()),
+                    pending: event
+                        .map(|e| (e.event_id.clone(), e.clone()))
+                        .into_iter()
+                        .collect(),
+                    ..QuizInner::default()
+                }),
+            })
+        };
         match self.quizzes.entry(quiz.quiz_id.clone()) {
+            // An expired quiz's id is free again, as its Redis keys are.
+            Entry::Occupied(mut o) if o.get().expired(now) => {
+                o.insert(cell());
+                Ok(())
+            }
             // The very same definition again is a retried create: succeed,
             // like the Redis store does.
             Entry::Occupied(o) if *o.get().def == *quiz => Ok(()),
@@ -178,17 +305,7 @@ impl QuizStore for MemoryStore {
                 quiz.quiz_id
             ))),
             Entry::Vacant(v) => {
-                v.insert(Arc::new(QuizCell {
-                    def: Arc::new(quiz.clone()),
-                    inner: Mutex::new(QuizInner {
-                        state: Some(state.clone()),
-                        pending: event
-                            .map(|e| (e.event_id.clone(), e.clone()))
-                            .into_iter()
-                            .collect(),
-                        ..QuizInner::default()
-                    }),
-                }));
+                v.insert(cell());
                 Ok(())
             }
         }
@@ -216,6 +333,9 @@ impl QuizStore for MemoryStore {
         let mut inner = cell.inner.lock();
         match &inner.state {
             Some(cur) if cur.version == expected_version => {
+                // Under the quiz lock, so the last change sets the expiry.
+                cell.expires_at_ms
+                    .store(self.expiry_ms(next), Ordering::Relaxed);
                 inner.state = Some(next.clone());
                 for e in events {
                     inner.pending.insert(e.event_id.clone(), e.clone());
