@@ -156,27 +156,25 @@ async fn http_request_inner(
     // The body is read into heap buffers too, for the reason `read_head`
     // gives.
     let mut buf = Vec::with_capacity(1024);
-    let (status, header_end, headers) = {
-        let end = read_head(
-            &mut stream,
-            &mut buf,
-            64 * 1024,
-            "connection closed before headers",
-            "headers too large",
-        )
-        .await?;
-        let head = std::str::from_utf8(&buf[..end])
-            .map_err(|_| NetError::Http("non-UTF-8 headers".into()))?;
-        let status = parse_status(head)?;
-        (status, end + 4, head.to_ascii_lowercase())
-    };
+    let Head {
+        status,
+        headers,
+        body_at,
+    } = read_head(
+        &mut stream,
+        &mut buf,
+        64 * 1024,
+        "connection closed before headers",
+        "headers too large",
+    )
+    .await?;
     let content_length =
         header_value(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
     let retry_after_s = header_value(&headers, "retry-after").and_then(|v| v.parse().ok());
     let chunked = header_value(&headers, "transfer-encoding")
         .map(|v| v.contains("chunked"))
         .unwrap_or(false);
-    let mut rest = buf.split_off(header_end);
+    let mut rest = buf.split_off(body_at);
     if let Some(len) = content_length {
         if len > MAX_BODY {
             return Err(NetError::Http("body too large".into()));
@@ -221,9 +219,18 @@ async fn http_request_inner(
     })
 }
 
-/// Read a response into `buf` until its head is whole; the offset of the
-/// blank line that ends it. `closed` is the error if the peer closes first,
-/// `too_large` past `max` bytes without the blank line.
+/// A response's head, as `read_head` read it.
+struct Head {
+    status: u16,
+    /// The head's lines, lower-cased (for `header_value`).
+    headers: String,
+    /// Where what follows the head starts in the buffer.
+    body_at: usize,
+}
+
+/// Read a response into `buf` until its head is whole, and parse its status
+/// line. `closed` is the error if the peer closes first, `too_large` past
+/// `max` bytes without the blank line that ends the head.
 ///
 /// Straight into the heap buffer, never through an array on the stack: an
 /// array held across an `.await` is part of the future, so of every joining
@@ -236,19 +243,26 @@ async fn read_head(
     max: usize,
     closed: &str,
     too_large: &str,
-) -> Result<usize, NetError> {
-    loop {
+) -> Result<Head, NetError> {
+    let end = loop {
         buf.reserve(1024);
         if stream.read_buf(buf).await? == 0 {
             return Err(NetError::Http(closed.into()));
         }
         if let Some(end) = find(buf, b"\r\n\r\n") {
-            return Ok(end);
+            break end;
         }
         if buf.len() > max {
             return Err(NetError::Http(too_large.into()));
         }
-    }
+    };
+    let head =
+        std::str::from_utf8(&buf[..end]).map_err(|_| NetError::Http("non-UTF-8 headers".into()))?;
+    Ok(Head {
+        status: parse_status(head)?,
+        headers: head.to_ascii_lowercase(),
+        body_at: end + 4,
+    })
 }
 
 fn parse_status(head: &str) -> Result<u16, NetError> {
@@ -361,7 +375,7 @@ pub async fn ws_connect(
         );
         stream.write_all(req.as_bytes()).await?;
         let mut buf = Vec::with_capacity(1024);
-        let end = read_head(
+        let head = read_head(
             &mut stream,
             &mut buf,
             16 * 1024,
@@ -369,15 +383,11 @@ pub async fn ws_connect(
             "handshake headers too large",
         )
         .await?;
-        let head = std::str::from_utf8(&buf[..end])
-            .map_err(|_| NetError::Http("non-UTF-8 headers".into()))?;
-        let status = parse_status(head)?;
-        if status != 101 {
-            let hint =
-                header_value(&head.to_ascii_lowercase(), "retry-after").and_then(|v| v.parse().ok());
-            return Err(NetError::Handshake(status, hint));
+        if head.status != 101 {
+            let hint = header_value(&head.headers, "retry-after").and_then(|v| v.parse().ok());
+            return Err(NetError::Handshake(head.status, hint));
         }
-        let buffered = buf.split_off(end + 4);
+        let buffered = buf.split_off(head.body_at);
         // From here on the hub reads this socket: leave tokio's reactor
         // (into_std deregisters; the socket stays non-blocking), or both
         // epolls would report every frame.

@@ -251,7 +251,7 @@ async fn host_quiz(
         // Self-paced: open the quiz, let every player go through it at its
         // own pace, end it when all are done (or at the deadline).
         if let Err(e) = host_call(&target, &quiz_id, &token, "start", Goal::Running(None)).await {
-            let _ = events.send(HostEvent::Error(format!("quiz {quiz}: {e}")));
+            give_up(&target, quiz, &quiz_id, &token, &events, e).await;
             return;
         }
         let _ = events.send(HostEvent::Opened { quiz, question: 0 });
@@ -282,13 +282,37 @@ async fn host_quiz(
             Goal::Ended
         };
         if let Err(e) = host_call(&target, &quiz_id, &token, verb, goal).await {
-            let _ = events.send(HostEvent::Error(format!("quiz {quiz}: {e}")));
+            if i < q {
+                give_up(&target, quiz, &quiz_id, &token, &events, e).await;
+            } else {
+                let _ = events.send(HostEvent::Error(format!("quiz {quiz}: {e}")));
+            }
             return;
         }
         if i < q {
             let _ = events.send(HostEvent::Opened { quiz, question: i });
             tokio::time::sleep(Duration::from_millis(sc.quiz.advance_after_ms)).await;
         }
+    }
+}
+
+/// A host action failed for good: the error is reported, and the quiz is
+/// ended if the server still takes that, so that its players get their
+/// `quiz_ended` and the run ends now, failed, rather than at `duration_s`
+/// with every player still waiting for a question that will not come.
+async fn give_up(
+    target: &Target,
+    quiz: usize,
+    quiz_id: &str,
+    token: &str,
+    events: &mpsc::UnboundedSender<HostEvent>,
+    error: String,
+) {
+    let _ = events.send(HostEvent::Error(format!("quiz {quiz}: {error}")));
+    if let Err(e) = host_call(target, quiz_id, token, "end", Goal::Ended).await {
+        let _ = events.send(HostEvent::Error(format!(
+            "quiz {quiz}: could not end it either ({e}): its players wait until duration_s"
+        )));
     }
 }
 
