@@ -158,6 +158,17 @@ async fn join(store: &Store, quiz: &str, pid: &str) {
         .expect("add_player");
 }
 
+/// The state after the host's start: version 2, question 0 open.
+fn started() -> QuizState {
+    QuizState {
+        version: 2,
+        phase: Phase::Running,
+        current_question: Some(0),
+        opens_at_ms: Some(1_700_000_000_000),
+        closes_at_ms: Some(1_700_000_020_000),
+    }
+}
+
 fn applied(o: ApplyOutcome) -> (u64, u64) {
     match o {
         ApplyOutcome::Applied { score, rank } => (score, rank),
@@ -741,13 +752,7 @@ mod suite {
             .add_player_with_event(&id, &p1, u64::MAX, Some(&joined))
             .await
             .expect("join again");
-        let running = QuizState {
-            version: 2,
-            phase: Phase::Running,
-            current_question: Some(0),
-            opens_at_ms: Some(1_700_000_000_000),
-            closes_at_ms: Some(1_700_000_020_000),
-        };
+        let running = started();
         let started = Event::new(&id, 1_700_000_000_000, EventKind::QuizStarted);
         let opened = Event::new(
             &id,
@@ -1093,13 +1098,7 @@ async fn memory_quizzes_expire_live_and_after_the_end() {
     assert!(store.get_quiz(&abandoned).await.unwrap().is_some());
 
     // Started now: a state change renews the live retention.
-    let running = QuizState {
-        version: 2,
-        phase: Phase::Running,
-        current_question: Some(0),
-        opens_at_ms: Some(1_700_000_000_000),
-        closes_at_ms: Some(1_700_000_020_000),
-    };
+    let running = started();
     let renewed = new_quiz(&store, "renewed", 2).await;
     tokio::time::advance(minute * 2).await;
     assert!(store.get_quiz(&abandoned).await.unwrap().is_none());
@@ -1181,13 +1180,7 @@ async fn keys_expire(shards: u32) {
     let id = SHARDS.scope(shards, new_quiz(&store, "retention", 2)).await;
     join(&store, &id, "p1").await;
     join(&store, &id, "p2").await;
-    let running = QuizState {
-        version: 2,
-        phase: Phase::Running,
-        current_question: Some(0),
-        opens_at_ms: Some(1_700_000_000_000),
-        closes_at_ms: Some(1_700_000_020_000),
-    };
+    let running = started();
     assert!(store.set_state(&id, 1, &running).await.expect("start"));
     // Written after the last state change: these keys must inherit a
     // lifetime when they are created (an abandoned quiz stops here).
