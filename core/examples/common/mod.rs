@@ -310,7 +310,7 @@ impl CpuSnap {
     pub fn per(&self, answers: u64) -> String {
         let n = answers.max(1) as f64 / 1e6;
         format!(
-            "CPU per answer: core {:.0} us, Redis master {:.1} us, client {:.0} us, rest of the machine (Kafka, replicas, other work) {:.0} us",
+            "CPU per answer: core {:.1} us, Redis master {:.1} us, client {:.1} us, rest of the machine (Kafka, replicas, other work) {:.0} us",
             self.core / n,
             self.redis / n,
             self.client / n,
