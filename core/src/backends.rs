@@ -25,7 +25,7 @@ pub async fn select(config: &Config) -> anyhow::Result<Backends> {
         tracing::info!(event_log = %config.event_log.display(), "embedded mode");
         return Ok((
             Arc::new(store::memory::MemoryStore::with_retention(
-                store::memory::Retention {
+                store::Retention {
                     live: Duration::from_secs(config.redis_retention_live_s),
                     ended: Duration::from_secs(config.redis_retention_ended_s),
                 },

@@ -25,6 +25,7 @@ pub mod memory;
 pub mod redis_cluster;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -32,6 +33,27 @@ use crate::events::Event;
 use crate::model::{
     AnswerRecord, ApplyOutcome, Leaderboard, Millis, Player, QuizDef, QuizState, Standing,
 };
+
+/// How long a store keeps a quiz: the config keys `redis_retention_live_s`
+/// and `redis_retention_ended_s`, for the Redis store's keys
+/// (`RedisOptions`) and the memory store's quizzes alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// After the quiz's creation or last state change, while not ended.
+    pub live: Duration,
+    /// After the quiz's end.
+    pub ended: Duration,
+}
+
+impl Default for Retention {
+    /// The config's defaults: 48 h live, 24 h ended.
+    fn default() -> Self {
+        Retention {
+            live: Duration::from_secs(48 * 3600),
+            ended: Duration::from_secs(24 * 3600),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1083,7 +1083,8 @@ async fn redis_keys_of_a_sharded_quiz_expire_live_and_after_the_end() {
 /// freed (by the lookup, or by the sweep a later creation runs).
 #[tokio::test(start_paused = true)]
 async fn memory_quizzes_expire_live_and_after_the_end() {
-    use quiz_core::store::memory::{Retention, SWEEP_EVERY};
+    use quiz_core::store::memory::SWEEP_EVERY;
+    use quiz_core::store::Retention;
     use std::time::Duration;
     let live = Duration::from_secs(3600);
     let ended = Duration::from_secs(120);

@@ -20,8 +20,8 @@
 //!   `NotFound`; getters return `None`;
 //! - pending events (see `store.rs`) are recorded under the same quiz lock
 //!   as the write that produces them;
-//! - a quiz expires like the Redis store's keys: [`Retention::live`] after
-//!   its creation or last state change, [`Retention::ended`] after its end.
+//! - a quiz expires like the Redis store's keys: [`Retention::live`](super::Retention) after
+//!   its creation or last state change, [`Retention::ended`](super::Retention) after its end.
 //!   An expired quiz is gone (getters `None`, the rest `NotFound`, its id free
 //!   again); its memory is freed when it is next looked up, or by the sweep
 //!   that a quiz's creation runs at most once per [`SWEEP_EVERY`]. Without
@@ -38,32 +38,12 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{pending_key, PendingKey, QuizStore, StoreError};
+use super::{pending_key, PendingKey, QuizStore, Retention, StoreError};
 use crate::events::{Event, EventKind};
 use crate::model::{
     AnswerRecord, ApplyOutcome, Leaderboard, LeaderboardEntry, Millis, Phase, Player, QuizDef,
     QuizState, Standing,
 };
-
-/// How long a quiz is kept (the memory store's side of the config keys
-/// `redis_retention_live_s` and `redis_retention_ended_s`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// After the quiz's creation or last state change, while not ended.
-    pub live: Duration,
-    /// After the quiz's end.
-    pub ended: Duration,
-}
-
-impl Default for Retention {
-    /// The config's defaults: 48 h live, 24 h ended.
-    fn default() -> Self {
-        Retention {
-            live: Duration::from_secs(48 * 3600),
-            ended: Duration::from_secs(24 * 3600),
-        }
-    }
-}
 
 /// Least time between two sweeps of expired quizzes (each visits every
 /// quiz once).
@@ -151,14 +131,14 @@ impl MemoryStore {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// The expiry time of a quiz whose state is `state` as of now.
-    fn expiry_ms(&self, state: &QuizState) -> u64 {
+    /// The expiry time of a quiz whose state became `state` at `now`.
+    fn expiry_ms(&self, state: &QuizState, now: u64) -> u64 {
         let keep = if state.phase == Phase::Ended {
             self.retention.ended
         } else {
             self.retention.live
         };
-        self.now_ms().saturating_add(keep.as_millis() as u64)
+        now.saturating_add(keep.as_millis() as u64)
     }
 
     /// The quiz's cell, with the map's shard guard already released; an
@@ -175,9 +155,8 @@ impl MemoryStore {
         Some(cell)
     }
 
-    /// Frees every expired quiz, at most once per [`SWEEP_EVERY`].
-    fn sweep_expired(&self) {
-        let now = self.now_ms();
+    /// Frees every quiz expired at `now`, at most once per [`SWEEP_EVERY`].
+    fn sweep_expired(&self, now: u64) {
         let last = self.swept_at_ms.load(Ordering::Relaxed);
         let due = now.saturating_sub(last) >= SWEEP_EVERY.as_millis() as u64;
         // One caller sweeps; the others go on.
@@ -275,12 +254,12 @@ impl QuizStore for MemoryStore {
         event: Option<&Event>,
     ) -> Result<(), StoreError> {
         use dashmap::mapref::entry::Entry;
-        self.sweep_expired();
         let now = self.now_ms();
+        self.sweep_expired(now);
         let cell = || {
             Arc::new(QuizCell {
                 def: Arc::new(quiz.clone()),
-                expires_at_ms: AtomicU64::new(self.expiry_ms(state)),
+                expires_at_ms: AtomicU64::new(self.expiry_ms(state, now)),
                 inner: Mutex::new(QuizInner {
                     state: Some(state.clone()),
                     pending: event
@@ -335,7 +314,7 @@ impl QuizStore for MemoryStore {
             Some(cur) if cur.version == expected_version => {
                 // Under the quiz lock, so the last change sets the expiry.
                 cell.expires_at_ms
-                    .store(self.expiry_ms(next), Ordering::Relaxed);
+                    .store(self.expiry_ms(next, self.now_ms()), Ordering::Relaxed);
                 inner.state = Some(next.clone());
                 for e in events {
                     inner.pending.insert(e.event_id.clone(), e.clone());

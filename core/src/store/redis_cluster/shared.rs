@@ -9,7 +9,7 @@ use redis::cluster_async::ClusterConnection;
 use tokio::sync::Semaphore;
 
 use super::scripts::Scripts;
-use crate::store::StoreError;
+use crate::store::{Retention, StoreError};
 
 /// Tuning of [`RedisClusterStore`](super::RedisClusterStore). `Default`
 /// suits a 3-master, 3-replica cluster on a local network.
@@ -64,8 +64,8 @@ impl Default for RedisOptions {
             max_attempts: 5,
             retry_backoff: Duration::from_millis(50),
             tls_ca: None,
-            retention_live: Duration::from_secs(48 * 3600),
-            retention_ended: Duration::from_secs(24 * 3600),
+            retention_live: Retention::default().live,
+            retention_ended: Retention::default().ended,
         }
     }
 }
