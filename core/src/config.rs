@@ -199,8 +199,8 @@ impl Default for Config {
             redis_wait_timeout_ms: 200,
             redis_command_timeout_ms: 2_000,
             redis_max_batch: 256,
-            redis_retention_live_s: 48 * 3600,
-            redis_retention_ended_s: 24 * 3600,
+            redis_retention_live_s: DEFAULT_RETENTION_LIVE_S,
+            redis_retention_ended_s: DEFAULT_RETENTION_ENDED_S,
             kafka_brokers: String::new(),
             kafka_topic: "quiz-events".into(),
             kafka_properties: BTreeMap::new(),
@@ -246,6 +246,14 @@ impl Default for Config {
         }
     }
 }
+
+/// The default of `redis_retention_live_s` (48 h), also the store layer's
+/// default ([`crate::store::Retention`]).
+pub const DEFAULT_RETENTION_LIVE_S: u64 = 48 * 3600;
+
+/// The default of `redis_retention_ended_s` (24 h): by then an ended quiz's
+/// events are on Kafka and its record in MongoDB.
+pub const DEFAULT_RETENTION_ENDED_S: u64 = 24 * 3600;
 
 /// librdkafka's default `message.max.bytes` (the producer refuses a larger
 /// record; brokers default to about the same).

@@ -46,11 +46,11 @@ pub struct Retention {
 }
 
 impl Default for Retention {
-    /// The config's defaults: 48 h live, 24 h ended.
+    /// The config's defaults.
     fn default() -> Self {
         Retention {
-            live: Duration::from_secs(48 * 3600),
-            ended: Duration::from_secs(24 * 3600),
+            live: Duration::from_secs(crate::config::DEFAULT_RETENTION_LIVE_S),
+            ended: Duration::from_secs(crate::config::DEFAULT_RETENTION_ENDED_S),
         }
     }
 }
