@@ -210,17 +210,26 @@ pub fn drain_frames(buf: &mut Vec<u8>, mut f: impl FnMut(u8, &[u8])) {
 
 /// User + system CPU seconds of process `pid` (Linux /proc), 0 if unknown.
 pub fn cpu_seconds(pid: u32) -> f64 {
+    let (user, kernel) = cpu_split(pid);
+    user + kernel
+}
+
+/// CPU seconds of a process (all its threads) in user space and in the
+/// kernel, (0, 0) if unknown. On loopback the kernel part of a socket write
+/// includes the receiving side's TCP work, so it is the part no user-space
+/// change can cut.
+pub fn cpu_split(pid: u32) -> (f64, f64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     // Fields after the command name, which is in parentheses.
     let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 here.
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
 /// Busy CPU seconds of the whole machine (all cores; /proc/stat: user +
@@ -275,6 +284,8 @@ pub async fn redis_info(node: &str, section: &str) -> Option<String> {
 #[derive(Clone, Copy, Default)]
 pub struct CpuSnap {
     pub core: f64,
+    /// The kernel's part of `core`.
+    pub core_kernel: f64,
     pub client: f64,
     pub redis: f64,
     pub machine: f64,
@@ -282,8 +293,10 @@ pub struct CpuSnap {
 
 impl CpuSnap {
     pub async fn take(core_pid: u32, master: &str) -> CpuSnap {
+        let (core_user, core_kernel) = cpu_split(core_pid);
         CpuSnap {
-            core: cpu_seconds(core_pid),
+            core: core_user + core_kernel,
+            core_kernel,
             client: cpu_seconds(std::process::id()),
             redis: redis_main_cpu(master).await,
             machine: machine_busy_seconds(),
@@ -293,6 +306,7 @@ impl CpuSnap {
     pub fn since(self, before: CpuSnap) -> CpuSnap {
         CpuSnap {
             core: self.core - before.core,
+            core_kernel: self.core_kernel - before.core_kernel,
             client: self.client - before.client,
             redis: self.redis - before.redis,
             machine: self.machine - before.machine,
@@ -301,17 +315,19 @@ impl CpuSnap {
 
     pub fn add(&mut self, d: CpuSnap) {
         self.core += d.core;
+        self.core_kernel += d.core_kernel;
         self.client += d.client;
         self.redis += d.redis;
         self.machine += d.machine;
     }
 
-    /// "core X us, Redis Y us, client Z us, rest W us per answer".
+    /// "core X us (kernel K), Redis Y us, client Z us, rest W us per answer".
     pub fn per(&self, answers: u64) -> String {
         let n = answers.max(1) as f64 / 1e6;
         format!(
-            "CPU per answer: core {:.1} us, Redis master {:.1} us, client {:.1} us, rest of the machine (Kafka, replicas, other work) {:.0} us",
+            "CPU per answer: core {:.1} us (kernel {:.1}), Redis master {:.1} us, client {:.1} us, rest of the machine (Kafka, replicas, other work) {:.0} us",
             self.core / n,
+            self.core_kernel / n,
             self.redis / n,
             self.client / n,
             (self.machine - self.core - self.client - self.redis).max(0.0) / n
