@@ -6,12 +6,14 @@
 //! ```text
 //! cargo build --release -p quiz-core --example fanout
 //! ${CARGO_TARGET_DIR:-target}/release/examples/fanout \
-//!     [--connections 19000] [--workers 4] [--seconds 10] [--warmup 3] [--runs 3]
+//!     [--connections 19000] [--workers 4] [--seconds 10] [--warmup 3] [--runs 3] \
+//!     [--io-uring 0|1]
 //! ```
 //! Processes (each under the 20 000-descriptor limit):
 //! - `fanout serve PORT`: quiz-core, embedded mode, in a process of its own;
-//! - `fanout bare PORT FRAME_FILE`: the baseline, a loop writing the frame to
-//!   every accepted socket every 500 ms;
+//! - `fanout bare PORT FRAME_FILE [uring]`: the baseline, a loop writing the
+//!   frame to every accepted socket every 500 ms (with `uring`: every tick's
+//!   sends submitted to io_uring in batches instead of one `send` each);
 //! - `fanout worker …`: a client process holding a slice of the connections
 //!   from its own source address (127.0.0.10, .11, …), counting the
 //!   `leaderboard` frames it receives; it prints the count when the
@@ -21,7 +23,10 @@
 //! `connections` players (+ driver players), starts it, and per run measures
 //! core (workers on core's port; a driver answers every 250 ms with a fresh
 //! player so that every 500 ms tick has a changed board) then the baseline
-//! (workers on the bare server). The rate is frames counted by all workers
+//! (workers on the bare server), and with `--io-uring 1` the baseline again
+//! with its sends batched through io_uring (what a server could save on the
+//! syscalls themselves where io_uring is allowed; container runtimes' default
+//! seccomp profiles refuse it). The rate is frames counted by all workers
 //! between two marks `seconds` apart. Every phase is bounded in time.
 //! Results are recorded in `docs/performance.md`.
 
@@ -45,6 +50,8 @@ struct Args {
     seconds: u64,
     warmup: u64,
     runs: usize,
+    /// Also measure the baseline with its sends batched through io_uring.
+    io_uring: bool,
 }
 
 fn parse_args(argv: &[String]) -> Args {
@@ -54,11 +61,12 @@ fn parse_args(argv: &[String]) -> Args {
         seconds: 10,
         warmup: 3,
         runs: 3,
+        io_uring: false,
     };
     for pair in argv.chunks(2) {
         let v = pair.get(1).and_then(|v| v.parse::<u64>().ok());
         let Some(v) = v else {
-            eprintln!("usage: fanout [--connections N] [--workers W] [--seconds S] [--warmup S] [--runs R]");
+            eprintln!("usage: fanout [--connections N] [--workers W] [--seconds S] [--warmup S] [--runs R] [--io-uring 0|1]");
             std::process::exit(2);
         };
         match pair[0].as_str() {
@@ -67,6 +75,7 @@ fn parse_args(argv: &[String]) -> Args {
             "--seconds" => a.seconds = v.clamp(1, 120),
             "--warmup" => a.warmup = v.min(60),
             "--runs" => a.runs = (v as usize).clamp(1, 10),
+            "--io-uring" => a.io_uring = v != 0,
             other => {
                 eprintln!("unknown flag {other}");
                 std::process::exit(2);
@@ -104,11 +113,18 @@ fn main() -> anyhow::Result<()> {
 // ------------------------------------------------------------------ baseline
 
 /// The bare-socket baseline: accepts connections and, every 500 ms, writes
-/// the frame to each, one `write` per socket, from one loop. Two runtime
-/// threads, as core has on this machine.
+/// the frame to each, one `write` per socket, from one loop (`uring`: one
+/// io_uring submission per batch of sockets instead). Two runtime threads,
+/// as core has on this machine.
 fn bare(argv: &[String]) -> anyhow::Result<()> {
     let port: u16 = argv.first().and_then(|p| p.parse().ok()).unwrap_or(18_081);
     let frame = std::fs::read(argv.get(1).map(String::as_str).unwrap_or("frame.bin"))?;
+    // Created before listening: where io_uring is refused, the coordinator
+    // sees a server that never listens, and this process says why.
+    let mut ring = match argv.get(2).map(String::as_str) {
+        Some("uring") => Some(io_uring::IoUring::new(URING_BATCH as u32)?),
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -131,13 +147,63 @@ fn bare(argv: &[String]) -> anyhow::Result<()> {
             tick.tick().await;
             // Take the list out so that accepting never waits on the loop.
             let mut list = std::mem::take(&mut *conns.lock());
-            list.retain(|s| match s.try_write(&frame) {
-                Ok(n) => n == frame.len(), // a short write: drop the socket
-                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-            });
+            match ring.as_mut() {
+                Some(ring) => send_batched(ring, &mut list, &frame)?,
+                None => list.retain(|s| match s.try_write(&frame) {
+                    Ok(n) => n == frame.len(), // a short write: drop the socket
+                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                }),
+            }
             conns.lock().append(&mut list);
         }
     })
+}
+
+/// Sockets per io_uring submission (and the ring's size).
+const URING_BATCH: usize = 1024;
+
+/// The io_uring variant of the baseline's tick: the frame's sends to every
+/// socket, `URING_BATCH` per `io_uring_enter`, non-blocking (`MSG_DONTWAIT`:
+/// a full socket completes with `EAGAIN` instead of waiting). Same rule as
+/// the `write` loop: a short write or an error other than `EAGAIN` drops the
+/// socket.
+fn send_batched(
+    ring: &mut io_uring::IoUring,
+    list: &mut Vec<tokio::net::TcpStream>,
+    frame: &[u8],
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut keep = vec![true; list.len()];
+    for (chunk_no, chunk) in list.chunks(URING_BATCH).enumerate() {
+        for (i, s) in chunk.iter().enumerate() {
+            let send = io_uring::opcode::Send::new(
+                io_uring::types::Fd(s.as_raw_fd()),
+                frame.as_ptr(),
+                frame.len() as u32,
+            )
+            .flags(libc::MSG_DONTWAIT)
+            .build()
+            .user_data((chunk_no * URING_BATCH + i) as u64);
+            // SAFETY: the frame outlives the submission: every send of the
+            // chunk has completed when `submit_and_wait` returns below.
+            unsafe { ring.submission().push(&send) }
+                .map_err(|_| std::io::Error::other("io_uring submission queue full"))?;
+        }
+        ring.submit_and_wait(chunk.len())?;
+        for done in ring.completion() {
+            let r = done.result();
+            let sent_all = usize::try_from(r).is_ok_and(|n| n == frame.len());
+            if !sent_all && r != -libc::EAGAIN {
+                keep[done.user_data() as usize] = false;
+            }
+        }
+    }
+    let mut i = 0;
+    list.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    Ok(())
 }
 
 // -------------------------------------------------------------------- worker
@@ -371,6 +437,47 @@ impl Measured {
     }
 }
 
+/// One baseline phase: a bare server on a fresh port, the workers on it.
+struct Bare<'a> {
+    exe: &'a std::path::Path,
+    frame_file: &'a std::path::Path,
+    quiz: &'a str,
+    tokens_file: &'a std::path::Path,
+    connections: usize,
+    args: &'a Args,
+}
+
+impl Bare<'_> {
+    /// `writer`: `write` (one send per socket) or `uring`.
+    fn measure(&self, rt: &tokio::runtime::Runtime, writer: &str) -> anyhow::Result<Measured> {
+        let port = common::free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let server = KillOnDrop(
+            Command::new(self.exe)
+                .arg("bare")
+                .arg(port.to_string())
+                .arg(self.frame_file)
+                .arg(writer)
+                .spawn()?,
+        );
+        rt.block_on(common::wait_listening(addr, Duration::from_secs(10)))
+            .map_err(|e| anyhow::anyhow!("bare server ({writer}) not listening: {e}"))?;
+        let (quiz, tokens) = (self.quiz, self.tokens_file);
+        let mut raw = start_workers(
+            addr,
+            false,
+            quiz,
+            tokens,
+            self.connections,
+            self.args.workers,
+        )?;
+        let m = measure(&mut raw, server.0.id(), self.args.warmup, self.args.seconds)?;
+        drop(raw);
+        drop(server);
+        Ok(m)
+    }
+}
+
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -532,6 +639,7 @@ fn coordinator(args: Args) -> anyhow::Result<()> {
     let next_driver = Arc::new(AtomicU64::new(0));
     let sample: Arc<parking_lot::Mutex<Option<Vec<u8>>>> = Arc::default();
     let mut cols: [Vec<f64>; 8] = Default::default();
+    let mut uring_ratios = Vec::new();
     for run in 0..args.runs {
         // Core.
         let t_conn = Instant::now();
@@ -558,20 +666,20 @@ fn coordinator(args: Args) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("the driver saw no leaderboard frame"))?;
         let frame_file = dir.join("frame.bin");
         std::fs::write(&frame_file, server_text(&payload))?;
-        let bare_port = common::free_port();
-        let bare_addr: SocketAddr = ([127, 0, 0, 1], bare_port).into();
-        let bare = KillOnDrop(
-            Command::new(&exe)
-                .arg("bare")
-                .arg(bare_port.to_string())
-                .arg(&frame_file)
-                .spawn()?,
-        );
-        rt.block_on(common::wait_listening(bare_addr, Duration::from_secs(10)))?;
-        let mut raw = start_workers(bare_addr, false, &quiz, &tokens_file, n, args.workers)?;
-        let b = measure(&mut raw, bare.0.id(), args.warmup, args.seconds)?;
-        drop(raw);
-        drop(bare);
+        let bare = Bare {
+            exe: &exe,
+            frame_file: &frame_file,
+            quiz: &quiz,
+            tokens_file: &tokens_file,
+            connections: n,
+            args: &args,
+        };
+        let b = bare.measure(&rt, "write")?;
+        let u = if args.io_uring {
+            Some(bare.measure(&rt, "uring")?)
+        } else {
+            None
+        };
 
         let ratio = c.frames_per_sec / b.frames_per_sec.max(1.0);
         // The CPU per delivered frame is the figure of issue 14's goal 1;
@@ -592,6 +700,18 @@ fn coordinator(args: Args) -> anyhow::Result<()> {
             b.closed,
             payload.len()
         );
+        if let Some(u) = &u {
+            let u_us = u.us_per_frame();
+            println!(
+                "run {run}: bare with io_uring {:.0} frames/s (server CPU {:.2} cores, {u_us:.2} us/frame, {} closed) | \
+                 CPU per frame {:.3}x the write loop's",
+                u.frames_per_sec,
+                u.server_cpu,
+                u.closed,
+                u_us / b_us
+            );
+            uring_ratios.push(u_us / b_us);
+        }
         for (col, v) in cols.iter_mut().zip([
             c.frames_per_sec,
             b.frames_per_sec,
@@ -605,6 +725,13 @@ fn coordinator(args: Args) -> anyhow::Result<()> {
             col.push(v);
         }
         std::thread::sleep(Duration::from_secs(2));
+    }
+    if !uring_ratios.is_empty() {
+        println!(
+            "median of {} runs: bare loop's CPU per frame with io_uring {:.3}x its own with one send per socket",
+            args.runs,
+            common::median(uring_ratios)
+        );
     }
     let m: Vec<f64> = cols.into_iter().map(common::median).collect();
     println!(
