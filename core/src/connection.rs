@@ -417,10 +417,16 @@ async fn read_loop<R: AsyncRead + Unpin>(s: &Session<'_>, rd: &mut R) {
     let mut bucket = rate.full(Instant::now());
     let mut allow = || rate.allow(&mut bucket, Instant::now());
     let mut partial = Partial::default();
+    // Closed by the writer / room (slow consumer) or by shutdown. Waited on
+    // by one future for the connection's life: one made per frame took the
+    // token's lock to register and again to deregister, on every frame.
+    let closed = outbox.cancelled().cancelled();
+    tokio::pin!(closed);
     loop {
         let frame = tokio::select! {
-            // Closed by the writer / room (slow consumer) or by shutdown.
-            _ = outbox.cancelled().cancelled() => {
+            // Checked first (and without drawing a random branch order).
+            biased;
+            _ = &mut closed => {
                 if outbox.close_reason().is_none() {
                     outbox.close(close::GOING_AWAY, "server shutting down");
                 }
