@@ -198,11 +198,8 @@ fn send_batched(
             }
         }
     }
-    let mut i = 0;
-    list.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
+    let mut keep = keep.into_iter();
+    list.retain(|_| keep.next().unwrap_or(true));
     Ok(())
 }
 
@@ -462,12 +459,11 @@ impl Bare<'_> {
         );
         rt.block_on(common::wait_listening(addr, Duration::from_secs(10)))
             .map_err(|e| anyhow::anyhow!("bare server ({writer}) not listening: {e}"))?;
-        let (quiz, tokens) = (self.quiz, self.tokens_file);
         let mut raw = start_workers(
             addr,
             false,
-            quiz,
-            tokens,
+            self.quiz,
+            self.tokens_file,
             self.connections,
             self.args.workers,
         )?;
