@@ -24,17 +24,22 @@ pub async fn select(config: &Config) -> anyhow::Result<Backends> {
             .map_err(|e| anyhow::anyhow!("event_log {}: {e}", config.event_log.display()))?;
         tracing::info!(event_log = %config.event_log.display(), "embedded mode");
         return Ok((
-            Arc::new(store::memory::MemoryStore::with_retention(
-                store::Retention {
-                    live: Duration::from_secs(config.redis_retention_live_s),
-                    ended: Duration::from_secs(config.redis_retention_ended_s),
-                },
-            )),
+            Arc::new(store::memory::MemoryStore::with_retention(retention(
+                config,
+            ))),
             Arc::new(sink),
             Arc::new(bus::memory::MemoryBus::new()),
         ));
     }
     distributed_backends(config).await
+}
+
+/// How long either store keeps a quiz (`redis_retention_*_s`).
+fn retention(config: &Config) -> store::Retention {
+    store::Retention {
+        live: Duration::from_secs(config.redis_retention_live_s),
+        ended: Duration::from_secs(config.redis_retention_ended_s),
+    }
 }
 
 async fn distributed_backends(config: &Config) -> anyhow::Result<Backends> {
@@ -53,8 +58,7 @@ async fn distributed_backends(config: &Config) -> anyhow::Result<Backends> {
             wait_timeout: Duration::from_millis(config.redis_wait_timeout_ms),
             command_timeout: Duration::from_millis(config.redis_command_timeout_ms),
             max_batch: config.redis_max_batch,
-            retention_live: Duration::from_secs(config.redis_retention_live_s),
-            retention_ended: Duration::from_secs(config.redis_retention_ended_s),
+            retention: retention(config),
             tls_ca: tls_ca.clone(),
             ..store::redis_cluster::RedisOptions::default()
         },

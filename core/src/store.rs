@@ -31,7 +31,7 @@ use async_trait::async_trait;
 
 use crate::events::Event;
 use crate::model::{
-    AnswerRecord, ApplyOutcome, Leaderboard, Millis, Player, QuizDef, QuizState, Standing,
+    AnswerRecord, ApplyOutcome, Leaderboard, Millis, Phase, Player, QuizDef, QuizState, Standing,
 };
 
 /// How long a store keeps a quiz: the config keys `redis_retention_live_s`
@@ -43,6 +43,17 @@ pub struct Retention {
     pub live: Duration,
     /// After the quiz's end.
     pub ended: Duration,
+}
+
+impl Retention {
+    /// How long a quiz is kept after its state became one of `phase`.
+    pub fn after(&self, phase: Phase) -> Duration {
+        if phase == Phase::Ended {
+            self.ended
+        } else {
+            self.live
+        }
+    }
 }
 
 impl Default for Retention {

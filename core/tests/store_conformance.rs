@@ -22,7 +22,7 @@ use quiz_core::model::{
 };
 use quiz_core::store::memory::MemoryStore;
 use quiz_core::store::redis_cluster::{self, RedisClusterStore, RedisOptions};
-use quiz_core::store::{QuizStore, StoreError};
+use quiz_core::store::{QuizStore, Retention, StoreError};
 
 type Store = Arc<dyn QuizStore>;
 
@@ -1060,8 +1060,8 @@ conformance!(redis_cluster_store, redis);
 conformance!(redis_cluster_sharded_store, redis, 3);
 conformance!(redis_tls_store, redis_tls);
 
-/// Retention (Redis only: the embedded store lives and dies with its
-/// process): every key of a quiz has a lifetime from the moment it exists,
+/// Retention of the Redis store's keys (the memory store's quizzes: below):
+/// every key of a quiz has a lifetime from the moment it exists,
 /// the live retention while the quiz runs (also when its host abandons it
 /// mid-question), the ended retention once it ends. Nothing of a quiz stays
 /// in Redis for ever.
@@ -1084,7 +1084,6 @@ async fn redis_keys_of_a_sharded_quiz_expire_live_and_after_the_end() {
 #[tokio::test(start_paused = true)]
 async fn memory_quizzes_expire_live_and_after_the_end() {
     use quiz_core::store::memory::SWEEP_EVERY;
-    use quiz_core::store::Retention;
     use std::time::Duration;
     let live = Duration::from_secs(3600);
     let ended = Duration::from_secs(120);
@@ -1168,8 +1167,7 @@ async fn keys_expire(shards: u32) {
     let live = std::time::Duration::from_secs(3600);
     let ended = std::time::Duration::from_secs(120);
     let opts = RedisOptions {
-        retention_live: live,
-        retention_ended: ended,
+        retention: Retention { live, ended },
         ..RedisOptions::default()
     };
     let store: Store = Arc::new(

@@ -41,8 +41,8 @@ use tokio::time::Instant;
 use super::{pending_key, PendingKey, QuizStore, Retention, StoreError};
 use crate::events::{Event, EventKind};
 use crate::model::{
-    AnswerRecord, ApplyOutcome, Leaderboard, LeaderboardEntry, Millis, Phase, Player, QuizDef,
-    QuizState, Standing,
+    AnswerRecord, ApplyOutcome, Leaderboard, LeaderboardEntry, Millis, Player, QuizDef, QuizState,
+    Standing,
 };
 
 /// Least time between two sweeps of expired quizzes (each visits every
@@ -133,11 +133,7 @@ impl MemoryStore {
 
     /// The expiry time of a quiz whose state became `state` at `now`.
     fn expiry_ms(&self, state: &QuizState, now: u64) -> u64 {
-        let keep = if state.phase == Phase::Ended {
-            self.retention.ended
-        } else {
-            self.retention.live
-        };
+        let keep = self.retention.after(state.phase);
         now.saturating_add(keep.as_millis() as u64)
     }
 

@@ -107,9 +107,8 @@
 //!   inherit the remaining lifetime of the shard's state copy.
 //!
 //! # Retention
-//! Every key of a quiz expires ([`RedisOptions::retention_live`] after the
-//! quiz's creation or last state change, [`RedisOptions::retention_ended`]
-//! after its end): `create_quiz` and `set_state` set the lifetime of the
+//! Every key of a quiz expires ([`RedisOptions::retention`]: `live` after
+//! the quiz's creation or last state change, `ended` after its end): `create_quiz` and `set_state` set the lifetime of the
 //! quiz's keys, and a key created later (players, answers, a question's
 //! distribution, sent times) inherits what is left of it in the script that
 //! creates it. Nothing of a quiz stays in Redis for ever, also when its host
@@ -188,7 +187,7 @@ use super::memory::normalize_nickname;
 use super::{pending_key, split_answer_field, PendingKey, QuizStore, StoreError};
 use crate::events::{Event, EventKind};
 use crate::model::{
-    AnswerRecord, ApplyOutcome, Leaderboard, Millis, Phase, Player, QuizDef, QuizState, Standing,
+    AnswerRecord, ApplyOutcome, Leaderboard, Millis, Player, QuizDef, QuizState, Standing,
 };
 
 /// The Redis Cluster store. Cheap to share behind an `Arc`; dropping it ends
@@ -404,7 +403,7 @@ impl RedisClusterStore {
             let ttl_ms = if pttl > 0 {
                 pttl as u64
             } else {
-                self.shared.opts.retention_live.as_millis() as u64
+                self.shared.opts.retention.live.as_millis() as u64
             };
             self.push_copies(quiz_id, shards, &json, ttl_ms).await?;
             self.copies.record(quiz_id, state.version);
@@ -814,7 +813,7 @@ impl QuizStore for RedisClusterStore {
         let mut args = vec![
             to_json(quiz)?,
             state_json.clone(),
-            seconds(self.shared.opts.retention_live),
+            seconds(self.shared.opts.retention.live),
         ];
         push_event(&mut args, event)?;
         let call = Call {
@@ -831,7 +830,7 @@ impl QuizStore for RedisClusterStore {
             // The shards' state copies (also on a retried create: a copy
             // only moves forward). A crash before this leaves shards
             // without a copy: readers push it (`sync_copies`).
-            let ttl_ms = self.shared.opts.retention_live.as_millis() as u64;
+            let ttl_ms = self.shared.opts.retention.live.as_millis() as u64;
             self.push_copies(id, &shards, &state_json, ttl_ms).await?;
             self.copies.record(id, state.version);
         }
@@ -891,11 +890,7 @@ impl QuizStore for RedisClusterStore {
             .map(|suffix| key(quiz_id, suffix)),
         );
         keys.extend(questions.iter().map(|q| key(quiz_id, &format!("dist:{q}"))));
-        let retention = if next.phase == Phase::Ended {
-            self.shared.opts.retention_ended
-        } else {
-            self.shared.opts.retention_live
-        };
+        let retention = self.shared.opts.retention.after(next.phase);
         let next_json = to_json(next)?;
         let call = Call {
             script: &self.shared.scripts.set_state,

@@ -40,15 +40,14 @@ pub struct RedisOptions {
     /// PEM of the CA that signed the servers' certificates, for `rediss://`
     /// nodes with a private CA (public CAs are trusted without it).
     pub tls_ca: Option<Vec<u8>>,
-    /// Retention of a quiz that has not ended: every key of the quiz expires
-    /// this long after its creation or its last state change (start, next
-    /// question), so an abandoned quiz does not fill Redis for ever (with
-    /// `noeviction` a full Redis refuses every write of the platform).
-    pub retention_live: Duration,
-    /// Retention of an ended quiz: its keys expire this long after the end.
-    /// Its events are on Kafka by then (the end is published right after
-    /// the state change); the long-term record is MongoDB.
-    pub retention_ended: Duration,
+    /// How long a quiz's keys live. While it has not ended, every key
+    /// expires `live` after the quiz's creation or its last state change
+    /// (start, next question), so an abandoned quiz does not fill Redis for
+    /// ever (with `noeviction` a full Redis refuses every write of the
+    /// platform). An ended quiz's keys expire `ended` after the end: its
+    /// events are on Kafka by then (the end is published right after the
+    /// state change); the long-term record is MongoDB.
+    pub retention: Retention,
 }
 
 impl Default for RedisOptions {
@@ -64,8 +63,7 @@ impl Default for RedisOptions {
             max_attempts: 5,
             retry_backoff: Duration::from_millis(50),
             tls_ca: None,
-            retention_live: Retention::default().live,
-            retention_ended: Retention::default().ended,
+            retention: Retention::default(),
         }
     }
 }
