@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::QuizError;
 use crate::frame::{linger, read_frame, InFrame, Partial, ReadError};
+use crate::gate::Gated;
 use crate::limit::Rate;
 use crate::metrics::AnswerOutcome;
 use crate::model::{now_ms, Mode, Phase, QuizDef, QuizState};
@@ -151,7 +152,6 @@ pub async fn serve(
     if def.mode == Mode::SelfPaced && !is_host {
         spawn_expiry(&svc, &def, &caller.claims.player_id, &outbox, &presented);
     }
-    let write_timeout = Duration::from_millis(svc.config.ws_write_timeout_ms);
     let mut rd = BufReader::with_capacity(READ_BUF, rd);
     let session = Session {
         svc: &svc,
@@ -161,9 +161,19 @@ pub async fn serve(
         outbox: &outbox,
         presented: &presented,
     };
+    // The writer is gated: the task's wake-ups for reads and replies do
+    // not poll it (`gate.rs`). This join's state is most of every idle
+    // connection's task, which sits just under one of the allocator's size
+    // classes: a few bytes more here cost 512 per connection
+    // (docs/core.md, "Memory per idle WebSocket").
     tokio::join!(
         read_loop(&session, &mut rd),
-        write_loop(&svc.metrics, &outbox, &mut writer, write_timeout),
+        Gated::new(write_loop(
+            &svc.metrics,
+            &outbox,
+            &mut writer,
+            Duration::from_millis(svc.config.ws_write_timeout_ms),
+        )),
     );
     rooms.leave(&membership);
     drop::<Membership>(membership);
@@ -415,12 +425,12 @@ async fn read_loop<R: AsyncRead + Unpin>(s: &Session<'_>, rd: &mut R) {
     let max = svc.config.ws_max_frame_bytes;
     let rate = Rate::new(svc.config.ws_rate_per_sec, svc.config.ws_rate_burst);
     let mut bucket = rate.full(Instant::now());
-    let mut allow = || rate.allow(&mut bucket, Instant::now());
     let mut partial = Partial::default();
     // Closed by the writer / room (slow consumer) or by shutdown. Waited on
     // by one future for the connection's life: one made per frame took the
     // token's lock to register and again to deregister, on every frame.
-    let closed = outbox.cancelled().cancelled();
+    // Gated: polled only when the token fired, not on every frame's wake.
+    let closed = Gated::new(outbox.cancelled().cancelled());
     tokio::pin!(closed);
     loop {
         let frame = tokio::select! {
@@ -440,7 +450,7 @@ async fn read_loop<R: AsyncRead + Unpin>(s: &Session<'_>, rd: &mut R) {
         let payload = match frame {
             Ok(InFrame::Text(p)) => p,
             Ok(InFrame::Binary) => {
-                if !allow() {
+                if !rate.allow(&mut bucket, Instant::now()) {
                     return outbox.close(close::POLICY, "rate limit exceeded");
                 }
                 outbox.push_text(protocol::encode_error(
@@ -450,7 +460,7 @@ async fn read_loop<R: AsyncRead + Unpin>(s: &Session<'_>, rd: &mut R) {
                 continue;
             }
             Ok(InFrame::Ping(p)) => {
-                if !allow() {
+                if !rate.allow(&mut bucket, Instant::now()) {
                     return outbox.close(close::POLICY, "rate limit exceeded");
                 }
                 outbox.push(OutFrame::Pong(Bytes::from(p)));
@@ -459,7 +469,7 @@ async fn read_loop<R: AsyncRead + Unpin>(s: &Session<'_>, rd: &mut R) {
             // Pongs count against the rate like everything else (one
             // answers the server's ping every `ws_ping_interval_ms`).
             Ok(InFrame::Pong) => {
-                if !allow() {
+                if !rate.allow(&mut bucket, Instant::now()) {
                     return outbox.close(close::POLICY, "rate limit exceeded");
                 }
                 continue;
@@ -469,7 +479,7 @@ async fn read_loop<R: AsyncRead + Unpin>(s: &Session<'_>, rd: &mut R) {
             Err(ReadError::Protocol(why)) => return outbox.close(close::PROTOCOL, why),
             Err(ReadError::Closed) => return outbox.close(close::NONE, ""),
         };
-        if !allow() {
+        if !rate.allow(&mut bucket, Instant::now()) {
             return outbox.close(close::POLICY, "rate limit exceeded");
         }
         // Handling is boxed: its future (store and sink calls) is large and

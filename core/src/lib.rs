@@ -11,7 +11,9 @@
 //!   frames; [`outbox`] is the writer's side: each connection's bounded
 //!   [`outbox::Outbox`], the writer that drains it, the close codes;
 //!   [`socket`]: the connection's socket halves (plain TCP shared with the
-//!   outbox, which the room's tick writes to directly).
+//!   outbox, which the room's tick writes to directly). [`gate`]: a future
+//!   polled only when its own waker fired (the connection's writer and
+//!   close-wait, so an answer's wake-ups do not poll them).
 //!   [`limit`]: the token bucket of both rate limits (per connection, per
 //!   client IP); [`admission`]: the bounded places of joins (refused with
 //!   `Retry-After` past them, before any write); [`client_addr`]: which IP that is (the peer, or a trusted
@@ -60,6 +62,7 @@ pub mod connection;
 pub mod error;
 pub mod event_outbox;
 pub mod frame;
+pub mod gate;
 pub mod http;
 pub mod limit;
 pub mod metrics;

@@ -1,0 +1,195 @@
+//! [`Gated`]: a future polled only after it asked to be.
+//!
+//! A connection's task joins its read loop and its writer, and the read
+//! loop selects its next frame against the connection's close. Every
+//! wake-up of the task (a frame from the client, the Redis reply and the
+//! Kafka acknowledgement of an answer) polls every branch, and polling a
+//! parked `Notify` or cancellation future takes that future's lock: about
+//! seven lock round trips per answer, on branches that nearly never have
+//! anything to do (the writer only runs when a direct write could not
+//! finish; a close comes once per connection).
+//!
+//! `Gated` hands its future a waker of its own, which records that it
+//! fired before waking the task. The future is polled on the first poll
+//! and after its own waker fired; any other wake-up of the task costs an
+//! atomic swap and the task waker's registration (an atomic compare when
+//! it is the same task, as it always is here).
+//!
+//! Correctness: the task's waker is registered before the flag is read,
+//! so a wake that lands after the read wakes the task again, and the next
+//! poll sees the flag. What the future registers its waker with (a
+//! `Notify`, a socket's readiness, a timer, tokio's cooperative budget)
+//! gets the gate's waker and wakes through it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures::task::AtomicWaker;
+
+pin_project_lite::pin_project! {
+    /// `inner`, polled only when its own waker fired (or never polled yet).
+    pub struct Gated<F> {
+        #[pin]
+        inner: F,
+        // One pointer: a connection's task carries two of these, and its
+        // allocation sits just under one of the allocator's size classes.
+        // The gate becomes a waker only when `inner` is polled (rarely).
+        gate: Arc<Gate>,
+    }
+}
+
+/// Whether the gated future's waker fired since its last poll, and the
+/// task to wake when it does.
+#[derive(Default)]
+struct Gate {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> Gated<F> {
+    pub fn new(inner: F) -> Gated<F> {
+        let gate = Arc::new(Gate {
+            // Polled on the first poll: it has not registered anything yet.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Gated { inner, gate }
+    }
+}
+
+impl<F: Future> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        // Register before reading the flag (see the module doc).
+        this.gate.task.register(cx.waker());
+        if !this.gate.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(Arc::clone(this.gate));
+        this.inner.poll(&mut Context::from_waker(&waker))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts its polls; pending until `ready` is set, registering the
+    /// waker it was given in `parked`.
+    struct Probe {
+        polls: Arc<AtomicUsize>,
+        ready: Arc<AtomicBool>,
+        parked: Arc<parking_lot::Mutex<Option<Waker>>>,
+    }
+
+    impl Future for Probe {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            if self.ready.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            *self.parked.lock() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    /// Wakes the test task's waker: counts the wakes.
+    struct CountingWaker(AtomicUsize);
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn polls_the_future_only_after_its_own_waker_fired() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let ready = Arc::new(AtomicBool::new(false));
+        let parked = Arc::new(parking_lot::Mutex::new(None));
+        let mut gated = Box::pin(Gated::new(Probe {
+            polls: Arc::clone(&polls),
+            ready: Arc::clone(&ready),
+            parked: Arc::clone(&parked),
+        }));
+        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&task));
+        let mut cx = Context::from_waker(&waker);
+
+        // The first poll reaches the future.
+        assert!(gated.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        // The task woken for something else: the future is not polled.
+        for _ in 0..5 {
+            assert!(gated.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+
+        // The future's own waker fires: the task is woken and the next
+        // poll reaches the future, which completes.
+        ready.store(true, Ordering::SeqCst);
+        parked.lock().take().unwrap().wake();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert!(gated.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_wake_is_lost_while_the_task_is_polled_for_other_reasons() {
+        // One long-lived gated future waiting on 1 000 notifies sent from
+        // another thread, joined with a branch that keeps waking the task
+        // for its own reasons: every notify is seen (a lost one would
+        // leave the sender waiting; both sides are bounded in time).
+        const ROUNDS: usize = 1000;
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (n, s) = (Arc::clone(&notify), Arc::clone(&seen));
+        let waiter = tokio::spawn(async move {
+            let gated = Gated::new(async {
+                for _ in 0..ROUNDS {
+                    n.notified().await;
+                    s.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            let busy = async {
+                while s.load(Ordering::SeqCst) < ROUNDS {
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::join!(gated, busy);
+        });
+        let sender = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            for i in 0..ROUNDS {
+                notify.notify_one();
+                while seen.load(Ordering::SeqCst) <= i {
+                    assert!(std::time::Instant::now() < deadline, "notify {i} lost");
+                    std::thread::yield_now();
+                }
+            }
+        });
+        sender.join().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("the waiter finished")
+            .unwrap();
+    }
+}
