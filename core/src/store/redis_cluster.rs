@@ -475,7 +475,7 @@ impl RedisClusterStore {
     ) -> Result<Option<ApplyOutcome>, StoreError> {
         let shards = self.shards(quiz_id).await?;
         let shard = shards.index_of(&answer.player_id);
-        let prepared = PreparedAnswer {
+        let prepared = Arc::new(PreparedAnswer {
             player_id: answer.player_id.clone(),
             question_id: answer.question_id,
             token: format!("{:016x}", rand::random::<u64>()),
@@ -483,7 +483,7 @@ impl RedisClusterStore {
             points: answer.points,
             late: answer.late,
             choices: answer.choices.clone(),
-        };
+        });
         let mut repaired = false;
         loop {
             // Same token on every attempt: a re-run of an attempt that did
@@ -491,7 +491,7 @@ impl RedisClusterStore {
             let v = self
                 .retrying("apply_answer", quiz_id, || {
                     let work = Work::Apply {
-                        answer: prepared.clone(),
+                        answer: Arc::clone(&prepared),
                         state_version,
                     };
                     self.through_batcher(quiz_id, &shards, shard, work)
@@ -539,15 +539,14 @@ impl RedisClusterStore {
             .await
             .map_err(|_| unavailable("answer queue full"))?
             .map_err(|_| unavailable("answer batcher stopped"))?;
-        // The batcher answers every job it takes (its pipeline has its own
-        // deadline); this outer deadline only guards against a bug there.
-        tokio::time::timeout(
-            timeout.saturating_mul(3) + self.shared.opts.wait_timeout,
-            rx,
-        )
-        .await
-        .map_err(|_| unavailable("answer batch timed out"))?
-        .map_err(|_| unavailable("answer batcher dropped the answer"))?
+        // No deadline of its own: every await of the batcher is bounded
+        // (each pipeline under `command_timeout` + `wait_timeout`, a queued
+        // job waits for in-flight batches only), and a job it drops, by a
+        // bug or a panic, drops its sender: the error below. A timer here
+        // cost every answer a registration in the runtime's timer wheel
+        // and a removal.
+        rx.await
+            .map_err(|_| unavailable("answer batcher dropped the answer"))?
     }
 
     /// Sharded quiz: players strictly above `score` in every shard but

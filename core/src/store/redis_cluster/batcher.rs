@@ -56,7 +56,9 @@ pub(super) struct Job {
 pub(super) enum Work {
     /// An answer; with `Some(v)`, applied only if the state is at version v.
     Apply {
-        answer: PreparedAnswer,
+        /// Shared by the attempts of one answer: a retry re-queues it
+        /// without copying its strings.
+        answer: Arc<PreparedAnswer>,
         state_version: Option<u64>,
     },
     /// Self-paced: a question presented to a player (`present_question`).
@@ -64,7 +66,6 @@ pub(super) enum Work {
 }
 
 /// An answer encoded once for all its attempts.
-#[derive(Clone)]
 pub(super) struct PreparedAnswer {
     pub(super) player_id: String,
     pub(super) question_id: u32,
@@ -78,7 +79,7 @@ pub(super) struct PreparedAnswer {
 
 pub(super) type Reply = oneshot::Sender<Result<Value, StoreError>>;
 /// An answer of a batch with the channel its caller waits on.
-type Waiting = (PreparedAnswer, Reply);
+type Waiting = (Arc<PreparedAnswer>, Reply);
 /// A presentation of a batch: field, now, and the caller's channel.
 type Presenting = (String, Millis, Reply);
 
