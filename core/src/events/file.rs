@@ -50,8 +50,10 @@ impl FileSink {
 #[async_trait]
 impl EventSink for FileSink {
     async fn publish(&self, event: &Event) -> Result<(), EventError> {
-        let mut line =
-            serde_json::to_vec(event).map_err(|e| EventError::Delivery(e.to_string()))?;
+        let mut line = Vec::with_capacity(512);
+        event
+            .write_json(&mut line)
+            .map_err(|e| EventError::Delivery(e.to_string()))?;
         line.push(b'\n');
         let mut file = self.file.lock().await;
         let r = async {
