@@ -104,40 +104,39 @@ impl Event {
         else {
             return serde_json::to_writer(out, self);
         };
-        let mut n = itoa::Buffer::new();
-        out.extend_from_slice(b"{\"v\":");
-        out.extend_from_slice(n.format(self.v).as_bytes());
-        out.extend_from_slice(b",\"event_id\":");
-        serde_json::to_writer(&mut *out, &self.event_id)?;
-        out.extend_from_slice(b",\"quiz_id\":");
-        serde_json::to_writer(&mut *out, &self.quiz_id)?;
-        out.extend_from_slice(b",\"at_ms\":");
-        out.extend_from_slice(n.format(self.at_ms).as_bytes());
-        out.extend_from_slice(b",\"type\":\"answer_scored\",\"player_id\":");
-        serde_json::to_writer(&mut *out, &a.player_id)?;
-        out.extend_from_slice(b",\"nickname\":");
-        serde_json::to_writer(&mut *out, &a.nickname)?;
-        out.extend_from_slice(b",\"question_id\":");
-        out.extend_from_slice(n.format(a.question_id).as_bytes());
+        // Each field is `,"name":` (the first without the comma) then a
+        // value: a number, a JSON string (serde's escaping), a bool.
+        fn number(out: &mut Vec<u8>, field: &[u8], v: u64) {
+            out.extend_from_slice(field);
+            out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        }
+        fn text(out: &mut Vec<u8>, field: &[u8], v: &str) -> Result<(), serde_json::Error> {
+            out.extend_from_slice(field);
+            serde_json::to_writer(out, v)
+        }
+        fn flag(out: &mut Vec<u8>, field: &[u8], v: bool) {
+            out.extend_from_slice(field);
+            out.extend_from_slice(if v { b"true" } else { b"false" });
+        }
+        number(out, b"{\"v\":", self.v.into());
+        text(out, b",\"event_id\":", &self.event_id)?;
+        text(out, b",\"quiz_id\":", &self.quiz_id)?;
+        number(out, b",\"at_ms\":", self.at_ms);
+        text(out, b",\"type\":", "answer_scored")?;
+        text(out, b",\"player_id\":", &a.player_id)?;
+        text(out, b",\"nickname\":", &a.nickname)?;
+        number(out, b",\"question_id\":", a.question_id.into());
         out.extend_from_slice(b",\"choices\":[");
         for (i, c) in a.choices.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(n.format(*c).as_bytes());
+            number(out, if i > 0 { b"," } else { b"" }, (*c).into());
         }
-        out.extend_from_slice(b"],\"correct\":");
-        out.extend_from_slice(if a.correct { b"true" } else { b"false" });
-        out.extend_from_slice(b",\"late\":");
-        out.extend_from_slice(if a.late { b"true" } else { b"false" });
-        out.extend_from_slice(b",\"points\":");
-        out.extend_from_slice(n.format(a.points).as_bytes());
-        out.extend_from_slice(b",\"response_ms\":");
-        out.extend_from_slice(n.format(a.response_ms).as_bytes());
-        out.extend_from_slice(b",\"answered_at_ms\":");
-        out.extend_from_slice(n.format(a.answered_at_ms).as_bytes());
-        out.extend_from_slice(b",\"score_after\":");
-        out.extend_from_slice(n.format(*score_after).as_bytes());
+        out.push(b']');
+        flag(out, b",\"correct\":", a.correct);
+        flag(out, b",\"late\":", a.late);
+        number(out, b",\"points\":", a.points.into());
+        number(out, b",\"response_ms\":", a.response_ms);
+        number(out, b",\"answered_at_ms\":", a.answered_at_ms);
+        number(out, b",\"score_after\":", *score_after);
         out.push(b'}');
         Ok(())
     }
