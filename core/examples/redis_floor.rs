@@ -1,0 +1,324 @@
+//! The Redis client's floor for core's answer batches: what a pipeline of
+//! one script call carrying K answers plus a `WAIT` costs the CLIENT
+//! process, per answer, through redis-rs' cluster connection (the way
+//! `RedisClusterStore`'s batcher sends it) and through a bare socket with
+//! the RESP written and read by hand (the least any client can do).
+//!
+//! ```text
+//! deploy/local/stack up
+//! cargo run --release -p quiz-core --example redis_floor -- \
+//!     [--batches 20000] [--answers-per-batch 45] [--in-flight 8] [--runs 3]
+//! ```
+//! Each run measures both clients in turn, each in a child process of its
+//! own (`redis_floor child redis-rs|raw …`), whose user and system CPU
+//! (`getrusage`) over the batches, divided by the answers, is printed. The
+//! script stands in for `apply_batch` on the client's side: the same
+//! arguments (one packed string of ~100 bytes per answer) and the same
+//! reply (3 values per answer: a tag, a score, a rank), with almost no work
+//! in Redis. `QUIZ_REDIS_NODES` (default `127.0.0.1:7000..7005`) names the
+//! cluster; the key `{bench}:floor` picks the master. Recorded in
+//! `docs/performance.md` ("The Redis client's floor").
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use redis::cluster::ClusterClient;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+
+/// Returns 3 values per argument, like `apply_batch`'s reply.
+const SCRIPT: &str = "local r = {} for i = 1, #ARGV do \
+    r[#r + 1] = 'A' r[#r + 1] = 1000 + i r[#r + 1] = i end return r";
+const KEY: &str = "{bench}:floor";
+
+struct Args {
+    batches: usize,
+    per_batch: usize,
+    in_flight: usize,
+    runs: usize,
+}
+
+fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
+    let mut a = Args {
+        batches: 20_000,
+        per_batch: 45,
+        in_flight: 8,
+        runs: 3,
+    };
+    let mut it = argv.iter();
+    while let Some(k) = it.next() {
+        let v: usize = it
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{k} needs a value"))?
+            .parse()?;
+        match k.as_str() {
+            "--batches" => a.batches = v.clamp(1, 1_000_000),
+            "--answers-per-batch" => a.per_batch = v.clamp(1, 256),
+            "--in-flight" => a.in_flight = v.clamp(1, 64),
+            "--runs" => a.runs = v.clamp(1, 20),
+            _ => anyhow::bail!("unknown option {k}"),
+        }
+    }
+    Ok(a)
+}
+
+fn nodes() -> Vec<String> {
+    match std::env::var("QUIZ_REDIS_NODES") {
+        Ok(v) => v.split(',').map(|s| s.trim().to_string()).collect(),
+        Err(_) => (7000..7006).map(|p| format!("127.0.0.1:{p}")).collect(),
+    }
+}
+
+/// One answer's packed argument, the size of `apply_batch`'s.
+fn answer_arg(i: usize) -> String {
+    format!(
+        "1 870 0,2 {:016x}|c10;870;2100;1764201234567;0,2 p-{:08}-a1b2c3d4:7",
+        i as u64 * 7919,
+        i
+    )
+}
+
+/// This process's user + system CPU so far, in seconds.
+fn cpu_s() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass; RUSAGE_SELF is valid.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("child") {
+        let which = argv.get(1).cloned().unwrap_or_default();
+        let a = parse_args(&argv[2..])?;
+        let (seconds, cpu) = match which.as_str() {
+            "redis-rs" => redis_rs_client(&a)?,
+            "raw" => raw_client(&a)?,
+            other => anyhow::bail!("unknown client {other}"),
+        };
+        println!("floor {seconds:.3} {cpu:.3}");
+        return Ok(());
+    }
+    let a = parse_args(&argv)?;
+    let answers = (a.batches * a.per_batch) as f64;
+    let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for run in 0..a.runs {
+        for (i, which) in ["redis-rs", "raw"].iter().enumerate() {
+            let out = std::process::Command::new(std::env::current_exe()?)
+                .args(["child", which])
+                .args(argv.iter())
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let Some(line) = text.lines().find(|l| l.starts_with("floor ")) else {
+                anyhow::bail!(
+                    "{which} child failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let f: Vec<f64> = line[6..]
+                .split(' ')
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let us = f[1] * 1e6 / answers;
+            per[i].push(us);
+            println!(
+                "run {run}: {which:8} {} batches x {} answers in {:.2} s: client CPU {us:.2} us per answer",
+                a.batches, a.per_batch, f[0]
+            );
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (rs, raw) = (median(&mut per[0]), median(&mut per[1]));
+    println!(
+        "median of {} runs: redis-rs {rs:.2} us, raw {raw:.2} us per answer (redis-rs / raw = {:.2})",
+        a.runs,
+        rs / raw
+    );
+    Ok(())
+}
+
+/// Core's way: the cluster connection's `route_pipeline` to the slot's
+/// master, `in_flight` batches at a time.
+fn redis_rs_client(a: &Args) -> anyhow::Result<(f64, f64)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = ClusterClient::new(
+            nodes()
+                .iter()
+                .map(|n| format!("redis://{n}"))
+                .collect::<Vec<_>>(),
+        )?;
+        let conn = client.get_async_connection().await?;
+        let args: Vec<String> = (0..a.per_batch).map(answer_arg).collect();
+        let (t0, c0) = (Instant::now(), cpu_s());
+        let per_task = a.batches.div_ceil(a.in_flight);
+        let mut tasks = Vec::new();
+        for t in 0..a.in_flight {
+            let mut conn = conn.clone();
+            let args = args.clone();
+            let n = per_task.min(a.batches.saturating_sub(t * per_task));
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..n {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("EVAL").arg(SCRIPT).arg(1).arg(KEY).arg(&args);
+                    pipe.cmd("WAIT").arg(1).arg(200);
+                    let route = Route::with_key(KEY, SlotAddr::Master);
+                    let v = conn
+                        .route_pipeline(pipe, 0, 2, SingleNodeRoutingInfo::SpecificNode(route))
+                        .await?;
+                    anyhow::ensure!(
+                        matches!(&v[0], redis::Value::Array(x) if x.len() == 3 * args.len()),
+                        "unexpected reply {:?}",
+                        v.first()
+                    );
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok((t0.elapsed().as_secs_f64(), cpu_s() - c0))
+    })
+}
+
+/// The least a client can do: one socket to the master, the pipeline's
+/// bytes written once per batch, the replies read by a parser that only
+/// counts what it must.
+fn raw_client(a: &Args) -> anyhow::Result<(f64, f64)> {
+    let master = master_of(KEY)?;
+    let mut s = TcpStream::connect(&master)?;
+    s.set_nodelay(true)?;
+    let args: Vec<String> = (0..a.per_batch).map(answer_arg).collect();
+    let mut buf = Vec::with_capacity(8192);
+    let mut inbuf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let (t0, c0) = (Instant::now(), cpu_s());
+    let mut sent = 0;
+    let mut done = 0;
+    let mut outstanding: VecDeque<usize> = VecDeque::new();
+    while done < a.batches {
+        while sent < a.batches && outstanding.len() < a.in_flight {
+            buf.clear();
+            encode(&mut buf, &["EVAL", SCRIPT, "1", KEY], &args);
+            encode(&mut buf, &["WAIT", "1", "200"], &[]);
+            s.write_all(&buf)?;
+            outstanding.push_back(2);
+            sent += 1;
+        }
+        // Read until the oldest batch's two replies are in.
+        while outstanding.front().is_some_and(|n| *n > 0) {
+            if let Some(values) = next_reply(&mut inbuf)? {
+                if let Some(n) = outstanding.front_mut() {
+                    if *n == 2 {
+                        anyhow::ensure!(
+                            values == 3 * a.per_batch,
+                            "unexpected reply of {values} values"
+                        );
+                    }
+                    *n -= 1;
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 16384];
+            let n = s.read(&mut chunk)?;
+            anyhow::ensure!(n > 0, "the master closed the connection");
+            inbuf.extend_from_slice(&chunk[..n]);
+        }
+        outstanding.pop_front();
+        done += 1;
+    }
+    Ok((t0.elapsed().as_secs_f64(), cpu_s() - c0))
+}
+
+/// The master serving `key`'s slot: the node that answers a read of it
+/// (the others answer `MOVED`).
+fn master_of(key: &str) -> anyhow::Result<String> {
+    for node in nodes() {
+        let Ok(mut c) =
+            redis::Client::open(format!("redis://{node}")).and_then(|c| c.get_connection())
+        else {
+            continue;
+        };
+        if redis::cmd("EXISTS").arg(key).query::<i64>(&mut c).is_ok() {
+            return Ok(node);
+        }
+    }
+    anyhow::bail!("no node serves {key}")
+}
+
+/// RESP: an array of bulk strings.
+fn encode(out: &mut Vec<u8>, head: &[&str], tail: &[String]) {
+    let mut n = itoa::Buffer::new();
+    out.push(b'*');
+    out.extend_from_slice(n.format(head.len() + tail.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for a in head.iter().copied().chain(tail.iter().map(String::as_str)) {
+        out.push(b'$');
+        out.extend_from_slice(n.format(a.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Takes one whole reply off the front of `buf`: `Some(leaf values)` (what
+/// a client must at least look at; nothing is built), or `None` if `buf`
+/// does not hold a whole reply yet.
+fn next_reply(buf: &mut Vec<u8>) -> anyhow::Result<Option<usize>> {
+    let mut pos = 0;
+    let n = value(buf, &mut pos)?;
+    if n.is_some() {
+        buf.drain(..pos);
+    }
+    Ok(n)
+}
+
+fn line(buf: &[u8], pos: &mut usize) -> Option<(u8, i64)> {
+    let start = *pos;
+    let end = start + buf.get(start..)?.windows(2).position(|w| w == b"\r\n")?;
+    let kind = buf[start];
+    let n = std::str::from_utf8(&buf[start + 1..end])
+        .ok()
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or(0);
+    *pos = end + 2;
+    Some((kind, n))
+}
+
+fn value(buf: &[u8], pos: &mut usize) -> anyhow::Result<Option<usize>> {
+    let Some((kind, n)) = line(buf, pos) else {
+        return Ok(None);
+    };
+    match kind {
+        b':' | b'+' => Ok(Some(1)),
+        b'-' => anyhow::bail!("server error"),
+        b'$' if n < 0 => Ok(Some(1)),
+        b'$' => {
+            let end = *pos + n as usize + 2;
+            if buf.len() < end {
+                return Ok(None);
+            }
+            *pos = end;
+            Ok(Some(1))
+        }
+        b'*' => {
+            let mut leaves = 0;
+            for _ in 0..n.max(0) {
+                match value(buf, pos)? {
+                    Some(l) => leaves += l,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(leaves))
+        }
+        other => anyhow::bail!("unexpected RESP type {other}"),
+    }
+}
