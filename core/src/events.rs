@@ -91,12 +91,23 @@ impl Event {
         }
     }
 
+    /// The record's JSON (`docs/events.md`) in a buffer sized once for an
+    /// answer's record, what both sinks send.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        // Room for an `answer_scored` record with a long nickname and
+        // choices (~300 bytes usually); serde's `to_vec` starts at 128 and
+        // grew twice per event, each time a copy. Larger events grow it.
+        let mut out = Vec::with_capacity(512);
+        self.write_json(&mut out)?;
+        Ok(out)
+    }
+
     /// Appends the record's JSON (`docs/events.md`) to `out`: the bytes
     /// `serde_json` writes for this event. `answer_scored`, one per answer,
     /// is written by hand: serde's path for the two flattened levels goes
     /// through a map serializer field by field, a third of a microsecond
     /// per answer. Every other kind goes through serde.
-    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         let EventKind::AnswerScored {
             answer: a,
             score_after,
@@ -238,8 +249,7 @@ mod tests {
                     },
                 );
                 e.v = i as u32;
-                let mut ours = Vec::new();
-                e.write_json(&mut ours).unwrap();
+                let ours = e.to_json().unwrap();
                 assert_eq!(
                     String::from_utf8(ours).unwrap(),
                     serde_json::to_string(&e).unwrap()
@@ -258,8 +268,7 @@ mod tests {
                 nickname: "n\"x".into(),
             },
         );
-        let mut ours = Vec::new();
-        e.write_json(&mut ours).unwrap();
+        let ours = e.to_json().unwrap();
         assert_eq!(ours, serde_json::to_vec(&e).unwrap());
         // And the record reads back as the event.
         assert_eq!(serde_json::from_slice::<Event>(&ours).unwrap(), e);

@@ -50,9 +50,8 @@ impl FileSink {
 #[async_trait]
 impl EventSink for FileSink {
     async fn publish(&self, event: &Event) -> Result<(), EventError> {
-        let mut line = Vec::with_capacity(512);
-        event
-            .write_json(&mut line)
+        let mut line = event
+            .to_json()
             .map_err(|e| EventError::Delivery(e.to_string()))?;
         line.push(b'\n');
         let mut file = self.file.lock().await;

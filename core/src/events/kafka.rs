@@ -94,9 +94,6 @@ impl Default for KafkaOptions {
 
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 const PROBE_EVERY: Duration = Duration::from_secs(1);
-/// First allocation of an event's JSON: room for an `answer_scored`
-/// record with a long nickname and choices (larger events grow it).
-const PAYLOAD_CAPACITY: usize = 512;
 
 pub struct KafkaSink {
     inner: Arc<Inner>,
@@ -245,11 +242,8 @@ fn add_bootstrap_brokers(inner: &Inner) {
 impl EventSink for KafkaSink {
     async fn publish(&self, event: &Event) -> Result<(), EventError> {
         let inner = &self.inner;
-        // Sized for an answer's record (~300 bytes) at once: `to_vec`'s
-        // 128 bytes grew twice per event, each time a copy.
-        let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
-        event
-            .write_json(&mut payload)
+        let payload = event
+            .to_json()
             .map_err(|e| EventError::Delivery(format!("encoding event: {e}")))?;
         // Built per attempt rather than built once and cloned: the record
         // takes ownership, and nearly every event needs one attempt, so a
