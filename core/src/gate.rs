@@ -43,7 +43,6 @@ pin_project_lite::pin_project! {
 
 /// Whether the gated future's waker fired since its last poll, and the
 /// task to wake when it does.
-#[derive(Default)]
 struct Gate {
     woken: AtomicBool,
     task: AtomicWaker,
