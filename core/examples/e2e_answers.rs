@@ -107,13 +107,6 @@ fn parse_args(argv: &[String]) -> Args {
     a
 }
 
-fn redis_nodes() -> Vec<String> {
-    match std::env::var("QUIZ_REDIS_NODES") {
-        Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
-        _ => (7000..=7005).map(|p| format!("127.0.0.1:{p}")).collect(),
-    }
-}
-
 fn kafka_brokers() -> String {
     std::env::var("QUIZ_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
@@ -141,7 +134,7 @@ fn main() -> anyhow::Result<()> {
         let config = quiz_core::Config {
             listen: format!("127.0.0.1:{port}"),
             token_secret: "e2e-bench-secret-0123456789".into(),
-            redis_nodes: redis_nodes(),
+            redis_nodes: common::redis_nodes(),
             kafka_brokers: kafka_brokers(),
             kafka_topic: topic,
             demo_quiz: false,
@@ -617,7 +610,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let nodes = redis_nodes();
+    let nodes = common::redis_nodes();
     let master = rt.block_on(common::master_of(&nodes[0], "quiz:{bench}:leaderboard"))?;
     let topic = format!("bench-e2e-{:08x}", rand::random::<u32>());
     let kafka = rt.block_on(testkit::require_kafka());

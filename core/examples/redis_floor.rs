@@ -11,13 +11,15 @@
 //! ```
 //! Each run measures both clients in turn, each in a child process of its
 //! own (`redis_floor child redis-rs|raw …`), whose user and system CPU
-//! (`getrusage`) over the batches, divided by the answers, is printed. The
+//! (/proc) over the batches, divided by the answers, is printed. The
 //! script stands in for `apply_batch` on the client's side: the same
 //! arguments (one packed string of ~100 bytes per answer) and the same
 //! reply (3 values per answer: a tag, a score, a rank), with almost no work
 //! in Redis. `QUIZ_REDIS_NODES` (default `127.0.0.1:7000..7005`) names the
 //! cluster; the key `{bench}:floor` picks the master. Recorded in
 //! `docs/performance.md` ("The Redis client's floor").
+
+mod common;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -63,13 +65,6 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn nodes() -> Vec<String> {
-    match std::env::var("QUIZ_REDIS_NODES") {
-        Ok(v) => v.split(',').map(|s| s.trim().to_string()).collect(),
-        Err(_) => (7000..7006).map(|p| format!("127.0.0.1:{p}")).collect(),
-    }
-}
-
 /// One answer's packed argument, the size of `apply_batch`'s.
 fn answer_arg(i: usize) -> String {
     format!(
@@ -81,11 +76,7 @@ fn answer_arg(i: usize) -> String {
 
 /// This process's user + system CPU so far, in seconds.
 fn cpu_s() -> f64 {
-    // SAFETY: getrusage writes into the struct we pass; RUSAGE_SELF is valid.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(u.ru_utime) + t(u.ru_stime)
+    common::cpu_seconds(std::process::id())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -129,11 +120,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (rs, raw) = (median(&mut per[0]), median(&mut per[1]));
+    let [rs, raw] = per.map(common::median);
     println!(
         "median of {} runs: redis-rs {rs:.2} us, raw {raw:.2} us per answer (redis-rs / raw = {:.2})",
         a.runs,
@@ -151,7 +138,7 @@ fn redis_rs_client(a: &Args) -> anyhow::Result<(f64, f64)> {
         .build()?;
     rt.block_on(async {
         let client = ClusterClient::new(
-            nodes()
+            common::redis_nodes()
                 .iter()
                 .map(|n| format!("redis://{n}"))
                 .collect::<Vec<_>>(),
@@ -194,7 +181,11 @@ fn redis_rs_client(a: &Args) -> anyhow::Result<(f64, f64)> {
 /// bytes written once per batch, the replies read by a parser that only
 /// counts what it must.
 fn raw_client(a: &Args) -> anyhow::Result<(f64, f64)> {
-    let master = master_of(KEY)?;
+    let seed = common::redis_nodes().remove(0);
+    let master = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(common::master_of(&seed, KEY))?;
     let mut s = TcpStream::connect(&master)?;
     s.set_nodelay(true)?;
     let args: Vec<String> = (0..a.per_batch).map(answer_arg).collect();
@@ -236,22 +227,6 @@ fn raw_client(a: &Args) -> anyhow::Result<(f64, f64)> {
         done += 1;
     }
     Ok((t0.elapsed().as_secs_f64(), cpu_s() - c0))
-}
-
-/// The master serving `key`'s slot: the node that answers a read of it
-/// (the others answer `MOVED`).
-fn master_of(key: &str) -> anyhow::Result<String> {
-    for node in nodes() {
-        let Ok(mut c) =
-            redis::Client::open(format!("redis://{node}")).and_then(|c| c.get_connection())
-        else {
-            continue;
-        };
-        if redis::cmd("EXISTS").arg(key).query::<i64>(&mut c).is_ok() {
-            return Ok(node);
-        }
-    }
-    anyhow::bail!("no node serves {key}")
 }
 
 /// RESP: an array of bulk strings.

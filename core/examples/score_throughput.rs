@@ -100,13 +100,6 @@ fn parse_args() -> Args {
     a
 }
 
-fn nodes() -> Vec<String> {
-    match std::env::var("QUIZ_REDIS_NODES") {
-        Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
-        _ => (7000..=7005).map(|p| format!("127.0.0.1:{p}")).collect(),
-    }
-}
-
 async fn new_quiz(store: &RedisClusterStore, id: &str, players: usize) -> anyhow::Result<()> {
     new_quiz_over(store, id, players, 1).await
 }
@@ -510,7 +503,7 @@ async fn contended_phase(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args();
-    let nodes = nodes();
+    let nodes = common::redis_nodes();
     if args.shards > 1 {
         let opts = RedisOptions {
             max_in_flight: args.max_in_flight,

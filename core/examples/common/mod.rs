@@ -375,6 +375,15 @@ pub fn free_port() -> u16 {
 
 // ------------------------------------------- the redis-benchmark anchor
 
+/// The cluster's seed nodes: `QUIZ_REDIS_NODES` (comma-separated
+/// `host:port`), else the local stack's `127.0.0.1:7000..=7005`.
+pub fn redis_nodes() -> Vec<String> {
+    match std::env::var("QUIZ_REDIS_NODES") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
+        _ => (7000..=7005).map(|p| format!("127.0.0.1:{p}")).collect(),
+    }
+}
+
 /// The `host:port` of the master owning `key`'s slot.
 pub async fn master_of(seed: &str, key: &str) -> anyhow::Result<String> {
     let client = redis::Client::open(format!("redis://{seed}"))?;
