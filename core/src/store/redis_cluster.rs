@@ -174,7 +174,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use self::batcher::{batcher, Job, PreparedAnswer, Work};
 use self::codec::{
     as_u64, bad_reply, decode_apply, decode_int, decode_leaderboard, decode_record,
-    decode_standing, encode_record, parse_json, to_json,
+    decode_standing, encode_record, parse_json, to_json, Verdict,
 };
 use self::pipeline::{cluster_client, run_one, Call};
 pub(crate) use self::pipeline::{node_url, tls_certificates};
@@ -199,12 +199,6 @@ pub struct RedisClusterStore {
     layouts: LayoutCache,
     /// Per sharded quiz, the state version known to be on every shard.
     copies: CopiesSeen,
-}
-
-/// Whether a script reply is the one-entry array `[tag]` (`S`, `L`) or an
-/// answer entry starting with `tag` (`N`).
-fn reply_is(v: &Value, tag: &str) -> bool {
-    matches!(v, Value::Array(items) if items.first().and_then(codec::as_str) == Some(tag))
 }
 
 /// Every key of one shard of a sharded quiz, its state copy first (the
@@ -254,15 +248,15 @@ impl RedisClusterStore {
     /// Runs `attempt` until it succeeds, fails with anything but
     /// `Unavailable`, or has run `max_attempts` times, with doubling
     /// back-off. Only for idempotent work.
-    async fn retrying<F, Fut>(
+    async fn retrying<T, F, Fut>(
         &self,
         what: &str,
         quiz_id: &str,
         mut attempt_once: F,
-    ) -> Result<Value, StoreError>
+    ) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Value, StoreError>>,
+        Fut: Future<Output = Result<T, StoreError>>,
     {
         let mut backoff = self.shared.opts.retry_backoff;
         let mut attempt = 1;
@@ -490,23 +484,25 @@ impl RedisClusterStore {
             // land answers `Applied` without adding points again.
             let v = self
                 .retrying("apply_answer", quiz_id, || {
+                    let (reply, verdict) = oneshot::channel();
                     let work = Work::Apply {
                         answer: Arc::clone(&prepared),
                         state_version,
+                        reply,
                     };
-                    self.through_batcher(quiz_id, &shards, shard, work)
+                    self.through_batcher(quiz_id, &shards, shard, work, verdict)
                 })
                 .await?;
             if shards.is_sharded() && !repaired {
                 repaired = true;
                 // The shard's state copy lags behind the main state: push
                 // it, then score against it again.
-                if reply_is(&v, "L") {
+                if v == Verdict::Lagging {
                     self.sync_copies(quiz_id, &shards, true).await?;
                     continue;
                 }
                 // Not in the shard: a join whose shard step was lost?
-                if reply_is(&v, "N")
+                if v == Verdict::NotPlayer
                     && self
                         .repair_join(quiz_id, &shards, &answer.player_id)
                         .await?
@@ -514,25 +510,25 @@ impl RedisClusterStore {
                     continue;
                 }
             }
-            return decode_apply(quiz_id, answer, &v);
+            return decode_apply(quiz_id, answer, v);
         }
     }
 
-    /// One attempt of a hot-path write through the batcher.
-    async fn through_batcher(
+    /// One attempt of a hot-path write through the batcher: `work`
+    /// carries the sender of `reply`.
+    async fn through_batcher<T>(
         &self,
         quiz_id: &str,
         shards: &Arc<Shards>,
         shard: usize,
         work: Work,
-    ) -> Result<Value, StoreError> {
-        let (tx, rx) = oneshot::channel();
+        reply: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let job = Job {
             quiz_id: quiz_id.to_string(),
             shards: Arc::clone(shards),
             shard,
             work,
-            reply: tx,
         };
         let timeout = self.shared.opts.command_timeout;
         tokio::time::timeout(timeout, self.jobs.send(job))
@@ -545,7 +541,8 @@ impl RedisClusterStore {
         // bug or a panic, drops its sender: the error below. A timer here
         // cost every answer a registration in the runtime's timer wheel
         // and a removal.
-        rx.await
+        reply
+            .await
             .map_err(|_| unavailable("answer batcher dropped the answer"))?
     }
 
@@ -1047,11 +1044,13 @@ impl QuizStore for RedisClusterStore {
             // Idempotent (set once, then read), so re-runs are safe.
             let v = self
                 .retrying("present_question", quiz_id, || {
+                    let (reply, entry) = oneshot::channel();
                     let work = Work::Present {
                         field: field.clone(),
                         now,
+                        reply,
                     };
-                    self.through_batcher(quiz_id, &shards, shard, work)
+                    self.through_batcher(quiz_id, &shards, shard, work, entry)
                 })
                 .await?;
             return match v {

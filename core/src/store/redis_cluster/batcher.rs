@@ -33,7 +33,7 @@ use redis::cluster_routing::{Route, SlotAddr};
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{as_str, as_u64, bad_reply, write_choices};
+use super::codec::{as_u64, bad_reply, decode_verdicts, write_choices, Verdict};
 use super::pipeline::{run_one, run_pipeline, Call};
 use super::score_cache::ScoreCache;
 use super::shards::Shards;
@@ -41,7 +41,7 @@ use super::shared::{key, unavailable, Shared};
 use crate::model::Millis;
 use crate::store::StoreError;
 
-/// A write waiting for the batcher, with its reply channel.
+/// A write waiting for the batcher.
 pub(super) struct Job {
     pub(super) quiz_id: String,
     /// The quiz's shards, and the one this job writes to (0 for an
@@ -49,10 +49,10 @@ pub(super) struct Job {
     pub(super) shards: Arc<Shards>,
     pub(super) shard: usize,
     pub(super) work: Work,
-    pub(super) reply: Reply,
 }
 
-/// What the batcher coalesces: the hot path's writes.
+/// What the batcher coalesces: the hot path's writes, each with the
+/// channel its caller waits on.
 pub(super) enum Work {
     /// An answer; with `Some(v)`, applied only if the state is at version v.
     Apply {
@@ -60,9 +60,14 @@ pub(super) enum Work {
         /// without copying its strings.
         answer: Arc<PreparedAnswer>,
         state_version: Option<u64>,
+        reply: oneshot::Sender<Result<Verdict, StoreError>>,
     },
     /// Self-paced: a question presented to a player (`present_question`).
-    Present { field: String, now: Millis },
+    Present {
+        field: String,
+        now: Millis,
+        reply: Reply,
+    },
 }
 
 /// An answer encoded once for all its attempts.
@@ -77,9 +82,13 @@ pub(super) struct PreparedAnswer {
     pub(super) choices: Vec<u32>,
 }
 
+/// A presentation's reply channel: the `present_batch` entry as it came.
 pub(super) type Reply = oneshot::Sender<Result<Value, StoreError>>;
 /// An answer of a batch with the channel its caller waits on.
-type Waiting = (Arc<PreparedAnswer>, Reply);
+type Waiting = (
+    Arc<PreparedAnswer>,
+    oneshot::Sender<Result<Verdict, StoreError>>,
+);
 /// A presentation of a batch: field, now, and the caller's channel.
 type Presenting = (String, Millis, Reply);
 
@@ -245,16 +254,24 @@ impl Counted {
 }
 
 /// One shard's (or one-slot quiz's) batch, applied, its replies not yet
-/// handed out: `results` holds one entry per `applies` group, then one for
-/// `presents` if any.
+/// handed out.
 struct Applied {
     shard: usize,
-    applies: Vec<(Option<u64>, Vec<Waiting>)>,
+    /// One `apply_batch` call per state version: its answers and their
+    /// verdicts (in the answers' order).
+    applies: Vec<AppliedCall>,
     presents: Vec<Presenting>,
-    results: Vec<Result<Value, StoreError>>,
+    /// The `present_batch` reply, if the batch had presentations.
+    presented: Option<Result<Value, StoreError>>,
     /// The reply of the `count_higher` that rode in this pipeline (the
     /// other shards' guessed scores), if one did.
     counted: Option<Result<Value, StoreError>>,
+}
+
+/// One `apply_batch` call of a batch and its outcome.
+struct AppliedCall {
+    waiting: Vec<Waiting>,
+    verdicts: Result<Vec<Verdict>, StoreError>,
 }
 
 impl Applied {
@@ -262,15 +279,12 @@ impl Applied {
     /// players' last scores, for the next rounds' guesses.
     fn remember(&self, cache: &ScoreCache, quiz_id: &str) {
         let mut seen: Vec<(&str, u64)> = Vec::new();
-        for ((_, group), r) in self.applies.iter().zip(&self.results) {
-            let Ok(Value::Array(entries)) = r else {
+        for call in &self.applies {
+            let Ok(verdicts) = &call.verdicts else {
                 continue;
             };
-            if entries.len() != 3 * group.len() {
-                continue; // a stale state: nothing applied
-            }
-            for ((a, _), entry) in group.iter().zip(entries.chunks_exact(3)) {
-                if let Some(s) = ranked_score(entry) {
+            for ((a, _), v) in call.waiting.iter().zip(verdicts) {
+                if let Some(s) = v.ranked_score() {
                     seen.push((a.player_id.as_str(), s));
                 }
             }
@@ -280,25 +294,28 @@ impl Applied {
         }
     }
 
-    /// The `apply_batch` results (not the presentations').
-    fn apply_results(&mut self) -> &mut [Result<Value, StoreError>] {
-        let n = self.applies.len().min(self.results.len());
-        &mut self.results[..n]
-    }
-
-    /// Hands each caller its own entry of the replies.
+    /// Hands each caller its own verdict (or its call's error).
     fn reply(self) {
-        let mut results = self.results.into_iter();
-        let mut next = || {
-            results
-                .next()
-                .unwrap_or_else(|| Err(unavailable("no reply")))
-        };
-        for (_, group) in self.applies {
-            reply_applies(group, next());
+        for call in self.applies {
+            match call.verdicts {
+                Ok(verdicts) => {
+                    for ((_, reply), v) in call.waiting.into_iter().zip(verdicts) {
+                        // The caller may have given up; nothing to do then.
+                        let _ = reply.send(Ok(v));
+                    }
+                }
+                Err(e) => {
+                    for (_, reply) in call.waiting {
+                        let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+                    }
+                }
+            }
         }
         if !self.presents.is_empty() {
-            reply_presents(self.presents, next());
+            let result = self
+                .presented
+                .unwrap_or_else(|| Err(unavailable("no reply")));
+            reply_presents(self.presents, result);
         }
     }
 }
@@ -326,11 +343,12 @@ async fn run_batch(
             Work::Apply {
                 answer,
                 state_version,
+                reply,
             } => match applies.iter_mut().find(|(v, _)| *v == state_version) {
-                Some((_, group)) => group.push((answer, job.reply)),
-                None => applies.push((state_version, vec![(answer, job.reply)])),
+                Some((_, group)) => group.push((answer, reply)),
+                None => applies.push((state_version, vec![(answer, reply)])),
             },
-            Work::Present { field, now } => presents.push((field, now, job.reply)),
+            Work::Present { field, now, reply } => presents.push((field, now, reply)),
         }
     }
     let mut calls = Vec::with_capacity(applies.len() + 1);
@@ -358,38 +376,39 @@ async fn run_batch(
     } else {
         results.pop()
     };
+    let presented = if presents.is_empty() {
+        None
+    } else {
+        results.pop()
+    };
+    let mut results = results.into_iter();
+    let applies = applies
+        .into_iter()
+        .map(|(_, waiting)| {
+            let verdicts = results
+                .next()
+                .unwrap_or_else(|| Err(unavailable("no reply")))
+                .and_then(|v| decode_verdicts(&v, waiting.len()));
+            AppliedCall { waiting, verdicts }
+        })
+        .collect();
     Some(Applied {
         shard,
         applies,
         presents,
-        results,
+        presented,
         counted,
     })
 }
 
-/// An answer's entry of an `apply_batch` reply that carries a rank (`A`,
-/// `D…`, `E…`; not `N`): its score.
-fn ranked_score(entry: &[Value]) -> Option<u64> {
-    let tag = entry.first().and_then(as_str)?;
-    if tag == "N" {
-        return None;
-    }
-    entry.get(1).and_then(as_u64)
-}
-
-/// The distinct scores that carry a rank in a batch's `apply_batch`
-/// replies, ascending.
-fn ranked_scores(results: &[Result<Value, StoreError>]) -> Vec<u64> {
-    let mut scores: Vec<u64> = Vec::new();
-    for r in results {
-        if let Ok(Value::Array(entries)) = r {
-            for entry in entries.chunks_exact(3) {
-                if let Some(s) = ranked_score(entry) {
-                    scores.push(s);
-                }
-            }
-        }
-    }
+/// The distinct scores that carry a rank in a batch's verdicts, ascending.
+fn ranked_scores(calls: &[AppliedCall]) -> Vec<u64> {
+    let mut scores: Vec<u64> = calls
+        .iter()
+        .filter_map(|c| c.verdicts.as_ref().ok())
+        .flatten()
+        .filter_map(Verdict::ranked_score)
+        .collect();
     scores.sort_unstable();
     scores.dedup();
     scores
@@ -447,10 +466,7 @@ async fn add_other_shards(
     done: &mut [Applied],
     first: &[Counted],
 ) {
-    let scores: Vec<Vec<u64>> = done
-        .iter_mut()
-        .map(|d| ranked_scores(d.apply_results()))
-        .collect();
+    let scores: Vec<Vec<u64>> = done.iter_mut().map(|d| ranked_scores(&d.applies)).collect();
     if scores.iter().all(Vec::is_empty) {
         return;
     }
@@ -496,59 +512,35 @@ async fn add_other_shards(
             }
         }
         if let Some(e) = failed {
-            fail_ranks(d.apply_results(), &e);
+            fail_ranks(&mut d.applies, &e);
             continue;
         }
-        for r in d.apply_results().iter_mut() {
-            if let Ok(Value::Array(entries)) = r {
-                for entry in entries.chunks_exact_mut(3) {
-                    let Some(s) = ranked_score(entry) else {
-                        continue;
-                    };
-                    let Ok(i) = scores[g].binary_search(&s) else {
-                        continue;
-                    };
-                    let own = as_u64(&entry[2]).unwrap_or(0);
-                    entry[2] = Value::Int((own + extra[i]) as i64);
-                }
-            }
+        for v in d
+            .applies
+            .iter_mut()
+            .filter_map(|c| c.verdicts.as_mut().ok())
+            .flatten()
+        {
+            let Some(s) = v.ranked_score() else {
+                continue;
+            };
+            let (Ok(i), Some(higher)) = (scores[g].binary_search(&s), v.higher_mut()) else {
+                continue;
+            };
+            *higher += extra[i];
         }
     }
 }
 
-/// The ranks of a batch could not be completed: its applied answers are
-/// reported `Unavailable` (and re-run by their callers' retries).
-fn fail_ranks(results: &mut [Result<Value, StoreError>], e: &StoreError) {
-    for r in results.iter_mut() {
-        if matches!(r, Ok(Value::Array(entries)) if entries.len() % 3 == 0) {
-            *r = Err(unavailable(format!("rank across shards: {e}")));
+/// The ranks of a batch could not be completed: its calls that were
+/// applied (not turned away whole by the state guard) are reported
+/// `Unavailable`, and re-run by their callers' retries.
+fn fail_ranks(calls: &mut [AppliedCall], e: &StoreError) {
+    for c in calls.iter_mut() {
+        let guarded = matches!(&c.verdicts, Ok(v) if v.iter().all(|v| matches!(v, Verdict::Stale | Verdict::Lagging)));
+        if c.verdicts.is_ok() && !guarded {
+            c.verdicts = Err(unavailable(format!("rank across shards: {e}")));
         }
-    }
-}
-
-/// Hands each answer of one `apply_batch` call its 3 entries of the reply.
-fn reply_applies(group: Vec<Waiting>, result: Result<Value, StoreError>) {
-    let n = group.len();
-    match result {
-        Ok(Value::Array(entries)) if entries.len() == 3 * n => {
-            let mut entries = entries.into_iter();
-            for (_, reply) in group {
-                let entry: Vec<Value> = entries.by_ref().take(3).collect();
-                // The caller may have given up; nothing to do then.
-                let _ = reply.send(Ok(Value::Array(entry)));
-            }
-        }
-        // Stale state: every answer of the call gets the same verdict.
-        Ok(Value::Array(entries)) if entries.len() == 1 => {
-            for (_, reply) in group {
-                let _ = reply.send(Ok(Value::Array(entries.clone())));
-            }
-        }
-        Ok(other) => fail_all(
-            group.into_iter().map(|(_, r)| r),
-            &bad_reply("apply_batch", &other),
-        ),
-        Err(e) => fail_all(group.into_iter().map(|(_, r)| r), &e),
     }
 }
 
@@ -673,25 +665,49 @@ mod tests {
 
     #[test]
     fn ranked_scores_skip_non_players_and_failures() {
-        let s = |v: &str| Value::SimpleString(v.into());
-        let results = vec![
-            Ok(Value::Array(vec![
-                s("A"),
-                Value::Int(900),
-                Value::Int(2),
-                s("N"),
-                Value::Int(0),
-                Value::Int(0),
-                s("Dx"),
-                Value::Int(300),
-                Value::Int(5),
-                s("A"),
-                Value::Int(900),
-                Value::Int(2),
+        let call = |verdicts| AppliedCall {
+            waiting: Vec::new(),
+            verdicts,
+        };
+        let applied = |score| Verdict::Applied { score, higher: 2 };
+        let calls = vec![
+            call(Ok(vec![
+                applied(900),
+                Verdict::NotPlayer,
+                Verdict::Duplicate {
+                    pending: true,
+                    record: "x".into(),
+                    score: 300,
+                    higher: 5,
+                },
+                applied(900),
             ])),
-            Err(unavailable("down")),
-            Ok(Value::Array(vec![s("S")])),
+            call(Err(unavailable("down"))),
+            call(Ok(vec![Verdict::Stale])),
         ];
-        assert_eq!(ranked_scores(&results), vec![300, 900]);
+        assert_eq!(ranked_scores(&calls), vec![300, 900]);
+    }
+
+    #[test]
+    fn failed_ranks_spare_calls_the_state_guard_turned_away() {
+        let mut calls = vec![
+            AppliedCall {
+                waiting: Vec::new(),
+                verdicts: Ok(vec![Verdict::Applied {
+                    score: 1,
+                    higher: 0,
+                }]),
+            },
+            AppliedCall {
+                waiting: Vec::new(),
+                verdicts: Ok(vec![Verdict::Stale, Verdict::Stale]),
+            },
+        ];
+        fail_ranks(&mut calls, &unavailable("shard 2 down"));
+        assert!(calls[0].verdicts.is_err());
+        assert_eq!(
+            calls[1].verdicts.as_ref().ok(),
+            Some(&vec![Verdict::Stale; 2])
+        );
     }
 }

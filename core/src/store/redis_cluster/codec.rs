@@ -50,53 +50,156 @@ pub(super) fn decode_int(what: &str, v: &Value) -> Result<i64, StoreError> {
     }
 }
 
-/// One answer's entry of an `apply_batch` reply. `Ok(None)`: the state
-/// guard failed (`S`, `L`).
+/// One answer's verdict in an `apply_batch` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// `A`: applied, by this attempt or an earlier one of the same call.
+    Applied { score: u64, higher: u64 },
+    /// `D` (its event still pending) / `E` (delivered): another call's
+    /// record for this question, kept.
+    Duplicate {
+        pending: bool,
+        record: String,
+        score: u64,
+        higher: u64,
+    },
+    /// `N`: not a player of the quiz (or of its shard); nothing written.
+    NotPlayer,
+    /// `S`: the state moved on since the answer was scored; nothing written.
+    Stale,
+    /// `L`: the state (a shard's copy) is older than the caller's, or
+    /// missing; nothing written.
+    Lagging,
+}
+
+impl Verdict {
+    /// The score of a verdict that carries a rank.
+    pub(super) fn ranked_score(&self) -> Option<u64> {
+        match self {
+            Verdict::Applied { score, .. } | Verdict::Duplicate { score, .. } => Some(*score),
+            _ => None,
+        }
+    }
+
+    /// The players above it, for a verdict that carries a rank.
+    pub(super) fn higher_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            Verdict::Applied { higher, .. } | Verdict::Duplicate { higher, .. } => Some(higher),
+            _ => None,
+        }
+    }
+}
+
+/// An `apply_batch` reply for `n` answers: one verdict per answer, or the
+/// state guard's verdict (`S`, `L`) for every one of them. See
+/// `lua/apply_batch.lua` for the format; anything else is an error.
+pub(super) fn decode_verdicts(v: &Value, n: usize) -> Result<Vec<Verdict>, StoreError> {
+    let bad = || bad_reply("apply_batch", v);
+    let bytes = match v {
+        Value::BulkString(b) => b.as_slice(),
+        Value::Array(items) if items.len() == 1 => {
+            let guard = match items.first().and_then(as_str) {
+                Some("S") => Verdict::Stale,
+                Some("L") => Verdict::Lagging,
+                _ => return Err(bad()),
+            };
+            return Ok(vec![guard; n]);
+        }
+        _ => return Err(bad()),
+    };
+    let mut rest = bytes;
+    let mut out = Vec::with_capacity(n);
+    while !rest.is_empty() {
+        let (verdict, after) = verdict_line(rest).ok_or_else(bad)?;
+        out.push(verdict);
+        rest = after;
+    }
+    if out.len() != n {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+/// One line of an `apply_batch` reply and what follows it; `None` if it is
+/// malformed.
+fn verdict_line(s: &[u8]) -> Option<(Verdict, &[u8])> {
+    let (&tag, s) = s.split_first()?;
+    let s = s.strip_prefix(b" ")?;
+    let (score, s) = leading_u64(s)?;
+    let s = s.strip_prefix(b" ")?;
+    let (higher, s) = leading_u64(s)?;
+    let (verdict, s) = match tag {
+        b'A' => (Verdict::Applied { score, higher }, s),
+        b'N' => (Verdict::NotPlayer, s),
+        b'D' | b'E' => {
+            let s = s.strip_prefix(b" ")?;
+            let (len, s) = leading_u64(s)?;
+            let s = s.strip_prefix(b":")?;
+            let len = usize::try_from(len).ok().filter(|l| *l <= s.len())?;
+            let (record, s) = s.split_at(len);
+            let record = std::str::from_utf8(record).ok()?.to_string();
+            let duplicate = Verdict::Duplicate {
+                pending: tag == b'D',
+                record,
+                score,
+                higher,
+            };
+            (duplicate, s)
+        }
+        _ => return None,
+    };
+    Some((verdict, s.strip_prefix(b"\n")?))
+}
+
+/// The decimal number at the start of `s` (at least one digit, no
+/// overflow) and what follows it.
+fn leading_u64(s: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in &s[..digits] {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some((n, &s[digits..]))
+}
+
+/// What one answer's verdict means to its caller. `Ok(None)`: the state
+/// guard failed (`S`, `L`): re-score.
 pub(super) fn decode_apply(
     quiz_id: &str,
     answer: &AnswerRecord,
-    v: &Value,
+    verdict: Verdict,
 ) -> Result<Option<ApplyOutcome>, StoreError> {
-    let Value::Array(items) = v else {
-        return Err(bad_reply("apply_answer", v));
-    };
-    let tag = items.first().and_then(as_str);
-    let score_rank = || -> Result<(u64, u64), StoreError> {
-        let score = items.get(1).and_then(as_u64);
-        let higher = items.get(2).and_then(as_u64);
-        match (score, higher) {
-            (Some(s), Some(h)) => Ok((s, h + 1)),
-            _ => Err(bad_reply("apply_answer", v)),
-        }
-    };
-    match tag {
-        Some("A") => {
-            let (score, rank) = score_rank()?;
-            Ok(Some(ApplyOutcome::Applied { score, rank }))
-        }
+    match verdict {
+        Verdict::Applied { score, higher } => Ok(Some(ApplyOutcome::Applied {
+            score,
+            rank: higher + 1,
+        })),
         // The state moved on, or (`L`, after the store's repair of a
         // sharded quiz's lagging copy) is not the caller's: re-score.
-        Some("S") | Some("L") => Ok(None),
-        Some(t) if t.starts_with('D') || t.starts_with('E') => {
-            let (score, rank) = score_rank()?;
-            let rec = &t[1..];
-            Ok(Some(ApplyOutcome::Duplicate {
-                pending: t.starts_with('D'),
-                original: decode_record(
-                    rec,
-                    &answer.player_id,
-                    &answer.nickname,
-                    answer.question_id,
-                )?,
-                score,
-                rank,
-            }))
-        }
-        Some("N") => Err(StoreError::NotFound(format!(
+        Verdict::Stale | Verdict::Lagging => Ok(None),
+        Verdict::Duplicate {
+            pending,
+            record,
+            score,
+            higher,
+        } => Ok(Some(ApplyOutcome::Duplicate {
+            pending,
+            original: decode_record(
+                &record,
+                &answer.player_id,
+                &answer.nickname,
+                answer.question_id,
+            )?,
+            score,
+            rank: higher + 1,
+        })),
+        Verdict::NotPlayer => Err(StoreError::NotFound(format!(
             "player {} in quiz {quiz_id}",
             answer.player_id
         ))),
-        _ => Err(bad_reply("apply_answer", v)),
     }
 }
 
@@ -314,5 +417,105 @@ mod tests {
         ] {
             assert!(decode_record(bad, "p", "n", 0).is_err(), "{bad:?}");
         }
+    }
+
+    fn bulk(s: &[u8]) -> Value {
+        Value::BulkString(s.to_vec())
+    }
+
+    #[test]
+    fn verdicts_decode_in_order_with_any_record() {
+        // An older JSON record with spaces, a newline, a colon and digits
+        // inside: the length prefix frames it.
+        let odd = "{\"a\": \"1 2\n3:4\"}";
+        let reply = format!(
+            "A 870 3\nN 0 0\nD 1740 0 {}:{odd}\nE 5 12 4:c10;\n",
+            odd.len()
+        );
+        let got = decode_verdicts(&bulk(reply.as_bytes()), 4).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Verdict::Applied {
+                    score: 870,
+                    higher: 3
+                },
+                Verdict::NotPlayer,
+                Verdict::Duplicate {
+                    pending: true,
+                    record: odd.to_string(),
+                    score: 1740,
+                    higher: 0
+                },
+                Verdict::Duplicate {
+                    pending: false,
+                    record: "c10;".to_string(),
+                    score: 5,
+                    higher: 12
+                },
+            ]
+        );
+        assert_eq!(got[0].ranked_score(), Some(870));
+        assert_eq!(got[1].ranked_score(), None);
+        // The state guard answers for every answer of the call.
+        let stale = Value::Array(vec![bulk(b"S")]);
+        assert_eq!(decode_verdicts(&stale, 3).unwrap(), vec![Verdict::Stale; 3]);
+        let lagging = Value::Array(vec![Value::SimpleString("L".into())]);
+        assert_eq!(
+            decode_verdicts(&lagging, 1).unwrap(),
+            vec![Verdict::Lagging]
+        );
+    }
+
+    #[test]
+    fn malformed_verdicts_are_errors_not_panics() {
+        for bad in [
+            &b""[..],                      // no line for the one answer
+            b"A 1 2",                      // no newline
+            b"A 1 2\nA 1 2\n",             // one line too many
+            b"X 1 2\n",                    // unknown tag
+            b"A -1 2\n",                   // not a number
+            b"A 1  2\n",                   // two spaces
+            b"A 99999999999999999999 0\n", // overflow
+            b"D 1 2 9:short\n",            // record shorter than its length
+            b"D 1 2 5:c10;;x\n",           // record longer than its length
+            b"D 1 2 :c\n",                 // no length
+            b"D 1 2 2:\xff\xfe\n",         // not UTF-8
+            b"A 1 2\r\n",                  // CR
+        ] {
+            assert!(
+                decode_verdicts(&bulk(bad), 1).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(decode_verdicts(&Value::Array(vec![bulk(b"Q")]), 1).is_err());
+        assert!(decode_verdicts(&Value::Int(3), 1).is_err());
+        assert!(decode_verdicts(&Value::Nil, 1).is_err());
+    }
+
+    #[test]
+    fn random_replies_never_panic() {
+        // A cheap stand-in for a fuzzer: random bytes over the reply's
+        // alphabet, and every prefix of a valid reply.
+        let alphabet = b"ADENSL 0123456789:\n;c{}";
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let len = (x % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    alphabet[(x % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            let _ = decode_verdicts(&bulk(&bytes), (x % 4) as usize);
+        }
+        let valid = b"A 870 3\nD 1 2 4:c10;\nN 0 0\n";
+        for end in 0..valid.len() {
+            assert!(decode_verdicts(&bulk(&valid[..end]), 3).is_err());
+        }
+        assert!(decode_verdicts(&bulk(valid), 3).is_ok());
     }
 }

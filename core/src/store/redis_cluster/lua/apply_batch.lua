@@ -63,11 +63,17 @@
 -- and the record `encode_record`'s (no spaces in any of the first four). The
 -- player id is last and taken as everything up to the final `:<digits>`, so
 -- any player id (spaces and colons included) round-trips.
--- Returns a flat array, 3 entries per answer: `A` score higher |
--- `D<original record>` score higher (duplicate, event pending) |
--- `E<original record>` score higher (duplicate, event delivered) | `N` 0 0
--- (not a player: nothing written); or {'S'} (state moved on) or {'L'}
--- (state older than the caller's, or missing).
+-- Returns ONE bulk string, a line per answer in ARGV's order:
+--   `A <score> <higher>` (applied, now or by an earlier attempt) |
+--   `D <score> <higher> <len>:<original record>` (duplicate, event pending) |
+--   `E <score> <higher> <len>:<original record>` (duplicate, event
+--   delivered) | `N 0 0` (not a player: nothing written),
+-- each ended by `\n`, the record length-prefixed (so any record, an older
+-- JSON one included, frames safely); or {'S'} (state moved on) or {'L'}
+-- (state older than the caller's, or missing). One string, not three
+-- values per answer: every value of a reply costs the client a parse and
+-- an allocation, and the node's client CPU per answer is what this path is
+-- measured by (see docs/performance.md).
 local n = tonumber(ARGV[1])
 if ARGV[2] ~= '' then
   local st = redis.call('GET', KEYS[5])
@@ -211,4 +217,18 @@ for a = 1, n do
     out[3 * a] = h
   end
 end
-return out
+local lines = {}
+for a = 1, n do
+  local o = 3 * a - 2
+  local t = out[o]
+  local head = string.format(' %d %d', out[o + 1], out[o + 2])
+  if #t == 1 then
+    lines[a] = t .. head .. '\n'
+  else
+    -- `D`/`E` and the original record: concatenated, not formatted (`%s`
+    -- stops at a zero byte).
+    local rec = string.sub(t, 2)
+    lines[a] = string.sub(t, 1, 1) .. head .. ' ' .. #rec .. ':' .. rec .. '\n'
+  end
+end
+return table.concat(lines)
