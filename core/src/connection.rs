@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::QuizError;
 use crate::frame::{linger, read_frame, InFrame, Partial, ReadError};
-use crate::gate::Gated;
+use crate::gate::{Gated, Slot};
 use crate::limit::Rate;
 use crate::metrics::AnswerOutcome;
 use crate::model::{now_ms, Mode, Phase, QuizDef, QuizState};
@@ -55,6 +55,17 @@ struct Session<'a> {
     caller: &'a Caller,
     outbox: &'a Outbox,
     presented: &'a Presented,
+}
+
+/// The connection task's gated futures (`gate.rs`), one bit each of its
+/// outbox's gate: the writer, and the read loop's wait for the close.
+enum WriterSlot {}
+impl Slot for WriterSlot {
+    const BIT: u8 = 1;
+}
+enum CloseSlot {}
+impl Slot for CloseSlot {
+    const BIT: u8 = 2;
 }
 
 /// The places an upgraded connection holds: its place under
@@ -168,12 +179,15 @@ pub async fn serve(
     // (docs/core.md, "Memory per idle WebSocket").
     tokio::join!(
         read_loop(&session, &mut rd),
-        Gated::new(write_loop(
-            &svc.metrics,
-            &outbox,
-            &mut writer,
-            Duration::from_millis(svc.config.ws_write_timeout_ms),
-        )),
+        Gated::<_, WriterSlot>::new(
+            outbox.gate(),
+            write_loop(
+                &svc.metrics,
+                &outbox,
+                &mut writer,
+                Duration::from_millis(svc.config.ws_write_timeout_ms),
+            )
+        ),
     );
     rooms.leave(&membership);
     drop::<Membership>(membership);
@@ -430,7 +444,7 @@ async fn read_loop<R: AsyncRead + Unpin>(s: &Session<'_>, rd: &mut R) {
     // by one future for the connection's life: one made per frame took the
     // token's lock to register and again to deregister, on every frame.
     // Gated: polled only when the token fired, not on every frame's wake.
-    let closed = Gated::new(outbox.cancelled().cancelled());
+    let closed = Gated::<_, CloseSlot>::new(outbox.gate(), outbox.cancelled().cancelled());
     tokio::pin!(closed);
     loop {
         let frame = tokio::select! {

@@ -12,12 +12,21 @@
 //! `Gated` hands its future a waker of its own, which records that it
 //! fired before waking the task. The future is polled on the first poll
 //! and after its own waker fired; any other wake-up of the task costs one
-//! plain load of the flag and a compare of the task's waker with the one
-//! registered (the same task, as it always is here, registers nothing).
-//! The registered waker is woken by reference, never taken, so it stays
+//! plain load of a flag and a compare of the task's waker with the one
+//! registered.
+//!
+//! The gated futures of one task share one [`Gate`] (one allocation, a
+//! bit each): what a gated poll costs is mostly reaching the gate's memory
+//! (a cache miss: a connection's task runs among thousands), so one gate
+//! per task is one miss per wake-up, not one per gated future. A wake sets
+//! every bit, as the gate's waker cannot tell whose future fired: the
+//! other gated future is then polled once for nothing, which futures
+//! allow, and which happens only when a gated future fires (rarely).
+//!
+//! The task's waker is woken by reference, never taken, so it stays
 //! registered across wakes: registering anew on every poll (as
 //! `AtomicWaker` must, since its wake takes the waker) cost two atomic
-//! read-modify-writes per gate and poll, ~0.5 µs per answer.
+//! read-modify-writes per gated future and poll.
 //!
 //! Correctness: the task's waker is registered (under the gate's lock)
 //! before the flag is read, and a wake sets the flag before it takes the
@@ -28,29 +37,38 @@
 //! budget) gets the gate's waker and wakes through it.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use parking_lot::Mutex;
 
+/// Which bit of its [`Gate`] a gated future owns: one type per gated
+/// future of a task, each with its own bit.
+pub trait Slot {
+    const BIT: u8;
+}
+
 pin_project_lite::pin_project! {
-    /// `inner`, polled only when its own waker fired (or never polled yet).
-    pub struct Gated<F> {
+    /// `inner`, polled only when its gate's waker fired (or never polled
+    /// yet).
+    pub struct Gated<F, S> {
         #[pin]
         inner: F,
         // One pointer: a connection's task carries two of these, and its
         // allocation sits just under one of the allocator's size classes.
         // The gate becomes a waker only when `inner` is polled (rarely).
         gate: Arc<Gate>,
+        slot: PhantomData<S>,
     }
 }
 
-/// Whether the gated future's waker fired since its last poll, and the
-/// task to wake when it does.
-struct Gate {
-    woken: AtomicBool,
+/// Whether the gated futures' waker fired since each one's last poll (a
+/// bit per [`Slot`]), and the task to wake when it does.
+pub struct Gate {
+    woken: AtomicU8,
     /// The task's waker; a wake wakes it by reference and leaves it here.
     task: Mutex<Option<Waker>>,
     /// Which waker `task` holds (its data and vtable pointers): written
@@ -60,6 +78,17 @@ struct Gate {
 }
 
 impl Gate {
+    pub fn new() -> Arc<Gate> {
+        Arc::new(Gate {
+            // Every future is polled on its first poll: it has not
+            // registered anything yet.
+            woken: AtomicU8::new(u8::MAX),
+            task: Mutex::new(None),
+            // No waker has a null data pointer and vtable both.
+            registered: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        })
+    }
+
     fn identity(waker: &Waker) -> [usize; 2] {
         [waker.data() as usize, waker.vtable() as *const _ as usize]
     }
@@ -76,6 +105,13 @@ impl Gate {
             slot.store(part, Ordering::Relaxed);
         }
     }
+
+    /// Takes the bit `bit` if it is set: whether its future is due a poll.
+    fn take(&self, bit: u8) -> bool {
+        // The plain load first: the read-modify-write only when set.
+        self.woken.load(Ordering::Relaxed) & bit != 0
+            && self.woken.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
 }
 
 impl Wake for Gate {
@@ -85,38 +121,33 @@ impl Wake for Gate {
 
     fn wake_by_ref(self: &Arc<Self>) {
         // The flag before the lock: see the module doc.
-        self.woken.store(true, Ordering::Release);
+        self.woken.store(u8::MAX, Ordering::Release);
         if let Some(task) = &*self.task.lock() {
             task.wake_by_ref();
         }
     }
 }
 
-impl<F: Future> Gated<F> {
-    pub fn new(inner: F) -> Gated<F> {
-        let gate = Arc::new(Gate {
-            // Polled on the first poll: it has not registered anything yet.
-            woken: AtomicBool::new(true),
-            task: Mutex::new(None),
-            // No waker has a null data pointer and vtable both.
-            registered: [AtomicUsize::new(0), AtomicUsize::new(0)],
-        });
-        Gated { inner, gate }
+impl<F: Future, S: Slot> Gated<F, S> {
+    /// `inner` behind `gate`, in the slot `S` (a gate's futures each have
+    /// their own slot).
+    pub fn new(gate: &Arc<Gate>, inner: F) -> Gated<F, S> {
+        Gated {
+            inner,
+            gate: Arc::clone(gate),
+            slot: PhantomData,
+        }
     }
 }
 
-impl<F: Future> Future for Gated<F> {
+impl<F: Future, S: Slot> Future for Gated<F, S> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        // Register before reading the flag (see the module doc). The
-        // plain load first: the swap's read-modify-write only when the
-        // flag is set.
+        // Register before reading the flag (see the module doc).
         this.gate.register(cx.waker());
-        if !this.gate.woken.load(Ordering::Relaxed)
-            || !this.gate.woken.swap(false, Ordering::AcqRel)
-        {
+        if !this.gate.take(S::BIT) {
             return Poll::Pending;
         }
         let waker = Waker::from(Arc::clone(this.gate));
@@ -127,7 +158,16 @@ impl<F: Future> Future for Gated<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    enum First {}
+    impl Slot for First {
+        const BIT: u8 = 1;
+    }
+    enum Second {}
+    impl Slot for Second {
+        const BIT: u8 = 2;
+    }
 
     /// Counts its polls; pending until `ready` is set, registering the
     /// waker it was given in `parked`.
@@ -162,11 +202,14 @@ mod tests {
         let polls = Arc::new(AtomicUsize::new(0));
         let ready = Arc::new(AtomicBool::new(false));
         let parked = Arc::new(parking_lot::Mutex::new(None));
-        let mut gated = Box::pin(Gated::new(Probe {
-            polls: Arc::clone(&polls),
-            ready: Arc::clone(&ready),
-            parked: Arc::clone(&parked),
-        }));
+        let mut gated = Box::pin(Gated::<_, First>::new(
+            &Gate::new(),
+            Probe {
+                polls: Arc::clone(&polls),
+                ready: Arc::clone(&ready),
+                parked: Arc::clone(&parked),
+            },
+        ));
         let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&task));
         let mut cx = Context::from_waker(&waker);
@@ -195,11 +238,14 @@ mod tests {
         let polls = Arc::new(AtomicUsize::new(0));
         let ready = Arc::new(AtomicBool::new(false));
         let parked = Arc::new(parking_lot::Mutex::new(None));
-        let mut gated = Box::pin(Gated::new(Probe {
-            polls: Arc::clone(&polls),
-            ready: Arc::clone(&ready),
-            parked: Arc::clone(&parked),
-        }));
+        let mut gated = Box::pin(Gated::<_, First>::new(
+            &Gate::new(),
+            Probe {
+                polls: Arc::clone(&polls),
+                ready: Arc::clone(&ready),
+                parked: Arc::clone(&parked),
+            },
+        ));
         let first = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let second = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let first_waker = Waker::from(Arc::clone(&first));
@@ -229,6 +275,58 @@ mod tests {
         assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
 
+    #[test]
+    fn futures_sharing_a_gate_each_see_a_wake_of_either() {
+        let probe = || {
+            let polls = Arc::new(AtomicUsize::new(0));
+            let parked = Arc::new(parking_lot::Mutex::new(None));
+            let p = Probe {
+                polls: Arc::clone(&polls),
+                ready: Arc::new(AtomicBool::new(false)),
+                parked: Arc::clone(&parked),
+            };
+            (p, polls, parked)
+        };
+        let gate = Gate::new();
+        let (p1, polls1, parked1) = probe();
+        let (p2, polls2, parked2) = probe();
+        let mut first = Box::pin(Gated::<_, First>::new(&gate, p1));
+        let mut second = Box::pin(Gated::<_, Second>::new(&gate, p2));
+        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&task));
+        let mut cx = Context::from_waker(&waker);
+        let mut poll_both = || {
+            assert!(first.as_mut().poll(&mut cx).is_pending());
+            assert!(second.as_mut().poll(&mut cx).is_pending());
+        };
+
+        // Both polled first, then neither until a wake.
+        poll_both();
+        poll_both();
+        assert_eq!(
+            (polls1.load(Ordering::SeqCst), polls2.load(Ordering::SeqCst)),
+            (1, 1)
+        );
+        // The first's waker fires: the task is woken, and both are polled
+        // once (the second for nothing), then neither again.
+        parked1.lock().take().unwrap().wake();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        poll_both();
+        poll_both();
+        assert_eq!(
+            (polls1.load(Ordering::SeqCst), polls2.load(Ordering::SeqCst)),
+            (2, 2)
+        );
+        // The second's own wake reaches it.
+        parked2.lock().take().unwrap().wake();
+        poll_both();
+        assert_eq!(
+            (polls1.load(Ordering::SeqCst), polls2.load(Ordering::SeqCst)),
+            (3, 3)
+        );
+        assert_eq!(task.0.load(Ordering::SeqCst), 2);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_wake_is_lost_when_only_the_gate_wakes_the_task() {
         // The task's only future is gated: every one of 1 000 notifies
@@ -238,7 +336,7 @@ mod tests {
         let notify = Arc::new(tokio::sync::Notify::new());
         let seen = Arc::new(AtomicUsize::new(0));
         let (n, s) = (Arc::clone(&notify), Arc::clone(&seen));
-        let waiter = tokio::spawn(Gated::new(async move {
+        let waiter = tokio::spawn(Gated::<_, First>::new(&Gate::new(), async move {
             for _ in 0..ROUNDS {
                 n.notified().await;
                 s.fetch_add(1, Ordering::SeqCst);
@@ -272,7 +370,7 @@ mod tests {
         let seen = Arc::new(AtomicUsize::new(0));
         let (n, s) = (Arc::clone(&notify), Arc::clone(&seen));
         let waiter = tokio::spawn(async move {
-            let gated = Gated::new(async {
+            let gated = Gated::<_, First>::new(&Gate::new(), async {
                 for _ in 0..ROUNDS {
                     n.notified().await;
                     s.fetch_add(1, Ordering::SeqCst);

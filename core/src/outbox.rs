@@ -36,6 +36,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::gate::Gate;
 use crate::metrics::Metrics;
 
 /// Close codes the server uses (documented in `docs/core.md`).
@@ -182,6 +183,10 @@ pub struct Outbox {
     /// When the reader last got a frame from the client (pongs included),
     /// in seconds of [`uptime_s`]; read by the room's keepalive sweep.
     last_inbound_s: AtomicU32,
+    /// The gate of the connection task's rarely-due futures (the writer,
+    /// the wait for the close): here rather than in the task's own state,
+    /// whose size is paid in steps of 512 bytes per connection.
+    gate: Arc<Gate>,
 }
 
 /// Seconds since this process's first call (tokio's clock, so tests with
@@ -241,7 +246,13 @@ impl Outbox {
             cancel,
             cap,
             last_inbound_s: AtomicU32::new(uptime_s()),
+            gate: Gate::new(),
         }
+    }
+
+    /// The gate of the connection task's gated futures (`gate.rs`).
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
     }
 
     /// Lets frames be written straight to `socket` while nothing is queued
