@@ -1483,3 +1483,52 @@ async fn redis_sharded_ranks_exact_when_guesses_miss() {
     );
     assert_eq!((s, rank), (score(4), 1 + higher(score(4))));
 }
+
+/// A queue of one job in front of the batcher, one batch in flight, and
+/// 300 answers at once: nearly every caller finds the queue full and
+/// waits for room (the path a burst takes past `queue_capacity`), and
+/// every answer is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_answers_wait_for_room_in_a_full_queue() {
+    let opts = RedisOptions {
+        queue_capacity: 1,
+        max_in_flight: 1,
+        ..RedisOptions::default()
+    };
+    let store: Store = Arc::new(
+        RedisClusterStore::connect(&redis_nodes(), opts)
+            .await
+            .expect("the Redis Cluster is required (deploy/local/stack up)"),
+    );
+    const PLAYERS: usize = 300;
+    let id = new_quiz(&store, "full-queue", 1).await;
+    for p in 0..PLAYERS {
+        join(&store, &id, &format!("p{p}")).await;
+    }
+    assert!(store.set_state(&id, 1, &started()).await.expect("start"));
+    let answers = (0..PLAYERS).map(|p| {
+        let store = Arc::clone(&store);
+        let id = id.clone();
+        tokio::spawn(async move {
+            store
+                .apply_answer(&id, &answer(&format!("p{p}"), 0, &[0], 1000))
+                .await
+        })
+    });
+    let outcomes = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        futures::future::join_all(answers),
+    )
+    .await
+    .expect("every answer within 60 s");
+    for o in outcomes {
+        let o = o.expect("task").expect("applied, not refused");
+        assert!(
+            matches!(o, ApplyOutcome::Applied { score: 1000, .. }),
+            "{o:?}"
+        );
+    }
+    let board = store.leaderboard(&id, PLAYERS).await.expect("leaderboard");
+    assert_eq!(board.top.len(), PLAYERS);
+    assert!(board.top.iter().all(|e| e.score == 1000), "{board:?}");
+}

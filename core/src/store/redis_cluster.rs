@@ -497,15 +497,16 @@ impl RedisClusterStore {
                 repaired = true;
                 // The shard's state copy lags behind the main state: push
                 // it, then score against it again.
+                // The repairs are boxed: they are rare, and inline their
+                // futures would make every answer's future (moved into its
+                // box on every call) several times larger.
                 if v == Verdict::Lagging {
-                    self.sync_copies(quiz_id, &shards, true).await?;
+                    Box::pin(self.sync_copies(quiz_id, &shards, true)).await?;
                     continue;
                 }
                 // Not in the shard: a join whose shard step was lost?
                 if v == Verdict::NotPlayer
-                    && self
-                        .repair_join(quiz_id, &shards, &answer.player_id)
-                        .await?
+                    && Box::pin(self.repair_join(quiz_id, &shards, &answer.player_id)).await?
                 {
                     continue;
                 }
@@ -530,11 +531,22 @@ impl RedisClusterStore {
             shard,
             work,
         };
-        let timeout = self.shared.opts.command_timeout;
-        tokio::time::timeout(timeout, self.jobs.send(job))
-            .await
-            .map_err(|_| unavailable("answer queue full"))?
-            .map_err(|_| unavailable("answer batcher stopped"))?;
+        // Queued at once when there is room (nearly always); the wait for
+        // room, under the command deadline, only when the queue is full:
+        // its timer and future are the overload's, not every answer's.
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                let timeout = self.shared.opts.command_timeout;
+                Box::pin(tokio::time::timeout(timeout, self.jobs.send(job)))
+                    .await
+                    .map_err(|_| unavailable("answer queue full"))?
+                    .map_err(|_| unavailable("answer batcher stopped"))?;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(unavailable("answer batcher stopped"))
+            }
+        }
         // No deadline of its own: every await of the batcher is bounded
         // (each pipeline under `command_timeout` + `wait_timeout`, a queued
         // job waits for in-flight batches only), and a job it drops, by a
