@@ -82,7 +82,13 @@ impl QuizService {
                     fresh = true;
                     continue;
                 }
-                Window::NotOpen => return self.not_open(quiz_id, player_id, question_id).await,
+                // Boxed: a rare path whose future (a look-up, then maybe
+                // a duplicate's whole finish) is most of this one's size,
+                // which every answer pays for when its handling is boxed
+                // (`connection::read_loop`).
+                Window::NotOpen => {
+                    return Box::pin(self.not_open(quiz_id, player_id, question_id)).await
+                }
                 Window::Open {
                     opens_at,
                     closes_at,
