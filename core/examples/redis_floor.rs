@@ -7,15 +7,18 @@
 //! ```text
 //! deploy/local/stack up
 //! cargo run --release -p quiz-core --example redis_floor -- \
-//!     [--batches 20000] [--answers-per-batch 45] [--in-flight 8] [--runs 3]
+//!     [--batches 20000] [--answers-per-batch 45] [--in-flight 8] [--runs 3] \
+//!     [--reply lines|values]
 //! ```
 //! Each run measures both clients in turn, each in a child process of its
 //! own (`redis_floor child redis-rs|raw …`), whose user and system CPU
 //! (/proc) over the batches, divided by the answers, is printed. The
 //! script stands in for `apply_batch` on the client's side: the same
 //! arguments (one packed string of ~100 bytes per answer) and the same
-//! reply (3 values per answer: a tag, a score, a rank), with almost no work
-//! in Redis. `QUIZ_REDIS_NODES` (default `127.0.0.1:7000..7005`) names the
+//! reply, with almost no work in Redis: `lines` (the default, as
+//! `apply_batch` replies since 2026-12-05) one string with a line per answer
+//! (`A <score> <rank>`), `values` (as it replied before) 3 values per
+//! answer: a tag, a score, a rank. `QUIZ_REDIS_NODES` (default `127.0.0.1:7000..7005`) names the
 //! cluster; the key `{bench}:floor` picks the master. Recorded in
 //! `docs/performance.md` ("The Redis client's floor").
 
@@ -29,16 +32,43 @@ use std::time::Instant;
 use redis::cluster::ClusterClient;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 
-/// Returns 3 values per argument, like `apply_batch`'s reply.
-const SCRIPT: &str = "local r = {} for i = 1, #ARGV do \
+/// Returns one string with a line per argument, like `apply_batch`'s reply.
+const SCRIPT_LINES: &str = "local r = {} for i = 1, #ARGV do \
+    r[i] = 'A ' .. (1000 + i) .. ' ' .. i .. '\\n' end return table.concat(r)";
+/// Returns 3 values per argument, like `apply_batch`'s reply before.
+const SCRIPT_VALUES: &str = "local r = {} for i = 1, #ARGV do \
     r[#r + 1] = 'A' r[#r + 1] = 1000 + i r[#r + 1] = i end return r";
 const KEY: &str = "{bench}:floor";
 
+#[derive(Clone)]
 struct Args {
     batches: usize,
     per_batch: usize,
     in_flight: usize,
     runs: usize,
+    /// The reply's shape: one string of lines, or 3 values per answer.
+    lines: bool,
+}
+
+impl Args {
+    fn script(&self) -> &'static str {
+        if self.lines {
+            SCRIPT_LINES
+        } else {
+            SCRIPT_VALUES
+        }
+    }
+
+    /// Whether the script's reply has the shape asked for.
+    fn reply_ok(&self, v: &redis::Value) -> bool {
+        match v {
+            redis::Value::BulkString(b) if self.lines => {
+                b.iter().filter(|c| **c == b'\n').count() == self.per_batch
+            }
+            redis::Value::Array(x) if !self.lines => x.len() == 3 * self.per_batch,
+            _ => false,
+        }
+    }
 }
 
 fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
@@ -47,13 +77,22 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         per_batch: 45,
         in_flight: 8,
         runs: 3,
+        lines: true,
     };
     let mut it = argv.iter();
     while let Some(k) = it.next() {
-        let v: usize = it
+        let v = it
             .next()
-            .ok_or_else(|| anyhow::anyhow!("{k} needs a value"))?
-            .parse()?;
+            .ok_or_else(|| anyhow::anyhow!("{k} needs a value"))?;
+        if k == "--reply" {
+            a.lines = match v.as_str() {
+                "lines" => true,
+                "values" => false,
+                other => anyhow::bail!("--reply lines|values, not {other}"),
+            };
+            continue;
+        }
+        let v: usize = v.parse()?;
         match k.as_str() {
             "--batches" => a.batches = v.clamp(1, 1_000_000),
             "--answers-per-batch" => a.per_batch = v.clamp(1, 256),
@@ -122,8 +161,9 @@ fn main() -> anyhow::Result<()> {
     }
     let [rs, raw] = per.map(common::median);
     println!(
-        "median of {} runs: redis-rs {rs:.2} us, raw {raw:.2} us per answer (redis-rs / raw = {:.2})",
+        "median of {} runs, reply as {}: redis-rs {rs:.2} us, raw {raw:.2} us per answer (redis-rs / raw = {:.2})",
         a.runs,
+        if a.lines { "lines" } else { "values" },
         rs / raw
     );
     Ok(())
@@ -152,20 +192,17 @@ fn redis_rs_client(a: &Args) -> anyhow::Result<(f64, f64)> {
             let mut conn = conn.clone();
             let args = args.clone();
             let n = per_task.min(a.batches.saturating_sub(t * per_task));
+            let a = a.clone();
             tasks.push(tokio::spawn(async move {
                 for _ in 0..n {
                     let mut pipe = redis::pipe();
-                    pipe.cmd("EVAL").arg(SCRIPT).arg(1).arg(KEY).arg(&args);
+                    pipe.cmd("EVAL").arg(a.script()).arg(1).arg(KEY).arg(&args);
                     pipe.cmd("WAIT").arg(1).arg(200);
                     let route = Route::with_key(KEY, SlotAddr::Master);
                     let v = conn
                         .route_pipeline(pipe, 0, 2, SingleNodeRoutingInfo::SpecificNode(route))
                         .await?;
-                    anyhow::ensure!(
-                        matches!(&v[0], redis::Value::Array(x) if x.len() == 3 * args.len()),
-                        "unexpected reply {:?}",
-                        v.first()
-                    );
+                    anyhow::ensure!(a.reply_ok(&v[0]), "unexpected reply {:?}", v.first());
                 }
                 anyhow::Ok(())
             }));
@@ -198,7 +235,7 @@ fn raw_client(a: &Args) -> anyhow::Result<(f64, f64)> {
     while done < a.batches {
         while sent < a.batches && outstanding.len() < a.in_flight {
             buf.clear();
-            encode(&mut buf, &["EVAL", SCRIPT, "1", KEY], &args);
+            encode(&mut buf, &["EVAL", a.script(), "1", KEY], &args);
             encode(&mut buf, &["WAIT", "1", "200"], &[]);
             s.write_all(&buf)?;
             outstanding.push_back(2);
@@ -209,10 +246,8 @@ fn raw_client(a: &Args) -> anyhow::Result<(f64, f64)> {
             if let Some(values) = next_reply(&mut inbuf)? {
                 if let Some(n) = outstanding.front_mut() {
                     if *n == 2 {
-                        anyhow::ensure!(
-                            values == 3 * a.per_batch,
-                            "unexpected reply of {values} values"
-                        );
+                        let want = if a.lines { 1 } else { 3 * a.per_batch };
+                        anyhow::ensure!(values == want, "unexpected reply of {values} values");
                     }
                     *n -= 1;
                 }
