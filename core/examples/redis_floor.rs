@@ -8,17 +8,17 @@
 //! deploy/local/stack up
 //! cargo run --release -p quiz-core --example redis_floor -- \
 //!     [--batches 20000] [--answers-per-batch 45] [--in-flight 8] [--runs 3] \
-//!     [--reply lines|values]
+//!     [--reply lines|ints|values]
 //! ```
 //! Each run measures both clients in turn, each in a child process of its
 //! own (`redis_floor child redis-rs|raw …`), whose user and system CPU
 //! (/proc) over the batches, divided by the answers, is printed. The
 //! script stands in for `apply_batch` on the client's side: the same
 //! arguments (one packed string of ~100 bytes per answer) and the same
-//! reply, with almost no work in Redis: `lines` (the default, as
-//! `apply_batch` replies since 2026-12-05) one string with a line per answer
-//! (`A <score> <rank>`), `values` (as it replied before) 3 values per
-//! answer: a tag, a score, a rank. `QUIZ_REDIS_NODES` (default `127.0.0.1:7000..7005`) names the
+//! reply, with almost no work in Redis: `lines` one string with a line per
+//! answer (`A <score> <rank>`), `ints` 3 integers per answer (a verdict
+//! code, a score, a rank), `values` 3 values per answer (a tag string, a
+//! score, a rank; `apply_batch`'s reply until 2026-12-05). `QUIZ_REDIS_NODES` (default `127.0.0.1:7000..7005`) names the
 //! cluster; the key `{bench}:floor` picks the master. Recorded in
 //! `docs/performance.md` ("The Redis client's floor").
 
@@ -35,6 +35,9 @@ use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 /// Returns one string with a line per argument, like `apply_batch`'s reply.
 const SCRIPT_LINES: &str = "local r = {} for i = 1, #ARGV do \
     r[i] = 'A ' .. (1000 + i) .. ' ' .. i .. '\\n' end return table.concat(r)";
+/// Returns 3 integers per argument (a verdict code, a score, a rank).
+const SCRIPT_INTS: &str = "local r = {} for i = 1, #ARGV do \
+    r[#r + 1] = 0 r[#r + 1] = 1000 + i r[#r + 1] = i end return r";
 /// Returns 3 values per argument, like `apply_batch`'s reply before.
 const SCRIPT_VALUES: &str = "local r = {} for i = 1, #ARGV do \
     r[#r + 1] = 'A' r[#r + 1] = 1000 + i r[#r + 1] = i end return r";
@@ -46,26 +49,44 @@ struct Args {
     per_batch: usize,
     in_flight: usize,
     runs: usize,
-    /// The reply's shape: one string of lines, or 3 values per answer.
-    lines: bool,
+    /// The reply's shape.
+    reply: Shape,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// One string, a line per answer.
+    Lines,
+    /// 3 integers per answer.
+    Ints,
+    /// 3 values per answer, the first a string.
+    Values,
 }
 
 impl Args {
     fn script(&self) -> &'static str {
-        if self.lines {
-            SCRIPT_LINES
-        } else {
-            SCRIPT_VALUES
+        match self.reply {
+            Shape::Lines => SCRIPT_LINES,
+            Shape::Ints => SCRIPT_INTS,
+            Shape::Values => SCRIPT_VALUES,
+        }
+    }
+
+    /// The values a client must at least look at in one script reply.
+    fn leaves(&self) -> usize {
+        match self.reply {
+            Shape::Lines => 1,
+            Shape::Ints | Shape::Values => 3 * self.per_batch,
         }
     }
 
     /// Whether the script's reply has the shape asked for.
     fn reply_ok(&self, v: &redis::Value) -> bool {
         match v {
-            redis::Value::BulkString(b) if self.lines => {
+            redis::Value::BulkString(b) if self.reply == Shape::Lines => {
                 b.iter().filter(|c| **c == b'\n').count() == self.per_batch
             }
-            redis::Value::Array(x) if !self.lines => x.len() == 3 * self.per_batch,
+            redis::Value::Array(x) if self.reply != Shape::Lines => x.len() == 3 * self.per_batch,
             _ => false,
         }
     }
@@ -77,7 +98,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         per_batch: 45,
         in_flight: 8,
         runs: 3,
-        lines: true,
+        reply: Shape::Lines,
     };
     let mut it = argv.iter();
     while let Some(k) = it.next() {
@@ -85,10 +106,11 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
             .next()
             .ok_or_else(|| anyhow::anyhow!("{k} needs a value"))?;
         if k == "--reply" {
-            a.lines = match v.as_str() {
-                "lines" => true,
-                "values" => false,
-                other => anyhow::bail!("--reply lines|values, not {other}"),
+            a.reply = match v.as_str() {
+                "lines" => Shape::Lines,
+                "ints" => Shape::Ints,
+                "values" => Shape::Values,
+                other => anyhow::bail!("--reply lines|ints|values, not {other}"),
             };
             continue;
         }
@@ -133,9 +155,17 @@ fn main() -> anyhow::Result<()> {
     }
     let a = parse_args(&argv)?;
     let answers = (a.batches * a.per_batch) as f64;
+    // The master's main thread too: what the reply's shape costs Redis.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let master = rt.block_on(common::master_of(&common::redis_nodes()[0], KEY))?;
+    let master_cpu = || rt.block_on(common::redis_main_cpu(&master));
     let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut master_per: Vec<f64> = Vec::new();
     for run in 0..a.runs {
         for (i, which) in ["redis-rs", "raw"].iter().enumerate() {
+            let m0 = master_cpu();
             let out = std::process::Command::new(std::env::current_exe()?)
                 .args(["child", which])
                 .args(argv.iter())
@@ -152,19 +182,28 @@ fn main() -> anyhow::Result<()> {
                 .filter_map(|x| x.parse().ok())
                 .collect();
             let us = f[1] * 1e6 / answers;
+            let master_us = (master_cpu() - m0) * 1e6 / answers;
             per[i].push(us);
+            master_per.push(master_us);
             println!(
-                "run {run}: {which:8} {} batches x {} answers in {:.2} s: client CPU {us:.2} us per answer",
+                "run {run}: {which:8} {} batches x {} answers in {:.2} s: client CPU {us:.2} us, \
+                 master {master_us:.2} us per answer",
                 a.batches, a.per_batch, f[0]
             );
         }
     }
     let [rs, raw] = per.map(common::median);
     println!(
-        "median of {} runs, reply as {}: redis-rs {rs:.2} us, raw {raw:.2} us per answer (redis-rs / raw = {:.2})",
+        "median of {} runs, reply as {}: redis-rs {rs:.2} us, raw {raw:.2} us per answer \
+         (redis-rs / raw = {:.2}); the master {:.2} us per answer",
         a.runs,
-        if a.lines { "lines" } else { "values" },
-        rs / raw
+        match a.reply {
+            Shape::Lines => "lines",
+            Shape::Ints => "ints",
+            Shape::Values => "values",
+        },
+        rs / raw,
+        common::median(master_per)
     );
     Ok(())
 }
@@ -246,7 +285,7 @@ fn raw_client(a: &Args) -> anyhow::Result<(f64, f64)> {
             if let Some(values) = next_reply(&mut inbuf)? {
                 if let Some(n) = outstanding.front_mut() {
                     if *n == 2 {
-                        let want = if a.lines { 1 } else { 3 * a.per_batch };
+                        let want = a.leaves();
                         anyhow::ensure!(values == want, "unexpected reply of {values} values");
                     }
                     *n -= 1;
