@@ -189,6 +189,25 @@ mod tests {
         }
     }
 
+    /// A fresh probe, and the test's handles on it: its polls, its
+    /// readiness, the waker it parked.
+    fn probe() -> (
+        Probe,
+        Arc<AtomicUsize>,
+        Arc<AtomicBool>,
+        Arc<parking_lot::Mutex<Option<Waker>>>,
+    ) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let ready = Arc::new(AtomicBool::new(false));
+        let parked = Arc::new(parking_lot::Mutex::new(None));
+        let p = Probe {
+            polls: Arc::clone(&polls),
+            ready: Arc::clone(&ready),
+            parked: Arc::clone(&parked),
+        };
+        (p, polls, ready, parked)
+    }
+
     /// Wakes the test task's waker: counts the wakes.
     struct CountingWaker(AtomicUsize);
     impl Wake for CountingWaker {
@@ -199,17 +218,8 @@ mod tests {
 
     #[test]
     fn polls_the_future_only_after_its_own_waker_fired() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let ready = Arc::new(AtomicBool::new(false));
-        let parked = Arc::new(parking_lot::Mutex::new(None));
-        let mut gated = Box::pin(Gated::<_, First>::new(
-            &Gate::new(),
-            Probe {
-                polls: Arc::clone(&polls),
-                ready: Arc::clone(&ready),
-                parked: Arc::clone(&parked),
-            },
-        ));
+        let (probe, polls, ready, parked) = probe();
+        let mut gated = Box::pin(Gated::<_, First>::new(&Gate::new(), probe));
         let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&task));
         let mut cx = Context::from_waker(&waker);
@@ -235,17 +245,8 @@ mod tests {
 
     #[test]
     fn a_wake_wakes_the_waker_of_the_latest_poll_and_keeps_it() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let ready = Arc::new(AtomicBool::new(false));
-        let parked = Arc::new(parking_lot::Mutex::new(None));
-        let mut gated = Box::pin(Gated::<_, First>::new(
-            &Gate::new(),
-            Probe {
-                polls: Arc::clone(&polls),
-                ready: Arc::clone(&ready),
-                parked: Arc::clone(&parked),
-            },
-        ));
+        let (probe, polls, _, parked) = probe();
+        let mut gated = Box::pin(Gated::<_, First>::new(&Gate::new(), probe));
         let first = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let second = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let first_waker = Waker::from(Arc::clone(&first));
@@ -277,19 +278,9 @@ mod tests {
 
     #[test]
     fn futures_sharing_a_gate_each_see_a_wake_of_either() {
-        let probe = || {
-            let polls = Arc::new(AtomicUsize::new(0));
-            let parked = Arc::new(parking_lot::Mutex::new(None));
-            let p = Probe {
-                polls: Arc::clone(&polls),
-                ready: Arc::new(AtomicBool::new(false)),
-                parked: Arc::clone(&parked),
-            };
-            (p, polls, parked)
-        };
         let gate = Gate::new();
-        let (p1, polls1, parked1) = probe();
-        let (p2, polls2, parked2) = probe();
+        let (p1, polls1, _, parked1) = probe();
+        let (p2, polls2, _, parked2) = probe();
         let mut first = Box::pin(Gated::<_, First>::new(&gate, p1));
         let mut second = Box::pin(Gated::<_, Second>::new(&gate, p2));
         let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
@@ -327,21 +318,17 @@ mod tests {
         assert_eq!(task.0.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn no_wake_is_lost_when_only_the_gate_wakes_the_task() {
-        // The task's only future is gated: every one of 1 000 notifies
-        // from another thread must reach it through the gate's registered
-        // waker (a lost one leaves the sender waiting; bounded in time).
-        const ROUNDS: usize = 1000;
-        let notify = Arc::new(tokio::sync::Notify::new());
-        let seen = Arc::new(AtomicUsize::new(0));
-        let (n, s) = (Arc::clone(&notify), Arc::clone(&seen));
-        let waiter = tokio::spawn(Gated::<_, First>::new(&Gate::new(), async move {
-            for _ in 0..ROUNDS {
-                n.notified().await;
-                s.fetch_add(1, Ordering::SeqCst);
-            }
-        }));
+    /// Notifies sent by the race tests, one at a time.
+    const ROUNDS: usize = 1000;
+
+    /// Sends `ROUNDS` notifies from another thread, each once the previous
+    /// one was seen (a lost one fails at the deadline), then waits for
+    /// `waiter`. Bounded in time on both sides.
+    async fn notify_each_until_seen(
+        notify: Arc<tokio::sync::Notify>,
+        seen: Arc<AtomicUsize>,
+        waiter: tokio::task::JoinHandle<()>,
+    ) {
         let sender = std::thread::spawn(move || {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             for i in 0..ROUNDS {
@@ -360,12 +347,28 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_wake_is_lost_when_only_the_gate_wakes_the_task() {
+        // The task's only future is gated: every one of 1 000 notifies
+        // from another thread must reach it through the gate's registered
+        // waker (a lost one leaves the sender waiting; bounded in time).
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (n, s) = (Arc::clone(&notify), Arc::clone(&seen));
+        let waiter = tokio::spawn(Gated::<_, First>::new(&Gate::new(), async move {
+            for _ in 0..ROUNDS {
+                n.notified().await;
+                s.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+        notify_each_until_seen(notify, seen, waiter).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_wake_is_lost_while_the_task_is_polled_for_other_reasons() {
         // One long-lived gated future waiting on 1 000 notifies sent from
         // another thread, joined with a branch that keeps waking the task
         // for its own reasons: every notify is seen (a lost one would
         // leave the sender waiting; both sides are bounded in time).
-        const ROUNDS: usize = 1000;
         let notify = Arc::new(tokio::sync::Notify::new());
         let seen = Arc::new(AtomicUsize::new(0));
         let (n, s) = (Arc::clone(&notify), Arc::clone(&seen));
@@ -383,20 +386,6 @@ mod tests {
             };
             tokio::join!(gated, busy);
         });
-        let sender = std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            for i in 0..ROUNDS {
-                notify.notify_one();
-                while seen.load(Ordering::SeqCst) <= i {
-                    assert!(std::time::Instant::now() < deadline, "notify {i} lost");
-                    std::thread::yield_now();
-                }
-            }
-        });
-        sender.join().unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
-            .await
-            .expect("the waiter finished")
-            .unwrap();
+        notify_each_until_seen(notify, seen, waiter).await;
     }
 }
