@@ -189,23 +189,26 @@ mod tests {
         }
     }
 
-    /// A fresh probe, and the test's handles on it: its polls, its
-    /// readiness, the waker it parked.
-    fn probe() -> (
-        Probe,
-        Arc<AtomicUsize>,
-        Arc<AtomicBool>,
-        Arc<parking_lot::Mutex<Option<Waker>>>,
-    ) {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let ready = Arc::new(AtomicBool::new(false));
-        let parked = Arc::new(parking_lot::Mutex::new(None));
-        let p = Probe {
-            polls: Arc::clone(&polls),
-            ready: Arc::clone(&ready),
-            parked: Arc::clone(&parked),
+    /// The test's side of a [`Probe`]: its polls, its readiness, the
+    /// waker it parked.
+    struct Handles {
+        polls: Arc<AtomicUsize>,
+        ready: Arc<AtomicBool>,
+        parked: Arc<parking_lot::Mutex<Option<Waker>>>,
+    }
+
+    fn probe() -> (Probe, Handles) {
+        let h = Handles {
+            polls: Arc::new(AtomicUsize::new(0)),
+            ready: Arc::new(AtomicBool::new(false)),
+            parked: Arc::new(parking_lot::Mutex::new(None)),
         };
-        (p, polls, ready, parked)
+        let p = Probe {
+            polls: Arc::clone(&h.polls),
+            ready: Arc::clone(&h.ready),
+            parked: Arc::clone(&h.parked),
+        };
+        (p, h)
     }
 
     /// Wakes the test task's waker: counts the wakes.
@@ -218,7 +221,14 @@ mod tests {
 
     #[test]
     fn polls_the_future_only_after_its_own_waker_fired() {
-        let (probe, polls, ready, parked) = probe();
+        let (
+            probe,
+            Handles {
+                polls,
+                ready,
+                parked,
+            },
+        ) = probe();
         let mut gated = Box::pin(Gated::<_, First>::new(&Gate::new(), probe));
         let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&task));
@@ -245,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_wake_wakes_the_waker_of_the_latest_poll_and_keeps_it() {
-        let (probe, polls, _, parked) = probe();
+        let (probe, Handles { polls, parked, .. }) = probe();
         let mut gated = Box::pin(Gated::<_, First>::new(&Gate::new(), probe));
         let first = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let second = Arc::new(CountingWaker(AtomicUsize::new(0)));
@@ -279,8 +289,9 @@ mod tests {
     #[test]
     fn futures_sharing_a_gate_each_see_a_wake_of_either() {
         let gate = Gate::new();
-        let (p1, polls1, _, parked1) = probe();
-        let (p2, polls2, _, parked2) = probe();
+        let (p1, h1) = probe();
+        let (p2, h2) = probe();
+        let (polls1, parked1, polls2, parked2) = (h1.polls, h1.parked, h2.polls, h2.parked);
         let mut first = Box::pin(Gated::<_, First>::new(&gate, p1));
         let mut second = Box::pin(Gated::<_, Second>::new(&gate, p2));
         let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
