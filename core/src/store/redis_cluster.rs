@@ -174,7 +174,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use self::batcher::{batcher, Job, PreparedAnswer, Work};
 use self::codec::{
     as_u64, bad_reply, decode_apply, decode_int, decode_leaderboard, decode_record,
-    decode_standing, encode_record, parse_json, to_json, Verdict,
+    decode_standing, parse_json, to_json, Verdict,
 };
 use self::pipeline::{cluster_client, run_one, Call};
 pub(crate) use self::pipeline::{node_url, tls_certificates};
@@ -469,15 +469,7 @@ impl RedisClusterStore {
     ) -> Result<Option<ApplyOutcome>, StoreError> {
         let shards = self.shards(quiz_id).await?;
         let shard = shards.index_of(&answer.player_id);
-        let prepared = Arc::new(PreparedAnswer {
-            player_id: answer.player_id.clone(),
-            question_id: answer.question_id,
-            token: format!("{:016x}", rand::random::<u64>()),
-            record: encode_record(answer),
-            points: answer.points,
-            late: answer.late,
-            choices: answer.choices.clone(),
-        });
+        let prepared = Arc::new(PreparedAnswer::new(answer, rand::random::<u64>()));
         let mut repaired = false;
         loop {
             // Same token on every attempt: a re-run of an attempt that did

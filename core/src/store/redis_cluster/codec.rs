@@ -2,8 +2,6 @@
 //! record, JSON values, and the decoding of the scripts' replies (replies
 //! are remote data: never unwrap).
 
-use std::fmt::Write as _;
-
 use redis::Value;
 
 use crate::model::{AnswerRecord, ApplyOutcome, Leaderboard, LeaderboardEntry, Player, Standing};
@@ -271,11 +269,12 @@ pub(super) fn decode_standing(v: &Value) -> Result<Option<Standing>, StoreError>
 
 /// Appends `choices` as `0,2` (the record's and `apply_batch`'s format).
 pub(super) fn write_choices(out: &mut String, choices: &[u32]) {
+    let mut n = itoa::Buffer::new();
     for (i, c) in choices.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(out, "{c}");
+        out.push_str(n.format(*c));
     }
 }
 
@@ -284,23 +283,22 @@ pub(super) fn write_choices(out: &mut String, choices: &[u32]) {
 /// `c<correct 0|1><late 0|1>;<points>;<response_ms>;<answered_at_ms>;<choices,…>`,
 /// e.g. `c10;870;2100;1764201234567;0,2`. Player id and question id are the
 /// hash field, the nickname is the player's: neither is repeated here.
-pub(super) fn encode_record(a: &AnswerRecord) -> String {
-    // Written straight into one buffer (it runs once per answer).
-    let mut s = String::with_capacity(40 + 3 * a.choices.len());
-    let _ = write!(
-        s,
-        "c{}{};{};{};{};",
-        u8::from(a.correct),
-        u8::from(a.late),
-        a.points,
-        a.response_ms,
-        a.answered_at_ms
-    );
-    write_choices(&mut s, &a.choices);
-    s
+/// Appended to `out` (it runs once per answer: integers through `itoa`,
+/// not the formatting machinery).
+pub(super) fn write_record(out: &mut String, a: &AnswerRecord) {
+    let mut n = itoa::Buffer::new();
+    out.push('c');
+    out.push(if a.correct { '1' } else { '0' });
+    out.push(if a.late { '1' } else { '0' });
+    for v in [u64::from(a.points), a.response_ms, a.answered_at_ms] {
+        out.push(';');
+        out.push_str(n.format(v));
+    }
+    out.push(';');
+    write_choices(out, &a.choices);
 }
 
-/// Reads a record written by [`encode_record`], or the JSON `AnswerRecord`
+/// Reads a record written by [`write_record`], or the JSON `AnswerRecord`
 /// that versions before the compact format stored.
 pub(super) fn decode_record(
     rec: &str,
@@ -361,6 +359,12 @@ pub(super) fn decode_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encode_record(a: &AnswerRecord) -> String {
+        let mut s = String::new();
+        write_record(&mut s, a);
+        s
+    }
 
     fn record(choices: Vec<u32>, correct: bool, late: bool) -> AnswerRecord {
         AnswerRecord {

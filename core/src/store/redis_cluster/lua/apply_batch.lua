@@ -17,7 +17,7 @@
 --   script's atomicity), per question one HMGET and one HSET of its
 --   options' new counts (not a HINCRBY write per option), one
 --   INCRBY of the version;
--- - the record is a compact string (see `codec::encode_record`), not JSON.
+-- - the record is a compact string (see `codec::write_record`), not JSON.
 --
 -- Ranks are computed after the batch's writes, so they are the ranks in the
 -- state the script leaves (for an answer followed in the same batch by a
@@ -60,7 +60,7 @@
 --   `<dist> <points> <choices> <token>|<record> <player_id>:<question_id>`
 -- where `dist` is the index in KEYS of the question's distribution (0 for a
 -- late answer: not counted), `choices` like `0,2`, the token 16 hex digits
--- and the record `encode_record`'s (no spaces in any of the first four). The
+-- and the record `write_record`'s (no spaces in any of the first four). The
 -- player id is last and taken as everything up to the final `:<digits>`, so
 -- any player id (spaces and colons included) round-trips.
 -- Returns ONE bulk string, a line per answer in ARGV's order:
