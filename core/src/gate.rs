@@ -301,31 +301,23 @@ mod tests {
             assert!(first.as_mut().poll(&mut cx).is_pending());
             assert!(second.as_mut().poll(&mut cx).is_pending());
         };
+        let polled = || (polls1.load(Ordering::SeqCst), polls2.load(Ordering::SeqCst));
 
         // Both polled first, then neither until a wake.
         poll_both();
         poll_both();
-        assert_eq!(
-            (polls1.load(Ordering::SeqCst), polls2.load(Ordering::SeqCst)),
-            (1, 1)
-        );
+        assert_eq!(polled(), (1, 1));
         // The first's waker fires: the task is woken, and both are polled
         // once (the second for nothing), then neither again.
         parked1.lock().take().unwrap().wake();
         assert_eq!(task.0.load(Ordering::SeqCst), 1);
         poll_both();
         poll_both();
-        assert_eq!(
-            (polls1.load(Ordering::SeqCst), polls2.load(Ordering::SeqCst)),
-            (2, 2)
-        );
+        assert_eq!(polled(), (2, 2));
         // The second's own wake reaches it.
         parked2.lock().take().unwrap().wake();
         poll_both();
-        assert_eq!(
-            (polls1.load(Ordering::SeqCst), polls2.load(Ordering::SeqCst)),
-            (3, 3)
-        );
+        assert_eq!(polled(), (3, 3));
         assert_eq!(task.0.load(Ordering::SeqCst), 2);
     }
 

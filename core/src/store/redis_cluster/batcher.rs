@@ -26,6 +26,7 @@
 //! includes every answer acknowledged before it, as in one slot.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use redis::cluster_routing::{Route, SlotAddr};
@@ -95,10 +96,7 @@ impl PreparedAnswer {
         packed.push(' ');
         write_choices(&mut packed, &answer.choices);
         packed.push(' ');
-        for shift in (0..16).rev() {
-            let digit = ((token >> (4 * shift)) & 0xf) as u8;
-            packed.push(char::from(b"0123456789abcdef"[usize::from(digit)]));
-        }
+        let _ = write!(packed, "{token:016x}");
         packed.push('|');
         write_record(&mut packed, answer);
         packed.push(' ');
@@ -337,11 +335,7 @@ impl Applied {
                         let _ = reply.send(Ok(v));
                     }
                 }
-                Err(e) => {
-                    for (_, reply) in call.waiting {
-                        let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
-                    }
-                }
+                Err(e) => fail_all(call.waiting.into_iter().map(|(_, r)| r), &e),
             }
         }
         if !self.presents.is_empty() {
@@ -600,7 +594,10 @@ fn reply_presents(presents: Vec<Presenting>, result: Result<Value, StoreError>) 
     }
 }
 
-fn fail_all(replies: impl Iterator<Item = Reply>, e: &StoreError) {
+fn fail_all<T>(
+    replies: impl Iterator<Item = oneshot::Sender<Result<T, StoreError>>>,
+    e: &StoreError,
+) {
     for r in replies {
         let _ = r.send(Err(StoreError::Unavailable(e.to_string())));
     }

@@ -153,13 +153,8 @@ fn verdict_line(s: &[u8]) -> Option<(Verdict, &[u8])> {
 /// overflow) and what follows it.
 fn leading_u64(s: &[u8]) -> Option<(u64, &[u8])> {
     let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &d in &s[..digits] {
-        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-    }
+    // ASCII digits only, so UTF-8; `parse` refuses none and overflow.
+    let n = std::str::from_utf8(&s[..digits]).ok()?.parse().ok()?;
     Some((n, &s[digits..]))
 }
 
