@@ -125,15 +125,18 @@ impl QuizService {
         self.metrics
             .sink_seconds
             .observe(start.elapsed().as_secs_f64());
-        if r.is_ok() {
-            self.event_outbox.delivered(&event);
+        match r {
+            Ok(()) => {
+                self.event_outbox.delivered(event);
+                Ok(())
+            }
+            Err(e) => {
+                self.event_outbox.touch(&event.quiz_id);
+                self.metrics.sink_errors.inc();
+                tracing::warn!(event_id = %event.event_id, error = %e, "event publish failed");
+                Err(QuizError::Unavailable(format!("event log: {e}")))
+            }
         }
-        r.map_err(|e| {
-            self.event_outbox.touch(&event.quiz_id);
-            self.metrics.sink_errors.inc();
-            tracing::warn!(event_id = %event.event_id, error = %e, "event publish failed");
-            QuizError::Unavailable(format!("event log: {e}"))
-        })
     }
 
     fn require_sink_ready(&self) -> Result<(), QuizError> {
