@@ -44,9 +44,9 @@ const ACK_BATCH: usize = 1024;
 /// How long the removal task waits, after the first removal of a batch,
 /// for more to join it. Without it the task took whatever was queued the
 /// moment it woke: under a live question, one `pending_clear` script call
-/// (a round trip from core, a script run on the quiz's master) per 17–54
-/// answers, 0.6–2 times the calls of the answers' own scoring; with it, one
-/// per ~160 (docs/performance.md). A removal is off every acknowledgement's path and the
+/// (a round trip from core, a script run on the quiz's master) per 34–108
+/// answers, 0.3–1 times the calls of the answers' own scoring; with it, one
+/// per ~315 (docs/performance.md). A removal is off every acknowledgement's path and the
 /// sweep waits `event_repair_grace_ms` (seconds) before it re-publishes a
 /// pending event, so the wait delays nothing anyone sees; a node dying
 /// within it re-publishes those events (same ids: consumers deduplicate),
