@@ -46,11 +46,11 @@ const ACK_BATCH: usize = 1024;
 /// moment it woke: under a live question, one `pending_clear` script call
 /// (a round trip from core, a script run on the quiz's master) per 34–108
 /// answers, 0.3–1 times the calls of the answers' own scoring; with it, one
-/// per ~315 (docs/performance.md). A removal is off every acknowledgement's path and the
-/// sweep waits `event_repair_grace_ms` (seconds) before it re-publishes a
-/// pending event, so the wait delays nothing anyone sees; a node dying
-/// within it re-publishes those events (same ids: consumers deduplicate),
-/// as any removal not yet made does.
+/// per ~315 (docs/performance.md). A removal is off every
+/// acknowledgement's path and the sweep waits `event_repair_grace_ms`
+/// (seconds) before it re-publishes a pending event, so the wait delays
+/// nothing anyone sees; a node dying within it re-publishes those events
+/// (same ids: consumers deduplicate), as any removal not yet made does.
 pub const ACK_LINGER: Duration = Duration::from_millis(20);
 /// Most quizzes the sweep follows; past it a new quiz is not followed (its
 /// events are still repaired by the node that serves it next, or by this
