@@ -7,7 +7,7 @@
 //! cargo run --release -p quiz-core --example score_throughput -- \
 //!     [--answers 200000] [--concurrency 512] [--players 1000] [--runs 3] \
 //!     [--latency-answers 20000] [--latency-concurrency 16] [--max-in-flight 8] [--max-batch 256] \
-//!     [--shards 3] [--contended 1]
+//!     [--shards 3] [--contended 1] [--direct-lane 0]
 //! ```
 //! `QUIZ_REDIS_NODES` (default `127.0.0.1:7000..7005`) names the cluster;
 //! `redis-benchmark` must be on the PATH. Every phase is bounded by
@@ -58,6 +58,9 @@ struct Args {
     /// master at once (each through its own store and callers), so the
     /// one-slot cost is also measured while all masters share the cores.
     contended: bool,
+    /// `RedisOptions::direct_lane`: 0 sends every answer through the
+    /// batcher (the two paths compared in docs/performance.md).
+    direct_lane: bool,
 }
 
 fn parse_args() -> Args {
@@ -72,12 +75,13 @@ fn parse_args() -> Args {
         max_batch: RedisOptions::default().max_batch,
         shards: 1,
         contended: false,
+        direct_lane: true,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
         let v = pair.get(1).and_then(|v| v.parse::<usize>().ok());
         let Some(v) = v else {
-            eprintln!("usage: score_throughput [--answers N] [--concurrency C] [--players P] [--runs R] [--latency-answers N] [--latency-concurrency C] [--max-in-flight N] [--max-batch N] [--shards S] [--contended 0|1]");
+            eprintln!("usage: score_throughput [--answers N] [--concurrency C] [--players P] [--runs R] [--latency-answers N] [--latency-concurrency C] [--max-in-flight N] [--max-batch N] [--shards S] [--contended 0|1] [--direct-lane 0|1]");
             std::process::exit(2);
         };
         match pair[0].as_str() {
@@ -91,6 +95,7 @@ fn parse_args() -> Args {
             "--max-batch" => a.max_batch = v.max(1),
             "--shards" => a.shards = v.clamp(1, 1024),
             "--contended" => a.contended = v > 0,
+            "--direct-lane" => a.direct_lane = v > 0,
             other => {
                 eprintln!("unknown flag {other}");
                 std::process::exit(2);
@@ -516,6 +521,7 @@ async fn main() -> anyhow::Result<()> {
     let tuned = RedisOptions {
         max_in_flight: args.max_in_flight,
         max_batch: args.max_batch,
+        direct_lane: args.direct_lane,
         ..RedisOptions::default()
     };
     let with_wait = Arc::new(RedisClusterStore::connect(&nodes, tuned.clone()).await?);
@@ -550,6 +556,7 @@ async fn main() -> anyhow::Result<()> {
         let q1 = common::quiz_id_in_slot_of_bench("tp", run);
         new_quiz(&with_wait, &q1, args.players).await?;
         let c2 = common::redis_main_cpu(&master).await;
+        let own0 = common::cpu_seconds(std::process::id());
         let w = drive(
             Arc::clone(&with_wait),
             &q1,
@@ -558,6 +565,8 @@ async fn main() -> anyhow::Result<()> {
             args.players,
         )
         .await?;
+        let client_us =
+            (common::cpu_seconds(std::process::id()) - own0) * 1e6 / args.answers as f64;
         let store_us = (common::redis_main_cpu(&master).await - c2) * 1e6 / args.answers as f64;
         let q2 = common::quiz_id_in_slot_of_bench("tp", run);
         new_quiz(&without_wait, &q2, args.players).await?;
@@ -593,7 +602,8 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "run {run}: anchor ZINCRBY {anchor_rps:.0}/s | store+WAIT {:.0}/s (ratio {:.2}, p50 {:.2} ms, p99 {:.2} ms) | \
              store no WAIT {:.0}/s (ratio {:.2}, p50 {:.2} ms, p99 {:.2} ms) | at {} callers: WAIT p50 {:.3} ms p99 {:.3} ms, no WAIT p50 {:.3} ms p99 {:.3} ms | \
-             Redis main-thread CPU: {store_us:.2} us/answer (store+WAIT), {anchor_us:.2} us/anchor ZINCRBY",
+             Redis main-thread CPU: {store_us:.2} us/answer (store+WAIT), {anchor_us:.2} us/anchor ZINCRBY | \
+             this process (store+WAIT, callers included): {client_us:.2} us/answer; on the direct lanes: {} answers",
             w.per_sec,
             w.per_sec / anchor_rps,
             ms(w.p50),
@@ -607,6 +617,7 @@ async fn main() -> anyhow::Result<()> {
             ms(lw.p99),
             ms(lnw.p50),
             ms(lnw.p99),
+            with_wait.answers_on_lanes() + without_wait.answers_on_lanes(),
         );
         for (c, v) in cols.iter_mut().zip([
             anchor_rps,

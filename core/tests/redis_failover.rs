@@ -119,6 +119,10 @@ async fn failover_during_answers(shards: u32) {
     let total = (PLAYERS * QUESTIONS) as usize;
     wait_done(&counters, total / 4, "the failover").await;
     let at = counters.done.load(Ordering::Relaxed);
+    // An ordinary quiz's answers take the store's direct lane (`lane.rs`):
+    // the failover is the lane's to survive as well.
+    let on_lanes = store.answers_on_lanes();
+    assert_eq!(on_lanes > 0, shards == 1, "{on_lanes} answers on the lanes");
     let t_failover = Instant::now();
     fail_over_to(&replica, slot).await;
     counters.disruption_over.store(true, Ordering::Relaxed);
@@ -137,11 +141,13 @@ async fn failover_during_answers(shards: u32) {
     latencies.sort();
     eprintln!(
         "{total} answers in {:?}; failover started after {at}, done after {at_end} answers, took {failover_took:?}; \
-         {} failed calls retried, {} retries came back Duplicate; max answer latency {:?}",
+         {} failed calls retried, {} retries came back Duplicate; max answer latency {:?}; \
+         {on_lanes} answers on the lanes before the failover, {} in all",
         started.elapsed(),
         counters.failed_calls.load(Ordering::Relaxed),
         counters.duplicates_of_own.load(Ordering::Relaxed),
-        latencies.last().copied().unwrap_or_default()
+        latencies.last().copied().unwrap_or_default(),
+        store.answers_on_lanes()
     );
     assert!(
         at_end < total,

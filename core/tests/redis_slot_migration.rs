@@ -150,6 +150,10 @@ async fn migration_during_answers(shards: u32) {
     let total = (PLAYERS * QUESTIONS) as usize;
     wait_done(&counters, total / 5, "the migration").await;
     let at = counters.done.load(Ordering::Relaxed);
+    // An ordinary quiz's answers take the store's direct lane (`lane.rs`),
+    // which steps aside on ASK, TRYAGAIN and MOVED.
+    let on_lanes = store.answers_on_lanes();
+    assert_eq!(on_lanes > 0, shards == 1, "{on_lanes} answers on the lanes");
     let t0 = Instant::now();
     let there = migrate_slot(slot, &source, &target, &masters).await;
     let mid = counters.done.load(Ordering::Relaxed);
@@ -158,9 +162,11 @@ async fn migration_during_answers(shards: u32) {
     let at_end = counters.done.load(Ordering::Relaxed);
     eprintln!(
         "migrations started after {at} answers, half-way at {mid}, done at {at_end} in {:?}; \
-         {there} keys moved there, {back} back; {} failed calls retried",
+         {there} keys moved there, {back} back; {} failed calls retried; \
+         {on_lanes} answers on the lanes before the moves, {} in all",
         t0.elapsed(),
-        counters.failed_calls.load(Ordering::Relaxed)
+        counters.failed_calls.load(Ordering::Relaxed),
+        store.answers_on_lanes()
     );
     assert!(there > 0 && back > 0, "the quiz's keys moved both ways");
     // The moves happened in the middle of the stream (the workers' last

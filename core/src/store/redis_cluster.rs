@@ -119,6 +119,10 @@
 //!   methods (which script, which keys, retry or not);
 //! - `scripts.rs` and `lua/*.lua`: the Lua scripts, one file each, each
 //!   opening with what it does and its KEYS / ARGV / reply;
+//! - `lane.rs`: the direct lanes: an ordinary quiz's answers appended to
+//!   their slot's next pipeline on the store's own connection to its
+//!   master, in the steady state (anything else steps aside to the
+//!   batcher);
 //! - `batcher.rs`: the hot path's queue and batcher (answers and self-paced
 //!   presentations coalesced per quiz);
 //! - `pipeline.rs`: the cluster client and one pipeline round trip (EVALSHA,
@@ -127,8 +131,8 @@
 //! - `shared.rs`: what they all share: [`RedisOptions`], the connection,
 //!   the naming of keys and failures.
 //!
-//! Imports run one way, from this file down: store → batcher → pipeline →
-//! shared → scripts (and codec beside them).
+//! Imports run one way, from this file down: store → lane and batcher →
+//! pipeline → shared → scripts (and codec beside them).
 //!
 //! # The hot path: `apply_answer`
 //! Answers from many connections are coalesced: each call sends a job into a
@@ -138,6 +142,10 @@
 //! While batches are in flight, new answers queue up and leave together in the
 //! next batch: under load the number of round trips per answer falls towards
 //! `1 / max_batch`, with no timer adding latency when the load is light.
+//! An ordinary quiz's answers normally take the direct lane instead
+//! (`lane.rs`): the same batches, pipelines and `WAIT`, with no job, queue,
+//! task or redis-rs in between; the batcher carries what the lane steps
+//! aside from.
 //!
 //! Each pipeline is `EVALSHA apply ×n` then `WAIT <replicas> <ms>`; WAIT runs
 //! on the same connection to the same master, so it covers the batch's writes.
@@ -158,6 +166,7 @@
 
 mod batcher;
 mod codec;
+mod lane;
 mod pipeline;
 mod score_cache;
 mod scripts;
@@ -176,6 +185,8 @@ use self::codec::{
     as_u64, bad_reply, decode_apply, decode_int, decode_leaderboard, decode_record,
     decode_standing, parse_json, to_json, Verdict,
 };
+use self::lane::Lanes;
+pub use self::lane::CLIENT_NAME as LANE_CLIENT_NAME;
 use self::pipeline::{cluster_client, run_one, Call};
 pub(crate) use self::pipeline::{node_url, tls_certificates};
 use self::scripts::scripts;
@@ -195,6 +206,9 @@ use crate::model::{
 pub struct RedisClusterStore {
     shared: Arc<Shared>,
     jobs: mpsc::Sender<Job>,
+    /// The one-slot quizzes' answers' own connections to their masters
+    /// (`lane.rs`); the batcher carries everything else.
+    lanes: Arc<Lanes>,
     /// Each quiz's shards, from its definition.
     layouts: LayoutCache,
     /// Per sharded quiz, the state version known to be on every shard.
@@ -230,6 +244,7 @@ impl RedisClusterStore {
             .map_err(|_| unavailable("timed out connecting to the Redis cluster"))?
             .map_err(unavailable)?;
         let (jobs, rx) = mpsc::channel(opts.queue_capacity.max(1));
+        let lanes = Arc::new(Lanes::new(conn.clone(), nodes, &opts));
         let shared = Arc::new(Shared {
             conn,
             in_flight: Arc::new(Semaphore::new(opts.max_in_flight.max(1))),
@@ -237,12 +252,21 @@ impl RedisClusterStore {
             scripts: scripts(),
         });
         tokio::spawn(batcher(Arc::clone(&shared), rx));
+        lanes.start().await;
         Ok(RedisClusterStore {
             shared,
             jobs,
+            lanes,
             layouts: LayoutCache::default(),
             copies: CopiesSeen::default(),
         })
+    }
+
+    /// Answers this store sent on its direct lanes (`lane.rs`) rather
+    /// than through the batcher, so far: for benchmarks and tests, which
+    /// path carried a run's answers.
+    pub fn answers_on_lanes(&self) -> u64 {
+        self.lanes.carried()
     }
 
     /// Runs `attempt` until it succeeds, fails with anything but
@@ -469,20 +493,38 @@ impl RedisClusterStore {
     ) -> Result<Option<ApplyOutcome>, StoreError> {
         let shards = self.shards(quiz_id).await?;
         let shard = shards.index_of(&answer.player_id);
-        let prepared = Arc::new(PreparedAnswer::new(answer, rand::random::<u64>()));
+        // Same token on every attempt: a re-run of an attempt that did land
+        // answers `Applied` without adding points again.
+        let token = rand::random::<u64>();
+        // The batcher's copy of the answer, made only if an attempt takes
+        // that path.
+        let prepared = std::sync::OnceLock::new();
         let mut repaired = false;
         loop {
-            // Same token on every attempt: a re-run of an attempt that did
-            // land answers `Applied` without adding points again.
             let v = self
-                .retrying("apply_answer", quiz_id, || {
+                .retrying("apply_answer", quiz_id, || async {
+                    // A one-slot quiz's answer goes straight into its slot's
+                    // next pipeline when the lane can take it.
+                    if !shards.is_sharded() {
+                        let lane =
+                            self.lanes
+                                .submit(&shards.tags[shard], answer, token, state_version);
+                        if let Some(verdict) = lane {
+                            return verdict
+                                .await
+                                .map_err(|_| unavailable("redis lane dropped the answer"))?;
+                        }
+                    }
                     let (reply, verdict) = oneshot::channel();
+                    let prepared =
+                        prepared.get_or_init(|| Arc::new(PreparedAnswer::new(answer, token)));
                     let work = Work::Apply {
-                        answer: Arc::clone(&prepared),
+                        answer: Arc::clone(prepared),
                         state_version,
                         reply,
                     };
                     self.through_batcher(quiz_id, &shards, shard, work, verdict)
+                        .await
                 })
                 .await?;
             if shards.is_sharded() && !repaired {

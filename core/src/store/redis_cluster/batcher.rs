@@ -26,14 +26,13 @@
 //! includes every answer acknowledged before it, as in one slot.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use redis::cluster_routing::{Route, SlotAddr};
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{as_u64, bad_reply, decode_verdicts, write_choices, write_record, Verdict};
+use super::codec::{as_u64, bad_reply, decode_verdicts, write_packed, Verdict};
 use super::pipeline::{run_one, run_pipeline, Call};
 use super::score_cache::ScoreCache;
 use super::shards::Shards;
@@ -91,18 +90,7 @@ impl PreparedAnswer {
     /// `apply_answer` call (16 hex digits in the argument).
     pub(super) fn new(answer: &AnswerRecord, token: u64) -> PreparedAnswer {
         let mut packed = String::with_capacity(96 + 2 * answer.player_id.len());
-        let mut n = itoa::Buffer::new();
-        packed.push_str(n.format(answer.points));
-        packed.push(' ');
-        write_choices(&mut packed, &answer.choices);
-        packed.push(' ');
-        let _ = write!(packed, "{token:016x}");
-        packed.push('|');
-        write_record(&mut packed, answer);
-        packed.push(' ');
-        packed.push_str(&answer.player_id);
-        packed.push(':');
-        packed.push_str(n.format(answer.question_id));
+        write_packed(&mut packed, answer, token);
         PreparedAnswer {
             player_id: answer.player_id.clone(),
             question_id: answer.question_id,

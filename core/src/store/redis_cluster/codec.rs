@@ -105,17 +105,20 @@ pub(super) fn decode_verdicts(v: &Value, n: usize) -> Result<Vec<Verdict>, Store
         }
         _ => return Err(bad()),
     };
+    verdict_lines(bytes, n).ok_or_else(bad)
+}
+
+/// The lines of an `apply_batch` reply's string, one verdict per answer;
+/// `None` unless there are exactly `n` well-formed lines.
+pub(super) fn verdict_lines(bytes: &[u8], n: usize) -> Option<Vec<Verdict>> {
     let mut rest = bytes;
     let mut out = Vec::with_capacity(n);
     while !rest.is_empty() {
-        let (verdict, after) = verdict_line(rest).ok_or_else(bad)?;
+        let (verdict, after) = verdict_line(rest)?;
         out.push(verdict);
         rest = after;
     }
-    if out.len() != n {
-        return Err(bad());
-    }
-    Ok(out)
+    (out.len() == n).then_some(out)
 }
 
 /// One line of an `apply_batch` reply and what follows it; `None` if it is
@@ -260,6 +263,27 @@ pub(super) fn decode_standing(v: &Value) -> Result<Option<Standing>, StoreError>
         },
         other => Err(bad_reply("standing", other)),
     }
+}
+
+/// Appends an answer's part of `apply_batch`'s packed argument, after its
+/// batch-dependent head (`<dist> `): `<points> <choices> <token>|<record>
+/// <player_id>:<question_id>` (see `lua/apply_batch.lua`). `token`: the
+/// attempt token, the same on every attempt of one `apply_answer` call (16
+/// hex digits).
+pub(super) fn write_packed(out: &mut String, answer: &AnswerRecord, token: u64) {
+    use std::fmt::Write as _;
+    let mut n = itoa::Buffer::new();
+    out.push_str(n.format(answer.points));
+    out.push(' ');
+    write_choices(out, &answer.choices);
+    out.push(' ');
+    let _ = write!(out, "{token:016x}");
+    out.push('|');
+    write_record(out, answer);
+    out.push(' ');
+    out.push_str(&answer.player_id);
+    out.push(':');
+    out.push_str(n.format(answer.question_id));
 }
 
 /// Appends `choices` as `0,2` (the record's and `apply_batch`'s format).

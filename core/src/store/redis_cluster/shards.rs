@@ -119,8 +119,13 @@ fn part_start(i: u32, n: u32) -> u32 {
 /// The cluster slot of a hash tag's content (CRC16-XMODEM mod 16384, as
 /// Redis computes it for `{content}`).
 pub(super) fn key_slot(tag: &str) -> u32 {
+    u32::from(crc16(tag.as_bytes())) % SLOTS
+}
+
+/// CRC16-XMODEM, Redis Cluster's key hash.
+pub(super) fn crc16(bytes: &[u8]) -> u16 {
     let mut crc: u16 = 0;
-    for &b in tag.as_bytes() {
+    for &b in bytes {
         crc ^= u16::from(b) << 8;
         for _ in 0..8 {
             crc = if crc & 0x8000 != 0 {
@@ -130,7 +135,7 @@ pub(super) fn key_slot(tag: &str) -> u32 {
             };
         }
     }
-    u32::from(crc) % SLOTS
+    crc
 }
 
 /// The shards of the quizzes this store has met, learnt from their
