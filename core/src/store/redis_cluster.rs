@@ -193,7 +193,7 @@ use self::scripts::scripts;
 pub use self::shards::{shard_of, shard_tag};
 use self::shards::{CopiesSeen, LayoutCache, Shards};
 pub use self::shared::RedisOptions;
-use self::shared::{key, unavailable, Shared};
+use self::shared::{dist_key, key, unavailable, Shared};
 use super::memory::normalize_nickname;
 use super::{pending_key, split_answer_field, PendingKey, QuizStore, StoreError};
 use crate::events::{Event, EventKind};
@@ -229,7 +229,7 @@ fn shard_keys(tag: &str, questions: &[u32]) -> Vec<String> {
     .iter()
     .map(|suffix| key(tag, suffix))
     .collect();
-    keys.extend(questions.iter().map(|q| key(tag, &format!("dist:{q}"))));
+    keys.extend(questions.iter().map(|q| dist_key(tag, *q)));
     keys
 }
 
@@ -931,7 +931,7 @@ impl QuizStore for RedisClusterStore {
             .iter()
             .map(|suffix| key(quiz_id, suffix)),
         );
-        keys.extend(questions.iter().map(|q| key(quiz_id, &format!("dist:{q}"))));
+        keys.extend(questions.iter().map(|q| dist_key(quiz_id, *q)));
         let retention = self.shared.opts.retention.after(next.phase);
         let next_json = to_json(next)?;
         let call = Call {
@@ -1237,7 +1237,7 @@ impl QuizStore for RedisClusterStore {
                     } else {
                         key(quiz_id, "def")
                     },
-                    key(tag, &format!("dist:{question_id}")),
+                    dist_key(tag, question_id),
                 ],
                 args: vec![option_count.min(64).to_string()],
             })

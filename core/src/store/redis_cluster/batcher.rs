@@ -35,8 +35,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{as_u64, bad_reply, decode_verdicts, write_packed, Verdict};
 use super::pipeline::{run_one, run_pipeline, Call};
 use super::score_cache::ScoreCache;
+use super::scripts::APPLY_BATCH_KEYS;
 use super::shards::Shards;
-use super::shared::{key, unavailable, Shared};
+use super::shared::{dist_key, key, unavailable, Shared};
 use crate::model::{AnswerRecord, Millis};
 use crate::store::StoreError;
 
@@ -596,21 +597,14 @@ fn fail_all<T>(
 /// the arguments).
 fn apply_call(shared: &Shared, tag: &str, state_version: Option<u64>, group: &[Waiting]) -> Call {
     // `tag`: the slot's hash tag, the quiz id or its shard's tag.
-    let mut keys = vec![
-        key(tag, "players"),
-        key(tag, "answers"),
-        key(tag, "leaderboard"),
-        key(tag, "lbver"),
-        key(tag, "state"),
-        key(tag, "pending_answers"),
-    ];
+    let mut keys: Vec<String> = APPLY_BATCH_KEYS.iter().map(|s| key(tag, s)).collect();
     let mut dist_index: HashMap<u32, usize> = HashMap::new();
     let mut args = Vec::with_capacity(2 + group.len());
     args.push(group.len().to_string());
     args.push(state_version.map(|v| v.to_string()).unwrap_or_default());
     for (a, _) in group {
         let dk = *dist_index.entry(a.question_id).or_insert_with(|| {
-            keys.push(key(tag, &format!("dist:{}", a.question_id)));
+            keys.push(dist_key(tag, a.question_id));
             keys.len() // 1-based index of the key just pushed
         });
         // One packed argument per answer (see apply_batch.lua for the

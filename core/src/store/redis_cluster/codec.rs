@@ -96,16 +96,26 @@ pub(super) fn decode_verdicts(v: &Value, n: usize) -> Result<Vec<Verdict>, Store
     let bytes = match v {
         Value::BulkString(b) => b.as_slice(),
         Value::Array(items) if items.len() == 1 => {
-            let guard = match items.first().and_then(as_str) {
-                Some("S") => Verdict::Stale,
-                Some("L") => Verdict::Lagging,
-                _ => return Err(bad()),
-            };
+            let guard = items
+                .first()
+                .and_then(as_str)
+                .and_then(|s| guard_verdict(s.as_bytes()))
+                .ok_or_else(bad)?;
             return Ok(vec![guard; n]);
         }
         _ => return Err(bad()),
     };
     verdict_lines(bytes, n).ok_or_else(bad)
+}
+
+/// The state guard's whole-batch reply (`{'S'}` or `{'L'}`): its verdict
+/// for every answer of the batch.
+pub(super) fn guard_verdict(s: &[u8]) -> Option<Verdict> {
+    match s {
+        b"S" => Some(Verdict::Stale),
+        b"L" => Some(Verdict::Lagging),
+        _ => None,
+    }
 }
 
 /// The lines of an `apply_batch` reply's string, one verdict per answer;

@@ -57,10 +57,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 
-use super::codec::{verdict_lines, write_packed, Verdict};
-use super::scripts::scripts;
+use super::codec::{guard_verdict, verdict_lines, write_packed, Verdict};
+use super::scripts::{scripts, APPLY_BATCH_KEYS};
 use super::shards::crc16;
-use super::shared::{key, unavailable, RedisOptions};
+use super::shared::{dist_key, key, unavailable, RedisOptions};
 use crate::model::AnswerRecord;
 use crate::store::StoreError;
 
@@ -83,16 +83,6 @@ const DEADLINE_CHECK: Duration = Duration::from_millis(100);
 /// Most slots remembered; past it the map is emptied and slots look their
 /// master up again (quizzes come and go; their lanes are cheap to find).
 const MAX_SLOTS: usize = 100_000;
-/// `apply_batch`'s fixed KEYS, before the distributions' (see
-/// `lua/apply_batch.lua`).
-const FIXED_KEYS: [&str; 6] = [
-    "players",
-    "answers",
-    "leaderboard",
-    "lbver",
-    "state",
-    "pending_answers",
-];
 
 type Reply = oneshot::Sender<Result<Verdict, StoreError>>;
 /// What an answer on the lane waits for: its verdict, or `Unavailable`.
@@ -197,8 +187,7 @@ impl Lanes {
             return;
         }
         self.routes.lock().busy = true;
-        let _ = tokio::time::timeout(self.limits.connect_timeout * 2, self.refresh()).await;
-        self.routes.lock().busy = false;
+        self.refresh_bounded().await;
     }
 
     /// Answers the lanes have taken so far.
@@ -248,11 +237,7 @@ impl Lanes {
             if due && !routes.busy {
                 routes.busy = true;
                 let lanes = Arc::clone(self);
-                tokio::spawn(async move {
-                    let limit = lanes.limits.connect_timeout * 2;
-                    let _ = tokio::time::timeout(limit, lanes.refresh()).await;
-                    lanes.routes.lock().busy = false;
-                });
+                tokio::spawn(async move { lanes.refresh_bounded().await });
             }
             return None;
         }
@@ -284,6 +269,14 @@ impl Lanes {
         routes.failed_at = Some(Instant::now());
         drop(routes);
         self.slots.clear();
+    }
+
+    /// [`Lanes::refresh`] under twice the connect timeout (the slot map,
+    /// then the connections), by the one caller that set `routes.busy`;
+    /// clears it.
+    async fn refresh_bounded(self: &Arc<Self>) {
+        let _ = tokio::time::timeout(self.limits.connect_timeout * 2, self.refresh()).await;
+        self.routes.lock().busy = false;
     }
 
     /// Reads the slot map (`CLUSTER SLOTS` through redis-rs) and connects
@@ -420,19 +413,22 @@ async fn open_conn(addr: &str, login: &Login) -> Result<TcpStream, StoreError> {
         .await
         .map_err(|e| unavailable(format!("connecting to {addr}: {e}")))?;
     stream.set_nodelay(true).map_err(unavailable)?;
-    let mut setup = Vec::new();
-    let mut expect = 1;
+    let mut commands: Vec<Vec<&str>> = Vec::new();
     if let Some(password) = &login.password {
         match &login.username {
-            Some(user) => command(&mut setup, &["AUTH", user, password]),
-            None => command(&mut setup, &["AUTH", password]),
+            Some(user) => commands.push(vec!["AUTH", user, password]),
+            None => commands.push(vec!["AUTH", password]),
         }
-        expect += 1;
     }
-    command(&mut setup, &["CLIENT", "SETNAME", CLIENT_NAME]);
-    command(&mut setup, &["SCRIPT", "LOAD", scripts().apply.body]);
-    expect += 1;
+    commands.push(vec!["CLIENT", "SETNAME", CLIENT_NAME]);
+    commands.push(vec!["SCRIPT", "LOAD", scripts().apply.body]);
+    let mut setup = Vec::new();
+    for c in &commands {
+        command(&mut setup, c);
+    }
     stream.write_all(&setup).await.map_err(unavailable)?;
+    // One reply per command, each checked for an error.
+    let mut expect = commands.len();
     let mut buf = Vec::with_capacity(256);
     let mut at = 0;
     while expect > 0 {
@@ -511,7 +507,7 @@ enum Refused {
 }
 
 /// One `apply_batch` call being filled: its slot, its state guard, the
-/// questions whose distributions it names (KEYS after [`FIXED_KEYS`], in
+/// questions whose distributions it names (KEYS after [`APPLY_BATCH_KEYS`], in
 /// this order), its answers' arguments as RESP bulk strings, and who waits.
 struct Batch {
     tag: String,
@@ -545,7 +541,7 @@ impl Batch {
                     self.questions.len() - 1
                 }
             };
-            FIXED_KEYS.len() + i + 1
+            APPLY_BATCH_KEYS.len() + i + 1
         };
         scratch.clear();
         scratch.push_str(itoa::Buffer::new().format(dist));
@@ -558,16 +554,16 @@ impl Batch {
     /// pipeline's `WAIT` follows the pipeline's last batch).
     fn encode(&self, out: &mut Vec<u8>) {
         let n = self.waiting.len();
-        let keys = FIXED_KEYS.len() + self.questions.len();
+        let keys = APPLY_BATCH_KEYS.len() + self.questions.len();
         header(out, b'*', 3 + keys + 2 + n);
         bulk(out, b"EVALSHA");
         bulk(out, scripts().apply.sha.as_bytes());
         bulk(out, itoa::Buffer::new().format(keys).as_bytes());
-        for suffix in FIXED_KEYS {
+        for suffix in APPLY_BATCH_KEYS {
             bulk(out, key(&self.tag, suffix).as_bytes());
         }
         for q in &self.questions {
-            bulk(out, key(&self.tag, &format!("dist:{q}")).as_bytes());
+            bulk(out, dist_key(&self.tag, *q).as_bytes());
         }
         bulk(out, itoa::Buffer::new().format(n).as_bytes());
         match self.state_version {
@@ -736,6 +732,13 @@ async fn run(
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut tick = tokio::time::interval(DEADLINE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The same `WAIT` ends every pipeline: encoded once.
+    let mut wait = Vec::new();
+    if limits.wait_replicas > 0 {
+        let replicas = limits.wait_replicas.to_string();
+        let timeout = limits.wait_timeout_ms.to_string();
+        command(&mut wait, &["WAIT", &replicas, &timeout]);
+    }
     loop {
         let batches = conn.take(limits);
         if !batches.is_empty() {
@@ -743,14 +746,7 @@ async fn run(
             for b in &batches {
                 b.encode(&mut out);
             }
-            if limits.wait_replicas > 0 {
-                let mut n = itoa::Buffer::new();
-                let replicas = n.format(limits.wait_replicas).to_string();
-                command(
-                    &mut out,
-                    &["WAIT", &replicas, n.format(limits.wait_timeout_ms)],
-                );
-            }
+            out.extend_from_slice(&wait);
             let waiting = batches.into_iter().map(|b| b.waiting).collect();
             flight.push_back((waiting, Instant::now()));
             wr.write_all(&out).await.map_err(|e| e.to_string())?;
@@ -825,8 +821,7 @@ fn hand_out(
             let verdicts = match reply {
                 Resp::Bulk(Some(lines)) => verdict_lines(lines, n),
                 Resp::Array(items) => match items.as_slice() {
-                    [Resp::Bulk(Some(b"S"))] => Some(vec![Verdict::Stale; n]),
-                    [Resp::Bulk(Some(b"L"))] => Some(vec![Verdict::Lagging; n]),
+                    [Resp::Bulk(Some(s))] => guard_verdict(s).map(|v| vec![v; n]),
                     _ => None,
                 },
                 Resp::Error(e) => {

@@ -18,6 +18,18 @@ impl Lua {
     }
 }
 
+/// `apply_batch`'s KEYS before the distributions' (see
+/// `lua/apply_batch.lua`), as suffixes of the slot's keys: the batcher and
+/// the lane write the same call.
+pub(super) const APPLY_BATCH_KEYS: [&str; 6] = [
+    "players",
+    "answers",
+    "leaderboard",
+    "lbver",
+    "state",
+    "pending_answers",
+];
+
 /// Every script of the store.
 pub(super) struct Scripts {
     /// `lua/apply_batch.lua`: a batch of answers to one quiz (the hot path).

@@ -89,6 +89,12 @@ pub(super) fn key(quiz_id: &str, suffix: &str) -> String {
     format!("quiz:{{{quiz_id}}}:{suffix}")
 }
 
+/// The key of question `question_id`'s answer distribution in the slot of
+/// hash tag `tag` (`quiz:{<tag>}:dist:<question_id>`).
+pub(super) fn dist_key(tag: &str, question_id: u32) -> String {
+    key(tag, &format!("dist:{question_id}"))
+}
+
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
