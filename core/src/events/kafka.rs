@@ -25,9 +25,11 @@ use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{Event, EventError, EventSink};
+use reports::ReportingProducer;
+
+mod reports;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -100,7 +102,7 @@ pub struct KafkaSink {
 }
 
 struct Inner {
-    producer: FutureProducer,
+    producer: ReportingProducer,
     opts: KafkaOptions,
     /// Deliveries failed in a row; reset by any success.
     failures: AtomicU32,
@@ -162,7 +164,7 @@ impl KafkaSink {
         }
         // librdkafka checks every property here: an unknown key or a bad
         // value fails start-up with its own message naming the key.
-        let producer: FutureProducer = producer_config(&opts).create().map_err(config_error)?;
+        let producer = ReportingProducer::new(&producer_config(&opts)).map_err(config_error)?;
         let inner = Arc::new(Inner {
             producer,
             opts,
@@ -263,15 +265,12 @@ impl EventSink for KafkaSink {
         let attempts = inner.opts.delivery_attempts.max(1);
         let mut last = String::new();
         for attempt in 1..=attempts {
-            let record = FutureRecord::to(&inner.opts.topic)
-                .key(event.quiz_id.as_str())
-                .payload(&payload)
-                .headers(headers());
-            match inner.producer.send_result(record) {
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            let (topic, key) = (&inner.opts.topic, event.quiz_id.as_str());
+            match inner.producer.send(topic, key, &payload, headers()) {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     return Err(EventError::Backpressure);
                 }
-                Err((e, _)) => last = e.to_string(),
+                Err(e) => last = e.to_string(),
                 Ok(delivery) => {
                     inner.queued.fetch_add(1, Ordering::Relaxed);
                     let report = {
@@ -283,7 +282,7 @@ impl EventSink for KafkaSink {
                             inner.failures.store(0, Ordering::Relaxed);
                             return Ok(());
                         }
-                        Ok(Err((e, _))) => {
+                        Ok(Err(e)) => {
                             inner.failures.fetch_add(1, Ordering::Relaxed);
                             last = e.to_string();
                         }
