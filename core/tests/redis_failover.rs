@@ -139,6 +139,15 @@ async fn failover_during_answers(shards: u32) {
         latencies.extend(lat);
     }
     latencies.sort();
+    let pct = |p: usize| latencies[(latencies.len() - 1) * p / 100];
+    let slow: Vec<_> = latencies.iter().filter(|l| l.as_secs_f64() > 1.0).collect();
+    eprintln!(
+        "answer latency p50 {:?} p99 {:?}; {} answers over 1 s: {:?}",
+        pct(50),
+        pct(99),
+        slow.len(),
+        &slow[..slow.len().min(10)]
+    );
     eprintln!(
         "{total} answers in {:?}; failover started after {at}, done after {at_end} answers, took {failover_took:?}; \
          {} failed calls retried, {} retries came back Duplicate; max answer latency {:?}; \
