@@ -1866,22 +1866,44 @@ async fn distributed_spread_quiz_runs_on_every_node() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let r1 = answer(&mut sockets[1], 0, &[1]).await;
     let r2 = answer(&mut sockets[2], 0, &[0]).await;
+    let all_acknowledged_ms = quiz_core::model::now_ms();
     assert_eq!(
         (r0["rank"].as_u64(), r1["rank"].as_u64()),
         (Some(1), Some(2))
     );
     assert_eq!(r2["rank"], 3, "{r2}");
     // Every node's board reaches the final version with the same content,
-    // stamped on a shared 500 ms tick.
+    // stamped on a shared 500 ms tick. A board showing the final top is not
+    // necessarily final: one read between p1's answer and p2's already shows
+    // it (p2's wrong answer leaves its 0), one version short. Final is such a
+    // board of a tick after the last acknowledgement (its read came after),
+    // or, as boards are only sent when their version moves, the last such
+    // board when no other follows for a few ticks.
+    let looks_final = |lb: &Value| {
+        lb["top"].as_array().map(Vec::len) == Some(3)
+            && lb["top"][2]["score"] == 0
+            && lb["top"][1]["score"] == r1["score"]
+    };
     let mut finals = Vec::new();
     for w in &mut sockets {
+        let mut candidate = None;
         let lb = loop {
-            let lb = expect(w, "leaderboard").await;
-            if lb["top"].as_array().map(Vec::len) == Some(3)
-                && lb["top"][2]["score"] == 0
-                && lb["top"][1]["score"] == r1["score"]
-            {
-                break lb;
+            match tokio::time::timeout(Duration::from_secs(3), expect(w, "leaderboard")).await {
+                Ok(lb) if looks_final(&lb) => {
+                    if lb["ts_ms"]
+                        .as_u64()
+                        .is_some_and(|t| t > all_acknowledged_ms)
+                    {
+                        break lb;
+                    }
+                    candidate = Some(lb);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    break candidate
+                        .take()
+                        .expect("a final board within 3 s of the last")
+                }
             }
         };
         assert_eq!(lb["ts_ms"].as_u64().unwrap() % 500, 0, "{lb}");
