@@ -6,12 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::metrics::BackendCounters;
 use crate::{bus, events, store};
 
+/// The store, the sink, the bus, and the counters the backends keep
+/// themselves (for `/metrics`; none in embedded mode).
 type Backends = (
     Arc<dyn store::QuizStore>,
     Arc<dyn events::EventSink>,
     Arc<dyn bus::ControlBus>,
+    Option<BackendCounters>,
 );
 
 /// Embedded mode: memory store, memory bus, file sink. Distributed mode
@@ -29,6 +33,7 @@ pub async fn select(config: &Config) -> anyhow::Result<Backends> {
             ))),
             Arc::new(sink),
             Arc::new(bus::memory::MemoryBus::new()),
+            None,
         ));
     }
     distributed_backends(config).await
@@ -83,5 +88,32 @@ async fn distributed_backends(config: &Config) -> anyhow::Result<Backends> {
         topic = %config.kafka_topic,
         "distributed mode"
     );
-    Ok((Arc::new(store), Arc::new(sink), Arc::new(bus)))
+    let store = Arc::new(store);
+    let counters = lane_counters(Arc::downgrade(&store));
+    Ok((store, Arc::new(sink), Arc::new(bus), Some(counters)))
+}
+
+/// The Redis store's direct lanes (`store/redis_cluster/lane.rs`), for
+/// `/metrics`: which path carries the answers, and how often a lane's
+/// connection failed (a failover, a moved slot, a sick master).
+fn lane_counters(
+    store: std::sync::Weak<store::redis_cluster::RedisClusterStore>,
+) -> BackendCounters {
+    Arc::new(move || {
+        let Some(store) = store.upgrade() else {
+            return Vec::new();
+        };
+        vec![
+            (
+                "quiz_redis_lane_answers_total",
+                "Answers sent to Redis on the store's direct lanes (the rest go through the batcher)",
+                store.answers_on_lanes(),
+            ),
+            (
+                "quiz_redis_lane_closures_total",
+                "Direct-lane connections to a Redis master that failed; their slots used the batcher for a while",
+                store.lane_closures(),
+            ),
+        ]
+    })
 }

@@ -179,8 +179,14 @@ impl HttpDurations {
     }
 }
 
+/// Counters a backend keeps itself, read at each scrape: `(name, help,
+/// value)` of each, the same names at every call (see [`Metrics::watch`]).
+pub type BackendCounters = Arc<dyn Fn() -> Vec<(&'static str, &'static str, u64)> + Send + Sync>;
+
 pub struct Metrics {
     registry: Registry,
+    /// Backends' own counters ([`Metrics::watch`]).
+    backends: parking_lot::Mutex<Vec<BackendCounters>>,
     /// The process's own metrics (`process_*`, unprefixed as every
     /// exporter names them: a registry's prefix applies to every collector
     /// in it).
@@ -419,6 +425,7 @@ impl Metrics {
                 ),
             ),
             registry,
+            backends: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -438,11 +445,25 @@ impl Metrics {
         self.http_seconds.observe(route, status, secs);
     }
 
+    /// Exports `counters` (a backend's own, such as the Redis store's direct
+    /// lanes) with every scrape from now on.
+    pub fn watch(&self, counters: BackendCounters) {
+        self.backends.lock().push(counters);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16384);
         let mut families = self.registry.gather();
         families.extend(self.process.gather());
+        for read in self.backends.lock().iter() {
+            for (name, help, value) in read() {
+                if let Ok(counter) = IntCounter::new(name, help) {
+                    counter.inc_by(value);
+                    families.extend(prometheus::core::Collector::collect(&counter));
+                }
+            }
+        }
         let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }

@@ -65,7 +65,10 @@ impl QuizService {
     /// Builds the backends the config selects.
     pub async fn build(config: Arc<Config>) -> anyhow::Result<Arc<QuizService>> {
         let metrics = Arc::new(Metrics::new());
-        let (store, sink, bus) = crate::backends::select(&config).await?;
+        let (store, sink, bus, counters) = crate::backends::select(&config).await?;
+        if let Some(counters) = counters {
+            metrics.watch(counters);
+        }
         Ok(Self::with_backends(config, store, sink, bus, metrics))
     }
 

@@ -334,6 +334,17 @@ async fn answers_and_routes_are_timed(kind: Kind) {
         );
     }
     assert_eq!(count(&after, "late"), 0.0);
+    // The store's own counters: an ordinary quiz's answers that reach Redis
+    // (the accepted one and its duplicate) take the direct lane.
+    let lane = |text: &str| sample(text, "quiz_redis_lane_answers_total", &[]);
+    if kind == Kind::Distributed {
+        let sent = lane(&after).unwrap_or(0.0) - lane(&before).unwrap_or(0.0);
+        assert_eq!(sent, 2.0, "{before}\n---\n{after}");
+        let closures = sample(&after, "quiz_redis_lane_closures_total", &[]);
+        assert_eq!(closures, Some(0.0), "{after}");
+    } else {
+        assert_eq!(lane(&after), None, "no Redis, no lanes: {after}");
+    }
     // The acknowledgement histogram's buckets hold the observations (le="+Inf" = count).
     assert_eq!(
         sample(

@@ -78,6 +78,7 @@ async fn a_cut_lane_loses_and_doubles_nothing_and_comes_back() {
     let total = (PLAYERS * STREAMED) as usize;
     wait_done(&counters, total / 3, "the cut").await;
     let on_lanes_at_cut = store.answers_on_lanes();
+    let closures_at_cut = store.lane_closures();
     let lanes = lane_clients(&master.addr).await;
     assert!(
         !lanes.is_empty(),
@@ -109,6 +110,11 @@ async fn a_cut_lane_loses_and_doubles_nothing_and_comes_back() {
     assert!(
         on_lanes_at_cut > before + 1,
         "the stream took the lane before the cut"
+    );
+    // The killed connection is counted (`quiz_redis_lane_closures_total`).
+    assert!(
+        store.lane_closures() > closures_at_cut,
+        "the cut lane counted as closed"
     );
 
     // The lane comes back after its pause: the remaining questions, one

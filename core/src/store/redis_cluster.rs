@@ -269,6 +269,13 @@ impl RedisClusterStore {
         self.lanes.carried()
     }
 
+    /// Direct-lane connections that have failed so far (each left its
+    /// slots to the batcher for a while): a failover, a moved slot, a sick
+    /// master. Exported as `quiz_redis_lane_closures_total`.
+    pub fn lane_closures(&self) -> u64 {
+        self.lanes.closures()
+    }
+
     /// Runs `attempt` until it succeeds, fails with anything but
     /// `Unavailable`, or has run `max_attempts` times, with doubling
     /// back-off. Only for idempotent work.

@@ -101,6 +101,9 @@ pub(super) struct Lanes {
     slots: DashMap<String, Arc<Conn>>,
     /// Answers the lanes took (for benchmarks and tests: which path ran).
     carried: AtomicU64,
+    /// Connections that failed (each sent its slots to the batcher for a
+    /// while): an SRE's sign of a failover or a sick master.
+    closures: AtomicU64,
 }
 
 /// Which master serves which slots, and the connections to them.
@@ -176,6 +179,7 @@ impl Lanes {
             }),
             slots: DashMap::new(),
             carried: AtomicU64::new(0),
+            closures: AtomicU64::new(0),
         }
     }
 
@@ -193,6 +197,11 @@ impl Lanes {
     /// Answers the lanes have taken so far.
     pub(super) fn carried(&self) -> u64 {
         self.carried.load(Ordering::Relaxed)
+    }
+
+    /// Lane connections that have failed so far.
+    pub(super) fn closures(&self) -> u64 {
+        self.closures.load(Ordering::Relaxed)
     }
 
     /// Queues an answer on the lane of the slot of hash tag `tag`, with
@@ -711,7 +720,10 @@ impl Drop for Ending {
             .flat_map(|(batches, _)| batches)
             .flatten();
         self.conn.close(&self.why, waiting.collect());
+        // The store is still there: this connection failed (a store that
+        // is gone ends its lanes without one).
         if let Some(lanes) = self.lanes.upgrade() {
+            lanes.closures.fetch_add(1, Ordering::Relaxed);
             lanes.failed();
         }
     }
