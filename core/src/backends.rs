@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::metrics::BackendCounters;
+use crate::metrics::{LaneCounts, LaneSource};
 use crate::{bus, events, store};
 
-/// The store, the sink, the bus, and the counters the backends keep
-/// themselves (for `/metrics`; none in embedded mode).
+/// The store, the sink, the bus, and the Redis store's direct lanes' counts
+/// (for `/metrics`; none in embedded mode).
 type Backends = (
     Arc<dyn store::QuizStore>,
     Arc<dyn events::EventSink>,
     Arc<dyn bus::ControlBus>,
-    Option<BackendCounters>,
+    Option<LaneSource>,
 );
 
 /// Embedded mode: memory store, memory bus, file sink. Distributed mode
@@ -89,31 +89,19 @@ async fn distributed_backends(config: &Config) -> anyhow::Result<Backends> {
         "distributed mode"
     );
     let store = Arc::new(store);
-    let counters = lane_counters(Arc::downgrade(&store));
-    Ok((store, Arc::new(sink), Arc::new(bus), Some(counters)))
+    let lanes = lane_counters(Arc::downgrade(&store));
+    Ok((store, Arc::new(sink), Arc::new(bus), Some(lanes)))
 }
 
 /// The Redis store's direct lanes (`store/redis_cluster/lane.rs`), for
 /// `/metrics`: which path carries the answers, and how often a lane's
 /// connection failed (a failover, a moved slot, a sick master).
-fn lane_counters(
-    store: std::sync::Weak<store::redis_cluster::RedisClusterStore>,
-) -> BackendCounters {
+fn lane_counters(store: std::sync::Weak<store::redis_cluster::RedisClusterStore>) -> LaneSource {
     Arc::new(move || {
-        let Some(store) = store.upgrade() else {
-            return Vec::new();
-        };
-        vec![
-            (
-                "quiz_redis_lane_answers_total",
-                "Answers sent to Redis on the store's direct lanes (the rest go through the batcher)",
-                store.answers_on_lanes(),
-            ),
-            (
-                "quiz_redis_lane_closures_total",
-                "Direct-lane connections to a Redis master that failed; their slots used the batcher for a while",
-                store.lane_closures(),
-            ),
-        ]
+        let store = store.upgrade()?;
+        Some(LaneCounts {
+            answers: store.answers_on_lanes(),
+            closures: store.lane_closures(),
+        })
     })
 }

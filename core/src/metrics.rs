@@ -179,14 +179,26 @@ impl HttpDurations {
     }
 }
 
-/// Counters a backend keeps itself, read at each scrape: `(name, help,
-/// value)` of each, the same names at every call (see [`Metrics::watch`]).
-pub type BackendCounters = Arc<dyn Fn() -> Vec<(&'static str, &'static str, u64)> + Send + Sync>;
+/// What the Redis store's direct lanes (`store/redis_cluster/lane.rs`)
+/// have done so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LaneCounts {
+    /// Answers sent to Redis on a lane (the rest go through the batcher).
+    pub answers: u64,
+    /// Lane connections that failed.
+    pub closures: u64,
+}
+
+/// Reads the lanes' counts at each scrape; `None` once the store is gone.
+pub type LaneSource = Arc<dyn Fn() -> Option<LaneCounts> + Send + Sync>;
 
 pub struct Metrics {
     registry: Registry,
-    /// Backends' own counters ([`Metrics::watch`]).
-    backends: parking_lot::Mutex<Vec<BackendCounters>>,
+    /// The lanes' counters, registered (and kept up with `lane_source` at
+    /// each scrape) only by [`Metrics::watch_lanes`]: distributed mode.
+    lane_answers: IntCounter,
+    lane_closures: IntCounter,
+    lane_source: parking_lot::Mutex<Option<LaneSource>>,
     /// The process's own metrics (`process_*`, unprefixed as every
     /// exporter names them: a registry's prefix applies to every collector
     /// in it).
@@ -424,8 +436,16 @@ impl Metrics {
                     "reason",
                 ),
             ),
+            lane_answers: c(
+                "redis_lane_answers_total",
+                "Answers sent to Redis on the store's direct lanes (the rest go through the batcher)",
+            ),
+            lane_closures: c(
+                "redis_lane_closures_total",
+                "Direct-lane connections to a Redis master that failed; their slots used the batcher for a while",
+            ),
+            lane_source: parking_lot::Mutex::new(None),
             registry,
-            backends: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -445,25 +465,38 @@ impl Metrics {
         self.http_seconds.observe(route, status, secs);
     }
 
-    /// Exports `counters` (a backend's own, such as the Redis store's direct
-    /// lanes) with every scrape from now on.
-    pub fn watch(&self, counters: BackendCounters) {
-        self.backends.lock().push(counters);
+    /// Exports the Redis store's direct lanes (`quiz_redis_lane_*`), read
+    /// from `source` at each scrape from now on. Once: a node has one store.
+    pub fn watch_lanes(&self, source: LaneSource) {
+        let mut slot = self.lane_source.lock();
+        if slot.is_none() {
+            *slot = Some(source);
+            let _ = self.registry.register(Box::new(self.lane_answers.clone()));
+            let _ = self.registry.register(Box::new(self.lane_closures.clone()));
+        }
+    }
+
+    /// Brings the lanes' counters up to the store's counts (they only grow;
+    /// under the lock, so two scrapes at once cannot both add the gap).
+    fn catch_up_lanes(&self) {
+        let slot = self.lane_source.lock();
+        let Some(now) = slot.as_ref().and_then(|read| read()) else {
+            return;
+        };
+        for (counter, count) in [
+            (&self.lane_answers, now.answers),
+            (&self.lane_closures, now.closures),
+        ] {
+            counter.inc_by(count.saturating_sub(counter.get()));
+        }
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
+        self.catch_up_lanes();
         let mut out = Vec::with_capacity(16384);
         let mut families = self.registry.gather();
         families.extend(self.process.gather());
-        for read in self.backends.lock().iter() {
-            for (name, help, value) in read() {
-                if let Ok(counter) = IntCounter::new(name, help) {
-                    counter.inc_by(value);
-                    families.extend(prometheus::core::Collector::collect(&counter));
-                }
-            }
-        }
         let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }

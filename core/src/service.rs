@@ -65,9 +65,9 @@ impl QuizService {
     /// Builds the backends the config selects.
     pub async fn build(config: Arc<Config>) -> anyhow::Result<Arc<QuizService>> {
         let metrics = Arc::new(Metrics::new());
-        let (store, sink, bus, counters) = crate::backends::select(&config).await?;
-        if let Some(counters) = counters {
-            metrics.watch(counters);
+        let (store, sink, bus, lanes) = crate::backends::select(&config).await?;
+        if let Some(lanes) = lanes {
+            metrics.watch_lanes(lanes);
         }
         Ok(Self::with_backends(config, store, sink, bus, metrics))
     }
