@@ -38,9 +38,9 @@ pub use tunnels::{CloseReason, Closing, TunnelGuard};
 
 use crate::access::AccessLog;
 use crate::config::{EdgeConfig, HealthConfig};
-use crate::health::Outcome;
 use crate::limits::{ClientTable, NodeRate};
 use crate::metrics::Metrics;
+use crate::probe::Outcome;
 use crate::ring::Placement;
 use crate::spread::{Book, BOOK_CAP, BOOK_TTL};
 use crate::upstream_bind::SourceAddresses;

@@ -554,7 +554,12 @@ impl EdgeConfig {
     /// reload, like the admin token: parsing a configuration alone, as deploy-check does,
     /// needs no particular host).
     pub fn check_source_addresses(self) -> Result<EdgeConfig, ConfigError> {
-        crate::upstream_bind::check(&self.source_addresses)?;
+        crate::upstream_bind::check(&self.source_addresses).map_err(|e| {
+            invalid(
+                format!("edge_lb.source_addresses[{}]", e.index),
+                e.to_string(),
+            )
+        })?;
         Ok(self)
     }
 

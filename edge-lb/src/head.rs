@@ -59,6 +59,11 @@ pub fn quiz_path(path: &str) -> QuizPath {
     }
 }
 
+/// Request headers that carry a client address: edge-lb drops the client's and sets
+/// `X-Forwarded-For` to the TCP peer (plain HTTP in [`crate::proxy`], upgrades in
+/// [`crate::tunnel`]).
+pub const CLIENT_ADDRESS_HEADERS: &[&str] = &["x-forwarded-for", "forwarded", "x-real-ip"];
+
 /// A parsed request head.
 #[derive(Debug)]
 pub struct Head {

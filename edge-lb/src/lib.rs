@@ -23,8 +23,9 @@
 //! - [`spread`]: a quiz over several nodes: the spread a WebSocket's token names, the
 //!   rendezvous choice of a player's node among the spread, and the bounded record of spreads
 //!   seen (the admin view). [`tunnel`] reads the token; [`cluster`] routes with it.
-//! - [`upkeep`]: the background service: runs [`health`] (active checks on `/readyz` feeding
-//!   `Cluster::report_health`, plus the idle-quiz sweep) and [`discovery`] (DNS SRV pools fed to
+//! - [`upkeep`]: the background service: runs [`health`] (active checks on `/readyz`, each
+//!   one [`probe`] classified into an outcome, feeding `Cluster::report_health`, plus the
+//!   idle-quiz sweep) and [`discovery`] (DNS SRV pools fed to
 //!   `Cluster::set_discovered`, the reload path), refreshes certificates, reloads on SIGHUP,
 //!   and closes the tunnels at a graceful stop.
 //! - [`admin`]: admin API (route explanation, backends, drain, reload) and `/metrics`.
@@ -53,6 +54,7 @@ pub mod health;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
+pub mod probe;
 pub mod proxy;
 pub mod refusal;
 pub mod ring;

@@ -22,7 +22,7 @@ use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 
 use crate::access::{Kind, Record};
 use crate::cluster::Cluster;
-use crate::head::{quiz_path, read_head, Head, QuizPath, Rewound};
+use crate::head::{quiz_path, read_head, Head, QuizPath, Rewound, CLIENT_ADDRESS_HEADERS};
 use crate::limits::ClientGuard;
 use crate::refusal::{error_body, refuse, Refusal};
 
@@ -343,10 +343,6 @@ pub struct EdgeApp {
     pub cluster: Arc<Cluster>,
     pub http: Arc<HttpProxy<Router>>,
 }
-
-/// Request headers that carry a client address: edge-lb drops the client's and sets
-/// `X-Forwarded-For` to the TCP peer (plain HTTP here, upgrades in [`crate::tunnel`]).
-pub const CLIENT_ADDRESS_HEADERS: &[&str] = &["x-forwarded-for", "forwarded", "x-real-ip"];
 
 /// One client connection counted against `limits.max_connections` (and, in its guard, against
 /// its address's `limits.per_client`); a WebSocket tunnel takes it into its own task, so the

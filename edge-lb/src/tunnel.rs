@@ -31,8 +31,7 @@ use tokio::net::TcpStream;
 use crate::access::{Kind, Record};
 use crate::cancel::TunnelCancel;
 use crate::cluster::{CloseReason, Closing, Cluster, TunnelGuard};
-use crate::head::Head;
-use crate::proxy::CLIENT_ADDRESS_HEADERS;
+use crate::head::{Head, CLIENT_ADDRESS_HEADERS};
 use crate::refusal::{refuse, Refusal};
 
 const SCRATCH: usize = 16 * 1024;

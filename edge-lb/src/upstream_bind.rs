@@ -21,8 +21,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use pingora_core::connectors::l4::BindTo;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::ConfigError;
-
 /// Takes the configured source addresses in turn.
 #[derive(Default)]
 pub struct SourceAddresses {
@@ -62,9 +60,28 @@ pub fn bind_source(socket: &Socket, source: IpAddr) -> io::Result<()> {
     socket.bind(&SocketAddr::new(source, 0).into())
 }
 
+/// A configured source address this host cannot send from.
+#[derive(Debug)]
+pub struct UnusableSource {
+    /// Its place in `edge_lb.source_addresses`.
+    pub index: usize,
+    pub ip: IpAddr,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for UnusableSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot send from {} on this host: {}",
+            self.ip, self.error
+        )
+    }
+}
+
 /// Every configured address is one this host can send from (checked at start and on reload,
 /// so a typo is a clear configuration error rather than every connect to a backend failing).
-pub fn check(configured: &[IpAddr]) -> Result<(), ConfigError> {
+pub fn check(configured: &[IpAddr]) -> Result<(), UnusableSource> {
     for (i, &ip) in configured.iter().enumerate() {
         let probe = Socket::new(
             Domain::for_address(SocketAddr::new(ip, 0)),
@@ -72,10 +89,11 @@ pub fn check(configured: &[IpAddr]) -> Result<(), ConfigError> {
             Some(Protocol::TCP),
         )
         .and_then(|s| bind_source(&s, ip));
-        if let Err(e) = probe {
-            return Err(ConfigError::Invalid {
-                key: format!("edge_lb.source_addresses[{i}]"),
-                message: format!("cannot send from {ip} on this host: {e}"),
+        if let Err(error) = probe {
+            return Err(UnusableSource {
+                index: i,
+                ip,
+                error,
             });
         }
     }
@@ -108,9 +126,8 @@ mod tests {
     fn an_address_this_host_lacks_is_a_configuration_error() {
         assert!(check(&["127.0.0.2".parse().unwrap()]).is_ok());
         // TEST-NET-3: never a local address.
-        let e = check(&["127.0.0.2".parse().unwrap(), "203.0.113.7".parse().unwrap()])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("edge_lb.source_addresses[1]"), "{e}");
+        let e = check(&["127.0.0.2".parse().unwrap(), "203.0.113.7".parse().unwrap()]).unwrap_err();
+        assert_eq!(e.index, 1, "{e}");
+        assert!(e.to_string().contains("203.0.113.7"), "{e}");
     }
 }

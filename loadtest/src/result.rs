@@ -277,6 +277,39 @@ impl RunResult {
         }
         self.generator = gen;
     }
+
+    /// The figure the threshold `name` bounds (None: its histogram had no samples), for
+    /// [`crate::thresholds::evaluate`].
+    pub fn threshold_figure(&self, name: &str) -> Option<f64> {
+        match name {
+            "errors_max" => Some(
+                self.counters
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("error."))
+                    .map(|(_, v)| *v)
+                    .sum::<u64>() as f64,
+            ),
+            "answers_unacknowledged_max" => Some(self.counts.unacknowledged as f64),
+            "players_failed_max" => Some(self.counts.failed as f64),
+            _ => {
+                let stem = name.strip_suffix("_ms")?;
+                let (hist, stat) = stem.rsplit_once('_')?;
+                let s = self.latency_ms.get(hist)?;
+                if s.count == 0 {
+                    return None;
+                }
+                Some(match stat {
+                    "p50" => s.p50_ms,
+                    "p90" => s.p90_ms,
+                    "p99" => s.p99_ms,
+                    "p999" => s.p999_ms,
+                    "max" => s.max_ms,
+                    "mean" => s.mean_ms,
+                    _ => return None,
+                })
+            }
+        }
+    }
 }
 
 impl Rates {
@@ -401,7 +434,8 @@ pub fn judge(sc: &Scenario, r: &mut RunResult, workers: u64) {
         format!("{} host errors", r.host_errors.len()),
     );
     checks.extend(kept);
-    r.thresholds = crate::thresholds::evaluate(&sc.thresholds, r);
+    let judged = crate::thresholds::evaluate(&sc.thresholds, |name| r.threshold_figure(name));
+    r.thresholds = judged;
     r.failure_reasons = checks
         .iter()
         .filter(|c| !c.passed)
@@ -497,5 +531,49 @@ mod tests {
         r.host_errors.push("POST /next: 503".into());
         judge(&sc, &mut r, 1);
         assert!(!r.passed && r.failure_reasons[0].contains("host"));
+    }
+
+    #[test]
+    fn thresholds_judged_on_a_result() {
+        let mut r = RunResult::default();
+        r.latency_ms.insert(
+            "answer".into(),
+            crate::metrics::Summary {
+                count: 10,
+                p99_ms: 300.0,
+                ..Default::default()
+            },
+        );
+        r.latency_ms
+            .insert("reconnect".into(), crate::metrics::Summary::default());
+        r.counters.insert("error.join.http_429".into(), 2);
+        r.counts.unacknowledged = 0;
+        let mut t = std::collections::BTreeMap::new();
+        t.insert(
+            "answer_p99_ms".to_string(),
+            crate::thresholds::Bound::AtMost(250.0),
+        );
+        t.insert(
+            "reconnect_p99_ms".to_string(),
+            crate::thresholds::Bound::AtMost(1.0),
+        );
+        t.insert(
+            "errors_max".to_string(),
+            crate::thresholds::Bound::Expr("<3".into()),
+        );
+        t.insert(
+            "answers_unacknowledged_max".to_string(),
+            crate::thresholds::Bound::Expr("<0".into()),
+        );
+        let out = crate::thresholds::evaluate(&t, |name| r.threshold_figure(name));
+        let by = |n: &str| out.iter().find(|o| o.name == n).unwrap().clone();
+        assert!(!by("answer_p99_ms").passed);
+        assert!(by("answer_p99_ms").message.contains("breached"));
+        assert_eq!(by("answer_p99_ms").actual, Some(300.0));
+        assert!(by("reconnect_p99_ms").passed);
+        assert_eq!(by("reconnect_p99_ms").actual, None);
+        assert!(by("errors_max").passed);
+        // `<0` can never hold: strictly below zero.
+        assert!(!by("answers_unacknowledged_max").passed);
     }
 }

@@ -16,7 +16,7 @@ use super::routing::SpreadNodes;
 use super::tunnels::{CloseReason, Victim};
 use super::{Backend, Cluster, Inner};
 use crate::config::HealthConfig;
-use crate::health::Outcome;
+use crate::probe::Outcome;
 use crate::spread;
 
 /// What one verdict changed.
