@@ -118,7 +118,7 @@ impl MongoStore {
     }
 
     /// Connects with every `mongodb.*` setting of `config`.
-    pub async fn from_config(config: &crate::Config) -> Result<MongoStore, StoreError> {
+    pub async fn from_config(config: &crate::config::Config) -> Result<MongoStore, StoreError> {
         let m = &config.mongodb;
         Ok(
             MongoStore::connect(&m.uri, &m.database, m.max_command_bytes)
