@@ -1,6 +1,8 @@
 //! Micro-benchmarks of core's hot functions, with throughput:
 //! - `answer/parse_and_score`: parse an inbound answer frame, normalise the
 //!   choices, check correctness and compute the points (per answer);
+//! - `answer/result_frame`: build and encode the player's `answer_result`
+//!   (per answer);
 //! - `leaderboard/encode`: encode one leaderboard message (bytes/s);
 //! - `fan_out/board`: hand one encoded frame to N connections' outboxes
 //!   (elements = connections).
@@ -30,6 +32,17 @@ fn answer(c: &mut Criterion) {
             } else {
                 0
             })
+        })
+    });
+    g.bench_function("result_frame", |b| {
+        b.iter(|| {
+            let mut res = protocol::AnswerResult::new(black_box(3));
+            res.accepted = true;
+            res.correct = true;
+            res.points = black_box(873);
+            res.score = black_box(15_204);
+            res.rank = black_box(117);
+            black_box(protocol::encode(&res))
         })
     });
     g.finish();

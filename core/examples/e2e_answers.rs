@@ -723,16 +723,25 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// before its acknowledgement. Prints `kafka-floor <events> <seconds> <cpu
 /// seconds>`: what publishing the answers costs with nothing of core around
 /// it.
+///
+/// `e2e_answers kafka-floor TOPIC PLAYERS QUESTIONS sink` publishes the same
+/// events through core's own `KafkaSink::publish` instead (its producer, its
+/// reports' thread, its event JSON and headers): core's Kafka path alone,
+/// to compare with the raw floor above, or two builds of the sink with each
+/// other, without the WebSockets and Redis whose noise hides it end to end.
 fn kafka_floor(argv: &[String]) -> anyhow::Result<()> {
     use quiz_core::events::kafka::{producer_config, KafkaOptions};
-    use quiz_core::events::{Event, EventKind};
-    use quiz_core::model::AnswerRecord;
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let topic = argv.first().cloned().unwrap_or_else(|| "bench-e2e".into());
     let players: usize = argv.get(1).and_then(|v| v.parse().ok()).unwrap_or(2000);
     let questions: usize = argv.get(2).and_then(|v| v.parse().ok()).unwrap_or(10);
+    let through_sink = match argv.get(3).map(String::as_str) {
+        None | Some("raw") => false,
+        Some("sink") => true,
+        Some(other) => anyhow::bail!("kafka-floor: `{other}` is neither raw nor sink"),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -743,6 +752,9 @@ fn kafka_floor(argv: &[String]) -> anyhow::Result<()> {
             properties: bench_kafka_properties().into_iter().collect(),
             ..KafkaOptions::default()
         };
+        if through_sink {
+            return sink_floor(opts, players, questions).await;
+        }
         let producer: FutureProducer = producer_config(&opts).create()?;
         let producer = Arc::new(producer);
         // One event first: connection and producer id are not the floor.
@@ -760,25 +772,7 @@ fn kafka_floor(argv: &[String]) -> anyhow::Result<()> {
             for p in 0..players {
                 let (producer, topic) = (Arc::clone(&producer), topic.clone());
                 tasks.push(tokio::spawn(async move {
-                    let answer = AnswerRecord {
-                        player_id: format!("p-{p:06}-{:08x}", p.wrapping_mul(2654435761)),
-                        nickname: format!("player {p}"),
-                        question_id: q,
-                        choices: vec![1],
-                        correct: true,
-                        late: false,
-                        points: 873,
-                        response_ms: 1270,
-                        answered_at_ms: 1_764_800_000_000 + u64::from(q) * 20_000,
-                    };
-                    let event = Event::new(
-                        quiz_id,
-                        answer.answered_at_ms,
-                        EventKind::AnswerScored {
-                            answer,
-                            score_after: 873 * u64::from(q + 1),
-                        },
-                    );
+                    let event = floor_event(quiz_id, p, q);
                     let payload = serde_json::to_vec(&event).unwrap_or_default();
                     let headers = OwnedHeaders::new_with_capacity(2)
                         .insert(Header {
@@ -805,6 +799,66 @@ fn kafka_floor(argv: &[String]) -> anyhow::Result<()> {
         println!("kafka-floor {delivered} {seconds:.3} {cpu:.3}");
         Ok(())
     })
+}
+
+/// One question's answer event of player `p`, as core publishes it.
+fn floor_event(quiz_id: &str, p: usize, q: u32) -> quiz_core::events::Event {
+    use quiz_core::events::{Event, EventKind};
+    use quiz_core::model::AnswerRecord;
+    let answer = AnswerRecord {
+        player_id: format!("p-{p:06}-{:08x}", p.wrapping_mul(2654435761)),
+        nickname: format!("player {p}"),
+        question_id: q,
+        choices: vec![1],
+        correct: true,
+        late: false,
+        points: 873,
+        response_ms: 1270,
+        answered_at_ms: 1_764_800_000_000 + u64::from(q) * 20_000,
+    };
+    Event::new(
+        quiz_id,
+        answer.answered_at_ms,
+        EventKind::AnswerScored {
+            answer,
+            score_after: 873 * u64::from(q + 1),
+        },
+    )
+}
+
+/// [`kafka_floor`] through core's `KafkaSink` (`... sink`): the same events,
+/// all of a question in flight at once, each publish awaited.
+async fn sink_floor(
+    opts: quiz_core::events::kafka::KafkaOptions,
+    players: usize,
+    questions: usize,
+) -> anyhow::Result<()> {
+    use quiz_core::events::kafka::KafkaSink;
+    use quiz_core::events::EventSink;
+    let sink = Arc::new(KafkaSink::new(opts).map_err(|e| anyhow::anyhow!("sink: {e}"))?);
+    // One event first: connection and producer id are not the floor.
+    sink.publish(&floor_event("warm", 0, 0))
+        .await
+        .map_err(|e| anyhow::anyhow!("warm-up delivery: {e}"))?;
+    let quiz_id = "floor-quiz";
+    let cpu0 = common::cpu_seconds(std::process::id());
+    let t0 = Instant::now();
+    let mut delivered = 0usize;
+    for q in 0..questions as u32 {
+        let tasks: Vec<_> = (0..players)
+            .map(|p| {
+                let sink = Arc::clone(&sink);
+                tokio::spawn(async move { sink.publish(&floor_event(quiz_id, p, q)).await.is_ok() })
+            })
+            .collect();
+        for t in tasks {
+            delivered += usize::from(matches!(t.await, Ok(true)));
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu = common::cpu_seconds(std::process::id()) - cpu0;
+    println!("kafka-floor {delivered} {seconds:.3} {cpu:.3}");
+    Ok(())
 }
 
 /// Runs the Kafka floor in a child process (see [`kafka_floor`]); prints its

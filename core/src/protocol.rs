@@ -5,6 +5,8 @@
 //! encoded once can be shared by every connection it goes to. HTTP request
 //! and response bodies are here too.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -27,8 +29,38 @@ pub struct ProtoError {
 
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    #[serde(rename = "type", borrow)]
-    ty: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "type", default, borrow, deserialize_with = "type_name")]
+    ty: Option<Cow<'a, str>>,
+}
+
+/// The `type` field, borrowed from the frame unless it holds an escape.
+/// serde's own `Option<Cow<str>>` always copies it: `borrow` reaches a
+/// `Cow` field only when it is not inside an `Option`, so every frame paid
+/// an allocation for its type's name.
+fn type_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct Name;
+    impl<'de> serde::de::Visitor<'de> for Name {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(s)))
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(s.to_owned())))
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    d.deserialize_option(Name)
 }
 
 #[derive(Deserialize)]
@@ -191,8 +223,10 @@ impl AnswerReason {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnswerResult {
+    /// Always `answer_result`; a `Cow` so that building one allocates
+    /// nothing (one is built per answer).
     #[serde(rename = "type")]
-    pub ty: String,
+    pub ty: Cow<'static, str>,
     pub question_id: u32,
     pub accepted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -286,6 +320,9 @@ struct AnswerCount {
 
 fn to_bytes<T: Serialize>(v: &T) -> Bytes {
     // Serialising these plain structs cannot fail (string keys, no maps).
+    // (Tried: a per-thread scratch buffer copied out at its exact length,
+    // one allocation instead of two: 19 % slower in `hot_paths`'
+    // `answer/result_frame`, so not kept.)
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
@@ -493,5 +530,29 @@ mod tests {
             parse_client(br#"{"type":"p\u0069ng"}"#),
             Ok(ClientMsg::Ping)
         );
+        // A type that is not a string is malformed; null is as if missing.
+        for bad in [
+            &br#"{"type":5}"#[..],
+            br#"{"type":["ping"]}"#,
+            br#"{"type":{"a":1}}"#,
+        ] {
+            assert_eq!(parse_client(bad).unwrap_err().code, "malformed");
+        }
+        let missing = parse_client(br#"{"type":null}"#).unwrap_err();
+        assert_eq!(
+            (missing.code, missing.message.as_str()),
+            ("malformed", "missing field `type`")
+        );
+    }
+
+    /// Frames come out whole whatever their size and order.
+    #[test]
+    fn frames_of_any_size_come_out_whole() {
+        let long = "x".repeat(40_000);
+        for message in [long.as_str(), "short", &long[..20_000], "", "é"] {
+            let frame = encode_error("e", message);
+            let back: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+            assert_eq!(back["message"], message);
+        }
     }
 }

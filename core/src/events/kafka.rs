@@ -24,7 +24,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 
 use super::{Event, EventError, EventSink};
 use reports::ReportingProducer;
@@ -247,26 +246,16 @@ impl EventSink for KafkaSink {
         let payload = event
             .to_json()
             .map_err(|e| EventError::Delivery(format!("encoding event: {e}")))?;
-        // Built per attempt rather than built once and cloned: the record
-        // takes ownership, and nearly every event needs one attempt, so a
-        // clone was an extra native allocation + free per event.
-        let headers = || {
-            OwnedHeaders::new_with_capacity(2)
-                .insert(Header {
-                    key: "event_id",
-                    value: Some(event.event_id.as_str()),
-                })
-                .insert(Header {
-                    key: "type",
-                    value: Some(event.type_name()),
-                })
-        };
+        let headers: [(&str, &[u8]); 2] = [
+            ("event_id", event.event_id.as_bytes()),
+            ("type", event.type_name().as_bytes()),
+        ];
         let mut backoff = inner.opts.retry_backoff;
         let attempts = inner.opts.delivery_attempts.max(1);
         let mut last = String::new();
         for attempt in 1..=attempts {
             let (topic, key) = (&inner.opts.topic, event.quiz_id.as_str());
-            match inner.producer.send(topic, key, &payload, headers()) {
+            match inner.producer.send(topic, key, &payload, &headers) {
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     return Err(EventError::Backpressure);
                 }

@@ -57,7 +57,7 @@ impl QuizService {
         let quiz_id = &def.quiz_id;
         let player_id = &caller.claims.player_id;
         let question = def.questions.get(question_id as usize);
-        let Some((question, choices)) =
+        let Some((question, mut choices)) =
             question.and_then(|q| Some((q, normalize_choices(choices, q.options.len())?)))
         else {
             let res = AnswerResult::rejected(question_id, AnswerReason::Invalid);
@@ -99,7 +99,8 @@ impl QuizService {
                 player_id: player_id.clone(),
                 nickname: caller.nickname.clone(),
                 question_id,
-                choices: choices.clone(),
+                // Moved, and taken back below if the answer is scored again.
+                choices: std::mem::take(&mut choices),
                 correct: g.correct,
                 late: g.late,
                 points: g.points,
@@ -112,6 +113,7 @@ impl QuizService {
                 .await?
             else {
                 // The state moved on since we read it: re-read, re-score.
+                choices = record.choices;
                 self.metrics.stale_rescored.inc();
                 fresh = true;
                 continue;

@@ -37,6 +37,51 @@ async fn late_answer_is_recorded_with_zero_points() {
     tokio::time::advance(std::time::Duration::from_secs(1)).await;
 }
 
+/// An answer scored against a cached state that has since moved on is
+/// scored again on a fresh read, with its own choices: the record takes
+/// them by move, and the retry must get them back.
+#[tokio::test]
+async fn an_answer_against_a_moved_state_is_scored_again_with_its_choices() {
+    let svc = test_service();
+    let def = test_quiz(&svc, "stale1", "live", 1).await;
+    let (_, caller) = test_player(&svc, "stale1", "ann").await;
+    let s = svc.state("stale1").await.unwrap();
+    let open = transition(&def, &s, HostAction::Start, now_ms()).unwrap();
+    assert!(svc
+        .store
+        .set_state("stale1", s.version, &open)
+        .await
+        .unwrap());
+    // The service caches the open question, then the store moves one
+    // version on (same window) behind its back.
+    let cached = svc.state("stale1").await.unwrap();
+    let mut moved = cached.clone();
+    moved.version += 1;
+    assert!(svc
+        .store
+        .set_state("stale1", cached.version, &moved)
+        .await
+        .unwrap());
+    let before = svc.metrics.stale_rescored.get();
+    // Option 0 is the correct one.
+    let r = svc.answer(&def, &caller, 0, &[0], None).await.unwrap();
+    assert_eq!(
+        svc.metrics.stale_rescored.get(),
+        before + 1,
+        "re-scored once"
+    );
+    assert!(r.accepted, "{r:?}");
+    assert!(r.correct, "scored with its choices: {r:?}");
+    assert!(r.points > 0, "{r:?}");
+    let stored = svc
+        .store
+        .get_answer("stale1", &caller.claims.player_id, 0)
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(stored.choices, vec![0]);
+}
+
 /// An event sink that is down: never ready, every publish fails.
 struct DownSink;
 

@@ -15,24 +15,28 @@
 //! until it is empty again, without waiting, and parks. No timeout
 //! arithmetic, so nothing to spin on.
 
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::Duration;
 
 use rdkafka::bindings as rdsys;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::util::Timeout;
+use rdkafka::error::{IsError, KafkaError, KafkaResult};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::{IntoOpaque, Timeout};
 use tokio::sync::oneshot;
 
 /// How one event's delivery ended: delivered, or librdkafka's reason why not
 /// (after its own retries, at `message.timeout.ms`).
 pub type Report = Result<(), KafkaError>;
+
+/// librdkafka's `RD_KAFKA_PARTITION_UA`: the configured partitioner picks
+/// the partition, by the key (the quiz id), as `BaseProducer::send` does.
+const PARTITION_UNASSIGNED: i32 = -1;
 
 /// A safety net only: librdkafka signals every time the queue turns
 /// non-empty, so the thread is woken by that, not by this period.
@@ -84,11 +88,34 @@ unsafe extern "C" fn wake(_rk: *mut rdsys::rd_kafka_t, thread: *mut c_void) {
     thread.unpark();
 }
 
-/// Fields drop in this order: the queue reference before the producer
-/// (librdkafka wants every queue handle released before the client is
+/// A topic handle of the producer's, kept for its life: producing through
+/// it skips what producing by name costs every message (a `CString` of the
+/// name, and librdkafka finding the topic under its client-wide write lock).
+struct TopicHandle {
+    name: Box<str>,
+    rkt: *mut rdsys::rd_kafka_topic_t,
+}
+
+// SAFETY: librdkafka's topic handles are thread-safe; each is destroyed
+// once, in `Drop`, before the client (`ReportingProducer`'s field order).
+unsafe impl Send for TopicHandle {}
+unsafe impl Sync for TopicHandle {}
+
+impl Drop for TopicHandle {
+    fn drop(&mut self) {
+        // SAFETY: the reference `rd_kafka_topic_new` gave us, released once.
+        // Messages still queued hold their own references.
+        unsafe { rdsys::rd_kafka_topic_destroy(self.rkt) }
+    }
+}
+
+/// Fields drop in this order: the queue and topic references before the
+/// producer (librdkafka wants every handle released before the client is
 /// destroyed), the producer last.
 pub struct ReportingProducer {
     main: Arc<MainQueue>,
+    /// The topics produced to so far (one, in practice).
+    topics: RwLock<Vec<TopicHandle>>,
     stop: Arc<AtomicBool>,
     reports: Option<JoinHandle<()>>,
     /// What [`wake`] unparks, read only through librdkafka (the callback's
@@ -130,6 +157,7 @@ impl ReportingProducer {
         reports.thread().unpark();
         Ok(ReportingProducer {
             main,
+            topics: RwLock::new(Vec::new()),
             stop,
             reports: Some(reports),
             _wake_target: wake_target,
@@ -139,20 +167,99 @@ impl ReportingProducer {
 
     /// Hands one event to librdkafka; the receiver gets its delivery report.
     /// `Err` is librdkafka refusing it at once (`QueueFull` when the bound
-    /// is reached).
+    /// is reached). What rust-rdkafka's `BaseProducer::send` does, through
+    /// a kept topic handle instead of the topic's name, and with the
+    /// headers built straight into librdkafka's list.
     pub fn send(
         &self,
         topic: &str,
         key: &str,
         payload: &[u8],
-        headers: OwnedHeaders,
+        headers: &[(&str, &[u8])],
     ) -> Result<oneshot::Receiver<Report>, KafkaError> {
+        let rkt = self.topic(topic)?;
         let (tx, rx) = oneshot::channel();
-        let record = BaseRecord::with_opaque_to(topic, Box::new(tx))
-            .key(key)
-            .payload(payload)
-            .headers(headers);
-        self.producer.send(record).map(|()| rx).map_err(|(e, _)| e)
+        let waiter: <ReportContext as ProducerContext>::DeliveryOpaque = Box::new(tx);
+        let opaque = waiter.into_ptr();
+        // SAFETY: the client and `rkt` are valid while `self` lives; the
+        // payload and key are copied (`MSG_F_COPY`) before this returns;
+        // the headers list is librdkafka's once the call succeeds, and
+        // `opaque` comes back in the delivery report (`ReportContext`).
+        let err = unsafe {
+            let hdrs = rdsys::rd_kafka_headers_new(headers.len());
+            for (name, value) in headers {
+                rdsys::rd_kafka_header_add(
+                    hdrs,
+                    name.as_ptr() as *const c_char,
+                    name.len() as isize,
+                    value.as_ptr() as *const c_void,
+                    value.len() as isize,
+                );
+            }
+            let err = rdsys::rd_kafka_producev(
+                self.producer.client().native_ptr(),
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT,
+                rkt,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
+                PARTITION_UNASSIGNED,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
+                rdsys::RD_KAFKA_MSG_F_COPY,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
+                payload.as_ptr() as *mut c_void,
+                payload.len(),
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY,
+                key.as_ptr() as *const c_void,
+                key.len(),
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_OPAQUE,
+                opaque,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADERS,
+                hdrs,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END,
+            );
+            if err.is_error() {
+                // Refused: the list and the waiter are still ours.
+                rdsys::rd_kafka_headers_destroy(hdrs);
+                drop(<ReportContext as ProducerContext>::DeliveryOpaque::from_ptr(opaque));
+            }
+            err
+        };
+        if err.is_error() {
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::from(err)));
+        }
+        Ok(rx)
+    }
+
+    /// The kept handle of `topic`, made on its first use.
+    fn topic(&self, topic: &str) -> Result<*mut rdsys::rd_kafka_topic_t, KafkaError> {
+        let find =
+            |topics: &[TopicHandle]| topics.iter().find(|t| &*t.name == topic).map(|t| t.rkt);
+        if let Some(rkt) = find(&self.topics.read().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(rkt);
+        }
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(rkt) = find(&topics) {
+            return Ok(rkt);
+        }
+        let name = CString::new(topic)?;
+        // SAFETY: the client is valid while `self` lives; the handle is
+        // released by `TopicHandle`'s drop, before the client's.
+        let rkt = unsafe {
+            rdsys::rd_kafka_topic_new(
+                self.producer.client().native_ptr(),
+                name.as_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        if rkt.is_null() {
+            // SAFETY: reads this thread's last librdkafka error.
+            let err = unsafe { rdsys::rd_kafka_last_error() };
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::from(err)));
+        }
+        topics.push(TopicHandle {
+            name: topic.into(),
+            rkt,
+        });
+        Ok(rkt)
     }
 
     /// The underlying client, for metadata requests and broker lists.
@@ -218,12 +325,7 @@ mod tests {
             .map(|i| {
                 let payload = format!("event {i}");
                 producer
-                    .send(
-                        "reports-test",
-                        "quiz",
-                        payload.as_bytes(),
-                        OwnedHeaders::new(),
-                    )
+                    .send("reports-test", "quiz", payload.as_bytes(), &[])
                     .expect("queued")
             })
             .collect();
@@ -247,7 +349,7 @@ mod tests {
             .set("bootstrap.servers", "127.0.0.1:9")
             .set("queue.buffering.max.messages", "2");
         let producer = ReportingProducer::new(&config).expect("producer");
-        let send = || producer.send("reports-test", "quiz", b"x", OwnedHeaders::new());
+        let send = || producer.send("reports-test", "quiz", b"x", &[]);
         let _kept = (send().expect("1st"), send().expect("2nd"));
         let refused = send().expect_err("3rd is over the bound");
         assert!(matches!(
