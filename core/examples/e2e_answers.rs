@@ -763,40 +763,28 @@ fn kafka_floor(argv: &[String]) -> anyhow::Result<()> {
             .send(warm, Duration::from_secs(10))
             .await
             .map_err(|(e, _)| anyhow::anyhow!("warm-up delivery: {e}"))?;
-        let quiz_id = "floor-quiz";
-        let cpu0 = common::cpu_seconds(std::process::id());
-        let t0 = Instant::now();
-        let mut delivered = 0usize;
-        for q in 0..questions as u32 {
-            let mut tasks = Vec::with_capacity(players);
-            for p in 0..players {
-                let (producer, topic) = (Arc::clone(&producer), topic.clone());
-                tasks.push(tokio::spawn(async move {
-                    let event = floor_event(quiz_id, p, q);
-                    let payload = serde_json::to_vec(&event).unwrap_or_default();
-                    let headers = OwnedHeaders::new_with_capacity(2)
-                        .insert(Header {
-                            key: "event_id",
-                            value: Some(event.event_id.as_str()),
-                        })
-                        .insert(Header {
-                            key: "type",
-                            value: Some("answer_scored"),
-                        });
-                    let record = FutureRecord::to(&topic)
-                        .key(quiz_id)
-                        .payload(&payload)
-                        .headers(headers);
-                    producer.send(record, Duration::from_secs(10)).await.is_ok()
-                }));
+        timed_bursts(players, questions, |p, q| {
+            let (producer, topic) = (Arc::clone(&producer), topic.clone());
+            async move {
+                let event = floor_event(FLOOR_QUIZ, p, q);
+                let payload = serde_json::to_vec(&event).unwrap_or_default();
+                let headers = OwnedHeaders::new_with_capacity(2)
+                    .insert(Header {
+                        key: "event_id",
+                        value: Some(event.event_id.as_str()),
+                    })
+                    .insert(Header {
+                        key: "type",
+                        value: Some("answer_scored"),
+                    });
+                let record = FutureRecord::to(&topic)
+                    .key(FLOOR_QUIZ)
+                    .payload(&payload)
+                    .headers(headers);
+                producer.send(record, Duration::from_secs(10)).await.is_ok()
             }
-            for t in tasks {
-                delivered += usize::from(matches!(t.await, Ok(true)));
-            }
-        }
-        let seconds = t0.elapsed().as_secs_f64();
-        let cpu = common::cpu_seconds(std::process::id()) - cpu0;
-        println!("kafka-floor {delivered} {seconds:.3} {cpu:.3}");
+        })
+        .await;
         Ok(())
     })
 }
@@ -840,17 +828,30 @@ async fn sink_floor(
     sink.publish(&floor_event("warm", 0, 0))
         .await
         .map_err(|e| anyhow::anyhow!("warm-up delivery: {e}"))?;
-    let quiz_id = "floor-quiz";
+    timed_bursts(players, questions, |p, q| {
+        let sink = Arc::clone(&sink);
+        async move { sink.publish(&floor_event(FLOOR_QUIZ, p, q)).await.is_ok() }
+    })
+    .await;
+    Ok(())
+}
+
+/// The floors' quiz id (every event's key).
+const FLOOR_QUIZ: &str = "floor-quiz";
+
+/// `questions` bursts of `players` publishes, all of a burst in flight at
+/// once and each awaited (as core's answers wait for their reports); prints
+/// `kafka-floor <delivered> <seconds> <cpu seconds>`.
+async fn timed_bursts<F, Fut>(players: usize, questions: usize, publish: F)
+where
+    F: Fn(usize, u32) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
     let cpu0 = common::cpu_seconds(std::process::id());
     let t0 = Instant::now();
     let mut delivered = 0usize;
     for q in 0..questions as u32 {
-        let tasks: Vec<_> = (0..players)
-            .map(|p| {
-                let sink = Arc::clone(&sink);
-                tokio::spawn(async move { sink.publish(&floor_event(quiz_id, p, q)).await.is_ok() })
-            })
-            .collect();
+        let tasks: Vec<_> = (0..players).map(|p| tokio::spawn(publish(p, q))).collect();
         for t in tasks {
             delivered += usize::from(matches!(t.await, Ok(true)));
         }
@@ -858,7 +859,6 @@ async fn sink_floor(
     let seconds = t0.elapsed().as_secs_f64();
     let cpu = common::cpu_seconds(std::process::id()) - cpu0;
     println!("kafka-floor {delivered} {seconds:.3} {cpu:.3}");
-    Ok(())
 }
 
 /// Runs the Kafka floor in a child process (see [`kafka_floor`]); prints its
