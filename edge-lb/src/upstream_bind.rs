@@ -61,22 +61,13 @@ pub fn bind_source(socket: &Socket, source: IpAddr) -> io::Result<()> {
 }
 
 /// A configured source address this host cannot send from.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("cannot send from {ip} on this host: {error}")]
 pub struct UnusableSource {
     /// Its place in `edge_lb.source_addresses`.
     pub index: usize,
     pub ip: IpAddr,
     pub error: io::Error,
-}
-
-impl std::fmt::Display for UnusableSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "cannot send from {} on this host: {}",
-            self.ip, self.error
-        )
-    }
 }
 
 /// Every configured address is one this host can send from (checked at start and on reload,
