@@ -37,7 +37,7 @@ use crate::metrics::AnswerOutcome;
 use crate::model::{now_ms, Mode, Phase, QuizDef, QuizState};
 use crate::outbox::{close, send_close, uptime_s, write_loop, OutFrame, Outbox};
 use crate::protocol::{self, ClientMsg, QuestionMsg, Welcome};
-use crate::room::{Member, Membership, Rooms};
+use crate::room::{Member, Membership, Room, Rooms};
 use crate::self_paced::{self, Presented};
 use crate::service::{Caller, QuizService};
 use crate::socket;
@@ -46,11 +46,14 @@ use crate::token::{Claims, Role};
 /// Bytes of buffered reading per connection.
 const READ_BUF: usize = 256;
 
-/// What the reader works with: the connection's quiz, caller and outbox,
-/// and the node's service and rooms.
+/// What the reader works with: the connection's quiz, caller, outbox and
+/// room, and the node's service.
 struct Session<'a> {
     svc: &'a QuizService,
-    rooms: &'a Rooms,
+    /// The room this connection is a member of (it stays in the node's
+    /// rooms while it has a member): an applied answer touches it directly,
+    /// not through a look-up in the rooms' map.
+    room: &'a Room,
     def: &'a QuizDef,
     caller: &'a Caller,
     outbox: &'a Outbox,
@@ -166,7 +169,7 @@ pub async fn serve(
     let mut rd = BufReader::with_capacity(READ_BUF, rd);
     let session = Session {
         svc: &svc,
-        rooms: &rooms,
+        room: &membership.room,
         def: &def,
         caller: &caller,
         outbox: &outbox,
@@ -537,7 +540,12 @@ async fn answer(s: &Session<'_>, question_id: u32, choices: &[u32], read_at: std
         ));
         return;
     }
-    let p = s.presented.get();
+    // What this connection presented matters to a self-paced answer only:
+    // a live one is not charged the presentation's lock.
+    let p = match def.mode {
+        Mode::SelfPaced => s.presented.get(),
+        Mode::Live => None,
+    };
     let r = svc.answer(def, s.caller, question_id, choices, p).await;
     let outcome = AnswerOutcome::of(&r);
     let res = match r {
@@ -550,7 +558,7 @@ async fn answer(s: &Session<'_>, question_id: u32, choices: &[u32], read_at: std
         }
     };
     if res.applied() {
-        s.rooms.touch(&def.quiz_id);
+        s.room.touch();
     }
     outbox.push_text(protocol::encode(&res));
     let secs = read_at.elapsed().as_secs_f64();

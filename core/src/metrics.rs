@@ -528,11 +528,35 @@ fn process_registry() -> Registry {
 pub struct MeteredStore {
     inner: Arc<dyn QuizStore>,
     metrics: Arc<Metrics>,
+    /// `apply_answer`'s series, looked up once: it is timed on every
+    /// answer, and a look-up by label hashes the label and takes the
+    /// vector's lock.
+    apply_answer: OpSeries,
+}
+
+/// One operation's latency histogram and error counter.
+struct OpSeries {
+    seconds: Histogram,
+    errors: IntCounter,
+}
+
+impl OpSeries {
+    fn of(metrics: &Metrics, op: &str) -> OpSeries {
+        OpSeries {
+            seconds: metrics.store_seconds.with_label_values(&[op]),
+            errors: metrics.store_errors.with_label_values(&[op]),
+        }
+    }
 }
 
 impl MeteredStore {
     pub fn new(inner: Arc<dyn QuizStore>, metrics: Arc<Metrics>) -> Self {
-        MeteredStore { inner, metrics }
+        let apply_answer = OpSeries::of(&metrics, "apply_answer");
+        MeteredStore {
+            inner,
+            metrics,
+            apply_answer,
+        }
     }
 
     async fn timed<T>(
@@ -540,14 +564,21 @@ impl MeteredStore {
         op: &'static str,
         fut: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.timed_in(&OpSeries::of(&self.metrics, op), op, fut)
+            .await
+    }
+
+    async fn timed_in<T>(
+        &self,
+        series: &OpSeries,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let start = Instant::now();
         let r = fut.await;
-        self.metrics
-            .store_seconds
-            .with_label_values(&[op])
-            .observe(start.elapsed().as_secs_f64());
+        series.seconds.observe(start.elapsed().as_secs_f64());
         if let Err(StoreError::Unavailable(e)) = &r {
-            self.metrics.store_errors.with_label_values(&[op]).inc();
+            series.errors.inc();
             tracing::warn!(op, error = %e, "store unavailable");
         }
         r
@@ -630,8 +661,12 @@ impl QuizStore for MeteredStore {
         quiz_id: &str,
         answer: &AnswerRecord,
     ) -> Result<ApplyOutcome, StoreError> {
-        self.timed("apply_answer", self.inner.apply_answer(quiz_id, answer))
-            .await
+        self.timed_in(
+            &self.apply_answer,
+            "apply_answer",
+            self.inner.apply_answer(quiz_id, answer),
+        )
+        .await
     }
     async fn apply_answer_at_state(
         &self,
@@ -639,7 +674,8 @@ impl QuizStore for MeteredStore {
         answer: &AnswerRecord,
         state_version: u64,
     ) -> Result<Option<ApplyOutcome>, StoreError> {
-        self.timed(
+        self.timed_in(
+            &self.apply_answer,
             "apply_answer",
             self.inner
                 .apply_answer_at_state(quiz_id, answer, state_version),

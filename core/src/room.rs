@@ -102,6 +102,16 @@ pub struct Room {
 }
 
 impl Room {
+    /// An answer was applied: the leaderboard is worth reading next tick.
+    /// Read before written: every answer of the room touches it, from every
+    /// worker, and a store to a line another core holds takes that line;
+    /// after the first answer of a tick the flag is set and stays shared.
+    pub fn touch(&self) {
+        if !self.dirty.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.members.lock().map.len()
     }
@@ -384,10 +394,10 @@ impl Rooms {
         }
     }
 
-    /// An answer was applied: the leaderboard is worth reading next tick.
+    /// An answer was applied in `quiz_id`'s room: see [`Room::touch`].
     pub fn touch(&self, quiz_id: &str) {
         if let Some(r) = self.map.get(quiz_id) {
-            r.dirty.store(true, Ordering::Relaxed);
+            r.touch();
         }
     }
 

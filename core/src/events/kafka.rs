@@ -268,7 +268,12 @@ impl EventSink for KafkaSink {
                     };
                     match report {
                         Ok(Ok(_)) => {
-                            inner.failures.store(0, Ordering::Relaxed);
+                            // Read first: every event of every worker passes
+                            // here, and a store would take the line from the
+                            // other cores each time.
+                            if inner.failures.load(Ordering::Relaxed) != 0 {
+                                inner.failures.store(0, Ordering::Relaxed);
+                            }
                             return Ok(());
                         }
                         Ok(Err(e)) => {
