@@ -528,34 +528,19 @@ fn process_registry() -> Registry {
 pub struct MeteredStore {
     inner: Arc<dyn QuizStore>,
     metrics: Arc<Metrics>,
-    /// `apply_answer`'s series, looked up once: it is timed on every
-    /// answer, and a look-up by label hashes the label and takes the
+    /// `apply_answer`'s latency series, looked up once: it is timed on
+    /// every answer, and a look-up by label hashes the label and takes the
     /// vector's lock.
-    apply_answer: OpSeries,
-}
-
-/// One operation's latency histogram and error counter.
-struct OpSeries {
-    seconds: Histogram,
-    errors: IntCounter,
-}
-
-impl OpSeries {
-    fn of(metrics: &Metrics, op: &str) -> OpSeries {
-        OpSeries {
-            seconds: metrics.store_seconds.with_label_values(&[op]),
-            errors: metrics.store_errors.with_label_values(&[op]),
-        }
-    }
+    apply_answer_seconds: Histogram,
 }
 
 impl MeteredStore {
     pub fn new(inner: Arc<dyn QuizStore>, metrics: Arc<Metrics>) -> Self {
-        let apply_answer = OpSeries::of(&metrics, "apply_answer");
+        let apply_answer_seconds = metrics.store_seconds.with_label_values(&["apply_answer"]);
         MeteredStore {
             inner,
             metrics,
-            apply_answer,
+            apply_answer_seconds,
         }
     }
 
@@ -564,21 +549,22 @@ impl MeteredStore {
         op: &'static str,
         fut: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.timed_in(&OpSeries::of(&self.metrics, op), op, fut)
-            .await
+        let seconds = self.metrics.store_seconds.with_label_values(&[op]);
+        self.timed_in(&seconds, op, fut).await
     }
 
+    /// [`timed`](Self::timed) with `op`'s latency series already looked up.
     async fn timed_in<T>(
         &self,
-        series: &OpSeries,
+        seconds: &Histogram,
         op: &'static str,
         fut: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let start = Instant::now();
         let r = fut.await;
-        series.seconds.observe(start.elapsed().as_secs_f64());
+        seconds.observe(start.elapsed().as_secs_f64());
         if let Err(StoreError::Unavailable(e)) = &r {
-            series.errors.inc();
+            self.metrics.store_errors.with_label_values(&[op]).inc();
             tracing::warn!(op, error = %e, "store unavailable");
         }
         r
@@ -662,7 +648,7 @@ impl QuizStore for MeteredStore {
         answer: &AnswerRecord,
     ) -> Result<ApplyOutcome, StoreError> {
         self.timed_in(
-            &self.apply_answer,
+            &self.apply_answer_seconds,
             "apply_answer",
             self.inner.apply_answer(quiz_id, answer),
         )
@@ -675,7 +661,7 @@ impl QuizStore for MeteredStore {
         state_version: u64,
     ) -> Result<Option<ApplyOutcome>, StoreError> {
         self.timed_in(
-            &self.apply_answer,
+            &self.apply_answer_seconds,
             "apply_answer",
             self.inner
                 .apply_answer_at_state(quiz_id, answer, state_version),

@@ -394,13 +394,6 @@ impl Rooms {
         }
     }
 
-    /// An answer was applied in `quiz_id`'s room: see [`Room::touch`].
-    pub fn touch(&self, quiz_id: &str) {
-        if let Some(r) = self.map.get(quiz_id) {
-            r.touch();
-        }
-    }
-
     /// Removes `room` if it is (still) empty. True if removed.
     fn remove_if_empty(&self, room: &Arc<Room>) -> bool {
         let removed = self
@@ -829,7 +822,7 @@ mod tests {
             // Only the first counts; bump the version with joins instead.
             let _ = svc.store.apply_answer("thr", &rec).await;
             svc.join("thr", &format!("p{i}")).await.unwrap();
-            rooms.touch("thr");
+            m.room.touch();
             tokio::time::sleep(Duration::from_millis(50)).await;
             if let Some(b) = boards(&outbox) {
                 version_seen += 1;
@@ -978,7 +971,7 @@ mod tests {
         // A change, then a stall: the next tick (at `every`) fires `late`
         // + 100 ms past its instant.
         svc.join("late", "bob").await.unwrap();
-        rooms.touch("late");
+        m.room.touch();
         tokio::time::advance(Duration::from_millis(every - 10 + late + 100)).await;
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -996,7 +989,7 @@ mod tests {
         let mut boards = 0;
         for i in 0..=MAX_LATE_SKIPS {
             svc.join("late", &format!("p{i}")).await.unwrap();
-            rooms.touch("late");
+            m.room.touch();
             tokio::time::advance(Duration::from_millis(every + late + 100)).await;
             for _ in 0..10 {
                 tokio::task::yield_now().await;

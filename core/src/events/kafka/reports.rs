@@ -216,17 +216,15 @@ impl ReportingProducer {
                 hdrs,
                 rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END,
             );
-            if err.is_error() {
-                // Refused: the list and the waiter are still ours.
-                rdsys::rd_kafka_headers_destroy(hdrs);
-                drop(<ReportContext as ProducerContext>::DeliveryOpaque::from_ptr(opaque));
+            if !err.is_error() {
+                return Ok(rx);
             }
+            // Refused: the list and the waiter are still ours.
+            rdsys::rd_kafka_headers_destroy(hdrs);
+            drop(<ReportContext as ProducerContext>::DeliveryOpaque::from_ptr(opaque));
             err
         };
-        if err.is_error() {
-            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::from(err)));
-        }
-        Ok(rx)
+        Err(KafkaError::MessageProduction(RDKafkaErrorCode::from(err)))
     }
 
     /// The kept handle of `topic`, made on its first use.
